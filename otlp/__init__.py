@@ -1,0 +1,1 @@
+"""OTLP receivers and the decoding of OTLP requests into columnar batches."""

@@ -1,0 +1,175 @@
+"""``ExportTraceServiceRequest`` → one ``otel_traces`` record batch."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from opstrata.otlp.anyvalue import AttributeRenderer
+from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column
+from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest
+from opstrata.otlp.limits import Tally
+from opstrata.schema import EVENT_TYPE, LINK_TYPE, TRACES, TS, Signal, Table
+
+__all__ = ["SPAN_KINDS", "STATUS_CODES", "decode_traces"]
+
+# The strings the Collector's ClickHouse exporter stores (``traceutil.SpanKindStr``/``StatusCodeStr``).
+SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
+STATUS_CODES = ("Unset", "Ok", "Error")
+
+
+def _service_name(keys: list[str], values: list[str]) -> str:
+    for key, value in zip(keys, values, strict=True):
+        if key == "service.name":
+            return value
+    return ""
+
+
+def _invalid_reason(span) -> str | None:  # noqa: ANN001
+    if len(span.trace_id) != 16 or not span.trace_id.strip(b"\x00"):
+        return "trace_id must be 16 bytes and not all zero"
+    if len(span.span_id) != 8 or not span.span_id.strip(b"\x00"):
+        return "span_id must be 8 bytes and not all zero"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return "parent_span_id must be empty or 8 bytes"
+    if span.start_time_unix_nano > MAX_TIMESTAMP_NS or span.end_time_unix_nano > MAX_TIMESTAMP_NS:
+        return "timestamp out of range"
+    return None
+
+
+def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) -> DecodedRequest:
+    """Walk a parsed request into columns; invalid spans are counted, not stored."""
+    tally = Tally()
+    out = DecodedRequest(Signal.SPANS)
+    first_reason: str | None = None
+
+    ts: list[int] = []
+    trace_ids: list[str] = []
+    span_ids: list[str] = []
+    parent_ids: list[str] = []
+    trace_states: list[str] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    services: list[str] = []
+    scope_names: list[str] = []
+    scope_versions: list[str] = []
+    durations: list[int] = []
+    status_codes: list[str] = []
+    status_messages: list[str] = []
+    flags: list[int] = []
+    res_attrs = StringMapColumn()
+    scope_attrs = StringMapColumn()
+    span_attrs = StringMapColumn()
+
+    ev_offsets = [0]
+    ev_ts: list[int] = []
+    ev_names: list[str] = []
+    ev_attrs = StringMapColumn()
+    link_offsets = [0]
+    link_trace_ids: list[str] = []
+    link_span_ids: list[str] = []
+    link_states: list[str] = []
+    link_attrs = StringMapColumn()
+
+    n_kinds = len(SPAN_KINDS)
+    n_codes = len(STATUS_CODES)
+    for resource_spans in request.resource_spans:
+        rkeys, rvalues = attrs.pairs(resource_spans.resource.attributes, tally)
+        service = _service_name(rkeys, rvalues)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            scope_name = scope.name
+            scope_version = scope.version
+            skeys, svalues = attrs.pairs(scope.attributes, tally)
+            for span in scope_spans.spans:
+                reason = _invalid_reason(span)
+                if reason is not None:
+                    out.rejected += 1
+                    first_reason = first_reason or reason
+                    continue
+                start = span.start_time_unix_nano
+                end = span.end_time_unix_nano
+                ts.append(start)
+                durations.append(end - start if end > start else 0)
+                trace_ids.append(span.trace_id.hex())
+                span_ids.append(span.span_id.hex())
+                parent_ids.append(hex_or_empty(span.parent_span_id))
+                trace_states.append(span.trace_state)
+                names.append(span.name)
+                kind = span.kind
+                kinds.append(SPAN_KINDS[kind] if 0 <= kind < n_kinds else str(kind))
+                status = span.status
+                code = status.code
+                status_codes.append(STATUS_CODES[code] if 0 <= code < n_codes else str(code))
+                status_messages.append(status.message)
+                flags.append(span.flags)
+                services.append(service)
+                scope_names.append(scope_name)
+                scope_versions.append(scope_version)
+                res_attrs.extend_row(rkeys, rvalues)
+                scope_attrs.extend_row(skeys, svalues)
+                attrs.extend(span.attributes, span_attrs.keys, span_attrs.values, tally)
+                span_attrs.close_row()
+                for event in span.events:
+                    ev_ts.append(min(event.time_unix_nano, MAX_TIMESTAMP_NS))
+                    ev_names.append(event.name)
+                    attrs.extend(event.attributes, ev_attrs.keys, ev_attrs.values, tally)
+                    ev_attrs.close_row()
+                ev_offsets.append(len(ev_ts))
+                for link in span.links:
+                    link_trace_ids.append(hex_or_empty(link.trace_id))
+                    link_span_ids.append(hex_or_empty(link.span_id))
+                    link_states.append(link.trace_state)
+                    attrs.extend(link.attributes, link_attrs.keys, link_attrs.values, tally)
+                    link_attrs.close_row()
+                link_offsets.append(len(link_trace_ids))
+
+    out.accepted = len(ts)
+    out.dropped_attributes = tally.dropped_attributes
+    out.truncated_values = tally.truncated_values
+    if first_reason is not None:
+        out.message = f"{out.rejected} span(s) rejected: {first_reason}"
+    if not ts:
+        return out
+
+    events = pa.StructArray.from_arrays(
+        [pa.array(ev_ts, TS), pa.array(ev_names, pa.string()), ev_attrs.to_arrow()],
+        fields=list(EVENT_TYPE),
+    )
+    links = pa.StructArray.from_arrays(
+        [
+            pa.array(link_trace_ids, pa.string()),
+            pa.array(link_span_ids, pa.string()),
+            pa.array(link_states, pa.string()),
+            link_attrs.to_arrow(),
+        ],
+        fields=list(LINK_TYPE),
+    )
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(ts, TS),
+            pa.array(trace_ids, pa.string()),
+            pa.array(span_ids, pa.string()),
+            pa.array(parent_ids, pa.string()),
+            pa.array(trace_states, pa.string()),
+            pa.array(names, pa.string()),
+            pa.array(kinds, pa.string()),
+            pa.array(services, pa.string()),
+            res_attrs.to_arrow(),
+            pa.array(scope_names, pa.string()),
+            pa.array(scope_versions, pa.string()),
+            span_attrs.to_arrow(),
+            pa.array(durations, pa.int64()),
+            pa.array(status_codes, pa.string()),
+            pa.array(status_messages, pa.string()),
+            list_column(ev_offsets, events, TRACES.field("Events").type),
+            list_column(link_offsets, links, TRACES.field("Links").type),
+            scope_attrs.to_arrow(),
+            pa.array(flags, pa.uint32()),
+        ],
+        schema=TRACES,
+    )
+    out.batches.append((Table.TRACES, batch))
+    return out
