@@ -55,7 +55,8 @@ class Table(StrEnum):
     METRICS_SUMMARY = "otel_metrics_summary"
 
 
-TS = pa.timestamp("ns", tz="UTC")
+# UTC by convention; no zone in the type because DuckDB keeps zoned timestamps in microseconds.
+TS = pa.timestamp("ns")
 STRING_MAP = pa.map_(pa.string(), pa.string())
 
 EVENT_TYPE = pa.struct(

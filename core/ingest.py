@@ -1,0 +1,141 @@
+"""The ingest pipeline: admit → decode → commit, shared by every receiver.
+
+A receiver hands a request body to :meth:`IngestPipeline.ingest` and turns the outcome (or the
+``IngestError`` it raises) into its protocol's reply. The reply to a client is therefore sent
+only after the store has made its data durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from opstrata.admission import Admission
+from opstrata.errors import Overloaded, ShuttingDown, Unavailable
+from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
+from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
+from opstrata.schema import Signal
+from opstrata.selfmetrics import SelfMetrics
+from opstrata.settings import IngestSettings
+from opstrata.storage.base import Store, StoreError
+
+__all__ = ["IngestPipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class IngestPipeline:
+    """Bounded admission, decoding (in worker processes when configured) and durable commit."""
+
+    def __init__(self, settings: IngestSettings, store: Store, metrics: SelfMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.limits = DecodeLimits(
+            max_attributes=settings.max_attributes,
+            max_value_chars=settings.max_value_chars,
+            max_depth=settings.max_anyvalue_depth,
+        )
+        self.admission = Admission(settings.queue_bytes)
+        self._pool: ProcessPoolExecutor | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        metrics.queue_capacity_bytes.set(settings.queue_bytes)
+
+    def start(self) -> None:
+        if self.settings.decode_workers > 0:
+            # spawn, not fork: the gRPC core's threads do not survive a fork.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.settings.decode_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+            # Start the workers now, so that the first request does not pay for it.
+            for future in [
+                self._pool.submit(decode_request, Signal.SPANS, b"", Encoding.PROTOBUF, self.limits)
+                for _ in range(self.settings.decode_workers)
+            ]:
+                future.result()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, let those in flight commit, and stop the decode workers."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def _decode(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
+        if self._pool is None:
+            return decode_request(signal, body, encoding, self.limits)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, decode_request, signal, body, encoding, self.limits
+            )
+        except BrokenProcessPool as exc:
+            raise Unavailable("decoder process failed") from exc
+
+    async def ingest(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
+        """Decode and durably store one request; return what was accepted and rejected.
+
+        Raises ``InvalidRequest`` for a body that cannot be read and ``Unavailable`` (with a
+        retry hint) when the queue is full, the server is stopping or the commit failed.
+        """
+        metrics = self.metrics
+        if self._closing:
+            raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
+        nbytes = len(body)
+        admission = self.admission
+        if not admission.try_acquire(nbytes):
+            metrics.throttled_requests.labels(signal.value).inc()
+            raise Overloaded(
+                f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
+                self.settings.retry_after_seconds,
+            )
+        self._idle.clear()
+        metrics.queue_bytes.set(admission.in_flight_bytes)
+        metrics.queue_requests.set(admission.in_flight_requests)
+        try:
+            try:
+                decoded = await self._decode(signal, body, encoding)
+            except InvalidRequest:
+                metrics.rejected_requests.labels(signal.value, "malformed").inc()
+                raise
+            self._count_decoded(signal, decoded)
+            if decoded.batches:
+                try:
+                    await self.store.write(decoded.batches)
+                except StoreError as exc:
+                    metrics.rejected_items.labels(signal.value, "commit_failed").inc(
+                        decoded.accepted
+                    )
+                    raise Unavailable(f"commit failed: {exc}", 1) from exc
+                metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+            return decoded
+        finally:
+            admission.release(nbytes)
+            metrics.queue_bytes.set(admission.in_flight_bytes)
+            metrics.queue_requests.set(admission.in_flight_requests)
+            if admission.in_flight_requests == 0:
+                self._idle.set()
+
+    def _count_decoded(self, signal: Signal, decoded: DecodedRequest) -> None:
+        metrics = self.metrics
+        metrics.received_items.labels(signal.value).inc(decoded.accepted + decoded.rejected)
+        if decoded.rejected:
+            metrics.rejected_items.labels(signal.value, "invalid").inc(decoded.rejected)
+        if decoded.dropped_attributes:
+            metrics.truncations.labels(signal.value, "attribute_dropped").inc(
+                decoded.dropped_attributes
+            )
+        if decoded.truncated_values:
+            metrics.truncations.labels(signal.value, "value_truncated").inc(
+                decoded.truncated_values
+            )

@@ -1,0 +1,167 @@
+"""Run a server: store, pipeline, OTLP receivers and the API in one asyncio loop.
+
+Components start downstream first (store → pipeline → receivers → API) and stop upstream first
+(receivers → pipeline drain → store flush), so nothing accepted is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from opstrata.api.app import create_app
+from opstrata.ingest import IngestPipeline
+from opstrata.otlp.grpc_receiver import GrpcReceiver
+from opstrata.otlp.http_receiver import OtlpHttpApp
+from opstrata.runtime import Runtime
+from opstrata.selfmetrics import SelfMetrics
+from opstrata.settings import Settings, parse_address
+from opstrata.storage.base import Store
+from opstrata.storage.duckdb_store import DuckDBStore
+
+__all__ = ["open_store", "serve"]
+
+log = logging.getLogger("opstrata")
+
+
+class _Uvicorn(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us: several run in one loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(address: tuple[str, int]) -> socket.socket:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _announce(what: str, sock_or_addr: socket.socket | tuple[str, int]) -> None:
+    if isinstance(sock_or_addr, socket.socket):
+        host, port = sock_or_addr.getsockname()[:2]
+    else:
+        host, port = sock_or_addr
+    shown = f"[{host}]" if ":" in host else host
+    print(f"opstrata: {what} listening on {shown}:{port}", flush=True)
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.storage.backend != "duckdb":
+        raise SystemExit(f"storage.backend: unknown store {settings.storage.backend!r}")
+    return DuckDBStore(
+        settings.data_path,
+        commit_max_rows=settings.storage.commit_max_rows,
+        threads=settings.storage.duckdb_threads,
+        memory_limit=settings.storage.duckdb_memory_limit,
+    )
+
+
+def _uvicorn(app: object, name: str) -> _Uvicorn:
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+    )
+    server = _Uvicorn(config)
+    server.config.__dict__["_opstrata_name"] = name
+    return server
+
+
+async def _retention(runtime: Runtime) -> None:
+    hours = runtime.settings.storage.retention_hours
+    if hours <= 0:
+        return
+    import time
+
+    while True:
+        cutoff = time.time_ns() - int(hours * 3600 * 1e9)
+        deleted = await asyncio.to_thread(runtime.store.delete_before, cutoff)
+        if deleted:
+            log.info("retention: deleted %d rows older than %.1f h", deleted, hours)
+        await asyncio.sleep(300)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; return the exit status."""
+    metrics = SelfMetrics()
+    store = open_store(settings)
+    store.start()
+    metrics.watch_store(lambda: store.stats)
+    pipeline = IngestPipeline(settings.ingest, store, metrics)
+    pipeline.start()
+    runtime = Runtime(settings=settings, store=store, metrics=metrics, pipeline=pipeline)
+
+    grpc_receiver = GrpcReceiver(
+        pipeline, parse_address(settings.otlp_grpc, "otlp_grpc"), settings.ingest.max_request_bytes
+    )
+    http_sock = _listen(parse_address(settings.otlp_http, "otlp_http"))
+    api_sock = _listen(parse_address(settings.api, "api"))
+    otlp_http = _uvicorn(OtlpHttpApp(pipeline, settings.ingest.max_request_bytes), "otlp-http")
+    api = _uvicorn(create_app(runtime), "api")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_bound = await grpc_receiver.start()
+    tasks = [
+        asyncio.create_task(otlp_http.serve(sockets=[http_sock]), name="otlp-http"),
+        asyncio.create_task(api.serve(sockets=[api_sock]), name="api"),
+    ]
+    retention = asyncio.create_task(_retention(runtime), name="retention")
+    while not (otlp_http.started and api.started):
+        if any(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.01)
+    _announce("OTLP/gRPC", grpc_bound)
+    _announce("OTLP/HTTP", http_sock)
+    _announce("API", api_sock)
+    runtime.ready = True
+    print("opstrata: ready", flush=True)
+
+    done_early = asyncio.create_task(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED))
+    await asyncio.wait([asyncio.create_task(stop.wait()), done_early], return_when="FIRST_COMPLETED")
+
+    runtime.ready = False
+    print("opstrata: stopping", flush=True)
+    retention.cancel()
+    otlp_http.should_exit = True
+    await grpc_receiver.stop(grace=10.0)
+    await pipeline.shutdown(timeout=30.0)
+    api.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.to_thread(store.shutdown)
+    print("opstrata: stopped", flush=True)
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Blocking entry point for the CLI."""
+    logging.basicConfig(level=logging.INFO, format="opstrata: %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        return uvloop.run(serve(settings))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"opstrata: cannot start: {exc}", file=sys.stderr)
+        return 1

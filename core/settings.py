@@ -1,0 +1,137 @@
+"""Settings: one msgspec Struct tree, read from a TOML file, ``OPSTRATA_*`` variables and flags.
+
+Precedence, lowest first: defaults, the TOML file (``--config``), environment variables, command
+line flags. Environment variables name a top-level key in upper case (``OPSTRATA_DATA_DIR``) or a
+nested one with a double underscore (``OPSTRATA_INGEST__QUEUE_BYTES``); their text is parsed as a
+TOML value when it is one (numbers, booleans) and taken as a string otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "IngestSettings",
+    "Settings",
+    "SettingsError",
+    "StorageSettings",
+    "load_settings",
+    "parse_address",
+]
+
+ENV_PREFIX = "OPSTRATA_"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names the offending key."""
+
+
+class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How requests are admitted and decoded."""
+
+    max_request_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted, measured after decompression (413 / RESOURCE_EXHAUSTED)."""
+    queue_bytes: int = 256 * 1024 * 1024
+    """Decompressed bytes of requests in flight (decoding or awaiting commit) before new ones get
+    503 / UNAVAILABLE with a retry hint."""
+    retry_after_seconds: int = 1
+    max_attributes: int = 128
+    max_value_chars: int = 16_384
+    max_anyvalue_depth: int = 16
+    decode_workers: int = 1
+    """Processes that decode requests besides the main one (0 decodes in the main process)."""
+
+
+class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: str = "duckdb"
+    commit_max_rows: int = 200_000
+    """Rows one group commit takes at most; batches waiting beyond it go in the next commit."""
+    retention_hours: float = 0
+    """Delete telemetry older than this (by event time); 0 keeps everything."""
+    duckdb_threads: int = 2
+    duckdb_memory_limit: str = "2GB"
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    otlp_grpc: str = "127.0.0.1:4317"
+    otlp_http: str = "127.0.0.1:4318"
+    api: str = "127.0.0.1:8080"
+    data_dir: str = "./opstrata-data"
+    ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def parse_address(text: str, key: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) → ``(host, port)``; port 0 picks a free port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise SettingsError(f"{key}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "OPSTRATA_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _env_value(text)
+    return tree
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from defaults, the TOML file, the environment and ``overrides`` (flags)."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    config_file = config_file or environ.get("OPSTRATA_CONFIG")
+    if config_file:
+        try:
+            tree = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise SettingsError(f"config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file}: {exc}") from exc
+    _merge(tree, _from_env(environ))
+    _merge(tree, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = msgspec.convert(tree, Settings, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from exc
+    for key in ("otlp_grpc", "otlp_http", "api"):
+        parse_address(getattr(settings, key), key)
+    if settings.ingest.queue_bytes < settings.ingest.max_request_bytes:
+        raise SettingsError("ingest.queue_bytes must be at least ingest.max_request_bytes")
+    return settings

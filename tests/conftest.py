@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A running server with its own data directory; stopped (gracefully) after the test."""
+    proc = ServerProcess(tmp_path / "data").start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        assert proc.stop() == 0, "".join(proc.output)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a module's read-mostly tests."""
+    proc = ServerProcess(tmp_path_factory.mktemp("shared") / "data").start()
+    yield proc
+    assert proc.stop() == 0, "".join(proc.output)
