@@ -1,0 +1,97 @@
+"""Acknowledged data survives ``kill -9``; a graceful stop flushes and exits 0."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.serverproc import ServerProcess
+from tests.storeread import read_table
+
+
+def _request(trace_id: bytes, spans: int) -> bytes:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    attr = resource_spans.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", "durable"
+    scope_spans = resource_spans.scope_spans.add()
+    for _ in range(spans):
+        span = scope_spans.spans.add()
+        span.trace_id = trace_id
+        span.span_id = random.randbytes(8)
+        span.name = "work"
+        span.start_time_unix_nano = time.time_ns()
+        span.end_time_unix_nano = span.start_time_unix_nano + 1000
+        kv = span.attributes.add()
+        kv.key, kv.value.string_value = "payload", "x" * 200
+    return request.SerializeToString()
+
+
+def _send_until_stopped(base: str, acked: dict[str, int], stop: threading.Event) -> None:
+    with httpx.Client(timeout=10) as client:
+        while not stop.is_set():
+            trace_id = random.randbytes(16)
+            try:
+                reply = client.post(
+                    base + "/v1/traces",
+                    content=_request(trace_id, 50),
+                    headers={"content-type": "application/x-protobuf"},
+                )
+            except httpx.HTTPError:
+                return  # the server is gone
+            if reply.status_code == 200:
+                partial = ExportTraceServiceResponse.FromString(reply.content).partial_success
+                assert partial.rejected_spans == 0
+                acked[trace_id.hex()] = 50
+
+
+def test_acknowledged_spans_survive_kill_9(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = ServerProcess(data_dir).start()
+    acked: dict[str, int] = {}
+    stop = threading.Event()
+    senders = [
+        threading.Thread(target=_send_until_stopped, args=(first.http_base, acked, stop))
+        for _ in range(4)
+    ]
+    for sender in senders:
+        sender.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()  # SIGKILL while requests are in flight
+    stop.set()
+    for sender in senders:
+        sender.join(30)
+    assert len(acked) >= 60, "too few acknowledged requests before the kill"
+
+    second = ServerProcess(data_dir).start()
+    assert second.stop() == 0
+    stored: dict[str, int] = {}
+    for row in read_table(data_dir, "otel_traces", "WHERE ServiceName = 'durable'"):
+        stored[row["TraceId"]] = stored.get(row["TraceId"], 0) + 1
+    missing = {t: n for t, n in acked.items() if stored.get(t) != n}
+    assert not missing, f"{len(missing)} acknowledged traces lost or incomplete"
+
+
+def test_sigterm_flushes_and_exits_zero(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    trace_id = random.randbytes(16)
+    reply = httpx.post(
+        server.http_base + "/v1/traces",
+        content=_request(trace_id, 10),
+        headers={"content-type": "application/x-protobuf"},
+    )
+    assert reply.status_code == 200
+    assert server.stop() == 0
+    assert "opstrata: stopped" in "".join(server.output)
+    rows = read_table(tmp_path / "data", "otel_traces", "WHERE TraceId = ?", [trace_id.hex()])
+    assert len(rows) == 10
