@@ -42,9 +42,13 @@ def make_spans(service: str, build: Callable[[trace.Tracer], None]) -> Sequence[
     return memory.get_finished_spans()
 
 
-def make_metrics(build: Callable[[MeterProvider], None], **reader_args: object) -> MetricsData:
+def make_metrics(
+    build: Callable[[MeterProvider], None], views: Sequence[object] = (), **reader_args: object
+) -> MetricsData:
     reader = InMemoryMetricReader(**reader_args)  # type: ignore[arg-type]
-    provider = MeterProvider(metric_readers=[reader], resource=resource("metrics-svc"))
+    provider = MeterProvider(
+        metric_readers=[reader], resource=resource("metrics-svc"), views=list(views)
+    )
     build(provider)
     data = reader.get_metrics_data()
     provider.shutdown()
