@@ -4,7 +4,7 @@
 
     IngestError                  base; ``permanent`` says whether a retry can succeed
     ├── InvalidRequest           malformed protobuf/JSON, wrong shape (400 / INVALID_ARGUMENT)
-    ├── RequestTooLarge          body over the limit after decompression (413 / RESOURCE_EXHAUSTED)
+    ├── RequestTooLarge          body over the limit, decompressed (413 / RESOURCE_EXHAUSTED)
     ├── UnsupportedMediaType     content type or encoding we do not read (415)
     ├── Unauthenticated          missing or wrong bearer token (401 / UNAUTHENTICATED)
     └── Unavailable              transient: retry later (503 + Retry-After / UNAVAILABLE + RetryInfo)

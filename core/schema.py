@@ -59,9 +59,7 @@ class Table(StrEnum):
 TS = pa.timestamp("ns")
 STRING_MAP = pa.map_(pa.string(), pa.string())
 
-EVENT_TYPE = pa.struct(
-    [("Timestamp", TS), ("Name", pa.string()), ("Attributes", STRING_MAP)]
-)
+EVENT_TYPE = pa.struct([("Timestamp", TS), ("Name", pa.string()), ("Attributes", STRING_MAP)])
 LINK_TYPE = pa.struct(
     [
         ("TraceId", pa.string()),

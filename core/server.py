@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
-
 from opstrata.api.app import create_app
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.grpc_receiver import GrpcReceiver
@@ -138,7 +137,9 @@ async def serve(settings: Settings) -> int:
     print("opstrata: ready", flush=True)
 
     done_early = asyncio.create_task(asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED))
-    await asyncio.wait([asyncio.create_task(stop.wait()), done_early], return_when="FIRST_COMPLETED")
+    await asyncio.wait(
+        [asyncio.create_task(stop.wait()), done_early], return_when="FIRST_COMPLETED"
+    )
 
     runtime.ready = False
     print("opstrata: stopping", flush=True)

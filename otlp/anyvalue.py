@@ -15,7 +15,6 @@ import base64
 import math
 
 import msgspec
-
 from opstrata.otlp.limits import DecodeLimits, Tally
 
 __all__ = ["AttributeRenderer", "render_anyvalue"]
@@ -34,7 +33,7 @@ def _float_text(x: float) -> str:
     return repr(x)
 
 
-def _plain(value, depth: int, limits: DecodeLimits, tally: Tally):  # noqa: ANN001, ANN202
+def _plain(value, depth: int, limits: DecodeLimits, tally: Tally):
     """An AnyValue as a JSON-ready Python value (for arrays and maps)."""
     which = value.WhichOneof("value")
     if which is None:
@@ -58,7 +57,7 @@ def _plain(value, depth: int, limits: DecodeLimits, tally: Tally):  # noqa: ANN0
     return {kv.key: _plain(kv.value, depth + 1, limits, tally) for kv in value.kvlist_value.values}
 
 
-def render_anyvalue(value, limits: DecodeLimits, tally: Tally) -> str:  # noqa: ANN001
+def render_anyvalue(value, limits: DecodeLimits, tally: Tally) -> str:
     """One AnyValue as the string stored for it, cut to ``limits.max_value_chars``."""
     which = value.WhichOneof("value")
     if which == "string_value":
@@ -90,14 +89,14 @@ class AttributeRenderer:
         self.limits = limits
         self._cache: dict[bytes, tuple[str, str]] = {}
 
-    def pairs(self, kvs, tally: Tally) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    def pairs(self, kvs, tally: Tally) -> tuple[list[str], list[str]]:
         """Keys and rendered values of one attribute list (for values reused many times)."""
         keys: list[str] = []
         values: list[str] = []
         self.extend(kvs, keys, values, tally)
         return keys, values
 
-    def extend(self, kvs, keys: list[str], values: list[str], tally: Tally) -> int:  # noqa: ANN001
+    def extend(self, kvs, keys: list[str], values: list[str], tally: Tally) -> int:
         """Append the pairs of ``kvs`` to ``keys``/``values``; return how many were appended."""
         n = len(kvs)
         if n == 0:

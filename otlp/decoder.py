@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import msgspec
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.decode_logs import decode_logs
 from opstrata.otlp.decode_metrics import decode_metrics
@@ -54,6 +54,31 @@ def _parse_protobuf(body: bytes, message_type: type[Message]) -> Message:
     return message
 
 
+_TOP_LEVEL_KEYS = {
+    "resourceSpans": (Signal.SPANS, "/v1/traces"),
+    "resource_spans": (Signal.SPANS, "/v1/traces"),
+    "resourceMetrics": (Signal.METRIC_POINTS, "/v1/metrics"),
+    "resource_metrics": (Signal.METRIC_POINTS, "/v1/metrics"),
+    "resourceLogs": (Signal.LOG_RECORDS, "/v1/logs"),
+    "resource_logs": (Signal.LOG_RECORDS, "/v1/logs"),
+}
+
+
+def _refuse_other_signal(body: bytes, signal: Signal) -> None:
+    """An OTLP/JSON request of another signal would parse as an empty request (unknown fields
+    are ignored); say where it belongs instead of acknowledging it and storing nothing."""
+    try:
+        keys = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    except msgspec.DecodeError:
+        return
+    for key in keys:
+        other = _TOP_LEVEL_KEYS.get(key)
+        if other is not None and other[0] is not signal:
+            raise InvalidRequest(
+                f"this is an OTLP/JSON {other[0].value} request: post it to {other[1]}"
+            )
+
+
 def decode_request(
     signal: Signal, body: bytes, encoding: Encoding, limits: DecodeLimits
 ) -> DecodedRequest:
@@ -64,6 +89,8 @@ def decode_request(
     message_type = REQUEST_TYPES[signal]
     if encoding is Encoding.JSON:
         message = parse_json_request(body, message_type)
+        if not message.ListFields():
+            _refuse_other_signal(body, signal)
     else:
         message = _parse_protobuf(body, message_type)
     return _WALKERS[signal](message, renderer)  # type: ignore[operator]

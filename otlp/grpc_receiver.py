@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc import aio
-
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.decoder import Encoding
 from opstrata.otlp.replies import error_reply, export_response
@@ -55,7 +54,7 @@ class GrpcReceiver:
                 if self.authenticate is not None:
                     self.authenticate(dict(context.invocation_metadata() or ()))
                 decoded = await self.pipeline.ingest(signal, body, Encoding.PROTOBUF)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a gRPC status
+            except Exception as exc:
                 reply = error_reply(exc)
                 await context.abort(
                     reply.grpc_code, reply.status.message, trailing_metadata=reply.grpc_trailers()

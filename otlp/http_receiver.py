@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import msgspec
 from google.protobuf.message import Message
-
 from opstrata.errors import RequestTooLarge, UnsupportedMediaType
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.compression import decompress
@@ -19,7 +18,11 @@ from opstrata.schema import Signal
 
 __all__ = ["OtlpHttpApp"]
 
-_PATHS = {"/v1/traces": Signal.SPANS, "/v1/metrics": Signal.METRIC_POINTS, "/v1/logs": Signal.LOG_RECORDS}
+_PATHS = {
+    "/v1/traces": Signal.SPANS,
+    "/v1/metrics": Signal.METRIC_POINTS,
+    "/v1/logs": Signal.LOG_RECORDS,
+}
 _CONTENT_TYPES = {
     "application/x-protobuf": Encoding.PROTOBUF,
     "application/protobuf": Encoding.PROTOBUF,
@@ -35,13 +38,13 @@ class OtlpHttpApp:
         self,
         pipeline: IngestPipeline,
         max_request_bytes: int,
-        authenticate=None,  # noqa: ANN001 - Callable[[dict[str, str]], None] | None
+        authenticate=None,
     ) -> None:
         self.pipeline = pipeline
         self.max_request_bytes = max_request_bytes
         self.authenticate = authenticate
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -53,9 +56,7 @@ class OtlpHttpApp:
             await _send_plain(send, 404, {"code": 5, "message": f"no OTLP endpoint at {path}"})
             return
         if scope["method"] != "POST":
-            await _send_plain(
-                send, 405, {"code": 12, "message": "use POST"}, [(b"allow", b"POST")]
-            )
+            await _send_plain(send, 405, {"code": 12, "message": "use POST"}, [(b"allow", b"POST")])
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -72,7 +73,7 @@ class OtlpHttpApp:
             raw = await self._read_body(receive)
             body = decompress(raw, headers.get("content-encoding", ""), self.max_request_bytes)
             decoded = await self.pipeline.ingest(signal, body, encoding)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an HTTP status
+        except Exception as exc:
             reply = error_reply(exc)
             extra = []
             if reply.retry_after_seconds is not None:
@@ -81,7 +82,7 @@ class OtlpHttpApp:
             return
         await _send_message(send, 200, export_response(signal, decoded), reply_encoding)
 
-    async def _read_body(self, receive) -> bytes:  # noqa: ANN001
+    async def _read_body(self, receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -98,11 +99,8 @@ class OtlpHttpApp:
                 return b"".join(chunks)
 
 
-async def _send_message(send, status: int, message: Message, encoding: Encoding, extra=()) -> None:  # noqa: ANN001
-    if encoding is Encoding.JSON:
-        body = message_to_json(message)
-    else:
-        body = message.SerializeToString()
+async def _send_message(send, status: int, message: Message, encoding: Encoding, extra=()) -> None:
+    body = message_to_json(message) if encoding is Encoding.JSON else message.SerializeToString()
     headers = [
         (b"content-type", _REPLY_TYPE[encoding]),
         (b"content-length", str(len(body)).encode()),
@@ -112,7 +110,7 @@ async def _send_message(send, status: int, message: Message, encoding: Encoding,
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_plain(send, status: int, payload: dict, extra=()) -> None:  # noqa: ANN001
+async def _send_plain(send, status: int, payload: dict, extra=()) -> None:
     body = msgspec.json.encode(payload)
     headers = [
         (b"content-type", b"application/json"),
@@ -123,7 +121,7 @@ async def _send_plain(send, status: int, payload: dict, extra=()) -> None:  # no
     await send({"type": "http.response.body", "body": body})
 
 
-async def _lifespan(receive, send) -> None:  # noqa: ANN001
+async def _lifespan(receive, send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

@@ -14,7 +14,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
 from opstrata.errors import (
     IngestError,
     RequestTooLarge,
@@ -71,9 +70,7 @@ def error_reply(exc: BaseException) -> ErrorReply:
     if isinstance(exc, InvalidRequest):
         return _reply(400, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT, message)
     if isinstance(exc, RequestTooLarge):
-        return _reply(
-            413, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED, message
-        )
+        return _reply(413, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED, message)
     if isinstance(exc, UnsupportedMediaType):
         return _reply(415, grpc.StatusCode.UNIMPLEMENTED, code_pb2.UNIMPLEMENTED, message)
     if isinstance(exc, Unauthenticated):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
-
-from opstrata.schema import TABLES, Table
+from opstrata.schema import TABLES
 
 __all__ = ["BATCH_LOG_TABLE", "SEQ_COLUMN", "create_statements", "duckdb_type"]
 
@@ -23,7 +22,6 @@ _SCALARS = {
     pa.bool_(): "BOOLEAN",
     pa.timestamp("ns"): "TIMESTAMP_NS",
 }
-
 
 
 def duckdb_type(arrow_type: pa.DataType) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-
 from opstrata.schema import TABLES, Signal, Table, signal_of
 from opstrata.storage.base import CommitStats, StoreClosed, StoreError
 from opstrata.storage.duckdb_ddl import BATCH_LOG_TABLE, SEQ_COLUMN, create_statements
@@ -161,7 +160,7 @@ class DuckDBStore:
         first_seq = self._seq + 1
         try:
             self._insert(group, first_seq)
-        except Exception as exc:  # noqa: BLE001 - any failure: retry one by one
+        except Exception as exc:
             if len(group) == 1:
                 log.warning("commit failed: %s", exc)
                 group[0].settle(None, StoreError(f"commit failed: {exc}"))
@@ -201,7 +200,7 @@ class DuckDBStore:
             log_tables.append(tables)
             log_rows.append(item.rows)
         now = time.time_ns()
-        batch_log = pa.table(
+        batch_log = pa.table(  # noqa: F841 - DuckDB reads it by name
             {
                 "Seq": pa.array(log_seq, pa.uint64()),
                 "Signal": log_signal,
@@ -213,7 +212,7 @@ class DuckDBStore:
         con.execute("BEGIN TRANSACTION")
         try:
             for table, batches in per_table.items():
-                pending = pa.Table.from_batches(batches)  # noqa: F841 - read by DuckDB by name
+                pending = pa.Table.from_batches(batches)  # noqa: F841 - DuckDB reads it by name
                 con.execute(f"INSERT INTO {table} SELECT * FROM pending")
             con.execute(f"INSERT INTO {BATCH_LOG_TABLE} SELECT * FROM batch_log")
             con.execute("COMMIT")

@@ -65,7 +65,7 @@ def make_logs(build: Callable[[LoggerProvider], None]) -> Sequence[object]:
     return memory.get_finished_logs()
 
 
-def span_exporter(server: ServerProcess, transport: str, compression: str = "none"):  # noqa: ANN201
+def span_exporter(server: ServerProcess, transport: str, compression: str = "none"):
     if transport == "grpc":
         from grpc import Compression as GrpcCompression
 
@@ -78,13 +78,13 @@ def span_exporter(server: ServerProcess, transport: str, compression: str = "non
     )
 
 
-def metric_exporter(server: ServerProcess, transport: str, **kwargs: object):  # noqa: ANN201
+def metric_exporter(server: ServerProcess, transport: str, **kwargs: object):
     if transport == "grpc":
         return GrpcMetrics(endpoint=server.grpc_endpoint, insecure=True, timeout=30, **kwargs)
     return HttpMetrics(endpoint=server.http_base + "/v1/metrics", timeout=30, **kwargs)
 
 
-def log_exporter(server: ServerProcess, transport: str):  # noqa: ANN201
+def log_exporter(server: ServerProcess, transport: str):
     if transport == "grpc":
         return GrpcLogs(endpoint=server.grpc_endpoint, insecure=True, timeout=30)
     return HttpLogs(endpoint=server.http_base + "/v1/logs", timeout=30)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-
 from opstrata.api.convert import rows_with_int_times
 
 
-def read_table(data_dir: Path, table: str, where: str = "", params: list | None = None) -> list[dict]:
+def read_table(
+    data_dir: Path, table: str, where: str = "", params: list | None = None
+) -> list[dict]:
     """Rows of ``table`` (timestamps as int nanoseconds, maps as dicts) of a stopped server."""
     con = duckdb.connect(str(Path(data_dir) / "opstrata.duckdb"), read_only=True)
     try:

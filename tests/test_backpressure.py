@@ -83,7 +83,8 @@ def test_retrying_sdk_clients_lose_nothing_under_backpressure(tmp_path: Path) ->
     server = ServerProcess(tmp_path / "data", env=LIMITS).start()
     batches = []
     for i in range(12):
-        def build(tracer, i=i) -> None:  # noqa: ANN001
+
+        def build(tracer, i=i) -> None:
             for j in range(200):
                 with tracer.start_as_current_span(f"op-{i}-{j}") as span:
                     span.set_attribute("payload", "q" * 300)
@@ -102,7 +103,8 @@ def test_retrying_sdk_clients_lose_nothing_under_backpressure(tmp_path: Path) ->
         results = list(pool.map(export, range(12)))
     assert results == [SpanExportResult.SUCCESS] * 12
     throttled = [
-        line for line in server.api("/metrics").text.splitlines()
+        line
+        for line in server.api("/metrics").text.splitlines()
         if line.startswith("opstrata_throttled_requests_total")
     ]
     assert server.stop() == 0

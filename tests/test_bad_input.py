@@ -47,7 +47,7 @@ def _post(server: ServerProcess, path: str, body: bytes, headers: dict) -> httpx
     return httpx.post(server.http_base + path, content=body, headers=headers, timeout=30)
 
 
-def _grpc_call(server: ServerProcess, body: bytes, **kwargs: object):  # noqa: ANN202
+def _grpc_call(server: ServerProcess, body: bytes, **kwargs: object):
     with grpc.insecure_channel(server.grpc_endpoint) as channel:
         call = channel.unary_unary(TRACE_EXPORT, lambda b: b, lambda b: b)
         return call.with_call(body, timeout=30, **kwargs)
@@ -96,7 +96,7 @@ def test_zstd_body_is_accepted(shared_server: ServerProcess) -> None:
     assert not ExportTraceServiceResponse.FromString(reply.content).HasField("partial_success")
 
 
-def test_gzip_bomb_is_413(tmp_path) -> None:  # noqa: ANN001
+def test_gzip_bomb_is_413(tmp_path) -> None:
     server = ServerProcess(tmp_path / "d", env={"OPSTRATA_INGEST__MAX_REQUEST_BYTES": "1000000"})
     server.start()
     try:
@@ -207,7 +207,9 @@ def test_logs_request_posted_to_traces_stores_nothing_as_spans(
     if reply.status_code == 200:
         partial = ExportTraceServiceResponse.FromString(reply.content).partial_success
         assert partial.rejected_spans == 1
-    json_logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "x"}}]}]}]}
+    json_logs = {
+        "resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "x"}}]}]}]
+    }
     reply = _post(shared_server, "/v1/traces", json.dumps(json_logs).encode(), JSON)
     assert reply.status_code == 400
     assert "/v1/logs" in reply.json()["message"]
@@ -220,7 +222,10 @@ def test_unknown_path_and_method(shared_server: ServerProcess) -> None:
 
 def test_server_survives_and_keeps_data(shared_server: ServerProcess) -> None:
     trace_id = random.randbytes(16)
-    assert _post(shared_server, "/v1/traces", _spans(2, trace_id=trace_id), PROTOBUF).status_code == 200
+    assert (
+        _post(shared_server, "/v1/traces", _spans(2, trace_id=trace_id), PROTOBUF).status_code
+        == 200
+    )
     for garbage in (b"\x0a\xff", b"\x0a\x05\x0a\x03\x0a", random.randbytes(5000)):
         _post(shared_server, "/v1/traces", garbage, PROTOBUF)
     assert shared_server.api(f"/api/v1/traces/{trace_id.hex()}").json()["span_count"] == 2

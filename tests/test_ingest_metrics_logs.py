@@ -12,10 +12,10 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
-from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import TracerProvider
 
 from tests.otelsdk import log_exporter, make_logs, make_metrics, metric_exporter
@@ -23,7 +23,7 @@ from tests.serverproc import ServerProcess
 from tests.storeread import read_table
 
 
-def _record(provider, prefix: str) -> None:  # noqa: ANN001
+def _record(provider, prefix: str) -> None:
     meter = provider.get_meter("tests.meter", "0.1")
     tracer = TracerProvider().get_tracer("exemplars")
     counter = meter.create_counter(f"{prefix}.requests", unit="1", description="requests")
@@ -43,10 +43,10 @@ def _record(provider, prefix: str) -> None:  # noqa: ANN001
     gauge.set(21.5, {"room": "lab"})
 
 
-
-
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-@pytest.mark.parametrize("temporality", [AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA])
+@pytest.mark.parametrize(
+    "temporality", [AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA]
+)
 def test_every_metric_type_is_stored(
     tmp_path: Path, transport: str, temporality: AggregationTemporality
 ) -> None:
@@ -75,7 +75,9 @@ def test_every_metric_type_is_stored(
     assert sums["/a"]["ServiceName"] == "metrics-svc"
     assert sums["/a"]["ScopeName"] == "tests.meter" and sums["/a"]["ScopeVersion"] == "0.1"
     [exemplar] = sums["/a"]["Exemplars"]
-    assert exemplar["Value"] == 5 and len(exemplar["TraceId"]) == 32 and len(exemplar["SpanId"]) == 16
+    assert (
+        exemplar["Value"] == 5 and len(exemplar["TraceId"]) == 32 and len(exemplar["SpanId"]) == 16
+    )
 
     [queue] = rows("otel_metrics_sum", "queue")
     assert queue["Value"] == 4 and queue["IsMonotonic"] is False
@@ -130,7 +132,7 @@ def test_log_records_are_stored(tmp_path: Path, transport: str) -> None:
     tracer = TracerProvider().get_tracer("logs")
     ids: dict[str, str] = {}
 
-    def emit(provider) -> None:  # noqa: ANN001
+    def emit(provider) -> None:
         logger = provider.get_logger("tests.logger", "2.0")
         with tracer.start_as_current_span("handler") as span:
             ids["trace"] = format(span.get_span_context().trace_id, "032x")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -38,7 +38,7 @@ def test_sdk_spans_are_stored_field_by_field(
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     exporter.shutdown()
 
-    child, root = spans  # the SDK finishes the child first
+    _child, root = spans  # the SDK finishes the child first
     trace_id = format(root.context.trace_id, "032x")
     body = shared_server.api(f"/api/v1/traces/{trace_id}").json()
     assert body["span_count"] == 2
