@@ -7,7 +7,7 @@
     ├── RequestTooLarge          body over the limit, decompressed (413 / RESOURCE_EXHAUSTED)
     ├── UnsupportedMediaType     content type or encoding we do not read (415)
     ├── Unauthenticated          missing or wrong bearer token (401 / UNAUTHENTICATED)
-    └── Unavailable              transient: retry later (503 + Retry-After / UNAVAILABLE + RetryInfo)
+    └── Unavailable              retry later (503 + Retry-After / UNAVAILABLE + RetryInfo)
         ├── Overloaded           the admission queue is full
         └── ShuttingDown         the server is stopping
 

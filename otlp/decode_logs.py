@@ -4,39 +4,46 @@ from __future__ import annotations
 
 import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
 from opstrata.otlp.anyvalue import AttributeRenderer, render_anyvalue
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty
 from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest
 from opstrata.otlp.limits import Tally
-from opstrata.otlp.scopes import ScopeColumns, take_scopes
+from opstrata.otlp.scopes import ScopeColumns
 from opstrata.schema import LOGS, TS, Signal, Table
 
 __all__ = ["decode_logs"]
 
+# Unlike spans, a log record may lack ids altogether: only ids of the wrong size are errors.
+_TRACE_ID_SIZES = frozenset((0, 16))
+_SPAN_ID_SIZES = frozenset((0, 8))
 
-def _invalid_reason(record) -> str | None:  # noqa: ANN001
-    # Unlike spans, a log record may lack ids altogether; only ids of the wrong size are errors.
-    trace_id = record.trace_id
-    if trace_id and len(trace_id) != 16:
+
+def _invalid_reason(record) -> str | None:
+    if len(record.trace_id) not in _TRACE_ID_SIZES:
         return "trace_id must be empty or 16 bytes"
-    span_id = record.span_id
-    if span_id and len(span_id) != 8:
+    if len(record.span_id) not in _SPAN_ID_SIZES:
         return "span_id must be empty or 8 bytes"
-    if record.time_unix_nano > MAX_TIMESTAMP_NS or record.observed_time_unix_nano > MAX_TIMESTAMP_NS:
+    if (
+        record.time_unix_nano > MAX_TIMESTAMP_NS
+        or record.observed_time_unix_nano > MAX_TIMESTAMP_NS
+    ):
         return "timestamp out of range"
     return None
 
 
 def decode_logs(request: ExportLogsServiceRequest, attrs: AttributeRenderer) -> DecodedRequest:
-    """Walk a parsed request into columns; invalid log records are counted, not stored."""
+    """Walk a parsed request into columns; invalid log records are counted, not stored.
+
+    Columns are filled a scope at a time, one comprehension per column over the scope's
+    records: cheaper per record than appending a row at a time.
+    """
     tally = Tally()
     out = DecodedRequest(Signal.LOG_RECORDS)
     first_reason: str | None = None
     limits = attrs.limits
 
     scopes = ScopeColumns()
-    scope_rows: list[int] = []
+    runs: list[tuple[int, int]] = []
     ts: list[int] = []
     observed: list[int] = []
     trace_ids: list[str] = []
@@ -47,40 +54,58 @@ def decode_logs(request: ExportLogsServiceRequest, attrs: AttributeRenderer) -> 
     bodies: list[str] = []
     event_names: list[str] = []
     log_attrs = StringMapColumn()
-    lkeys = log_attrs.keys
-    lvalues = log_attrs.values
 
     for resource_logs in request.resource_logs:
         scopes.set_resource(resource_logs, attrs, tally)
         for scope_logs in resource_logs.scope_logs:
-            records = scope_logs.log_records
+            # Materialised once, so that each pass below reuses the same message wrappers.
+            records = list(scope_logs.log_records)
             if not records:
                 continue
-            scope_id = scopes.add_scope(scope_logs, attrs, tally)
-            before = len(ts)
-            for record in records:
-                reason = _invalid_reason(record)
-                if reason is not None:
-                    out.rejected += 1
-                    first_reason = first_reason or reason
+            times = [r.time_unix_nano for r in records]
+            seen = [r.observed_time_unix_nano for r in records]
+            tids = [r.trace_id for r in records]
+            sids = [r.span_id for r in records]
+            if (
+                max(times) > MAX_TIMESTAMP_NS
+                or max(seen) > MAX_TIMESTAMP_NS
+                or not _TRACE_ID_SIZES.issuperset(map(len, tids))
+                or not _SPAN_ID_SIZES.issuperset(map(len, sids))
+            ):
+                keep = []
+                for i, record in enumerate(records):
+                    reason = _invalid_reason(record)
+                    if reason is None:
+                        keep.append(i)
+                    else:
+                        out.rejected += 1
+                        first_reason = first_reason or reason
+                if not keep:
                     continue
-                observed_ns = record.observed_time_unix_nano
-                # As the Collector's exporter does: a record without its own time is stored at
-                # the time it was observed, so that it still sorts and partitions sensibly.
-                ts.append(record.time_unix_nano or observed_ns)
-                observed.append(observed_ns)
-                trace_ids.append(hex_or_empty(record.trace_id))
-                span_ids.append(hex_or_empty(record.span_id))
-                flags.append(record.flags)
-                severity_texts.append(record.severity_text)
-                # An open enum on the wire: any int32 may arrive, the column is uint8.
-                severity = record.severity_number
-                severity_numbers.append(severity if 0 <= severity <= 255 else (severity > 0) * 255)
-                bodies.append(render_anyvalue(record.body, limits, tally))
-                event_names.append(record.event_name)
-                attrs.extend(record.attributes, lkeys, lvalues, tally)
+                records, times, seen, tids, sids = (
+                    [column[i] for i in keep] for column in (records, times, seen, tids, sids)
+                )
+            runs.append((scopes.add_scope(scope_logs, attrs, tally), len(records)))
+            # As the Collector's exporter does: a record without its own time is stored at the
+            # time it was observed, so that it still sorts and partitions sensibly.
+            ts += [t or o for t, o in zip(times, seen, strict=True)]
+            observed += seen
+            trace_ids += map(hex_or_empty, tids)
+            span_ids += map(hex_or_empty, sids)
+            flags += [r.flags for r in records]
+            severity_texts += [r.severity_text for r in records]
+            numbers = [r.severity_number for r in records]
+            # An open enum on the wire: any int32 may arrive, but the column is uint8.
+            if min(numbers) < 0 or max(numbers) > 255:
+                numbers = [min(max(n, 0), 255) for n in numbers]
+            severity_numbers += numbers
+            bodies += [render_anyvalue(r.body, limits, tally) for r in records]
+            event_names += [r.event_name for r in records]
+            keys = log_attrs.keys
+            values = log_attrs.values
+            for record in records:
+                attrs.extend(record.attributes, keys, values, tally)
                 log_attrs.close_row()
-            scope_rows.extend([scope_id] * (len(ts) - before))
 
     out.accepted = len(ts)
     out.dropped_attributes = tally.dropped_attributes
@@ -90,7 +115,7 @@ def decode_logs(request: ExportLogsServiceRequest, attrs: AttributeRenderer) -> 
     if not ts:
         return out
 
-    columns = take_scopes(scopes.to_batch(), scope_rows)
+    columns = scopes.to_arrow(runs, LOGS.names)
     columns.update(
         Timestamp=pa.array(ts, TS),
         ObservedTimestamp=pa.array(observed, TS),

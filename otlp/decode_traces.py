@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
-
-from opstrata.otlp.anyvalue import AttributeRenderer
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opstrata.otlp import _wire
+from opstrata.otlp.anyvalue import AttributeRenderer, render_anyvalue
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column
-from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest
-from opstrata.otlp.limits import Tally
+from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest, InvalidRequest
+from opstrata.otlp.limits import DecodeLimits, Tally
 from opstrata.schema import EVENT_TYPE, LINK_TYPE, TRACES, TS, Signal, Table
 
-__all__ = ["SPAN_KINDS", "STATUS_CODES", "decode_traces"]
+__all__ = ["SPAN_KINDS", "STATUS_CODES", "decode_trace_bytes", "decode_traces"]
 
-# The strings the Collector's ClickHouse exporter stores (``traceutil.SpanKindStr``/``StatusCodeStr``).
+# The strings the Collector's ClickHouse exporter stores
+# (``traceutil.SpanKindStr``/``StatusCodeStr``).
 SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
 STATUS_CODES = ("Unset", "Ok", "Error")
 
@@ -27,15 +32,24 @@ def _service_name(keys: list[str], values: list[str]) -> str:
     return ""
 
 
-def _invalid_reason(span) -> str | None:  # noqa: ANN001
+# Why a span is rejected; ``_wire`` reports the index of one of these.
+_REASONS = (
+    "trace_id must be 16 bytes and not all zero",
+    "span_id must be 8 bytes and not all zero",
+    "parent_span_id must be empty or 8 bytes",
+    "timestamp out of range",
+)
+
+
+def _invalid_reason(span) -> str | None:
     if len(span.trace_id) != 16 or not span.trace_id.strip(b"\x00"):
-        return "trace_id must be 16 bytes and not all zero"
+        return _REASONS[0]
     if len(span.span_id) != 8 or not span.span_id.strip(b"\x00"):
-        return "span_id must be 8 bytes and not all zero"
+        return _REASONS[1]
     if span.parent_span_id and len(span.parent_span_id) != 8:
-        return "parent_span_id must be empty or 8 bytes"
+        return _REASONS[2]
     if span.start_time_unix_nano > MAX_TIMESTAMP_NS or span.end_time_unix_nano > MAX_TIMESTAMP_NS:
-        return "timestamp out of range"
+        return _REASONS[3]
     return None
 
 
@@ -172,4 +186,50 @@ def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) 
         schema=TRACES,
     )
     out.batches.append((Table.TRACES, batch))
+    return out
+
+
+# --- The same from the serialized request, decoded in C (``otlp/_wire.c``) ---------------------
+
+# ``_wire`` hands the batch over through the Arrow C data interface; importing it with the
+# schema object saves re-reading the schema from C on every request.
+_import_batch = pa.RecordBatch._import_from_c
+
+
+def _complex_renderer(limits: DecodeLimits) -> Callable[[bytes], tuple[str, int]]:
+    """Renders the array/map values that ``_wire`` leaves to Python, from a serialized KeyValue."""
+
+    def render(raw: bytes) -> tuple[str, int]:
+        tally = Tally()
+        text = render_anyvalue(KeyValue.FromString(raw).value, limits, tally)
+        return text, tally.truncated_values
+
+    return render
+
+
+def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
+    """Decode a serialized ``ExportTraceServiceRequest`` without building protobuf objects.
+
+    The result equals ``decode_traces(ExportTraceServiceRequest.FromString(data), attrs)``;
+    bytes that upb would refuse raise :class:`InvalidRequest`. ``attrs`` supplies the limits
+    (its memo of rendered pairs is not needed here).
+    """
+    limits = attrs.limits
+    if not isinstance(data, bytes):
+        data = bytes(data)  # an immutable copy: the C code keeps pointers into it
+    try:
+        rejected, reason, dropped, truncated, capsule, address = _wire.decode_traces(
+            data, limits.max_attributes, limits.max_value_chars, _complex_renderer(limits)
+        )
+    except (_wire.DecodeError, ProtobufDecodeError) as exc:
+        raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None
+    out = DecodedRequest(
+        Signal.SPANS, rejected=rejected, dropped_attributes=dropped, truncated_values=truncated
+    )
+    if reason >= 0:
+        out.message = f"{rejected} span(s) rejected: {_REASONS[reason]}"
+    if capsule is not None:
+        batch = _import_batch(address, TRACES)  # moves the arrays out; ``capsule`` frees the rest
+        out.accepted = batch.num_rows
+        out.batches.append((Table.TRACES, batch))
     return out

@@ -32,7 +32,6 @@ import msgspec
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-
 from opstrata.otlp.decoded import InvalidRequest
 
 __all__ = ["MAX_DEPTH", "message_to_json", "parse_json_request"]
@@ -277,15 +276,17 @@ def _repeated(convert: _Converter) -> _Converter:
 
 
 _KEY_VALUE = "opentelemetry.proto.common.v1.KeyValue"
-# AnyValue scalars by JSON key: the keyword for the constructor and the converter.
-_ANY_SCALARS: dict[str, tuple[str, _Converter]] = {}
-for _key, _name, _convert in (
-    ("stringValue", "string_value", _string),
-    ("intValue", "int_value", _INT64),
-    ("boolValue", "bool_value", _bool),
-    ("doubleValue", "double_value", _double),
-):
-    _ANY_SCALARS[_key] = _ANY_SCALARS[_name] = (_name, _convert)
+# AnyValue scalars by JSON key (both spellings): the keyword for the constructor and converter.
+_ANY_SCALARS: dict[str, tuple[str, _Converter]] = {
+    key: (name, convert)
+    for keys, name, convert in (
+        (("stringValue", "string_value"), "string_value", _string),
+        (("intValue", "int_value"), "int_value", _INT64),
+        (("boolValue", "bool_value"), "bool_value", _bool),
+        (("doubleValue", "double_value"), "double_value", _double),
+    )
+    for key in keys
+}
 
 
 def _is_plain_key_value(descriptor: Descriptor) -> bool:

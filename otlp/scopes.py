@@ -2,19 +2,34 @@
 
 Logs and metric points repeat their resource and scope in every row. Appending those seven or
 eight values (two of them maps) row by row is a large share of the per-item Python work, so each
-scope is stored once and the rows get their copies in one Arrow ``take`` at the end.
+scope is stored once, the decoders record runs of rows that share a scope, and the columns are
+expanded from those runs when the batch is built.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
+from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
+from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.columns import StringMapColumn
 from opstrata.otlp.limits import Tally
+from opstrata.schema import STRING_MAP
 
-__all__ = ["ScopeColumns", "service_name", "take_scopes"]
+__all__ = ["ScopeColumns", "service_name"]
+
+_NO_STRINGS = pa.array([], pa.string())
+# Column name → the ``ScopeColumns`` attribute it is built from.
+_MAPS = (("ResourceAttributes", "resource_attrs"), ("ScopeAttributes", "scope_attrs"))
+_SCALARS = (
+    ("ResourceSchemaUrl", "resource_schema_urls", pa.string()),
+    ("ServiceName", "services", pa.string()),
+    ("ScopeName", "scope_names", pa.string()),
+    ("ScopeVersion", "scope_versions", pa.string()),
+    ("ScopeDroppedAttrCount", "scope_dropped", pa.uint32()),
+    ("ScopeSchemaUrl", "scope_schema_urls", pa.string()),
+)
 
 
 def service_name(keys: list[str], values: list[str]) -> str:
@@ -25,8 +40,42 @@ def service_name(keys: list[str], values: list[str]) -> str:
     return ""
 
 
+def _repeat(values: list, runs: list[tuple[int, int]]) -> list:
+    if len(runs) == 1:
+        scope, count = runs[0]
+        return [values[scope]] * count
+    out: list = []
+    for scope, count in runs:
+        out += [values[scope]] * count
+    return out
+
+
+def _repeat_map(column: StringMapColumn, runs: list[tuple[int, int]]) -> pa.Array:
+    # Row offsets and child indices come from the runs in bulk; the strings are converted once
+    # per scope and copied by Arrow's ``take``, far cheaper than converting each row's copy.
+    src = column.offsets
+    offsets = [0]
+    child: list[np.ndarray] = []
+    for scope, count in runs:
+        lo = src[scope]
+        width = src[scope + 1] - lo
+        base = offsets[-1]
+        if width:
+            offsets += range(base + width, base + width * count + 1, width)
+            child.append(np.tile(np.arange(lo, lo + width, dtype=np.int32), count))
+        else:
+            offsets += [base] * count
+    if child:
+        index = pa.array(child[0] if len(child) == 1 else np.concatenate(child))
+        keys = pa.array(column.keys, pa.string()).take(index)
+        values = pa.array(column.values, pa.string()).take(index)
+    else:
+        keys = values = _NO_STRINGS
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), keys, values, type=STRING_MAP)
+
+
 class ScopeColumns:
-    """One row per scope seen in a request; ``take`` repeats them for the item rows."""
+    """One entry per scope of a request, expanded to one row per item by :meth:`to_arrow`."""
 
     __slots__ = (
         "_resource",
@@ -51,12 +100,16 @@ class ScopeColumns:
         self.scope_schema_urls: list[str] = []
         self._resource: tuple[list[str], list[str], str, str] = ([], [], "", "")
 
-    def set_resource(self, resource_x, attrs: AttributeRenderer, tally: Tally) -> None:  # noqa: ANN001
+    def set_resource(
+        self, resource_x: ResourceLogs | ResourceMetrics, attrs: AttributeRenderer, tally: Tally
+    ) -> None:
         """Render a ``ResourceLogs``/``ResourceMetrics`` resource for the scopes that follow."""
         keys, values = attrs.pairs(resource_x.resource.attributes, tally)
         self._resource = (keys, values, service_name(keys, values), resource_x.schema_url)
 
-    def add_scope(self, scope_x, attrs: AttributeRenderer, tally: Tally) -> int:  # noqa: ANN001
+    def add_scope(
+        self, scope_x: ScopeLogs | ScopeMetrics, attrs: AttributeRenderer, tally: Tally
+    ) -> int:
         """Record a ``ScopeLogs``/``ScopeMetrics`` under the current resource; return its index."""
         rkeys, rvalues, service, resource_url = self._resource
         scope = scope_x.scope
@@ -71,33 +124,13 @@ class ScopeColumns:
         self.scope_schema_urls.append(scope_x.schema_url)
         return len(self.services) - 1
 
-    def to_batch(self) -> pa.RecordBatch:
-        """All scopes as one batch, built once and taken from by every table of the request."""
-        return pa.RecordBatch.from_arrays(
-            [
-                self.resource_attrs.to_arrow(),
-                pa.array(self.resource_schema_urls, pa.string()),
-                pa.array(self.services, pa.string()),
-                pa.array(self.scope_names, pa.string()),
-                pa.array(self.scope_versions, pa.string()),
-                self.scope_attrs.to_arrow(),
-                pa.array(self.scope_dropped, pa.uint32()),
-                pa.array(self.scope_schema_urls, pa.string()),
-            ],
-            names=[
-                "ResourceAttributes",
-                "ResourceSchemaUrl",
-                "ServiceName",
-                "ScopeName",
-                "ScopeVersion",
-                "ScopeAttributes",
-                "ScopeDroppedAttrCount",
-                "ScopeSchemaUrl",
-            ],
-        )
-
-
-def take_scopes(scopes: pa.RecordBatch, rows: list[int]) -> dict[str, pa.Array]:
-    """Scope-level columns by name, one row per item whose scope index is in ``rows``."""
-    taken = scopes.take(pa.array(np.asarray(rows, dtype=np.int32)))
-    return dict(zip(taken.schema.names, taken.columns, strict=True))
+    def to_arrow(self, runs: list[tuple[int, int]], names: list[str]) -> dict[str, pa.Array]:
+        """The columns among ``names`` for rows given as runs of ``(scope index, row count)``."""
+        columns: dict[str, pa.Array] = {}
+        for name, attribute in _MAPS:
+            if name in names:
+                columns[name] = _repeat_map(getattr(self, attribute), runs)
+        for name, attribute, arrow_type in _SCALARS:
+            if name in names:
+                columns[name] = pa.array(_repeat(getattr(self, attribute), runs), arrow_type)
+        return columns
