@@ -25,7 +25,7 @@ import math
 import re
 import threading
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -95,27 +95,29 @@ _INT_RE = re.compile(r"-?[0-9]+", re.ASCII)
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _FLOAT32_MAX = 3.4028234663852886e38
+_MAX_INT_CHARS = 40  # longer strings are not 64-bit integers in any sensible spelling
 
 
 def _int_slow(value: object, lo: int, hi: int) -> int:
-    """Integers given as anything but a plain JSON integer or a string of digits."""
+    """Integers given as anything but a plain JSON integer or a short string of digits."""
     if isinstance(value, float):
         if not value.is_integer():
             raise _Bad(f"not an integer: {value!r}")
         number = int(value)
     elif isinstance(value, str):
+        if len(value) > _MAX_INT_CHARS:  # also keeps int() and Decimal away from huge inputs
+            raise _Bad(f"not an integer in range: {value[:40]!r}...")
         if _INT_RE.fullmatch(value):
             number = int(value)
         elif _NUMBER_RE.fullmatch(value):  # "1e3", "5.0": integral values in number syntax
-            try:
-                exact = Decimal(value)
-            except InvalidOperation:
-                raise _Bad(f"not an integer: {value!r}") from None
+            exact = Decimal(value)
+            if exact.adjusted() > _MAX_INT_CHARS:
+                raise _Bad(f"integer out of range: {value}")
             if exact != exact.to_integral_value():
                 raise _Bad(f"not an integer: {value!r}")
             number = int(exact)
         else:
-            raise _Bad(f"not an integer: {value[:40]!r}")
+            raise _Bad(f"not an integer: {value!r}")
     else:
         raise _expected("integer", value)
     if not lo <= number <= hi:
@@ -129,7 +131,7 @@ def _int_converter(lo: int, hi: int) -> _Converter:
             if lo <= value <= hi:
                 return value
             raise _Bad(f"integer out of range: {value}")
-        if type(value) is str and value.isdigit() and value.isascii():
+        if type(value) is str and len(value) < 21 and value.isdigit() and value.isascii():
             number = int(value)
             if number <= hi:
                 return number
@@ -163,7 +165,7 @@ def _double(value: Any, depth: int) -> float:
             if math.isinf(number):
                 raise _Bad("number out of range")
             return number
-        raise _Bad(f"not a number: {value[:40]!r}")
+        raise _Bad(f"not a number: {value[:40]!r}")  # (cut: it is echoed to the client)
     raise _expected("number", value)
 
 
@@ -260,17 +262,15 @@ def _repeated(convert: _Converter) -> _Converter:
     def convert_list(value: Any, depth: int) -> list:
         if type(value) is not list:
             raise _expected("array", value)
+        out: list = []
+        append = out.append
         try:
-            return [convert(item, depth) for item in value]
-        except _Bad:
-            # Find the failing element again to name it; the happy path pays nothing for this.
-            for index, item in enumerate(value):
-                try:
-                    convert(item, depth)
-                except _Bad as bad:
-                    bad.path.append(index)
-                    raise
+            for item in value:
+                append(convert(item, depth))
+        except _Bad as bad:
+            bad.path.append(len(out))  # the index of the element that failed
             raise
+        return out
 
     return convert_list
 
@@ -329,7 +329,7 @@ def _attributes(convert: _Converter) -> _Converter:
                     if type(item) is str:
                         append({"key": key, "value": {"string_value": item}})
                         continue
-                    for scalar_key, item in any_value.items():
+                    for scalar_key, item in any_value.items():  # the one member
                         entry = scalars.get(scalar_key)
                         if entry is not None:
                             try:
