@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+import pyarrow as pa
 from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
-from opstrata.schema import Signal
+from opstrata.schema import Signal, Table
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import IngestSettings
 from opstrata.storage.base import Store, StoreError
@@ -42,6 +44,8 @@ class IngestPipeline:
             max_depth=settings.max_anyvalue_depth,
         )
         self.admission = Admission(settings.queue_bytes)
+        self.on_commit: Callable[[int, list[tuple[Table, pa.RecordBatch]]], None] | None = None
+        """Told of every commit (sequence number and batches), in order: the fan-out."""
         self._pool: ProcessPoolExecutor | None = None
         self._closing = False
         self._idle = asyncio.Event()
@@ -111,13 +115,15 @@ class IngestPipeline:
             self._count_decoded(signal, decoded)
             if decoded.batches:
                 try:
-                    await self.store.write(decoded.batches)
+                    seq = await self.store.write(decoded.batches)
                 except StoreError as exc:
                     metrics.rejected_items.labels(signal.value, "commit_failed").inc(
                         decoded.accepted
                     )
                     raise Unavailable(f"commit failed: {exc}", 1) from exc
                 metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+                if self.on_commit is not None:
+                    self.on_commit(seq, decoded.batches)
             return decoded
         finally:
             admission.release(nbytes)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from opstrata.alertbook import AlertBook
+from opstrata.fanout import ConsumerRunner
 from opstrata.ingest import IngestPipeline
+from opstrata.notifiers import NotifierRunner
+from opstrata.kernel import Registry
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings
 from opstrata.storage.base import Store
@@ -18,4 +22,8 @@ class Runtime:
     store: Store
     metrics: SelfMetrics
     pipeline: IngestPipeline
+    registry: Registry
+    consumers: list[ConsumerRunner] = field(default_factory=list)
+    notifiers: list[NotifierRunner] = field(default_factory=list)
+    alertbook: AlertBook | None = None
     ready: bool = False

@@ -15,15 +15,20 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
+from opstrata.consumers import CommittedBatch, ConsumerContext
+from opstrata.fanout import ConsumerRunner
+from opstrata.incidents import EntityWindowEngine
 from opstrata.ingest import IngestPipeline
+from opstrata.notifiers import NotifierRunner
 from opstrata.otlp.grpc_receiver import GrpcReceiver
 from opstrata.otlp.http_receiver import OtlpHttpApp
+from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
 from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
 from opstrata.storage.base import Store
-from opstrata.storage.duckdb_store import DuckDBStore
 
 __all__ = ["open_store", "serve"]
 
@@ -55,15 +60,16 @@ def _announce(what: str, sock_or_addr: socket.socket | tuple[str, int]) -> None:
     print(f"opstrata: {what} listening on {shown}:{port}", flush=True)
 
 
-def open_store(settings: Settings) -> Store:
-    if settings.storage.backend != "duckdb":
-        raise SystemExit(f"storage.backend: unknown store {settings.storage.backend!r}")
-    return DuckDBStore(
-        settings.data_path,
-        commit_max_rows=settings.storage.commit_max_rows,
-        threads=settings.storage.duckdb_threads,
-        memory_limit=settings.storage.duckdb_memory_limit,
-    )
+def open_store(settings: Settings, registry: Registry) -> Store:
+    """The store ``storage.backend`` names, from those plugins registered."""
+    try:
+        _, factory = registry.stores[settings.storage.backend]
+    except KeyError:
+        known = ", ".join(sorted(registry.stores)) or "none"
+        raise PluginError(
+            f"storage.backend: no store named {settings.storage.backend!r} (known: {known})"
+        ) from None
+    return factory(settings)
 
 
 def _uvicorn(app: object, name: str) -> _Uvicorn:
@@ -97,15 +103,63 @@ async def _retention(runtime: Runtime) -> None:
         await asyncio.sleep(300)
 
 
+def _consumer_runners(
+    settings: Settings, registry: Registry, store: Store, alertbook: AlertBook
+) -> list[ConsumerRunner]:
+    runners = []
+    for plugin, consumer in registry.consumers:
+        state_dir = settings.data_path / "plugins" / plugin
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ctx = ConsumerContext(
+            plugin, consumer.name, state_dir, alertbook.emit, store, registry.configs[plugin]
+        )
+        runners.append(
+            ConsumerRunner(plugin, consumer, store, ctx, settings.data_path / "consumers")
+        )
+    return runners
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the exit status."""
+    pm = build_plugin_manager(settings)
+    registry = wire_plugins(pm, settings)
     metrics = SelfMetrics()
-    store = open_store(settings)
+    store = open_store(settings, registry)
     store.start()
     metrics.watch_store(lambda: store.stats)
+    notifiers = [NotifierRunner(plugin, notifier) for plugin, notifier in registry.notifiers]
+    for notifier in notifiers:
+        notifier.start()
+    engine = EntityWindowEngine(
+        quiet_seconds=settings.incidents.quiet_seconds,
+        reopen_seconds=settings.incidents.reopen_seconds,
+    )
+    alertbook = AlertBook(store, engine, notifiers)
+    alertbook.start()
+    runners = _consumer_runners(settings, registry, store, alertbook)
+    for runner in runners:
+        runner.start()
+    metrics.watch_kernel(runners, notifiers, alertbook)
+
     pipeline = IngestPipeline(settings.ingest, store, metrics)
+
+    def fan_out(seq: int, batches: list) -> None:
+        committed = CommittedBatch.of(seq, batches)
+        for runner in runners:
+            runner.publish(committed)
+
+    pipeline.on_commit = fan_out
     pipeline.start()
-    runtime = Runtime(settings=settings, store=store, metrics=metrics, pipeline=pipeline)
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        metrics=metrics,
+        pipeline=pipeline,
+        registry=registry,
+        consumers=runners,
+        notifiers=notifiers,
+        alertbook=alertbook,
+    )
 
     grpc_receiver = GrpcReceiver(
         pipeline, parse_address(settings.otlp_grpc, "otlp_grpc"), settings.ingest.max_request_bytes
@@ -149,6 +203,11 @@ async def serve(settings: Settings) -> int:
     await pipeline.shutdown(timeout=30.0)
     api.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    for runner in runners:
+        await asyncio.to_thread(runner.stop)
+    await asyncio.to_thread(alertbook.stop)
+    for notifier in notifiers:
+        await asyncio.to_thread(notifier.stop)
     await asyncio.to_thread(store.shutdown)
     print("opstrata: stopped", flush=True)
     return 0
@@ -163,6 +222,6 @@ def run(settings: Settings) -> int:
         return uvloop.run(serve(settings))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, PluginError) as exc:
         print(f"opstrata: cannot start: {exc}", file=sys.stderr)
         return 1

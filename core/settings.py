@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "IncidentSettings",
     "IngestSettings",
     "Settings",
     "SettingsError",
@@ -58,6 +59,13 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     duckdb_memory_limit: str = "2GB"
 
 
+class IncidentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    quiet_seconds: float = 600
+    """An incident with no alert event for this long (event time) resolves."""
+    reopen_seconds: float = 1800
+    """An alert this soon after its incident resolved reopens it."""
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     otlp_grpc: str = "127.0.0.1:4317"
     otlp_http: str = "127.0.0.1:4318"
@@ -65,6 +73,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./opstrata-data"
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    incidents: IncidentSettings = msgspec.field(default_factory=IncidentSettings)
+    disabled_plugins: list[str] = msgspec.field(default_factory=list)
+    """Plugins not to load, by name (built-in or third-party)."""
+    plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Each plugin's own section, ``[plugins.<name>]``; validated by the plugin."""
 
     @property
     def data_path(self) -> Path:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import pyarrow as pa
 from opstrata.schema import TABLES
 
-__all__ = ["BATCH_LOG_TABLE", "SEQ_COLUMN", "create_statements", "duckdb_type"]
+__all__ = [
+    "ALERTS_TABLE",
+    "BATCH_LOG_TABLE",
+    "INCIDENTS_TABLE",
+    "SEQ_COLUMN",
+    "create_statements",
+    "duckdb_type",
+]
 
 SEQ_COLUMN = "_Seq"
 """Added to every telemetry table: the sequence number of the write that committed the row."""
 BATCH_LOG_TABLE = "opstrata_batches"
+ALERTS_TABLE = "opstrata_alerts"
+INCIDENTS_TABLE = "opstrata_incidents"
 
 _SCALARS = {
     pa.string(): "VARCHAR",
@@ -49,5 +58,17 @@ def create_statements() -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {BATCH_LOG_TABLE} ("
         '"Seq" UBIGINT NOT NULL, "Signal" VARCHAR NOT NULL, "Tables" VARCHAR[] NOT NULL, '
         '"Rows" UBIGINT NOT NULL, "CommittedAt" TIMESTAMP_NS NOT NULL)'
+    )
+    statements.append(
+        f"CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} ("
+        '"Id" VARCHAR PRIMARY KEY, "Key" VARCHAR NOT NULL, "Plugin" VARCHAR NOT NULL, '
+        '"Layer" VARCHAR NOT NULL, "Kind" VARCHAR NOT NULL, "Status" VARCHAR NOT NULL, '
+        '"IncidentId" VARCHAR, "FirstSeen" BIGINT NOT NULL, "LastSeen" BIGINT NOT NULL, '
+        '"Body" VARCHAR NOT NULL)'
+    )
+    statements.append(
+        f"CREATE TABLE IF NOT EXISTS {INCIDENTS_TABLE} ("
+        '"Id" VARCHAR PRIMARY KEY, "Status" VARCHAR NOT NULL, "Severity" VARCHAR NOT NULL, '
+        '"Opened" BIGINT NOT NULL, "Updated" BIGINT NOT NULL, "Body" VARCHAR NOT NULL)'
     )
     return statements

@@ -17,13 +17,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+from opstrata.alerts import Alert, Incident
+from opstrata.consumers import CommittedBatch
 from opstrata.schema import TABLES, Signal, Table, signal_of
 from opstrata.storage.base import CommitStats, StoreClosed, StoreError
 from opstrata.storage.duckdb_ddl import BATCH_LOG_TABLE, SEQ_COLUMN, create_statements
+from opstrata.storage.duckdb_events import AlertIncidentTables
 
 __all__ = ["DuckDBStore"]
 
@@ -247,6 +251,63 @@ class DuckDBStore:
             )
             .to_arrow_table()
         )
+
+    def read_batches(
+        self, after_seq: int, upto_seq: int, signals: frozenset[Signal], limit: int = 64
+    ) -> list[CommittedBatch]:
+        """Committed batches with ``after_seq < seq <= upto_seq`` of the given signals, in order,
+        at most ``limit`` of them: how a consumer that fell behind catches up."""
+        cursor = self.reader()
+        log_rows = cursor.sql(
+            f'SELECT "Seq", "Tables" FROM {BATCH_LOG_TABLE} '
+            'WHERE "Seq" > ? AND "Seq" <= ? AND list_contains(?, "Signal") '
+            'ORDER BY "Seq" LIMIT ?',
+            params=[after_seq, upto_seq, sorted(s.value for s in signals), limit],
+        ).fetchall()
+        if not log_rows:
+            return []
+        first, last = log_rows[0][0], log_rows[-1][0]
+        tables = sorted({t for _, names in log_rows for t in names})
+        per_seq: dict[int, list[tuple[Table, pa.RecordBatch]]] = {seq: [] for seq, _ in log_rows}
+        for name in tables:
+            data = cursor.sql(
+                f'SELECT * FROM {Table(name)} WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? '
+                f'ORDER BY "{SEQ_COLUMN}", rowid',
+                params=[first, last],
+            ).to_arrow_table()
+            seqs = data.column(SEQ_COLUMN).to_numpy()
+            data = data.drop_columns([SEQ_COLUMN]).cast(TABLES[Table(name)])
+            bounds = np.flatnonzero(np.diff(seqs)) + 1
+            starts = np.concatenate(([0], bounds))
+            ends = np.concatenate((bounds, [len(seqs)]))
+            for start, end in zip(starts, ends, strict=True):
+                seq = int(seqs[start])
+                if seq in per_seq:
+                    chunk = data.slice(start, end - start).combine_chunks()
+                    per_seq[seq].append((Table(name), chunk.to_batches()[0]))
+        return [CommittedBatch.of(seq, per_seq[seq]) for seq, _ in log_rows]
+
+    # -- alerts and incidents ------------------------------------------------------------------
+
+    def save_alerts(self, alerts: Sequence[Alert]) -> None:
+        AlertIncidentTables.save_alerts(self.reader(), alerts)
+
+    def save_incidents(self, incidents: Sequence[Incident]) -> None:
+        AlertIncidentTables.save_incidents(self.reader(), incidents)
+
+    def load_alerts(self, firing_only: bool = False) -> list[Alert]:
+        status = "firing" if firing_only else None
+        return AlertIncidentTables.alerts(self.reader(), status=status, limit=1_000_000)
+
+    def load_incidents(self, open_only: bool = False) -> list[Incident]:
+        statuses = ["open", "acknowledged"] if open_only else None
+        return AlertIncidentTables.incidents(self.reader(), statuses=statuses, limit=1_000_000)
+
+    def alerts(self, **filters: Any) -> list[Alert]:
+        return AlertIncidentTables.alerts(self.reader(), **filters)
+
+    def incidents(self, **filters: Any) -> list[Incident]:
+        return AlertIncidentTables.incidents(self.reader(), **filters)
 
     def delete_before(self, cutoff_unix_nano: int) -> int:
         cutoff = pa.scalar(cutoff_unix_nano, pa.timestamp("ns"))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from opstrata import __version__
+from opstrata.api.events import AlertController, IncidentController, PluginController
 from opstrata.api.health import HealthController
 from opstrata.api.models import ErrorBody
 from opstrata.api.traces import TraceController
@@ -33,8 +34,19 @@ def _internal_error(_: Request, exc: Exception) -> Response[ErrorBody]:
 
 def create_app(runtime: Runtime) -> Litestar:
     """The Litestar app serving the API of one running server."""
+    plugin_routers = [
+        Router(path=f"/api/v1/{plugin}", route_handlers=list(handlers))
+        for plugin, handlers in runtime.registry.routes
+    ]
     return Litestar(
-        route_handlers=[HealthController, TraceController],
+        route_handlers=[
+            HealthController,
+            TraceController,
+            AlertController,
+            IncidentController,
+            PluginController,
+            *plugin_routers,
+        ],
         dependencies={"runtime": Provide(lambda: runtime, sync_to_thread=False)},
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         openapi_config=OpenAPIConfig(title="opstrata", version=__version__, path="/schema"),

@@ -1,0 +1,97 @@
+"""What a batch consumer is, what it receives and what it can do."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from opstrata.alerts import AlertEvent
+from opstrata.schema import Signal, Table
+
+__all__ = ["CommittedBatch", "Consumer", "ConsumerContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBatch:
+    """The data of one committed write: read-only Arrow record batches by table.
+
+    ``seq`` is the commit's sequence number: consecutive, and the order every consumer sees.
+    """
+
+    seq: int
+    signal: Signal
+    tables: Mapping[Table, pa.RecordBatch]
+
+    @classmethod
+    def of(cls, seq: int, batches: list[tuple[Table, pa.RecordBatch]]) -> CommittedBatch:
+        signal = Signal.SPANS
+        tables: dict[Table, pa.RecordBatch] = {}
+        for table, batch in batches:
+            tables[table] = batch
+            signal = (
+                Signal.SPANS
+                if table is Table.TRACES
+                else Signal.LOG_RECORDS
+                if table is Table.LOGS
+                else Signal.METRIC_POINTS
+            )
+        return cls(seq, signal, MappingProxyType(tables))
+
+    @property
+    def rows(self) -> int:
+        return sum(batch.num_rows for batch in self.tables.values())
+
+
+class ConsumerContext:
+    """Given to a consumer with every batch: emit alerts, keep state, read the store."""
+
+    def __init__(
+        self,
+        plugin: str,
+        consumer: str,
+        state_dir: Path,
+        emit: Callable[[str, AlertEvent], None],
+        store: Any,
+        config: Mapping[str, Any],
+    ) -> None:
+        self.plugin = plugin
+        self.consumer = consumer
+        self.state_dir = state_dir
+        self.store = store
+        self.config = config
+        self._emit = emit
+
+    def emit(self, event: AlertEvent) -> None:
+        """Raise (or repeat, or resolve) an alert; repeats with the same key are deduplicated."""
+        self._emit(self.plugin, event)
+
+
+class Consumer(ABC):
+    """Base class of batch consumers. Subclass it and implement :meth:`consume`.
+
+    The kernel calls ``consume`` from the consumer's own thread, once per committed batch of
+    the signals in ``signals``, in sequence order, never twice for the same batch (also across
+    restarts) and never skipping one. An exception is counted and logged (once per exception
+    type) and the consumer goes on with the next batch. A consumer slower than ingest falls
+    behind without slowing it and catches up from the store.
+    """
+
+    name: ClassVar[str] = "consumer"
+    signals: ClassVar[frozenset[Signal]] = frozenset(Signal)
+    inbox_size: ClassVar[int] = 64
+    """Batches held in memory for this consumer before it reads further ones from the store."""
+
+    def start(self, ctx: ConsumerContext) -> None:  # noqa: B027 - optional hook
+        """Called once in the consumer's thread before the first batch (load state here)."""
+
+    @abstractmethod
+    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        """Look at one committed batch; emit alerts through ``ctx``."""
+
+    def stop(self, ctx: ConsumerContext) -> None:  # noqa: B027 - optional hook
+        """Called once in the consumer's thread at shutdown (save state here)."""

@@ -1,0 +1,209 @@
+"""Fan-out of committed batches to consumers: one thread and one bounded inbox per consumer.
+
+``publish`` runs on the ingest path after each commit and never blocks: when a consumer's inbox
+is full, the consumer is marked *behind*, its inbox is emptied, and its thread later reads the
+batches it missed from the store. Each consumer's offset (the last sequence it finished) is
+written to ``<data_dir>/consumers/<plugin>.<name>.offset`` after every batch, so after a
+restart — also after ``kill -9`` — it resumes right after the last batch it finished.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
+
+__all__ = ["ConsumerRunner", "OffsetFile"]
+
+log = logging.getLogger(__name__)
+
+_CATCH_UP_CHUNK = 32
+
+
+class OffsetFile:
+    """The last finished sequence number of one consumer, replaced atomically on every write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tmp = path.with_suffix(".tmp")
+
+    def load(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("unreadable offset file %s: starting from the head", self.path)
+            return None
+
+    def save(self, seq: int) -> None:
+        self._tmp.write_text(str(seq))
+        # rename is atomic: a kill -9 leaves the old or the new offset, never a torn one.
+        os.replace(self._tmp, self.path)
+
+
+class ConsumerRunner:
+    """Runs one consumer: its thread, inbox, offset and counters."""
+
+    def __init__(
+        self,
+        plugin: str,
+        consumer: Consumer,
+        store,
+        ctx: ConsumerContext,
+        offsets_dir: Path,
+    ) -> None:
+        self.plugin = plugin
+        self.consumer = consumer
+        self.store = store
+        self.ctx = ctx
+        self.label = f"{plugin}/{consumer.name}"
+        offsets_dir.mkdir(parents=True, exist_ok=True)
+        self.offsets = OffsetFile(offsets_dir / f"{plugin}.{consumer.name}.offset")
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[CommittedBatch] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._errors_seen: set[str] = set()
+        self.head = 0
+        self.offset = 0
+        self.behind = False
+        self.batches = 0
+        self.rows = 0
+        self.errors = 0
+        self.catch_up_batches = 0
+        self.busy_seconds = 0.0
+        self.last_error = ""
+
+    # -- called from the ingest side -------------------------------------------------------------
+
+    def start(self) -> None:
+        head = self.store.last_sequence()
+        saved = self.offsets.load()
+        # A consumer seen for the first time starts at the head: it is not fed all history.
+        self.offset = head if saved is None else min(saved, head)
+        if saved is None:
+            self.offsets.save(self.offset)
+        self.head = head
+        self.behind = self.offset < head
+        self._thread = threading.Thread(
+            target=self._run, name=f"consumer-{self.label}", daemon=True
+        )
+        self._thread.start()
+
+    def publish(self, batch: CommittedBatch) -> None:
+        """Offer a committed batch; never blocks."""
+        with self._cond:
+            if batch.seq <= self.head:
+                return
+            if batch.seq != self.head + 1:
+                # A commit was never published (its request was cancelled): read from the store.
+                self.behind = True
+                self._inbox.clear()
+            self.head = batch.seq
+            if batch.signal not in self.consumer.signals or self.behind:
+                return
+            if len(self._inbox) >= self.consumer.inbox_size:
+                self.behind = True
+                self._inbox.clear()
+            else:
+                self._inbox.append(batch)
+            self._cond.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.offset)
+
+    @property
+    def state(self) -> str:
+        if self._thread is None:
+            return "stopped"
+        return "behind" if self.behind else "live"
+
+    # -- the consumer's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.consumer.start(self.ctx)
+        except Exception as exc:
+            self._count_error(exc)
+        while True:
+            with self._cond:
+                while not (self._inbox or self.behind or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                if self.behind:
+                    target = self.head
+                    batch = None
+                else:
+                    batch = self._inbox.popleft()
+            if batch is None:
+                self._catch_up(target)
+            elif batch.seq > self.offset:
+                self._process(batch)
+        try:
+            self.consumer.stop(self.ctx)
+        except Exception as exc:
+            self._count_error(exc)
+
+    def _catch_up(self, target: int) -> None:
+        while self.offset < target and not self._stopping:
+            missed = self.store.read_batches(
+                self.offset, target, self.consumer.signals, _CATCH_UP_CHUNK
+            )
+            if not missed:
+                break
+            for batch in missed:
+                self.catch_up_batches += 1
+                self._process(batch)
+                if self._stopping:
+                    return
+        with self._cond:
+            if self.offset < target:
+                self.offset = target
+                self.offsets.save(target)
+            # Anything still queued at or below the target has just been handled from the store.
+            while self._inbox and self._inbox[0].seq <= self.offset:
+                self._inbox.popleft()
+            if self.head <= target or self._inbox:
+                self.behind = False
+
+    def _process(self, batch: CommittedBatch) -> None:
+        started = time.perf_counter()
+        try:
+            self.consumer.consume(batch, self.ctx)
+        except Exception as exc:
+            self._count_error(exc)
+        self.busy_seconds += time.perf_counter() - started
+        self.batches += 1
+        self.rows += batch.rows
+        self.offset = batch.seq
+        self.offsets.save(batch.seq)
+
+    def _count_error(self, exc: Exception) -> None:
+        self.errors += 1
+        kind = type(exc).__name__
+        self.last_error = f"{kind}: {exc}"
+        if kind not in self._errors_seen:
+            self._errors_seen.add(kind)
+            log.error(
+                "consumer %s failed (%s); further %s errors are only counted",
+                self.label,
+                self.last_error,
+                kind,
+                exc_info=exc,
+            )
