@@ -29,6 +29,38 @@ def _serve(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    from opstrata.fanout import OffsetFile
+    from opstrata.kernel import PluginError, build_plugin_manager, wire_plugins
+
+    try:
+        settings = load_settings(args.config, {"data_dir": args.data_dir})
+        registry = wire_plugins(build_plugin_manager(settings), settings)
+    except (SettingsError, PluginError) as exc:
+        print(f"opstrata: {exc}", file=sys.stderr)
+        return 2
+    offsets_dir = settings.data_path / "consumers"
+    for info in registry.plugins:
+        origin = "built-in" if info.builtin else "installed"
+        print(f"{info.name} {info.version} ({origin})")
+        print(f"  hooks: {', '.join(info.hooks) or '-'}")
+        for plugin, consumer in registry.consumers:
+            if plugin == info.name:
+                offset = OffsetFile(offsets_dir / f"{plugin}.{consumer.name}.offset").load()
+                signals = ",".join(sorted(s.value for s in consumer.signals))
+                shown = "never run" if offset is None else f"offset {offset}"
+                print(f"  consumer {consumer.name} [{signals}]: {shown}")
+        for name, plugin in registry.detectors.names().items():
+            if plugin == info.name:
+                print(f"  detector {name}")
+        for plugin, notifier in registry.notifiers:
+            if plugin == info.name:
+                print(f"  notifier {notifier.name}")
+        if any(plugin == info.name for plugin, _ in registry.routes):
+            print(f"  routes /api/v1/{info.name}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opstrata", description="OpenTelemetry-native backend for AIOps, MLOps and LLMOps."
@@ -43,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="PATH", help="data directory (./opstrata-data)")
     serve.add_argument("--config", metavar="FILE.toml", help="settings file")
     serve.set_defaults(handler=_serve)
+
+    plugins = commands.add_parser("plugins", help="list the plugins that load, and what they add")
+    plugins.add_argument("--data-dir", metavar="PATH", help="data directory (consumer offsets)")
+    plugins.add_argument("--config", metavar="FILE.toml", help="settings file")
+    plugins.set_defaults(handler=_plugins)
     return parser
 
 
