@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import pyarrow as pa
+
 from opstrata.alerts import AlertEvent
 from opstrata.schema import Signal, Table
 

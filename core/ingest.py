@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import pyarrow as pa
+
 from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.otlp.decoded import DecodedRequest, InvalidRequest

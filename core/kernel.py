@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pluggy
+
 from opstrata import __version__, hookspecs
 from opstrata.consumers import Consumer
 from opstrata.detectors import DetectorRegistry

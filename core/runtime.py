@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from opstrata.alertbook import AlertBook
 from opstrata.fanout import ConsumerRunner
 from opstrata.ingest import IngestPipeline
-from opstrata.notifiers import NotifierRunner
 from opstrata.kernel import Registry
+from opstrata.notifiers import NotifierRunner
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings
 from opstrata.storage.base import Store

@@ -15,16 +15,17 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+
 from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
 from opstrata.consumers import CommittedBatch, ConsumerContext
 from opstrata.fanout import ConsumerRunner
 from opstrata.incidents import EntityWindowEngine
 from opstrata.ingest import IngestPipeline
+from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
 from opstrata.notifiers import NotifierRunner
 from opstrata.otlp.grpc_receiver import GrpcReceiver
 from opstrata.otlp.http_receiver import OtlpHttpApp
-from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
 from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address

@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
 from opstrata.otlp import _wire
 from opstrata.otlp.anyvalue import AttributeRenderer, render_anyvalue
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column

@@ -7,6 +7,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
 from opstrata import __version__
 from opstrata.api.events import AlertController, IncidentController, PluginController
 from opstrata.api.health import HealthController

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+
 from opstrata.api.models import SpanEvent, SpanLink, SpanOut
 
 __all__ = ["rows_with_int_times", "spans_from_arrow"]

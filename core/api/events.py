@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
+
 from opstrata.alerts import Alert, Incident
 from opstrata.kernel import PluginInfo
 from opstrata.runtime import Runtime

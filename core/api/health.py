@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 from litestar.exceptions import HTTPException
+
 from opstrata.runtime import Runtime
 
 __all__ = ["HealthController"]

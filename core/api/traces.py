@@ -7,6 +7,7 @@ import re
 from litestar import Controller, get
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
+
 from opstrata.api.convert import spans_from_arrow
 from opstrata.api.models import TraceOut
 from opstrata.runtime import Runtime
