@@ -15,6 +15,7 @@ import base64
 import math
 
 import msgspec
+
 from opstrata.otlp.limits import DecodeLimits, Tally
 
 __all__ = ["AttributeRenderer", "render_anyvalue"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
 from opstrata.schema import STRING_MAP
 
 __all__ = ["StringMapColumn", "hex_or_empty", "list_column"]

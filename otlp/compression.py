@@ -7,6 +7,7 @@ import io
 import zlib
 
 import zstandard
+
 from opstrata.errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
 
 __all__ = ["SUPPORTED_ENCODINGS", "decompress"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+
 from opstrata.schema import Signal, Table
 
 __all__ = ["MAX_TIMESTAMP_NS", "DecodedRequest", "InvalidRequest"]

@@ -15,10 +15,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.decode_logs import decode_logs
 from opstrata.otlp.decode_metrics import decode_metrics
-from opstrata.otlp.decode_traces import decode_traces
+from opstrata.otlp.decode_traces import decode_trace_bytes
 from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.otlp.otlp_json import parse_json_request
@@ -38,7 +39,6 @@ REQUEST_TYPES: dict[Signal, type[Message]] = {
     Signal.LOG_RECORDS: ExportLogsServiceRequest,
 }
 _WALKERS = {
-    Signal.SPANS: decode_traces,
     Signal.METRIC_POINTS: decode_metrics,
     Signal.LOG_RECORDS: decode_logs,
 }
@@ -91,6 +91,11 @@ def decode_request(
         message = parse_json_request(body, message_type)
         if not message.ListFields():
             _refuse_other_signal(body, signal)
+        if signal is Signal.SPANS:
+            # Re-encoding is cheap next to walking spans in Python: one decoder for both.
+            return decode_trace_bytes(message.SerializeToString(), renderer)
+    elif signal is Signal.SPANS:
+        return decode_trace_bytes(body, renderer)
     else:
         message = _parse_protobuf(body, message_type)
     return _WALKERS[signal](message, renderer)  # type: ignore[operator]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc import aio
+
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.decoder import Encoding
 from opstrata.otlp.replies import error_reply, export_response

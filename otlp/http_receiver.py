@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 from google.protobuf.message import Message
+
 from opstrata.errors import RequestTooLarge, UnsupportedMediaType
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.compression import decompress

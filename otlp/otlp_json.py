@@ -32,6 +32,7 @@ import msgspec
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+
 from opstrata.otlp.decoded import InvalidRequest
 
 __all__ = ["MAX_DEPTH", "message_to_json", "parse_json_request"]

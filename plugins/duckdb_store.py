@@ -19,5 +19,7 @@ def _open(settings: Settings) -> DuckDBStore:
 
 
 @hookimpl
-def opstrata_register_stores(register: Callable[[str, Callable[[Settings], DuckDBStore]], None]) -> None:
+def opstrata_register_stores(
+    register: Callable[[str, Callable[[Settings], DuckDBStore]], None],
+) -> None:
     register("duckdb", _open)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
+
 from opstrata.schema import Table
 
 __all__ = ["CommitStats", "Store", "StoreClosed", "StoreError"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+
 from opstrata.schema import TABLES
 
 __all__ = [

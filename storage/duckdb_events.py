@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import duckdb
 import msgspec
+
 from opstrata.alerts import Alert, Incident
 from opstrata.storage.duckdb_ddl import ALERTS_TABLE, INCIDENTS_TABLE
 

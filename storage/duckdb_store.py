@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+
 from opstrata.alerts import Alert, Incident
 from opstrata.consumers import CommittedBatch
 from opstrata.schema import TABLES, Signal, Table, signal_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+
 from opstrata.api.convert import rows_with_int_times
 
 
