@@ -128,9 +128,8 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
         detail = server.api(f"/api/v1/incidents/{incident['id']}").json()
         [alert] = detail["alerts"]
         assert alert["plugin"] == "sample" and alert["kind"] == "sample_flag"
-        assert alert["evidence"]["exemplar_trace_ids"] == [
-            format(spans[0].context.trace_id, "032x")
-        ]
+        flagged = next(s for s in spans if s.name == "GET /item/3")
+        assert alert["evidence"]["exemplar_trace_ids"] == [format(flagged.context.trace_id, "032x")]
 
         acked = httpx.post(f"{server.api_base}/api/v1/incidents/{incident['id']}/ack").json()
         assert acked["status"] == "acknowledged"
