@@ -43,6 +43,8 @@ class AlertBook:
         self.alerts_created = 0
         self.incident_changes = 0
         self.dropped = 0
+        self._clock = 0
+        self._advanced_to = 0
 
     def start(self) -> None:
         alerts = self.store.load_alerts(firing_only=True)
@@ -56,6 +58,12 @@ class AlertBook:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
+
+    def observe(self, time_unix_nano: int) -> None:
+        """Event time seen in the telemetry: incidents resolve after quiet periods of *event*
+        time even when no alert arrives (a replay resolves them exactly as live traffic did)."""
+        if time_unix_nano > self._clock:
+            self._clock = time_unix_nano
 
     def emit(self, plugin: str, event: AlertEvent) -> None:
         """Queue one alert event (called from consumer threads)."""
@@ -85,7 +93,14 @@ class AlertBook:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                item = None
+            if self._clock > self._advanced_to:
+                self._advance(self._clock)
+            if item is None:
+                continue
             if item is _STOP:
                 return
             if isinstance(item, threading.Event):
@@ -140,11 +155,33 @@ class AlertBook:
         self.store.save_alerts([alert])
         self._publish(changes)
 
+    def _advance(self, now: int) -> None:
+        self._advanced_to = now
+        try:
+            with self._lock:
+                self._publish(self.engine.advance(now))
+        except Exception:
+            log.exception("incident engine failed to advance to %d", now)
+
     def _publish(self, changes: list[IncidentChange]) -> None:
         if not changes:
             return
         self.incident_changes += len(changes)
         self.store.save_incidents([change.incident for change in changes])
         for change in changes:
+            if change.change == "resolved":
+                self._resolve_alerts(change.incident.alert_ids)
+            if change.change == "refreshed":
+                continue
             for runner in self.notifiers:
                 runner.submit(change)
+
+    def _resolve_alerts(self, alert_ids: list[str]) -> None:
+        """An incident's end ends its alerts: a relapse raises them anew (and reopens it)."""
+        ids = set(alert_ids)
+        ended = [alert for alert in self._by_key.values() if alert.id in ids]
+        for alert in ended:
+            alert.status = "resolved"
+            del self._by_key[alert.key]
+        if ended:
+            self.store.save_alerts(ended)

@@ -150,5 +150,7 @@ class IncidentChange(msgspec.Struct, frozen=True):
     """What notifiers receive: an incident and what happened to it."""
 
     change: str
-    """``opened``, ``updated``, ``escalated``, ``acknowledged``, ``resolved`` or ``reopened``."""
+    """``opened``, ``updated`` (a new alert joined), ``escalated``, ``acknowledged``,
+    ``resolved``, ``reopened``; or ``refreshed`` (a known alert repeated), which is stored but
+    not sent to notifiers."""
     incident: Incident

@@ -10,11 +10,12 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from opstrata.alerts import AlertEvent
 from opstrata.schema import Signal, Table
 
-__all__ = ["CommittedBatch", "Consumer", "ConsumerContext"]
+__all__ = ["CommittedBatch", "Consumer", "ConsumerContext", "latest_event_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,19 @@ class CommittedBatch:
         return sum(batch.num_rows for batch in self.tables.values())
 
 
+_TIME_COLUMN = {Table.TRACES: "Timestamp", Table.LOGS: "Timestamp"}
+
+
+def latest_event_time(batch: CommittedBatch) -> int:
+    """The latest event time (Unix ns) in a batch; 0 when it is empty."""
+    latest = 0
+    for table, records in batch.tables.items():
+        if records.num_rows:
+            value = pc.max(records.column(_TIME_COLUMN.get(table, "TimeUnix"))).value
+            latest = max(latest, value or 0)
+    return latest
+
+
 class ConsumerContext:
     """Given to a consumer with every batch: emit alerts, keep state, read the store."""
 
@@ -76,9 +90,11 @@ class Consumer(ABC):
     """Base class of batch consumers. Subclass it and implement :meth:`consume`.
 
     The kernel calls ``consume`` from the consumer's own thread, once per committed batch of
-    the signals in ``signals``, in sequence order, never twice for the same batch (also across
-    restarts) and never skipping one. An exception is counted and logged (once per exception
-    type) and the consumer goes on with the next batch. A consumer slower than ingest falls
+    the signals in ``signals``, in sequence order, never skipping one, and across restarts
+    resuming after the last batch it finished. (Only a ``kill -9`` that lands between
+    ``consume`` returning and the offset being written redelivers that one batch.) An exception
+    is counted and logged (once per exception type) and the consumer goes on with the next
+    batch. A consumer slower than ingest falls
     behind without slowing it and catches up from the store.
     """
 

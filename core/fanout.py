@@ -125,7 +125,10 @@ class ConsumerRunner:
 
     @property
     def lag(self) -> int:
-        return max(0, self.head - self.offset)
+        """Batches of this consumer's signals still to do (an upper bound while behind)."""
+        if self.behind:
+            return max(0, self.head - self.offset)
+        return len(self._inbox)
 
     @property
     def state(self) -> str:

@@ -3,8 +3,9 @@ that do the work (consumers, detectors, routes, notifiers, stores). Per-batch wo
 a hook call.
 
 The kernel calls each hook once per plugin, with a ``register`` function bound to that plugin,
-so registrations are attributed to their plugin and one plugin's failing hook does not keep the
-others from being wired. Implementations return nothing; what they register is the result.
+so registrations are attributed to their plugin. A hook that raises stops the server at start-up
+with a message naming the plugin and the hook: a half-wired plugin would fail silently later.
+Implementations return nothing; what they register is the result.
 
 Write an implementation with ``from opstrata import hookimpl``::
 
@@ -74,7 +75,7 @@ def opstrata_register_routes(register: Callable[[Sequence[Any]], None]) -> None:
     """Register HTTP API routes, mounted under ``/api/v1/<plugin name>/``.
 
     :param register: call it with a list of Litestar route handlers or controllers. They can
-        ask for ``runtime`` (the :class:`opstrata.Runtime`) as a dependency.
+        ask for ``runtime`` (the :class:`opstrata.runtime.Runtime`) as a dependency.
     :returns: nothing.
     """
 

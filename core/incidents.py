@@ -112,6 +112,9 @@ class EntityWindowEngine:
             change = IncidentChange("escalated", change.incident)
         elif is_new:
             incident.timeline.append(TimelineEntry(now, f"alert {alert.kind}", alert.id))
+        else:
+            # A repeat of a known alert: stored, but not news for the notifiers.
+            change = IncidentChange("refreshed", change.incident)
         changes.append(change)
         return changes
 
@@ -173,10 +176,9 @@ class EntityWindowEngine:
 
     def acknowledge(self, incident_id: str) -> IncidentChange | None:
         incident = self.incidents.get(incident_id)
-        if incident is None:
-            return None
-        if incident.status is IncidentStatus.OPEN:
-            incident.status = IncidentStatus.ACKNOWLEDGED
+        if incident is None or incident.status is not IncidentStatus.OPEN:
+            return None  # unknown, already acknowledged, or resolved: nothing changes
+        incident.status = IncidentStatus.ACKNOWLEDGED
         incident.acknowledged = True
         incident.timeline.append(TimelineEntry(incident.updated_unix_nano, "acknowledged"))
         return IncidentChange("acknowledged", incident)

@@ -84,8 +84,10 @@ def build_plugin_manager(settings: Settings) -> pluggy.PluginManager:
         pm.register(importlib.import_module(module_name), name=name)
     try:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        # A misspelt hook would otherwise never be called, silently.
+        pm.check_pending()
     except Exception as exc:
-        raise PluginError(f"cannot load an installed plugin: {exc!r}") from exc
+        raise PluginError(f"cannot load an installed plugin: {exc}") from exc
     return pm
 
 
@@ -138,7 +140,7 @@ def wire_plugins(pm: pluggy.PluginManager, settings: Settings) -> Registry:
                 )
             },
             "opstrata_register_routes": {
-                "register": lambda handlers, _n=name: registry.routes.append((_n, list(handlers)))
+                "register": lambda handlers, _n=name: _add_routes(registry, _n, handlers)
             },
             "opstrata_register_notifiers": {
                 "register": lambda notifier, _n=name: _add_notifier(registry, _n, notifier)
@@ -171,6 +173,21 @@ def _add_consumer(registry: Registry, plugin: str, consumer: Consumer) -> None:
     if any(p == plugin and c.name == consumer.name for p, c in registry.consumers):
         raise ValueError(f"consumer name {consumer.name!r} is used twice")
     registry.consumers.append((plugin, consumer))
+
+
+RESERVED_ROUTE_NAMES = frozenset(
+    {"alerts", "incidents", "plugins", "traces", "spans", "services", "logs", "metrics"}
+)
+"""Plugin names that cannot have routes: ``/api/v1/<name>/`` belongs to the core API."""
+
+
+def _add_routes(registry: Registry, plugin: str, handlers: Sequence[Any]) -> None:
+    if plugin in RESERVED_ROUTE_NAMES:
+        raise ValueError(f"/api/v1/{plugin}/ is a core API path; rename the plugin")
+    handlers = list(handlers)
+    if not handlers:
+        raise ValueError("register() was given no route handlers")
+    registry.routes.append((plugin, handlers))
 
 
 def _add_notifier(registry: Registry, plugin: str, notifier: Notifier) -> None:

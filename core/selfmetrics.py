@@ -109,6 +109,11 @@ class _KernelCollector(Collector):
             value=book.events,
         )
         yield CounterMetricFamily(
+            "opstrata_alert_events_dropped",
+            "Alert events lost because the alert queue stayed full.",
+            value=book.dropped,
+        )
+        yield CounterMetricFamily(
             "opstrata_alerts_created", "Distinct alerts after dedup.", value=book.alerts_created
         )
         yield CounterMetricFamily(

@@ -18,7 +18,7 @@ import uvicorn
 
 from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
-from opstrata.consumers import CommittedBatch, ConsumerContext
+from opstrata.consumers import CommittedBatch, ConsumerContext, latest_event_time
 from opstrata.fanout import ConsumerRunner
 from opstrata.incidents import EntityWindowEngine
 from opstrata.ingest import IngestPipeline
@@ -148,6 +148,7 @@ async def serve(settings: Settings) -> int:
         committed = CommittedBatch.of(seq, batches)
         for runner in runners:
             runner.publish(committed)
+        alertbook.observe(latest_event_time(committed))
 
     pipeline.on_commit = fan_out
     pipeline.start()

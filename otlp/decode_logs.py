@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
 from opstrata.otlp.anyvalue import AttributeRenderer, render_anyvalue
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty
 from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest

@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column
 from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 from google.protobuf.message import Message
+
 from opstrata.otlp.columns import list_column
 from opstrata.schema import (
     METRICS_EXPONENTIAL_HISTOGRAM,

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
+
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.columns import StringMapColumn
 from opstrata.otlp.limits import Tally

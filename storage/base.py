@@ -9,11 +9,13 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
-from opstrata.schema import Table
+from opstrata.alerts import Alert, Incident
+from opstrata.consumers import CommittedBatch
+from opstrata.schema import Signal, Table
 
 __all__ = ["CommitStats", "Store", "StoreClosed", "StoreError"]
 
@@ -63,6 +65,31 @@ class Store(Protocol):
 
     def trace(self, trace_id: str) -> pa.Table:
         """The spans of one trace (hex id), in start-time order."""
+
+    def read_batches(
+        self, after_seq: int, upto_seq: int, signals: frozenset[Signal], limit: int = 64
+    ) -> list[CommittedBatch]:
+        """Committed batches with ``after_seq < seq <= upto_seq`` of the given signals, in
+        sequence order, at most ``limit``: how a consumer that fell behind catches up."""
+
+    def save_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Insert or replace alerts (by id)."""
+
+    def save_incidents(self, incidents: Sequence[Incident]) -> None:
+        """Insert or replace incidents (by id)."""
+
+    def load_alerts(self, firing_only: bool = False) -> list[Alert]:
+        """All alerts (or the firing ones), to resume dedup after a restart."""
+
+    def load_incidents(self, open_only: bool = False) -> list[Incident]:
+        """All incidents (or the open and acknowledged ones), to resume the engine."""
+
+    def alerts(self, **filters: Any) -> list[Alert]:
+        """Alerts newest first; filters ``status``, ``plugin``, ``incident_id``, ``ids``,
+        ``before`` (a cursor id) and ``limit``."""
+
+    def incidents(self, **filters: Any) -> list[Incident]:
+        """Incidents newest first; filters ``statuses``, ``incident_id``, ``before``, ``limit``."""
 
     def delete_before(self, cutoff_unix_nano: int) -> int:
         """Delete telemetry whose event time is before the cutoff; return rows deleted."""

@@ -27,7 +27,13 @@ from opstrata.alerts import Alert, Incident
 from opstrata.consumers import CommittedBatch
 from opstrata.schema import TABLES, Signal, Table, signal_of
 from opstrata.storage.base import CommitStats, StoreClosed, StoreError
-from opstrata.storage.duckdb_ddl import BATCH_LOG_TABLE, SEQ_COLUMN, create_statements
+from opstrata.storage.duckdb_ddl import (
+    BATCH_LOG_TABLE,
+    SEQ_COLUMN,
+    STORAGE_SCHEMAS,
+    create_statements,
+    select_list,
+)
 from opstrata.storage.duckdb_events import AlertIncidentTables
 
 __all__ = ["DuckDBStore"]
@@ -197,7 +203,8 @@ class DuckDBStore:
             signal = Signal.SPANS
             for table, batch in item.batches:
                 seq_column = pa.array(np.full(batch.num_rows, seq, dtype=np.uint64))
-                per_table.setdefault(table, []).append(batch.append_column(SEQ_COLUMN, seq_column))
+                stored = batch.append_column(SEQ_COLUMN, seq_column).cast(STORAGE_SCHEMAS[table])
+                per_table.setdefault(table, []).append(stored)
                 tables.append(table.value)
                 signal = signal_of(table)
             log_seq.append(seq)
@@ -246,7 +253,7 @@ class DuckDBStore:
         return (
             self.reader()
             .sql(
-                f'SELECT * EXCLUDE ("{SEQ_COLUMN}") FROM {Table.TRACES} '
+                f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} "
                 'WHERE "TraceId" = ? ORDER BY "Timestamp", "SpanId"',
                 params=[trace_id.lower()],
             )
@@ -272,8 +279,8 @@ class DuckDBStore:
         per_seq: dict[int, list[tuple[Table, pa.RecordBatch]]] = {seq: [] for seq, _ in log_rows}
         for name in tables:
             data = cursor.sql(
-                f'SELECT * FROM {Table(name)} WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? '
-                f'ORDER BY "{SEQ_COLUMN}", rowid',
+                f'SELECT {select_list(Table(name))}, "{SEQ_COLUMN}" FROM {Table(name)} '
+                f'WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? ORDER BY "{SEQ_COLUMN}", rowid',
                 params=[first, last],
             ).to_arrow_table()
             seqs = data.column(SEQ_COLUMN).to_numpy()

@@ -7,6 +7,8 @@ from pathlib import Path
 import duckdb
 
 from opstrata.api.convert import rows_with_int_times
+from opstrata.schema import Table
+from opstrata.storage.duckdb_ddl import select_list
 
 
 def read_table(
@@ -15,7 +17,7 @@ def read_table(
     """Rows of ``table`` (timestamps as int nanoseconds, maps as dicts) of a stopped server."""
     con = duckdb.connect(str(Path(data_dir) / "opstrata.duckdb"), read_only=True)
     try:
-        query = f"SELECT * EXCLUDE (_Seq) FROM {table} {where}"
+        query = f"SELECT {select_list(Table(table))} FROM {table} {where}"
         return rows_with_int_times(con.sql(query, params=params or []).to_arrow_table())
     finally:
         con.close()

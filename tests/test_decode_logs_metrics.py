@@ -21,6 +21,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1 import logs_pb2 as L
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as M
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.decode_logs import decode_logs
 from opstrata.otlp.decode_metrics import decode_metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from litestar import Litestar, Request, Response, Router
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
@@ -17,6 +19,8 @@ from opstrata.runtime import Runtime
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 
 def _http_error(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     return Response(
@@ -26,7 +30,8 @@ def _http_error(_: Request, exc: HTTPException) -> Response[ErrorBody]:
     )
 
 
-def _internal_error(_: Request, exc: Exception) -> Response[ErrorBody]:
+def _internal_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return Response(
         ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}"),
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
