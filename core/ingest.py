@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +33,31 @@ from opstrata.storage.base import Store, StoreError
 __all__ = ["IngestPipeline"]
 
 log = logging.getLogger(__name__)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a decode worker: exit when the server is gone (also after its ``kill -9``), rather
+    than linger as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _stop_pool(pool: ProcessPoolExecutor, timeout: float) -> None:
+    """Stop the decode workers within ``timeout``: a stuck or dead worker must not hang the
+    server's shutdown (``ProcessPoolExecutor.shutdown(wait=True)`` can)."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.warning("decode worker %s did not stop; killing it", process.pid)
+            process.kill()
 
 
 class IngestPipeline:
@@ -59,6 +87,8 @@ class IngestPipeline:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.settings.decode_workers,
                 mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
             # Start the workers now, so that the first request does not pay for it.
             for future in [
@@ -73,7 +103,7 @@ class IngestPipeline:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            await asyncio.to_thread(_stop_pool, self._pool, 10.0)
             self._pool = None
 
     async def _decode(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:

@@ -47,6 +47,16 @@ _TIME_COLUMN = {
 }
 
 
+def _as_stored(batch: pa.RecordBatch, table: Table) -> pa.RecordBatch:
+    """The batch in its storage types: a zero-copy view, since a map and a list of key/value
+    structs share one memory layout."""
+    schema = STORAGE_SCHEMAS[table]
+    return pa.RecordBatch.from_arrays(
+        [column.view(field.type) for column, field in zip(batch.columns, schema, strict=True)],
+        schema=schema,
+    )
+
+
 class _PendingWrite:
     __slots__ = ("batches", "future", "loop", "rows")
 
@@ -203,7 +213,7 @@ class DuckDBStore:
             signal = Signal.SPANS
             for table, batch in item.batches:
                 seq_column = pa.array(np.full(batch.num_rows, seq, dtype=np.uint64))
-                stored = batch.append_column(SEQ_COLUMN, seq_column).cast(STORAGE_SCHEMAS[table])
+                stored = _as_stored(batch.append_column(SEQ_COLUMN, seq_column), table)
                 per_table.setdefault(table, []).append(stored)
                 tables.append(table.value)
                 signal = signal_of(table)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -95,3 +98,36 @@ def test_sigterm_flushes_and_exits_zero(tmp_path: Path) -> None:
     assert "opstrata: stopped" in "".join(server.output)
     rows = read_table(tmp_path / "data", "otel_traces", "WHERE TraceId = ?", [trace_id.hex()])
     assert len(rows) == 10
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_decode_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    assert server.proc is not None
+    workers = _children(server.proc.pid)
+    assert workers, "the default settings start a decode worker process"
+    server.kill()
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+
+
+def test_shutdown_does_not_hang_on_a_dead_decode_worker(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    assert server.proc is not None
+    for worker in _children(server.proc.pid):
+        os.kill(worker, signal.SIGKILL)
+    assert server.stop(timeout=60) == 0
