@@ -29,7 +29,7 @@ from opstrata.otlp.http_receiver import OtlpHttpApp
 from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
-from opstrata.storage.base import Store
+from opstrata.storage.base import Store, StoreError
 
 __all__ = ["open_store", "serve"]
 
@@ -228,6 +228,6 @@ def run(settings: Settings) -> int:
         return uvloop.run(serve(settings))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(serve(settings))
-    except (OSError, PluginError) as exc:
+    except (OSError, PluginError, StoreError) as exc:
         print(f"opstrata: cannot start: {exc}", file=sys.stderr)
         return 1
