@@ -26,25 +26,40 @@ _CATCH_UP_CHUNK = 32
 
 
 class OffsetFile:
-    """The last finished sequence number of one consumer, replaced atomically on every write."""
+    """The last finished sequence number of one consumer, in a small file rewritten in place.
+
+    The number is written as a fixed-width field with one ``pwrite``: a process killed at any
+    point leaves the old or the new number (the page cache keeps what a finished ``pwrite``
+    wrote), at a few microseconds per batch. Not fsynced: an OS crash may lose the last
+    offsets, and the consumer then sees those batches again.
+    """
+
+    WIDTH = 20
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._tmp = path.with_suffix(".tmp")
+        self._fd: int | None = None
 
     def load(self) -> int | None:
         try:
-            return int(self.path.read_text().strip())
+            text = self.path.read_text().strip()
         except FileNotFoundError:
             return None
+        try:
+            return int(text)
         except ValueError:
             log.warning("unreadable offset file %s: starting from the head", self.path)
             return None
 
     def save(self, seq: int) -> None:
-        self._tmp.write_text(str(seq))
-        # rename is atomic: a kill -9 leaves the old or the new offset, never a torn one.
-        os.replace(self._tmp, self.path)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(self._fd, f"{seq:>{self.WIDTH}}\n".encode(), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class ConsumerRunner:
@@ -162,6 +177,7 @@ class ConsumerRunner:
             self.consumer.stop(self.ctx)
         except Exception as exc:
             self._count_error(exc)
+        self.offsets.close()
 
     def _catch_up(self, target: int) -> None:
         while self.offset < target and not self._stopping:
