@@ -1,0 +1,85 @@
+"""Group-commit cost of the DuckDB store, alone and with a busy Python thread beside it.
+
+    python bench/store_commit.py [--requests-per-commit 12] [--commits 20]
+
+Inserts realistic ``otel_traces`` batches (decoded by the server's own decoder) through
+``DuckDBStore`` in groups, the way the writer thread does, and prints milliseconds per commit
+and rows/s: with the writer alone, with a Python thread spinning beside it (what the event loop
+looks like under load), and the same with the switch interval the server sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from opstrata.otlp.anyvalue import AttributeRenderer
+from opstrata.otlp.decode_traces import decode_trace_bytes
+from opstrata.otlp.limits import DecodeLimits
+from opstrata.storage.duckdb_store import DuckDBStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode import make_request
+
+
+def _measure(batches: list, per_commit: int, commits: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        store = DuckDBStore(Path(data_dir))
+        store.start()
+
+        async def run() -> float:
+            started = time.perf_counter()
+            for i in range(commits):
+                group = [batches[(i * per_commit + j) % len(batches)] for j in range(per_commit)]
+                # Queue a whole group before awaiting, so that one commit takes all of it.
+                await asyncio.gather(*(store.write(b) for b in group))
+            return time.perf_counter() - started
+
+        elapsed = asyncio.run(run())
+        rows = store.stats.rows_committed
+        per_commit_ms = store.stats.commit_seconds_total / max(1, store.stats.commits) * 1000
+        store.shutdown()
+    return per_commit_ms, rows / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests-per-commit", type=int, default=12)
+    parser.add_argument("--commits", type=int, default=20)
+    args = parser.parse_args()
+    rnd = random.Random(7)
+    renderer = AttributeRenderer(DecodeLimits())
+    batches = [decode_trace_bytes(make_request(rnd, 100), renderer).batches for _ in range(64)]
+    rows = args.requests_per_commit * 100
+    print(f"{args.commits} commits of {args.requests_per_commit} requests ({rows} spans) each")
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    for label, busy, interval in (
+        ("writer alone", False, 0.005),
+        ("busy thread beside", True, 0.005),
+        ("busy thread, switch interval 0.2 ms", True, 0.0002),
+    ):
+        sys.setswitchinterval(interval)
+        stop.clear()
+        spinner = threading.Thread(target=spin, daemon=True)
+        if busy:
+            spinner.start()
+        ms, rate = _measure(batches, args.requests_per_commit, args.commits)
+        stop.set()
+        print(f"  {label:40s} {ms:8.1f} ms/commit {rate:10,.0f} spans/s")
+
+
+if __name__ == "__main__":
+    main()
