@@ -53,11 +53,10 @@ class NotifierRunner:
                 self._queue.put_nowait(change)
                 return
             except queue.Full:
-                try:
+                # Make room by dropping the oldest change: the newest state matters most.
+                with contextlib.suppress(queue.Empty):
                     self._queue.get_nowait()
                     self.dropped += 1
-                except queue.Empty:
-                    pass
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:

@@ -7,6 +7,7 @@ column over the metric's stored points.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -33,7 +34,7 @@ _F64_LIST = pa.list_(pa.float64())
 # The trailing ``or as_double`` keeps the sign of a set -0.0.
 
 
-class MetricKind:
+class MetricKind(ABC):
     """The columns of one metric type that the others lack."""
 
     field: str  # the ``Metric.data`` oneof member holding this type
@@ -41,12 +42,13 @@ class MetricKind:
     schema: pa.Schema
     has_exemplars = True
 
+    @abstractmethod
     def add(self, data: Message, points: Sequence) -> None:
         """Append the columns of ``points``, the stored points of ``data`` (``metric.sum``, …)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_arrow(self) -> dict[str, pa.Array]:
-        raise NotImplementedError
+        """The type's own columns, by name."""
 
 
 class Gauge(MetricKind):
