@@ -23,6 +23,7 @@ __all__ = ["ConsumerRunner", "OffsetFile"]
 log = logging.getLogger(__name__)
 
 _CATCH_UP_CHUNK = 32
+_LINGER_SECONDS = 0.005
 
 
 class OffsetFile:
@@ -160,8 +161,12 @@ class ConsumerRunner:
             self._count_error(exc)
         while True:
             with self._cond:
-                while not (self._inbox or self.behind or self._stopping):
-                    self._cond.wait()
+                if not (self._inbox or self.behind or self._stopping):
+                    # Idle: wait, then linger a moment so that one wake-up takes several
+                    # batches. Per-batch wake-ups of many consumer threads cost ingest GIL time.
+                    while not (self._inbox or self.behind or self._stopping):
+                        self._cond.wait()
+                    self._cond.wait(_LINGER_SECONDS)
                 if self._stopping:
                     break
                 if self.behind:
