@@ -53,12 +53,14 @@ _TIME_COLUMN = {Table.TRACES: "Timestamp", Table.LOGS: "Timestamp"}
 
 
 def latest_event_time(batch: CommittedBatch) -> int:
-    """The latest event time (Unix ns) in a batch; 0 when it is empty."""
+    """The event time (Unix ns) a batch says it is: the median of its timestamps, so that one
+    item from a skewed clock cannot move time far ahead; 0 when the batch is empty."""
     latest = 0
     for table, records in batch.tables.items():
         if records.num_rows:
-            value = pc.max(records.column(_TIME_COLUMN.get(table, "TimeUnix"))).value
-            latest = max(latest, value or 0)
+            times = records.column(_TIME_COLUMN.get(table, "TimeUnix")).cast("int64")
+            median = pc.approximate_median(times).as_py()
+            latest = max(latest, int(median or 0))
     return latest
 
 

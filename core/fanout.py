@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _CATCH_UP_CHUNK = 32
 _LINGER_SECONDS = 0.005
+_RETRY_SECONDS = 1.0
 
 
 class OffsetFile:
@@ -174,10 +175,19 @@ class ConsumerRunner:
                     batch = None
                 else:
                     batch = self._inbox.popleft()
-            if batch is None:
-                self._catch_up(target)
-            elif batch.seq > self.offset:
-                self._process(batch)
+            try:
+                if batch is None:
+                    self._catch_up(target)
+                elif batch.seq > self.offset:
+                    self._process(batch)
+            except Exception as exc:
+                # The store or the offset file failed, not the consumer: count it, then go back
+                # to the store from the last saved offset once it may have recovered.
+                self._count_error(exc)
+                with self._cond:
+                    self.behind = True
+                    self._inbox.clear()
+                    self._cond.wait(_RETRY_SECONDS)
         try:
             self.consumer.stop(self.ctx)
         except Exception as exc:
@@ -196,6 +206,8 @@ class ConsumerRunner:
                 self._process(batch)
                 if self._stopping:
                     return
+        if self._stopping:
+            return  # the offset stays at the last batch really delivered
         with self._cond:
             if self.offset < target:
                 self.offset = target

@@ -158,6 +158,7 @@ class EntityWindowEngine:
 
     def advance(self, now_unix_nano: int) -> list[IncidentChange]:
         changes = []
+        self._forget_before(now_unix_nano - self.reopen_ns)
         for incident in self.incidents.values():
             if incident.status is IncidentStatus.RESOLVED:
                 continue
@@ -166,6 +167,24 @@ class EntityWindowEngine:
                     self._resolve(incident, now_unix_nano, "resolved after quiet period")
                 )
         return changes
+
+    def _forget_before(self, cutoff: int) -> None:
+        """Drop incidents resolved before ``cutoff`` (past their reopen window), and their
+        alerts: they are stored; memory holds only what can still change."""
+        done = [
+            incident
+            for incident in self.incidents.values()
+            if incident.status is IncidentStatus.RESOLVED
+            and (incident.resolved_unix_nano or 0) < cutoff
+        ]
+        for incident in done:
+            del self.incidents[incident.id]
+            self._last_event.pop(incident.id, None)
+            for alert_id in incident.alert_ids:
+                self._alerts.pop(alert_id, None)
+            for entity in incident.entities:
+                if self._by_entity.get((entity.kind, entity.name)) == incident.id:
+                    del self._by_entity[(entity.kind, entity.name)]
 
     def _resolve(self, incident: Incident, now: int, why: str) -> IncidentChange:
         incident.status = IncidentStatus.RESOLVED

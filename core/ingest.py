@@ -83,19 +83,22 @@ class IngestPipeline:
 
     def start(self) -> None:
         if self.settings.decode_workers > 0:
-            # spawn, not fork: the gRPC core's threads do not survive a fork.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.settings.decode_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
-                initargs=(os.getpid(),),
-            )
+            self._pool = self._new_pool()
             # Start the workers now, so that the first request does not pay for it.
             for future in [
                 self._pool.submit(decode_request, Signal.SPANS, b"", Encoding.PROTOBUF, self.limits)
                 for _ in range(self.settings.decode_workers)
             ]:
                 future.result()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the gRPC core's threads do not survive a fork.
+        return ProcessPoolExecutor(
+            max_workers=self.settings.decode_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Refuse new requests, let those in flight commit, and stop the decode workers."""
@@ -107,21 +110,43 @@ class IngestPipeline:
             self._pool = None
 
     async def _decode(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return decode_request(signal, body, encoding, self.limits)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._pool, decode_request, signal, body, encoding, self.limits
+                pool, decode_request, signal, body, encoding, self.limits
             )
         except BrokenProcessPool as exc:
+            # A dead worker breaks the whole pool for good: replace it, once, and let the
+            # client retry.
+            if self._pool is pool and not self._closing:
+                log.error("a decode worker died; starting new ones")
+                self._pool = self._new_pool()
+                await asyncio.to_thread(_stop_pool, pool, 5.0)
             raise Unavailable("decoder process failed") from exc
+
+    def refuse_if_full(self, signal: Signal, expected_bytes: int = 0) -> None:
+        """Raise ``Overloaded`` now if a request of about this size would not be admitted, so a
+        receiver need not read (and decompress) a body only to refuse it."""
+        admission = self.admission
+        if admission.in_flight_requests and (
+            admission.in_flight_bytes + expected_bytes > admission.capacity_bytes
+        ):
+            self.metrics.throttled_requests.labels(signal.value).inc()
+            raise Overloaded(
+                f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
+                self.settings.retry_after_seconds,
+            )
 
     async def ingest(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
         """Decode and durably store one request; return what was accepted and rejected.
 
         Raises ``InvalidRequest`` for a body that cannot be read and ``Unavailable`` (with a
         retry hint) when the queue is full, the server is stopping or the commit failed.
+        The work goes on if the caller is cancelled (a client's deadline): its bytes stay
+        counted against the queue until it is really done, so retries cannot overfill it.
         """
         metrics = self.metrics
         if self._closing:
@@ -137,6 +162,14 @@ class IngestPipeline:
         self._idle.clear()
         metrics.queue_bytes.set(admission.in_flight_bytes)
         metrics.queue_requests.set(admission.in_flight_requests)
+        work = asyncio.ensure_future(self._admitted(signal, body, encoding, nbytes))
+        return await asyncio.shield(work)
+
+    async def _admitted(
+        self, signal: Signal, body: bytes, encoding: Encoding, nbytes: int
+    ) -> DecodedRequest:
+        metrics = self.metrics
+        admission = self.admission
         try:
             try:
                 decoded = await self._decode(signal, body, encoding)
@@ -153,8 +186,7 @@ class IngestPipeline:
                     )
                     raise Unavailable(f"commit failed: {exc}", 1) from exc
                 metrics.committed_items.labels(signal.value).inc(decoded.accepted)
-                if self.on_commit is not None:
-                    self.on_commit(seq, decoded.batches)
+                self._announce(seq, decoded)
             return decoded
         finally:
             admission.release(nbytes)
@@ -162,6 +194,16 @@ class IngestPipeline:
             metrics.queue_requests.set(admission.in_flight_requests)
             if admission.in_flight_requests == 0:
                 self._idle.set()
+
+    def _announce(self, seq: int, decoded: DecodedRequest) -> None:
+        # The data is durable now: whatever happens here must not turn the reply into a
+        # "retry", which would store it twice.
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(seq, decoded.batches)
+        except Exception:
+            log.exception("fan-out of commit %d failed", seq)
 
     def _count_decoded(self, signal: Signal, decoded: DecodedRequest) -> None:
         metrics = self.metrics

@@ -98,9 +98,13 @@ async def _retention(runtime: Runtime) -> None:
 
     while True:
         cutoff = time.time_ns() - int(hours * 3600 * 1e9)
-        deleted = await asyncio.to_thread(runtime.store.delete_before, cutoff)
-        if deleted:
-            log.info("retention: deleted %d rows older than %.1f h", deleted, hours)
+        try:
+            deleted = await asyncio.to_thread(runtime.store.delete_before, cutoff)
+        except Exception:
+            log.exception("retention failed; trying again in 5 minutes")
+        else:
+            if deleted:
+                log.info("retention: deleted %d rows older than %.1f h", deleted, hours)
         await asyncio.sleep(300)
 
 

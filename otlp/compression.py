@@ -48,7 +48,9 @@ def decompress(data: bytes, content_encoding: str, limit: int) -> bytes:
         return _inflate(data, _ZLIB_WBITS[encoding], limit)
     if encoding == "zstd":
         try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            with zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(data), read_across_frames=True
+            ) as reader:
                 out = reader.read(limit + 1)
         except zstandard.ZstdError as exc:
             raise InvalidRequest(f"cannot decompress body: {exc}") from exc

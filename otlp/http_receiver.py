@@ -71,6 +71,8 @@ class OtlpHttpApp:
                 )
             if self.authenticate is not None:
                 self.authenticate(headers)
+            length = headers.get("content-length", "")
+            self.pipeline.refuse_if_full(signal, int(length) if length.isdigit() else 0)
             raw = await self._read_body(receive)
             body = decompress(raw, headers.get("content-encoding", ""), self.max_request_bytes)
             decoded = await self.pipeline.ingest(signal, body, encoding)

@@ -130,6 +130,10 @@ class DuckDBStore:
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Still inside a commit: closing under it would be worse than not closing.
+                log.error("store writer did not finish within %.0f s; not closing", timeout)
+                return
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("CHECKPOINT")
@@ -294,6 +298,8 @@ class DuckDBStore:
                 f'WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? ORDER BY "{SEQ_COLUMN}", rowid',
                 params=[first, last],
             ).to_arrow_table()
+            if data.num_rows == 0:
+                continue  # deleted by retention since it was committed
             seqs = data.column(SEQ_COLUMN).to_numpy()
             data = data.drop_columns([SEQ_COLUMN]).cast(TABLES[Table(name)])
             bounds = np.flatnonzero(np.diff(seqs)) + 1

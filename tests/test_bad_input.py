@@ -229,3 +229,16 @@ def test_server_survives_and_keeps_data(shared_server: ServerProcess) -> None:
     for garbage in (b"\x0a\xff", b"\x0a\x05\x0a\x03\x0a", random.randbytes(5000)):
         _post(shared_server, "/v1/traces", garbage, PROTOBUF)
     assert shared_server.api(f"/api/v1/traces/{trace_id.hex()}").json()["span_count"] == 2
+
+
+def test_zstd_body_of_several_frames_is_read_whole(shared_server: ServerProcess) -> None:
+    first, second = _spans(2), _spans(2)
+    compressor = zstandard.ZstdCompressor()
+    # Concatenated protobuf messages merge; concatenated zstd frames are one stream.
+    body = compressor.compress(first) + compressor.compress(second)
+    reply = _post(shared_server, "/v1/traces", body, {**PROTOBUF, "content-encoding": "zstd"})
+    assert reply.status_code == 200
+    for part in (first, second):
+        span = ExportTraceServiceRequest.FromString(part).resource_spans[0].scope_spans[0].spans[0]
+        stored = shared_server.api(f"/api/v1/traces/{span.trace_id.hex()}")
+        assert stored.status_code == 200

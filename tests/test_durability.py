@@ -131,3 +131,24 @@ def test_shutdown_does_not_hang_on_a_dead_decode_worker(tmp_path: Path) -> None:
     for worker in _children(server.proc.pid):
         os.kill(worker, signal.SIGKILL)
     assert server.stop(timeout=60) == 0
+
+
+def test_ingest_recovers_when_a_decode_worker_dies(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        assert server.proc is not None
+        for worker in _children(server.proc.pid):
+            os.kill(worker, signal.SIGKILL)
+        statuses = []
+        for _ in range(5):
+            reply = httpx.post(
+                server.http_base + "/v1/logs",
+                content=b"{}",
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+            statuses.append(reply.status_code)
+        # At most the request that found the dead worker is refused, as "retry later".
+        assert statuses.count(503) <= 1 and statuses[-1] == 200, statuses
+    finally:
+        assert server.stop() == 0
