@@ -57,6 +57,10 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Delete telemetry older than this (by event time); 0 keeps everything."""
     duckdb_threads: int = 2
     duckdb_memory_limit: str = "2GB"
+    duckdb_checkpoint_threshold: str = "256MB"
+    """WAL size that triggers a checkpoint. DuckDB's 16 MB default re-compresses the newest row
+    groups every few thousand rows; a larger WAL halves the cost of a commit (see
+    docs/performance.md), for a longer WAL replay after a crash."""
 
 
 class IncidentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

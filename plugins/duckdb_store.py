@@ -15,6 +15,7 @@ def _open(settings: Settings) -> DuckDBStore:
         commit_max_rows=settings.storage.commit_max_rows,
         threads=settings.storage.duckdb_threads,
         memory_limit=settings.storage.duckdb_memory_limit,
+        checkpoint_threshold=settings.storage.duckdb_checkpoint_threshold,
     )
 
 

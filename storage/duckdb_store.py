@@ -94,10 +94,15 @@ class DuckDBStore:
         commit_max_rows: int = 200_000,
         threads: int = 2,
         memory_limit: str = "2GB",
+        checkpoint_threshold: str = "256MB",
     ) -> None:
         self.path = Path(data_dir) / "opstrata.duckdb"
         self.commit_max_rows = commit_max_rows
-        self._config = {"threads": threads, "memory_limit": memory_limit}
+        self._config = {
+            "threads": threads,
+            "memory_limit": memory_limit,
+            "checkpoint_threshold": checkpoint_threshold,
+        }
         self.stats = CommitStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
