@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -30,6 +29,9 @@ from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.decode_logs import decode_logs
 from opstrata.otlp.decode_metrics import decode_metrics
 from opstrata.otlp.limits import DecodeLimits
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode import _rate
 
 ROUTES = ["/api/orders", "/api/orders/{id}", "/api/users/{id}", "/health", "/api/cart", "/login"]
 METHODS = ["GET", "GET", "GET", "POST", "PUT", "DELETE"]
@@ -180,18 +182,6 @@ def make_metrics(rnd: random.Random, items: int) -> bytes:
         point.positive.bucket_counts.extend(rnd.randint(0, 100) for _ in range(24))
         point.attributes.extend([_kv("db.system", "postgresql"), _kv("db.operation", "SELECT")])
     return request.SerializeToString()
-
-
-def _rate(fn: Callable, payloads: list, items: int, seconds: float) -> tuple[float, float]:
-    """Median and best items/s of CPU time over rounds of ``fn`` on every payload."""
-    rounds: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(rounds) < 5:
-        t0 = time.thread_time()
-        for payload in payloads:
-            fn(payload)
-        rounds.append(len(payloads) * items / (time.thread_time() - t0))
-    return statistics.median(rounds), max(rounds)
 
 
 def main() -> None:

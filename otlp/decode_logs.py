@@ -108,11 +108,7 @@ def decode_logs(request: ExportLogsServiceRequest, attrs: AttributeRenderer) -> 
                 attrs.extend(record.attributes, keys, values, tally)
                 log_attrs.close_row()
 
-    out.accepted = len(ts)
-    out.dropped_attributes = tally.dropped_attributes
-    out.truncated_values = tally.truncated_values
-    if first_reason is not None:
-        out.message = f"{out.rejected} log record(s) rejected: {first_reason}"
+    out.settle(len(ts), tally, "log record(s)", first_reason)
     if not ts:
         return out
 

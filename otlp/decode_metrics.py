@@ -220,12 +220,8 @@ def decode_metrics(
         if len(common.times) > start:
             filled.append((kind, start, len(common.times) - start))
 
-    out.accepted = len(common.times)
     out.rejected = common.rejected
-    out.dropped_attributes = tally.dropped_attributes
-    out.truncated_values = tally.truncated_values
-    if out.rejected:
-        out.message = f"{out.rejected} data point(s) rejected: timestamp out of range"
+    out.settle(len(common.times), tally, "data point(s)", "timestamp out of range")
     if not filled:
         return out
 

@@ -141,11 +141,7 @@ def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) 
                     link_attrs.close_row()
                 link_offsets.append(len(link_trace_ids))
 
-    out.accepted = len(ts)
-    out.dropped_attributes = tally.dropped_attributes
-    out.truncated_values = tally.truncated_values
-    if first_reason is not None:
-        out.message = f"{out.rejected} span(s) rejected: {first_reason}"
+    out.settle(len(ts), tally, "span(s)", first_reason)
     if not ts:
         return out
 

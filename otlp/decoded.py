@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from opstrata.otlp.limits import Tally
 from opstrata.schema import Signal, Table
 
 __all__ = ["MAX_TIMESTAMP_NS", "DecodedRequest", "InvalidRequest"]
@@ -34,6 +35,15 @@ class DecodedRequest:
     message: str = ""
     dropped_attributes: int = 0
     truncated_values: int = 0
+
+    def settle(self, accepted: int, tally: Tally, items: str, reason: str | None) -> None:
+        """Record the counts of a finished walk; ``reason`` is why the first rejected item was
+        rejected, and ``items`` names them in the message (``span(s)``, ``log record(s)``)."""
+        self.accepted = accepted
+        self.dropped_attributes = tally.dropped_attributes
+        self.truncated_values = tally.truncated_values
+        if self.rejected and reason is not None:
+            self.message = f"{self.rejected} {items} rejected: {reason}"
 
     @property
     def nbytes(self) -> int:
