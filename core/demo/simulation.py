@@ -204,8 +204,7 @@ class Simulation:
                 for offset in arrivals:
                     route = rng.choices(ROUTES, weights)[0]
                     builder.request(route, at + offset, fx, out)
-                busy = sum(c.seconds for c in out.llm) / self.tick_seconds
-                builder.llm_busy = busy / max(2.0, 2.0 * self.rate)
+                builder.llm_load = self._llm_load(out)
                 pending_labels.extend(out.labels)
                 pending_labels = self._labels(env, logs, pending_labels, at + tick)
                 logs.background(env, at, self.tick_seconds, fx, metrics.gpu_temperature)
@@ -225,6 +224,16 @@ class Simulation:
                 sender.close()
         return RunStats(counts[0], counts[1], counts[2], sum(s.failed for s in senders),
                         self.start_unix_nano, at, time.monotonic() - wall_start)
+
+    def _llm_load(self, out: TickOutput) -> dict[str, float]:
+        """Calls per model in this tick over the provider's limit: a few times the normal load
+        (``rate`` times route share times review share), so only a surge reaches it."""
+        per_tick = self.rate * self.tick_seconds
+        limits = {"gpt-4o-mini": per_tick * 0.14 * 3, "gpt-4o": per_tick * 0.14 * 0.1 * 3}
+        calls: dict[str, int] = {}
+        for call in out.llm:
+            calls[call.request_model] = calls.get(call.request_model, 0) + 1
+        return {model: calls.get(model, 0) / limit for model, limit in limits.items()}
 
     def _pace(self, wall_start: float, at: int) -> float:
         if not self.speed or self.speed <= 0 or math.isinf(self.speed):

@@ -28,6 +28,7 @@ __all__ = ["LlmCall", "TickOutput", "TraceBuilder"]
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _MS = 1_000_000
+_NS = 1_000_000_000
 _SCOPES = {
     "server": InstrumentationScope("opentelemetry.instrumentation.asgi", "0.58b0"),
     "client": InstrumentationScope("opentelemetry.instrumentation.httpx", "0.58b0"),
@@ -98,8 +99,9 @@ class TraceBuilder:
         self.logs = logs
         self.down: dict[str, tuple[int, int]] = {}
         """pod name -> (from, to): the pod is restarting and refuses connections."""
-        self.llm_busy = 0.0
-        """Fraction of the LLM gateway's worker slots busy during the previous tick."""
+        self.llm_load: dict[str, float] = {}
+        """Request model -> calls in the previous tick over the provider's rate limit for a
+        tick (over 1: the provider answers some calls with 429, and the gateway retries)."""
 
     # -- helpers -------------------------------------------------------------------------------
     def _id(self, bits: int) -> int:
@@ -149,9 +151,6 @@ class TraceBuilder:
         rng = self.rng
         span_id = self._id(64)
         factor = fx.service_latency.get(call.service, 1.0) * fx.node_latency.get(pod.node, 1.0)
-        if call.service == "llm-gateway":
-            busy = min(self.llm_busy, 0.95)
-            factor *= 1 + 8 * busy / (1 - busy)  # queueing for a worker slot
         own = self._lat(call.self_ms) * factor
         cursor = start + int(own * 0.6)
         error: tuple[str, str] | None = None
@@ -280,12 +279,29 @@ class TraceBuilder:
         req.score = pred.score
         req.declined = pred.score >= REVIEW_BAND[1]
         if self.rng.random() < 0.5:  # half the outcomes come back as chargeback reports
-            due = end + int(self.rng.uniform(300, 1200) * 1e9)
+            due = end + int(self.rng.uniform(300, 1200) * _NS)
             out.labels.append((due, prediction_id, pred.label))
         return end, None
 
     def _llm(self, leaf: Leaf, req: _Request, parent: int, pod: Pod, start: int, fx: Effects,
              out: TickOutput) -> tuple[int, tuple[str, str] | None]:
+        """An LLM call; over the provider's rate limit, 429s and retries with back-off."""
+        rng = self.rng
+        model = _LLM[leaf.llm][0]
+        over = self.llm_load.get(model, 0.0)
+        throttled = max(0.0, 1.0 - 1.0 / over) if over > 1 else 0.0
+        cursor, error = start, None
+        for attempt in range(3):
+            limited = rng.random() < throttled
+            cursor, error = self._llm_attempt(leaf, req, parent, pod, cursor, fx, out, limited)
+            if error is None or error[0] != "RateLimitError":
+                break
+            cursor += int(rng.uniform(0.5, 1.0) * 2**attempt * _NS)
+        return cursor, error
+
+    def _llm_attempt(self, leaf: Leaf, req: _Request, parent: int, pod: Pod, start: int,
+                     fx: Effects, out: TickOutput, limited: bool
+                     ) -> tuple[int, tuple[str, str] | None]:
         rng = self.rng
         model, response_model, in_median, out_median, per_token = _LLM[leaf.llm]
         prompt = "assistant-answer" if leaf.llm == "assistant" else "fraud-review"
@@ -296,12 +312,13 @@ class TraceBuilder:
             out_median *= fx.prompt_output_factor
         input_tokens = max(20, int(rng.lognormvariate(math.log(in_median), 0.35)))
         output_tokens = max(1, min(1024, int(rng.lognormvariate(math.log(out_median), 0.5))))
-        failed = rng.random() < _BASE_ERRORS["openai"] + fx.dep_errors.get("openai", 0.0)
+        failed = limited or rng.random() < _BASE_ERRORS["openai"] + fx.dep_errors.get("openai",
+                                                                                         0.0)
         error = _DEP_ERRORS["openai"] if failed else None
         ttft = rng.lognormvariate(math.log(0.35), 0.3) + input_tokens / 20000
         seconds = ttft if failed else ttft + output_tokens * per_token * rng.uniform(0.8, 1.2)
         seconds *= fx.dep_latency.get("openai", 1.0)
-        end = start + int(seconds * 1e9)
+        end = start + int(seconds * _NS)
         span_id = self._id(64)
         attrs: dict[str, object] = dict(leaf.attributes)
         attrs.update({
@@ -315,6 +332,7 @@ class TraceBuilder:
             "gen_ai.conversation.id": f"conv-{req.trace_id % 100_000:05d}",
             "user.id": req.user,
             "peer.service": "openai",
+            "http.response.status_code": 429 if failed else 200,
         })
         if not failed:
             cached = 512 if input_tokens > 600 and rng.random() < 0.6 else 0
@@ -334,7 +352,10 @@ class TraceBuilder:
                    attrs, "openai", error, self._exception(end, error) if error else ())
         out.llm.append(LlmCall(model, response_model, 0 if failed else input_tokens,
                                0 if failed else output_tokens, seconds, error[0] if error else ""))
-        if not failed:
+        if failed:
+            self.logs.write(pod, end, "WARN", f"openai returned 429 for {model}, backing off",
+                            req.trace_id, span_id)
+        else:
             self.logs.write(pod, end, "INFO",
                             f"chat completion for {prompt} {version}: {input_tokens} prompt "
                             f"tokens, {output_tokens} completion tokens in "
