@@ -1,0 +1,346 @@
+"""The streaming anomaly detector: one row of numpy state per series, updated a batch at a time.
+
+One model, several tests. Every series has a robust baseline — a level, plus a daily and a
+weekly profile that are used only where they explain the data — and a robust scale. Each new
+point is compared with its forecast; the standardised residual feeds four tests, each turned
+into a tail probability so that one threshold means the same on every series:
+
+- ``spike``: the residual's own size, against an exponential tail fitted per series to past
+  residuals (a peaks-over-threshold fit, so heavy-tailed series are not always "anomalous");
+- ``shift``: a two-sided CUSUM of residuals (k = 0.5 σ), corrected for autocorrelation, whose
+  stationary tail is ``exp(-2kS)`` (Siegmund) — level shifts that no single point betrays;
+- ``trend``: the same with k = 0.15 σ, for slow drifts and changes of slope;
+- ``variance``: a fast average of |z| against its slow mean and spread.
+
+The score is ``1 - min(p) * tests`` (a Bonferroni bound), in [0, 1]. A confirmed level shift
+re-bases the level, so a lasting change is reported while it is new, not forever.
+
+Points of one series must come in time order. Within a batch the points of a series are taken
+in *rounds* (the i-th point of every series together), so each round is a handful of vectorised
+numpy steps, and the result is the same however the stream is cut into batches: the offline
+``opstrata detect`` runs this same code, one round per point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TESTS", "RobustSeasonalDetector", "normal_sf"]
+
+DAY_NS = 86_400 * 10**9
+WEEK_NS = 7 * DAY_NS
+DAY_BUCKETS = 24
+WEEK_BUCKETS = 168
+TESTS = ("spike", "shift", "trend", "variance")
+
+# Seasonality modes, a bit mask per series: which profiles the series may use.
+SEASON_NONE, SEASON_DAILY, SEASON_WEEKLY = 1, 2, 4
+SEASONALITY_MASKS = {"none": 1, "daily": 3, "weekly": 7, "auto": 7}
+
+_SCALARS_F64 = ("level", "level_f", "trend_f", "level_s", "slow_day", "slow_week", "scale", "last_value", "expected", "sigma")
+_SCALARS_F32 = (
+    "dt", "err0", "errf", "err1", "tail_f", "tail_b", "cus_pos", "cus_neg", "drift_pos",
+    "drift_neg", "prev_z", "rho", "v_fast", "v_mean", "v_sq", "r_fast", "score",
+)  # fmt: skip
+
+
+def normal_sf(z: np.ndarray) -> np.ndarray:
+    """Upper tail of the standard normal, P(Z > z), to ~1e-7 absolute (A&S 7.1.26)."""
+    x = np.abs(z) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erfc = poly * np.exp(-x * x)
+    return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
+
+
+class RobustSeasonalDetector:
+    """The default detector (registered as ``robust``; ``spike``, ``level_shift``, ``trend`` and
+    ``variance`` are the same model with one test each).
+
+    Parameters (``params``): ``tests`` (subset of :data:`TESTS`), ``warmup`` (points before
+    scoring, 30), ``level_alpha`` (0.05), ``scale_alpha`` (0.02), ``huber`` (3.0, residuals are
+    clipped at this many σ before they update the baseline), ``seasonality`` (``auto``,
+    ``none``, ``daily``, ``weekly``), ``rel_floor`` (1e-6, the smallest σ relative to the level).
+    """
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        params = dict(params or {})
+        tests = tuple(params.get("tests", TESTS))
+        unknown = set(tests) - set(TESTS)
+        if unknown or not tests:
+            raise ValueError(f"tests: {sorted(unknown) or 'none given'}; known: {list(TESTS)}")
+        self.tests = tests
+        self.warmup = int(params.get("warmup", 30))
+        self.level_alpha = float(params.get("level_alpha", 0.05))
+        self.scale_alpha = float(params.get("scale_alpha", 0.02))
+        self.huber = float(params.get("huber", 3.0))
+        self.rel_floor = float(params.get("rel_floor", 1e-6))
+        self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
+        self.size = 0
+        self._alloc(0)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _alloc(self, cap: int) -> None:
+        self.n = np.zeros(cap, np.int32)
+        self.first_t = np.zeros(cap, np.int64)
+        self.last_t = np.zeros(cap, np.int64)
+        for name in _SCALARS_F64:
+            setattr(self, name, np.zeros(cap, np.float64))
+        for name in _SCALARS_F32:
+            setattr(self, name, np.zeros(cap, np.float32))
+        self.day = np.zeros((cap, DAY_BUCKETS), np.float32)
+        self.week = np.zeros((cap, WEEK_BUCKETS), np.float32)
+        self.mask = np.zeros(cap, np.uint8)
+        self.which = np.zeros(cap, np.uint8)
+        self.poisson = np.zeros(cap, np.bool_)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every state array by name (for saving, and to measure the state's size)."""
+        names = ("n", "first_t", "last_t", *_SCALARS_F64, *_SCALARS_F32, "day", "week", "mask",
+                 "which", "poisson")  # fmt: skip
+        return {name: getattr(self, name)[: self.size] for name in names}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        size = int(arrays["n"].shape[0])
+        self._alloc(0)
+        self.size = 0
+        self.ensure(size)
+        for name, value in arrays.items():
+            getattr(self, name)[:size] = value
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.state_arrays().values())
+
+    def ensure(self, size: int) -> None:
+        """Make room for series ``0 .. size-1``; new series start empty."""
+        if size <= self.size:
+            return
+        cap = self.n.shape[0]
+        if size > cap:
+            new_cap = max(size, cap * 2, 64)
+            for name, old in self.state_arrays().items():
+                grown = np.zeros((new_cap, *old.shape[1:]), old.dtype)
+                grown[: self.size] = old
+                setattr(self, name, grown)
+        self.mask[self.size : size] = self.default_mask
+        self.size = size
+
+    def configure(self, series: np.ndarray, seasonality: str | None = None,
+                  poisson: bool | None = None) -> None:  # fmt: skip
+        """Per-series options: allowed seasonality, and whether values are counts (Poisson
+        noise floor)."""
+        self.ensure(int(series.max()) + 1 if series.size else 0)
+        if seasonality is not None:
+            self.mask[series] = SEASONALITY_MASKS[seasonality]
+        if poisson is not None:
+            self.poisson[series] = poisson
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def update(self, series: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Score points (series index, event time ns, value), in time order per series, and
+        learn from them. Returns one score in [0, 1] per point (0 while warming up)."""
+        series = np.asarray(series, np.int64)
+        times = np.asarray(times, np.int64)
+        values = np.asarray(values, np.float64)
+        scores = np.zeros(values.shape[0], np.float64)
+        if not series.size:
+            return scores
+        self.ensure(int(series.max()) + 1)
+        finite = np.isfinite(values)
+        order = np.flatnonzero(finite)
+        if order.size < series.size:
+            series, times, values = series[order], times[order], values[order]
+        # Rank of each point within its series (stable: keeps time order), then rounds.
+        by_series = np.argsort(series, kind="stable")
+        sorted_series = series[by_series]
+        starts = np.flatnonzero(np.r_[True, sorted_series[1:] != sorted_series[:-1]])
+        counts = np.diff(np.r_[starts, sorted_series.size])
+        rank = np.arange(sorted_series.size) - np.repeat(starts, counts)
+        if counts.max() == 1:
+            rounds = [by_series]
+        else:
+            by_rank = by_series[np.argsort(rank, kind="stable")]
+            bounds = np.r_[0, np.cumsum(np.bincount(rank))]
+            rounds = [by_rank[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        out = np.zeros(series.size, np.float64)
+        for chunk in rounds:
+            out[chunk] = self._round(series[chunk], times[chunk], values[chunk])
+        scores[order] = out
+        return scores
+
+    def _round(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        n = self.n[s]
+        fresh = n == 0
+        if fresh.any():
+            f = s[fresh]
+            self.first_t[f] = t[fresh]
+            self.last_t[f] = t[fresh]
+            self.level[f] = x[fresh]
+            self.level_s[f] = x[fresh]
+            self.level_f[f] = x[fresh]
+            self.rho[f] = 0.5
+            self.slow_day[f] = x[fresh]
+            self.slow_week[f] = x[fresh]
+            self.tail_f[f] = 0.32
+            self.tail_b[f] = 0.6
+            self.v_mean[f] = 0.8
+            self.v_sq[f] = 1.0
+            self.v_fast[f] = 0.8
+        # Time: the typical interval (s) and how many intervals this point comes after.
+        dt_s = (t - self.last_t[s]).astype(np.float64) * 1e-9
+        typical = self.dt[s].astype(np.float64)
+        typical = np.where(typical > 0, typical, np.maximum(dt_s, 1e-3))
+        gap = np.where(n > 0, np.clip(dt_s / typical, 1.0, 50.0), 1.0)
+        typical = np.where(n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical)
+        span = (t - self.first_t[s]).astype(np.float64)
+        # Seasonal profiles, linearly interpolated between bucket centres.
+        dpos = (t % DAY_NS).astype(np.float64) * (DAY_BUCKETS / DAY_NS) - 0.5
+        d0 = np.floor(dpos)
+        dw1 = dpos - d0
+        d0 = d0.astype(np.int64) % DAY_BUCKETS
+        d1 = (d0 + 1) % DAY_BUCKETS
+        wpos = ((t + 3 * DAY_NS) % WEEK_NS).astype(np.float64) * (WEEK_BUCKETS / WEEK_NS) - 0.5
+        w0 = np.floor(wpos)
+        ww1 = wpos - w0
+        w0 = w0.astype(np.int64) % WEEK_BUCKETS
+        w1 = (w0 + 1) % WEEK_BUCKETS
+        day = self.day[s, d0] * (1 - dw1) + self.day[s, d1] * dw1
+        week = self.week[s, w0] * (1 - ww1) + self.week[s, w1] * ww1
+        mask = self.mask[s]
+        # Weekly profile only once two weeks are seen; seasonal model only where it explains
+        # the data clearly better than the level alone.
+        week = np.where(((mask & SEASON_WEEKLY) > 0) & (span >= 2 * WEEK_NS), week, 0.0)
+        level = self.level[s]
+        level_s = self.level_s[s]
+        pred_season = level_s + day + week
+        use_season = (
+            ((mask & SEASON_DAILY) > 0) & (span >= 2 * DAY_NS)
+        )
+        # A fast level where the series wanders (random-walk-like): its forecast is then better.
+        # Damped local-linear trend (Holt): follows smooth curves with little lag.
+        level_f = self.level_f[s] + 0.98 * self.trend_f[s]
+        use_fast = self.errf[s] < 0.8 * self.err0[s]
+        err_base = np.where(use_fast, self.errf[s], self.err0[s])
+        use_season &= self.err1[s] < 0.8 * err_base
+        pred = np.where(use_season, pred_season, np.where(use_fast, level_f, level))
+        resid = x - pred
+        scale = self.scale[s]
+        sigma = 1.2533 * scale
+        sigma = np.maximum(sigma, self.rel_floor * np.abs(level) + 1e-12)
+        pois = self.poisson[s]
+        if pois.any():
+            sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
+        z = resid / sigma
+        az = np.abs(z)
+        warm = n >= self.warmup
+        # -- the tests, as tail probabilities --
+        tail_f = self.tail_f[s].astype(np.float64)
+        tail_b = self.tail_b[s].astype(np.float64)
+        tests: list[np.ndarray] = []
+        if "spike" in self.tests:
+            tests.append(np.where(az > 1, tail_f * np.exp(-(az - 1) / tail_b), 1.0))
+        lrv = (1 + self.rho[s]) / np.maximum(1 - self.rho[s], 1e-3)
+        inc = np.clip(z, -4.0, 4.0) / np.sqrt(np.clip(lrv, 1.0, 50.0))
+        inc = np.where(warm, inc, 0.0)  # the CUSUMs start once the baseline is warm
+        cus_pos = np.maximum(0.0, self.cus_pos[s] + inc - 0.5)
+        cus_neg = np.maximum(0.0, self.cus_neg[s] - inc - 0.5)
+        drift_pos = np.maximum(0.0, 0.995 * self.drift_pos[s] + np.clip(inc, -2, 2) - 0.15)
+        drift_neg = np.maximum(0.0, 0.995 * self.drift_neg[s] - np.clip(inc, -2, 2) - 0.15)
+        if "shift" in self.tests:
+            tests.append(np.exp(-np.maximum(cus_pos, cus_neg)))
+        if "trend" in self.tests:
+            tests.append(np.exp(-0.3 * np.maximum(drift_pos, drift_neg)))
+        v_fast = self.v_fast[s] + 0.1 * (np.minimum(az, 8.0) - self.v_fast[s])
+        if "variance" in self.tests:
+            v_sd = np.sqrt(np.maximum(self.v_sq[s] - self.v_mean[s] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)) * np.sqrt(0.1 / 1.9)
+            tests.append(normal_sf((v_fast - self.v_mean[s]) / v_sd))
+        if len(tests) == 1:
+            p, which = tests[0], np.zeros(s.size, np.int64)
+        else:
+            stacked = np.vstack(tests)
+            which = np.argmin(stacked, axis=0)
+            p = stacked[which, np.arange(s.size)]
+        score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
+        # -- learning --
+        huber = np.where(warm, self.huber, 3 * self.huber)
+        clipped = np.clip(resid, -huber * sigma, huber * sigma)
+        la = np.where(warm, 1 - (1 - self.level_alpha) ** gap, np.maximum(self.level_alpha, 1.0 / (n + 1)))
+        cap = huber * sigma
+        new_level = level + la * np.clip(x - level, -cap, cap)
+        r_f = np.clip(x - level_f, -cap, cap)
+        new_level_f = level_f + np.maximum(la, 0.3) * r_f
+        new_trend_f = 0.98 * self.trend_f[s] + 0.05 * r_f
+        new_level_s = level_s + la * np.clip(x - pred_season, -cap, cap)
+        xc = pred + clipped
+        # Slow levels (time constants of a day and a week) anchor the profiles.
+        a_day = 1 - np.exp(-dt_s.clip(0) / 86_400.0)
+        a_week = 1 - np.exp(-dt_s.clip(0) / 604_800.0)
+        slow_day = self.slow_day[s] + np.where(fresh, 0.0, a_day) * (xc - self.slow_day[s])
+        slow_week = self.slow_week[s] + np.where(fresh, 0.0, a_week) * (xc - self.slow_week[s])
+        days_seen = np.clip(span / DAY_NS, 1 / 24, 3.0)
+        a_prof = np.clip(typical / (3600.0 * days_seen), 0.0, 1.0)
+        target_day = xc - slow_day - week
+        self.day[s, d0] += (a_prof * (1 - dw1) * (target_day - self.day[s, d0])).astype(np.float32)
+        self.day[s, d1] += (a_prof * dw1 * (target_day - self.day[s, d1])).astype(np.float32)
+        weeks_seen = np.clip(span / WEEK_NS, 1 / 168, 3.0)
+        a_wprof = np.clip(typical / (3600.0 * weeks_seen), 0.0, 1.0)
+        target_week = xc - slow_week - day
+        self.week[s, w0] += (a_wprof * (1 - ww1) * (target_week - self.week[s, w0])).astype(np.float32)
+        self.week[s, w1] += (a_wprof * ww1 * (target_week - self.week[s, w1])).astype(np.float32)
+        a_err = np.maximum(np.clip(typical / 43_200.0, 0.002, 0.05), 1.0 / (n + 2))
+        self.err0[s] += a_err * (np.minimum(np.abs(x - level), cap) - self.err0[s])
+        self.errf[s] += a_err * (np.minimum(np.abs(x - level_f), cap) - self.errf[s])
+        self.err1[s] += a_err * (np.minimum(np.abs(x - pred_season), cap) - self.err1[s])
+        sa = np.where(warm, self.scale_alpha, np.maximum(self.scale_alpha, 1.0 / (n + 1)))
+        self.scale[s] = scale + sa * (np.abs(clipped) - scale)
+        # Tail calibration learns from scored points only; a spike moves it by a bounded step.
+        learn = warm & (az < 50)
+        exceed = (az > 1).astype(np.float64)
+        self.tail_f[s] = np.where(learn, tail_f + 0.01 * (exceed - tail_f), tail_f).clip(0.05, 0.6)
+        excess = np.minimum(az - 1, 4 * tail_b)
+        self.tail_b[s] = np.where(learn & (az > 1), tail_b + 0.02 * (excess - tail_b), tail_b).clip(0.3, 3.0)
+        zc = np.clip(z, -6, 6)
+        self.rho[s] = np.where(n > 1, self.rho[s] + 0.02 * (zc * self.prev_z[s] / np.maximum(self.v_sq[s], 0.2) - self.rho[s]), 0.0).clip(-0.5, 0.98)
+        self.prev_z[s] = zc
+        aza = np.minimum(az, 6.0)
+        self.v_mean[s] += 0.01 * (aza - self.v_mean[s])
+        self.v_sq[s] += 0.01 * (aza * aza - self.v_sq[s])
+        self.v_fast[s] = v_fast
+        # A confirmed shift re-bases the level on the recent residuals.
+        r_fast = self.r_fast[s] + 0.3 * (resid - self.r_fast[s])
+        rebase = warm & (np.maximum(cus_pos, cus_neg) > 16.0)
+        if rebase.any():
+            new_level = np.where(rebase, level + r_fast, new_level)
+            new_level_s = np.where(rebase, level_s + r_fast, new_level_s)
+            new_level_f = np.where(rebase, x, new_level_f)
+            new_trend_f = np.where(rebase, 0.0, new_trend_f)
+            cus_pos = np.where(rebase, 0.0, cus_pos)
+            cus_neg = np.where(rebase, 0.0, cus_neg)
+            drift_pos = np.where(rebase, 0.0, drift_pos)
+            drift_neg = np.where(rebase, 0.0, drift_neg)
+            r_fast = np.where(rebase, 0.0, r_fast)
+        self.level[s] = new_level
+        self.level_s[s] = new_level_s
+        self.level_f[s] = new_level_f
+        self.trend_f[s] = new_trend_f
+        self.slow_day[s] = slow_day
+        self.slow_week[s] = slow_week
+        self.cus_pos[s] = cus_pos
+        self.cus_neg[s] = cus_neg
+        self.drift_pos[s] = drift_pos
+        self.drift_neg[s] = drift_neg
+        self.r_fast[s] = r_fast
+        self.dt[s] = typical
+        self.last_t[s] = t
+        self.n[s] = n + 1
+        self.last_value[s] = x
+        self.expected[s] = pred
+        self.sigma[s] = sigma
+        self.score[s] = score
+        self.which[s] = which
+        return score
