@@ -171,10 +171,18 @@ class AlertBook:
         for change in changes:
             if change.change == "resolved":
                 self._resolve_alerts(change.incident.alert_ids)
+            if change.change == "merged":
+                self._save_moved(change.incident.merged_into)
             if change.change == "refreshed":
                 continue
             for runner in self.notifiers:
                 runner.submit(change)
+
+    def _save_moved(self, incident_id: str | None) -> None:
+        """Alerts of a merged incident now belong to the one it merged into: store that."""
+        moved = [a for a in self._by_key.values() if incident_id and a.incident_id == incident_id]
+        if moved:
+            self.store.save_alerts(moved)
 
     def _resolve_alerts(self, alert_ids: list[str]) -> None:
         """An incident's end ends its alerts: a relapse raises them anew (and reopens it)."""

@@ -118,6 +118,10 @@ class Candidate(msgspec.Struct, frozen=True):
     score: float
     reason: str
     alert_ids: list[str] = []
+    onset_unix_nano: int | None = None
+    evidence: dict[str, Any] = {}
+    """What the score stands on: the strength of the entity's own anomaly, its onset relative
+    to the incident's first, the anomalous entities it would explain, the share of the walk."""
 
 
 class TimelineEntry(msgspec.Struct, frozen=True):
@@ -141,9 +145,13 @@ class Incident(msgspec.Struct, kw_only=True):
     services: list[str] = []
     models: list[str] = []
     candidates: list[Candidate] = []
+    baseline_candidates: list[Candidate] = []
+    """The trivial ranking beside the real one: entities by the size of their anomaly jump."""
     timeline: list[TimelineEntry] = []
     alert_events: int = 0
     reopened: int = 0
+    merged_into: str | None = None
+    """Set on an incident that turned out to be part of another (it is then resolved)."""
 
 
 class IncidentChange(msgspec.Struct, frozen=True):
@@ -151,6 +159,7 @@ class IncidentChange(msgspec.Struct, frozen=True):
 
     change: str
     """``opened``, ``updated`` (a new alert joined), ``escalated``, ``acknowledged``,
-    ``resolved``, ``reopened``; or ``refreshed`` (a known alert repeated), which is stored but
+    ``resolved``, ``reopened``, ``merged`` (folded into ``incident.merged_into``); or
+    ``refreshed`` (a known alert repeated), which is stored but
     not sent to notifiers."""
     incident: Incident

@@ -19,8 +19,8 @@ import uvicorn
 from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
 from opstrata.consumers import CommittedBatch, ConsumerContext, latest_event_time
+from opstrata.correlation import TopologyCorrelator
 from opstrata.fanout import ConsumerRunner
-from opstrata.incidents import EntityWindowEngine
 from opstrata.ingest import IngestPipeline
 from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
 from opstrata.notifiers import NotifierRunner
@@ -30,6 +30,7 @@ from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
 from opstrata.storage.base import Store, StoreError
+from opstrata.topology import TopologyConsumer, TopologyGraph
 
 __all__ = ["open_store", "serve"]
 
@@ -124,6 +125,17 @@ def _consumer_runners(
     return runners
 
 
+def _topology_runner(
+    settings: Settings, graph: TopologyGraph, store: Store, alertbook: AlertBook
+) -> ConsumerRunner:
+    """The incident engine's own consumer: it learns the topology the correlator walks."""
+    state_dir = settings.data_path / "incidents"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    consumer = TopologyConsumer(graph)
+    ctx = ConsumerContext("opstrata", consumer.name, state_dir, alertbook.emit, store, {})
+    return ConsumerRunner("opstrata", consumer, store, ctx, settings.data_path / "consumers")
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the exit status."""
     # DuckDB's Python binding takes the GIL back many times during an insert; with the event
@@ -139,13 +151,16 @@ async def serve(settings: Settings) -> int:
     notifiers = [NotifierRunner(plugin, notifier) for plugin, notifier in registry.notifiers]
     for notifier in notifiers:
         notifier.start()
-    engine = EntityWindowEngine(
+    graph = TopologyGraph()
+    engine = TopologyCorrelator(
+        graph,
         quiet_seconds=settings.incidents.quiet_seconds,
         reopen_seconds=settings.incidents.reopen_seconds,
     )
     alertbook = AlertBook(store, engine, notifiers)
     alertbook.start()
     runners = _consumer_runners(settings, registry, store, alertbook)
+    runners.append(_topology_runner(settings, graph, store, alertbook))
     for runner in runners:
         runner.start()
     metrics.watch_kernel(runners, notifiers, alertbook)

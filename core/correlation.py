@@ -1,0 +1,338 @@
+"""The topology-aware incident engine: alerts that are one problem become one incident.
+
+An alert joins an open incident when it is *related* to one of the incident's alerts and close
+to it in event time. Related means any of:
+
+- the same entity, or an entity the other's belongs to (a model and the service serving it);
+- neighbours in the learned topology: a caller and its callee, a service and the model or LLM it
+  uses, a service and the host/pod/node it runs on (from the graph or the alert's resource);
+- two services whose calls to the same dependency changed at the onset (both slowed by one
+  database);
+- an infrastructure alert (host, pod, node) and an alert of anything placed on it.
+
+When an alert relates to several open incidents, they were one problem seen from several ends:
+they merge into the oldest (the others resolve with ``merged_into`` set). An incident with no
+alert event for ``quiet_seconds`` of event time resolves; a related alert within
+``reopen_seconds`` of that reopens it. Each alert belongs to at most one open incident. Every
+change re-ranks the root-cause candidates (:mod:`opstrata.rootcause`) and the baseline beside
+them. Everything runs on event time, so a replay correlates as the live stream did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opstrata.alerts import (
+    SEVERITY_RANK,
+    Alert,
+    Incident,
+    IncidentChange,
+    IncidentStatus,
+    TimelineEntry,
+)
+from opstrata.incidents import new_id
+from opstrata.rootcause import AlertNodes, alert_nodes, rank_by_jump, rank_root_causes
+from opstrata.topology import EdgeKind, Node, TopologyGraph
+
+__all__ = ["TopologyCorrelator"]
+
+_SECOND = 1_000_000_000
+_INFRA = frozenset({"host", "pod", "node"})
+_SHARED_DEPENDENCY_MIN_SCORE = 0.5
+
+
+class _Members:
+    """The nodes an incident's alerts sit on, for fast relatedness checks."""
+
+    def __init__(self) -> None:
+        self.primaries: set[Node] = set()
+        self.owners: set[Node] = set()
+        self.placements: set[Node] = set()
+        self.onsets: dict[Node, int] = {}
+
+    def add(self, nodes: AlertNodes, onset: int) -> None:
+        self.primaries.add(nodes.primary)
+        if nodes.owner is not None:
+            self.owners.add(nodes.owner)
+        self.placements.update(nodes.placement)
+        self.onsets[nodes.primary] = min(onset, self.onsets.get(nodes.primary, onset))
+
+
+class TopologyCorrelator:
+    """Groups alerts into incidents by event time and topology (see the module docstring)."""
+
+    def __init__(
+        self,
+        graph: TopologyGraph,
+        quiet_seconds: float = 600,
+        reopen_seconds: float = 1800,
+        lookback_seconds: float = 300,
+    ) -> None:
+        self.graph = graph
+        self.quiet_ns = int(quiet_seconds * _SECOND)
+        self.reopen_ns = int(reopen_seconds * _SECOND)
+        self.lookback_ns = int(lookback_seconds * _SECOND)
+        self.incidents: dict[str, Incident] = {}
+        self._members: dict[str, _Members] = {}
+        self._last_event: dict[str, int] = {}
+        self._alerts: dict[str, Alert] = {}
+        self._ranked_score: dict[str, float] = {}
+
+    # -- the IncidentEngine interface --------------------------------------------------------
+
+    def load(self, incidents: list[Incident], alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self._alerts[alert.id] = alert
+        for incident in incidents:
+            self.incidents[incident.id] = incident
+            self._last_event[incident.id] = incident.updated_unix_nano
+            members = self._members[incident.id] = _Members()
+            for alert_id in incident.alert_ids:
+                alert = self._alerts.get(alert_id)
+                if alert is not None:
+                    members.add(alert_nodes(alert), alert.first_seen_unix_nano)
+
+    def on_alert(self, alert: Alert, is_new: bool) -> list[IncidentChange]:
+        self._alerts[alert.id] = alert
+        now = alert.last_seen_unix_nano
+        changes = self.advance(now)
+        current = self.incidents.get(alert.incident_id or "")
+        if current is not None and current.status is not IncidentStatus.RESOLVED:
+            changes.append(self._join(current, alert, is_new))
+            return changes
+        nodes = alert_nodes(alert)
+        related = [incident for incident in self._open() if self._related(alert, nodes, incident)]
+        if not related:
+            relapsed = self._relapsed(alert, nodes, now)
+            if relapsed is not None:
+                changes.append(self._reopen(relapsed, alert, now))
+                return changes
+            changes.append(self._open_incident(alert))
+            return changes
+        related.sort(key=lambda incident: (incident.opened_unix_nano, incident.id))
+        keeper = related[0]
+        changes.append(self._join(keeper, alert, True))
+        for other in related[1:]:
+            changes.extend(self._merge(other, keeper, now))
+        return changes
+
+    def advance(self, now_unix_nano: int) -> list[IncidentChange]:
+        changes = []
+        self._forget_before(now_unix_nano - self.reopen_ns)
+        for incident in list(self._open()):
+            if now_unix_nano - self._last_event.get(incident.id, now_unix_nano) >= self.quiet_ns:
+                changes.append(
+                    self._resolve(incident, now_unix_nano, "resolved after quiet period")
+                )
+        return changes
+
+    def acknowledge(self, incident_id: str) -> IncidentChange | None:
+        incident = self.incidents.get(incident_id)
+        if incident is None or incident.status is not IncidentStatus.OPEN:
+            return None
+        incident.status = IncidentStatus.ACKNOWLEDGED
+        incident.acknowledged = True
+        incident.timeline.append(TimelineEntry(incident.updated_unix_nano, "acknowledged"))
+        return IncidentChange("acknowledged", incident)
+
+    def resolve(self, incident_id: str) -> IncidentChange | None:
+        incident = self.incidents.get(incident_id)
+        if incident is None or incident.status is IncidentStatus.RESOLVED:
+            return None
+        return self._resolve(incident, incident.updated_unix_nano, "resolved by a user")
+
+    # -- grouping ----------------------------------------------------------------------------
+
+    def _open(self) -> Iterable[Incident]:
+        return [i for i in self.incidents.values() if i.status is not IncidentStatus.RESOLVED]
+
+    def _related(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
+        members = self._members[incident.id]
+        onset = alert.first_seen_unix_nano
+        if onset < incident.opened_unix_nano - self.lookback_ns:
+            return False
+        mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())
+        theirs = members.primaries | members.owners
+        if mine & theirs:
+            return True
+        # Infrastructure and what runs on it.
+        if nodes.primary[0] in _INFRA and (
+            nodes.primary in members.placements
+            or any(self.graph.has_edge(EdgeKind.RUNS_ON, m, nodes.primary) for m in theirs)
+        ):
+            return True
+        if any(place in members.primaries for place in nodes.placement):
+            return True
+        for node in mine:
+            if node[0] in _INFRA:
+                continue
+            neighbours = self.graph.neighbours(node)
+            if neighbours & theirs:
+                return True
+            # Infrastructure alerts in the incident under this service (graph placement).
+            if any(n[0] in _INFRA for n in neighbours & members.primaries):
+                return True
+        return self._share_failing_dependency(nodes, members, onset)
+
+    def _share_failing_dependency(self, nodes: AlertNodes, members: _Members, onset: int) -> bool:
+        if nodes.primary[0] != "service":
+            return False
+        mine = self.graph.successors(nodes.primary, (EdgeKind.CALLS,))
+        for other in members.primaries:
+            if other[0] != "service":
+                continue
+            for dependency in mine & self.graph.successors(other, (EdgeKind.CALLS,)):
+                a = self.graph.call_jump(nodes.primary, dependency, onset).get("score", 0.0)
+                b = self.graph.call_jump(other, dependency, onset).get("score", 0.0)
+                if min(a, b) >= _SHARED_DEPENDENCY_MIN_SCORE:
+                    return True
+        return False
+
+    def _relapsed(self, alert: Alert, nodes: AlertNodes, now: int) -> Incident | None:
+        recent = [
+            incident
+            for incident in self.incidents.values()
+            if incident.status is IncidentStatus.RESOLVED
+            and incident.merged_into is None
+            and now - (incident.resolved_unix_nano or 0) <= self.reopen_ns
+        ]
+        recent.sort(key=lambda incident: -(incident.resolved_unix_nano or 0))
+        for incident in recent:
+            if self._related_ignoring_time(alert, nodes, incident):
+                return incident
+        return None
+
+    def _related_ignoring_time(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
+        saved = incident.opened_unix_nano
+        incident.opened_unix_nano = min(saved, alert.first_seen_unix_nano)
+        try:
+            return self._related(alert, nodes, incident)
+        finally:
+            incident.opened_unix_nano = saved
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def _open_incident(self, alert: Alert) -> IncidentChange:
+        incident = Incident(
+            id=new_id("inc", alert.first_seen_unix_nano),
+            title="",
+            status=IncidentStatus.OPEN,
+            severity=alert.severity,
+            opened_unix_nano=alert.first_seen_unix_nano,
+            updated_unix_nano=alert.last_seen_unix_nano,
+        )
+        incident.timeline.append(TimelineEntry(alert.first_seen_unix_nano, "opened", alert.id))
+        self.incidents[incident.id] = incident
+        self._members[incident.id] = _Members()
+        change = self._join(incident, alert, True)
+        return IncidentChange("opened", change.incident)
+
+    def _join(
+        self, incident: Incident, alert: Alert, is_new: bool, rerank: bool = True
+    ) -> IncidentChange:
+        before = SEVERITY_RANK[incident.severity]
+        known = alert.id in incident.alert_ids
+        alert.incident_id = incident.id
+        if not known:
+            incident.alert_ids.append(alert.id)
+            self._members[incident.id].add(alert_nodes(alert), alert.first_seen_unix_nano)
+            if incident.timeline and incident.timeline[-1].alert_id != alert.id:
+                incident.timeline.append(
+                    TimelineEntry(
+                        alert.first_seen_unix_nano,
+                        f"alert {alert.kind} on {alert.entity.kind} {alert.entity.name}",
+                        alert.id,
+                    )
+                )
+        if alert.entity not in incident.entities:
+            incident.entities.append(alert.entity)
+        if alert.layer not in incident.layers:
+            incident.layers.append(alert.layer)
+        service = alert.resource.get("service.name") or (
+            alert.entity.name if alert.entity.kind == "service" else ""
+        )
+        if service and service not in incident.services:
+            incident.services.append(service)
+        if alert.entity.kind in ("model", "llm_model") and alert.entity.name not in incident.models:
+            incident.models.append(alert.entity.name)
+        if SEVERITY_RANK[alert.severity] > SEVERITY_RANK[incident.severity]:
+            incident.severity = alert.severity
+        incident.alert_events += 1
+        incident.updated_unix_nano = max(incident.updated_unix_nano, alert.last_seen_unix_nano)
+        self._last_event[incident.id] = max(
+            self._last_event.get(incident.id, 0), alert.last_seen_unix_nano
+        )
+        # Repeats that did not strengthen their alert leave the ranking as it was.
+        if rerank and (not known or alert.score > self._ranked_score.get(alert.id, -1.0)):
+            self._rerank(incident)
+        if SEVERITY_RANK[incident.severity] > before:
+            incident.timeline.append(
+                TimelineEntry(incident.updated_unix_nano, f"escalated to {incident.severity}")
+            )
+            return IncidentChange("escalated", incident)
+        if is_new and not known:
+            return IncidentChange("updated", incident)
+        return IncidentChange("refreshed", incident)
+
+    def _rerank(self, incident: Incident) -> None:
+        alerts = [self._alerts[i] for i in incident.alert_ids if i in self._alerts]
+        for alert in alerts:
+            self._ranked_score[alert.id] = alert.score
+        incident.candidates = rank_root_causes(alerts, self.graph)
+        incident.baseline_candidates = rank_by_jump(alerts)
+        top = incident.candidates[0].entity if incident.candidates else None
+        n = len(incident.alert_ids)
+        where = f"{top.kind} {top.name}" if top else "unknown"
+        incident.title = f"{where}: {n} alert{'s' if n != 1 else ''}" + (
+            f" across {len(incident.services)} services" if len(incident.services) > 1 else ""
+        )
+
+    def _merge(self, other: Incident, keeper: Incident, now: int) -> list[IncidentChange]:
+        for alert_id in other.alert_ids:
+            alert = self._alerts.get(alert_id)
+            if alert is not None and alert_id not in keeper.alert_ids:
+                self._join(keeper, alert, True, rerank=False)
+        keeper.timeline.append(TimelineEntry(now, f"merged {other.id} into this incident"))
+        keeper.opened_unix_nano = min(keeper.opened_unix_nano, other.opened_unix_nano)
+        keeper.alert_events += max(0, other.alert_events - len(other.alert_ids))
+        self._rerank(keeper)
+        other.merged_into = keeper.id
+        other.status = IncidentStatus.RESOLVED
+        other.resolved_unix_nano = now
+        other.updated_unix_nano = max(other.updated_unix_nano, now)
+        other.timeline.append(TimelineEntry(now, f"merged into {keeper.id}"))
+        return [IncidentChange("merged", other), IncidentChange("updated", keeper)]
+
+    def _reopen(self, incident: Incident, alert: Alert, now: int) -> IncidentChange:
+        incident.status = IncidentStatus.OPEN
+        incident.acknowledged = False
+        incident.resolved_unix_nano = None
+        incident.reopened += 1
+        incident.timeline.append(TimelineEntry(now, "reopened", alert.id))
+        self._join(incident, alert, True)
+        return IncidentChange("reopened", incident)
+
+    def _resolve(self, incident: Incident, now: int, why: str) -> IncidentChange:
+        incident.status = IncidentStatus.RESOLVED
+        incident.resolved_unix_nano = now
+        incident.updated_unix_nano = max(incident.updated_unix_nano, now)
+        incident.timeline.append(TimelineEntry(now, why))
+        return IncidentChange("resolved", incident)
+
+    def _forget_before(self, cutoff: int) -> None:
+        """Drop incidents resolved before ``cutoff`` (past their reopen window) and their
+        alerts: they are stored; memory holds only what can still change."""
+        done = [
+            incident
+            for incident in self.incidents.values()
+            if incident.status is IncidentStatus.RESOLVED
+            and (incident.resolved_unix_nano or 0) < cutoff
+        ]
+        for incident in done:
+            del self.incidents[incident.id]
+            self._members.pop(incident.id, None)
+            self._last_event.pop(incident.id, None)
+            if incident.merged_into is None:
+                for alert_id in incident.alert_ids:
+                    self._alerts.pop(alert_id, None)
+                    self._ranked_score.pop(alert_id, None)

@@ -1,0 +1,256 @@
+"""Root-cause ranking of an incident's entities, and the trivial baseline beside it.
+
+The ranking walks the incident's *anomalous subgraph*. Every entity with an alert is a suspect,
+with the strength of its strongest alert; entities without alerts join when the telemetry points
+at them — a dependency (a database, an external API) whose calls slowed down or failed around
+the onset, a host or node under several anomalous services. Edges run from a symptom to what
+could explain it:
+
+- a caller to the services and dependencies it calls (a slow callee makes its callers slow);
+- anything to the host, pod or node it runs on (infrastructure explains what runs on it);
+- a service to the model or LLM it uses (a slow or failing model shows in its caller).
+
+A random walk with restart (restart ∝ strength, steps ∝ the strength of the explaining suspect)
+collects its mass where explanations end: the upstream-most anomalous component. The walk's
+share is then weighed by onset: the cause starts first, so a suspect whose anomaly began well
+after the incident's first loses weight. The baseline ranks by the size of each entity's jump
+(observed against expected), nothing else; ``bench/incidents_eval.py`` reports both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opstrata.alerts import Alert, Candidate, Entity
+from opstrata.topology import EdgeKind, Node, TopologyGraph, nodes_of_resource
+
+__all__ = ["alert_nodes", "rank_by_jump", "rank_root_causes"]
+
+_INFRA = frozenset({"host", "pod", "node"})
+_SECOND = 1_000_000_000
+_ONSET_TAU_SECONDS = 120.0
+_RESTART = 0.15
+_STEPS = 40
+_DEPENDENCY_MIN_SCORE = 0.3
+
+
+@dataclass(slots=True)
+class AlertNodes:
+    """Where an alert sits in the topology."""
+
+    primary: Node
+    owner: Node | None
+    """The service a model, LLM or operation alert belongs to."""
+    placement: list[Node]
+
+
+def alert_nodes(alert: Alert) -> AlertNodes:
+    resource = alert.resource
+    service = resource.get("service.name", "")
+    kind, name = alert.entity.kind, alert.entity.name
+    if kind == "operation":
+        owner_name = service or name.split("/", 1)[0]
+        primary: Node = ("service", owner_name)
+        owner = None
+    elif kind in ("service", "host", "pod", "node", "model", "llm_model", "prompt"):
+        primary = (kind, name)
+        owner = (
+            ("service", service) if service and kind != "service" and kind not in _INFRA else None
+        )
+    elif service:
+        primary, owner = ("service", service), None
+    else:
+        placed = nodes_of_resource(resource)
+        primary, owner = (placed[0] if placed else (kind, name)), None
+    placement = [node for node in nodes_of_resource(resource) if node != primary]
+    return AlertNodes(primary, owner, placement)
+
+
+@dataclass(slots=True)
+class _Suspect:
+    node: Node
+    strength: float = 0.0
+    onset: int | None = None
+    alert_ids: list[str] = field(default_factory=list)
+    summaries: list[str] = field(default_factory=list)
+    inferred: str = ""
+
+
+def _jump(alert: Alert) -> float:
+    """How far the observation left what was expected, relative to the expectation."""
+    evidence = alert.evidence
+    if evidence.observed is not None and evidence.expected is not None:
+        scale = max(abs(evidence.expected), 1e-9)
+        return abs(evidence.observed - evidence.expected) / scale
+    return alert.score
+
+
+def rank_by_jump(alerts: Sequence[Alert]) -> list[Candidate]:
+    """The baseline: each entity ranked by the largest anomaly jump among its alerts."""
+    best: dict[Node, tuple[float, list[str], int]] = {}
+    for alert in alerts:
+        node = alert_nodes(alert).primary
+        jump = _jump(alert)
+        size, ids, onset = best.get(node, (-1.0, [], alert.first_seen_unix_nano))
+        best[node] = (
+            max(size, jump),
+            [*ids, alert.id],
+            min(onset, alert.first_seen_unix_nano),
+        )
+    ranked = sorted(best.items(), key=lambda item: -item[1][0])
+    top = ranked[0][1][0] if ranked and ranked[0][1][0] > 0 else 1.0
+    return [
+        Candidate(
+            Entity(*node),
+            round(size / top, 6),
+            f"largest anomaly jump ({size:.3g})",
+            sorted(ids),
+            onset,
+            {"jump": size},
+        )
+        for node, (size, ids, onset) in ranked
+    ]
+
+
+def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Suspect]:
+    suspects: dict[Node, _Suspect] = {}
+    for alert in alerts:
+        node = alert_nodes(alert).primary
+        suspect = suspects.setdefault(node, _Suspect(node))
+        suspect.strength = max(suspect.strength, alert.score)
+        onset = alert.first_seen_unix_nano
+        suspect.onset = onset if suspect.onset is None else min(suspect.onset, onset)
+        suspect.alert_ids.append(alert.id)
+        if len(suspect.summaries) < 3:
+            suspect.summaries.append(alert.summary)
+    services = [s for s in suspects.values() if s.node[0] == "service"]
+    # Dependencies without telemetry of their own: blamed when the calls to them changed.
+    for caller in services:
+        for callee in graph.successors(caller.node, (EdgeKind.CALLS,)):
+            if callee in suspects and suspects[callee].alert_ids:
+                continue
+            jump = graph.call_jump(caller.node, callee, caller.onset or 0)
+            score = jump.get("score", 0.0)
+            if score < _DEPENDENCY_MIN_SCORE:
+                continue
+            suspect = suspects.setdefault(callee, _Suspect(callee))
+            if score > suspect.strength:
+                suspect.strength = score
+                suspect.inferred = (
+                    f"calls from {caller.node[1]}: latency x{jump['latency_ratio']:.2f}, "
+                    f"errors {jump['error_delta']:+.1%}"
+                )
+            suspect.onset = (
+                caller.onset if suspect.onset is None else min(suspect.onset, caller.onset or 0)
+            )
+    # A host or node under several anomalous services, with no alert of its own.
+    shared: dict[Node, list[_Suspect]] = {}
+    for alert in alerts:
+        nodes = alert_nodes(alert)
+        for place in nodes.placement:
+            shared.setdefault(place, [])
+            primary = suspects[nodes.primary]
+            if primary not in shared[place]:
+                shared[place].append(primary)
+    for place, above in shared.items():
+        if place in suspects or len(above) < 2:
+            continue
+        hosted = graph.predecessors(place, (EdgeKind.RUNS_ON,))
+        share = len(above) / max(len(hosted), len(above))
+        suspect = suspects[place] = _Suspect(place)
+        suspect.strength = 0.5 * share * max(s.strength for s in above)
+        suspect.onset = min(s.onset or 0 for s in above)
+        suspect.inferred = (
+            f"hosts {len(above)} of {max(len(hosted), len(above))} anomalous entities"
+        )
+    return suspects
+
+
+def _explainers(
+    suspect: _Suspect,
+    suspects: dict[Node, _Suspect],
+    owners: dict[Node, set[Node]],
+    graph: TopologyGraph,
+) -> set[Node]:
+    node = suspect.node
+    found: set[Node] = set()
+    if node[0] == "service":
+        found |= graph.successors(node, (EdgeKind.CALLS, EdgeKind.RUNS_ON, EdgeKind.USES))
+    elif node[0] == "pod":
+        found |= graph.successors(node, (EdgeKind.RUNS_ON,))
+    found |= owners.get(node, set())
+    return {other for other in found if other in suspects and other != node}
+
+
+def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Candidate]:
+    """Candidates for the root cause of one incident, best first, scores in [0, 1]."""
+    if not alerts:
+        return []
+    suspects = _suspects(alerts, graph)
+    # What else explains an alert's entity: its placement and, for models, its owner's placement.
+    owners: dict[Node, set[Node]] = {}
+    for alert in alerts:
+        nodes = alert_nodes(alert)
+        links = owners.setdefault(nodes.primary, set())
+        links.update(nodes.placement)
+        if nodes.owner is not None and nodes.owner in suspects:
+            # A model's owner service is explained by the model, not the other way round.
+            owners.setdefault(nodes.owner, set()).add(nodes.primary)
+    order = list(suspects)
+    index = {node: i for i, node in enumerate(order)}
+    n = len(order)
+    strength = np.array([max(suspects[node].strength, 1e-3) for node in order])
+    transition = np.zeros((n, n))
+    explains: dict[Node, list[Node]] = {node: [] for node in order}
+    for node in order:
+        targets = _explainers(suspects[node], suspects, owners, graph)
+        i = index[node]
+        if not targets:
+            transition[i, i] = 1.0
+            continue
+        weights = np.array([strength[index[t]] for t in targets])
+        for target, weight in zip(targets, weights / weights.sum(), strict=True):
+            transition[i, index[target]] = weight
+            explains[target].append(node)
+    restart = strength / strength.sum()
+    mass = restart.copy()
+    for _ in range(_STEPS):
+        mass = _RESTART * restart + (1 - _RESTART) * mass @ transition
+    onsets = [suspects[node].onset for node in order]
+    first = min(onset for onset in onsets if onset is not None) if any(onsets) else 0
+    scores = []
+    for i in range(n):
+        delay = max(0.0, ((onsets[i] or first) - first) / _SECOND)
+        timing = math.exp(-delay / _ONSET_TAU_SECONDS)
+        scores.append(float(mass[i] * (0.5 + 0.5 * timing) * (0.5 + 0.5 * min(1.0, strength[i]))))
+    top = max(scores) or 1.0
+    candidates = []
+    for i in sorted(range(n), key=lambda i: -scores[i]):
+        node = order[i]
+        suspect = suspects[node]
+        delay = ((onsets[i] or first) - first) / _SECOND
+        explained = sorted(f"{k}:{v}" for k, v in explains[node])
+        reason = suspect.inferred or (suspect.summaries[0] if suspect.summaries else "")
+        if explained:
+            reason = f"explains {len(explained)} anomalous: {', '.join(explained[:4])}; {reason}"
+        candidates.append(
+            Candidate(
+                Entity(*node),
+                round(scores[i] / top, 6),
+                reason,
+                sorted(suspect.alert_ids),
+                suspect.onset,
+                {
+                    "strength": round(float(strength[i]), 6),
+                    "onset_after_first_seconds": round(delay, 3),
+                    "walk_share": round(float(mass[i]), 6),
+                    "explains": explained,
+                    "inferred": bool(suspect.inferred),
+                },
+            )
+        )
+    return candidates
