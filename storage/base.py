@@ -17,7 +17,7 @@ from opstrata.alerts import Alert, Incident
 from opstrata.consumers import CommittedBatch
 from opstrata.schema import Signal, Table
 
-__all__ = ["CommitStats", "Store", "StoreClosed", "StoreError"]
+__all__ = ["CommitStats", "Store", "StoreClosed", "StoreError", "TelemetryQueries"]
 
 
 class StoreError(RuntimeError):
@@ -96,3 +96,71 @@ class Store(Protocol):
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Commit what is queued, then close. Idempotent."""
+
+
+@runtime_checkable
+class TelemetryQueries(Protocol):
+    """The read side of a store, for the HTTP API (types in ``storage/query_types.py``).
+
+    A store provides it through a ``queries()`` method; the DuckDB store's lives beside it in
+    ``storage/duckdb_queries.py`` (``storage.queries.queries_for`` finds either). Times are Unix
+    nanoseconds of event time; pages are newest first with an opaque cursor; ``ValueError``
+    means the query cannot be answered as asked (a bad cursor, an unknown metric).
+    """
+
+    def start(self) -> None:
+        """Start background work (the DuckDB store's trace index)."""
+
+    def stop(self) -> None:
+        """Stop it."""
+
+    def latest(self, table: Table) -> int | None:
+        """The newest event time in ``table``, ``None`` when empty."""
+
+    def window(self, start: int | None, end: int | None, table: Table = ...) -> Any:
+        """A ``TimeWindow``: a missing end is the newest event time, a missing start an hour
+        before the end."""
+
+    def trace(self, trace_id: str) -> pa.Table:
+        """The spans of one trace (``otel_traces`` columns), in start-time order."""
+
+    def traces(self, trace_ids: list[str]) -> pa.Table:
+        """The spans of several traces."""
+
+    def search_spans(self, f: Any, limit: int, cursor: str | None = None) -> Any:
+        """A ``SpanPage`` of spans matching a ``SpanFilter``, newest first."""
+
+    def search_trace_ids(self, f: Any, limit: int) -> list[str]:
+        """Ids of traces with a span matching a ``SpanFilter``, most recent first."""
+
+    def service_names(self, start: int | None = None, end: int | None = None) -> list[str]:
+        """Services that sent spans (in the window)."""
+
+    def services(self, window: Any, step_ns: int, service: str | None = None) -> list[Any]:
+        """``ServiceRED`` per service over the window, with a series per step."""
+
+    def operations(self, service: str, window: Any, kind: str | None = None) -> list[Any]:
+        """``Operation`` (span name and kind) statistics of one service."""
+
+    def service_map(self, window: Any) -> Any:
+        """The ``ServiceMap`` of the window."""
+
+    def search_logs(self, f: Any, limit: int, cursor: str | None = None) -> Any:
+        """A ``LogPage`` of log records matching a ``LogFilter``, newest first."""
+
+    def metric_names(self, start: int | None, end: int | None) -> list[Any]:
+        """``MetricInfo`` per metric name and type."""
+
+    def metric_series(
+        self, name: str, start: int | None, end: int | None, limit: int, offset: int
+    ) -> list[Any]:
+        """``MetricSeries`` (label sets) of one metric."""
+
+    def metric_range(self, **query: Any) -> Any:
+        """A ``MetricRange``: ``name``, ``start``, ``end``, ``step_ns``, ``aggregation``,
+        ``group_by``, ``attributes``."""
+
+    def exemplars(
+        self, name: str, window: Any, attributes: dict[str, str], limit: int
+    ) -> list[Any]:
+        """``Exemplar`` records of a metric, newest first."""

@@ -1,0 +1,268 @@
+"""The read side of the DuckDB store: traces, span search, services (RED) and operations.
+
+Logs, the service map and metrics live in their own modules; :class:`DuckDBQueries` puts them
+behind one object that implements ``TelemetryQueries`` (``storage/base.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from opstrata.schema import Table
+from opstrata.storage import duckdb_logs, duckdb_metrics_queries, duckdb_servicemap
+from opstrata.storage.duckdb_ddl import SEQ_COLUMN, select_list
+from opstrata.storage.duckdb_sql import Where, decode_cursor, encode_cursor, ts_param
+from opstrata.storage.duckdb_trace_index import TraceIndex
+from opstrata.storage.query_types import (
+    Exemplar,
+    LogFilter,
+    LogPage,
+    MetricInfo,
+    MetricRange,
+    MetricSeries,
+    Operation,
+    REDPoint,
+    ServiceMap,
+    ServiceRED,
+    SpanFilter,
+    SpanPage,
+    TimeWindow,
+)
+
+__all__ = ["ENTRY_SPAN_SQL", "DuckDBQueries"]
+
+ENTRY_SPAN_SQL = "(\"SpanKind\" IN ('Server', 'Consumer') OR \"ParentSpanId\" = '')"
+"""A request of a service: a server or consumer span, or the root span of a trace."""
+_QUANTILES = 'quantile_cont("Duration", [0.5, 0.95, 0.99])'
+_HOUR = 3600 * 10**9
+
+
+def _q(values: list[float] | None) -> tuple[float | None, float | None, float | None]:
+    if not values:
+        return None, None, None
+    return values[0], values[1], values[2]
+
+
+class DuckDBQueries:
+    """``TelemetryQueries`` over a running ``DuckDBStore`` (through its per-thread readers)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.index = TraceIndex(store)
+
+    def start(self) -> None:
+        self.index.ensure_tables()
+        self.index.start()
+
+    def stop(self) -> None:
+        self.index.stop()
+
+    @property
+    def _con(self):
+        return self.store.reader()
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def latest(self, table: Table) -> int | None:
+        """The newest event time stored in ``table`` (Unix ns), ``None`` when it is empty."""
+        column = "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
+        row = self._con.execute(f'SELECT epoch_ns(max("{column}")) FROM {table}').fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def window(self, start: int | None, end: int | None, table: Table = Table.TRACES) -> TimeWindow:
+        """The asked-for window; a missing end is the newest event time stored (event time, not
+        the wall clock), a missing start one hour before the end."""
+        if end is None:
+            latest = self.latest(table) if start is None else None
+            end = (latest + 1) if latest is not None else (start or 0) + _HOUR
+            if start is not None and end <= start:
+                end = start + _HOUR
+        if start is None:
+            start = end - _HOUR
+        return TimeWindow(start, end)
+
+    # -- traces --------------------------------------------------------------------------------
+
+    def trace(self, trace_id: str) -> pa.Table:
+        return self.traces([trace_id])
+
+    def traces(self, trace_ids: list[str]) -> pa.Table:
+        """Every span of the traces, in start-time order, found through the trace index."""
+        if not trace_ids:
+            return self._con.execute(
+                f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} LIMIT 0"
+            ).to_arrow_table()
+        ids = [t.lower() for t in trace_ids]
+        ranges = self.index.seq_ranges(Table.TRACES, ids)
+        # One SELECT per range: a disjunction of ranges would defeat row-group skipping.
+        parts = []
+        params: list[object] = []
+        for lo, hi in ranges:
+            parts.append(
+                f'SELECT * FROM {Table.TRACES} WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? '
+                'AND "TraceId" IN (SELECT unnest(?))'
+            )
+            params += [lo, hi, ids]
+        sql = (
+            f"SELECT {select_list(Table.TRACES)} FROM ({' UNION ALL '.join(parts)}) "
+            'ORDER BY "Timestamp", "SpanId"'
+        )
+        return self._con.execute(sql, params).to_arrow_table()
+
+    def search_spans(self, f: SpanFilter, limit: int, cursor: str | None = None) -> SpanPage:
+        where = _span_where(f)
+        if cursor is not None:
+            ts, span_id = decode_cursor(cursor)
+            # The first condition alone lets DuckDB skip row groups; the second breaks ties.
+            where.add(f'"Timestamp" <= {ts_param()}', ts)
+            where.add(f'("Timestamp" < {ts_param()} OR "SpanId" < ?)', ts, span_id)
+        table = self._con.execute(
+            f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} WHERE {where.sql()} "
+            'ORDER BY "Timestamp" DESC, "SpanId" DESC LIMIT ?',
+            [*where.params, limit],
+        ).to_arrow_table()
+        next_cursor = None
+        if table.num_rows == limit and limit > 0:
+            last = table.slice(limit - 1, 1)
+            ts = last.column("Timestamp").cast(pa.int64())[0].as_py()
+            next_cursor = encode_cursor(ts, last.column("SpanId")[0].as_py())
+        return SpanPage(table, next_cursor)
+
+    def search_trace_ids(self, f: SpanFilter, limit: int) -> list[str]:
+        """Ids of the traces with a span matching ``f``, the most recent first."""
+        where = _span_where(f)
+        rows = self._con.execute(
+            f'SELECT "TraceId", max("Timestamp") AS t FROM {Table.TRACES} WHERE {where.sql()} '
+            'GROUP BY "TraceId" ORDER BY t DESC, "TraceId" LIMIT ?',
+            [*where.params, limit],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- services ------------------------------------------------------------------------------
+
+    def service_names(self, start: int | None = None, end: int | None = None) -> list[str]:
+        where = Where().window("Timestamp", start, end)
+        rows = self._con.execute(
+            f'SELECT DISTINCT "ServiceName" FROM {Table.TRACES} WHERE {where.sql()} ORDER BY 1',
+            where.params,
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def services(
+        self, window: TimeWindow, step_ns: int, service: str | None = None
+    ) -> list[ServiceRED]:
+        where = Where().window("Timestamp", window.start, window.end)
+        if service is not None:
+            where.add('"ServiceName" = ?', service)
+        rows = self._con.execute(
+            f'SELECT "ServiceName", (epoch_ns("Timestamp") - ?) // ? AS b, count(*), '
+            f"count(*) FILTER (WHERE \"StatusCode\" = 'Error'), {_QUANTILES} "
+            f"FROM {Table.TRACES} WHERE {where.sql()} AND {ENTRY_SPAN_SQL} "
+            'GROUP BY GROUPING SETS (("ServiceName"), ("ServiceName", b))',
+            [window.start, step_ns, *where.params],
+        ).fetchall()
+        totals: dict[str, tuple] = {}
+        series: dict[str, list[REDPoint]] = {}
+        for name, bucket, count, errors, quantiles in rows:
+            if bucket is None:
+                totals[name] = (count, errors, quantiles)
+            else:
+                p50, p95, p99 = _q(quantiles)
+                point = REDPoint(window.start + bucket * step_ns, count, errors, p50, p95, p99)
+                series.setdefault(name, []).append(point)
+        names = [service] if service is not None else self.service_names(window.start, window.end)
+        out = []
+        for name in names:
+            count, errors, quantiles = totals.get(name, (0, 0, None))
+            if service is not None and name not in totals and not self._has_spans(name, window):
+                continue
+            p50, p95, p99 = _q(quantiles)
+            out.append(
+                ServiceRED(
+                    name=name,
+                    requests=count,
+                    errors=errors,
+                    request_rate=count / window.seconds,
+                    error_rate=errors / count if count else 0.0,
+                    p50_nano=p50,
+                    p95_nano=p95,
+                    p99_nano=p99,
+                    series=sorted(series.get(name, []), key=lambda p: p.time_unix_nano),
+                )
+            )
+        return out
+
+    def _has_spans(self, service: str, window: TimeWindow) -> bool:
+        where = Where().window("Timestamp", window.start, window.end)
+        where.add('"ServiceName" = ?', service)
+        row = self._con.execute(
+            f"SELECT 1 FROM {Table.TRACES} WHERE {where.sql()} LIMIT 1", where.params
+        ).fetchone()
+        return row is not None
+
+    def operations(
+        self, service: str, window: TimeWindow | None, kind: str | None = None
+    ) -> list[Operation]:
+        where = Where().add('"ServiceName" = ?', service)
+        if window is not None:
+            where.window("Timestamp", window.start, window.end)
+        if kind is not None:
+            where.add('"SpanKind" = ?', kind)
+        rows = self._con.execute(
+            f'SELECT "SpanName", "SpanKind", count(*), '
+            f"count(*) FILTER (WHERE \"StatusCode\" = 'Error'), {_QUANTILES} "
+            f"FROM {Table.TRACES} WHERE {where.sql()} GROUP BY 1, 2 ORDER BY 1, 2",
+            where.params,
+        ).fetchall()
+        return [
+            Operation(name, op_kind, count, errors, errors / count if count else 0.0, *_q(q))
+            for name, op_kind, count, errors, q in rows
+        ]
+
+    # -- the other signals ---------------------------------------------------------------------
+
+    def service_map(self, window: TimeWindow) -> ServiceMap:
+        return duckdb_servicemap.service_map(self._con, window)
+
+    def search_logs(self, f: LogFilter, limit: int, cursor: str | None = None) -> LogPage:
+        ranges = None
+        if f.trace_id is not None:
+            ranges = self.index.seq_ranges(Table.LOGS, [f.trace_id])
+        return duckdb_logs.search_logs(self._con, f, limit, cursor, ranges)
+
+    def metric_names(self, start: int | None, end: int | None) -> list[MetricInfo]:
+        return duckdb_metrics_queries.metric_names(self._con, start, end)
+
+    def metric_series(
+        self, name: str, start: int | None, end: int | None, limit: int, offset: int
+    ) -> list[MetricSeries]:
+        return duckdb_metrics_queries.metric_series(self._con, name, start, end, limit, offset)
+
+    def metric_range(self, **query: Any) -> MetricRange:
+        return duckdb_metrics_queries.metric_range(self._con, **query)
+
+    def exemplars(
+        self, name: str, window: TimeWindow, attributes: dict[str, str], limit: int
+    ) -> list[Exemplar]:
+        return duckdb_metrics_queries.exemplars(self._con, name, window, attributes, limit)
+
+
+def _span_where(f: SpanFilter) -> Where:
+    where = Where().window("Timestamp", f.start, f.end)
+    if f.service is not None:
+        where.add('"ServiceName" = ?', f.service)
+    if f.span_name is not None:
+        where.add('"SpanName" = ?', f.span_name)
+    if f.status is not None:
+        where.add('"StatusCode" = ?', f.status)
+    if f.kind is not None:
+        where.add('"SpanKind" = ?', f.kind)
+    if f.min_duration is not None:
+        where.add('"Duration" >= ?', f.min_duration)
+    if f.max_duration is not None:
+        where.add('"Duration" <= ?', f.max_duration)
+    where.attributes("SpanAttributes", f.attributes)
+    where.attributes("ResourceAttributes", f.resource)
+    return where

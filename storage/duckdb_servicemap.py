@@ -1,0 +1,107 @@
+"""The service map: who calls whom, learned from spans over a time window.
+
+Two kinds of edge:
+
+* **span** — a span whose parent span belongs to another service: an edge from the parent's
+  service to the child's. Calls, errors and p99 are those of the child spans (the callee's view).
+* **peer** — a client or producer span with no child span at all, naming where it went in
+  ``peer.service``, ``db.system`` (plus ``db.name`` when set) or ``server.address``: a call that
+  leaves instrumented code. The target becomes a node of kind ``external`` or ``database``.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from opstrata.schema import Table
+from opstrata.storage.duckdb_sql import Where
+from opstrata.storage.query_types import MapEdge, MapNode, ServiceMap, TimeWindow
+
+__all__ = ["service_map"]
+
+
+def _attr(key: str) -> str:
+    # Constant keys only: nothing from a request reaches this SQL.
+    return f"list_filter(\"SpanAttributes\", lambda e: e.key = '{key}')[1].value"
+
+
+_SQL = f"""
+WITH s AS (
+    SELECT "TraceId", "SpanId", "ParentSpanId", "ServiceName", "SpanKind", "Duration",
+           "StatusCode" = 'Error' AS err
+    FROM {Table.TRACES} WHERE {{where}}
+),
+span_edges AS (
+    SELECT p."ServiceName" AS source, c."ServiceName" AS target, count(*) AS calls,
+           count(*) FILTER (WHERE c.err) AS errors, quantile_cont(c."Duration", 0.99) AS p99,
+           'span' AS via
+    FROM s AS c JOIN s AS p ON c."ParentSpanId" = p."SpanId" AND c."TraceId" = p."TraceId"
+    WHERE c."ParentSpanId" <> '' AND c."ServiceName" <> p."ServiceName"
+    GROUP BY 1, 2
+),
+leaves AS (
+    SELECT t."ServiceName", t."Duration", t."StatusCode" = 'Error' AS err,
+           {_attr("peer.service")} AS peer, {_attr("db.system")} AS db,
+           {_attr("db.name")} AS db_name, {_attr("server.address")} AS address
+    FROM {Table.TRACES} AS t
+    WHERE {{where_t}} AND t."SpanKind" IN ('Client', 'Producer')
+      AND NOT EXISTS (
+          SELECT 1 FROM s AS c WHERE c."ParentSpanId" = t."SpanId" AND c."TraceId" = t."TraceId"
+      )
+),
+peer_edges AS (
+    SELECT "ServiceName" AS source,
+           CASE WHEN coalesce(peer, '') <> '' THEN peer
+                WHEN coalesce(db, '') <> '' THEN
+                    db || CASE WHEN coalesce(db_name, '') <> '' THEN '/' || db_name ELSE '' END
+                ELSE address END AS target,
+           count(*) AS calls, count(*) FILTER (WHERE err) AS errors,
+           quantile_cont("Duration", 0.99) AS p99,
+           CASE WHEN coalesce(peer, '') <> '' THEN 'peer.service'
+                WHEN coalesce(db, '') <> '' THEN 'db.system'
+                ELSE 'server.address' END AS via
+    FROM leaves
+    WHERE coalesce(peer, '') <> '' OR coalesce(db, '') <> '' OR coalesce(address, '') <> ''
+    GROUP BY 1, 2, 6
+)
+SELECT source, target, calls, errors, p99, via FROM span_edges
+UNION ALL
+SELECT source, target, calls, errors, p99, via FROM peer_edges
+ORDER BY source, target, via
+"""
+
+_NODES_SQL = f"""
+SELECT "ServiceName",
+       count(*) FILTER (WHERE "SpanKind" IN ('Server', 'Consumer') OR "ParentSpanId" = ''),
+       count(*) FILTER (WHERE ("SpanKind" IN ('Server', 'Consumer') OR "ParentSpanId" = '')
+                        AND "StatusCode" = 'Error')
+FROM {Table.TRACES} WHERE {{where}} GROUP BY 1 ORDER BY 1
+"""
+
+
+def service_map(con: duckdb.DuckDBPyConnection, window: TimeWindow) -> ServiceMap:
+    where = Where().window("Timestamp", window.start, window.end)
+    where_t = Where().window("Timestamp", window.start, window.end)
+    sql = _SQL.format(
+        where=where.sql(), where_t=where_t.sql().replace('"Timestamp"', 't."Timestamp"')
+    )
+    edges_rows = con.execute(sql, [*where.params, *where_t.params]).fetchall()
+    node_rows = con.execute(_NODES_SQL.format(where=where.sql()), where.params).fetchall()
+    nodes = {
+        name: MapNode(name, "service", requests, errors) for name, requests, errors in node_rows
+    }
+    edges = []
+    for source, target, calls, errors, p99, via in edges_rows:
+        edges.append(
+            MapEdge(source, target, calls, errors, errors / calls if calls else 0.0, p99, via)
+        )
+        if target not in nodes:
+            kind = "database" if via == "db.system" else "external"
+            nodes[target] = MapNode(target, kind, 0, 0)
+    for edge in edges:
+        if edge.via != "span" and nodes[edge.target].kind != "service":
+            node = nodes[edge.target]
+            nodes[edge.target] = MapNode(
+                node.name, node.kind, node.requests + edge.calls, node.errors + edge.errors
+            )
+    return ServiceMap(window.start, window.end, sorted(nodes.values(), key=lambda n: n.name), edges)
