@@ -1,0 +1,177 @@
+"""The consumer: committed spans and log records in, LLM calls (priced) and their messages out
+to the plugin's tables, and alerts through the kernel."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
+from opstrata.plugins.llmops.config import LLMOpsConfig
+from opstrata.plugins.llmops.conventions import MESSAGE_EVENTS
+from opstrata.plugins.llmops.detect import CallAlerts
+from opstrata.plugins.llmops.messages import CallMessages
+from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
+from opstrata.plugins.llmops.privacy import ContentPolicy
+from opstrata.plugins.llmops.recognise import CALLS, MESSAGES, SpanColumns, recognise
+from opstrata.plugins.llmops.store import cursor_of, insert
+from opstrata.schema import Signal, Table
+
+__all__ = ["LLMCalls", "price_calls"]
+
+log = logging.getLogger(__name__)
+
+
+def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
+    """Fill ``CostPicoUsd`` from the price table where the span carried no cost; calls whose
+    model has no price keep a NULL cost (and ``CostSource`` NULL): unpriced, not free."""
+    if calls.num_rows == 0:
+        return calls
+    carried = calls.column("CostSource").is_valid().to_numpy(zero_copy_only=False)
+    tokens = {
+        name: calls.column(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        for name, column in (
+            ("input", "InputTokens"),
+            ("output", "OutputTokens"),
+            ("cache_read", "CacheReadTokens"),
+            ("cache_write", "CacheWriteTokens"),
+            ("reasoning", "ReasoningTokens"),
+        )
+    }
+    cost, priced = prices.costs(
+        calls.column("Provider").to_numpy(zero_copy_only=False),
+        calls.column("ResponseModel").to_numpy(zero_copy_only=False),
+        calls.column("RequestModel").to_numpy(zero_copy_only=False),
+        tokens,
+    )
+    old = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
+    final = np.where(carried, old, cost)
+    valid = carried | priced
+    source = np.where(carried, "span", np.where(priced, "table", None))
+    calls = calls.set_column(
+        calls.schema.get_field_index("CostPicoUsd"),
+        "CostPicoUsd",
+        pa.array(final, pa.int64(), mask=~valid),
+    )
+    return calls.set_column(
+        calls.schema.get_field_index("CostSource"), "CostSource", pa.array(source, pa.string())
+    )
+
+
+class LLMCalls(Consumer):
+    name = "calls"
+    signals = frozenset({Signal.SPANS, Signal.LOG_RECORDS})
+
+    def __init__(self, config: LLMOpsConfig) -> None:
+        self.config = config
+        self.policy = ContentPolicy(config.content, config.mask_patterns, config.max_message_chars)
+        entries = list(config.prices) + (shipped_entries() if config.price_table else [])
+        self.prices = PriceTable(entries)
+        self.resources: dict[str, dict[str, str]] = {}
+        self.alerts: CallAlerts | None = None
+
+    def start(self, ctx: ConsumerContext) -> None:
+        cursor_of(ctx.store)
+        if self.config.alerts.enabled:
+            self.alerts = CallAlerts(
+                self.config.alerts, self.config.budgets, ctx.emit, self._resource_of
+            )
+
+    def stop(self, ctx: ConsumerContext) -> None:
+        if self.alerts is not None:
+            self.alerts.flush()
+
+    def _resource_of(self, service: str) -> dict[str, str]:
+        return dict(self.resources.get(service) or {"service.name": service})
+
+    def _remember_resources(self, batch: pa.RecordBatch, rows: np.ndarray) -> None:
+        services = batch.column("ServiceName").take(pa.array(rows)).to_numpy(zero_copy_only=False)
+        names, first = np.unique(services, return_index=True)
+        for name, index in zip(names, first, strict=True):
+            if name not in self.resources:
+                pairs = batch.column("ResourceAttributes")[int(rows[index])].as_py() or []
+                self.resources[str(name)] = {str(k): str(v) for k, v in pairs}
+
+    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        calls: list[pa.Table] = []
+        messages: list[pa.Table] = []
+        spans = batch.tables.get(Table.TRACES)
+        if spans is not None and spans.num_rows:
+            found = recognise(SpanColumns.of_spans(spans), self.policy)
+            if found is not None:
+                self._remember_resources(spans, found.rows)
+                calls.append(found.calls)
+                messages.append(found.messages)
+        logs = batch.tables.get(Table.LOGS)
+        if logs is not None and logs.num_rows:
+            self._logs(logs, calls, messages)
+        if not calls and not messages:
+            return
+        all_calls = price_calls(
+            pa.concat_tables(calls) if calls else CALLS.empty_table(), self.prices
+        )
+        all_messages = pa.concat_tables(messages) if messages else MESSAGES.empty_table()
+        insert(cursor_of(ctx.store), all_calls, all_messages)
+        if self.alerts is not None:
+            self.alerts.add(all_calls)
+
+    def _logs(self, logs: pa.RecordBatch, calls: list[pa.Table], messages: list[pa.Table]) -> None:
+        """GenAI log events: ``gen_ai.client.inference.operation.details`` (a whole call; it is
+        the call itself only when it has no span, else its messages join the span's call) and
+        the deprecated per-message events."""
+        col = logs.column
+        cols = SpanColumns(
+            col("Timestamp"),
+            col("TraceId"),
+            col("SpanId"),
+            col("ServiceName"),
+            col("LogAttributes"),
+        )
+        found = recognise(cols, self.policy, source="event")
+        if found is not None:
+            spanless = pc.equal(found.calls.column("SpanId"), "")
+            own = found.calls.filter(spanless)
+            if own.num_rows:
+                self._remember_resources(logs, found.rows[spanless.to_numpy(zero_copy_only=False)])
+                calls.append(own)
+            messages.append(found.messages)
+        if not self.policy.keeps_content:
+            return
+        names = col("EventName")
+        wanted = np.flatnonzero(
+            pc.is_in(names, value_set=pa.array(list(MESSAGE_EVENTS))).to_numpy(zero_copy_only=False)
+        )
+        if len(wanted) == 0:
+            return
+        picked = logs.select(
+            ["Timestamp", "TraceId", "SpanId", "EventName", "Body", "LogAttributes"]
+        ).take(pa.array(wanted))
+        times = picked.column("Timestamp").cast(pa.int64()).to_pylist()
+        per_call: dict[tuple[str, str], tuple[int, CallMessages]] = {}
+        rows = zip(
+            times,
+            *(picked.column(c).to_pylist() for c in ("TraceId", "SpanId", "EventName", "Body")),
+            picked.column("LogAttributes").to_pylist(),
+            strict=True,
+        )
+        for time, trace_id, span_id, name, body, attributes in rows:
+            key = (trace_id or "", span_id or "")
+            start, collected = per_call.setdefault(key, (time, CallMessages()))
+            collected.add_event(name, body, dict(attributes or ()))
+            per_call[key] = (min(start, time), collected)
+        stored = [(k, t, m.to_json(self.policy)) for k, (t, m) in per_call.items()]
+        messages.append(
+            pa.table(
+                {
+                    "Timestamp": pa.array([t for _, t, _ in stored], pa.timestamp("ns")),
+                    "TraceId": [k[0] for k, _, _ in stored],
+                    "SpanId": [k[1] for k, _, _ in stored],
+                    "Source": ["event"] * len(stored),
+                    "Messages": [m for _, _, m in stored],
+                },
+                schema=MESSAGES,
+            )
+        )

@@ -1,0 +1,395 @@
+"""Alerts from LLM calls, in event time: spikes, regressions, error bursts, prompt versions that
+made things worse, budgets.
+
+Calls are summed into event-time buckets (``alerts.bucket_seconds``) per LLM model and per
+service. A bucket is judged once event time has moved a whole bucket past its end (late calls
+still count), against an exponentially weighted average of the entity's earlier active buckets,
+kept in numpy arrays indexed by entity. Budgets are checked call by call (cumulative cost per
+period); a prompt version is compared with the version before it as soon as both have enough
+calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
+from opstrata.plugins.llmops.config import AlertSettings, Budget
+from opstrata.plugins.llmops.prices import PICO
+
+__all__ = ["CallAlerts"]
+
+_ALPHA = 0.2
+_SAMPLE = 2048  # latencies kept per bucket and entity, and per prompt version, for percentiles
+_DIMENSIONS = (("llm_model", "Model"), ("service", "ServiceName"))
+
+
+@dataclass
+class _Bucket:
+    calls: int = 0
+    errors: int = 0
+    cost: int = 0
+    tokens: int = 0
+    durations: list[np.ndarray] = field(default_factory=list)
+    ttfts: list[np.ndarray] = field(default_factory=list)
+    exemplars: dict[str, list[str]] = field(default_factory=dict)
+    services: dict[str, int] = field(default_factory=dict)
+
+
+class _Baselines:
+    """Per-entity state of one dimension, in arrays grown as entities appear."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.buckets = np.zeros(0, dtype=np.int64)
+        self.cost = np.zeros(0)
+        self.tokens = np.zeros(0)
+        self.p95 = np.zeros(0)
+        self.ttft95 = np.zeros(0)
+
+    def id_of(self, name: str) -> int:
+        entity = self.index.get(name)
+        if entity is None:
+            entity = self.index[name] = len(self.index)
+            if entity >= len(self.buckets):
+                grow = max(16, len(self.buckets))
+                self.buckets = np.concatenate([self.buckets, np.zeros(grow, dtype=np.int64)])
+                self.cost = np.concatenate([self.cost, np.zeros(grow)])
+                self.tokens = np.concatenate([self.tokens, np.zeros(grow)])
+                self.p95 = np.concatenate([self.p95, np.zeros(grow)])
+                self.ttft95 = np.concatenate([self.ttft95, np.zeros(grow)])
+        return entity
+
+
+def _ewma(array: np.ndarray, entity: int, value: float, first: bool) -> None:
+    array[entity] = value if first else (1 - _ALPHA) * array[entity] + _ALPHA * value
+
+
+@dataclass
+class _Version:
+    first_seen: int
+    calls: int = 0
+    errors: int = 0
+    tokens: int = 0
+    cost: int = 0
+    durations: list[np.ndarray] = field(default_factory=list)
+    exemplars: list[str] = field(default_factory=list)
+    service: str = ""
+    judged: bool = False
+
+
+def _p95(parts: list[np.ndarray]) -> float:
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    return float(np.percentile(values, 95)) if len(values) else 0.0
+
+
+def _period_start(ns: int, period: str) -> int:
+    moment = datetime.fromtimestamp(ns / 1e9, UTC)
+    if period == "hour":
+        moment = moment.replace(minute=0, second=0, microsecond=0)
+    elif period == "day":
+        moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        moment = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return int(moment.timestamp()) * 1_000_000_000
+
+
+class CallAlerts:
+    """Feed it each batch of calls (costs filled in); it emits through ``emit``."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        budgets: list[Budget],
+        emit: Callable[[AlertEvent], None],
+        resource_of: Callable[[str], dict[str, str]],
+    ) -> None:
+        self.settings = settings
+        self.budgets = budgets
+        self.emit = emit
+        self.resource_of = resource_of
+        self.bucket_ns = settings.bucket_seconds * 1_000_000_000
+        self.now = 0
+        self.open: dict[int, dict[tuple[str, str], _Bucket]] = {}
+        self.baselines = {kind: _Baselines() for kind, _ in _DIMENSIONS}
+        self.firing: set[tuple[str, str, str]] = set()
+        self.spent: dict[tuple[int, str, int], int] = {}
+        self.prompts: dict[str, dict[str, _Version]] = {}
+
+    # -- intake -------------------------------------------------------------------------------
+
+    def add(self, calls: pa.Table) -> None:
+        if calls.num_rows == 0:
+            return
+        cols = {
+            name: calls.column(name).to_numpy(zero_copy_only=False)
+            for name in ("Model", "ServiceName", "IsError", "TraceId", "PromptName", "UserId")
+        }
+        cols["PromptVersion"] = calls.column("PromptVersion").to_numpy(zero_copy_only=False)
+        cols["SessionId"] = calls.column("SessionId").to_numpy(zero_copy_only=False)
+        times = calls.column("Timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        cost = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
+        tokens = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
+        duration = calls.column("Duration").to_numpy(zero_copy_only=False) / 1e6
+        ttft = calls.column("Ttft").cast(pa.float64()).fill_null(np.nan).to_numpy() / 1e6
+        errors = cols["IsError"].astype(bool)
+        buckets = times // self.bucket_ns * self.bucket_ns
+        for bucket in np.unique(buckets):
+            in_bucket = buckets == bucket
+            slot = self.open.setdefault(int(bucket), {})
+            for kind, column in _DIMENSIONS:
+                names = cols[column][in_bucket]
+                for name in np.unique(names):
+                    rows = np.flatnonzero(in_bucket)[names == name]
+                    acc = slot.setdefault((kind, str(name)), _Bucket())
+                    self._accumulate(acc, rows, cols, cost, tokens, duration, ttft, errors)
+        self._budgets(times, cost, cols)
+        self._prompts(times, cost, tokens, duration, errors, cols)
+        self.now = max(self.now, int(times.max()))
+        self._close_buckets()
+
+    @staticmethod
+    def _accumulate(acc: _Bucket, rows, cols, cost, tokens, duration, ttft, errors) -> None:
+        acc.calls += len(rows)
+        acc.errors += int(errors[rows].sum())
+        acc.cost += int(cost[rows].sum())
+        acc.tokens += int(tokens[rows].sum())
+        if sum(len(d) for d in acc.durations) < _SAMPLE:
+            acc.durations.append(duration[rows])
+            t = ttft[rows]
+            acc.ttfts.append(t[~np.isnan(t)])
+        traces = cols["TraceId"]
+        for label, order in (
+            ("slow", rows[np.argsort(-duration[rows])]),
+            ("cost", rows[np.argsort(-(cost[rows] + tokens[rows]))]),
+            ("error", rows[errors[rows]]),
+        ):
+            kept = acc.exemplars.setdefault(label, [])
+            if len(kept) < 3:
+                kept.extend(str(t) for t in traces[order[: 3 - len(kept)]] if t)
+        for service in cols["ServiceName"][rows]:
+            acc.services[service] = acc.services.get(service, 0) + 1
+
+    # -- judging closed buckets -----------------------------------------------------------------
+
+    def _close_buckets(self) -> None:
+        for start in sorted(self.open):
+            if start + 2 * self.bucket_ns > self.now:
+                break
+            for (kind, name), acc in self.open.pop(start).items():
+                self._judge(start, kind, name, acc)
+
+    def flush(self) -> None:
+        """Judge every open bucket (at shutdown, or in tests)."""
+        for start in sorted(self.open):
+            for (kind, name), acc in self.open.pop(start).items():
+                self._judge(start, kind, name, acc)
+
+    def _judge(self, start: int, kind: str, name: str, acc: _Bucket) -> None:
+        s = self.settings
+        base = self.baselines[kind]
+        entity = base.id_of(name)
+        seen = int(base.buckets[entity])
+        warm = seen >= s.warmup_buckets
+        p95, ttft95 = _p95(acc.durations), _p95(acc.ttfts)
+        service = max(acc.services, key=acc.services.get) if acc.services else ""
+        resource = self.resource_of(name if kind == "service" else service)
+        checks: list[tuple[str, bool, float, float, str, str]] = [
+            ("cost_spike", warm and acc.cost > s.spike_factor * base.cost[entity] > 0,
+             acc.cost / PICO, base.cost[entity] / PICO, "cost", "USD per bucket"),
+            ("token_spike", warm and acc.tokens > s.spike_factor * base.tokens[entity] > 0,
+             float(acc.tokens), float(base.tokens[entity]), "cost", "tokens per bucket"),
+            ("error_burst", acc.errors >= s.min_errors and acc.errors > s.error_rate * acc.calls,
+             acc.errors / acc.calls, s.error_rate, "error", "share of calls failed"),
+        ]  # fmt: skip
+        if kind == "llm_model":
+            checks += [
+                ("latency_regression", warm and acc.calls >= s.min_calls
+                 and p95 > s.latency_factor * base.p95[entity] > 0,
+                 p95, float(base.p95[entity]), "slow", "p95 latency ms"),
+                ("ttft_regression", warm and acc.calls >= s.min_calls
+                 and ttft95 > s.latency_factor * base.ttft95[entity] > 0,
+                 ttft95, float(base.ttft95[entity]), "slow", "p95 time to first token ms"),
+            ]  # fmt: skip
+        for alert, fired, observed, expected, exemplar, series in checks:
+            key = (alert, kind, name)
+            if fired:
+                self.firing.add(key)
+                self.emit(
+                    AlertEvent(
+                        time_unix_nano=start,
+                        kind=alert,
+                        layer=Layer.LLMOPS,
+                        entity=Entity(kind, name),
+                        summary=f"{alert.replace('_', ' ')}: {series} {observed:.4g} "
+                        f"(usually {expected:.4g})",
+                        severity=Severity.ERROR if alert == "error_burst" else Severity.WARNING,
+                        score=min(1.0, observed / (observed + expected)) if expected else 1.0,
+                        resource=resource,
+                        evidence=Evidence(
+                            series=series,
+                            observed=observed,
+                            expected=expected,
+                            exemplar_trace_ids=acc.exemplars.get(exemplar, []),
+                            details={"calls": acc.calls, "bucket_seconds": s.bucket_seconds},
+                        ),
+                    )
+                )
+            elif key in self.firing:
+                self.firing.discard(key)
+                self.emit(
+                    AlertEvent(
+                        time_unix_nano=start,
+                        kind=alert,
+                        layer=Layer.LLMOPS,
+                        entity=Entity(kind, name),
+                        summary=f"{alert.replace('_', ' ')} over",
+                        resource=resource,
+                        resolved=True,
+                    )
+                )
+        first = seen == 0
+        _ewma(base.cost, entity, acc.cost, first)
+        _ewma(base.tokens, entity, acc.tokens, first)
+        if acc.calls >= s.min_calls or first:
+            _ewma(base.p95, entity, p95, first or base.p95[entity] == 0)
+            if ttft95:
+                _ewma(base.ttft95, entity, ttft95, base.ttft95[entity] == 0)
+        base.buckets[entity] += 1
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    def _budgets(self, times: np.ndarray, cost: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        if not self.budgets:
+            return
+        order = np.argsort(times, kind="stable")
+        column = {
+            "user": "UserId",
+            "service": "ServiceName",
+            "session": "SessionId",
+            "model": "Model",
+        }
+        for number, budget in enumerate(self.budgets):
+            limit = round(budget.usd * PICO)
+            names = cols[column[budget.kind]]
+            for i in order:
+                name = str(names[i])
+                if not name or (budget.name != "*" and name != budget.name) or not cost[i]:
+                    continue
+                period = _period_start(int(times[i]), budget.period)
+                key = (number, name, period)
+                before = self.spent.get(key, 0)
+                after = before + int(cost[i])
+                self.spent[key] = after
+                if before <= limit < after:
+                    service = str(cols["ServiceName"][i])
+                    self.emit(
+                        AlertEvent(
+                            time_unix_nano=int(times[i]),
+                            kind="budget_exceeded",
+                            layer=Layer.LLMOPS,
+                            entity=Entity(budget.kind, name),
+                            summary=f"{budget.kind} {name} spent over ${budget.usd:g} "
+                            f"this {budget.period}",
+                            severity=Severity.ERROR,
+                            score=1.0,
+                            resource=self.resource_of(service),
+                            key=f"llmops/budget_exceeded/{budget.kind}/{name}/{period}",
+                            evidence=Evidence(
+                                series=f"USD per {budget.period}",
+                                observed=after / PICO,
+                                upper=budget.usd,
+                                exemplar_trace_ids=[str(cols["TraceId"][i])],
+                                details={"period_start_unix_nano": period},
+                            ),
+                        )
+                    )
+
+    # -- prompt versions ------------------------------------------------------------------------
+
+    def _prompts(self, times, cost, tokens, duration, errors, cols) -> None:
+        names = cols["PromptName"]
+        with_prompt = np.flatnonzero(names != "")
+        if len(with_prompt) == 0:
+            return
+        versions = cols["PromptVersion"]
+        touched: set[str] = set()
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for row in with_prompt:
+            pairs.setdefault((str(names[row]), str(versions[row])), []).append(int(row))
+        for (prompt, version), listed in pairs.items():
+            rows = np.array(listed)
+            known = self.prompts.setdefault(prompt, {})
+            entry = known.get(version)
+            if entry is None:
+                entry = known[version] = _Version(first_seen=int(times[rows].min()))
+            entry.first_seen = min(entry.first_seen, int(times[rows].min()))
+            entry.calls += len(rows)
+            entry.errors += int(errors[rows].sum())
+            entry.tokens += int(tokens[rows].sum())
+            entry.cost += int(cost[rows].sum())
+            if sum(len(d) for d in entry.durations) < _SAMPLE:
+                entry.durations.append(duration[rows])
+            worst = rows[np.argsort(-(duration[rows] + errors[rows] * 1e12))]
+            entry.exemplars = (entry.exemplars + [str(t) for t in cols["TraceId"][worst[:3]]])[:3]
+            entry.service = entry.service or str(cols["ServiceName"][rows[0]])
+            touched.add(prompt)
+        for prompt in touched:
+            self._judge_prompt(prompt)
+
+    def _judge_prompt(self, prompt: str) -> None:
+        s = self.settings
+        ordered = sorted(self.prompts[prompt].items(), key=lambda kv: kv[1].first_seen)
+        for (_, before), (version, after) in zip(ordered, ordered[1:], strict=False):
+            if after.judged or after.calls < s.prompt_min_calls:
+                continue
+            if before.calls < s.prompt_min_calls:
+                continue
+            after.judged = True
+            findings = {}
+            p_before, p_after = _p95(before.durations), _p95(after.durations)
+            if p_before and p_after > s.latency_factor * p_before:
+                findings["p95_latency_ms"] = (p_after, p_before)
+            e_before, e_after = before.errors / before.calls, after.errors / after.calls
+            if e_after > max(s.error_rate, 2 * e_before):
+                findings["error_rate"] = (e_after, e_before)
+            t_before, t_after = before.tokens / before.calls, after.tokens / after.calls
+            if t_before and t_after > s.latency_factor * t_before:
+                findings["tokens_per_call"] = (t_after, t_before)
+            c_before, c_after = before.cost / before.calls / PICO, after.cost / after.calls / PICO
+            if c_before and c_after > s.latency_factor * c_before:
+                findings["cost_per_call_usd"] = (c_after, c_before)
+            if not findings:
+                continue
+            first, (observed, expected) = next(iter(findings.items()))
+            previous = next(v for v, e in ordered if e is before)
+            self.emit(
+                AlertEvent(
+                    time_unix_nano=after.first_seen,
+                    kind="prompt_regression",
+                    layer=Layer.LLMOPS,
+                    entity=Entity("prompt", prompt),
+                    summary=f"prompt {prompt} version {version} is worse than {previous}: "
+                    + ", ".join(f"{k} {a:.4g} vs {b:.4g}" for k, (a, b) in findings.items()),
+                    severity=Severity.WARNING,
+                    score=min(1.0, observed / (observed + expected)) if expected else 1.0,
+                    resource=self.resource_of(after.service),
+                    key=f"llmops/prompt_regression/prompt/{prompt}/{version}",
+                    evidence=Evidence(
+                        series=first,
+                        observed=observed,
+                        expected=expected,
+                        exemplar_trace_ids=after.exemplars,
+                        details={
+                            "version": version,
+                            "previous_version": previous,
+                            "findings": {k: [a, b] for k, (a, b) in findings.items()},
+                        },
+                    ),
+                )
+            )

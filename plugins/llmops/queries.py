@@ -1,0 +1,327 @@
+"""The SQL behind the API, over ``llmops_calls`` and ``llmops_messages``.
+
+Every value from a request is a bound parameter; column names come only from the fixed
+``DIMENSIONS`` table, never from the request text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from opstrata.plugins.llmops.prices import PICO
+from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
+
+__all__ = [
+    "DIMENSIONS",
+    "Filters",
+    "call_detail",
+    "calls",
+    "models",
+    "prompts",
+    "session",
+    "usage",
+]
+
+DIMENSIONS = {
+    "service": "ServiceName",
+    "provider": "Provider",
+    "model": "Model",
+    "request_model": "RequestModel",
+    "response_model": "ResponseModel",
+    "operation": "Operation",
+    "prompt": "PromptName",
+    "prompt_version": "PromptVersion",
+    "user": "UserId",
+    "session": "SessionId",
+    "error_type": "ErrorType",
+    "finish_reason": "FinishReason",
+    "source": "Source",
+}
+"""``group_by`` names and filter names of the API → columns."""
+
+_SUMS = """count(*) AS calls,
+    count(*) FILTER (WHERE "IsError") AS errors,
+    coalesce(sum("InputTokens"), 0) AS input_tokens,
+    coalesce(sum("OutputTokens"), 0) AS output_tokens,
+    coalesce(sum("CacheReadTokens"), 0) AS cache_read_tokens,
+    coalesce(sum("CacheWriteTokens"), 0) AS cache_write_tokens,
+    coalesce(sum("ReasoningTokens"), 0) AS reasoning_tokens,
+    coalesce(sum("TotalTokens"), 0) AS total_tokens,
+    coalesce(sum("CostPicoUsd"), 0) AS cost_pico_usd,
+    count(*) FILTER (WHERE "CostPicoUsd" IS NULL) AS unpriced_calls"""
+_LATENCY = """quantile_cont("Duration", [0.5, 0.95, 0.99]) AS latency,
+    quantile_cont("Ttft", [0.5, 0.95, 0.99]) AS ttft"""
+_SUM_NAMES = (
+    "calls",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_pico_usd",
+    "unpriced_calls",
+)
+
+
+class Filters:
+    """WHERE clause and parameters from the API's filters."""
+
+    def __init__(
+        self,
+        start: int | None = None,
+        end: int | None = None,
+        equals: dict[str, str | None] | None = None,
+        errors_only: bool | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.clauses: list[str] = []
+        self.params: list[Any] = []
+        if start is not None:
+            self.clauses.append('"Timestamp" >= make_timestamp_ns(?::BIGINT)')
+            self.params.append(start)
+        if end is not None:
+            self.clauses.append('"Timestamp" < make_timestamp_ns(?::BIGINT)')
+            self.params.append(end)
+        for name, value in (equals or {}).items():
+            if value is not None:
+                self.clauses.append(f'"{DIMENSIONS[name]}" = ?')
+                self.params.append(value)
+        if errors_only is not None:
+            self.clauses.append('"IsError" = ?')
+            self.params.append(errors_only)
+        if trace_id is not None:
+            self.clauses.append('"TraceId" = ?')
+            self.params.append(trace_id)
+
+    @property
+    def where(self) -> str:
+        return ("WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+def _ms(values: list[float | None] | None) -> dict[str, float | None] | None:
+    if not values or values[0] is None:
+        return None
+    return {
+        name: None if v is None else round(v / 1e6, 3)
+        for name, v in zip(("p50", "p95", "p99"), values, strict=True)
+    }
+
+
+def _sums(row: dict[str, Any]) -> dict[str, Any]:
+    out = {name: int(row[name]) for name in _SUM_NAMES}
+    out["cost_usd"] = out["cost_pico_usd"] / PICO
+    return out
+
+
+def usage(
+    cursor: Any,
+    filters: Filters,
+    group_by: list[str],
+    bucket_ns: int | None,
+    latency: bool,
+    limit: int,
+) -> list[dict[str, Any]]:
+    columns = [f'"{DIMENSIONS[g]}" AS "{g}"' for g in group_by]
+    params: list[Any] = []
+    if bucket_ns:
+        columns.insert(0, '(epoch_ns("Timestamp") // ?) * ? AS bucket')
+        params += [bucket_ns, bucket_ns]
+    keys = ["bucket"] * bool(bucket_ns) + group_by
+    select = ", ".join([*columns, _SUMS] + ([_LATENCY] if latency else []))
+    group = (
+        f"GROUP BY ALL ORDER BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+    )
+    sql = f"SELECT {select} FROM {CALLS_TABLE} {filters.where} {group} LIMIT ?"
+    result = cursor.execute(sql, params + filters.params + [limit])
+    names = [d[0] for d in result.description]
+    rows = []
+    for values in result.fetchall():
+        row = dict(zip(names, values, strict=True))
+        out: dict[str, Any] = {
+            "bucket_unix_nano": int(row["bucket"]) if bucket_ns else None,
+            "group": {g: row[g] for g in group_by},
+            **_sums(row),
+        }
+        if latency:
+            out["latency_ms"] = _ms(row["latency"])
+            out["ttft_ms"] = _ms(row["ttft"])
+        rows.append(out)
+    return rows
+
+
+_CALL_COLUMNS = (
+    'epoch_ns("Timestamp") AS "Timestamp", "TraceId", "SpanId", "ServiceName", "Provider", '
+    '"RequestModel", "ResponseModel", "Model", "Operation", "Source", "Conventions", '
+    '"InputTokens", "OutputTokens", "CacheReadTokens", "CacheWriteTokens", "ReasoningTokens", '
+    '"TotalTokens", "CostPicoUsd", "CostSource", "Duration", "Ttft", "FinishReason", "IsError", '
+    '"ErrorType", "PromptName", "PromptVersion", "SessionId", "UserId"'
+)
+
+
+def _call(row: dict[str, Any]) -> dict[str, Any]:
+    cost = row["CostPicoUsd"]
+    return {
+        "time_unix_nano": row["Timestamp"],
+        "trace_id": row["TraceId"],
+        "span_id": row["SpanId"],
+        "service": row["ServiceName"],
+        "provider": row["Provider"],
+        "request_model": row["RequestModel"],
+        "response_model": row["ResponseModel"],
+        "model": row["Model"],
+        "operation": row["Operation"],
+        "source": row["Source"],
+        "conventions": row["Conventions"].split(",") if row["Conventions"] else [],
+        "input_tokens": row["InputTokens"],
+        "output_tokens": row["OutputTokens"],
+        "cache_read_tokens": row["CacheReadTokens"],
+        "cache_write_tokens": row["CacheWriteTokens"],
+        "reasoning_tokens": row["ReasoningTokens"],
+        "total_tokens": row["TotalTokens"],
+        "cost_usd": None if cost is None else cost / PICO,
+        "cost_pico_usd": cost,
+        "cost_source": row["CostSource"],
+        "duration_ms": row["Duration"] / 1e6,
+        "ttft_ms": None if row["Ttft"] is None else row["Ttft"] / 1e6,
+        "finish_reason": row["FinishReason"],
+        "is_error": row["IsError"],
+        "error_type": row["ErrorType"],
+        "prompt_name": row["PromptName"],
+        "prompt_version": row["PromptVersion"],
+        "session_id": row["SessionId"],
+        "user_id": row["UserId"],
+    }
+
+
+def _fetch_dicts(result: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+
+
+def calls(
+    cursor: Any, filters: Filters, limit: int, before: tuple[int, str] | None
+) -> list[dict[str, Any]]:
+    clauses, params = list(filters.clauses), list(filters.params)
+    if before is not None:
+        clauses.append('(epoch_ns("Timestamp"), "SpanId") < (?, ?)')
+        params += list(before)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    result = cursor.execute(
+        f"SELECT {_CALL_COLUMNS} FROM {CALLS_TABLE} {where} "
+        'ORDER BY "Timestamp" DESC, "SpanId" DESC LIMIT ?',
+        [*params, limit],
+    )
+    return [_call(row) for row in _fetch_dicts(result)]
+
+
+def call_detail(cursor: Any, trace_id: str, span_id: str) -> dict[str, Any] | None:
+    found = _fetch_dicts(
+        cursor.execute(
+            f'SELECT {_CALL_COLUMNS} FROM {CALLS_TABLE} WHERE "TraceId" = ? AND "SpanId" = ? '
+            "LIMIT 1",
+            [trace_id, span_id],
+        )
+    )
+    if not found:
+        return None
+    call = _call(found[0])
+    stored = cursor.execute(
+        f'SELECT "Source", "Messages" FROM {MESSAGES_TABLE} WHERE "TraceId" = ? AND "SpanId" = ? '
+        'ORDER BY "Source" DESC, "Timestamp"',
+        [trace_id, span_id],
+    ).fetchall()
+    # Messages from the span itself win; events (logs) fill in when the span had none.
+    by_source: dict[str, dict[str, list[Any]]] = {}
+    for source, text in stored:
+        merged = by_source.setdefault(source, {"input": [], "output": []})
+        data = json.loads(text)
+        merged["input"] += data.get("input", [])
+        merged["output"] += data.get("output", [])
+    chosen = next((s for s in ("span", "event") if s in by_source), None)
+    call["messages"] = by_source[chosen] if chosen else None
+    call["messages_source"] = chosen
+    return call
+
+
+def models(cursor: Any, filters: Filters) -> list[dict[str, Any]]:
+    result = cursor.execute(
+        f'SELECT "Model" AS model, mode("Provider") AS provider, '
+        'epoch_ns(min("Timestamp")) AS first_seen, epoch_ns(max("Timestamp")) AS last_seen, '
+        f"{_SUMS}, {_LATENCY} FROM {CALLS_TABLE} {filters.where} "
+        "GROUP BY ALL ORDER BY cost_pico_usd DESC, calls DESC",
+        filters.params,
+    )
+    out = []
+    for row in _fetch_dicts(result):
+        out.append(
+            {
+                "model": row["model"],
+                "provider": row["provider"],
+                "first_seen_unix_nano": row["first_seen"],
+                "last_seen_unix_nano": row["last_seen"],
+                **_sums(row),
+                "error_rate": row["errors"] / row["calls"],
+                "latency_ms": _ms(row["latency"]),
+                "ttft_ms": _ms(row["ttft"]),
+            }
+        )
+    return out
+
+
+def prompts(cursor: Any, filters: Filters) -> list[dict[str, Any]]:
+    result = cursor.execute(
+        f'SELECT "PromptName" AS prompt, "PromptVersion" AS version, '
+        'epoch_ns(min("Timestamp")) AS first_seen, epoch_ns(max("Timestamp")) AS last_seen, '
+        f"{_SUMS}, {_LATENCY} FROM {CALLS_TABLE} "
+        f"{filters.where} {'AND' if filters.clauses else 'WHERE'} \"PromptName\" <> '' "
+        "GROUP BY ALL ORDER BY prompt, first_seen",
+        filters.params,
+    )
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in _fetch_dicts(result):
+        sums = _sums(row)
+        calls_n = sums["calls"]
+        grouped.setdefault(row["prompt"], []).append(
+            {
+                "version": row["version"],
+                "first_seen_unix_nano": row["first_seen"],
+                "last_seen_unix_nano": row["last_seen"],
+                **sums,
+                "error_rate": sums["errors"] / calls_n,
+                "input_tokens_per_call": sums["input_tokens"] / calls_n,
+                "output_tokens_per_call": sums["output_tokens"] / calls_n,
+                "cost_usd_per_call": sums["cost_usd"] / calls_n,
+                "latency_ms": _ms(row["latency"]),
+                "ttft_ms": _ms(row["ttft"]),
+            }
+        )
+    return [{"prompt": name, "versions": versions} for name, versions in grouped.items()]
+
+
+def session(cursor: Any, session_id: str) -> dict[str, Any] | None:
+    rows = _fetch_dicts(
+        cursor.execute(
+            f'SELECT {_CALL_COLUMNS} FROM {CALLS_TABLE} WHERE "SessionId" = ? '
+            'ORDER BY "Timestamp", "SpanId" LIMIT 10000',
+            [session_id],
+        )
+    )
+    if not rows:
+        return None
+    calls_out = [_call(r) for r in rows]
+    totals = _fetch_dicts(
+        cursor.execute(f'SELECT {_SUMS} FROM {CALLS_TABLE} WHERE "SessionId" = ?', [session_id])
+    )[0]
+    return {
+        "session_id": session_id,
+        "users": sorted({c["user_id"] for c in calls_out if c["user_id"]}),
+        "services": sorted({c["service"] for c in calls_out if c["service"]}),
+        "models": sorted({c["model"] for c in calls_out if c["model"]}),
+        "first_seen_unix_nano": calls_out[0]["time_unix_nano"],
+        "last_seen_unix_nano": calls_out[-1]["time_unix_nano"],
+        **_sums(totals),
+        "call_list": calls_out,
+    }

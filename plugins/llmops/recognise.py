@@ -1,0 +1,500 @@
+"""From committed spans (or log records) to one normalised record per LLM call, column-wise.
+
+The attribute maps of a whole batch are scanned once in Arrow: every key is looked up in the
+set of keys any convention uses, and spans with none of the marker keys are dropped right there,
+so ordinary spans cost one vectorised lookup. Fields are then filled key by key with numpy
+scatters, best key last so it wins: a span carrying two conventions is one call. Only the
+spans that are LLM calls reach Python, for the few fields that need parsing (JSON messages,
+error class names) — their number, not the batch's, sets that cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opstrata.plugins.llmops.conventions import (
+    CONVENTION_OF_PREFIX,
+    ERROR_EVENT,
+    FIELDS,
+    MARKER_KEYS,
+    MESSAGE_EVENTS,
+    MESSAGE_PREFIXES,
+    NON_CALL_OPERATIONS,
+    TTFT_EVENTS,
+)
+from opstrata.plugins.llmops.messages import CallMessages
+from opstrata.plugins.llmops.privacy import ContentPolicy
+
+__all__ = ["CALLS", "Recognised", "SpanColumns", "normalise_error", "recognise"]
+
+CALLS = pa.schema(
+    [
+        ("Timestamp", pa.timestamp("ns")),
+        ("TraceId", pa.string()),
+        ("SpanId", pa.string()),
+        ("ServiceName", pa.string()),
+        ("Provider", pa.string()),
+        ("RequestModel", pa.string()),
+        ("ResponseModel", pa.string()),
+        ("Model", pa.string()),
+        ("Operation", pa.string()),
+        ("Source", pa.string()),
+        ("Conventions", pa.string()),
+        ("InputTokens", pa.int64()),
+        ("OutputTokens", pa.int64()),
+        ("CacheReadTokens", pa.int64()),
+        ("CacheWriteTokens", pa.int64()),
+        ("ReasoningTokens", pa.int64()),
+        ("TotalTokens", pa.int64()),
+        ("CostPicoUsd", pa.int64()),
+        ("CostSource", pa.string()),
+        ("Duration", pa.int64()),
+        ("Ttft", pa.int64()),
+        ("FinishReason", pa.string()),
+        ("IsError", pa.bool_()),
+        ("ErrorType", pa.string()),
+        ("PromptName", pa.string()),
+        ("PromptVersion", pa.string()),
+        ("SessionId", pa.string()),
+        ("UserId", pa.string()),
+    ]
+)
+"""One row per LLM call (``llmops_calls``). Costs in pico-dollars; durations in ns; the cost is
+NULL when the model has no price (counted as unpriced, never as 0)."""
+
+_KEYS = sorted({k for keys in FIELDS.values() for k in keys} | MARKER_KEYS)
+_KEY_ID = {k: i for i, k in enumerate(_KEYS)}
+_KEY_SET = pa.array(_KEYS, pa.string())
+_MARKER_IDS = np.array(sorted(_KEY_ID[k] for k in MARKER_KEYS))
+_FIELD_IDS = {field: [_KEY_ID[k] for k in keys] for field, keys in FIELDS.items()}
+_FAMILIES = ("genai", "openinference", "traceloop", "vllm")
+_FAMILY_BIT = np.zeros(len(_KEYS), dtype=np.int64)
+for _key, _id in _KEY_ID.items():
+    for _prefix, _family in CONVENTION_OF_PREFIX:
+        if _key.startswith(_prefix):
+            _FAMILY_BIT[_id] = 1 << _FAMILIES.index(_family)
+            break
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+_OPERATIONS = {
+    "completion": "text_completion",
+    "embedding": "embeddings",
+    "rerank": "rerank",
+    "chat": "chat",
+}
+_CLASS_REPR = re.compile(r"<class '([^']+)'>")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
+_STATUS_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout|Exceeded))\b")
+
+
+def normalise_error(text: str | None) -> str:
+    """The error's class name: ``<class 'openai.BadRequestError'>``, ``openai.BadRequestError``
+    and ``BadRequestError`` are all ``BadRequestError``; other text is kept as is."""
+    if not text:
+        return ""
+    value = text.strip().strip("'\"")
+    match = _CLASS_REPR.search(value)
+    if match:
+        value = match.group(1)
+    if _IDENTIFIER.match(value):
+        return value.rsplit(".", 1)[-1]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SpanColumns:
+    """The columns recognition reads: spans' own, or log records' mapped onto them."""
+
+    time: pa.Array
+    trace_id: pa.Array
+    span_id: pa.Array
+    service: pa.Array
+    attributes: pa.Array
+    duration: pa.Array | None = None
+    status_code: pa.Array | None = None
+    status_message: pa.Array | None = None
+    events: pa.Array | None = None
+
+    @classmethod
+    def of_spans(cls, batch: pa.RecordBatch) -> SpanColumns:
+        col = batch.column
+        return cls(
+            col("Timestamp"), col("TraceId"), col("SpanId"), col("ServiceName"),
+            col("SpanAttributes"), col("Duration"), col("StatusCode"), col("StatusMessage"),
+            col("Events"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Recognised:
+    """The calls found in a batch, their messages and the rows they came from."""
+
+    calls: pa.Table
+    messages: pa.Table
+    rows: np.ndarray
+
+
+MESSAGES = pa.schema(
+    [
+        ("Timestamp", pa.timestamp("ns")),
+        ("TraceId", pa.string()),
+        ("SpanId", pa.string()),
+        ("Source", pa.string()),
+        ("Messages", pa.string()),
+    ]
+)
+
+
+def _entries(column: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """(row of each entry, keys, values) of a map column, slice-aware."""
+    offsets = column.offsets.to_numpy()
+    start, end = int(offsets[0]), int(offsets[-1])
+    rows = np.repeat(np.arange(len(column)), np.diff(offsets))
+    return rows, column.keys.slice(start, end - start), column.items.slice(start, end - start)
+
+
+def _ints(values: np.ndarray) -> np.ndarray:
+    """Attribute strings as int64, -1 where absent or not a number."""
+    present = np.array([v is not None for v in values], dtype=bool)
+    out = np.full(len(values), -1, dtype=np.int64)
+    if present.any():
+        try:
+            numbers = pc.cast(pa.array(values[present], pa.string()), pa.float64()).to_numpy()
+            out[present] = np.round(numbers).astype(np.int64)
+        except (pa.ArrowInvalid, ValueError):
+            for i in np.flatnonzero(present):
+                try:
+                    out[i] = round(float(values[i]))
+                except ValueError:
+                    out[i] = -1
+    return out
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(values):
+        if value is not None:
+            try:
+                out[i] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _first_reason(value: str | None) -> str:
+    if not value:
+        return ""
+    if value.startswith("["):
+        try:
+            reasons = json.loads(value)
+            return ",".join(str(r) for r in reasons) if isinstance(reasons, list) else value
+        except ValueError:
+            return value
+    return value
+
+
+def _request_model_of(invocation: str | None) -> str:
+    if not invocation:
+        return ""
+    try:
+        params = json.loads(invocation)
+    except ValueError:
+        return ""
+    return str(params.get("model") or "") if isinstance(params, dict) else ""
+
+
+def recognise(
+    cols: SpanColumns, policy: ContentPolicy, source: str = "span", with_calls: bool = True
+) -> Recognised | None:
+    """The LLM calls among the rows of ``cols``; ``None`` when there are none."""
+    n = len(cols.attributes)
+    if n == 0:
+        return None
+    rows_all, keys, items = _entries(cols.attributes)
+    key_ids = pc.index_in(keys, value_set=_KEY_SET).fill_null(-1).to_numpy(zero_copy_only=False)
+    known = key_ids >= 0
+    if not known.any():
+        return None
+    rows_k, ids_k = rows_all[known], key_ids[known]
+    candidate = np.zeros(n, dtype=bool)
+    candidate[rows_k[np.isin(ids_k, _MARKER_IDS)]] = True
+    if not candidate.any():
+        return None
+    keep = candidate[rows_k]
+    rows_k, ids_k = rows_k[keep], ids_k[keep]
+    known_positions = np.flatnonzero(known)[keep]
+    vals_k = items.take(pa.array(known_positions)).to_numpy(zero_copy_only=False)
+
+    field: dict[str, np.ndarray] = {}
+    for name, ids in _FIELD_IDS.items():
+        out = np.full(n, None, dtype=object)
+        for key_id in reversed(ids):  # the best key is written last and wins
+            sel = ids_k == key_id
+            if sel.any():
+                out[rows_k[sel]] = vals_k[sel]
+        field[name] = out
+    families = np.zeros(n, dtype=np.int64)
+    np.bitwise_or.at(families, rows_k, _FAMILY_BIT[ids_k])
+
+    tokens = {name: _ints(field[name]) for name in _TOKEN_FIELDS}
+    has_model = (field["request_model"] != None) | (field["response_model"] != None)  # noqa: E711
+    has_tokens = (tokens["input_tokens"] >= 0) | (tokens["output_tokens"] >= 0)
+    oi_kind = field["oi_kind"]
+    oi_ok = np.array([k is None or k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
+    op_ok = np.array([o not in NON_CALL_OPERATIONS for o in field["operation"]], dtype=bool)
+    # An OpenInference LLM span is a call even when it failed before the model was known.
+    oi_llm = np.array([k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
+    is_call = candidate & (has_model | has_tokens | oi_llm) & oi_ok & op_ok
+    if not is_call.any():
+        return None
+    rows = np.flatnonzero(is_call)
+    take = pa.array(rows)
+    k = len(rows)
+
+    def pick(name: str) -> np.ndarray:
+        return field[name][rows]
+
+    times = pc.cast(cols.time.take(take), pa.int64()).to_numpy(zero_copy_only=False)
+    trace_ids = cols.trace_id.take(take)
+    span_ids = cols.span_id.take(take)
+
+    provider = np.array([(p or "").lower() for p in pick("provider")], dtype=object)
+    request_model = pick("request_model")
+    invocation = pick("oi_invocation")
+    request_model = np.array(
+        [r if r is not None else _request_model_of(inv) for r, inv in zip(request_model, invocation, strict=True)],
+        dtype=object,
+    )  # fmt: skip
+    response_model = np.array([r or "" for r in pick("response_model")], dtype=object)
+    model = np.where(response_model != "", response_model, request_model)
+    operation = np.array(
+        [
+            _OPERATIONS.get(op, op) if op else ("embeddings" if kind == "EMBEDDING" else "chat")
+            for op, kind in zip(pick("operation"), oi_kind[rows], strict=True)
+        ],
+        dtype=object,
+    )
+    conventions = np.array(
+        [",".join(f for b, f in enumerate(_FAMILIES) if bits >> b & 1) for bits in families[rows]],
+        dtype=object,
+    )
+
+    tok = {name: values[rows] for name, values in tokens.items()}
+    inp, out = tok["input_tokens"], tok["output_tokens"]
+    total = np.where((inp >= 0) | (out >= 0), np.maximum(inp, 0) + np.maximum(out, 0), -1)
+    total = np.where(tok["total_tokens"] >= 0, np.maximum(total, tok["total_tokens"]), total)
+
+    # Cost the span carries (OpenInference llm.cost.*), in pico-dollars.
+    carried = _floats(pick("cost"))
+    parts = _floats(pick("cost_input")) + _floats(pick("cost_output"))
+    carried = np.where(np.isnan(carried), parts, carried)
+
+    duration = (
+        cols.duration.take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+        if cols.duration is not None
+        else np.zeros(k, dtype=np.int64)
+    )
+    e2e = _floats(pick("e2e_seconds"))
+    duration = np.where((duration <= 0) & ~np.isnan(e2e), np.round(e2e * 1e9), duration)
+    ttft = _floats(pick("ttft_seconds"))
+    ttft_ns = np.where(np.isnan(ttft), -1, np.round(ttft * 1e9)).astype(np.int64)
+
+    error_type = np.array([normalise_error(e) for e in pick("error_type")], dtype=object)
+    is_error = error_type != ""
+    if cols.status_code is not None:
+        status = cols.status_code.take(take).to_numpy(zero_copy_only=False)
+        is_error |= status == "Error"
+
+    message_rows: dict[int, CallMessages] = {}
+    if cols.events is not None:
+        _read_events(cols.events.take(take), times, ttft_ns, error_type, is_error, message_rows)
+    if cols.status_message is not None:
+        missing = np.flatnonzero(is_error & (error_type == ""))
+        if len(missing):
+            texts = cols.status_message.take(pa.array(rows[missing])).to_pylist()
+            for i, text in zip(missing, texts, strict=True):
+                match = _STATUS_PREFIX.match(text or "")
+                error_type[i] = normalise_error(match.group(1)) if match else "_OTHER"
+
+    prompt_name = pick("prompt_name")
+    templates = pick("prompt_template")
+    prompt_name = np.array(
+        [
+            n if n else ("template:" + hashlib.sha1(t.encode()).hexdigest()[:8] if t else "")
+            for n, t in zip(prompt_name, templates, strict=True)
+        ],
+        dtype=object,
+    )
+    if policy.keeps_content:
+        _read_messages(rows, rows_all, keys, items, field, message_rows)
+
+    def text(values: np.ndarray) -> pa.Array:
+        return pa.array([v or "" for v in values], pa.string())
+
+    def opt(values: np.ndarray) -> pa.Array:
+        return pa.array(values, pa.int64(), mask=values < 0)
+
+    calls = pa.table(
+        {
+            "Timestamp": pa.array(times, pa.timestamp("ns")),
+            "TraceId": trace_ids,
+            "SpanId": span_ids,
+            "ServiceName": cols.service.take(take),
+            "Provider": text(provider),
+            "RequestModel": text(request_model),
+            "ResponseModel": text(response_model),
+            "Model": text(model),
+            "Operation": text(operation),
+            "Source": pa.array([source] * k, pa.string()),
+            "Conventions": text(conventions),
+            "InputTokens": opt(inp),
+            "OutputTokens": opt(out),
+            "CacheReadTokens": opt(tok["cache_read_tokens"]),
+            "CacheWriteTokens": opt(tok["cache_write_tokens"]),
+            "ReasoningTokens": opt(tok["reasoning_tokens"]),
+            "TotalTokens": opt(total),
+            "CostPicoUsd": pa.array(
+                np.where(np.isnan(carried), 0, np.round(carried * 1e12)).astype(np.int64),
+                pa.int64(),
+                mask=np.isnan(carried),
+            ),
+            "CostSource": pa.array(np.where(np.isnan(carried), None, "span"), pa.string()),
+            "Duration": pa.array(duration.astype(np.int64), pa.int64()),
+            "Ttft": opt(ttft_ns),
+            "FinishReason": text(np.array([_first_reason(f) for f in pick("finish_reasons")], dtype=object)),
+            "IsError": pa.array(is_error, pa.bool_()),
+            "ErrorType": text(error_type),
+            "PromptName": text(prompt_name),
+            "PromptVersion": text(pick("prompt_version")),
+            "SessionId": text(pick("session_id")),
+            "UserId": text(pick("user_id")),
+        },
+        schema=CALLS,
+    )  # fmt: skip
+    messages = _message_table(message_rows, times, trace_ids, span_ids, source, policy)
+    if not with_calls:
+        calls = calls.slice(0, 0)
+    return Recognised(calls, messages, rows)
+
+
+def _read_events(
+    events: pa.Array,
+    times: np.ndarray,
+    ttft_ns: np.ndarray,
+    error_type: np.ndarray,
+    is_error: np.ndarray,
+    message_rows: dict[int, CallMessages],
+) -> None:
+    """TTFT from the first streamed-chunk event, the error class from an exception event, and
+    the deprecated per-message span events."""
+    offsets = events.offsets.to_numpy()
+    start, end = int(offsets[0]), int(offsets[-1])
+    if end == start:
+        return
+    owner = np.repeat(np.arange(len(events)), np.diff(offsets))
+    flat = events.values.slice(start, end - start)
+    names = flat.field("Name").to_numpy(zero_copy_only=False)
+    stamps = pc.cast(flat.field("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+    first = np.isin(names, list(TTFT_EVENTS))
+    if first.any():
+        earliest = np.full(len(events), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(earliest, owner[first], stamps[first])
+        seen = (earliest != np.iinfo(np.int64).max) & (ttft_ns < 0)
+        ttft_ns[seen] = np.maximum(earliest[seen] - times[seen], 0)
+    wanted = np.flatnonzero((names == ERROR_EVENT) | np.isin(names, list(MESSAGE_EVENTS)))
+    if len(wanted) == 0:
+        return
+    attrs = flat.field("Attributes").take(pa.array(wanted)).to_pylist()
+    for position, pairs in zip(wanted, attrs, strict=True):
+        row, name, attributes = owner[position], names[position], dict(pairs or ())
+        if name == ERROR_EVENT:
+            is_error[row] = True
+            if not error_type[row]:
+                error_type[row] = normalise_error(attributes.get("exception.type")) or "_OTHER"
+        else:
+            message_rows.setdefault(row, CallMessages()).add_event(name, None, attributes)
+
+
+def _read_messages(
+    rows: np.ndarray,
+    rows_all: np.ndarray,
+    keys: pa.Array,
+    items: pa.Array,
+    field: dict[str, np.ndarray],
+    message_rows: dict[int, CallMessages],
+) -> None:
+    position = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    for i, row in enumerate(rows):
+        system, inp, out = (
+            field["system_instructions"][row],
+            field["input_messages"][row],
+            field["output_messages"][row],
+        )
+        if system is not None or inp is not None or out is not None:
+            collected = message_rows.setdefault(i, CallMessages())
+            if system is not None:
+                collected.add_json("system", system)
+            if inp is not None:
+                collected.add_json("input", inp)
+            if out is not None:
+                collected.add_json("output", out)
+    of_calls = np.zeros(len(rows_all), dtype=bool)
+    in_range = rows_all < len(position)
+    of_calls[in_range] = position[rows_all[in_range]] >= 0
+    if not of_calls.any():
+        return
+    mask = pa.array(of_calls)
+    call_keys = keys.filter(mask)
+    indexed = pc.starts_with(call_keys, MESSAGE_PREFIXES[0])
+    for prefix in MESSAGE_PREFIXES[1:]:
+        indexed = pc.or_(indexed, pc.starts_with(call_keys, prefix))
+    hits = np.flatnonzero(indexed.to_numpy(zero_copy_only=False))
+    if len(hits) == 0:
+        return
+    owners = rows_all[of_calls][hits]
+    hit_keys = call_keys.take(pa.array(hits)).to_pylist()
+    hit_values = items.filter(mask).take(pa.array(hits)).to_pylist()
+    for owner, key, value in zip(owners, hit_keys, hit_values, strict=True):
+        i = int(position[owner])
+        collected = message_rows.setdefault(i, CallMessages())
+        collected.add_indexed(key, value or "")
+
+
+def _message_table(
+    message_rows: dict[int, CallMessages],
+    times: np.ndarray,
+    trace_ids: pa.Array,
+    span_ids: pa.Array,
+    source: str,
+    policy: ContentPolicy,
+) -> pa.Table:
+    order = sorted(i for i, m in message_rows.items() if m)
+    stored: list[Any] = [message_rows[i].to_json(policy) for i in order]
+    keep = [i for i, s in zip(order, stored, strict=True) if s is not None]
+    stored = [s for s in stored if s is not None]
+    index = pa.array(keep, pa.int64())
+    return pa.table(
+        {
+            "Timestamp": pa.array(times[keep] if keep else [], pa.timestamp("ns")),
+            "TraceId": trace_ids.take(index),
+            "SpanId": span_ids.take(index),
+            "Source": pa.array([source] * len(keep), pa.string()),
+            "Messages": pa.array(stored, pa.string()),
+        },
+        schema=MESSAGES,
+    )
