@@ -89,7 +89,14 @@ class Store(Protocol):
         ``before`` (a cursor id) and ``limit``."""
 
     def incidents(self, **filters: Any) -> list[Incident]:
-        """Incidents newest first; filters ``statuses``, ``incident_id``, ``before``, ``limit``."""
+        """Incidents newest first; filters ``statuses``, ``incident_id``, ``service``,
+        ``layer``, ``entity`` (kind, name), ``severity``, ``opened_from``/``opened_to`` (Unix
+        ns), ``before`` (a cursor id), ``limit``."""
+
+    def incident_logs(self, **query: Any) -> list[dict]:
+        """Log lines of an incident: those of ``trace_ids``, and those of ``services`` at
+        ``min_severity`` or above between ``start_unix_nano`` and ``end_unix_nano``; oldest
+        first, at most ``limit``."""
 
     def delete_before(self, cutoff_unix_nano: int) -> int:
         """Delete telemetry whose event time is before the cutoff; return rows deleted."""

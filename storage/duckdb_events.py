@@ -3,6 +3,7 @@ the columns filters need beside it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import duckdb
@@ -79,13 +80,39 @@ class AlertIncidentTables:
         *,
         statuses: Sequence[str] | None = None,
         incident_id: str | None = None,
+        service: str | None = None,
+        layer: str | None = None,
+        entity: tuple[str, str] | None = None,
+        severity: str | None = None,
+        opened_from: int | None = None,
+        opened_to: int | None = None,
         before: str | None = None,
         limit: int = 100,
     ) -> list[Incident]:
-        where, params = [], []
+        """Newest first; ``opened_from``/``opened_to`` bound the opening time (Unix ns)."""
+        where: list[str] = []
+        params: list[object] = []
         if statuses:
             where.append('list_contains(?, "Status")')
             params.append(list(statuses))
+        for path, value in (("$.services", service), ("$.layers", layer)):
+            if value is not None:
+                where.append(
+                    f"list_contains(CAST(json_extract(\"Body\", '{path}') AS VARCHAR[]), ?)"
+                )
+                params.append(value)
+        if entity is not None:
+            where.append("json_contains(json_extract(\"Body\", '$.entities'), ?)")
+            params.append(json.dumps({"kind": entity[0], "name": entity[1]}))
+        if severity is not None:
+            where.append('"Severity" = ?')
+            params.append(severity)
+        if opened_from is not None:
+            where.append('"Opened" >= ?')
+            params.append(opened_from)
+        if opened_to is not None:
+            where.append('"Opened" < ?')
+            params.append(opened_to)
         if incident_id is not None:
             where.append('"Id" = ?')
             params.append(incident_id)
@@ -98,3 +125,30 @@ class AlertIncidentTables:
             params=[*params, limit],
         ).fetchall()
         return [_incident(row[0]) for row in rows]
+
+    @staticmethod
+    def incident_logs(
+        con: duckdb.DuckDBPyConnection,
+        *,
+        trace_ids: Sequence[str],
+        services: Sequence[str],
+        start_unix_nano: int,
+        end_unix_nano: int,
+        min_severity: int = 13,
+        limit: int = 50,
+    ) -> list[dict]:
+        """Log lines that tell an incident's story: those of its exemplar traces, and those of
+        its services at ``min_severity`` (13 = WARN) or above within the time range."""
+        rows = con.sql(
+            'SELECT epoch_ns("Timestamp"), "ServiceName", "SeverityText", "SeverityNumber", '
+            '"Body", "TraceId", "SpanId" FROM otel_logs '
+            'WHERE ("TraceId" <> \'\' AND list_contains(?, "TraceId")) OR ('
+            'list_contains(?, "ServiceName") AND "SeverityNumber" >= ? '
+            'AND "Timestamp" >= make_timestamp_ns(?) AND "Timestamp" < make_timestamp_ns(?)) '
+            'ORDER BY "Timestamp" LIMIT ?',
+            params=[list(trace_ids), list(services), min_severity, start_unix_nano,
+                    end_unix_nano, limit],
+        ).fetchall()  # fmt: skip
+        keys = ("time_unix_nano", "service", "severity_text", "severity_number", "body",
+                "trace_id", "span_id")  # fmt: skip
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -339,6 +339,9 @@ class DuckDBStore:
     def incidents(self, **filters: Any) -> list[Incident]:
         return AlertIncidentTables.incidents(self.reader(), **filters)
 
+    def incident_logs(self, **query: Any) -> list[dict]:
+        return AlertIncidentTables.incident_logs(self.reader(), **query)
+
     def delete_before(self, cutoff_unix_nano: int) -> int:
         cutoff = pa.scalar(cutoff_unix_nano, pa.timestamp("ns"))
         deleted = 0

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tests.otelsdk import resource, span_exporter
+from tests.otelsdk import log_exporter, make_logs, resource, span_exporter
 from tests.serverproc import ServerProcess
 from tests.test_plugins import Webhook, _env, _wait, sample_site, webhook  # noqa: F401
 
@@ -197,3 +198,49 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
     assert changes.count("opened") == 2
     assert changes.count("resolved") == 2
     assert "updated" in changes
+
+
+def test_incident_filters_and_detail_with_exemplars_and_logs(
+    server: ServerProcess,
+    webhook: Webhook,  # noqa: F811
+) -> None:
+    services = Services()
+    for i in range(3):
+        mail(services, T0 + i * S, flagged=i == 2)
+    send(server, services.take())
+    [incident] = _wait(lambda: _incidents(server, status="open"), what="an incident")
+    assert _incidents(server, service="mailer")[0]["id"] == incident["id"]
+    assert _incidents(server, entity="service:mailer")[0]["id"] == incident["id"]
+    assert _incidents(server, layer="aiops", severity="error")[0]["id"] == incident["id"]
+    assert _incidents(server, service="checkout") == []
+    assert _incidents(server, entity="host:elsewhere") == []
+    assert _incidents(server, start="2026-01-01T00:00:03Z") == []
+    assert len(_incidents(server, start="2026-01-01T00:00:00Z", end=str(T0 + 10 * S))) == 1
+    bad = server.api("/api/v1/incidents", start="yesterday")
+    assert bad.status_code == 400 and "start" in bad.json()["detail"]
+
+    alert = server.api("/api/v1/alerts").json()["alerts"][0]
+    [trace_id] = alert["evidence"]["exemplar_trace_ids"]
+    context = trace.SpanContext(
+        int(trace_id, 16), 1, is_remote=False, trace_flags=trace.TraceFlags(1)
+    )
+
+    def build(provider) -> None:
+        logger = provider.get_logger("mailer")
+        with trace.use_span(trace.NonRecordingSpan(context)):
+            logger.emit(
+                body="smtp relay refused connection", timestamp=T0 + 2 * S,
+                severity_number=SeverityNumber.ERROR, severity_text="ERROR",
+            )  # fmt: skip
+        logger.emit(
+            body="unrelated chatter", timestamp=T0 + 2 * S, severity_number=SeverityNumber.INFO
+        )
+
+    exporter = log_exporter(server, "grpc")
+    exporter.export(make_logs(build))
+    exporter.shutdown()
+    detail = server.api(f"/api/v1/incidents/{incident['id']}").json()
+    assert detail["exemplar_trace_ids"] == [trace_id]
+    assert [line["body"] for line in detail["log_lines"]] == ["smtp relay refused connection"]
+    assert detail["log_lines"][0]["trace_id"] == trace_id
+    assert detail["incident"]["timeline"][0]["what"] == "opened"

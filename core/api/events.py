@@ -10,6 +10,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from opstrata.alerts import Alert, Incident
+from opstrata.api.params import TimeParam, parse_time
 from opstrata.kernel import PluginInfo
 from opstrata.runtime import Runtime
 
@@ -32,9 +33,29 @@ class IncidentPage(msgspec.Struct, frozen=True):
     next_cursor: str | None
 
 
+class IncidentLogLine(msgspec.Struct, frozen=True):
+    time_unix_nano: int
+    service: str
+    severity_text: str
+    severity_number: int
+    body: str
+    trace_id: str
+    span_id: str
+
+
 class IncidentDetail(msgspec.Struct, frozen=True):
+    """One incident with everything behind it: its alerts, the exemplar traces its alerts
+    point at, and the log lines of those traces and of its services while it lasted."""
+
     incident: Incident
     alerts: list[Alert]
+    exemplar_trace_ids: list[str]
+    log_lines: list[IncidentLogLine]
+
+
+_MAX_EXEMPLARS = 20
+_LOG_LINES = 50
+_MINUTE = 60_000_000_000
 
 
 class ConsumerState(msgspec.Struct, frozen=True):
@@ -94,22 +115,64 @@ class IncidentController(Controller):
         limit: Limit = 100,
         cursor: Cursor = None,
         status: Annotated[str | None, Parameter(pattern="^(open|acknowledged|resolved)$")] = None,
+        service: Annotated[str | None, Parameter(max_length=200)] = None,
+        layer: Annotated[str | None, Parameter(pattern="^(aiops|mlops|llmops)$")] = None,
+        entity: Annotated[
+            str | None,
+            Parameter(
+                description="`kind:name`, e.g. `service:checkout` or `node:gpu-node-1`.",
+                pattern="^[a-z_]+:.+$",
+                max_length=300,
+            ),
+        ] = None,
+        severity: Annotated[
+            str | None, Parameter(pattern="^(info|warning|error|critical)$")
+        ] = None,
+        start: TimeParam = None,
+        end: TimeParam = None,
     ) -> IncidentPage:
-        """Incidents, newest first."""
+        """Incidents, newest first; filters combine. ``start``/``end`` bound the opening time."""
         incidents = runtime.store.incidents(
-            statuses=[status] if status else None, before=cursor, limit=limit
+            statuses=[status] if status else None,
+            service=service,
+            layer=layer,
+            entity=tuple(entity.split(":", 1)) if entity else None,
+            severity=severity,
+            opened_from=parse_time(start, "start"),
+            opened_to=parse_time(end, "end"),
+            before=cursor,
+            limit=limit,
         )
         return IncidentPage(incidents, _cursor(incidents, limit))
 
     @get("/{incident_id:str}", sync_to_thread=True)
     def get_incident(self, runtime: Runtime, incident_id: str) -> IncidentDetail:
-        """One incident with its alerts."""
+        """One incident: timeline, root-cause candidates with their evidence (and the baseline
+        ranking beside them), its alerts, exemplar traces and log lines."""
         found = runtime.store.incidents(incident_id=incident_id, limit=1)
         if not found:
             raise NotFoundException(detail=f"incident {incident_id} not found")
         incident = found[0]
         alerts = runtime.store.alerts(ids=incident.alert_ids, limit=MAX_LIMIT)
-        return IncidentDetail(incident, alerts)
+        exemplars: list[str] = []
+        for alert in sorted(alerts, key=lambda a: -a.score):
+            for trace_id in alert.evidence.exemplar_trace_ids:
+                if trace_id not in exemplars and len(exemplars) < _MAX_EXEMPLARS:
+                    exemplars.append(trace_id)
+        end = (incident.resolved_unix_nano or incident.updated_unix_nano) + _MINUTE
+        lines = runtime.store.incident_logs(
+            trace_ids=exemplars,
+            services=incident.services,
+            start_unix_nano=incident.opened_unix_nano - 5 * _MINUTE,
+            end_unix_nano=end,
+            limit=_LOG_LINES,
+        )
+        return IncidentDetail(
+            incident,
+            alerts,
+            exemplars,
+            [msgspec.convert(line, IncidentLogLine) for line in lines],
+        )
 
     @post("/{incident_id:str}/ack", sync_to_thread=True, status_code=200)
     def acknowledge(self, runtime: Runtime, incident_id: str) -> Incident:
