@@ -1,0 +1,183 @@
+"""The correlator and the root-cause walk on hand-made topologies and alerts (the end-to-end
+path, with the real server, SDK and plugins, is in test_incidents.py and test_demo*.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+from opstrata.alerts import Alert, Entity, Evidence, IncidentStatus, Layer, Severity
+from opstrata.correlation import TopologyCorrelator
+from opstrata.rootcause import rank_by_jump, rank_root_causes
+from opstrata.topology import EdgeKind, TopologyGraph
+
+S = 1_000_000_000
+M = 60 * S
+T0 = 1_767_225_600 * S
+_ids = itertools.count()
+
+
+def alert(
+    kind: str,
+    entity: tuple[str, str],
+    at: int,
+    score: float = 0.9,
+    layer: Layer = Layer.AIOPS,
+    observed: float | None = None,
+    expected: float | None = None,
+    **resource: str,
+) -> Alert:
+    n = next(_ids)
+    if entity[0] == "service":
+        resource.setdefault("service.name", entity[1])
+    return Alert(
+        id=f"alr_{n:04d}", key=f"k{n}", plugin="test", layer=layer, kind=kind,
+        entity=Entity(*entity), resource={k.replace("_", "."): v for k, v in resource.items()},
+        severity=Severity.WARNING, score=score, summary=f"{kind} on {entity[1]}",
+        evidence=Evidence(observed=observed, expected=expected),
+        first_seen_unix_nano=at, last_seen_unix_nano=at,
+    )  # fmt: skip
+
+
+def shop() -> TopologyGraph:
+    """frontend → gateway → {checkout → payment, catalog, llm-gateway → model-server};
+    model-server runs on gpu-node-1 and serves fraud:v3; llm-gateway uses gpt-4o."""
+    graph = TopologyGraph()
+    calls = [
+        ("frontend", "gateway"), ("gateway", "checkout"), ("gateway", "catalog"),
+        ("checkout", "payment"), ("gateway", "llm-gateway"), ("llm-gateway", "model-server"),
+    ]  # fmt: skip
+    for caller, callee in calls:
+        graph.add(EdgeKind.CALLS, ("service", caller), ("service", callee), T0)
+    nodes = {
+        "frontend": "node-1", "gateway": "node-1", "checkout": "node-2", "payment": "node-2",
+        "catalog": "node-3", "llm-gateway": "node-3", "model-server": "gpu-node-1",
+    }  # fmt: skip
+    for service, node in nodes.items():
+        graph.add(EdgeKind.RUNS_ON, ("service", service), ("node", node), T0)
+    graph.add(EdgeKind.USES, ("service", "model-server"), ("model", "fraud:v3"), T0)
+    graph.add(EdgeKind.USES, ("service", "llm-gateway"), ("llm_model", "gpt-4o"), T0)
+    return graph
+
+
+def feed(engine: TopologyCorrelator, alerts: list[Alert]) -> list[str]:
+    changes = []
+    for a in sorted(alerts, key=lambda a: a.first_seen_unix_nano):
+        changes += [c.change for c in engine.on_alert(a, True)]
+    return changes
+
+
+def open_incidents(engine: TopologyCorrelator) -> list:
+    return [i for i in engine.incidents.values() if i.status is not IncidentStatus.RESOLVED]
+
+
+def test_cross_layer_cascade_is_one_incident_rooted_at_the_gpu_node() -> None:
+    engine = TopologyCorrelator(shop())
+    model_server = {"service_name": "model-server", "k8s_node_name": "gpu-node-1"}
+    alerts = [
+        # Arrival order is not onset order: the LLM symptom is reported before the GPU node.
+        alert("llm_latency", ("llm_model", "gpt-4o"), T0 + 150 * S, layer=Layer.LLMOPS,
+              service_name="llm-gateway"),
+        alert("gpu_errors", ("node", "gpu-node-1"), T0, score=0.95, k8s_node_name="gpu-node-1"),
+        alert("latency", ("service", "model-server"), T0 + 40 * S, **model_server),
+        alert("prediction_drift", ("model", "fraud:v3"), T0 + 90 * S, layer=Layer.MLOPS,
+              **model_server),
+        alert("latency", ("service", "llm-gateway"), T0 + 100 * S, service_name="llm-gateway"),
+    ]  # fmt: skip
+    feed(engine, alerts)
+    [incident] = open_incidents(engine)
+    assert set(incident.layers) == {Layer.AIOPS, Layer.MLOPS, Layer.LLMOPS}
+    assert len(incident.alert_ids) == 5
+    assert incident.candidates[0].entity == Entity("node", "gpu-node-1")
+    assert incident.models == ["fraud:v3", "gpt-4o"] or set(incident.models) == {
+        "fraud:v3",
+        "gpt-4o",
+    }
+
+
+def test_unrelated_simultaneous_faults_stay_apart_and_a_bridge_merges_them() -> None:
+    engine = TopologyCorrelator(shop())
+    feed(
+        engine,
+        [
+            alert("latency", ("service", "checkout"), T0),
+            alert("errors", ("service", "catalog"), T0 + 5 * S),
+        ],
+    )
+    assert len(open_incidents(engine)) == 2
+    # gateway calls both: its alert shows the two were one problem seen from two ends.
+    changes = feed(engine, [alert("latency", ("service", "gateway"), T0 + 30 * S)])
+    assert "merged" in changes
+    [merged] = open_incidents(engine)
+    assert len(merged.alert_ids) == 3
+    gone = [i for i in engine.incidents.values() if i.merged_into == merged.id]
+    assert len(gone) == 1 and gone[0].status is IncidentStatus.RESOLVED
+    for alert_id in merged.alert_ids:
+        owners = [i for i in open_incidents(engine) if alert_id in i.alert_ids]
+        assert len(owners) == 1
+
+
+def test_host_pressure_is_ranked_above_the_services_it_slows() -> None:
+    graph = shop()
+    engine = TopologyCorrelator(graph)
+    feed(
+        engine,
+        [
+            alert("cpu", ("node", "node-2"), T0 + 5 * S, score=0.7, k8s_node_name="node-2"),
+            alert("latency", ("service", "payment"), T0 + 20 * S, 0.99, k8s_node_name="node-2"),
+            alert("latency", ("service", "checkout"), T0 + 25 * S, 0.99, k8s_node_name="node-2"),
+            alert("latency", ("service", "gateway"), T0 + 60 * S, 0.99, k8s_node_name="node-1"),
+        ],
+    )
+    [incident] = open_incidents(engine)
+    assert incident.candidates[0].entity == Entity("node", "node-2")
+    # The baseline only sees jump sizes: a service outranks the node there.
+    assert incident.baseline_candidates[0].entity.kind == "service"
+
+
+def test_a_database_without_telemetry_is_blamed_from_its_callers_calls() -> None:
+    graph = shop()
+    minute = T0 // M
+    for m in range(-30, 3):
+        slow = m >= 0
+        graph.add_call_stats(
+            "payment", "postgresql", minute + m, 100, 20 if slow else 0,
+            100 * (80e6 if slow else 6e6), T0,
+        )  # fmt: skip
+    alerts = [
+        alert("latency", ("service", "payment"), T0 + 10 * S, 0.9, observed=90, expected=10),
+        alert("latency", ("service", "checkout"), T0 + 30 * S, 0.95, observed=300, expected=20),
+    ]
+    ranked = rank_root_causes(alerts, graph)
+    assert ranked[0].entity == Entity("service", "postgresql")
+    assert ranked[0].evidence["inferred"] and "latency x" in ranked[0].reason
+    assert ranked[1].entity == Entity("service", "payment")
+    assert rank_by_jump(alerts)[0].entity == Entity("service", "checkout")
+
+
+def test_quiet_resolves_and_a_related_relapse_reopens() -> None:
+    engine = TopologyCorrelator(shop(), quiet_seconds=300, reopen_seconds=1800)
+    feed(engine, [alert("latency", ("service", "payment"), T0)])
+    [incident] = open_incidents(engine)
+    changes = [c.change for c in engine.advance(T0 + 301 * S)]
+    assert changes == ["resolved"] and not open_incidents(engine)
+    # A related alert (the caller of the payment service) within the reopen window.
+    changes = feed(engine, [alert("errors", ("service", "checkout"), T0 + 900 * S)])
+    assert changes == ["reopened"]
+    [again] = open_incidents(engine)
+    assert again.id == incident.id and again.reopened == 1
+    # Past the reopen window, the same entity opens a new incident.
+    engine.advance(T0 + 1300 * S)
+    changes = feed(engine, [alert("latency", ("service", "payment"), T0 + 4000 * S)])
+    assert changes == ["opened"]
+    assert open_incidents(engine)[0].id != incident.id
+
+
+def test_topology_survives_a_save_and_load(tmp_path) -> None:
+    graph = shop()
+    graph.add_call_stats("payment", "postgresql", T0 // M, 10, 1, 10 * 6e6, T0)
+    graph.alias("payment.svc:8080", "payment")
+    graph.save(tmp_path / "topology.json")
+    loaded = TopologyGraph()
+    loaded.load(tmp_path / "topology.json")
+    assert sorted(loaded.edges()) == sorted(graph.edges())
+    assert loaded.resolve("payment.svc:8080") == "payment"
