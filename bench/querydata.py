@@ -30,9 +30,19 @@ _ENTRY = pa.struct([("key", pa.string()), ("value", pa.string())])
 _PARENT = np.array([-1, 0, 1, 2, 3, 4, 2, 0, 7, 8])
 _ROLE = np.array([0, 0, 1, 1, 2, 2, 1, 0, 3, 3])
 _KIND = np.array(
-    ["Server", "Client", "Server", "Client", "Server", "Client", "Internal", "Client", "Server",
-     "Internal"]
-)  # fmt: skip
+    [
+        "Server",
+        "Client",
+        "Server",
+        "Client",
+        "Server",
+        "Client",
+        "Internal",
+        "Client",
+        "Server",
+        "Internal",
+    ]
+)
 SPANS_PER_TRACE = len(_PARENT)
 
 

@@ -59,10 +59,10 @@ def search_logs(
         source = f"(SELECT *, rowid AS _row FROM {Table.LOGS} WHERE {where.sql()})"
         source_params = where.params
         row_expr = "_row"
-    table = con.execute(
+    table = con.sql(
         f"SELECT {select_list(Table.LOGS)}, {row_expr} AS _row FROM {source} "
         f'ORDER BY "Timestamp" DESC, {row_expr} DESC LIMIT ?',
-        [*source_params, limit],
+        params=[*source_params, limit],
     ).to_arrow_table()
     next_cursor = None
     if table.num_rows == limit and limit > 0:

@@ -73,10 +73,16 @@ def metric_names(
         for name, unit, description, series, points, temp, mono in rows:
             out.append(
                 MetricInfo(
-                    name, kind, unit or "", description or "", series, points,
-                    _TEMPORALITY.get(temp) if temp is not None else None, mono,
+                    name,
+                    kind,
+                    unit or "",
+                    description or "",
+                    series,
+                    points,
+                    _TEMPORALITY.get(temp) if temp is not None else None,
+                    mono,
                 )
-            )  # fmt: skip
+            )
     return sorted(out, key=lambda m: (m.name, m.type))
 
 
@@ -169,14 +175,15 @@ def metric_range(
         Table.METRICS_SUMMARY: '"Count", "Sum"',
     }[table]
     extra = "".join(", " + s for s in labels_sql)
-    data = con.execute(
+    data = con.sql(
         f'SELECT {_SERIES_KEY} AS sid, epoch_ns("TimeUnix") AS t, '
         f'epoch_ns("StartTimeUnix") AS st, {columns}{extra} FROM {table} '
         f"WHERE {where.sql()} ORDER BY sid, t",
-        [*label_params, *where.params],
+        params=[*label_params, *where.params],
     ).to_arrow_table()
-    series = _compute(data, table, kind, aggregation, quantile, start, step_ns, n_buckets,
-                      fetch_lo, group_by)  # fmt: skip
+    series = _compute(
+        data, table, kind, aggregation, quantile, start, step_ns, n_buckets, fetch_lo, group_by
+    )
     return MetricRange(name, kind, aggregation, step_ns / 1e9, start, end, series)
 
 
@@ -198,9 +205,17 @@ def _np(data: pa.Table, column: str, dtype: type = np.float64) -> np.ndarray:
 
 
 def _compute(
-    data: pa.Table, table: Table, kind: str, aggregation: str, quantile: float | None,
-    start: int, step_ns: int, n_buckets: int, fetch_lo: int, group_by: list[str],
-) -> list[RangeSeries]:  # fmt: skip
+    data: pa.Table,
+    table: Table,
+    kind: str,
+    aggregation: str,
+    quantile: float | None,
+    start: int,
+    step_ns: int,
+    n_buckets: int,
+    fetch_lo: int,
+    group_by: list[str],
+) -> list[RangeSeries]:
     if data.num_rows == 0:
         return []
     sid = _np(data, "sid", np.uint64)
@@ -226,8 +241,11 @@ def _compute(
         monotonic = bool(pc.all(data.column("IsMonotonic")).as_py())
         delta, counted = mm.increases(sid, t, st, values, values, cumulative, fetch_lo, monotonic)
         keep = inside & counted
-        sums = np.bincount(mm.cell_index(group[keep], bucket[keep], n_buckets),
-                           weights=delta[keep], minlength=n_cells)  # fmt: skip
+        sums = np.bincount(
+            mm.cell_index(group[keep], bucket[keep], n_buckets),
+            weights=delta[keep],
+            minlength=n_cells,
+        )
         seen = np.bincount(mm.cell_index(group[keep], bucket[keep], n_buckets), minlength=n_cells)
         return _series(np.where(seen > 0, sums / step_s, np.nan), labels, start, step_ns, n_buckets)
     counts = _np(data, "Count")
@@ -265,9 +283,16 @@ def _compute(
     merged, cell_lo, cell_hi = _merge(cells, delta[keep], lo[keep], hi[keep], n_cells)
     width_neg = negative.shape[1]
     result = mm.exponential_quantiles(
-        merged[:, width_neg + 1 :], pos_first, merged[:, :width_neg], neg_first,
-        merged[:, width_neg], target, quantile, cell_lo, cell_hi,
-    )  # fmt: skip
+        merged[:, width_neg + 1 :],
+        pos_first,
+        merged[:, :width_neg],
+        neg_first,
+        merged[:, width_neg],
+        target,
+        quantile,
+        cell_lo,
+        cell_hi,
+    )
     return _series(result, labels, start, step_ns, n_buckets)
 
 
@@ -354,9 +379,13 @@ def exemplars(
     parts = [
         f'SELECT "ServiceName" AS s, "Attributes" AS a, unnest("Exemplars") AS e FROM {table} '
         f"WHERE {where.sql()}"
-        for table in (Table.METRICS_SUM, Table.METRICS_GAUGE, Table.METRICS_HISTOGRAM,
-                      Table.METRICS_EXPONENTIAL_HISTOGRAM)
-    ]  # fmt: skip
+        for table in (
+            Table.METRICS_SUM,
+            Table.METRICS_GAUGE,
+            Table.METRICS_HISTOGRAM,
+            Table.METRICS_EXPONENTIAL_HISTOGRAM,
+        )
+    ]
     rows = con.execute(
         f'SELECT epoch_ns(e."TimeUnix"), e."Value", e."TraceId", e."SpanId", '
         f'e."FilteredAttributes", s, a FROM ({" UNION ALL ".join(parts)}) '

@@ -91,7 +91,7 @@ class DuckDBQueries:
     def traces(self, trace_ids: list[str]) -> pa.Table:
         """Every span of the traces, in start-time order, found through the trace index."""
         if not trace_ids:
-            return self._con.execute(
+            return self._con.sql(
                 f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} LIMIT 0"
             ).to_arrow_table()
         ids = [t.lower() for t in trace_ids]
@@ -109,7 +109,7 @@ class DuckDBQueries:
             f"SELECT {select_list(Table.TRACES)} FROM ({' UNION ALL '.join(parts)}) "
             'ORDER BY "Timestamp", "SpanId"'
         )
-        return self._con.execute(sql, params).to_arrow_table()
+        return self._con.sql(sql, params=params).to_arrow_table()
 
     def search_spans(self, f: SpanFilter, limit: int, cursor: str | None = None) -> SpanPage:
         where = _span_where(f)
@@ -118,10 +118,10 @@ class DuckDBQueries:
             # The first condition alone lets DuckDB skip row groups; the second breaks ties.
             where.add(f'"Timestamp" <= {ts_param()}', ts)
             where.add(f'("Timestamp" < {ts_param()} OR "SpanId" < ?)', ts, span_id)
-        table = self._con.execute(
+        table = self._con.sql(
             f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} WHERE {where.sql()} "
             'ORDER BY "Timestamp" DESC, "SpanId" DESC LIMIT ?',
-            [*where.params, limit],
+            params=[*where.params, limit],
         ).to_arrow_table()
         next_cursor = None
         if table.num_rows == limit and limit > 0:

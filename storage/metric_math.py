@@ -100,9 +100,14 @@ def explicit_quantiles(
 
 
 def exp_dense(
-    offsets: np.ndarray, flat_counts: np.ndarray, parent: np.ndarray, position: np.ndarray,
-    scales: np.ndarray, target_scale: int, rows: int,
-) -> tuple[np.ndarray, int]:  # fmt: skip
+    offsets: np.ndarray,
+    flat_counts: np.ndarray,
+    parent: np.ndarray,
+    position: np.ndarray,
+    scales: np.ndarray,
+    target_scale: int,
+    rows: int,
+) -> tuple[np.ndarray, int]:
     """Exponential-histogram buckets of every row on one grid at ``target_scale`` (downscaled:
     index ``i`` at scale ``s`` is ``i >> (s - target)``); ``(dense, first_index)``."""
     if len(flat_counts) == 0:
@@ -118,9 +123,16 @@ def exp_dense(
 
 
 def exponential_quantiles(
-    positive: np.ndarray, pos_first: int, negative: np.ndarray, neg_first: int,
-    zero: np.ndarray, scale: int, q: float, lo: np.ndarray, hi: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    positive: np.ndarray,
+    pos_first: int,
+    negative: np.ndarray,
+    neg_first: int,
+    zero: np.ndarray,
+    scale: int,
+    q: float,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> np.ndarray:
     """Quantile ``q`` per row of exponential-histogram buckets at ``scale``; inside a bucket
     ``(base**i, base**(i+1)]`` the value is interpolated log-linearly (the buckets are equal in
     log space). Clamped to the observed min and max when known. NaN for empty rows."""

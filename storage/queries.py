@@ -1,7 +1,7 @@
 """The read side of whichever store is running.
 
 A store can serve queries itself (``store.queries()`` returning a ``TelemetryQueries``); the
-embedded DuckDB store gets its read side from :class:`~opstrata.storage.duckdb_queries.DuckDBQueries`,
+embedded DuckDB store gets its read side from ``storage/duckdb_queries.py`` (``DuckDBQueries``),
 kept in modules of its own beside the writer.
 """
 

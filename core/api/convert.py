@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from opstrata.api.models import SpanEvent, SpanLink, SpanOut
+from opstrata.api.models import LogOut, SpanEvent, SpanLink, SpanOut
 
-__all__ = ["rows_with_int_times", "spans_from_arrow"]
+__all__ = ["logs_from_arrow", "rows_with_int_times", "spans_from_arrow", "tree_order"]
 
 
 def _timestamps_as_int(arrow_type: pa.DataType) -> pa.DataType:
@@ -72,3 +72,57 @@ def spans_from_arrow(table: pa.Table) -> list[SpanOut]:
             )
         )
     return out
+
+
+def tree_order(spans: list[SpanOut]) -> list[SpanOut]:
+    """Spans depth first from each root, siblings by start time; a span whose parent is not in
+    the trace counts as a root."""
+    ids = {span.span_id for span in spans}
+    children: dict[str, list[SpanOut]] = {}
+    roots = []
+    for span in spans:  # already in start-time order
+        if (
+            span.parent_span_id
+            and span.parent_span_id in ids
+            and span.parent_span_id != span.span_id
+        ):
+            children.setdefault(span.parent_span_id, []).append(span)
+        else:
+            roots.append(span)
+    out: list[SpanOut] = []
+    seen: set[str] = set()
+    stack = list(reversed(roots))
+    while stack:
+        span = stack.pop()
+        if span.span_id in seen and span.parent_span_id:
+            continue  # a cycle of parent ids: show each span once
+        seen.add(span.span_id)
+        out.append(span)
+        stack.extend(reversed(children.get(span.span_id, ())))
+    if len(out) < len(spans):  # spans only reachable through a cycle
+        placed = {id(s) for s in out}
+        out.extend(s for s in spans if id(s) not in placed)
+    return out
+
+
+def logs_from_arrow(table: pa.Table) -> list[LogOut]:
+    """Log records of an ``otel_logs`` result."""
+    return [
+        LogOut(
+            timestamp_unix_nano=row["Timestamp"],
+            observed_timestamp_unix_nano=row["ObservedTimestamp"],
+            trace_id=row["TraceId"],
+            span_id=row["SpanId"],
+            trace_flags=row["TraceFlags"],
+            severity_text=row["SeverityText"],
+            severity_number=row["SeverityNumber"],
+            service_name=row["ServiceName"],
+            body=row["Body"],
+            attributes=row["LogAttributes"] or {},
+            resource_attributes=row["ResourceAttributes"] or {},
+            scope_name=row["ScopeName"],
+            scope_version=row["ScopeVersion"],
+            event_name=row["EventName"],
+        )
+        for row in rows_with_int_times(table)
+    ]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["ErrorBody", "SpanEvent", "SpanLink", "SpanOut", "TraceOut"]
+__all__ = [
+    "ErrorBody",
+    "LogOut",
+    "LogPageOut",
+    "SpanEvent",
+    "SpanLink",
+    "SpanOut",
+    "SpanPageOut",
+    "TraceOut",
+]
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -50,6 +59,37 @@ class SpanOut(msgspec.Struct, frozen=True):
 
 
 class TraceOut(msgspec.Struct, frozen=True):
+    """A trace; ``spans`` in tree order (depth first from the root, siblings by start time)."""
+
     trace_id: str
     span_count: int
     spans: list[SpanOut]
+
+
+class SpanPageOut(msgspec.Struct, frozen=True):
+    spans: list[SpanOut]
+    next_cursor: str | None
+
+
+class LogOut(msgspec.Struct, frozen=True):
+    """One log record; times are Unix nanoseconds."""
+
+    timestamp_unix_nano: int
+    observed_timestamp_unix_nano: int
+    trace_id: str
+    span_id: str
+    trace_flags: int
+    severity_text: str
+    severity_number: int
+    service_name: str
+    body: str
+    attributes: dict[str, str]
+    resource_attributes: dict[str, str]
+    scope_name: str
+    scope_version: str
+    event_name: str
+
+
+class LogPageOut(msgspec.Struct, frozen=True):
+    logs: list[LogOut]
+    next_cursor: str | None

@@ -28,9 +28,7 @@ MAX_POINTS = 11_000
 """Most steps a range query or a RED series may have (``(end - start) / step``)."""
 _MAX_NS = 2**63 - 1
 
-Limit = Annotated[
-    int, Parameter(ge=1, le=MAX_LIMIT, description=f"Page size, 1–{MAX_LIMIT}.")
-]
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description=f"Page size, 1-{MAX_LIMIT}.")]
 Cursor = Annotated[
     str | None,
     Parameter(description="`next_cursor` of the previous page.", max_length=64),
@@ -48,7 +46,15 @@ _RFC3339 = re.compile(
 )
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
-_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_UNITS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 
 
 def parse_time(text: str | None, name: str) -> int | None:
@@ -76,7 +82,7 @@ def parse_time(text: str | None, name: str) -> int | None:
     nanos = int((fraction or ".0")[1:].ljust(9, "0"))
     value = seconds * 10**9 + nanos
     if not 0 <= value <= _MAX_NS:
-        raise ValidationException(detail=f"{name}: time out of range (1970–2262)")
+        raise ValidationException(detail=f"{name}: time out of range (1970-2262)")
     return value
 
 
