@@ -61,6 +61,18 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from opstrata.demo.console import add_arguments
+
+    add_arguments(parser)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from opstrata.demo.console import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opstrata", description="OpenTelemetry-native backend for AIOps, MLOps and LLMOps."
@@ -80,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--data-dir", metavar="PATH", help="data directory (consumer offsets)")
     plugins.add_argument("--config", metavar="FILE.toml", help="settings file")
     plugins.set_defaults(handler=_plugins)
+
+    demo = commands.add_parser(
+        "demo", help="run a simulated shop with a fault and show the alerts and incidents"
+    )
+    _demo_arguments(demo)
+    demo.set_defaults(handler=_demo)
     return parser
 
 

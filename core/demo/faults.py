@@ -191,6 +191,7 @@ def _services(*names: str) -> tuple[Entity, ...]:
 
 _LLM_REVIEW = Entity("llm_model", "gpt-4o")
 _LLM_CHAT = Entity("llm_model", "gpt-4o-mini")
+_LLM_CHAT_RESPONSE = Entity("llm_model", "gpt-4o-mini-2024-07-18")  # gen_ai.response.model
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -264,9 +265,9 @@ SCENARIOS: dict[str, Scenario] = {
             "assistant prompt v8 stuffs six times the context: input tokens and cost jump",
             _llm_cost,
             _LLM_CHAT,
-            (Entity("service", "llm-gateway"), Entity("prompt", "assistant-answer"),
-             Entity("prompt", "assistant-answer:v8")),
-            (_LLM_CHAT, Entity("service", "llm-gateway")),
+            (_LLM_CHAT_RESPONSE, Entity("service", "llm-gateway"),
+             Entity("prompt", "assistant-answer"), Entity("prompt", "assistant-answer:v8")),
+            (_LLM_CHAT, _LLM_CHAT_RESPONSE, Entity("service", "llm-gateway")),
         ),
     )
 }

@@ -7,6 +7,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +189,7 @@ class Simulation:
         tick = int(self.tick_seconds * _NS)
         counts = [0, 0, 0]
         pending_labels: list[tuple[int, str, int]] = []
+        recent_llm: deque[dict[str, int]] = deque(maxlen=max(1, round(60 / self.tick_seconds)))
         wall_start = time.monotonic()
         state: dict[str, str] = {}
         next_kill: dict[str, float] = {}
@@ -204,7 +206,7 @@ class Simulation:
                 for offset in arrivals:
                     route = rng.choices(ROUTES, weights)[0]
                     builder.request(route, at + offset, fx, out)
-                builder.llm_load = self._llm_load(out)
+                builder.llm_load = self._llm_load(recent_llm, out)
                 pending_labels.extend(out.labels)
                 pending_labels = self._labels(env, logs, pending_labels, at + tick)
                 logs.background(env, at, self.tick_seconds, fx, metrics.gpu_temperature)
@@ -225,15 +227,19 @@ class Simulation:
         return RunStats(counts[0], counts[1], counts[2], sum(s.failed for s in senders),
                         self.start_unix_nano, at, time.monotonic() - wall_start)
 
-    def _llm_load(self, out: TickOutput) -> dict[str, float]:
-        """Calls per model in this tick over the provider's limit: a few times the normal load
-        (``rate`` times route share times review share), so only a surge reaches it."""
-        per_tick = self.rate * self.tick_seconds
-        limits = {"gpt-4o-mini": per_tick * 0.14 * 3, "gpt-4o": per_tick * 0.14 * 0.1 * 3}
+    def _llm_load(self, recent: deque[dict[str, int]], out: TickOutput) -> dict[str, float]:
+        """Calls per model over the last minute against the provider's per-minute limit:
+        twice the calls the daily mean load makes (at least 4), so only a surge reaches it."""
         calls: dict[str, int] = {}
         for call in out.llm:
             calls[call.request_model] = calls.get(call.request_model, 0) + 1
-        return {model: calls.get(model, 0) / limit for model, limit in limits.items()}
+        recent.append(calls)
+        per_minute = self.rate * 60 * 0.14  # the assistant route's share of requests
+        limits = {"gpt-4o-mini": max(4.0, 2.0 * per_minute),
+                  "gpt-4o": max(4.0, 2.0 * per_minute * 0.12)}  # ~12% go to review
+        minutes = len(recent) * self.tick_seconds / 60
+        return {model: sum(c.get(model, 0) for c in recent) / minutes / limit
+                for model, limit in limits.items()}
 
     def _pace(self, wall_start: float, at: int) -> float:
         if not self.speed or self.speed <= 0 or math.isinf(self.speed):
