@@ -25,12 +25,23 @@ defaults to ``warmup_minutes``; ``fault_minutes`` (default: to the end) ends the
 requests per simulated second (about 12 spans each); ``start_unix_nano`` fixes the simulated
 start (default: so that the run ends at the current minute), and with it every byte sent: runs
 with the same arguments and seed send the same telemetry. ``stop`` (a ``threading.Event``)
-ends a run early. What is emitted, signal by signal, is listed in ``docs/demo.md``.
+ends a run early. ``sim.ticks()`` yields the same telemetry tick by tick (SDK spans, log
+records, ``MetricsData``) without sending it. What is emitted, signal by signal, is listed in
+``docs/demo.md``.
 """
 
 from __future__ import annotations
 
 from opstrata.demo.faults import SCENARIOS, Effects, Scenario, Truth
-from opstrata.demo.simulation import Progress, RunStats, Simulation
+from opstrata.demo.simulation import Progress, RunStats, Simulation, Tick
 
-__all__ = ["SCENARIOS", "Effects", "Progress", "RunStats", "Scenario", "Simulation", "Truth"]
+__all__ = [
+    "SCENARIOS",
+    "Effects",
+    "Progress",
+    "RunStats",
+    "Scenario",
+    "Simulation",
+    "Tick",
+    "Truth",
+]

@@ -8,9 +8,13 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk.metrics.export import MetricsData
+from opentelemetry.sdk.trace import ReadableSpan
 
 from opstrata.demo.environment import MODEL, ROUTES, SERVICES, Environment
 from opstrata.demo.faults import SCENARIOS, Effects, Truth
@@ -18,7 +22,7 @@ from opstrata.demo.logs import LogSink, poisson
 from opstrata.demo.metrics import MetricState
 from opstrata.demo.traces import TickOutput, TraceBuilder
 
-__all__ = ["Progress", "RunStats", "Simulation"]
+__all__ = ["Progress", "RunStats", "Simulation", "Tick"]
 
 _NS = 1_000_000_000
 
@@ -38,6 +42,16 @@ class Progress:
     failed_exports: int
     behind_seconds: float
     """How far the run lags the requested speed (0 when it keeps up)."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One tick's telemetry: SDK spans and log records, and the metric points at its end."""
+
+    end_unix_nano: int
+    spans: list[ReadableSpan]
+    log_records: list[ReadableLogRecord]
+    metrics: MetricsData
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,37 @@ class Simulation:
         hour = (at / 3.6e12) % 24
         return 1 + 0.35 * math.sin((hour - 9) / 24 * 2 * math.pi)
 
+    def ticks(self) -> Iterator[Tick]:
+        """The run's telemetry, one tick of simulated time at a time, without sending it."""
+        rng = random.Random(self.seed)
+        env = Environment(self.seed)
+        logs = LogSink(rng)
+        builder = TraceBuilder(env, rng, logs)
+        metrics = MetricState(env, rng, self.start_unix_nano, self.rate)
+        weights = [r.weight for r in ROUTES]
+        tick = int(self.tick_seconds * _NS)
+        pending_labels: list[tuple[int, str, int]] = []
+        recent_llm: deque[dict[str, int]] = deque(maxlen=max(1, round(60 / self.tick_seconds)))
+        state: dict[str, str] = {}
+        next_kill: dict[str, float] = {}
+        killed = 0
+        at = self.start_unix_nano
+        while at < self.end_unix_nano:
+            fx = self.effects(at)
+            self._apply_changes(env, logs, fx, state, at)
+            killed = self._oom_kills(env, builder, logs, fx, next_kill, at, killed)
+            out = TickOutput()
+            n = poisson(rng, self.rate * self._daily(at) * self.tick_seconds)
+            for offset in sorted(rng.randrange(tick) for _ in range(n)):
+                builder.request(rng.choices(ROUTES, weights)[0], at + offset, fx, out)
+            builder.llm_load = self._llm_load(recent_llm, out)
+            pending_labels.extend(out.labels)
+            pending_labels = self._labels(env, logs, pending_labels, at + tick)
+            logs.background(env, at, self.tick_seconds, fx, metrics.gpu_temperature)
+            data = metrics.build(at + tick, self.tick_seconds, self._daily(at) - 1, fx, out)
+            at += tick
+            yield Tick(at, out.spans, logs.take(), data)
+
     def run(self, otlp_endpoint: str = "127.0.0.1:4317",
             progress: Callable[[Progress], None] | None = None,
             stop: threading.Event | None = None) -> RunStats:
@@ -180,47 +225,23 @@ class Simulation:
                                                  ("spans", "logs", "metrics"), strict=True)]
         for sender in senders:
             sender.start()
-        rng = random.Random(self.seed)
-        env = Environment(self.seed)
-        logs = LogSink(rng)
-        builder = TraceBuilder(env, rng, logs)
-        metrics = MetricState(env, rng, self.start_unix_nano, self.rate)
-        weights = [r.weight for r in ROUTES]
-        tick = int(self.tick_seconds * _NS)
         counts = [0, 0, 0]
-        pending_labels: list[tuple[int, str, int]] = []
-        recent_llm: deque[dict[str, int]] = deque(maxlen=max(1, round(60 / self.tick_seconds)))
         wall_start = time.monotonic()
-        state: dict[str, str] = {}
-        next_kill: dict[str, float] = {}
-        killed = 0
         at = self.start_unix_nano
         try:
-            while at < self.end_unix_nano and not (stop is not None and stop.is_set()):
-                fx = self.effects(at)
-                self._apply_changes(env, logs, fx, state, at)
-                killed = self._oom_kills(env, builder, logs, fx, next_kill, at, killed)
-                out = TickOutput()
-                n = poisson(rng, self.rate * self._daily(at) * self.tick_seconds)
-                arrivals = sorted(rng.randrange(tick) for _ in range(n))
-                for offset in arrivals:
-                    route = rng.choices(ROUTES, weights)[0]
-                    builder.request(route, at + offset, fx, out)
-                builder.llm_load = self._llm_load(recent_llm, out)
-                pending_labels.extend(out.labels)
-                pending_labels = self._labels(env, logs, pending_labels, at + tick)
-                logs.background(env, at, self.tick_seconds, fx, metrics.gpu_temperature)
-                data = metrics.build(at + tick, self.tick_seconds, self._daily(at) - 1, fx, out)
-                records = logs.take()
-                counts[0] += len(out.spans)
-                counts[1] += len(records)
-                counts[2] += _points(data)
-                for sender, item in zip(senders, (out.spans, records, data), strict=True):
+            for tick in self.ticks():
+                counts[0] += len(tick.spans)
+                counts[1] += len(tick.log_records)
+                counts[2] += _points(tick.metrics)
+                for sender, item in zip(senders, (tick.spans, tick.log_records, tick.metrics),
+                                        strict=True):
                     sender.inbox.put(item)
-                at += tick
+                at = tick.end_unix_nano
                 behind = self._pace(wall_start, at)
                 if progress is not None:
                     progress(self._progress(at, counts, senders, behind))
+                if stop is not None and stop.is_set():
+                    break
         finally:
             for sender in senders:
                 sender.close()
