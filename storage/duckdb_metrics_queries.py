@@ -88,7 +88,8 @@ def metric_names(
 
 def _table_of(con: duckdb.DuckDBPyConnection, name: str) -> Table:
     for table in TYPES:
-        if con.execute(f'SELECT 1 FROM {table} WHERE "MetricName" = ? LIMIT 1', [name]).fetchone():
+        # fetchall, never fetchone: an unfinished result blocks the next query on this cursor.
+        if con.execute(f'SELECT 1 FROM {table} WHERE "MetricName" = ? LIMIT 1', [name]).fetchall():
             return table
     raise MetricQueryError(f"no metric named {name!r}")
 

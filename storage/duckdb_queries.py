@@ -68,8 +68,9 @@ class DuckDBQueries:
     def latest(self, table: Table) -> int | None:
         """The newest event time stored in ``table`` (Unix ns), ``None`` when it is empty."""
         column = "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
-        row = self._con.execute(f'SELECT epoch_ns(max("{column}")) FROM {table}').fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        # fetchall, never fetchone: an unfinished result blocks the next query on this cursor.
+        rows = self._con.execute(f'SELECT epoch_ns(max("{column}")) FROM {table}').fetchall()
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
 
     def window(self, start: int | None, end: int | None, table: Table = Table.TRACES) -> TimeWindow:
         """The asked-for window; a missing end is the newest event time stored (event time, not
@@ -197,10 +198,10 @@ class DuckDBQueries:
     def _has_spans(self, service: str, window: TimeWindow) -> bool:
         where = Where().window("Timestamp", window.start, window.end)
         where.add('"ServiceName" = ?', service)
-        row = self._con.execute(
+        rows = self._con.execute(
             f"SELECT 1 FROM {Table.TRACES} WHERE {where.sql()} LIMIT 1", where.params
-        ).fetchone()
-        return row is not None
+        ).fetchall()
+        return bool(rows)
 
     def operations(
         self, service: str, window: TimeWindow | None, kind: str | None = None

@@ -77,12 +77,12 @@ class TraceIndex:
 
     def indexed_upto(self, table: Table) -> int:
         self.ensure_tables()
-        row = (
+        rows = (
             self.store.reader()
             .execute(f'SELECT "UpTo" FROM {STATE_TABLE} WHERE "Signal" = ?', [_SIGNALS[table]])
-            .fetchone()
+            .fetchall()
         )
-        return int(row[0]) if row else 0
+        return int(rows[0][0]) if rows else 0
 
     def catch_up(self) -> int:
         """Index rows committed since the last run; return the sequence indexed up to."""

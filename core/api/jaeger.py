@@ -20,7 +20,7 @@ from litestar.params import Parameter
 from opstrata.api.convert import spans_from_arrow
 from opstrata.api.models import SpanOut
 from opstrata.api.params import MAX_LIMIT, parse_duration, parse_trace_id
-from opstrata.api.traces import KINDS
+from opstrata.api.traces import KINDS, TRACE_ID_PATTERN
 from opstrata.schema import Table
 from opstrata.storage.base import TelemetryQueries
 from opstrata.storage.query_types import SpanFilter, TimeWindow
@@ -324,7 +324,11 @@ class JaegerController(Controller):
         return _ok(_traces(queries, ids))
 
     @get("/traces/{trace_id:str}", sync_to_thread=True)
-    def trace(self, queries: TelemetryQueries, trace_id: str) -> JaegerResponse:
+    def trace(
+        self,
+        queries: TelemetryQueries,
+        trace_id: Annotated[str, Parameter(pattern=TRACE_ID_PATTERN)],
+    ) -> JaegerResponse:
         """Jaeger: one trace."""
         found = _traces(queries, [parse_trace_id(trace_id)])
         if not found:

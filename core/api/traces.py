@@ -25,6 +25,7 @@ from opstrata.storage.query_types import LogFilter, SpanFilter
 
 __all__ = ["SpanController", "TraceController"]
 
+TRACE_ID_PATTERN = "^[0-9a-fA-F]{32}$"
 STATUSES = {"unset": "Unset", "ok": "Ok", "error": "Error"}
 KINDS = {
     k.lower(): k for k in ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
@@ -48,7 +49,7 @@ class TraceController(Controller):
     def get_trace(
         self,
         queries: TelemetryQueries,
-        trace_id: str = Parameter(description="Trace id, 32 hex digits."),
+        trace_id: str = Parameter(description="Trace id, 32 hex digits.", pattern=TRACE_ID_PATTERN),
     ) -> TraceOut:
         """All spans of one trace, in tree order (depth first, siblings by start time)."""
         trace_id = parse_trace_id(trace_id)
@@ -62,7 +63,7 @@ class TraceController(Controller):
     def get_trace_logs(
         self,
         queries: TelemetryQueries,
-        trace_id: str = Parameter(description="Trace id, 32 hex digits."),
+        trace_id: str = Parameter(description="Trace id, 32 hex digits.", pattern=TRACE_ID_PATTERN),
         limit: Limit = 1000,
         cursor: Cursor = None,
     ) -> LogPageOut:
