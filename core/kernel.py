@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("duckdb", "opstrata.plugins.duckdb_store"),
     ("webhook", "opstrata.plugins.webhook"),
+    ("mlops", "opstrata.plugins.mlops"),
     ("llmops", "opstrata.plugins.llmops"),
+    ("aiops", "opstrata.plugins.aiops.plugin"),
 )
 """(name, module) of the plugins that ship with opstrata."""
 

@@ -1,0 +1,70 @@
+"""Settings of the MLOps plugin: ``[plugins.mlops]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from opstrata.plugins.mlops.stattests import TESTS
+
+__all__ = ["MLOpsConfig", "parse_config"]
+
+
+class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    window_seconds: float = 600.0
+    """Length of the sliding drift window, in event time."""
+    window_slots: int = 4
+    """The window slides by ``window_seconds / window_slots``; one sketch per slot."""
+    baseline_seconds: float = 600.0
+    """Without a posted reference, the first this-many seconds of a model version's telemetry
+    become its reference. 0: no automatic baseline (post one)."""
+    min_rows: int = 30
+    """Fewest rows in the reference and in a window for a drift verdict."""
+    drift_share: float = 0.5
+    """Evidently's dataset-drift rule: the model drifts when at least this share of its
+    features do."""
+    stattest: str = ""
+    """A test for every column instead of Evidently's default choice (``ks``, ``chisquare``,
+    ``z``, ``wasserstein``, ``jensenshannon``, ``psi``)."""
+    threshold: float | None = None
+    """Threshold for ``stattest`` (default: that test's Evidently default)."""
+    reference_centroids: int = 400
+    slot_centroids: int = 100
+    max_categories: int = 100
+    max_models: int = 1000
+    """Model versions tracked at once; telemetry of further ones is counted and ignored."""
+    label_horizon_seconds: float = 7 * 24 * 3600.0
+    """Predictions wait this long (event time) for their labels, then are forgotten."""
+    min_labels: int = 30
+    """Fewest labelled predictions in a window for a quality figure used by decay alerts."""
+    decay_tolerance: float = 0.1
+    """Quality decays when a window's accuracy (classifiers) or RMSE (regressors) is worse than
+    the first labelled window's by more than this share."""
+    tasks: dict[str, str] = {}
+    """Model name -> ``classification`` or ``regression`` (inferred when absent)."""
+    positive_label: str = ""
+    """Positive class of binary classifiers (default ``1``/``true``/``yes``, else the larger)."""
+
+    @property
+    def step_ns(self) -> int:
+        return int(self.window_seconds * 1e9) // self.window_slots
+
+
+def parse_config(config: dict[str, Any]) -> MLOpsConfig:
+    try:
+        parsed = msgspec.convert(config, MLOpsConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"plugins.mlops: {exc}") from exc
+    if parsed.stattest and parsed.stattest not in TESTS:
+        raise ValueError(f"plugins.mlops.stattest: {parsed.stattest!r} is not one of {TESTS}")
+    if parsed.window_seconds <= 0 or parsed.window_slots < 1:
+        raise ValueError("plugins.mlops.window_seconds and window_slots must be positive")
+    if not 0 < parsed.drift_share <= 1:
+        raise ValueError("plugins.mlops.drift_share must be in (0, 1]")
+    for model, task in parsed.tasks.items():
+        if task not in ("classification", "regression"):
+            raise ValueError(
+                f"plugins.mlops.tasks.{model}: {task!r} is not classification/regression"
+            )
+    return parsed

@@ -1,0 +1,506 @@
+"""Drift per model version and column over sliding event-time windows, from sketches.
+
+Each model version has, per column, a reference sketch and one sketch per window slot (the
+window slides by one slot). When event time enters a new slot, the window that just closed is
+compared with the reference, column by column, with Evidently's default test, and Evidently's
+dataset-drift rule decides the model's verdict. Alerts go out through ``emit``.
+
+Thread safety: the consumer thread and the API's threads share one :class:`DriftMonitor`;
+every public method takes its lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
+from opstrata.plugins.mlops.config import MLOpsConfig
+from opstrata.plugins.mlops.records import Column, ModelRows
+from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
+from opstrata.plugins.mlops.sketch import (
+    CategoricalSketch,
+    NumericSketch,
+    Sketch,
+    sketch_from_state,
+)
+from opstrata.plugins.mlops.stattests import drift_test
+
+__all__ = ["DriftMonitor", "entity_name"]
+
+
+def entity_name(model: str, version: str) -> str:
+    """The alert entity of a model version: ``<model>:<version>``, or ``<model>``."""
+    return f"{model}:{version}" if version else model
+
+
+@dataclass
+class ColumnState:
+    role: str
+    kind: str
+    reference: Sketch | None = None
+    slots: dict[int, Sketch] = field(default_factory=dict)
+
+
+@dataclass
+class ModelState:
+    model: str
+    version: str
+    resource: dict[str, str]
+    first_ns: int
+    last_ns: int = 0
+    rows: int = 0
+    reference_source: str = "none"
+    reference_rows: int = 0
+    baseline_until: int | None = None
+    current_slot: int | None = None
+    columns: dict[str, ColumnState] = field(default_factory=dict)
+    firing: set[str] = field(default_factory=set)
+    last_verdict: bool | None = None
+
+
+class DriftMonitor:
+    def __init__(
+        self, config: MLOpsConfig, emit: Callable[[AlertEvent], None] | None = None
+    ) -> None:
+        self.config = config
+        self.emit = emit or (lambda event: None)
+        self.lock = threading.RLock()
+        self.models: dict[tuple[str, str], ModelState] = {}
+        self.references: dict[tuple[str, str], tuple[str, dict[str, tuple[str, Sketch]]]] = {}
+        """Posted references: (model, version or "") -> (source, column -> (role, sketch))."""
+        self.history: list[WindowDrift] = []
+        """Closed windows evaluated since the last :meth:`take_history` (stored by the caller)."""
+        self.dropped_late = 0
+        self.dropped_models = 0
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def observe(self, rows: ModelRows) -> None:
+        if rows.times.size == 0:
+            return
+        with self.lock:
+            state = self._state(rows)
+            if state is None:
+                return
+            state.rows += int(rows.times.size)
+            state.last_ns = max(state.last_ns, int(rows.times.max()))
+            if rows.resource:
+                state.resource = rows.resource
+            for name, column in rows.columns.items():
+                self._column(state, name, column)
+            step = self.config.step_ns
+            newest = int(rows.times.max()) // step
+            if state.baseline_until is not None:
+                state.reference_rows += int((rows.times < state.baseline_until).sum())
+            if state.current_slot is None:
+                state.current_slot = newest
+                self._add(state, rows, step)
+            else:
+                old = state.current_slot
+                self._add(state, rows, step, upto=old)
+                if newest > old:
+                    self._close(state, old)
+                    state.current_slot = newest
+                    self._add(state, rows, step, after=old)
+                    oldest = newest - self.config.window_slots
+                    for col in state.columns.values():
+                        for slot in [s for s in col.slots if s <= oldest]:
+                            del col.slots[slot]
+            if state.baseline_until is not None and state.last_ns >= state.baseline_until:
+                state.baseline_until = None  # the baseline window is over
+                state.reference_source = "baseline"
+
+    def _state(self, rows: ModelRows) -> ModelState | None:
+        key = (rows.model, rows.version)
+        state = self.models.get(key)
+        if state is not None:
+            return state
+        if len(self.models) >= self.config.max_models:
+            self.dropped_models += int(rows.times.size)
+            return None
+        first = int(rows.times.min())
+        state = ModelState(rows.model, rows.version, rows.resource, first)
+        posted = self.references.get(key) or self.references.get((rows.model, ""))
+        if posted is not None:
+            self._install_reference(state, *posted)
+        elif self.config.baseline_seconds > 0:
+            state.baseline_until = first + int(self.config.baseline_seconds * 1e9)
+            state.reference_source = "collecting baseline"
+        self.models[key] = state
+        return state
+
+    def _column(self, state: ModelState, name: str, column: Column) -> None:
+        if name not in state.columns:
+            state.columns[name] = ColumnState(column.role, column.kind)
+
+    def _new_sketch(self, kind: str, reference: bool) -> Sketch:
+        if kind == "numerical":
+            size = self.config.reference_centroids if reference else self.config.slot_centroids
+            return NumericSketch(size)
+        return CategoricalSketch(self.config.max_categories)
+
+    def _add(
+        self,
+        state: ModelState,
+        rows: ModelRows,
+        step: int,
+        upto: int | None = None,
+        after: int | None = None,
+    ) -> None:
+        """Add the rows whose slot is <= ``upto`` (when given) and > ``after`` (when given);
+        rows before the baseline's end go to the reference."""
+        baseline = state.baseline_until
+        for name, column in rows.columns.items():
+            col = state.columns[name]
+            if col.kind != column.kind:
+                continue
+            slots = column.times // step
+            keep = np.ones(slots.size, dtype=bool)
+            if upto is not None:
+                keep &= slots <= upto
+            if after is not None:
+                keep &= slots > after
+            if baseline is not None:
+                into_ref = keep & (column.times < baseline)
+                if into_ref.any():
+                    if col.reference is None:
+                        col.reference = self._new_sketch(col.kind, reference=True)
+                    _update(col.reference, column.values, into_ref)
+                keep &= ~into_ref
+            if state.current_slot is not None:
+                late = keep & (slots <= state.current_slot - self.config.window_slots)
+                self.dropped_late += int(late.sum())
+                keep &= ~late
+            if not keep.any():
+                continue
+            for slot in np.unique(slots[keep]).tolist():
+                sketch = col.slots.get(slot)
+                if sketch is None:
+                    sketch = col.slots[slot] = self._new_sketch(col.kind, reference=False)
+                _update(sketch, column.values, keep & (slots == slot))
+
+    # -- references ---------------------------------------------------------------------------
+
+    def set_reference(
+        self, model: str, version: str, source: str, columns: dict[str, tuple[str, Sketch]]
+    ) -> int:
+        """Install a reference (from a dataset or a stored time range); ``version`` "" makes it
+        the reference of every version without its own. Returns the model versions updated."""
+        with self.lock:
+            self.references[(model, version)] = (source, columns)
+            updated = 0
+            for (name, ver), state in self.models.items():
+                if name != model or (version and ver != version):
+                    continue
+                if not version and (model, ver) in self.references:
+                    continue  # a version's own reference wins over the model-wide one
+                self._install_reference(state, source, columns)
+                updated += 1
+            return updated
+
+    def _install_reference(
+        self, state: ModelState, source: str, columns: dict[str, tuple[str, Sketch]]
+    ) -> None:
+        state.baseline_until = None
+        state.reference_source = source
+        state.reference_rows = max((s.n for _, s in columns.values()), default=0)
+        for name, (role, sketch) in columns.items():
+            col = state.columns.get(name)
+            if col is None or col.kind != sketch.kind:
+                col = state.columns[name] = ColumnState(role, sketch.kind)
+            col.reference = sketch
+
+    # -- evaluating ---------------------------------------------------------------------------
+
+    def _window(self, state: ModelState, end_slot: int) -> dict[str, Sketch]:
+        first = end_slot - self.config.window_slots + 1
+        window: dict[str, Sketch] = {}
+        for name, col in state.columns.items():
+            parts = [s for slot, s in col.slots.items() if first <= slot <= end_slot]
+            if not parts:
+                continue
+            merged = self._new_sketch(col.kind, reference=True)
+            for part in parts:
+                merged.absorb(part)  # type: ignore[arg-type]
+            window[name] = merged
+        return window
+
+    def _evaluate(self, state: ModelState, end_slot: int, live: bool) -> WindowDrift | None:
+        if state.baseline_until is not None:
+            return None
+        window = self._window(state, end_slot)
+        step = self.config.step_ns
+        results: list[FeatureDrift] = []
+        rows = 0
+        for name, current in window.items():
+            col = state.columns[name]
+            ref = col.reference
+            rows = max(rows, current.n)
+            if ref is None or ref.n < self.config.min_rows or current.n < self.config.min_rows:
+                continue
+            try:
+                result = drift_test(ref, current, self.config.stattest, self.config.threshold)
+            except ValueError:
+                continue  # e.g. a forced numeric test on a categorical column
+            results.append(
+                FeatureDrift(
+                    feature=name,
+                    role=col.role,
+                    kind=col.kind,
+                    test=result.test,
+                    statistic=_finite(result.statistic),
+                    p_value=None if result.p_value is None else _finite(result.p_value),
+                    distance=None if result.distance is None else _finite(result.distance),
+                    threshold=result.threshold,
+                    drifted=bool(result.drifted),
+                    error_bound=result.error_bound,
+                    reference_rows=ref.n,
+                    current_rows=current.n,
+                )
+            )
+        if not results:
+            return None
+        features = [r for r in results if r.role == "feature"]
+        drifted = [r.feature for r in features if r.drifted]
+        share = len(drifted) / len(features) if features else 0.0
+        return WindowDrift(
+            model=state.model,
+            version=state.version,
+            start_unix_nano=(end_slot - self.config.window_slots + 1) * step,
+            end_unix_nano=(end_slot + 1) * step,
+            live=live,
+            rows=rows,
+            dataset_drift=bool(features) and share >= self.config.drift_share,
+            drift_share=share,
+            drifted_features=drifted,
+            prediction_drift=any(r.drifted for r in results if r.role == "prediction"),
+            features=results,
+        )
+
+    def _close(self, state: ModelState, end_slot: int) -> None:
+        verdict = self._evaluate(state, end_slot, live=False)
+        if verdict is None:
+            return
+        self.history.append(verdict)
+        state.last_verdict = verdict.dataset_drift
+        time = min(verdict.end_unix_nano, state.last_ns)
+        for kind, firing, columns in (
+            (
+                "feature_drift",
+                verdict.dataset_drift,
+                [f for f in verdict.features if f.role == "feature"],
+            ),
+            (
+                "prediction_drift",
+                verdict.prediction_drift,
+                [f for f in verdict.features if f.role == "prediction"],
+            ),
+        ):
+            if firing:
+                state.firing.add(kind)
+                self.emit(_drift_alert(state, kind, verdict, columns, time))
+            elif kind in state.firing:
+                state.firing.discard(kind)
+                self.emit(_drift_alert(state, kind, verdict, columns, time, resolved=True))
+
+    def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
+        """The open window of each version of ``model`` (or of one version), evaluated now."""
+        with self.lock:
+            out = []
+            for (name, ver), state in sorted(self.models.items()):
+                if name != model or (version is not None and ver != version):
+                    continue
+                if state.current_slot is not None:
+                    verdict = self._evaluate(state, state.current_slot, live=True)
+                    if verdict is not None:
+                        out.append(verdict)
+            return out
+
+    def take_history(self) -> list[WindowDrift]:
+        with self.lock:
+            out, self.history = self.history, []
+            return out
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def infos(self) -> list[ModelInfo]:
+        with self.lock:
+            return [self._info(state) for _, state in sorted(self.models.items())]
+
+    def resource_of(self, model: str, version: str) -> dict[str, str]:
+        with self.lock:
+            state = self.models.get((model, version))
+            if state is None:
+                state = next((s for (m, _), s in self.models.items() if m == model), None)
+            return dict(state.resource) if state else {}
+
+    def _info(self, state: ModelState) -> ModelInfo:
+        size = 0
+        for col in state.columns.values():
+            size += col.reference.state_bytes() if col.reference else 0
+            size += sum(s.state_bytes() for s in col.slots.values())
+        return ModelInfo(
+            model=state.model,
+            version=state.version,
+            entity=entity_name(state.model, state.version),
+            resource=state.resource,
+            rows=state.rows,
+            first_unix_nano=state.first_ns,
+            last_unix_nano=state.last_ns,
+            features={n: f"{c.role}/{c.kind}" for n, c in sorted(state.columns.items())},
+            reference=state.reference_source,
+            reference_rows=state.reference_rows,
+            state_bytes=size,
+            dataset_drift=state.last_verdict,
+            firing=sorted(state.firing),
+        )
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        with self.lock:
+            models = []
+            for state in self.models.values():
+                models.append(
+                    {
+                        "model": state.model,
+                        "version": state.version,
+                        "resource": state.resource,
+                        "first_ns": state.first_ns,
+                        "last_ns": state.last_ns,
+                        "rows": state.rows,
+                        "reference_source": state.reference_source,
+                        "reference_rows": state.reference_rows,
+                        "baseline_until": state.baseline_until,
+                        "current_slot": state.current_slot,
+                        "firing": sorted(state.firing),
+                        "columns": {
+                            name: {
+                                "role": c.role,
+                                "kind": c.kind,
+                                "reference": c.reference.to_state() if c.reference else None,
+                                "slots": [[k, s.to_state()] for k, s in c.slots.items()],
+                            }
+                            for name, c in state.columns.items()
+                        },
+                    }
+                )
+            refs = [
+                {
+                    "model": m,
+                    "version": v,
+                    "source": source,
+                    "columns": {n: [role, s.to_state()] for n, (role, s) in cols.items()},
+                }
+                for (m, v), (source, cols) in self.references.items()
+            ]
+            return {"models": models, "references": refs}
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        with self.lock:
+            for ref in data.get("references", []):
+                columns = {
+                    n: (role, sketch_from_state(s)) for n, (role, s) in ref["columns"].items()
+                }
+                self.references[(ref["model"], ref["version"])] = (ref["source"], columns)
+            for m in data.get("models", []):
+                state = ModelState(m["model"], m["version"], m["resource"], m["first_ns"])
+                state.last_ns, state.rows = m["last_ns"], m["rows"]
+                state.reference_source = m["reference_source"]
+                state.reference_rows = m["reference_rows"]
+                state.baseline_until = m["baseline_until"]
+                state.current_slot = m["current_slot"]
+                state.firing = set(m["firing"])
+                for name, c in m["columns"].items():
+                    col = ColumnState(c["role"], c["kind"])
+                    col.reference = sketch_from_state(c["reference"]) if c["reference"] else None
+                    col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
+                    state.columns[name] = col
+                self.models[(state.model, state.version)] = state
+
+
+def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> None:
+    if isinstance(sketch, NumericSketch):
+        sketch.update(np.asarray(values)[mask])
+    else:
+        sketch.update(values.filter(pa.array(mask)))
+
+
+def _finite(x: float) -> float:
+    # JSON has no NaN; a test without an answer (e.g. Z on one value) reports 0.
+    return float(x) if np.isfinite(x) else (1.0 if x > 0 else 0.0) if np.isinf(x) else 0.0
+
+
+def _strength(f: FeatureDrift) -> float:
+    if f.p_value is not None:
+        return 1.0 - f.p_value
+    return min(1.0, (f.distance or 0.0) / (2 * f.threshold)) if f.threshold else 0.0
+
+
+def _drift_alert(
+    state: ModelState,
+    kind: str,
+    verdict: WindowDrift,
+    columns: list[FeatureDrift],
+    time: int,
+    resolved: bool = False,
+) -> AlertEvent:
+    top = sorted(columns, key=_strength, reverse=True)
+    drifted = [f for f in top if f.drifted]
+    entity = entity_name(state.model, state.version)
+    if kind == "feature_drift":
+        summary = (
+            f"{len(drifted)} of {len(columns)} features drifted "
+            f"({', '.join(f.feature for f in drifted[:3])})"
+            if not resolved
+            else f"features back within the reference ({verdict.drift_share:.0%} drifted)"
+        )
+        observed, bound = verdict.drift_share, None
+    else:
+        summary = (
+            f"predictions drifted ({', '.join(f'{f.feature}: {f.test}' for f in drifted[:2])})"
+            if not resolved
+            else "predictions back within the reference"
+        )
+        observed = top[0].statistic if top else None
+        bound = top[0].threshold if top else None
+    return AlertEvent(
+        time_unix_nano=time,
+        kind=kind,
+        layer=Layer.MLOPS,
+        entity=Entity("model", entity),
+        summary=summary,
+        severity=Severity.WARNING,
+        score=max((_strength(f) for f in drifted), default=0.0),
+        resource=dict(state.resource),
+        evidence=Evidence(
+            series=f"{kind}{{model={state.model},version={state.version}}}",
+            observed=observed,
+            upper=bound,
+            details={
+                "window_start_unix_nano": verdict.start_unix_nano,
+                "window_end_unix_nano": verdict.end_unix_nano,
+                "rows": verdict.rows,
+                "drift_share": verdict.drift_share,
+                "top_features": [
+                    {
+                        "feature": f.feature,
+                        "test": f.test,
+                        "statistic": f.statistic,
+                        "p_value": f.p_value,
+                        "distance": f.distance,
+                        "threshold": f.threshold,
+                        "drifted": f.drifted,
+                    }
+                    for f in top[:5]
+                ],
+            },
+        ),
+        resolved=resolved,
+    )

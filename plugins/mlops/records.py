@@ -1,0 +1,362 @@
+"""What a model server sends, turned into columns per model: features, predictions, labels.
+
+Two inputs (documented in ``docs/mlops.md``):
+
+- **Attributes** of spans or log records: ``ml.model.name``, ``ml.model.version``,
+  ``ml.feature.<name>``, ``ml.prediction``, ``ml.prediction.score``, ``ml.prediction.id``;
+  a record with ``ml.prediction.id`` and ``ml.label`` is a (late) label.
+- **BentoML's OTLP monitoring logs**: one log record per inference row whose body is a map of
+  the row's columns plus ``timestamp``, ``request_id`` and ``bento_meta`` (``bento_name``,
+  ``bento_version``, ``monitor_name`` and, when exported, ``schema``: per column its ``name``,
+  ``role`` — ``feature``, ``prediction``, ``target`` — and ``type`` — ``numerical``,
+  ``categorical``). BentoML's newer ``OpenTelemetryMonitor`` puts ``schema`` beside
+  ``bento_meta``; both are read. Its resource's ``service.name`` is
+  ``<bento_name>:<monitor_name>``.
+
+Everything is columnar: map columns are searched with Arrow kernels, bodies parsed with Arrow's
+JSON reader a service at a time (msgspec per row only when the reader refuses mixed types).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from opstrata.schema import Table
+
+__all__ = ["Column", "Extractor", "Labels", "ModelRows", "Records"]
+
+MODEL_KEY = "ml.model.name"
+VERSION_KEY = "ml.model.version"
+FEATURE_PREFIX = "ml.feature."
+PREDICTION_KEY = "ml.prediction"
+SCORE_KEY = "ml.prediction.score"
+ID_KEY = "ml.prediction.id"
+LABEL_KEY = "ml.label"
+PREDICTION_COLUMN = "prediction"
+SCORE_COLUMN = "prediction.score"
+BENTO_RESERVED = frozenset({"timestamp", "request_id", "bento_meta", "schema"})
+UNVERSIONED = frozenset({"", "not available", "None"})
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+@dataclass
+class Column:
+    role: str
+    """``feature`` or ``prediction``."""
+    kind: str
+    """``numerical`` or ``categorical``: as declared (BentoML) or inferred (attributes)."""
+    times: np.ndarray
+    values: np.ndarray | pa.Array
+    """float64 numpy for numerical, an Arrow string array for categorical."""
+
+
+@dataclass
+class ModelRows:
+    model: str
+    version: str
+    resource: dict[str, str]
+    times: np.ndarray
+    columns: dict[str, Column] = field(default_factory=dict)
+    prediction_ids: pa.Array | None = None
+    predictions: pa.Array | None = None
+    """The prediction per row (string), for joining labels; aligned with ``times``."""
+    scores: pa.Array | None = None
+
+
+@dataclass
+class Labels:
+    ids: pa.Array
+    labels: pa.Array
+    times: np.ndarray
+
+
+@dataclass
+class Records:
+    models: list[ModelRows] = field(default_factory=list)
+    labels: list[Labels] = field(default_factory=list)
+    skipped: int = 0
+    """Rows that looked like model telemetry but could not be read (no schema yet, bad body)."""
+
+
+@dataclass
+class _Bento:
+    model: str
+    version: str
+    schema: dict[str, dict[str, str]]
+
+
+class Extractor:
+    """Reads model rows out of committed batches; remembers BentoML schemas per service."""
+
+    def __init__(self, numeric_hint: dict[str, bool] | None = None) -> None:
+        self.bento: dict[str, _Bento] = {}
+        self.kinds: dict[tuple[str, str], str] = {}
+        """(model, column) -> kind, fixed the first time an attribute column is seen."""
+
+    def extract(self, table: Table, batch: pa.RecordBatch) -> Records:
+        out = Records()
+        if batch.num_rows == 0:
+            return out
+        times = batch.column("Timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        attrs_name = "SpanAttributes" if table is Table.TRACES else "LogAttributes"
+        self._attributes(batch, batch.column(attrs_name), times, out)
+        if table is Table.LOGS:
+            self._bentoml(batch, times, out)
+        return out
+
+    # -- the attribute convention -------------------------------------------------------------
+
+    def _attributes(
+        self, batch: pa.RecordBatch, attrs: pa.Array, times: np.ndarray, out: Records
+    ) -> None:
+        model = pc.map_lookup(attrs, pa.scalar(MODEL_KEY), "first")
+        label = pc.map_lookup(attrs, pa.scalar(LABEL_KEY), "first")
+        if label.null_count < len(label):
+            ids = pc.map_lookup(attrs, pa.scalar(ID_KEY), "first")
+            has = pc.and_(pc.is_valid(label), pc.is_valid(ids))
+            if pc.any(has).as_py():
+                out.labels.append(
+                    Labels(ids.filter(has), label.filter(has), times[np.asarray(has)])
+                )
+        if model.null_count == len(model):
+            return
+        version = pc.fill_null(pc.map_lookup(attrs, pa.scalar(VERSION_KEY), "first"), "")
+        rows = np.flatnonzero(np.asarray(pc.is_valid(model)))
+        keys = pc.binary_join_element_wise(model.take(rows), version.take(rows), "\x00")
+        encoded = keys.dictionary_encode()
+        groups = np.asarray(encoded.indices)
+        sub = attrs.take(pa.array(rows))
+        offsets = np.asarray(sub.offsets)
+        start, stop = int(offsets[0]), int(offsets[-1])
+        flat_keys = sub.keys.slice(start, stop - start)
+        flat_values = sub.items.slice(start, stop - start)
+        parents = np.repeat(np.arange(len(sub)), np.diff(offsets))
+        is_feature = np.asarray(pc.fill_null(pc.starts_with(flat_keys, FEATURE_PREFIX), False))
+        feature_keys = flat_keys.filter(pa.array(is_feature))
+        feature_values = flat_values.filter(pa.array(is_feature))
+        feature_rows = parents[is_feature]
+        names = pc.unique(feature_keys).to_pylist()
+        resources = batch.column("ResourceAttributes").take(pa.array(rows))
+        for g, key in enumerate(encoded.dictionary.to_pylist()):
+            name, _, ver = key.partition("\x00")
+            in_group = groups == g
+            group_rows = np.flatnonzero(in_group)
+            first = int(group_rows[0])
+            entry = ModelRows(
+                model=name,
+                version="" if ver in UNVERSIONED else ver,
+                resource=_resource(resources, first),
+                times=times[rows[group_rows]],
+            )
+            for feature in names:
+                same = pc.equal(feature_keys, feature).to_numpy(zero_copy_only=False)
+                pick = same & in_group[feature_rows]
+                if pick.any():
+                    values = feature_values.filter(pa.array(pick))
+                    col_times = times[rows[feature_rows[pick]]]
+                    column = feature.removeprefix(FEATURE_PREFIX)
+                    entry.columns[column] = self._column(name, column, "feature", col_times, values)
+            take = pa.array(group_rows)
+            for key_name, column in (
+                (PREDICTION_KEY, PREDICTION_COLUMN),
+                (SCORE_KEY, SCORE_COLUMN),
+            ):
+                values = pc.map_lookup(sub, pa.scalar(key_name), "first").take(take)
+                valid = np.asarray(pc.is_valid(values))
+                if valid.any():
+                    entry.columns[column] = self._column(
+                        name,
+                        column,
+                        "prediction",
+                        entry.times[valid],
+                        values.filter(pa.array(valid)),
+                    )
+                    if column == PREDICTION_COLUMN:
+                        entry.predictions = values
+                    else:
+                        entry.scores = values
+            entry.prediction_ids = pc.map_lookup(sub, pa.scalar(ID_KEY), "first").take(take)
+            out.models.append(entry)
+
+    def _column(
+        self, model: str, name: str, role: str, times: np.ndarray, values: pa.Array
+    ) -> Column:
+        kind = self.kinds.get((model, name))
+        if kind is None:
+            kind = "numerical" if _all_numbers(values) else "categorical"
+            self.kinds[(model, name)] = kind
+        if kind == "numerical":
+            return Column(role, kind, times, _to_float(values))
+        return Column(role, kind, times, values)
+
+    # -- BentoML monitoring logs --------------------------------------------------------------
+
+    def _bentoml(self, batch: pa.RecordBatch, times: np.ndarray, out: Records) -> None:
+        body = batch.column("Body")
+        candidate = pc.and_(
+            pc.fill_null(pc.starts_with(body, "{"), False),
+            pc.fill_null(pc.match_substring(body, '"request_id"'), False),
+        )
+        if not pc.any(candidate).as_py():
+            return
+        rows = np.flatnonzero(np.asarray(candidate))
+        services = batch.column("ServiceName").take(pa.array(rows))
+        resources = batch.column("ResourceAttributes").take(pa.array(rows))
+        encoded = services.dictionary_encode()
+        groups = np.asarray(encoded.indices)
+        for g, service in enumerate(encoded.dictionary.to_pylist()):
+            local = np.flatnonzero(groups == g)
+            bodies = body.take(pa.array(rows[local]))
+            table = _read_bodies(bodies)
+            if table is None:
+                out.skipped += len(local)
+                continue
+            bento = self._bento_meta(service, table)
+            if bento is None:
+                out.skipped += len(local)
+                continue
+            row_times = times[rows[local]]
+            entry = ModelRows(
+                model=bento.model,
+                version=bento.version,
+                resource=_resource(resources, int(local[0])),
+                times=row_times,
+            )
+            if "request_id" in table.column_names:
+                entry.prediction_ids = table.column("request_id").cast(pa.string()).combine_chunks()
+            for name, spec in bento.schema.items():
+                if name not in table.column_names or name in BENTO_RESERVED:
+                    continue
+                role, kind = spec.get("role", "feature"), spec.get("type", "numerical")
+                values = table.column(name).combine_chunks()
+                if kind not in ("numerical", "categorical") or pa.types.is_nested(values.type):
+                    continue  # numerical_sequence and nested values are not drift-tested
+                if role == "target":
+                    if entry.prediction_ids is not None:
+                        labels = values.cast(pa.string())
+                        ok = np.asarray(
+                            pc.and_(pc.is_valid(labels), pc.is_valid(entry.prediction_ids))
+                        )
+                        out.labels.append(
+                            Labels(
+                                entry.prediction_ids.filter(ok), labels.filter(ok), row_times[ok]
+                            )
+                        )
+                    continue
+                role = "prediction" if role == "prediction" else "feature"
+                if role == "prediction" and entry.predictions is None:
+                    entry.predictions = values.cast(pa.string())
+                if kind == "numerical":
+                    floats = _to_float(values)
+                    entry.columns[name] = Column(role, kind, row_times, floats)
+                else:
+                    entry.columns[name] = Column(role, kind, row_times, _to_str(values))
+            out.models.append(entry)
+
+    def _bento_meta(self, service: str, table: pa.Table) -> _Bento | None:
+        """Model, version and schema of a monitor: from the first body that carries them,
+        remembered per service (BentoML may send the schema only now and then)."""
+        known = self.bento.get(service)
+        meta = _first_dict(table, "bento_meta")
+        schema = _first_dict(table, "schema") or (meta or {}).get("schema") or {}
+        if meta is None and known is None:
+            # No meta yet: the service name is "<bento_name>:<monitor_name>".
+            if not schema or ":" not in service:
+                return None
+            meta = {"monitor_name": service.split(":", 1)[1], "bento_version": ""}
+        if meta is not None:
+            model = str(meta.get("monitor_name") or service)
+            version = str(meta.get("bento_version") or "")
+            known = _Bento(
+                model,
+                "" if version in UNVERSIONED else version,
+                schema or (known.schema if known else {}),
+            )
+            self.bento[service] = known
+        assert known is not None
+        return known if known.schema else None
+
+
+def _read_bodies(bodies: pa.Array) -> pa.Table | None:
+    data = "\n".join(bodies.to_pylist()).encode()
+    try:
+        return pa_json.read_json(io.BytesIO(data))
+    except pa.ArrowInvalid:
+        pass
+    decode = msgspec.json.Decoder().decode
+    try:
+        rows = [decode(b) for b in bodies.to_pylist()]
+    except msgspec.DecodeError:
+        return None
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if name in ("bento_meta", "schema"):
+            columns[name] = pa.array([msgspec.json.encode(v).decode() for v in values])
+            continue
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[name] = pa.array([None if v is None else str(v) for v in values])
+    return pa.table(columns)
+
+
+def _first_dict(table: pa.Table, name: str) -> dict | None:
+    if name not in table.column_names:
+        return None
+    column = table.column(name).combine_chunks().drop_null()
+    if len(column) == 0:
+        return None
+    value = column[0].as_py()
+    if isinstance(value, str):
+        value = msgspec.json.decode(value)
+    return value if isinstance(value, dict) else None
+
+
+def _resource(resources: pa.Array, row: int) -> dict[str, str]:
+    items = resources[row].as_py() or []
+    return {str(k): str(v) for k, v in items}
+
+
+def _all_numbers(values: pa.Array) -> bool:
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return True
+    present = values.drop_null()
+    if len(present) == 0:
+        return False
+    return bool(pc.all(pc.match_substring_regex(present, _NUMBER.pattern)).as_py())
+
+
+def _to_float(values: pa.Array) -> np.ndarray:
+    """Float64 values; what does not read as a number is NaN (missing)."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_boolean(values.type):
+        return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    strings = values.cast(pa.string())
+    try:
+        return strings.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = pc.fill_null(pc.match_substring_regex(strings, _NUMBER.pattern), False)
+        numbers = pc.if_else(ok, strings, pa.scalar(None, pa.string()))
+        return numbers.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _to_str(values: pa.Array) -> pa.Array:
+    if pa.types.is_string(values.type):
+        return values
+    if pa.types.is_floating(values.type):
+        # 1.0 and 1 are the same category, as Evidently's value counts would have them.
+        as_int = pc.equal(values, pc.round(values))
+        ints = pc.if_else(as_int, values.cast(pa.int64(), safe=False).cast(pa.string()), None)
+        return pc.coalesce(ints, values.cast(pa.string()))
+    return values.cast(pa.string())
