@@ -207,6 +207,27 @@ def _first_reason(value: str | None) -> str:
     return value
 
 
+def _finish_reasons(reasons: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """Finish reasons as given, else those inside ``gen_ai.output.messages`` (openai-v2 puts
+    them only there for streamed calls)."""
+    out = np.empty(len(reasons), dtype=object)
+    for i, (given, messages) in enumerate(zip(reasons, outputs, strict=True)):
+        reason = _first_reason(given)
+        if not reason and messages:
+            try:
+                parsed = json.loads(messages)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list):
+                reason = ",".join(
+                    str(m["finish_reason"])
+                    for m in parsed
+                    if isinstance(m, dict) and m.get("finish_reason")
+                )
+        out[i] = reason
+    return out
+
+
 def _request_model_of(invocation: str | None) -> str:
     if not invocation:
         return ""
@@ -375,7 +396,7 @@ def recognise(
             "CostSource": pa.array(np.where(np.isnan(carried), None, "span"), pa.string()),
             "Duration": pa.array(duration.astype(np.int64), pa.int64()),
             "Ttft": opt(ttft_ns),
-            "FinishReason": text(np.array([_first_reason(f) for f in pick("finish_reasons")], dtype=object)),
+            "FinishReason": text(_finish_reasons(pick("finish_reasons"), pick("output_messages"))),
             "IsError": pa.array(is_error, pa.bool_()),
             "ErrorType": text(error_type),
             "PromptName": text(prompt_name),
