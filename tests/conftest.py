@@ -23,3 +23,14 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     proc = ServerProcess(tmp_path_factory.mktemp("shared") / "data").start()
     yield proc
     assert proc.stop() == 0, "".join(proc.output)
+
+
+@pytest.fixture(scope="session")
+def query_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict]]:
+    """One server holding the query tests' telemetry (``tests/querysetup.py``), shared by them."""
+    from tests.querysetup import send_all
+
+    proc = ServerProcess(tmp_path_factory.mktemp("query") / "data").start()
+    sent = send_all(proc)
+    yield proc, sent
+    assert proc.stop() == 0, "".join(proc.output)

@@ -3,141 +3,16 @@ HTTP API after sending spans with the real OpenTelemetry SDK."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from tests.otelsdk import resource, span_exporter
+from tests.querysetup import BASE, MS
 from tests.serverproc import ServerProcess
 
-BASE = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: event time, far from the wall clock
-MS = 10**6
 
-
-class Services:
-    """One SDK tracer provider per service, all recording into one in-memory exporter."""
-
-    def __init__(self, *names: str) -> None:
-        self.memory = InMemorySpanExporter()
-        self.providers = {}
-        for name in names:
-            provider = TracerProvider(resource=resource(name, **{"host.name": f"{name}-host"}))
-            provider.add_span_processor(SimpleSpanProcessor(self.memory))
-            self.providers[name] = provider
-
-    def tracer(self, name: str) -> trace.Tracer:
-        return self.providers[name].get_tracer("tests.query", "1.0")
-
-    def finished(self) -> list[ReadableSpan]:
-        for provider in self.providers.values():
-            provider.shutdown()
-        return list(self.memory.get_finished_spans())
-
-
-def _span(tracer, name, kind, start, duration, parent=None, error=False, **kwargs):
-    context = trace.set_span_in_context(parent) if parent is not None else None
-    span = tracer.start_span(name, context=context, kind=kind, start_time=start, **kwargs)
-    if error:
-        span.set_status(Status(StatusCode.ERROR, "card declined"))
-    return span, start + duration
-
-
-def checkout_trace(svc: Services, start: int, payment_fails: bool) -> None:
-    """frontend → checkout → payments (3 services), payments → postgresql (a database that sends
-    no telemetry), checkout → stripe (peer.service)."""
-    fe, co, pay = svc.tracer("frontend"), svc.tracer("checkout"), svc.tracer("payments")
-    root, root_end = _span(
-        fe,
-        "GET /checkout",
-        SpanKind.SERVER,
-        start,
-        100 * MS,
-        attributes={"http.route": "/checkout"},
-    )
-    call, call_end = _span(fe, "POST checkout", SpanKind.CLIENT, start + MS, 90 * MS, root)
-    server, server_end = _span(
-        co,
-        "POST /orders",
-        SpanKind.SERVER,
-        start + 2 * MS,
-        80 * MS,
-        call,
-        attributes={"http.route": "/orders"},
-    )
-    server.add_event("order.validated", {"items": 3}, timestamp=start + 3 * MS)
-    pay_call, pay_call_end = _span(
-        co, "POST payments", SpanKind.CLIENT, start + 4 * MS, 50 * MS, server
-    )
-    pay_server, pay_end = _span(
-        pay,
-        "POST /charge",
-        SpanKind.SERVER,
-        start + 5 * MS,
-        40 * MS,
-        pay_call,
-        error=payment_fails,
-        attributes={"http.route": "/charge"},
-    )
-    db, db_end = _span(
-        pay,
-        "INSERT payments",
-        SpanKind.CLIENT,
-        start + 6 * MS,
-        10 * MS,
-        pay_server,
-        attributes={"db.system": "postgresql", "db.name": "pay"},
-    )
-    stripe, stripe_end = _span(
-        co,
-        "POST stripe",
-        SpanKind.CLIENT,
-        start + 60 * MS,
-        15 * MS,
-        server,
-        attributes={"peer.service": "stripe"},
-        links=[Link(root.get_span_context(), {"why": "audit"})],
-    )
-    for span, end in (
-        (db, db_end),
-        (pay_server, pay_end),
-        (pay_call, pay_call_end),
-        (stripe, stripe_end),
-        (server, server_end),
-        (call, call_end),
-        (root, root_end),
-    ):
-        span.end(end_time=end)
-
-
-@pytest.fixture(scope="module")
-def sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict]]:
-    server = ServerProcess(tmp_path_factory.mktemp("qtraces") / "data").start()
-    svc = Services("frontend", "checkout", "payments", "pager")
-    for i in range(4):
-        checkout_trace(svc, BASE + i * 60 * 10**9, payment_fails=(i == 3))
-    pager = svc.tracer("pager")
-    for i in range(25):
-        # Five spans share each start time: the cursor must break ties, not skip or repeat.
-        start = BASE + 10 * 10**9 + (i // 5) * MS
-        span = pager.start_span(
-            f"page-{i}",
-            kind=SpanKind.INTERNAL,
-            start_time=start,
-            attributes={"n": str(i), "batch": "p"},
-        )
-        span.end(end_time=start + (i + 1) * MS)
-    spans = svc.finished()
-    exporter = span_exporter(server, "http")
-    assert exporter.export(spans) is SpanExportResult.SUCCESS
-    exporter.shutdown()
-    yield server, {"spans": spans}
-    assert server.stop() == 0, "".join(server.output)
+@pytest.fixture
+def sent(query_server: tuple[ServerProcess, dict]) -> tuple[ServerProcess, dict]:
+    return query_server
 
 
 def _hex(value: int, width: int) -> str:
