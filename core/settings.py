@@ -45,8 +45,13 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_attributes: int = 128
     max_value_chars: int = 16_384
     max_anyvalue_depth: int = 16
-    decode_workers: int = 1
-    """Processes that decode requests besides the main one (0 decodes in the main process)."""
+    decode_workers: int = 0
+    """Processes that decode requests besides the main one (0 decodes in the main process).
+    0 is the default: handing a request to a worker and its batches back cost the server more
+    than decoding them itself (docs/performance.md)."""
+    bearer_token: str = ""
+    """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 /
+    UNAUTHENTICATED otherwise). Empty: no check."""
 
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -74,6 +79,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     otlp_grpc: str = "127.0.0.1:4317"
     otlp_http: str = "127.0.0.1:4318"
     api: str = "127.0.0.1:8080"
+    api_bearer_token: str = ""
+    """When set, the HTTP API (all but ``/healthz`` and ``/readyz``) wants
+    ``Authorization: Bearer <token>``; empty: no check. Separate from ``ingest.bearer_token``."""
     data_dir: str = "./opstrata-data"
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)

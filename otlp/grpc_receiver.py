@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
+from opstrata.auth import otlp_authenticator
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.decoder import Encoding
 from opstrata.otlp.replies import error_reply, export_response
@@ -45,7 +46,10 @@ class GrpcReceiver:
         self.pipeline = pipeline
         self.address = address
         self.max_message_bytes = max_message_bytes
-        self.authenticate = authenticate
+        # Without an explicit check, the ``ingest.bearer_token`` setting decides (empty: none).
+        self.authenticate = authenticate or otlp_authenticator(
+            getattr(pipeline.settings, "bearer_token", "")
+        )
         self.bound: tuple[str, int] | None = None
         self._server: aio.Server | None = None
 

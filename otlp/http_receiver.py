@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 from google.protobuf.message import Message
 
+from opstrata.auth import otlp_authenticator
 from opstrata.errors import RequestTooLarge, UnsupportedMediaType
 from opstrata.ingest import IngestPipeline
 from opstrata.otlp.compression import decompress
@@ -43,7 +44,10 @@ class OtlpHttpApp:
     ) -> None:
         self.pipeline = pipeline
         self.max_request_bytes = max_request_bytes
-        self.authenticate = authenticate
+        # Without an explicit check, the ``ingest.bearer_token`` setting decides (empty: none).
+        self.authenticate = authenticate or otlp_authenticator(
+            getattr(pipeline.settings, "bearer_token", "")
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
