@@ -73,6 +73,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _aiops(args: argparse.Namespace) -> int:
+    from opstrata.plugins.aiops.offline import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opstrata", description="OpenTelemetry-native backend for AIOps, MLOps and LLMOps."
@@ -98,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _demo_arguments(demo)
     demo.set_defaults(handler=_demo)
+
+    for name, what in (("detect", "score a timestamp,value CSV with the AIOps detectors"),
+                       ("templates", "mine log templates from a file, one message per line")):
+        offline = commands.add_parser(name, help=what)
+        offline.add_argument("input", metavar="SERIES.csv" if name == "detect" else "APP.log")
+        offline.add_argument("--output", metavar="OUT.csv", help="where to write (stdout)")
+        offline.add_argument("--config", metavar="FILE.toml", help="settings ([plugins.aiops])")
+        offline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                             help="progress on stderr (default: when stderr is a terminal)")
+        offline.set_defaults(handler=_aiops)
     return parser
 
 

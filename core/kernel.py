@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("webhook", "opstrata.plugins.webhook"),
     ("mlops", "opstrata.plugins.mlops"),
     ("llmops", "opstrata.plugins.llmops"),
+    ("aiops", "opstrata.plugins.aiops.plugin"),
 )
 """(name, module) of the plugins that ship with opstrata."""
 

@@ -148,6 +148,10 @@ class RobustSeasonalDetector:
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
         scores = np.zeros(values.shape[0], np.float64)
+        # Forecast and σ of every point, for evidence (observed vs expected band).
+        self.point_expected = np.full(values.shape[0], np.nan)
+        self.point_sigma = np.full(values.shape[0], np.nan)
+        self.point_test = np.zeros(values.shape[0], np.int64)
         if not series.size:
             return scores
         self.ensure(int(series.max()) + 1)
@@ -168,9 +172,19 @@ class RobustSeasonalDetector:
             bounds = np.r_[0, np.cumsum(np.bincount(rank))]
             rounds = [by_rank[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         out = np.zeros(series.size, np.float64)
+        expected = np.zeros(series.size, np.float64)
+        sigma = np.zeros(series.size, np.float64)
+        test = np.zeros(series.size, np.int64)
         for chunk in rounds:
-            out[chunk] = self._round(series[chunk], times[chunk], values[chunk])
+            s = series[chunk]
+            out[chunk] = self._round(s, times[chunk], values[chunk])
+            expected[chunk] = self.expected[s]
+            sigma[chunk] = self.sigma[s]
+            test[chunk] = self.which[s]
         scores[order] = out
+        self.point_expected[order] = expected
+        self.point_sigma[order] = sigma
+        self.point_test[order] = test
         return scores
 
     def _round(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,205 @@
+"""From scores to alerts: onset, dedup while an anomaly lasts, severity, resolution.
+
+Per series the tracker keeps a few arrays (firing, onset, peak score, anomalous points, normal
+points in a row). Only points that are anomalous, or belong to a firing series, are looked at
+one by one — on a healthy fleet that is almost none.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from opstrata import AlertEvent, Evidence, Layer, Severity
+from opstrata.plugins.aiops.engine import TESTS
+from opstrata.plugins.aiops.series import SeriesMeta, SeriesRegistry
+
+__all__ = ["AlertTracker", "severity_of"]
+
+_RANK = {Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
+
+
+def severity_of(score: float, points: int) -> Severity:
+    """Stronger (smaller tail probability) and longer anomalies are more severe."""
+    strength = -math.log10(max(1.0 - score, 1e-16))
+    if (strength >= 10 and points >= 5) or points >= 30:
+        return Severity.CRITICAL
+    if strength >= 8 or points >= 5:
+        return Severity.ERROR
+    return Severity.WARNING
+
+
+class AlertTracker:
+    """Turns scored points into AlertEvents, one alert (one ``key``) per anomaly episode."""
+
+    def __init__(
+        self, registry: SeriesRegistry, emit: Callable[[AlertEvent], None], resolve_after: int
+    ) -> None:
+        self.registry = registry
+        self.emit = emit
+        self.resolve_after = resolve_after
+        self.firing = np.zeros(0, np.bool_)
+        self.onset = np.zeros(0, np.int64)
+        self.peak = np.zeros(0)
+        self.points = np.zeros(0, np.int32)
+        self.normal_run = np.zeros(0, np.int32)
+        self.rank = np.zeros(0, np.int8)
+        self.lock = threading.Lock()
+        self.recent: collections.deque[dict] = collections.deque(maxlen=1000)
+        """Anomaly episodes, newest last, for the API (firing ones are updated in place)."""
+        self.open: dict[int, dict] = {}
+
+    def _grow(self, size: int) -> None:
+        if size <= self.firing.size:
+            return
+        cap = max(size, 2 * self.firing.size, 64)
+        for name in ("firing", "onset", "peak", "points", "normal_run", "rank"):
+            old = getattr(self, name)
+            new = np.zeros(cap, old.dtype)
+            new[: old.size] = old
+            setattr(self, name, new)
+
+    def observe(
+        self,
+        ids: np.ndarray,
+        times: np.ndarray,
+        values: np.ndarray,
+        scores: np.ndarray,
+        expected: np.ndarray,
+        sigma: np.ndarray,
+        tests: np.ndarray,
+        exemplars: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:
+        """Points in time order per series; returns the label (1 anomalous) of each point."""
+        self._grow(len(self.registry))
+        thresholds = self.registry.thresholds[ids]
+        directions = self.registry.directions[ids]
+        anomalous = scores >= thresholds
+        anomalous &= ~((directions > 0) & (values <= expected))
+        anomalous &= ~((directions < 0) & (values >= expected))
+        look = np.flatnonzero(anomalous | self.firing[ids])
+        for i in look.tolist():
+            self._step(int(ids[i]), i, bool(anomalous[i]), times, values, scores, expected,
+                       sigma, tests, exemplars)  # fmt: skip
+        return anomalous.astype(np.int8)
+
+    def _step(self, s, i, anomalous, times, values, scores, expected, sigma, tests, exemplars):
+        meta = self.registry.metas[s]
+        t = int(times[i])
+        if anomalous:
+            self.normal_run[s] = 0
+            if not self.firing[s]:
+                self.firing[s] = True
+                self.onset[s] = t
+                self.peak[s] = 0.0
+                self.points[s] = 0
+                self.rank[s] = 0
+            self.points[s] += 1
+            self.peak[s] = max(self.peak[s], float(scores[i]))
+            severity = severity_of(float(self.peak[s]), int(self.points[s]))
+            if _RANK[severity] > self.rank[s]:
+                self.rank[s] = _RANK[severity]
+                trace_ids = list(exemplars[i]) if exemplars is not None else []
+                self._send(meta, t, float(values[i]), float(expected[i]), float(sigma[i]),
+                           int(tests[i]), severity, trace_ids)  # fmt: skip
+            else:
+                self._touch(s, t, float(values[i]), float(scores[i]))
+            return
+        self.normal_run[s] += 1
+        if self.normal_run[s] >= self.resolve_after:
+            self.firing[s] = False
+            event = AlertEvent(
+                time_unix_nano=t,
+                kind=meta.kind,
+                layer=Layer.AIOPS,
+                entity=meta.entity,
+                summary=f"{meta.name} back to normal",
+                severity=Severity.INFO,
+                score=float(self.peak[s]),
+                resource=meta.resource,
+                key=self.key(meta),
+                resolved=True,
+            )
+            self.emit(event)
+            with self.lock:
+                episode = self.open.pop(s, None)
+                if episode is not None:
+                    episode["resolved_unix_nano"] = t
+                    episode["status"] = "resolved"
+
+    @staticmethod
+    def key(meta: SeriesMeta) -> str:
+        return f"aiops/{meta.kind}/{meta.key}"
+
+    def _touch(self, s: int, t: int, value: float, score: float) -> None:
+        with self.lock:
+            episode = self.open.get(s)
+            if episode is not None:
+                episode["last_unix_nano"] = t
+                episode["points"] = int(self.points[s])
+                episode["score"] = max(episode["score"], score)
+
+    def _send(self, meta: SeriesMeta, t: int, value: float, expected: float, sigma: float,
+              test: int, severity: Severity, trace_ids: list[str]) -> None:  # fmt: skip
+        s = meta.id
+        onset = int(self.onset[s])
+        score = float(self.peak[s])
+        threshold = float(meta.threshold)
+        # The band: how far from the forecast a point may be before it scores the threshold
+        # (the spike test's exponential tail, with its typical fit).
+        width = sigma * (1.0 + 0.6 * math.log(max(0.32 * len(TESTS) / max(1 - threshold, 1e-16), 1.0)))
+        lower, upper = expected - width, expected + width
+        direction = "above" if value > expected else "below"
+        unit = f" {meta.unit}" if meta.unit else ""
+        summary = (
+            f"{meta.name} of {meta.entity.kind} {meta.entity.name} {direction} normal: "
+            f"{value:.4g}{unit}, expected {expected:.4g} ({lower:.4g}..{upper:.4g})"
+        )
+        details = {
+            "series_id": s,
+            "onset_unix_nano": onset,
+            "last_unix_nano": t,
+            "points": int(self.points[s]),
+            "test": TESTS[test] if 0 <= test < len(TESTS) else str(test),
+            "tail_probability": max(1.0 - score, 0.0),
+            "labels": meta.labels,
+        }
+        event = AlertEvent(
+            time_unix_nano=onset,
+            kind=meta.kind,
+            layer=Layer.AIOPS,
+            entity=meta.entity,
+            summary=summary,
+            severity=severity,
+            score=score,
+            resource=meta.resource,
+            evidence=Evidence(
+                series=meta.key,
+                observed=value,
+                expected=expected,
+                lower=lower,
+                upper=upper,
+                exemplar_trace_ids=trace_ids[:10],
+                details=details,
+            ),
+            key=self.key(meta),
+        )
+        self.emit(event)
+        with self.lock:
+            episode = self.open.get(s)
+            if episode is None:
+                episode = {"series_id": s, "status": "firing", "resolved_unix_nano": None}
+                self.open[s] = episode
+                self.recent.append(episode)
+            episode.update(
+                key=event.key, kind=meta.kind, entity={"kind": meta.entity.kind,
+                "name": meta.entity.name}, series=meta.key, name=meta.name,
+                onset_unix_nano=onset, last_unix_nano=t, points=int(self.points[s]),
+                score=score, severity=str(severity), observed=value, expected=expected,
+                lower=lower, upper=upper, exemplar_trace_ids=trace_ids[:10],
+                resource=meta.resource, labels=meta.labels,
+            )  # fmt: skip

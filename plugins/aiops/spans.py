@@ -1,0 +1,165 @@
+"""RED series from spans: request rate, error ratio, p50 and p99 latency per event-time window,
+per service and per operation (``service/span name``), from the spans where requests enter a
+service (kind server or consumer, or root spans).
+
+Per batch, each window's counts are added with ``bincount`` and its latencies to a mergeable
+log-bucket histogram; the slowest and the failed spans' trace ids are kept as exemplars. When
+event time passes a window (plus lateness) its points go to the detector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opstrata import Entity
+from opstrata.plugins.aiops.arrowkeys import int_times, map_as_dict, text_column
+from opstrata.plugins.aiops.scorer import SeriesScorer
+from opstrata.plugins.aiops.series import BOTH, UP, SeriesMeta, locating_resource
+from opstrata.plugins.aiops.sketch import LogHistogram
+from opstrata.plugins.aiops.windows import EventClock
+
+__all__ = ["RedSeries"]
+
+EXEMPLARS = 5
+_MEASURES = (
+    # suffix, kind, direction, unit
+    ("request_rate", "traffic", BOTH, "1/s"),
+    ("error_ratio", "error_rate", UP, "1"),
+    ("latency_p50", "latency", UP, "ms"),
+    ("latency_p99", "latency", UP, "ms"),
+)
+
+
+class _Window:
+    __slots__ = ("count", "errors", "errors_ex", "hist", "slow")
+
+    def __init__(self) -> None:
+        self.count = np.zeros(0, np.int64)
+        self.errors = np.zeros(0, np.int64)
+        self.hist = LogHistogram()
+        self.slow: dict[int, list[tuple[float, str]]] = {}
+        self.errors_ex: dict[int, list[str]] = {}
+
+
+class RedSeries:
+    def __init__(self, scorer: SeriesScorer, width_ns: int, lateness: int, min_spans: int) -> None:
+        self.scorer = scorer
+        self.clock = EventClock(width_ns, lateness)
+        self.min_spans = min_spans
+        self.entities: dict[str, int] = {}
+        self.entity_meta: list[tuple[Entity, dict[str, str]]] = []
+        self.windows: dict[int, _Window] = {}
+        self.late_spans = 0
+
+    def _entity_ids(self, keys: pa.Array, resources: pa.Array, kind: str) -> np.ndarray:
+        encoded = pc.dictionary_encode(keys)
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        names = encoded.dictionary.to_pylist()
+        ids = np.empty(len(names), np.int64)
+        for i, name in enumerate(names):
+            eid = self.entities.get(kind + "\x00" + name)
+            if eid is None:
+                row = int(np.argmax(indices == i))
+                resource = locating_resource(map_as_dict(resources, row))
+                eid = len(self.entity_meta)
+                self.entities[kind + "\x00" + name] = eid
+                self.entity_meta.append((Entity(kind, name), resource))
+            ids[i] = eid
+        return ids[indices]
+
+    def consume(self, spans: pa.RecordBatch) -> int:
+        if not spans.num_rows:
+            return 0
+        kind = spans.column("SpanKind")
+        entry = pc.or_(
+            pc.is_in(kind, pa.array(["Server", "Consumer"])),
+            pc.equal(pc.fill_null(spans.column("ParentSpanId"), ""), ""),
+        )
+        times_all = int_times(spans, "Timestamp")
+        self.clock.advance(int(np.median(times_all)))
+        spans = spans.filter(entry)
+        if not spans.num_rows:
+            return 0
+        service = text_column(spans, "ServiceName")
+        operation = pc.binary_join_element_wise(service, text_column(spans, "SpanName"), "/")
+        resources = spans.column("ResourceAttributes")
+        ids = np.concatenate([
+            self._entity_ids(service, resources, "service"),
+            self._entity_ids(operation, resources, "operation"),
+        ])  # fmt: skip
+        times = np.tile(int_times(spans, "Timestamp"), 2)
+        durations_ms = np.tile(spans.column("Duration").to_numpy(zero_copy_only=False) / 1e6, 2)
+        failed = np.tile(
+            pc.equal(spans.column("StatusCode"), "Error").fill_null(False).to_numpy(zero_copy_only=False), 2
+        )
+        trace_ids = spans.column("TraceId").to_pylist() * 2
+        window = times // self.clock.width
+        accepted = np.array([self.clock.accepts(int(w)) for w in np.unique(window)])
+        late = np.isin(window, np.unique(window)[~accepted])
+        self.late_spans += int(late.sum())
+        size = len(self.entity_meta)
+        for w in np.unique(window[~late]).tolist():
+            rows = np.flatnonzero(window == w)
+            acc = self.windows.get(w)
+            if acc is None:
+                acc = self.windows[w] = _Window()
+            if acc.count.size < size:
+                acc.count = np.pad(acc.count, (0, size - acc.count.size))
+                acc.errors = np.pad(acc.errors, (0, size - acc.errors.size))
+            e = ids[rows]
+            acc.count += np.bincount(e, minlength=size)
+            acc.errors += np.bincount(e[failed[rows]], minlength=size)
+            acc.hist = acc.hist.merge(LogHistogram.of(e, durations_ms[rows]))
+            # Exemplars: the slowest spans of each entity, and some failed ones.
+            order = rows[np.lexsort((-durations_ms[rows], e))]
+            first = np.r_[True, ids[order][1:] != ids[order][:-1]]
+            rank = np.arange(order.size) - np.maximum.accumulate(np.where(first, np.arange(order.size), 0))
+            for i in order[rank < EXEMPLARS].tolist():
+                slot = acc.slow.setdefault(int(ids[i]), [])
+                slot.append((float(durations_ms[i]), trace_ids[i]))
+                if len(slot) > EXEMPLARS:
+                    slot.sort(reverse=True)
+                    del slot[EXEMPLARS:]
+            for i in rows[failed[rows]].tolist():
+                slot_e = acc.errors_ex.setdefault(int(ids[i]), [])
+                if len(slot_e) < EXEMPLARS:
+                    slot_e.append(trace_ids[i])
+        self.flush()
+        return int(spans.num_rows)
+
+    def flush(self, everything: bool = False) -> None:
+        ready = sorted(self.windows) if everything else self.clock.closable(list(self.windows))
+        for w in ready:
+            self._close(w, self.windows.pop(w))
+
+    def _close(self, w: int, acc: _Window) -> None:
+        width_s = self.clock.width / 1e9
+        start = w * self.clock.width
+        present = np.flatnonzero(acc.count > 0)
+        groups, quantiles = acc.hist.quantiles((0.5, 0.99))
+        q_of = {int(g): quantiles[j] for j, g in enumerate(groups.tolist())}
+        keys, values, exemplars, metas = [], [], [], []
+        for eid in present.tolist():
+            entity, resource = self.entity_meta[eid]
+            count = int(acc.count[eid])
+            slow = [t for _, t in sorted(acc.slow.get(eid, []), reverse=True)]
+            measures = [(0, count / width_s, [])]
+            if count >= self.min_spans:
+                q = q_of.get(eid)
+                measures.append((1, acc.errors[eid] / count, acc.errors_ex.get(eid, [])))
+                if q is not None:
+                    measures.append((2, float(q[0]), slow))
+                    measures.append((3, float(q[1]), slow))
+            for m, value, trace_ids in measures:
+                suffix, kind, direction, unit = _MEASURES[m]
+                keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
+                values.append(value)
+                exemplars.append(trace_ids)
+                metas.append(SeriesMeta(id=0, key="", name=suffix, kind=kind, entity=entity,
+                                        resource=resource, unit=unit, direction=direction))  # fmt: skip
+        if not keys:
+            return
+        ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
+        self.scorer.feed(ids, np.full(len(keys), start, np.int64), np.array(values), exemplars)
