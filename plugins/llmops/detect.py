@@ -216,7 +216,9 @@ class CallAlerts:
                  and ttft95 > s.latency_factor * base.ttft95[entity] > 0,
                  ttft95, float(base.ttft95[entity]), "slow", "p95 time to first token ms"),
             ]  # fmt: skip
-        for alert, fired, observed, expected, exemplar, series in checks:
+        for alert, fired, observed_value, expected_value, exemplar, series in checks:
+            # Plain floats: numpy scalars do not serialise into stored alerts.
+            observed, expected = float(observed_value), float(expected_value)
             key = (alert, kind, name)
             if fired:
                 self.firing.add(key)
@@ -366,7 +368,8 @@ class CallAlerts:
                 findings["cost_per_call_usd"] = (c_after, c_before)
             if not findings:
                 continue
-            first, (observed, expected) = next(iter(findings.items()))
+            first, pair = next(iter(findings.items()))
+            observed, expected = float(pair[0]), float(pair[1])
             previous = next(v for v, e in ordered if e is before)
             self.emit(
                 AlertEvent(
@@ -388,7 +391,7 @@ class CallAlerts:
                         details={
                             "version": version,
                             "previous_version": previous,
-                            "findings": {k: [a, b] for k, (a, b) in findings.items()},
+                            "findings": {k: [float(a), float(b)] for k, (a, b) in findings.items()},
                         },
                     ),
                 )
