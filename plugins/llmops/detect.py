@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -347,7 +348,7 @@ class CallAlerts:
     def _judge_prompt(self, prompt: str) -> None:
         s = self.settings
         ordered = sorted(self.prompts[prompt].items(), key=lambda kv: kv[1].first_seen)
-        for (_, before), (version, after) in zip(ordered, ordered[1:], strict=False):
+        for (_, before), (version, after) in pairwise(ordered):
             if after.judged or after.calls < s.prompt_min_calls:
                 continue
             if before.calls < s.prompt_min_calls:

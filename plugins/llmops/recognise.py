@@ -10,11 +10,11 @@ error class names) — their number, not the batch's, sets that cost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,16 +22,18 @@ import pyarrow.compute as pc
 
 from opstrata.plugins.llmops.conventions import (
     CONVENTION_OF_PREFIX,
-    ERROR_EVENT,
     FIELDS,
     MARKER_KEYS,
-    MESSAGE_EVENTS,
-    MESSAGE_PREFIXES,
     NON_CALL_OPERATIONS,
-    TTFT_EVENTS,
 )
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.privacy import ContentPolicy
+from opstrata.plugins.llmops.span_parts import (
+    message_table,
+    normalise_error,
+    read_events,
+    read_messages,
+)
 
 __all__ = ["CALLS", "Recognised", "SpanColumns", "normalise_error", "recognise"]
 
@@ -96,23 +98,7 @@ _OPERATIONS = {
     "rerank": "rerank",
     "chat": "chat",
 }
-_CLASS_REPR = re.compile(r"<class '([^']+)'>")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
 _STATUS_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout|Exceeded))\b")
-
-
-def normalise_error(text: str | None) -> str:
-    """The error's class name: ``<class 'openai.BadRequestError'>``, ``openai.BadRequestError``
-    and ``BadRequestError`` are all ``BadRequestError``; other text is kept as is."""
-    if not text:
-        return ""
-    value = text.strip().strip("'\"")
-    match = _CLASS_REPR.search(value)
-    if match:
-        value = match.group(1)
-    if _IDENTIFIER.match(value):
-        return value.rsplit(".", 1)[-1]
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +134,6 @@ class Recognised:
     rows: np.ndarray
 
 
-MESSAGES = pa.schema(
-    [
-        ("Timestamp", pa.timestamp("ns")),
-        ("TraceId", pa.string()),
-        ("SpanId", pa.string()),
-        ("Source", pa.string()),
-        ("Messages", pa.string()),
-    ]
-)
-
-
 def _entries(column: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
     """(row of each entry, keys, values) of a map column, slice-aware."""
     offsets = column.offsets.to_numpy()
@@ -188,10 +163,8 @@ def _floats(values: np.ndarray) -> np.ndarray:
     out = np.full(len(values), np.nan)
     for i, value in enumerate(values):
         if value is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 out[i] = float(value)
-            except ValueError:
-                pass
     return out
 
 
@@ -297,9 +270,12 @@ def recognise(
     request_model = pick("request_model")
     invocation = pick("oi_invocation")
     request_model = np.array(
-        [r if r is not None else _request_model_of(inv) for r, inv in zip(request_model, invocation, strict=True)],
+        [
+            r if r is not None else _request_model_of(inv)
+            for r, inv in zip(request_model, invocation, strict=True)
+        ],
         dtype=object,
-    )  # fmt: skip
+    )
     response_model = np.array([r or "" for r in pick("response_model")], dtype=object)
     model = np.where(response_model != "", response_model, request_model)
     operation = np.array(
@@ -342,7 +318,7 @@ def recognise(
 
     message_rows: dict[int, CallMessages] = {}
     if cols.events is not None:
-        _read_events(cols.events.take(take), times, ttft_ns, error_type, is_error, message_rows)
+        read_events(cols.events.take(take), times, ttft_ns, error_type, is_error, message_rows)
     if cols.status_message is not None:
         missing = np.flatnonzero(is_error & (error_type == ""))
         if len(missing):
@@ -361,7 +337,7 @@ def recognise(
         dtype=object,
     )
     if policy.keeps_content:
-        _read_messages(rows, rows_all, keys, items, field, message_rows)
+        read_messages(rows, rows_all, keys, items, field, message_rows)
 
     def text(values: np.ndarray) -> pa.Array:
         return pa.array([v or "" for v in values], pa.string())
@@ -406,116 +382,7 @@ def recognise(
         },
         schema=CALLS,
     )  # fmt: skip
-    messages = _message_table(message_rows, times, trace_ids, span_ids, source, policy)
+    messages = message_table(message_rows, times, trace_ids, span_ids, source, policy)
     if not with_calls:
         calls = calls.slice(0, 0)
     return Recognised(calls, messages, rows)
-
-
-def _read_events(
-    events: pa.Array,
-    times: np.ndarray,
-    ttft_ns: np.ndarray,
-    error_type: np.ndarray,
-    is_error: np.ndarray,
-    message_rows: dict[int, CallMessages],
-) -> None:
-    """TTFT from the first streamed-chunk event, the error class from an exception event, and
-    the deprecated per-message span events."""
-    offsets = events.offsets.to_numpy()
-    start, end = int(offsets[0]), int(offsets[-1])
-    if end == start:
-        return
-    owner = np.repeat(np.arange(len(events)), np.diff(offsets))
-    flat = events.values.slice(start, end - start)
-    names = flat.field("Name").to_numpy(zero_copy_only=False)
-    stamps = pc.cast(flat.field("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
-    first = np.isin(names, list(TTFT_EVENTS))
-    if first.any():
-        earliest = np.full(len(events), np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(earliest, owner[first], stamps[first])
-        seen = (earliest != np.iinfo(np.int64).max) & (ttft_ns < 0)
-        ttft_ns[seen] = np.maximum(earliest[seen] - times[seen], 0)
-    wanted = np.flatnonzero((names == ERROR_EVENT) | np.isin(names, list(MESSAGE_EVENTS)))
-    if len(wanted) == 0:
-        return
-    attrs = flat.field("Attributes").take(pa.array(wanted)).to_pylist()
-    for position, pairs in zip(wanted, attrs, strict=True):
-        row, name, attributes = owner[position], names[position], dict(pairs or ())
-        if name == ERROR_EVENT:
-            is_error[row] = True
-            if not error_type[row]:
-                error_type[row] = normalise_error(attributes.get("exception.type")) or "_OTHER"
-        else:
-            message_rows.setdefault(row, CallMessages()).add_event(name, None, attributes)
-
-
-def _read_messages(
-    rows: np.ndarray,
-    rows_all: np.ndarray,
-    keys: pa.Array,
-    items: pa.Array,
-    field: dict[str, np.ndarray],
-    message_rows: dict[int, CallMessages],
-) -> None:
-    position = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
-    position[rows] = np.arange(len(rows))
-    for i, row in enumerate(rows):
-        system, inp, out = (
-            field["system_instructions"][row],
-            field["input_messages"][row],
-            field["output_messages"][row],
-        )
-        if system is not None or inp is not None or out is not None:
-            collected = message_rows.setdefault(i, CallMessages())
-            if system is not None:
-                collected.add_json("system", system)
-            if inp is not None:
-                collected.add_json("input", inp)
-            if out is not None:
-                collected.add_json("output", out)
-    of_calls = np.zeros(len(rows_all), dtype=bool)
-    in_range = rows_all < len(position)
-    of_calls[in_range] = position[rows_all[in_range]] >= 0
-    if not of_calls.any():
-        return
-    mask = pa.array(of_calls)
-    call_keys = keys.filter(mask)
-    indexed = pc.starts_with(call_keys, MESSAGE_PREFIXES[0])
-    for prefix in MESSAGE_PREFIXES[1:]:
-        indexed = pc.or_(indexed, pc.starts_with(call_keys, prefix))
-    hits = np.flatnonzero(indexed.to_numpy(zero_copy_only=False))
-    if len(hits) == 0:
-        return
-    owners = rows_all[of_calls][hits]
-    hit_keys = call_keys.take(pa.array(hits)).to_pylist()
-    hit_values = items.filter(mask).take(pa.array(hits)).to_pylist()
-    for owner, key, value in zip(owners, hit_keys, hit_values, strict=True):
-        i = int(position[owner])
-        collected = message_rows.setdefault(i, CallMessages())
-        collected.add_indexed(key, value or "")
-
-
-def _message_table(
-    message_rows: dict[int, CallMessages],
-    times: np.ndarray,
-    trace_ids: pa.Array,
-    span_ids: pa.Array,
-    source: str,
-    policy: ContentPolicy,
-) -> pa.Table:
-    order = sorted(i for i, m in message_rows.items() if m)
-    stored: list[Any] = [message_rows[i].to_json(policy) for i in order]
-    keep = [i for i, s in zip(order, stored, strict=True) if s is not None]
-    stored = [s for s in stored if s is not None]
-    index = pa.array(keep, pa.int64())
-    return pa.table(
-        {
-            "Timestamp": pa.array(times[keep] if keep else [], pa.timestamp("ns")),
-            "TraceId": trace_ids.take(index),
-            "SpanId": span_ids.take(index),
-            "Source": pa.array([source] * len(keep), pa.string()),
-            "Messages": pa.array(stored, pa.string()),
-        },
-        schema=MESSAGES,
-    )
