@@ -16,7 +16,8 @@ from opstrata.plugins.llmops.detect import CallAlerts
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
-from opstrata.plugins.llmops.recognise import CALLS, MESSAGES, SpanColumns, recognise
+from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
+from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.store import cursor_of, insert
 from opstrata.schema import Signal, Table
 

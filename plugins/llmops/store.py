@@ -9,7 +9,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from opstrata.plugins.llmops.recognise import CALLS, MESSAGES
+from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.span_parts import MESSAGES
 
 __all__ = ["CALLS_TABLE", "MESSAGES_TABLE", "cursor_of", "ensure_tables", "insert"]
 
