@@ -35,8 +35,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # server takes the run faster.
     detectors = '["aiops", "mlops", "llmops"]'
     server = ServerProcess(data, env={"OPSTRATA_DISABLED_PLUGINS": detectors}).start()
-    sim = Simulation("slow-database+gpu-node-trouble", seed=7, speed=0, warmup_minutes=6,
-                     duration_minutes=14, rate=2.0, start_unix_nano=START)
+    sim = Simulation("slow-database+gpu-node-trouble", seed=7, speed=0, warmup_minutes=5,
+                     duration_minutes=12, rate=1.5, start_unix_nano=START)
     stats = sim.run(server.grpc_endpoint)
     try:
         # One checkout trace through the API, while the server runs.
@@ -214,7 +214,7 @@ def test_a_seed_fixes_the_telemetry() -> None:
 def test_demo_command_runs_end_to_end_and_cleans_up() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "opstrata.cli", "demo", "--scenario", "normal", "--speed", "0",
-         "--rate", "1", "--warmup-minutes", "2", "--fault-minutes", "1"],
+         "--rate", "1", "--warmup-minutes", "1", "--fault-minutes", "1"],
         capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr

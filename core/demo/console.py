@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
     parser.add_argument("--speed", type=float, default=60.0,
                         help="simulated seconds per real second (60; 0: as fast as possible)")
-    parser.add_argument("--rate", type=float, default=3.0,
-                        help="requests per simulated second (3; about 12 spans each)")
+    parser.add_argument("--rate", type=float, default=2.0,
+                        help="requests per simulated second (2; about 12 spans each)")
     parser.add_argument("--warmup-minutes", type=float, default=60.0,
                         help="simulated minutes of normal traffic before the fault (60)")
     parser.add_argument("--fault-minutes", type=float, default=25.0,
