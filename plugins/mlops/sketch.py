@@ -1,9 +1,9 @@
 """Bounded-memory summaries of one column: never the raw values.
 
-:class:`NumericSketch` is a compiled t-digest (``fastdigest``) with exact count, mean, variance,
-minimum and maximum beside it, and the exact value counts while the column has at most
-:data:`SMALL_DISTINCT` distinct values (Evidently switches tests on such small counts, and a
-binary or low-cardinality numeric column is then summarised without any error).
+:class:`NumericSketch` keeps exact value counts while the column has at most
+:data:`SMALL_DISTINCT` distinct values (flags, counts, ratings, ages, hours: summarised without
+any error, ties and all), and a compiled t-digest (``fastdigest``) once it has more; exact count,
+mean, variance, minimum and maximum beside either.
 :class:`CategoricalSketch` counts categories up to a capacity; categories beyond it share one
 ``__other__`` bucket.
 
@@ -24,22 +24,29 @@ from fastdigest import TDigest
 
 __all__ = ["OTHER", "SMALL_DISTINCT", "CategoricalSketch", "NumericSketch", "Sketch"]
 
-SMALL_DISTINCT = 21
-"""Exact value counts are kept while a numeric column has at most this many distinct values:
-Evidently looks at ``nunique <= 5`` (test choice) and ``nunique > 20`` (binning)."""
+SMALL_DISTINCT = 128
+"""Exact value counts are kept, instead of a digest, while a numeric column has at most this many
+distinct values: counts, flags, ratings, ages, hours are then summarised without error (and
+Evidently's ``nunique <= 5`` test choice and ``nunique > 20`` binning see exact counts)."""
 
+HEAVY_MAX = 8
+HEAVY_SHARE = 0.01
 OTHER = "__other__"
 
 
 class NumericSketch:
-    """A t-digest of the values, exact moments and extremes, exact counts while few distinct."""
+    """Exact counts while few distinct values; then a t-digest for the continuous part and
+    exact counts of the point masses (values holding >= 1 % of the rows when the digest
+    started, at most :data:`HEAVY_MAX` of them: the zeros of a zero-inflated column, a default
+    value). Exact moments and extremes beside either."""
 
     kind = "numerical"
-    __slots__ = ("centroids", "digest", "hi", "lo", "m2", "mean", "n", "small")
+    __slots__ = ("centroids", "digest", "heavy", "hi", "lo", "m2", "mean", "n", "small")
 
     def __init__(self, centroids: int = 100) -> None:
         self.centroids = centroids
-        self.digest = TDigest(max_centroids=centroids)
+        self.digest: TDigest | None = None
+        self.heavy: dict[float, int] = {}
         self.n = 0
         self.mean = 0.0
         self.m2 = 0.0
@@ -53,13 +60,34 @@ class NumericSketch:
         count = values.size
         if count == 0:
             return
-        self.digest.batch_update(values)
         mean = float(values.mean())
         m2 = float(((values - mean) ** 2).sum())
         self._combine(count, mean, m2, float(values.min()), float(values.max()))
         if self.small is not None:
             keys, counts = np.unique(values, return_counts=True)
-            self._add_small(keys.tolist(), counts.tolist())
+            if keys.size > SMALL_DISTINCT:  # many values at once: no dict of them
+                self._to_digest(keys, counts)
+                return
+            small = self.small
+            for key, n in zip(keys.tolist(), counts.tolist(), strict=True):
+                small[key] = small.get(key, 0) + n
+            if len(small) > SMALL_DISTINCT:
+                self._to_digest()
+            return
+        self._digest_update(values)
+
+    def _digest_update(self, values: np.ndarray) -> None:
+        assert self.digest is not None
+        if self.heavy:
+            keys = np.fromiter(self.heavy, dtype=np.float64, count=len(self.heavy))
+            mask = np.isin(values, keys)
+            if mask.any():
+                found, counts = np.unique(values[mask], return_counts=True)
+                for key, n in zip(found.tolist(), counts.tolist(), strict=True):
+                    self.heavy[key] += n
+                values = values[~mask]
+        if values.size:
+            self.digest.batch_update(values)
 
     def _combine(self, count: int, mean: float, m2: float, lo: float, hi: float) -> None:
         # Chan et al.'s parallel variance: exact moments of the union.
@@ -71,20 +99,34 @@ class NumericSketch:
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
 
-    def _add_small(self, keys: list[float], counts: list[int]) -> None:
-        small = self.small
-        if small is None:
-            return
-        if len(keys) > SMALL_DISTINCT:
-            self.small = None
-            return
-        for key, count in zip(keys, counts, strict=True):
-            small[key] = small.get(key, 0) + count
-        if len(small) > SMALL_DISTINCT:
-            self.small = None
+    def _to_digest(self, keys: np.ndarray | None = None, counts: np.ndarray | None = None) -> None:
+        """Too many distinct values: the point masses stay counted, the rest starts the digest
+        (``keys``/``counts``: a batch's distinct values, added to the exact counts so far)."""
+        small = self.small or {}
+        self.small = None
+        old_keys = np.fromiter(small.keys(), dtype=np.float64, count=len(small))
+        old_counts = np.fromiter(small.values(), dtype=np.float64, count=len(small))
+        if keys is not None and counts is not None:
+            all_keys, inverse = np.unique(np.concatenate((old_keys, keys)), return_inverse=True)
+            all_counts = np.zeros(all_keys.size)
+            np.add.at(all_counts, inverse, np.concatenate((old_counts, counts)))
+        else:
+            all_keys, all_counts = old_keys, old_counts
+        total = all_counts.sum()
+        top = np.argsort(-all_counts, kind="stable")[:HEAVY_MAX]
+        top = top[all_counts[top] >= HEAVY_SHARE * total]
+        self.heavy = {float(all_keys[i]): int(all_counts[i]) for i in top}
+        rest = np.ones(all_keys.size, dtype=bool)
+        rest[top] = False
+        if rest.any():
+            self.digest = TDigest.from_values(
+                all_keys[rest], w=all_counts[rest], max_centroids=self.centroids
+            )
+        else:
+            self.digest = TDigest(max_centroids=self.centroids)
 
     def merge(self, other: NumericSketch) -> NumericSketch:
-        """A new sketch of both (``other``'s centroid budget if larger)."""
+        """A new sketch of both (the larger centroid budget)."""
         out = NumericSketch(max(self.centroids, other.centroids))
         out.absorb(self)
         out.absorb(other)
@@ -94,16 +136,31 @@ class NumericSketch:
         """Add ``other`` into this sketch."""
         if other.n == 0:
             return
-        if self.n == 0:
-            self.digest = other.digest.copy()
-        else:
-            self.digest.merge_inplace(other.digest)
-        small = None if other.small is None else dict(other.small)
         self._combine(other.n, other.mean, other.m2, other.lo, other.hi)
-        if small is None:
-            self.small = None
-        else:
-            self._add_small(list(small), list(small.values()))
+        if other.small is not None and self.small is not None:
+            for key, n in other.small.items():
+                self.small[key] = self.small.get(key, 0) + n
+            if len(self.small) > SMALL_DISTINCT:
+                self._to_digest()
+            return
+        if self.small is not None:
+            self._to_digest()
+        assert self.digest is not None
+        if other.small is not None:
+            # Its values: point masses this sketch counts are added to them, the rest digested.
+            rest = []
+            for key, n in other.small.items():
+                if key in self.heavy:
+                    self.heavy[key] += n
+                else:
+                    rest.append((key, n))
+            if rest:
+                self.digest.merge_inplace(_weighted_digest(rest, self.centroids))
+            return
+        assert other.digest is not None
+        for key, n in other.heavy.items():
+            self.heavy[key] = self.heavy.get(key, 0) + n
+        self.digest.merge_inplace(other.digest)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -112,30 +169,47 @@ class NumericSketch:
         """Population standard deviation (``np.std``, ddof 0), exact."""
         return math.sqrt(self.m2 / self.n) if self.n else 0.0
 
+    def _centroids(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.digest is not None
+        cents = np.array(self.digest.centroids, dtype=np.float64).reshape(-1, 2)
+        return cents[:, 0], cents[:, 1]
+
     def cdf(self, x: np.ndarray) -> np.ndarray:
-        """Share of values <= x: exact while the distinct values are few, else the digest's."""
+        """Share of values <= x: exact while the distinct values are few; else the counted
+        point masses plus the digest's estimate for the rest."""
+        x = np.asarray(x, dtype=np.float64)
         if self.small is not None:
-            keys = np.array(sorted(self.small))
-            cum = np.cumsum([self.small[k] for k in keys]) / self.n
-            idx = np.searchsorted(keys, x, side="right") - 1
-            return np.where(idx >= 0, cum[np.clip(idx, 0, None)], 0.0)
-        out = np.asarray(self.digest.cdf_vec(np.asarray(x, dtype=np.float64)))
-        return np.where(x < self.lo, 0.0, np.where(x >= self.hi, 1.0, out))
+            return _step_cdf(self.small, x, self.n)
+        assert self.digest is not None
+        heavy_n = sum(self.heavy.values())
+        rest_n = self.n - heavy_n
+        out = np.zeros(x.shape)
+        if rest_n > 0:
+            _, weights = self._centroids()
+            if weights.size:
+                lo, hi = self.digest.min(), self.digest.max()
+                est = np.asarray(self.digest.cdf_vec(x))
+                est = np.where(x < lo, 0.0, np.where(x >= hi, 1.0, est))
+                out += est * rest_n
+        if heavy_n:
+            out += _step_cdf(self.heavy, x, 1)
+        return out / self.n
 
     def breakpoints(self) -> np.ndarray:
         """Where the estimated distribution function bends or jumps."""
         if self.small is not None:
             return np.array(sorted(self.small), dtype=np.float64)
-        means = np.array([c[0] for c in self.digest.centroids], dtype=np.float64)
-        return np.concatenate(([self.lo], means, [self.hi]))
+        means, _ = self._centroids()
+        heavy = np.fromiter(self.heavy, dtype=np.float64, count=len(self.heavy))
+        return np.unique(np.concatenate(([self.lo], means, heavy, [self.hi])))
 
     def rank_error(self) -> float:
         """Bound on |estimated - true| distribution function: 0 when exact; otherwise the
         largest mass of two neighbouring centroids (a point between two centroid means has its
-        true rank somewhere inside their combined mass)."""
+        true rank somewhere inside their combined mass; point masses are exact)."""
         if self.small is not None or self.n == 0:
             return 0.0
-        weights = np.array([c[1] for c in self.digest.centroids], dtype=np.float64)
+        _, weights = self._centroids()
         if weights.size < 2:
             return float(weights.sum()) / self.n
         return float((weights[1:] + weights[:-1]).max()) / self.n
@@ -145,21 +219,26 @@ class NumericSketch:
         each centroid's values lie between its neighbours' means."""
         if self.small is not None or self.n == 0:
             return 0.0
-        cents = self.digest.centroids
-        means = np.concatenate(([self.lo], [c[0] for c in cents], [self.hi]))
-        weights = np.array([c[1] for c in cents], dtype=np.float64)
+        means, weights = self._centroids()
+        if weights.size == 0:
+            return 0.0
+        means = np.concatenate(([self.lo], means, [self.hi]))
         return float((weights / self.n * (means[2:] - means[:-2])).sum())
 
     def state_bytes(self) -> int:
-        """Bytes this sketch holds: centroids (16 each), moments, and the small counts."""
-        small = 0 if self.small is None else 16 * len(self.small)
-        return 16 * self.digest.n_centroids + 48 + small
+        """Bytes of summary held: 16 per centroid, exact value or point mass, plus moments."""
+        if self.small is not None:
+            return 16 * len(self.small) + 48
+        assert self.digest is not None
+        return 16 * (self.digest.n_centroids + len(self.heavy)) + 48
 
     def to_state(self) -> dict[str, Any]:
+        digest = self.digest
         return {
             "kind": self.kind,
             "centroids": self.centroids,
-            "digest": base64.b64encode(self.digest.to_bytes()).decode("ascii"),
+            "digest": None if digest is None else base64.b64encode(digest.to_bytes()).decode(),
+            "heavy": [[k, v] for k, v in self.heavy.items()],
             "n": self.n,
             "mean": self.mean,
             "m2": self.m2,
@@ -171,16 +250,33 @@ class NumericSketch:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NumericSketch:
         out = cls(int(state["centroids"]))
-        out.digest = TDigest.from_bytes(base64.b64decode(state["digest"]))
+        if state["digest"] is not None:
+            out.digest = TDigest.from_bytes(base64.b64decode(state["digest"]))
+        out.heavy = {float(k): int(v) for k, v in state.get("heavy", [])}
         out.n = int(state["n"])
         out.mean = float(state["mean"])
         out.m2 = float(state["m2"])
         out.lo = math.inf if state["lo"] is None else float(state["lo"])
         out.hi = -math.inf if state["hi"] is None else float(state["hi"])
-        out.small = (
-            None if state["small"] is None else {float(k): int(v) for k, v in state["small"]}
-        )
+        small = state["small"]
+        out.small = None if small is None else {float(k): int(v) for k, v in small}
         return out
+
+
+def _weighted_digest(pairs: list[tuple[float, int]], centroids: int) -> TDigest:
+    if not pairs:
+        return TDigest(max_centroids=centroids)
+    keys = np.array([k for k, _ in pairs], dtype=np.float64)
+    weights = np.array([c for _, c in pairs], dtype=np.float64)
+    return TDigest.from_values(keys, w=weights, max_centroids=centroids)
+
+
+def _step_cdf(counts: dict[float, int], x: np.ndarray, n: int) -> np.ndarray:
+    """The exact distribution function of counted values at ``x`` (divided by ``n``)."""
+    keys = np.array(sorted(counts), dtype=np.float64)
+    cum = np.cumsum([counts[k] for k in keys]) / n
+    idx = np.searchsorted(keys, x, side="right") - 1
+    return np.where(idx >= 0, cum[np.clip(idx, 0, None)], 0.0)
 
 
 class CategoricalSketch:
