@@ -113,11 +113,14 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text()
 
 
+_WITH_WORKER = {"OPSTRATA_INGEST__DECODE_WORKERS": "1"}
+
+
 def test_decode_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(tmp_path / "data", env=_WITH_WORKER).start()
     assert server.proc is not None
     workers = _children(server.proc.pid)
-    assert workers, "the default settings start a decode worker process"
+    assert workers, "decode_workers = 1 starts a decode worker process"
     server.kill()
     deadline = time.monotonic() + 15
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
@@ -126,18 +129,22 @@ def test_decode_workers_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
 
 
 def test_shutdown_does_not_hang_on_a_dead_decode_worker(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(tmp_path / "data", env=_WITH_WORKER).start()
     assert server.proc is not None
-    for worker in _children(server.proc.pid):
+    workers = _children(server.proc.pid)
+    assert workers
+    for worker in workers:
         os.kill(worker, signal.SIGKILL)
     assert server.stop(timeout=60) == 0
 
 
 def test_ingest_recovers_when_a_decode_worker_dies(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data").start()
+    server = ServerProcess(tmp_path / "data", env=_WITH_WORKER).start()
     try:
         assert server.proc is not None
-        for worker in _children(server.proc.pid):
+        workers = _children(server.proc.pid)
+        assert workers
+        for worker in workers:
             os.kill(worker, signal.SIGKILL)
         statuses = []
         for _ in range(5):
