@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from opstrata.alerts import Alert, Candidate, Entity
-from opstrata.topology import EdgeKind, Node, TopologyGraph, nodes_of_resource
+from opstrata.topology import EdgeKind, Node, TopologyGraph, canonical, nodes_of_resource
 
 __all__ = ["alert_nodes", "rank_by_jump", "rank_root_causes"]
 
@@ -36,6 +36,7 @@ _ONSET_TAU_SECONDS = 120.0
 _RESTART = 0.15
 _STEPS = 40
 _DEPENDENCY_MIN_SCORE = 0.3
+_ONSETS_TRIED = 8
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ def alert_nodes(alert: Alert) -> AlertNodes:
         primary: Node = ("service", owner_name)
         owner = None
     elif kind in ("service", "host", "pod", "node", "model", "llm_model", "prompt"):
-        primary = (kind, name)
+        primary = canonical((kind, name))
         owner = (
             ("service", service) if service and kind != "service" and kind not in _INFRA else None
         )
@@ -128,12 +129,19 @@ def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Susp
         if len(suspect.summaries) < 3:
             suspect.summaries.append(alert.summary)
     services = [s for s in suspects.values() if s.node[0] == "service"]
-    # Dependencies without telemetry of their own: blamed when the calls to them changed.
+    onsets: dict[Node, set[int]] = {}
+    for alert in alerts:
+        minute = alert.first_seen_unix_nano // (60 * _SECOND)
+        onsets.setdefault(alert_nodes(alert).primary, set()).add(minute)
+    # Dependencies without telemetry of their own: blamed when the calls to them changed at
+    # one of the caller's onsets.
     for caller in services:
+        minutes = sorted(onsets.get(caller.node, ()))[-_ONSETS_TRIED:]
         for callee in graph.successors(caller.node, (EdgeKind.CALLS,)):
             if callee in suspects and suspects[callee].alert_ids:
                 continue
-            jump = graph.call_jump(caller.node, callee, caller.onset or 0)
+            jumps = [graph.call_jump(caller.node, callee, m * 60 * _SECOND) for m in minutes]
+            jump = max(jumps, key=lambda j: j.get("score", 0.0), default={})
             score = jump.get("score", 0.0)
             if score < _DEPENDENCY_MIN_SCORE:
                 continue
@@ -147,25 +155,31 @@ def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Susp
             suspect.onset = (
                 caller.onset if suspect.onset is None else min(suspect.onset, caller.onset or 0)
             )
-    # A host or node under several anomalous services, with no alert of its own.
+    # A host under several anomalous services, with no alert of its own: suspicious only when
+    # the anomalies concentrate there — in a cascade every host carries some anomalous service.
     shared: dict[Node, list[_Suspect]] = {}
     for alert in alerts:
         nodes = alert_nodes(alert)
         for place in nodes.placement:
-            shared.setdefault(place, [])
-            primary = suspects[nodes.primary]
-            if primary not in shared[place]:
-                shared[place].append(primary)
+            above = shared.setdefault(place, [])
+            if suspects[nodes.primary] not in above:
+                above.append(suspects[nodes.primary])
+    anomalous = sum(1 for node in suspects if node[0] == "service")
+    overall = anomalous / max(graph.placed_services(), anomalous, 1)
     for place, above in shared.items():
         if place in suspects or len(above) < 2:
             continue
-        hosted = graph.predecessors(place, (EdgeKind.RUNS_ON,))
-        share = len(above) / max(len(hosted), len(above))
+        hosted = len(graph.predecessors(place, (EdgeKind.RUNS_ON,)))
+        local = len(above) / max(hosted, len(above))
+        excess = (local - overall) / max(1 - overall, 1e-9)
+        if local < 0.6 or excess < 0.3:
+            continue
         suspect = suspects[place] = _Suspect(place)
-        suspect.strength = 0.5 * share * max(s.strength for s in above)
+        suspect.strength = 0.5 * excess * max(s.strength for s in above)
         suspect.onset = min(s.onset or 0 for s in above)
         suspect.inferred = (
-            f"hosts {len(above)} of {max(len(hosted), len(above))} anomalous entities"
+            f"hosts {len(above)} of {max(hosted, len(above))} anomalous entities "
+            f"({local:.0%} here against {overall:.0%} overall)"
         )
     return suspects
 
@@ -190,6 +204,10 @@ def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Cand
     """Candidates for the root cause of one incident, best first, scores in [0, 1]."""
     if not alerts:
         return []
+    # While the incident lasts, what is still firing tells its story; alerts that came and went
+    # before (noise that joined early) would only blur the onsets.
+    firing = [alert for alert in alerts if alert.status == "firing"]
+    alerts = firing or list(alerts)
     suspects = _suspects(alerts, graph)
     # What else explains an alert's entity: its placement and, for models, its owner's placement.
     owners: dict[Node, set[Node]] = {}

@@ -30,7 +30,14 @@ import pyarrow.compute as pc
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
 from opstrata.schema import Signal, Table
 
-__all__ = ["EdgeKind", "Node", "TopologyConsumer", "TopologyGraph", "nodes_of_resource"]
+__all__ = [
+    "EdgeKind",
+    "Node",
+    "TopologyConsumer",
+    "TopologyGraph",
+    "canonical",
+    "nodes_of_resource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +71,20 @@ class _Saved(msgspec.Struct):
     aliases: dict[str, str]
 
 
+def canonical(node: Node) -> Node:
+    """A Kubernetes node is the host it is: one graph node for both names of one machine."""
+    return ("host", node[1]) if node[0] == "node" else node
+
+
 def nodes_of_resource(resource: dict[str, str]) -> list[Node]:
-    """The placement nodes (host, pod, node) a resource names."""
-    return [(kind, resource[key]) for key, kind in PLACEMENT_KEYS if resource.get(key)]
+    """The placement nodes (host, pod) a resource names, ``k8s.node.name`` as a host."""
+    found: list[Node] = []
+    for key, kind in PLACEMENT_KEYS:
+        if resource.get(key):
+            node = canonical((kind, resource[key]))
+            if node not in found:
+                found.append(node)
+    return found
 
 
 class TopologyGraph:
@@ -84,6 +102,7 @@ class TopologyGraph:
     # -- writing -----------------------------------------------------------------------------
 
     def add(self, kind: EdgeKind, source: Node, target: Node, time_unix_nano: int) -> None:
+        source, target = canonical(source), canonical(target)
         if source == target or not source[1] or not target[1]:
             return
         with self._lock:
@@ -168,6 +187,15 @@ class TopologyGraph:
 
     def neighbours(self, node: Node) -> set[Node]:
         return self.successors(node) | self.predecessors(node)
+
+    def placed_services(self) -> int:
+        """How many services the graph knows a placement of."""
+        with self._lock:
+            return sum(
+                1
+                for node, out in self._out.items()
+                if node[0] == "service" and any(k is EdgeKind.RUNS_ON for k, _ in out)
+            )
 
     def has_edge(self, kind: EdgeKind, source: Node, target: Node) -> bool:
         with self._lock:
@@ -324,12 +352,13 @@ class TopologyConsumer(Consumer):
         for row in placed.to_pylist():
             service, time = row["service"], row["time_max"] or 0
             if row["pod"] and row["node"]:
-                self.graph.add(EdgeKind.RUNS_ON, ("pod", row["pod"]), ("node", row["node"]), time)
+                self.graph.add(EdgeKind.RUNS_ON, ("pod", row["pod"]), ("host", row["node"]), time)
             if not service:
                 continue
             for kind in ("host", "pod", "node"):
                 if row[kind]:
-                    self.graph.add(EdgeKind.RUNS_ON, ("service", service), (kind, row[kind]), time)
+                    place = canonical((kind, row[kind]))
+                    self.graph.add(EdgeKind.RUNS_ON, ("service", service), place, time)
         return placed
 
     def _learn_spans(self, spans: pa.RecordBatch) -> None:

@@ -87,7 +87,7 @@ def test_cross_layer_cascade_is_one_incident_rooted_at_the_gpu_node() -> None:
     [incident] = open_incidents(engine)
     assert set(incident.layers) == {Layer.AIOPS, Layer.MLOPS, Layer.LLMOPS}
     assert len(incident.alert_ids) == 5
-    assert incident.candidates[0].entity == Entity("node", "gpu-node-1")
+    assert incident.candidates[0].entity == Entity("host", "gpu-node-1")
     assert incident.models == ["fraud:v3", "gpt-4o"] or set(incident.models) == {
         "fraud:v3",
         "gpt-4o",
@@ -129,7 +129,7 @@ def test_host_pressure_is_ranked_above_the_services_it_slows() -> None:
         ],
     )
     [incident] = open_incidents(engine)
-    assert incident.candidates[0].entity == Entity("node", "node-2")
+    assert incident.candidates[0].entity == Entity("host", "node-2")
     # The baseline only sees jump sizes: a service outranks the node there.
     assert incident.baseline_candidates[0].entity.kind == "service"
 
