@@ -39,15 +39,50 @@ TESTS = ("spike", "shift", "trend", "variance")
 SEASON_NONE, SEASON_DAILY, SEASON_WEEKLY = 1, 2, 4
 SEASONALITY_MASKS = {"none": 1, "daily": 3, "weekly": 7, "auto": 7}
 
-_SCALARS_F64 = ("level", "level_f", "trend_f", "level_s", "slow_day", "slow_week", "scale", "last_value", "expected", "sigma")
-_SCALARS_F32 = (
-    "dt", "err0", "errf", "err1", "tail_f", "tail_b", "cus_pos", "cus_neg", "drift_pos",
-    "drift_neg", "prev_z", "rho", "v_fast", "v_mean", "v_sq", "r_fast", "score",
-)  # fmt: skip
+_COLUMNS = ('level', 'level_f', 'trend_f', 'level_s', 'slow_day', 'slow_week', 'scale', 'last_value', 'expected', 'sigma', 'dt', 'err0', 'errf', 'err1', 'tail_f', 'tail_b', 'cus_pos', 'cus_neg', 'drift_pos', 'drift_neg', 'prev_z', 'rho', 'v_fast', 'v_mean', 'v_sq', 'r_fast', 'score')
+"""Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
+and scatters the state of its series in one call each."""
+_LEVEL = 0
+_LEVEL_F = 1
+_TREND_F = 2
+_LEVEL_S = 3
+_SLOW_DAY = 4
+_SLOW_WEEK = 5
+_SCALE = 6
+_LAST_VALUE = 7
+_EXPECTED = 8
+_SIGMA = 9
+_DT = 10
+_ERR0 = 11
+_ERRF = 12
+_ERR1 = 13
+_TAIL_F = 14
+_TAIL_B = 15
+_CUS_POS = 16
+_CUS_NEG = 17
+_DRIFT_POS = 18
+_DRIFT_NEG = 19
+_PREV_Z = 20
+_RHO = 21
+_V_FAST = 22
+_V_MEAN = 23
+_V_SQ = 24
+_R_FAST = 25
+_SCORE = 26
 
 
 def normal_sf(z: np.ndarray) -> np.ndarray:
     """Upper tail of the standard normal, P(Z > z), to ~1e-7 absolute (A&S 7.1.26)."""
+    return _normal_sf(z)
+
+
+def _fast_normal_sf(z: np.ndarray) -> np.ndarray:
+    """P(Z > z) for z >= 0 within a few per cent of the tail (Lin 1989), for scores."""
+    zc = np.maximum(z, 0.0)
+    return 0.5 * np.exp(-0.717 * zc - 0.416 * zc * zc)
+
+
+def _normal_sf(z: np.ndarray) -> np.ndarray:
     x = np.abs(z) / np.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * x)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
@@ -87,10 +122,7 @@ class RobustSeasonalDetector:
         self.n = np.zeros(cap, np.int32)
         self.first_t = np.zeros(cap, np.int64)
         self.last_t = np.zeros(cap, np.int64)
-        for name in _SCALARS_F64:
-            setattr(self, name, np.zeros(cap, np.float64))
-        for name in _SCALARS_F32:
-            setattr(self, name, np.zeros(cap, np.float32))
+        self.st = np.zeros((len(_COLUMNS), cap), np.float64)
         self.day = np.zeros((cap, DAY_BUCKETS), np.float32)
         self.week = np.zeros((cap, WEEK_BUCKETS), np.float32)
         self.mask = np.zeros(cap, np.uint8)
@@ -99,9 +131,10 @@ class RobustSeasonalDetector:
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every state array by name (for saving, and to measure the state's size)."""
-        names = ("n", "first_t", "last_t", *_SCALARS_F64, *_SCALARS_F32, "day", "week", "mask",
-                 "which", "poisson")  # fmt: skip
-        return {name: getattr(self, name)[: self.size] for name in names}
+        names = ("n", "first_t", "last_t", "day", "week", "mask", "which", "poisson")
+        arrays = {name: getattr(self, name)[: self.size] for name in names}
+        arrays["st"] = self.st[:, : self.size]
+        return arrays
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         size = int(arrays["n"].shape[0])
@@ -109,7 +142,30 @@ class RobustSeasonalDetector:
         self.size = 0
         self.ensure(size)
         for name, value in arrays.items():
-            getattr(self, name)[:size] = value
+            if name == "st":
+                self.st[:, :size] = value
+            else:
+                getattr(self, name)[:size] = value
+
+    def column(self, name: str) -> np.ndarray:
+        """One per-series scalar (``score``, ``expected``, ``last_value``, ``sigma`` …)."""
+        return self.st[_COLUMNS.index(name), : self.size]
+
+    @property
+    def score(self) -> np.ndarray:
+        return self.column("score")
+
+    @property
+    def expected(self) -> np.ndarray:
+        return self.column("expected")
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return self.column("sigma")
+
+    @property
+    def last_value(self) -> np.ndarray:
+        return self.column("last_value")
 
     @property
     def nbytes(self) -> int:
@@ -123,8 +179,12 @@ class RobustSeasonalDetector:
         if size > cap:
             new_cap = max(size, cap * 2, 64)
             for name, old in self.state_arrays().items():
-                grown = np.zeros((new_cap, *old.shape[1:]), old.dtype)
-                grown[: self.size] = old
+                if name == "st":
+                    grown = np.zeros((old.shape[0], new_cap), old.dtype)
+                    grown[:, : self.size] = old
+                else:
+                    grown = np.zeros((new_cap, *old.shape[1:]), old.dtype)
+                    grown[: self.size] = old
                 setattr(self, name, grown)
         self.mask[self.size : size] = self.default_mask
         self.size = size
@@ -189,61 +249,67 @@ class RobustSeasonalDetector:
 
     def _round(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         n = self.n[s]
+        v = self.st[:, s]
         fresh = n == 0
         if fresh.any():
             f = s[fresh]
             self.first_t[f] = t[fresh]
             self.last_t[f] = t[fresh]
-            self.level[f] = x[fresh]
-            self.level_s[f] = x[fresh]
-            self.level_f[f] = x[fresh]
-            self.rho[f] = 0.5
-            self.slow_day[f] = x[fresh]
-            self.slow_week[f] = x[fresh]
-            self.tail_f[f] = 0.32
-            self.tail_b[f] = 0.6
-            self.v_mean[f] = 0.8
-            self.v_sq[f] = 1.0
-            self.v_fast[f] = 0.8
+            v[_LEVEL, fresh] = x[fresh]
+            v[_LEVEL_S, fresh] = x[fresh]
+            v[_LEVEL_F, fresh] = x[fresh]
+            v[_RHO, fresh] = 0.5
+            v[_SLOW_DAY, fresh] = x[fresh]
+            v[_SLOW_WEEK, fresh] = x[fresh]
+            v[_TAIL_F, fresh] = 0.32
+            v[_TAIL_B, fresh] = 0.6
+            v[_V_MEAN, fresh] = 0.8
+            v[_V_SQ, fresh] = 1.0
+            v[_V_FAST, fresh] = 0.8
         # Time: the typical interval (s) and how many intervals this point comes after.
         dt_s = (t - self.last_t[s]).astype(np.float64) * 1e-9
-        typical = self.dt[s].astype(np.float64)
+        typical = v[_DT].astype(np.float64)
         typical = np.where(typical > 0, typical, np.maximum(dt_s, 1e-3))
         gap = np.where(n > 0, np.clip(dt_s / typical, 1.0, 50.0), 1.0)
         typical = np.where(n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical)
         span = (t - self.first_t[s]).astype(np.float64)
         # Seasonal profiles, linearly interpolated between bucket centres.
         dpos = (t % DAY_NS).astype(np.float64) * (DAY_BUCKETS / DAY_NS) - 0.5
-        d0 = np.floor(dpos)
-        dw1 = dpos - d0
-        d0 = d0.astype(np.int64) % DAY_BUCKETS
-        d1 = (d0 + 1) % DAY_BUCKETS
-        wpos = ((t + 3 * DAY_NS) % WEEK_NS).astype(np.float64) * (WEEK_BUCKETS / WEEK_NS) - 0.5
-        w0 = np.floor(wpos)
-        ww1 = wpos - w0
-        w0 = w0.astype(np.int64) % WEEK_BUCKETS
-        w1 = (w0 + 1) % WEEK_BUCKETS
-        day = self.day[s, d0] * (1 - dw1) + self.day[s, d1] * dw1
-        week = self.week[s, w0] * (1 - ww1) + self.week[s, w1] * ww1
+        d0f = np.floor(dpos)
+        dw1 = dpos - d0f
+        d0 = (d0f % DAY_BUCKETS).astype(np.intp)
+        d1 = ((d0f + 1) % DAY_BUCKETS).astype(np.intp)
+        # The weekly profile takes the nearest bucket: one gather, one scatter.
+        wb = ((t + 3 * DAY_NS) % WEEK_NS) // (WEEK_NS // WEEK_BUCKETS)
+        day_flat = self.day.reshape(-1)
+        week_flat = self.week.reshape(-1)
+        i0 = s * DAY_BUCKETS + d0
+        i1 = s * DAY_BUCKETS + d1
+        iw = s * WEEK_BUCKETS + wb
+        day0 = day_flat[i0]
+        day1 = day_flat[i1]
+        week_raw = week_flat[iw]
+        day = day0 * (1 - dw1) + day1 * dw1
+        week = week_raw.astype(np.float64)
         mask = self.mask[s]
         # Weekly profile only once two weeks are seen; seasonal model only where it explains
         # the data clearly better than the level alone.
         week = np.where(((mask & SEASON_WEEKLY) > 0) & (span >= 2 * WEEK_NS), week, 0.0)
-        level = self.level[s]
-        level_s = self.level_s[s]
+        level = v[_LEVEL]
+        level_s = v[_LEVEL_S]
         pred_season = level_s + day + week
         use_season = (
             ((mask & SEASON_DAILY) > 0) & (span >= 2 * DAY_NS)
         )
         # A fast level where the series wanders (random-walk-like): its forecast is then better.
         # Damped local-linear trend (Holt): follows smooth curves with little lag.
-        level_f = self.level_f[s] + 0.98 * self.trend_f[s]
-        use_fast = self.errf[s] < 0.8 * self.err0[s]
-        err_base = np.where(use_fast, self.errf[s], self.err0[s])
-        use_season &= self.err1[s] < 0.8 * err_base
+        level_f = v[_LEVEL_F] + 0.98 * v[_TREND_F]
+        use_fast = v[_ERRF] < 0.8 * v[_ERR0]
+        err_base = np.where(use_fast, v[_ERRF], v[_ERR0])
+        use_season &= v[_ERR1] < 0.8 * err_base
         pred = np.where(use_season, pred_season, np.where(use_fast, level_f, level))
         resid = x - pred
-        scale = self.scale[s]
+        scale = v[_SCALE]
         sigma = 1.2533 * scale
         sigma = np.maximum(sigma, self.rel_floor * np.abs(level) + 1e-12)
         pois = self.poisson[s]
@@ -253,26 +319,26 @@ class RobustSeasonalDetector:
         az = np.abs(z)
         warm = n >= self.warmup
         # -- the tests, as tail probabilities --
-        tail_f = self.tail_f[s].astype(np.float64)
-        tail_b = self.tail_b[s].astype(np.float64)
+        tail_f = v[_TAIL_F].astype(np.float64)
+        tail_b = v[_TAIL_B].astype(np.float64)
         tests: list[np.ndarray] = []
         if "spike" in self.tests:
             tests.append(np.where(az > 1, tail_f * np.exp(-(az - 1) / tail_b), 1.0))
-        lrv = (1 + self.rho[s]) / np.maximum(1 - self.rho[s], 1e-3)
+        lrv = (1 + v[_RHO]) / np.maximum(1 - v[_RHO], 1e-3)
         inc = np.clip(z, -4.0, 4.0) / np.sqrt(np.clip(lrv, 1.0, 50.0))
         inc = np.where(warm, inc, 0.0)  # the CUSUMs start once the baseline is warm
-        cus_pos = np.maximum(0.0, self.cus_pos[s] + inc - 0.5)
-        cus_neg = np.maximum(0.0, self.cus_neg[s] - inc - 0.5)
-        drift_pos = np.maximum(0.0, 0.995 * self.drift_pos[s] + np.clip(inc, -2, 2) - 0.15)
-        drift_neg = np.maximum(0.0, 0.995 * self.drift_neg[s] - np.clip(inc, -2, 2) - 0.15)
+        cus_pos = np.maximum(0.0, v[_CUS_POS] + inc - 0.5)
+        cus_neg = np.maximum(0.0, v[_CUS_NEG] - inc - 0.5)
+        drift_pos = np.maximum(0.0, 0.995 * v[_DRIFT_POS] + np.clip(inc, -2, 2) - 0.15)
+        drift_neg = np.maximum(0.0, 0.995 * v[_DRIFT_NEG] - np.clip(inc, -2, 2) - 0.15)
         if "shift" in self.tests:
             tests.append(np.exp(-np.maximum(cus_pos, cus_neg)))
         if "trend" in self.tests:
             tests.append(np.exp(-0.3 * np.maximum(drift_pos, drift_neg)))
-        v_fast = self.v_fast[s] + 0.1 * (np.minimum(az, 8.0) - self.v_fast[s])
+        v_fast = v[_V_FAST] + 0.1 * (np.minimum(az, 8.0) - v[_V_FAST])
         if "variance" in self.tests:
-            v_sd = np.sqrt(np.maximum(self.v_sq[s] - self.v_mean[s] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)) * np.sqrt(0.1 / 1.9)
-            tests.append(normal_sf((v_fast - self.v_mean[s]) / v_sd))
+            v_sd = np.sqrt(np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)) * np.sqrt(0.1 / 1.9)
+            tests.append(_fast_normal_sf((v_fast - v[_V_MEAN]) / v_sd))
         if len(tests) == 1:
             p, which = tests[0], np.zeros(s.size, np.int64)
         else:
@@ -288,45 +354,44 @@ class RobustSeasonalDetector:
         new_level = level + la * np.clip(x - level, -cap, cap)
         r_f = np.clip(x - level_f, -cap, cap)
         new_level_f = level_f + np.maximum(la, 0.3) * r_f
-        new_trend_f = 0.98 * self.trend_f[s] + 0.05 * r_f
+        new_trend_f = 0.98 * v[_TREND_F] + 0.05 * r_f
         new_level_s = level_s + la * np.clip(x - pred_season, -cap, cap)
         xc = pred + clipped
         # Slow levels (time constants of a day and a week) anchor the profiles.
-        a_day = 1 - np.exp(-dt_s.clip(0) / 86_400.0)
-        a_week = 1 - np.exp(-dt_s.clip(0) / 604_800.0)
-        slow_day = self.slow_day[s] + np.where(fresh, 0.0, a_day) * (xc - self.slow_day[s])
-        slow_week = self.slow_week[s] + np.where(fresh, 0.0, a_week) * (xc - self.slow_week[s])
+        a_day = np.clip(dt_s * (1 / 86_400.0), 0.0, 1.0)
+        a_week = np.clip(dt_s * (1 / 604_800.0), 0.0, 1.0)
+        slow_day = v[_SLOW_DAY] + np.where(fresh, 0.0, a_day) * (xc - v[_SLOW_DAY])
+        slow_week = v[_SLOW_WEEK] + np.where(fresh, 0.0, a_week) * (xc - v[_SLOW_WEEK])
         days_seen = np.clip(span / DAY_NS, 1 / 24, 3.0)
         a_prof = np.clip(typical / (3600.0 * days_seen), 0.0, 1.0)
         target_day = xc - slow_day - week
-        self.day[s, d0] += (a_prof * (1 - dw1) * (target_day - self.day[s, d0])).astype(np.float32)
-        self.day[s, d1] += (a_prof * dw1 * (target_day - self.day[s, d1])).astype(np.float32)
+        day_flat[i0] = day0 + a_prof * (1 - dw1) * (target_day - day0)
+        day_flat[i1] = day1 + a_prof * dw1 * (target_day - day1)
         weeks_seen = np.clip(span / WEEK_NS, 1 / 168, 3.0)
         a_wprof = np.clip(typical / (3600.0 * weeks_seen), 0.0, 1.0)
         target_week = xc - slow_week - day
-        self.week[s, w0] += (a_wprof * (1 - ww1) * (target_week - self.week[s, w0])).astype(np.float32)
-        self.week[s, w1] += (a_wprof * ww1 * (target_week - self.week[s, w1])).astype(np.float32)
+        week_flat[iw] = week_raw + a_wprof * (target_week - week_raw)
         a_err = np.maximum(np.clip(typical / 43_200.0, 0.002, 0.05), 1.0 / (n + 2))
-        self.err0[s] += a_err * (np.minimum(np.abs(x - level), cap) - self.err0[s])
-        self.errf[s] += a_err * (np.minimum(np.abs(x - level_f), cap) - self.errf[s])
-        self.err1[s] += a_err * (np.minimum(np.abs(x - pred_season), cap) - self.err1[s])
+        v[_ERR0] += a_err * (np.minimum(np.abs(x - level), cap) - v[_ERR0])
+        v[_ERRF] += a_err * (np.minimum(np.abs(x - level_f), cap) - v[_ERRF])
+        v[_ERR1] += a_err * (np.minimum(np.abs(x - pred_season), cap) - v[_ERR1])
         sa = np.where(warm, self.scale_alpha, np.maximum(self.scale_alpha, 1.0 / (n + 1)))
-        self.scale[s] = scale + sa * (np.abs(clipped) - scale)
+        v[_SCALE] = scale + sa * (np.abs(clipped) - scale)
         # Tail calibration learns from scored points only; a spike moves it by a bounded step.
         learn = warm & (az < 50)
         exceed = (az > 1).astype(np.float64)
-        self.tail_f[s] = np.where(learn, tail_f + 0.01 * (exceed - tail_f), tail_f).clip(0.05, 0.6)
+        v[_TAIL_F] = np.where(learn, tail_f + 0.01 * (exceed - tail_f), tail_f).clip(0.05, 0.6)
         excess = np.minimum(az - 1, 4 * tail_b)
-        self.tail_b[s] = np.where(learn & (az > 1), tail_b + 0.02 * (excess - tail_b), tail_b).clip(0.3, 3.0)
+        v[_TAIL_B] = np.where(learn & (az > 1), tail_b + 0.02 * (excess - tail_b), tail_b).clip(0.3, 3.0)
         zc = np.clip(z, -6, 6)
-        self.rho[s] = np.where(n > 1, self.rho[s] + 0.02 * (zc * self.prev_z[s] / np.maximum(self.v_sq[s], 0.2) - self.rho[s]), 0.0).clip(-0.5, 0.98)
-        self.prev_z[s] = zc
+        v[_RHO] = np.where(n > 1, v[_RHO] + 0.02 * (zc * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]), 0.0).clip(-0.5, 0.98)
+        v[_PREV_Z] = zc
         aza = np.minimum(az, 6.0)
-        self.v_mean[s] += 0.01 * (aza - self.v_mean[s])
-        self.v_sq[s] += 0.01 * (aza * aza - self.v_sq[s])
-        self.v_fast[s] = v_fast
+        v[_V_MEAN] += 0.01 * (aza - v[_V_MEAN])
+        v[_V_SQ] += 0.01 * (aza * aza - v[_V_SQ])
+        v[_V_FAST] = v_fast
         # A confirmed shift re-bases the level on the recent residuals.
-        r_fast = self.r_fast[s] + 0.3 * (resid - self.r_fast[s])
+        r_fast = v[_R_FAST] + 0.3 * (resid - v[_R_FAST])
         rebase = warm & (np.maximum(cus_pos, cus_neg) > 16.0)
         if rebase.any():
             new_level = np.where(rebase, level + r_fast, new_level)
@@ -338,23 +403,24 @@ class RobustSeasonalDetector:
             drift_pos = np.where(rebase, 0.0, drift_pos)
             drift_neg = np.where(rebase, 0.0, drift_neg)
             r_fast = np.where(rebase, 0.0, r_fast)
-        self.level[s] = new_level
-        self.level_s[s] = new_level_s
-        self.level_f[s] = new_level_f
-        self.trend_f[s] = new_trend_f
-        self.slow_day[s] = slow_day
-        self.slow_week[s] = slow_week
-        self.cus_pos[s] = cus_pos
-        self.cus_neg[s] = cus_neg
-        self.drift_pos[s] = drift_pos
-        self.drift_neg[s] = drift_neg
-        self.r_fast[s] = r_fast
-        self.dt[s] = typical
+        v[_LEVEL] = new_level
+        v[_LEVEL_S] = new_level_s
+        v[_LEVEL_F] = new_level_f
+        v[_TREND_F] = new_trend_f
+        v[_SLOW_DAY] = slow_day
+        v[_SLOW_WEEK] = slow_week
+        v[_CUS_POS] = cus_pos
+        v[_CUS_NEG] = cus_neg
+        v[_DRIFT_POS] = drift_pos
+        v[_DRIFT_NEG] = drift_neg
+        v[_R_FAST] = r_fast
+        v[_DT] = typical
         self.last_t[s] = t
         self.n[s] = n + 1
-        self.last_value[s] = x
-        self.expected[s] = pred
-        self.sigma[s] = sigma
-        self.score[s] = score
+        v[_LAST_VALUE] = x
+        v[_EXPECTED] = pred
+        v[_SIGMA] = sigma
+        v[_SCORE] = score
         self.which[s] = which
+        self.st[:, s] = v
         return score

@@ -1,0 +1,128 @@
+"""AIOps throughput and memory: the default detector ensemble, the sketch, template mining.
+
+    python bench/aiops_perf.py [--series 100000] [--points 10] [--lines 200000]
+
+- detector: points/s (process CPU time) through the default ensemble (``robust``), with
+  ``--series`` live series each getting ``--points`` points per batch (the shape of a fleet
+  scraped every interval), and the state's bytes per series;
+- one series fed point by point (the ``opstrata detect`` shape);
+- the log-bucket latency sketch: values/s into per-group sketches, merge, quantiles;
+- template mining: lines/s of generated application logs (``TemplateMiner.add``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+
+from opstrata.plugins.aiops.drain import TemplateMiner
+from opstrata.plugins.aiops.engine import RobustSeasonalDetector
+from opstrata.plugins.aiops.sketch import LogHistogram
+
+T0 = 1_767_571_200 * 10**9
+STEP = 60 * 10**9
+
+
+def cpu(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def detector(series: int, points: int, batches: int) -> None:
+    rng = np.random.default_rng(1)
+    det = RobustSeasonalDetector({})
+    ids = np.tile(np.arange(series), points)
+    total = 0
+    seconds = 0.0
+    for b in range(batches):
+        times = np.repeat(T0 + (b * points + np.arange(points)) * STEP, series)
+        values = 100 + rng.normal(0, 5, ids.size)
+        seconds += cpu(lambda t=times, v=values: det.update(ids, t, v))
+        total += ids.size
+    print(f"detector: {series:,} series x {points} points/batch x {batches} batches: "
+          f"{total / seconds:,.0f} points/s; state {det.nbytes / 2**20:,.1f} MiB "
+          f"({det.nbytes / series:,.0f} B/series)")  # fmt: skip
+
+
+def single(points: int) -> None:
+    rng = np.random.default_rng(2)
+    det = RobustSeasonalDetector({})
+    times = T0 + np.arange(points) * STEP
+    values = 100 + rng.normal(0, 5, points)
+    seconds = cpu(lambda: det.update(np.zeros(points, np.int64), times, values))
+    print(f"one series, {points:,} points in one call: {points / seconds:,.0f} points/s")
+
+
+def sketch(values: int, groups: int) -> None:
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, groups, values)
+    v = rng.lognormal(3, 1, values)
+    halves = []
+    seconds = cpu(lambda: halves.extend([LogHistogram.of(g[: values // 2], v[: values // 2]),
+                                          LogHistogram.of(g[values // 2:], v[values // 2:])]))  # fmt: skip
+    merged: list[LogHistogram] = []
+    merge_s = cpu(lambda: merged.append(halves[0].merge(halves[1])))
+    out: list = []
+    q_s = cpu(lambda: out.append(merged[0].quantiles((0.5, 0.99))))
+    true = np.quantile(v[g == 0], 0.99)
+    est = out[0][1][0, 1]
+    print(f"sketch: {values / seconds:,.0f} values/s ({1e9 * seconds / values:.0f} ns/value) "
+          f"into {groups:,} groups; merge {merge_s * 1e3:.1f} ms; quantiles {q_s * 1e3:.1f} ms; "
+          f"p99 error {abs(est - true) / true:.2%}")  # fmt: skip
+
+
+def log_lines(n: int) -> list[str]:
+    random.seed(1)
+    names = [f"user{i}" for i in range(2000)] + ["alice", "bob", "carol", "dave"]
+    hosts = [f"db-{i}.internal" for i in range(40)]
+    templates = [
+        lambda: f"Accepted password for {random.choice(names)} from 10.0.{random.randint(0, 255)}."
+                f"{random.randint(0, 255)} port {random.randint(1000, 65000)} ssh2",
+        lambda: f"GET /api/v1/users/{random.randint(1, 10**6)} 200 {random.random() * 100:.2f}ms",
+        lambda: f"Connection closed by {random.choice(names)} [preauth]",
+        lambda: f"request id={random.getrandbits(64):016x} took {random.randint(1, 900)} ms",
+        lambda: f"Failed to connect to {random.choice(hosts)} retrying in {random.randint(1, 9)}s",
+        lambda: f"session opened for user {random.choice(names)} by (uid=0)",
+        lambda: f"Cache miss for key product:{random.randint(1, 99999)} region eu-west-1",
+        lambda: f"order {random.randint(10**5, 10**6)} paid by {random.choice(names)} total "
+                f"{random.random() * 500:.2f} EUR",
+        lambda: f"worker {random.randint(1, 64)} finished job {random.getrandbits(32):08x} in "
+                f"{random.randint(1, 5000)} ms status=ok",
+        lambda: f"kafka consumer group billing lag {random.randint(0, 10**4)} on partition "
+                f"{random.randint(0, 31)}",
+    ]  # fmt: skip
+    return [random.choice(templates)() for _ in range(n)]
+
+
+def mining(n: int) -> None:
+    lines = log_lines(n)
+    miner = TemplateMiner()
+
+    def run() -> None:
+        for i in range(0, n, 4096):
+            miner.add(lines[i : i + 4096])
+
+    seconds = cpu(run)
+    print(f"templates: {n:,} lines: {n / seconds:,.0f} lines/s; {len(miner.tokens)} templates")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=100_000)
+    parser.add_argument("--points", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--lines", type=int, default=200_000)
+    args = parser.parse_args()
+    detector(args.series, 1, args.batches * args.points)
+    detector(args.series, args.points, args.batches)
+    single(5_000)
+    sketch(1_000_000, 10_000)
+    mining(args.lines)
+
+
+if __name__ == "__main__":
+    main()
