@@ -111,8 +111,9 @@ def test_every_signal_carries_simulated_time(stored: dict) -> None:
     for row in stored["logs"]:
         assert sim.start_unix_nano <= row["Timestamp"] < sim.end_unix_nano + 30 * MIN
     times = {row["TimeUnix"] for row in stored["gauges"]}
-    assert min(times) == START + 10 * 1_000_000_000 and max(times) == sim.end_unix_nano
-    assert all((t - START) % 10_000_000_000 == 0 for t in times)
+    interval = 30 * 1_000_000_000  # the default metric export interval, simulated
+    assert min(times) == START + interval and max(times) == sim.end_unix_nano
+    assert all((t - START) % interval == 0 for t in times)
     hosts = {r["ResourceAttributes"]["host.name"] for r in stored["gauges"]
              if r["MetricName"] == "system.cpu.utilization"}
     assert hosts == {"node-a", "node-b", "node-c", "gpu-node-1"}

@@ -26,8 +26,8 @@ requests per simulated second (about 12 spans each); ``start_unix_nano`` fixes t
 start (default: so that the run ends at the current minute), and with it every byte sent: runs
 with the same arguments and seed send the same telemetry. ``stop`` (a ``threading.Event``)
 ends a run early. ``sim.ticks()`` yields the same telemetry tick by tick (SDK spans, log
-records, ``MetricsData``) without sending it. What is emitted, signal by signal, is listed in
-``docs/demo.md``.
+records, ``MetricsData`` every 30 simulated seconds) without sending it. What is emitted,
+signal by signal, is listed in ``docs/demo.md``.
 """
 
 from __future__ import annotations

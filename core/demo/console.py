@@ -214,10 +214,12 @@ def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
     watcher.settle()
     print(f"sent {outcome.spans:,} spans, {outcome.log_records:,} log records and "
           f"{outcome.metric_points:,} metric points in {outcome.wall_seconds:.0f} s"
-          + (f"; {outcome.failed_exports} exports failed" if outcome.failed_exports else ""),
+          + (f"; {outcome.failed_exports} of {outcome.exports} exports failed"
+             if outcome.failed_exports else ""),
           file=out)
     watcher.verdict(truth, sim.start_unix_nano, sim.end_unix_nano)
-    return 1 if outcome.failed_exports and not outcome.spans else 0
+    # A few failed exports (a timeout) still make a demo; most failing means no server took it.
+    return 1 if outcome.failed_exports * 10 > outcome.exports else 0
 
 
 class _Watcher:
@@ -285,11 +287,13 @@ class _Watcher:
 
     def verdict(self, truth: Truth, start: int, end: int) -> None:
         """The run's incidents with their top candidates, checked against the truth."""
+        # Incidents this run touched: open during it and changed since it began.
         mine = [i for i in self.incidents.values()
-                if start <= i.get("opened_unix_nano", 0) <= end]
+                if i.get("opened_unix_nano", 0) <= end and i.get("updated_unix_nano", 0) >= start]
         alerts = [a for a in self.alerts.values()
                   if start <= a.get("first_seen_unix_nano", 0) <= end]
-        print(f"{len(alerts)} alerts and {len(mine)} incidents in this run", file=self.out)
+        print(f"{len(alerts)} new alerts in this run; {len(mine)} incidents touched by it",
+              file=self.out)
         found: int | None = None
         for inc in mine:
             print(f"  {inc['id']} [{inc.get('status', '?')}] {inc.get('title', '')}",

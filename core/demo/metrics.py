@@ -1,4 +1,4 @@
-"""Metric points for one tick, as the SDK's ``MetricsData`` with simulated timestamps.
+"""Metric points every export interval, as the SDK's ``MetricsData`` with simulated timestamps.
 
 SDK metric readers stamp points with the wall clock, so the points are built directly here and
 handed to the real ``OTLPMetricExporter.export``. Counters and histograms are cumulative (the SDK's
@@ -86,6 +86,8 @@ class MetricState:
         self._series: dict[str, _Series] = {}
         self._wander = {node.name: 0.0 for node in NODES}
         self.gpu_temperature = 0.0
+        self._gpu_busy = 0.0
+        self._gpu_elapsed = 0.0
 
     def _of(self, key: str, started: int) -> _Series:
         series = self._series.get(key)
@@ -100,11 +102,8 @@ class MetricState:
             hist = series.hists[key] = _Hist(series.start, np.zeros(len(bounds) + 1, np.int64))
         hist.add(bounds, values)
 
-    def build(self, now: int, seconds: float, daily: float, fx: Effects,
-              out: TickOutput) -> MetricsData:
-        """The points of the tick that ends at ``now``."""
-        resources: list[ResourceMetrics] = []
-        resources.extend(self._hosts(now, daily, fx, out, seconds))
+    def observe(self, out: TickOutput, seconds: float, fx: Effects) -> None:
+        """Add one tick's requests to the cumulative state."""
         pods = {pod.name: pod for pod in self.env.all_pods()}
         for (pod_name, method, route, status), durations in out.http.items():
             pod = pods.get(pod_name)
@@ -117,7 +116,7 @@ class MetricState:
         for pod in pods.values():
             series = self._of(pod.name, pod.started_ns)
             if pod.service == "model-server":
-                self._triton(series, seconds, out)
+                self._triton(series, out)
             if pod.service == "llm-gateway":
                 for call in out.llm:
                     base = (call.request_model, call.response_model if not call.error else "")
@@ -128,14 +127,23 @@ class MetricState:
                                    [float(call.output_tokens)])
                     self._hist(series, ("genai", *base, call.error), _GENAI_BOUNDS,
                                [call.seconds])
-            metrics = self._pod_metrics(series, now, pod.service)
+        self._gpu_busy += sum(s for _, s in out.inferences)
+        self._gpu_elapsed += seconds
+        gpu = self._of(GPU_NODE, 0)
+        gpu.sums[("xid",)] += poisson(self.rng, fx.gpu_xid_per_minute * seconds / 60)
+
+    def build(self, now: int, daily: float, fx: Effects) -> MetricsData:
+        """Every series' point at ``now``: gauges as they are, counters and histograms since
+        their start."""
+        resources = self._hosts(now, daily, fx)
+        for pod in self.env.all_pods():
+            metrics = self._pod_metrics(self._of(pod.name, pod.started_ns), now)
             if metrics:
                 resources.append(ResourceMetrics(pod.resource, metrics, ""))
         return MetricsData(resources)
 
     # -- hosts and the GPU ------------------------------------------------------------------
-    def _hosts(self, now: int, daily: float, fx: Effects, out: TickOutput,
-               seconds: float) -> list[ResourceMetrics]:
+    def _hosts(self, now: int, daily: float, fx: Effects) -> list[ResourceMetrics]:
         rng = self.rng
         result = []
         for node in NODES:
@@ -153,17 +161,17 @@ class MetricState:
             ]
             scopes = [ScopeMetrics(_HOST_SCOPE, metrics, "")]
             if node.name == GPU_NODE:
-                scopes.append(ScopeMetrics(_GPU_SCOPE, self._gpu(now, fx, out, seconds), ""))
+                scopes.append(ScopeMetrics(_GPU_SCOPE, self._gpu(now, fx), ""))
             result.append(ResourceMetrics(self.env.node_resources[node.name], scopes, ""))
         return result
 
-    def _gpu(self, now: int, fx: Effects, out: TickOutput, seconds: float) -> list[Metric]:
+    def _gpu(self, now: int, fx: Effects) -> list[Metric]:
         rng = self.rng
-        busy = sum(s for _, s in out.inferences) / max(seconds, 1e-9)
+        busy = self._gpu_busy / max(self._gpu_elapsed, 1e-9)
+        self._gpu_busy = self._gpu_elapsed = 0.0
         util = min(0.15 + 6 * busy + fx.gpu_utilization + rng.gauss(0, 0.02), 1.0)
         self.gpu_temperature = 56 + 12 * util + rng.gauss(0, 0.7) + fx.gpu_temperature
         series = self._of(GPU_NODE, 0)
-        series.sums[("xid",)] += poisson(rng, fx.gpu_xid_per_minute * seconds / 60)
         series.sums[("util",)] = util
         attrs = {"gpu.id": "0"}
         return [
@@ -175,7 +183,7 @@ class MetricState:
                  series.sums[("xid",)]),
         ]
 
-    def _triton(self, series: _Series, seconds: float, out: TickOutput) -> None:
+    def _triton(self, series: _Series, out: TickOutput) -> None:
         ok = sum(1 for succeeded, _ in out.inferences if succeeded)
         series.sums[("nv", "nv_inference_request_success")] += ok
         series.sums[("nv", "nv_inference_request_failure")] += len(out.inferences) - ok
@@ -183,12 +191,9 @@ class MetricState:
         compute = sum(s for _, s in out.inferences) * 1e6
         series.sums[("nv", "nv_inference_compute_infer_duration_us")] += compute
         series.sums[("nv", "nv_inference_queue_duration_us")] += compute * 0.08
-        util = self._of(GPU_NODE, 0).sums.get(("util",), 0.2)
-        series.sums[("nv_gauge", "nv_gpu_utilization")] = max(util, 0.0)
-        series.sums[("nv_gauge", "nv_gpu_power_usage")] = 70 + 180 * max(util, 0.0)
 
     # -- per pod -----------------------------------------------------------------------------
-    def _pod_metrics(self, series: _Series, now: int, service: str) -> list[ScopeMetrics]:
+    def _pod_metrics(self, series: _Series, now: int) -> list[ScopeMetrics]:
         scopes: list[ScopeMetrics] = []
         http = [
             _hist_point({"http.request.method": k[0], "http.route": k[1],
@@ -208,10 +213,12 @@ class MetricState:
         for key, value in series.sums.items():
             if key[0] == "nv":
                 triton.append(_sum(key[1], "1", model, series.start, now, value))
-            elif key[0] == "nv_gauge":
-                triton.append(_gauge(key[1], "1", {"gpu_uuid": _GPU_UUID}, series.start, now,
-                                     value))
         if triton:
+            util = max(self._of(GPU_NODE, 0).sums.get(("util",), 0.2), 0.0)
+            gpu = {"gpu_uuid": _GPU_UUID}
+            triton.append(_gauge("nv_gpu_utilization", "1", gpu, series.start, now, util))
+            triton.append(_gauge("nv_gpu_power_usage", "W", gpu, series.start, now,
+                                 70 + 180 * util))
             scopes.append(ScopeMetrics(_TRITON_SCOPE, triton, ""))
         genai = self._genai(series, now)
         if genai:

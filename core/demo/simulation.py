@@ -51,7 +51,8 @@ class Tick:
     end_unix_nano: int
     spans: list[ReadableSpan]
     log_records: list[ReadableLogRecord]
-    metrics: MetricsData
+    metrics: MetricsData | None
+    """Points at the tick's end when an export interval ends there, else None."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,16 @@ class RunStats:
     log_records: int
     metric_points: int
     failed_exports: int
+    exports: int
+    """Export calls made (three signals per tick)."""
     start_unix_nano: int
     end_unix_nano: int
     wall_seconds: float
 
 
-def _points(data: Any) -> int:
+def _points(data: MetricsData | None) -> int:
+    if data is None:
+        return 0
     return sum(len(m.data.data_points) for rm in data.resource_metrics
                for sm in rm.scope_metrics for m in sm.metrics)
 
@@ -130,6 +135,7 @@ class Simulation:
         rate: float = 3.0,
         start_unix_nano: int | None = None,
         tick_seconds: float = 10.0,
+        metric_interval_seconds: float = 30.0,
     ) -> None:
         names = [scenario] if isinstance(scenario, str) else list(scenario)
         names = [n for part in names for n in part.split("+") if n]
@@ -144,6 +150,7 @@ class Simulation:
         self.fault_minutes = fault_minutes
         self.rate = rate
         self.tick_seconds = tick_seconds
+        self.metric_interval_seconds = metric_interval_seconds
         if start_unix_nano is None:
             # End the simulated span at the wall clock's current minute: the data looks recent
             # and never lies in the future.
@@ -200,6 +207,8 @@ class Simulation:
         state: dict[str, str] = {}
         next_kill: dict[str, float] = {}
         killed = 0
+        every = max(1, round(self.metric_interval_seconds / self.tick_seconds))
+        index = 0
         at = self.start_unix_nano
         while at < self.end_unix_nano:
             fx = self.effects(at)
@@ -213,8 +222,12 @@ class Simulation:
             pending_labels.extend(out.labels)
             pending_labels = self._labels(env, logs, pending_labels, at + tick)
             logs.background(env, at, self.tick_seconds, fx, metrics.gpu_temperature)
-            data = metrics.build(at + tick, self.tick_seconds, self._daily(at) - 1, fx, out)
+            metrics.observe(out, self.tick_seconds, fx)
             at += tick
+            index += 1
+            data = None
+            if index % every == 0:
+                data = metrics.build(at, self._daily(at) - 1, fx)
             yield Tick(at, out.spans, logs.take(), data)
 
     def run(self, otlp_endpoint: str = "127.0.0.1:4317",
@@ -226,6 +239,7 @@ class Simulation:
         for sender in senders:
             sender.start()
         counts = [0, 0, 0]
+        exports = 0
         wall_start = time.monotonic()
         at = self.start_unix_nano
         try:
@@ -235,7 +249,9 @@ class Simulation:
                 counts[2] += _points(tick.metrics)
                 for sender, item in zip(senders, (tick.spans, tick.log_records, tick.metrics),
                                         strict=True):
-                    sender.inbox.put(item)
+                    if item:
+                        sender.inbox.put(item)
+                        exports += 1
                 at = tick.end_unix_nano
                 behind = self._pace(wall_start, at)
                 if progress is not None:
@@ -245,7 +261,7 @@ class Simulation:
         finally:
             for sender in senders:
                 sender.close()
-        return RunStats(counts[0], counts[1], counts[2], sum(s.failed for s in senders),
+        return RunStats(counts[0], counts[1], counts[2], sum(s.failed for s in senders), exports,
                         self.start_unix_nano, at, time.monotonic() - wall_start)
 
     def _llm_load(self, recent: deque[dict[str, int]], out: TickOutput) -> dict[str, float]:
