@@ -87,7 +87,8 @@ def _const(n: int, value: str) -> pa.Array:
 
 def _table(table: Table, columns: dict[str, pa.Array]) -> pa.Table:
     schema = STORAGE_SCHEMAS[table]
-    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    arrays = [pa.array(columns[f.name]).cast(f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def create_store_file(data_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -96,6 +97,14 @@ def create_store_file(data_dir: Path) -> duckdb.DuckDBPyConnection:
     for statement in create_statements():
         con.execute(statement)
     return con
+
+
+ROWS_PER_SEQ = 2_000
+"""Rows per commit sequence number: about one OTLP request, as the server would commit them."""
+
+
+def _seqs(n: int, first_seq: int) -> pa.Array:
+    return pa.array(first_seq + np.arange(n, dtype=np.uint64) // ROWS_PER_SEQ)
 
 
 def span_chunk(
@@ -183,7 +192,7 @@ def span_chunk(
         "Links": _empty_lists(n, traces_schema.field("Links").type.value_type),
         "ScopeAttributes": _empty_lists(n, _ENTRY),
         "TraceFlags": pa.array(np.full(n, 1, dtype=np.uint32)),
-        SEQ_COLUMN: pa.array(np.full(n, seq, dtype=np.uint64)),
+        SEQ_COLUMN: _seqs(n, seq),
     }
     return _table(Table.TRACES, columns)
 
@@ -220,10 +229,18 @@ _TEMPLATES = np.array(
 
 
 def load_logs(
-    con: duckdb.DuckDBPyConnection, n_logs: int, start_ns: int, hours: float, seed: int = 2
-) -> None:
+    con: duckdb.DuckDBPyConnection,
+    n_logs: int,
+    start_ns: int,
+    hours: float,
+    seed: int = 2,
+    first_seq: int = 10_000_000,
+) -> list[str]:
+    """Insert ``n_logs`` log records in time order (half with a trace id); return a sample of
+    those trace ids."""
     rng = np.random.default_rng(seed)
     chunk = 500_000
+    sample: list[str] = []
     window = int(hours * 3600e9)
     chunks = max(1, n_logs // chunk)
     step = window // chunks
@@ -258,10 +275,13 @@ def load_logs(
             "ScopeAttributes": _empty_lists(chunk, _ENTRY),
             "LogAttributes": _attr_list(["template"], [tmpl.astype(str)]),
             "EventName": pa.array(np.full(chunk, "")),
-            SEQ_COLUMN: pa.array(np.full(chunk, i + 1, dtype=np.uint64)),
+            SEQ_COLUMN: _seqs(chunk, first_seq + i * (chunk // ROWS_PER_SEQ)),
         }
-        table = _table(Table.LOGS, columns)  # noqa: F841
-        con.execute(f"INSERT INTO {Table.LOGS} SELECT * FROM table")
+        log_rows = _table(Table.LOGS, columns)  # noqa: F841
+        con.execute(f"INSERT INTO {Table.LOGS} SELECT * FROM log_rows")
+        picked = trace_ids.filter(pa.array(with_trace)).to_pylist()[:: max(1, chunk // 50)]
+        sample.extend(picked[:20])
+    return sample
 
 
 def _metric_columns(
