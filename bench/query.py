@@ -14,6 +14,7 @@ close to the maximum). Everything lives in a temporary directory under /tmp, del
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -96,18 +97,31 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--hours", type=float, default=24.0, help="time the data spans")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="load into this directory and keep it; if it already holds a loaded store, reuse "
+        "it (same --spans/--logs/--points/--hours) instead of loading again",
+    )
     args = parser.parse_args()
     rnd = random.Random(11)
     tmp = Path(tempfile.mkdtemp(prefix="opstrata-qbench-", dir="/tmp"))
     server = None
     try:
-        data_dir = tmp / "data"
-        loaded = load(data_dir, args)
-        load_line = ", ".join(f"{k} {v:.1f} s" for k, v in loaded["load"].items())
-        print(
-            f"loaded {args.spans:,} spans, {args.logs:,} logs, {args.points:,} points over "
-            f"{args.hours:g} h ({load_line}); file {loaded['size'] / 2**30:.2f} GiB"
-        )
+        data_dir = args.keep or tmp / "data"
+        saved = data_dir / "bench-ids.json"
+        if saved.exists():
+            loaded = json.loads(saved.read_text())
+            print(f"reusing {data_dir}")
+        else:
+            loaded = load(data_dir, args)
+            if args.keep:
+                saved.write_text(json.dumps(loaded))
+            load_line = ", ".join(f"{k} {v:.1f} s" for k, v in loaded["load"].items())
+            print(
+                f"loaded {args.spans:,} spans, {args.logs:,} logs, {args.points:,} points "
+                f"over {args.hours:g} h ({load_line}); file {loaded['size'] / 2**30:.2f} GiB"
+            )
         server = ServerProcess(data_dir).start(timeout=300)
         end = START + int(args.hours * HOUR)
         hour = {"start": str(end - HOUR), "end": str(end)}
