@@ -232,6 +232,7 @@ class _Watcher:
         self.alerts: dict[str, dict[str, Any]] = {}
         self.incidents: dict[str, dict[str, Any]] = {}
         self._shown_incidents: dict[str, tuple[str, int, str]] = {}
+        """Incident id -> (status, bit length of its alert count, top cause) last printed."""
         self.errors = 0
 
     def _when(self, ns: int) -> str:
@@ -262,7 +263,10 @@ class _Watcher:
         for inc in sorted(incidents, key=lambda i: i.get("opened_unix_nano", 0)):
             self.incidents[inc["id"]] = inc
             top = inc.get("candidates") or []
-            key = (inc.get("status", ""), len(inc.get("alert_ids", [])),
+            # A line when it opens, changes status or top cause, or its alerts double: an
+            # alert flood shows as a handful of lines, not one per alert.
+            count = len(inc.get("alert_ids", []))
+            key = (inc.get("status", ""), count.bit_length(),
                    _entity(top[0]["entity"]) if top else "")
             before = self._shown_incidents.get(inc["id"])
             if before == key:
@@ -271,7 +275,7 @@ class _Watcher:
             self._shown_incidents[inc["id"]] = key
             what = "opened" if before is None else inc.get("status", "changed")
             print(f"  INCIDENT {self._when(inc.get('updated_unix_nano', 0))}  {inc['id']} "
-                  f"{what}: {inc.get('title', '')} ({len(inc.get('alert_ids', []))} alerts"
+                  f"{what}: {inc.get('title', '')} ({count} alerts"
                   + (f"; top cause {key[2]}" if key[2] else "") + ")",
                   file=self.out, flush=True)
         return fresh

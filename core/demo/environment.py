@@ -362,7 +362,8 @@ class Environment:
     def __post_init__(self) -> None:
         self.versions = {service: spec[0] for service, spec in SERVICES.items()}
         for node in NODES:
-            self.node_resources[node.name] = Resource.create(
+            # As a Collector's hostmetrics receiver reports them: no service, no SDK attributes.
+            self.node_resources[node.name] = Resource(
                 {
                     "host.name": node.name,
                     "host.arch": "amd64",
