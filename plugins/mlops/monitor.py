@@ -211,6 +211,7 @@ class DriftMonitor:
         state.reference_source = source
         state.reference_rows = max((s.n for _, s in columns.values()), default=0)
         for name, (role, sketch) in columns.items():
+            sketch.pack()
             col = state.columns.get(name)
             if col is None or col.kind != sketch.kind:
                 col = state.columns[name] = ColumnState(role, sketch.kind)
@@ -430,6 +431,7 @@ def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> 
         sketch.update(np.asarray(values)[mask])
     else:
         sketch.update(values.filter(pa.array(mask)))
+    sketch.pack()  # kept packed between batches: the state per feature stays small
 
 
 def _finite(x: float) -> float:

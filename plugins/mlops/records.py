@@ -117,59 +117,50 @@ class Extractor:
     def _attributes(
         self, batch: pa.RecordBatch, attrs: pa.Array, times: np.ndarray, out: Records
     ) -> None:
-        model = pc.map_lookup(attrs, pa.scalar(MODEL_KEY), "first")
-        label = pc.map_lookup(attrs, pa.scalar(LABEL_KEY), "first")
-        if label.null_count < len(label):
-            ids = pc.map_lookup(attrs, pa.scalar(ID_KEY), "first")
-            has = pc.and_(pc.is_valid(label), pc.is_valid(ids))
-            if pc.any(has).as_py():
+        # One pass over the flattened map: keys dictionary-encoded once, then every lookup is
+        # an integer comparison in numpy (pc.map_lookup costs microseconds per row).
+        flat = _FlatMap(attrs)
+        label_rows, label_values = flat.lookup(LABEL_KEY)
+        if label_rows.size:
+            id_values = flat.aligned(ID_KEY, label_rows)
+            ok = np.asarray(pc.is_valid(id_values))
+            if ok.any():
+                mask = pa.array(ok)
                 out.labels.append(
-                    Labels(ids.filter(has), label.filter(has), times[np.asarray(has)])
+                    Labels(id_values.filter(mask), label_values.filter(mask), times[label_rows[ok]])
                 )
-        if model.null_count == len(model):
+        model_rows, model_values = flat.lookup(MODEL_KEY)
+        if model_rows.size == 0:
             return
-        version = pc.fill_null(pc.map_lookup(attrs, pa.scalar(VERSION_KEY), "first"), "")
-        rows = np.flatnonzero(np.asarray(pc.is_valid(model)))
-        keys = pc.binary_join_element_wise(model.take(rows), version.take(rows), "\x00")
-        encoded = keys.dictionary_encode()
-        groups = np.asarray(encoded.indices)
-        sub = attrs.take(pa.array(rows))
-        offsets = np.asarray(sub.offsets)
-        start, stop = int(offsets[0]), int(offsets[-1])
-        flat_keys = sub.keys.slice(start, stop - start)
-        flat_values = sub.items.slice(start, stop - start)
-        parents = np.repeat(np.arange(len(sub)), np.diff(offsets))
-        is_feature = np.asarray(pc.fill_null(pc.starts_with(flat_keys, FEATURE_PREFIX), False))
-        feature_keys = flat_keys.filter(pa.array(is_feature))
-        feature_values = flat_values.filter(pa.array(is_feature))
-        feature_rows = parents[is_feature]
-        names = pc.unique(feature_keys).to_pylist()
-        resources = batch.column("ResourceAttributes").take(pa.array(rows))
-        for g, key in enumerate(encoded.dictionary.to_pylist()):
+        versions = pc.fill_null(flat.aligned(VERSION_KEY, model_rows), "")
+        keys = pc.binary_join_element_wise(model_values, versions, "\x00").dictionary_encode()
+        groups = np.full(len(attrs), -1)
+        groups[model_rows] = np.asarray(keys.indices)
+        resources = batch.column("ResourceAttributes")
+        features = [k for k in flat.names if k.startswith(FEATURE_PREFIX)]
+        for g, key in enumerate(keys.dictionary.to_pylist()):
             name, _, ver = key.partition("\x00")
-            in_group = groups == g
-            group_rows = np.flatnonzero(in_group)
-            first = int(group_rows[0])
+            rows = np.flatnonzero(groups == g)
             entry = ModelRows(
                 model=name,
                 version="" if ver in UNVERSIONED else ver,
-                resource=_resource(resources, first),
-                times=times[rows[group_rows]],
+                resource=_resource(resources, int(rows[0])),
+                times=times[rows],
             )
-            for feature in names:
-                same = pc.equal(feature_keys, feature).to_numpy(zero_copy_only=False)
-                pick = same & in_group[feature_rows]
+            for feature in features:
+                f_rows, f_values = flat.lookup(feature)
+                pick = groups[f_rows] == g
                 if pick.any():
-                    values = feature_values.filter(pa.array(pick))
-                    col_times = times[rows[feature_rows[pick]]]
                     column = feature.removeprefix(FEATURE_PREFIX)
-                    entry.columns[column] = self._column(name, column, "feature", col_times, values)
-            take = pa.array(group_rows)
-            for key_name, column in (
-                (PREDICTION_KEY, PREDICTION_COLUMN),
-                (SCORE_KEY, SCORE_COLUMN),
-            ):
-                values = pc.map_lookup(sub, pa.scalar(key_name), "first").take(take)
+                    entry.columns[column] = self._column(
+                        name,
+                        column,
+                        "feature",
+                        times[f_rows[pick]],
+                        f_values.filter(pa.array(pick)),
+                    )
+            for attr, column in ((PREDICTION_KEY, PREDICTION_COLUMN), (SCORE_KEY, SCORE_COLUMN)):
+                values = flat.aligned(attr, rows)
                 valid = np.asarray(pc.is_valid(values))
                 if valid.any():
                     entry.columns[column] = self._column(
@@ -183,7 +174,7 @@ class Extractor:
                         entry.predictions = values
                     else:
                         entry.scores = values
-            entry.prediction_ids = pc.map_lookup(sub, pa.scalar(ID_KEY), "first").take(take)
+            entry.prediction_ids = flat.aligned(ID_KEY, rows)
             out.models.append(entry)
 
     def _column(
@@ -283,6 +274,39 @@ class Extractor:
             self.bento[service] = known
         assert known is not None
         return known if known.schema else None
+
+
+class _FlatMap:
+    """A ``map<string, string>`` column flattened once: key lookups by integer code."""
+
+    def __init__(self, attrs: pa.Array) -> None:
+        offsets = np.asarray(attrs.offsets)
+        start, stop = int(offsets[0]), int(offsets[-1])
+        # .keys/.items are the whole children: cut them to this (possibly sliced) array.
+        keys = attrs.keys.slice(start, stop - start)
+        self.items = attrs.items.slice(start, stop - start)
+        self.parents = np.repeat(np.arange(len(attrs)), np.diff(offsets))
+        encoded = keys.dictionary_encode()
+        self.codes = np.asarray(encoded.indices.fill_null(-1))
+        self.names: list[str] = encoded.dictionary.to_pylist()
+        self._code = {name: i for i, name in enumerate(self.names)}
+        self.size = len(attrs)
+
+    def lookup(self, key: str) -> tuple[np.ndarray, pa.Array]:
+        """Rows that have ``key`` (ascending) and its values there (keys are unique per row)."""
+        code = self._code.get(key)
+        if code is None:
+            return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
+        mask = self.codes == code
+        return self.parents[mask], self.items.filter(pa.array(mask))
+
+    def aligned(self, key: str, rows: np.ndarray) -> pa.Array:
+        """The values of ``key`` at ``rows`` (null where a row lacks it)."""
+        found_rows, values = self.lookup(key)
+        position = np.full(self.size, -1)
+        position[found_rows] = np.arange(found_rows.size)
+        at = position[rows]
+        return values.take(pa.array(at, mask=at < 0))
 
 
 def _read_bodies(bodies: pa.Array) -> pa.Table | None:

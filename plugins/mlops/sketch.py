@@ -41,11 +41,12 @@ class NumericSketch:
     value). Exact moments and extremes beside either."""
 
     kind = "numerical"
-    __slots__ = ("centroids", "digest", "heavy", "hi", "lo", "m2", "mean", "n", "small")
+    __slots__ = ("_d", "_packed", "centroids", "heavy", "hi", "lo", "m2", "mean", "n", "small")
 
     def __init__(self, centroids: int = 100) -> None:
         self.centroids = centroids
-        self.digest: TDigest | None = None
+        self._d: TDigest | None = None
+        self._packed: bytes | None = None
         self.heavy: dict[float, int] = {}
         self.n = 0
         self.mean = 0.0
@@ -53,6 +54,31 @@ class NumericSketch:
         self.lo = math.inf
         self.hi = -math.inf
         self.small: dict[float, int] | None = {}
+
+    @property
+    def digest(self) -> TDigest | None:
+        """The t-digest (None while the counts are exact), unpacked on first use."""
+        if self._d is None and self._packed is not None:
+            self._d = TDigest.from_bytes(self._packed)
+            self._packed = None
+        return self._d
+
+    @digest.setter
+    def digest(self, value: TDigest | None) -> None:
+        self._d, self._packed = value, None
+
+    def _peek(self) -> TDigest | None:
+        """The digest for reading, without keeping it unpacked."""
+        if self._d is None and self._packed is not None:
+            return TDigest.from_bytes(self._packed)
+        return self._d
+
+    def pack(self) -> None:
+        """Hold the digest as bytes until it is next used: a live ``TDigest`` object costs
+        about 4 KB beyond its centroids, and ``batch_update`` keeps its batch buffer."""
+        if self._d is not None:
+            self._packed = self._d.to_bytes()
+            self._d = None
 
     def update(self, values: np.ndarray) -> None:
         """Add a batch of values (float64; NaN and infinities are skipped as missing)."""
@@ -106,7 +132,9 @@ class NumericSketch:
         self.small = None
         old_keys = np.fromiter(small.keys(), dtype=np.float64, count=len(small))
         old_counts = np.fromiter(small.values(), dtype=np.float64, count=len(small))
-        if keys is not None and counts is not None:
+        if keys is not None and counts is not None and not small:
+            all_keys, all_counts = keys, counts.astype(np.float64)
+        elif keys is not None and counts is not None:
             all_keys, inverse = np.unique(np.concatenate((old_keys, keys)), return_inverse=True)
             all_counts = np.zeros(all_keys.size)
             np.add.at(all_counts, inverse, np.concatenate((old_counts, counts)))
@@ -157,10 +185,11 @@ class NumericSketch:
             if rest:
                 self.digest.merge_inplace(_weighted_digest(rest, self.centroids))
             return
-        assert other.digest is not None
+        other_digest = other._peek()
+        assert other_digest is not None
         for key, n in other.heavy.items():
             self.heavy[key] = self.heavy.get(key, 0) + n
-        self.digest.merge_inplace(other.digest)
+        self.digest.merge_inplace(other_digest)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -170,8 +199,9 @@ class NumericSketch:
         return math.sqrt(self.m2 / self.n) if self.n else 0.0
 
     def _centroids(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.digest is not None
-        cents = np.array(self.digest.centroids, dtype=np.float64).reshape(-1, 2)
+        digest = self._peek()
+        assert digest is not None
+        cents = np.array(digest.centroids, dtype=np.float64).reshape(-1, 2)
         return cents[:, 0], cents[:, 1]
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
@@ -180,17 +210,15 @@ class NumericSketch:
         x = np.asarray(x, dtype=np.float64)
         if self.small is not None:
             return _step_cdf(self.small, x, self.n)
-        assert self.digest is not None
+        digest = self._peek()
+        assert digest is not None
         heavy_n = sum(self.heavy.values())
         rest_n = self.n - heavy_n
         out = np.zeros(x.shape)
-        if rest_n > 0:
-            _, weights = self._centroids()
-            if weights.size:
-                lo, hi = self.digest.min(), self.digest.max()
-                est = np.asarray(self.digest.cdf_vec(x))
-                est = np.where(x < lo, 0.0, np.where(x >= hi, 1.0, est))
-                out += est * rest_n
+        if rest_n > 0 and digest.n_centroids:
+            lo, hi = digest.min(), digest.max()
+            est = np.asarray(digest.cdf_vec(x))
+            out += np.where(x < lo, 0.0, np.where(x >= hi, 1.0, est)) * rest_n
         if heavy_n:
             out += _step_cdf(self.heavy, x, 1)
         return out / self.n
@@ -229,15 +257,18 @@ class NumericSketch:
         """Bytes of summary held: 16 per centroid, exact value or point mass, plus moments."""
         if self.small is not None:
             return 16 * len(self.small) + 48
-        assert self.digest is not None
-        return 16 * (self.digest.n_centroids + len(self.heavy)) + 48
+        digest = len(self._packed) if self._packed is not None else 0
+        if self._d is not None:
+            digest = 16 * self._d.n_centroids
+        return digest + 16 * len(self.heavy) + 48
 
     def to_state(self) -> dict[str, Any]:
-        digest = self.digest
+        self.pack()
+        packed = self._packed
         return {
             "kind": self.kind,
             "centroids": self.centroids,
-            "digest": None if digest is None else base64.b64encode(digest.to_bytes()).decode(),
+            "digest": None if packed is None else base64.b64encode(packed).decode(),
             "heavy": [[k, v] for k, v in self.heavy.items()],
             "n": self.n,
             "mean": self.mean,
@@ -251,7 +282,7 @@ class NumericSketch:
     def from_state(cls, state: dict[str, Any]) -> NumericSketch:
         out = cls(int(state["centroids"]))
         if state["digest"] is not None:
-            out.digest = TDigest.from_bytes(base64.b64decode(state["digest"]))
+            out._packed = base64.b64decode(state["digest"])
         out.heavy = {float(k): int(v) for k, v in state.get("heavy", [])}
         out.n = int(state["n"])
         out.mean = float(state["mean"])
@@ -318,6 +349,9 @@ class CategoricalSketch:
 
     def absorb(self, other: CategoricalSketch) -> None:
         self._add(list(other.counts), list(other.counts.values()))
+
+    def pack(self) -> None:
+        """Nothing to pack: counts are plain."""
 
     def state_bytes(self) -> int:
         return sum(16 + len(k) for k in self.counts) + 16
