@@ -280,14 +280,26 @@ class _Watcher:
                   file=self.out, flush=True)
         return fresh
 
-    def settle(self, quiet: float = 4.0, limit: float = 20.0) -> None:
-        """Keep polling until nothing new shows for ``quiet`` seconds (plugins catching up)."""
+    def _lag(self) -> int:
+        """Committed batches the plugins' consumers have yet to process (0 if unknown)."""
+        try:
+            with urllib.request.urlopen(f"{self.api}/api/v1/plugins", timeout=30) as reply:
+                plugins = json.loads(reply.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0
+        return sum(int(c.get("lag", 0)) for p in plugins for c in p.get("consumers", []))
+
+    def settle(self, quiet: float = 4.0, limit: float = 90.0) -> None:
+        """Poll until the plugins have consumed everything sent and nothing new has shown for
+        ``quiet`` seconds (at most ``limit`` seconds)."""
         deadline = time.monotonic() + limit
         last_news = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last_news < quiet:
+        while time.monotonic() < deadline:
             time.sleep(1.0)
             if self.poll():
                 last_news = time.monotonic()
+            if time.monotonic() - last_news >= quiet and self._lag() == 0:
+                break
 
     def verdict(self, truth: Truth, start: int, end: int) -> None:
         """The run's incidents with their top candidates, checked against the truth."""
