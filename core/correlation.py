@@ -1,7 +1,8 @@
 """The topology-aware incident engine: alerts that are one problem become one incident.
 
-An alert joins an open incident when it is *related* to one of the incident's alerts and close
-to it in event time. Related means any of:
+An alert joins an open incident when it is *related* to one of the incident's alerts that
+overlaps it in event time (still firing, or seen within ``join_gap_seconds`` before its onset).
+Related means any of:
 
 - the same entity, or an entity the other's belongs to (a model and the service serving it);
 - neighbours in the learned topology: a caller and its callee, a service and the model or LLM it
@@ -67,11 +68,13 @@ class TopologyCorrelator:
         quiet_seconds: float = 600,
         reopen_seconds: float = 1800,
         lookback_seconds: float = 300,
+        join_gap_seconds: float = 300,
     ) -> None:
         self.graph = graph
         self.quiet_ns = int(quiet_seconds * _SECOND)
         self.reopen_ns = int(reopen_seconds * _SECOND)
         self.lookback_ns = int(lookback_seconds * _SECOND)
+        self.join_gap_ns = int(join_gap_seconds * _SECOND)
         self.incidents: dict[str, Incident] = {}
         self._members: dict[str, _Members] = {}
         self._last_event: dict[str, int] = {}
@@ -146,10 +149,28 @@ class TopologyCorrelator:
     def _open(self) -> Iterable[Incident]:
         return [i for i in self.incidents.values() if i.status is not IncidentStatus.RESOLVED]
 
+    def _active_members(self, incident: Incident, onset: int) -> _Members:
+        """The nodes of the incident's alerts that overlap ``onset`` in time: firing, or seen
+        within the join gap before it. An incident that lives on does not absorb whatever
+        touches an alert it had long ago."""
+        members = _Members()
+        horizon = onset - self.join_gap_ns
+        for alert_id in incident.alert_ids:
+            alert = self._alerts.get(alert_id)
+            if alert is not None and (
+                alert.status == "firing" or alert.last_seen_unix_nano >= horizon
+            ):
+                members.add(alert_nodes(alert), alert.first_seen_unix_nano)
+        return members
+
     def _related(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
-        members = self._members[incident.id]
         onset = alert.first_seen_unix_nano
         if onset < incident.opened_unix_nano - self.lookback_ns:
+            return False
+        return self._related_to(nodes, self._active_members(incident, onset), onset)
+
+    def _related_to(self, nodes: AlertNodes, members: _Members, onset: int) -> bool:
+        if not members.primaries:
             return False
         mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())
         theirs = members.primaries | members.owners
@@ -203,12 +224,8 @@ class TopologyCorrelator:
         return None
 
     def _related_ignoring_time(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
-        saved = incident.opened_unix_nano
-        incident.opened_unix_nano = min(saved, alert.first_seen_unix_nano)
-        try:
-            return self._related(alert, nodes, incident)
-        finally:
-            incident.opened_unix_nano = saved
+        members = self._members.get(incident.id)
+        return members is not None and self._related_to(nodes, members, alert.first_seen_unix_nano)
 
     # -- changes -----------------------------------------------------------------------------
 

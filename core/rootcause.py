@@ -37,6 +37,8 @@ _RESTART = 0.15
 _STEPS = 40
 _DEPENDENCY_MIN_SCORE = 0.3
 _ONSETS_TRIED = 8
+_MIN_EVIDENCE = 0.2
+_UNKNOWN_EVIDENCE = 0.5
 
 
 @dataclass(slots=True)
@@ -117,6 +119,21 @@ def rank_by_jump(alerts: Sequence[Alert]) -> list[Candidate]:
     ]
 
 
+def _onset_minutes(alerts: Sequence[Alert]) -> dict[Node, list[int]]:
+    """The latest few distinct onset minutes of each alerting entity."""
+    minutes: dict[Node, set[int]] = {}
+    for alert in alerts:
+        minute = alert.first_seen_unix_nano // (60 * _SECOND)
+        minutes.setdefault(alert_nodes(alert).primary, set()).add(minute)
+    return {node: sorted(found)[-_ONSETS_TRIED:] for node, found in minutes.items()}
+
+
+def _call_evidence(graph: TopologyGraph, caller: Node, callee: Node, minutes: list[int]) -> dict:
+    """The strongest change of the calls ``caller → callee`` at one of the caller's onsets."""
+    jumps = [graph.call_jump(caller, callee, m * 60 * _SECOND) for m in minutes]
+    return max(jumps, key=lambda j: j.get("score", 0.0), default={})
+
+
 def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Suspect]:
     suspects: dict[Node, _Suspect] = {}
     for alert in alerts:
@@ -129,19 +146,14 @@ def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Susp
         if len(suspect.summaries) < 3:
             suspect.summaries.append(alert.summary)
     services = [s for s in suspects.values() if s.node[0] == "service"]
-    onsets: dict[Node, set[int]] = {}
-    for alert in alerts:
-        minute = alert.first_seen_unix_nano // (60 * _SECOND)
-        onsets.setdefault(alert_nodes(alert).primary, set()).add(minute)
+    onsets = _onset_minutes(alerts)
     # Dependencies without telemetry of their own: blamed when the calls to them changed at
     # one of the caller's onsets.
     for caller in services:
-        minutes = sorted(onsets.get(caller.node, ()))[-_ONSETS_TRIED:]
         for callee in graph.successors(caller.node, (EdgeKind.CALLS,)):
             if callee in suspects and suspects[callee].alert_ids:
                 continue
-            jumps = [graph.call_jump(caller.node, callee, m * 60 * _SECOND) for m in minutes]
-            jump = max(jumps, key=lambda j: j.get("score", 0.0), default={})
+            jump = _call_evidence(graph, caller.node, callee, onsets.get(caller.node, []))
             score = jump.get("score", 0.0)
             if score < _DEPENDENCY_MIN_SCORE:
                 continue
@@ -224,15 +236,26 @@ def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Cand
     strength = np.array([max(suspects[node].strength, 1e-3) for node in order])
     transition = np.zeros((n, n))
     explains: dict[Node, list[Node]] = {node: [] for node in order}
+    onsets = _onset_minutes(alerts)
     for node in order:
-        targets = _explainers(suspects[node], suspects, owners, graph)
         i = index[node]
-        if not targets:
+        weights: dict[Node, float] = {}
+        for target in _explainers(suspects[node], suspects, owners, graph):
+            evidence = 1.0
+            if graph.has_edge(EdgeKind.CALLS, node, target):
+                # A callee explains its caller only if the calls to it changed: a callee with
+                # an anomaly of its own but answering its caller as usual is not the cause.
+                jump = _call_evidence(graph, node, target, onsets.get(node, []))
+                evidence = jump.get("score", _UNKNOWN_EVIDENCE)
+                if evidence < _MIN_EVIDENCE:
+                    continue
+            weights[target] = strength[index[target]] * evidence
+        if not weights:
             transition[i, i] = 1.0
             continue
-        weights = np.array([strength[index[t]] for t in targets])
-        for target, weight in zip(targets, weights / weights.sum(), strict=True):
-            transition[i, index[target]] = weight
+        total = sum(weights.values())
+        for target, weight in weights.items():
+            transition[i, index[target]] = weight / total
             explains[target].append(node)
     restart = strength / strength.sum()
     mass = restart.copy()
