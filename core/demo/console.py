@@ -79,6 +79,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"opstrata: demo failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the server it started is stopped on the way out
+        print("opstrata demo: interrupted", file=sys.stderr)
+        return 130
 
 
 @contextmanager
@@ -171,27 +174,9 @@ def _entity(e: dict[str, Any] | Entity) -> str:
     return f"{e.get('kind', '?')} {e.get('name', '?')}"
 
 
-def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
-    truth = sim.truth
-    print(f"\n=== scenario {truth.scenario}: {truth.description}", file=out)
-    if truth.root_cause is not None:
-        print(f"    fault at {_clock(sim.onset_unix_nano)} simulated "
-              f"({sim.fault_at_minutes:g} min in); injected root cause: "
-              f"{_entity(truth.root_cause)}", file=out)
-    print(f"    {sim.duration_minutes:g} simulated minutes at {sim.speed:g}x, "
-          f"{sim.rate:g} requests/s, seed {sim.seed}", file=out, flush=True)
-    watcher.onset = sim.onset_unix_nano if truth.root_cause else None
-    latest: list[Progress] = []
-    result: list[object] = []
-
-    def work() -> None:
-        try:
-            result.append(sim.run(otlp, progress=latest.append))
-        except Exception as exc:  # shown below; the watcher keeps the console alive
-            result.append(exc)
-
-    worker = threading.Thread(target=work, name="demo-simulation", daemon=True)
-    worker.start()
+def _follow(worker: threading.Thread, latest: list[Progress], watcher: _Watcher, truth: Truth,
+            out: TextIO) -> None:
+    """Print progress and what the API shows until the simulation thread ends."""
     shown_phase, shown_minute = "", -10.0
     while worker.is_alive():
         worker.join(1.0)
@@ -207,6 +192,36 @@ def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
                       f"{p.elapsed_minutes:3.0f}/{p.duration_minutes:g} min  "
                       f"{p.spans:,} spans, {p.log_records:,} logs, {p.metric_points:,} points"
                       f"{lag}", file=out, flush=True)
+
+
+def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
+    truth = sim.truth
+    print(f"\n=== scenario {truth.scenario}: {truth.description}", file=out)
+    if truth.root_cause is not None:
+        print(f"    fault at {_clock(sim.onset_unix_nano)} simulated "
+              f"({sim.fault_at_minutes:g} min in); injected root cause: "
+              f"{_entity(truth.root_cause)}", file=out)
+    print(f"    {sim.duration_minutes:g} simulated minutes at {sim.speed:g}x, "
+          f"{sim.rate:g} requests/s, seed {sim.seed}", file=out, flush=True)
+    watcher.onset = sim.onset_unix_nano if truth.root_cause else None
+    latest: list[Progress] = []
+    result: list[object] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            result.append(sim.run(otlp, progress=latest.append, stop=stop))
+        except Exception as exc:  # shown below; the watcher keeps the console alive
+            result.append(exc)
+
+    worker = threading.Thread(target=work, name="demo-simulation", daemon=True)
+    worker.start()
+    try:
+        _follow(worker, latest, watcher, truth, out)
+    except KeyboardInterrupt:
+        stop.set()  # the run sends what it generated and closes its exporters
+        worker.join(30)
+        raise
     outcome = result[0] if result else RuntimeError("the simulation ended without a result")
     if isinstance(outcome, BaseException):
         print(f"opstrata demo: the simulation failed: {outcome}", file=out)
