@@ -18,7 +18,7 @@ from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
 from opstrata.plugins.llmops.span_parts import MESSAGES
-from opstrata.plugins.llmops.store import cursor_of, insert
+from opstrata.plugins.llmops.writer import CallWriter
 from opstrata.schema import Signal, Table
 
 __all__ = ["LLMCalls", "price_calls"]
@@ -73,15 +73,21 @@ class LLMCalls(Consumer):
         self.prices = PriceTable(entries)
         self.resources: dict[str, dict[str, str]] = {}
         self.alerts: CallAlerts | None = None
+        self.writer: CallWriter | None = None
+        self._checked_gap = False
 
     def start(self, ctx: ConsumerContext) -> None:
-        cursor_of(ctx.store)
+        self.writer = CallWriter(ctx.store, ctx.consumer)
+        self.writer.start()
+        self._checked_gap = False
         if self.config.alerts.enabled:
             self.alerts = CallAlerts(
                 self.config.alerts, self.config.budgets, ctx.emit, self._resource_of
             )
 
     def stop(self, ctx: ConsumerContext) -> None:
+        if self.writer is not None:
+            self.writer.stop()
         if self.alerts is not None:
             self.alerts.flush()
 
@@ -97,6 +103,31 @@ class LLMCalls(Consumer):
                 self.resources[str(name)] = {str(k): str(v) for k, v in pairs}
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        writer = self.writer
+        assert writer is not None, "start() was not called"
+        stored = writer.stored_seq
+        if stored is not None and batch.seq <= stored:
+            return  # redelivered after a crash: its calls are stored already
+        if not self._checked_gap:
+            self._checked_gap = True
+            if stored is not None and batch.seq > stored + 1:
+                self._backfill(stored, batch.seq - 1, ctx)
+        self._process(batch, ctx)
+
+    def _backfill(self, after: int, upto: int, ctx: ConsumerContext) -> None:
+        """Batches the kernel had acknowledged while their calls were still buffered when the
+        process died: read them again from the store."""
+        while after < upto:
+            missed = ctx.store.read_batches(after, upto, self.signals, limit=32)
+            if not missed:
+                break
+            for batch in missed:
+                self._process(batch, ctx)
+            after = missed[-1].seq
+        log.info("llmops: re-read batches %d..%d from the store", after, upto)
+
+    def _process(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
         spans = batch.tables.get(Table.TRACES)
@@ -110,12 +141,13 @@ class LLMCalls(Consumer):
         if logs is not None and logs.num_rows:
             self._logs(logs, calls, messages)
         if not calls and not messages:
+            self.writer.add(batch.seq, None, None)
             return
         all_calls = price_calls(
             pa.concat_tables(calls) if calls else CALLS.empty_table(), self.prices
         )
         all_messages = pa.concat_tables(messages) if messages else MESSAGES.empty_table()
-        insert(cursor_of(ctx.store), all_calls, all_messages)
+        self.writer.add(batch.seq, all_calls, all_messages)
         if self.alerts is not None:
             self.alerts.add(all_calls)
 

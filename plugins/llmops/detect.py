@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import pairwise
 
 import numpy as np
@@ -30,8 +29,14 @@ _SAMPLE = 2048  # latencies kept per bucket and entity, and per prompt version, 
 _DIMENSIONS = (("llm_model", "Model"), ("service", "ServiceName"))
 
 
+_KEPT = ("Model", "ServiceName", "IsError", "TraceId", "PromptName", "PromptVersion", "UserId",
+         "SessionId")  # fmt: skip
+
+
 @dataclass
 class _Bucket:
+    """One entity's calls in one closed bucket."""
+
     calls: int = 0
     errors: int = 0
     cost: int = 0
@@ -40,6 +45,30 @@ class _Bucket:
     ttfts: list[np.ndarray] = field(default_factory=list)
     exemplars: dict[str, list[str]] = field(default_factory=dict)
     services: dict[str, int] = field(default_factory=dict)
+
+
+def _summary(rows: np.ndarray, cols: dict[str, np.ndarray]) -> _Bucket:
+    duration, ttft, errors = cols["duration"][rows], cols["ttft"][rows], cols["IsError"][rows]
+    cost, tokens, traces = cols["cost"][rows], cols["tokens"][rows], cols["TraceId"][rows]
+
+    def top(order: np.ndarray) -> list[str]:
+        return [str(t) for t in traces[order[:3]] if t]
+
+    services, counts = np.unique(cols["ServiceName"][rows], return_counts=True)
+    return _Bucket(
+        calls=len(rows),
+        errors=int(errors.sum()),
+        cost=int(cost.sum()),
+        tokens=int(tokens.sum()),
+        durations=[duration],
+        ttfts=[ttft[~np.isnan(ttft)]],
+        exemplars={
+            "slow": top(np.argsort(-duration)),
+            "cost": top(np.argsort(-(cost + tokens))),
+            "error": top(np.flatnonzero(errors)),
+        },
+        services={str(s): int(c) for s, c in zip(services, counts, strict=True)},
+    )
 
 
 class _Baselines:
@@ -89,15 +118,20 @@ def _p95(parts: list[np.ndarray]) -> float:
     return float(np.percentile(values, 95)) if len(values) else 0.0
 
 
-def _period_start(ns: int, period: str) -> int:
-    moment = datetime.fromtimestamp(ns / 1e9, UTC)
-    if period == "hour":
-        moment = moment.replace(minute=0, second=0, microsecond=0)
-    elif period == "day":
-        moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        moment = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return int(moment.timestamp()) * 1_000_000_000
+_BUDGET_COLUMN = {"user": "UserId", "service": "ServiceName", "session": "SessionId",
+                  "model": "Model"}  # fmt: skip
+_PERIOD_UNIT = {"hour": "h", "day": "D", "month": "M"}
+
+
+def _period_starts(times: np.ndarray, period: str) -> np.ndarray:
+    """Start (Unix ns, UTC) of the hour, day or calendar month of each time."""
+    unit = _PERIOD_UNIT[period]
+    return (
+        times.astype("datetime64[ns]")
+        .astype(f"datetime64[{unit}]")
+        .astype("datetime64[ns]")
+        .astype(np.int64)
+    )
 
 
 class CallAlerts:
@@ -125,71 +159,55 @@ class CallAlerts:
     # -- intake -------------------------------------------------------------------------------
 
     def add(self, calls: pa.Table) -> None:
+        """Keep a batch's calls with their bucket (column slices, no per-call work); buckets
+        are summed when they close, budgets and prompt versions are updated now."""
         if calls.num_rows == 0:
             return
-        cols = {
-            name: calls.column(name).to_numpy(zero_copy_only=False)
-            for name in ("Model", "ServiceName", "IsError", "TraceId", "PromptName", "UserId")
-        }
-        cols["PromptVersion"] = calls.column("PromptVersion").to_numpy(zero_copy_only=False)
-        cols["SessionId"] = calls.column("SessionId").to_numpy(zero_copy_only=False)
+
+        def column(name: str) -> np.ndarray:
+            return calls.column(name).to_numpy(zero_copy_only=False)
+
+        cols = {name: column(name) for name in _KEPT}
+        cols["IsError"] = cols["IsError"].astype(bool)
+        cols["cost"] = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
+        cols["tokens"] = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
+        cols["duration"] = column("Duration") / 1e6
+        ttft = calls.column("Ttft").cast(pa.float64()).fill_null(np.nan)
+        cols["ttft"] = ttft.to_numpy(zero_copy_only=False) / 1e6
         times = calls.column("Timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        cost = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
-        tokens = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
-        duration = calls.column("Duration").to_numpy(zero_copy_only=False) / 1e6
-        ttft = calls.column("Ttft").cast(pa.float64()).fill_null(np.nan).to_numpy() / 1e6
-        errors = cols["IsError"].astype(bool)
         buckets = times // self.bucket_ns * self.bucket_ns
-        for bucket in np.unique(buckets):
-            in_bucket = buckets == bucket
-            slot = self.open.setdefault(int(bucket), {})
-            for kind, column in _DIMENSIONS:
-                names = cols[column][in_bucket]
-                for name in np.unique(names):
-                    rows = np.flatnonzero(in_bucket)[names == name]
-                    acc = slot.setdefault((kind, str(name)), _Bucket())
-                    self._accumulate(acc, rows, cols, cost, tokens, duration, ttft, errors)
-        self._budgets(times, cost, cols)
-        self._prompts(times, cost, tokens, duration, errors, cols)
+        first, last = int(buckets.min()), int(buckets.max())
+        if first == last:
+            self.open.setdefault(first, []).append(cols)
+        else:
+            for bucket in np.unique(buckets):
+                rows = buckets == bucket
+                self.open.setdefault(int(bucket), []).append({k: v[rows] for k, v in cols.items()})
+        self._budgets(times, cols)
+        self._prompts(times, cols)
         self.now = max(self.now, int(times.max()))
         self._close_buckets()
-
-    @staticmethod
-    def _accumulate(acc: _Bucket, rows, cols, cost, tokens, duration, ttft, errors) -> None:
-        acc.calls += len(rows)
-        acc.errors += int(errors[rows].sum())
-        acc.cost += int(cost[rows].sum())
-        acc.tokens += int(tokens[rows].sum())
-        if sum(len(d) for d in acc.durations) < _SAMPLE:
-            acc.durations.append(duration[rows])
-            t = ttft[rows]
-            acc.ttfts.append(t[~np.isnan(t)])
-        traces = cols["TraceId"]
-        for label, order in (
-            ("slow", rows[np.argsort(-duration[rows])]),
-            ("cost", rows[np.argsort(-(cost[rows] + tokens[rows]))]),
-            ("error", rows[errors[rows]]),
-        ):
-            kept = acc.exemplars.setdefault(label, [])
-            if len(kept) < 3:
-                kept.extend(str(t) for t in traces[order[: 3 - len(kept)]] if t)
-        for service in cols["ServiceName"][rows]:
-            acc.services[service] = acc.services.get(service, 0) + 1
-
-    # -- judging closed buckets -----------------------------------------------------------------
 
     def _close_buckets(self) -> None:
         for start in sorted(self.open):
             if start + 2 * self.bucket_ns > self.now:
                 break
-            for (kind, name), acc in self.open.pop(start).items():
-                self._judge(start, kind, name, acc)
+            self._close(start, self.open.pop(start))
 
     def flush(self) -> None:
-        """Judge every open bucket (at shutdown, or in tests)."""
+        """Judge every open bucket (at shutdown)."""
         for start in sorted(self.open):
-            for (kind, name), acc in self.open.pop(start).items():
-                self._judge(start, kind, name, acc)
+            self._close(start, self.open.pop(start))
+
+    def _close(self, start: int, parts: list[dict[str, np.ndarray]]) -> None:
+        cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        for kind, column in _DIMENSIONS:
+            names, codes = np.unique(cols[column], return_inverse=True)
+            order = np.argsort(codes, kind="stable")
+            ends = np.cumsum(np.bincount(codes, minlength=len(names)))
+            for index, name in enumerate(names):
+                rows = order[(ends[index - 1] if index else 0) : ends[index]]
+                self._judge(start, kind, str(name), _summary(rows, cols))
 
     def _judge(self, start: int, kind: str, name: str, acc: _Bucket) -> None:
         s = self.settings
@@ -267,55 +285,71 @@ class CallAlerts:
 
     # -- budgets --------------------------------------------------------------------------------
 
-    def _budgets(self, times: np.ndarray, cost: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+    def _budgets(self, times: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        """Cumulative cost per budgeted name and period; the call that crosses the limit is the
+        onset. Sums are per (name, period) group of the batch, in time order, column-wise."""
         if not self.budgets:
             return
-        order = np.argsort(times, kind="stable")
-        column = {
-            "user": "UserId",
-            "service": "ServiceName",
-            "session": "SessionId",
-            "model": "Model",
-        }
+        cost = cols["cost"]
         for number, budget in enumerate(self.budgets):
+            names = cols[_BUDGET_COLUMN[budget.kind]]
+            chosen = (cost > 0) & (names != "")
+            if budget.name != "*":
+                chosen &= names == budget.name
+            rows = np.flatnonzero(chosen)
+            if len(rows) == 0:
+                continue
+            periods = _period_starts(times[rows], budget.period)
+            _, codes = np.unique(
+                np.char.add(names[rows].astype(str), periods.astype(str)), return_inverse=True
+            )
+            order = np.lexsort((times[rows], codes))
+            rows, codes, periods = rows[order], codes[order], periods[order]
+            running = np.cumsum(cost[rows])
+            starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
             limit = round(budget.usd * PICO)
-            names = cols[column[budget.kind]]
-            for i in order:
-                name = str(names[i])
-                if not name or (budget.name != "*" and name != budget.name) or not cost[i]:
-                    continue
-                period = _period_start(int(times[i]), budget.period)
+            for at, end in zip(starts, np.r_[starts[1:], len(rows)], strict=True):
+                name, period = str(names[rows[at]]), int(periods[at])
                 key = (number, name, period)
                 before = self.spent.get(key, 0)
-                after = before + int(cost[i])
-                self.spent[key] = after
-                if before <= limit < after:
-                    service = str(cols["ServiceName"][i])
-                    self.emit(
-                        AlertEvent(
-                            time_unix_nano=int(times[i]),
-                            kind="budget_exceeded",
-                            layer=Layer.LLMOPS,
-                            entity=Entity(budget.kind, name),
-                            summary=f"{budget.kind} {name} spent over ${budget.usd:g} "
-                            f"this {budget.period}",
-                            severity=Severity.ERROR,
-                            score=1.0,
-                            resource=self.resource_of(service),
-                            key=f"llmops/budget_exceeded/{budget.kind}/{name}/{period}",
-                            evidence=Evidence(
-                                series=f"USD per {budget.period}",
-                                observed=after / PICO,
-                                upper=budget.usd,
-                                exemplar_trace_ids=[str(cols["TraceId"][i])],
-                                details={"period_start_unix_nano": period},
-                            ),
-                        )
-                    )
+                base = running[at - 1] if at else 0
+                totals = before + running[at:end] - base
+                self.spent[key] = int(totals[-1])
+                if before > limit or totals[-1] <= limit:
+                    continue
+                first_over = int(np.argmax(totals > limit))
+                crossing = rows[at + first_over]
+                self._emit_budget(budget, name, period, int(times[crossing]),
+                                  int(totals[first_over]), cols, crossing)  # fmt: skip
+
+    def _emit_budget(self, budget: Budget, name: str, period: int, time: int, spent: int,
+                     cols: dict[str, np.ndarray], row: int) -> None:  # fmt: skip
+        self.emit(
+            AlertEvent(
+                time_unix_nano=time,
+                kind="budget_exceeded",
+                layer=Layer.LLMOPS,
+                entity=Entity(budget.kind, name),
+                summary=f"{budget.kind} {name} spent over ${budget.usd:g} this {budget.period}",
+                severity=Severity.ERROR,
+                score=1.0,
+                resource=self.resource_of(str(cols["ServiceName"][row])),
+                key=f"llmops/budget_exceeded/{budget.kind}/{name}/{period}",
+                evidence=Evidence(
+                    series=f"USD per {budget.period}",
+                    observed=spent / PICO,
+                    upper=budget.usd,
+                    exemplar_trace_ids=[str(cols["TraceId"][row])],
+                    details={"period_start_unix_nano": period},
+                ),
+            )
+        )
 
     # -- prompt versions ------------------------------------------------------------------------
 
-    def _prompts(self, times, cost, tokens, duration, errors, cols) -> None:
+    def _prompts(self, times: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        cost, tokens, duration = cols["cost"], cols["tokens"], cols["duration"]
+        errors = cols["IsError"]
         names = cols["PromptName"]
         with_prompt = np.flatnonzero(names != "")
         if len(with_prompt) == 0:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -76,8 +77,19 @@ _KEYS = sorted({k for keys in FIELDS.values() for k in keys} | MARKER_KEYS)
 _KEY_ID = {k: i for i, k in enumerate(_KEYS)}
 _KEY_SET = pa.array(_KEYS, pa.string())
 _MARKER_IDS = np.array(sorted(_KEY_ID[k] for k in MARKER_KEYS))
-_FIELD_IDS = {field: [_KEY_ID[k] for k in keys] for field, keys in FIELDS.items()}
+_FIELD_NAMES = list(FIELDS)
+_FIELD_OF = np.full(len(_KEYS), -1, dtype=np.int64)
+_PRIORITY_OF = np.zeros(len(_KEYS), dtype=np.int64)
+for _index, (_field, _keys) in enumerate(FIELDS.items()):
+    for _priority, _key in enumerate(_keys):
+        assert _FIELD_OF[_KEY_ID[_key]] < 0, f"{_key} is in two fields"
+        _FIELD_OF[_KEY_ID[_key]], _PRIORITY_OF[_KEY_ID[_key]] = _index, _priority
+_MESSAGE_FIELDS = ("system_instructions", "input_messages", "output_messages")
 _FAMILIES = ("genai", "openinference", "traceloop", "vllm")
+_CONVENTION_NAMES = np.array(
+    [",".join(f for b, f in enumerate(_FAMILIES) if bits >> b & 1) for bits in range(16)],
+    dtype=object,
+)
 _FAMILY_BIT = np.zeros(len(_KEYS), dtype=np.int64)
 for _key, _id in _KEY_ID.items():
     for _prefix, _family in CONVENTION_OF_PREFIX:
@@ -180,6 +192,18 @@ def _first_reason(value: str | None) -> str:
     return value
 
 
+def _mapped(values: np.ndarray, fn: Any) -> np.ndarray:
+    """``fn`` of each value, computed once per distinct value; None stays ``""``."""
+    done: dict[Any, Any] = {None: ""}
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        result = done.get(value)
+        if result is None:
+            result = done[value] = fn(value)
+        out[i] = result
+    return out
+
+
 def _finish_reasons(reasons: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     """Finish reasons as given, else those inside ``gen_ai.output.messages`` (openai-v2 puts
     them only there for streamed calls)."""
@@ -228,69 +252,74 @@ def recognise(
     candidate[rows_k[np.isin(ids_k, _MARKER_IDS)]] = True
     if not candidate.any():
         return None
+    # From here on only candidate rows: ``local`` numbers them 0..m-1.
+    cand = np.flatnonzero(candidate)
+    m = len(cand)
+    local_of = np.full(n, -1, dtype=np.int64)
+    local_of[cand] = np.arange(m)
     keep = candidate[rows_k]
-    rows_k, ids_k = rows_k[keep], ids_k[keep]
+    local_k, ids_k = local_of[rows_k[keep]], ids_k[keep]
     known_positions = np.flatnonzero(known)[keep]
     vals_k = items.take(pa.array(known_positions)).to_numpy(zero_copy_only=False)
+    families = np.zeros(m, dtype=np.int64)
+    np.bitwise_or.at(families, local_k, _FAMILY_BIT[ids_k])
 
-    field: dict[str, np.ndarray] = {}
-    for name, ids in _FIELD_IDS.items():
-        out = np.full(n, None, dtype=object)
-        for key_id in reversed(ids):  # the best key is written last and wins
-            sel = ids_k == key_id
-            if sel.any():
-                out[rows_k[sel]] = vals_k[sel]
-        field[name] = out
-    families = np.zeros(n, dtype=np.int64)
-    np.bitwise_or.at(families, rows_k, _FAMILY_BIT[ids_k])
+    # Every field at once: per (field, row) the entry with the best key (lowest priority).
+    fields_k = _FIELD_OF[ids_k]
+    useful = fields_k >= 0
+    local_k, fields_k, prio_k, vals_k = (
+        local_k[useful],
+        fields_k[useful],
+        _PRIORITY_OF[ids_k[useful]],
+        vals_k[useful],
+    )
+    slot = fields_k * m + local_k
+    order = np.lexsort((prio_k, slot))
+    slot_sorted = slot[order]
+    best = order[np.r_[True, slot_sorted[1:] != slot_sorted[:-1]]] if len(order) else order
+    table = np.full((len(_FIELD_NAMES), m), None, dtype=object)
+    table[fields_k[best], local_k[best]] = vals_k[best]
+    field = {name: table[i] for i, name in enumerate(_FIELD_NAMES)}
 
     tokens = {name: _ints(field[name]) for name in _TOKEN_FIELDS}
     has_model = (field["request_model"] != None) | (field["response_model"] != None)  # noqa: E711
     has_tokens = (tokens["input_tokens"] >= 0) | (tokens["output_tokens"] >= 0)
     oi_kind = field["oi_kind"]
-    oi_ok = np.array([k is None or k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
+    oi_llm = np.array([k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
+    oi_ok = oi_llm | (oi_kind == None)  # noqa: E711
     op_ok = np.array([o not in NON_CALL_OPERATIONS for o in field["operation"]], dtype=bool)
     # An OpenInference LLM span is a call even when it failed before the model was known.
-    oi_llm = np.array([k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
-    is_call = candidate & (has_model | has_tokens | oi_llm) & oi_ok & op_ok
+    is_call = (has_model | has_tokens | oi_llm) & oi_ok & op_ok
     if not is_call.any():
         return None
-    rows = np.flatnonzero(is_call)
+    rows = cand[is_call]
     take = pa.array(rows)
     k = len(rows)
 
     def pick(name: str) -> np.ndarray:
-        return field[name][rows]
+        return field[name][is_call]
 
     times = pc.cast(cols.time.take(take), pa.int64()).to_numpy(zero_copy_only=False)
     trace_ids = cols.trace_id.take(take)
     span_ids = cols.span_id.take(take)
 
-    provider = np.array([(p or "").lower() for p in pick("provider")], dtype=object)
+    provider = _mapped(pick("provider"), lambda p: p.lower())
     request_model = pick("request_model")
-    invocation = pick("oi_invocation")
-    request_model = np.array(
-        [
-            r if r is not None else _request_model_of(inv)
-            for r, inv in zip(request_model, invocation, strict=True)
-        ],
-        dtype=object,
-    )
-    response_model = np.array([r or "" for r in pick("response_model")], dtype=object)
-    model = np.where(response_model != "", response_model, request_model)
-    operation = np.array(
-        [
-            _OPERATIONS.get(op, op) if op else ("embeddings" if kind == "EMBEDDING" else "chat")
-            for op, kind in zip(pick("operation"), oi_kind[rows], strict=True)
-        ],
-        dtype=object,
-    )
-    conventions = np.array(
-        [",".join(f for b, f in enumerate(_FAMILIES) if bits >> b & 1) for bits in families[rows]],
-        dtype=object,
-    )
+    missing_request = request_model == None  # noqa: E711
+    if missing_request.any():  # OpenInference: only in the invocation parameters
+        request_model[missing_request] = _mapped(
+            pick("oi_invocation")[missing_request], _request_model_of
+        )
+    response_model = _mapped(pick("response_model"), str)
+    model = np.where(response_model != "", response_model, _mapped(request_model, str))
+    operation = _mapped(pick("operation"), lambda op: _OPERATIONS.get(op, op))
+    unnamed = operation == ""
+    if unnamed.any():
+        embedding = oi_kind[is_call] == "EMBEDDING"
+        operation[unnamed] = np.where(embedding[unnamed], "embeddings", "chat")
+    conventions = _CONVENTION_NAMES[families[is_call]]
 
-    tok = {name: values[rows] for name, values in tokens.items()}
+    tok = {name: values[is_call] for name, values in tokens.items()}
     inp, out = tok["input_tokens"], tok["output_tokens"]
     total = np.where((inp >= 0) | (out >= 0), np.maximum(inp, 0) + np.maximum(out, 0), -1)
     total = np.where(tok["total_tokens"] >= 0, np.maximum(total, tok["total_tokens"]), total)
@@ -310,7 +339,7 @@ def recognise(
     ttft = _floats(pick("ttft_seconds"))
     ttft_ns = np.where(np.isnan(ttft), -1, np.round(ttft * 1e9)).astype(np.int64)
 
-    error_type = np.array([normalise_error(e) for e in pick("error_type")], dtype=object)
+    error_type = _mapped(pick("error_type"), normalise_error)
     is_error = error_type != ""
     if cols.status_code is not None:
         status = cols.status_code.take(take).to_numpy(zero_copy_only=False)
@@ -327,20 +356,20 @@ def recognise(
                 match = _STATUS_PREFIX.match(text or "")
                 error_type[i] = normalise_error(match.group(1)) if match else "_OTHER"
 
-    prompt_name = pick("prompt_name")
-    templates = pick("prompt_template")
-    prompt_name = np.array(
-        [
-            n if n else ("template:" + hashlib.sha1(t.encode()).hexdigest()[:8] if t else "")
-            for n, t in zip(prompt_name, templates, strict=True)
-        ],
-        dtype=object,
-    )
+    prompt_name = _mapped(pick("prompt_name"), str)
+    unnamed = prompt_name == ""
+    if unnamed.any():  # a template without a name is named after its text
+        prompt_name[unnamed] = _mapped(
+            pick("prompt_template")[unnamed],
+            lambda t: "template:" + hashlib.sha1(t.encode()).hexdigest()[:8],
+        )
     if policy.keeps_content:
-        read_messages(rows, rows_all, keys, items, field, message_rows)
+        read_messages(
+            rows, rows_all, keys, items, {n: pick(n) for n in _MESSAGE_FIELDS}, message_rows
+        )
 
     def text(values: np.ndarray) -> pa.Array:
-        return pa.array([v or "" for v in values], pa.string())
+        return pa.array(values, pa.string()).fill_null("")
 
     def opt(values: np.ndarray) -> pa.Array:
         return pa.array(values, pa.int64(), mask=values < 0)

@@ -97,13 +97,15 @@ def read_messages(
     field: dict[str, np.ndarray],
     message_rows: dict[int, CallMessages],
 ) -> None:
+    """Messages of the calls (``rows`` of the batch; ``field`` holds their message attributes
+    in the same order), into ``message_rows`` by call index."""
     position = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    for i, row in enumerate(rows):
+    for i in range(len(rows)):
         system, inp, out = (
-            field["system_instructions"][row],
-            field["input_messages"][row],
-            field["output_messages"][row],
+            field["system_instructions"][i],
+            field["input_messages"][i],
+            field["output_messages"][i],
         )
         if system is not None or inp is not None or out is not None:
             collected = message_rows.setdefault(i, CallMessages())

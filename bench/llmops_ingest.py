@@ -1,0 +1,164 @@
+"""What LLMOps adds to span ingest: recognition, pricing, storing the calls and alerting, per
+span, next to what ingest itself costs for the same spans (decode + durable group commit).
+
+    python bench/llmops_ingest.py [--requests 200] [--repeat 3] [--share 0 0.1 1]
+
+For each share of LLM spans (0: ordinary spans only, which the plugin has to look at and drop;
+1: every span an LLM call, the worst case) it pre-encodes --requests OTLP requests of 100 spans,
+then, on one thread and one at a time: decodes them with the server's decoder and commits them
+to a fresh DuckDB store in groups of 10 requests (ingest), and runs the plugin's consumer over
+the committed batches (LLMOps). Prints µs per span of each, and the ratio; medians of --repeat.
+LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
+messages (masked by the default settings), 5 % failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from opstrata.consumers import CommittedBatch, ConsumerContext
+from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
+from opstrata.plugins.llmops.config import LLMOpsConfig
+from opstrata.plugins.llmops.consumer import LLMCalls
+from opstrata.schema import Signal
+from opstrata.storage.duckdb_store import DuckDBStore
+
+PER_REQUEST, T0 = 100, 1_760_000_000_000_000_000
+ANY = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}
+MODELS = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-20250514", "gemini-2.5-flash", "llama-3-8b"]
+SERVICES = ["chatbot", "search", "summariser", "support", "agent"]
+
+
+def _kvs(attrs: dict[str, object]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(**{ANY[type(v)]: v})) for k, v in attrs.items()]
+
+
+def make_request(rnd: random.Random, share: float, serial: int) -> bytes:
+    """One request of 100 spans, half a second of traffic after the previous one."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    service = rnd.choice(SERVICES)
+    rs.resource.attributes.extend(_kvs({
+        "service.name": service, "host.name": f"node-{rnd.randrange(20)}",
+        "k8s.namespace.name": "prod", "k8s.pod.name": f"{service}-7d9f-{rnd.randrange(4)}",
+        "telemetry.sdk.language": "python", "deployment.environment.name": "production",
+    }))  # fmt: skip
+    ss = rs.scope_spans.add()
+    ss.scope.name = "opentelemetry.instrumentation.openai_v2"
+    for i in range(PER_REQUEST):
+        start = T0 + serial * 500_000_000 + rnd.randrange(500_000_000)
+        span = ss.spans.add(trace_id=rnd.randbytes(16), span_id=rnd.randbytes(8))
+        span.start_time_unix_nano = start
+        span.end_time_unix_nano = start + rnd.randrange(10**7, 3 * 10**9)
+        if rnd.random() < share:
+            model = rnd.choice(MODELS)
+            span.name, span.kind = f"chat {model}", Span.SPAN_KIND_CLIENT
+            attrs: dict[str, object] = {
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": model, "gen_ai.response.model": model + "-2025",
+                "gen_ai.response.id": f"chatcmpl-{rnd.randrange(10**9)}",
+                "gen_ai.response.finish_reasons": '["stop"]',
+                "gen_ai.usage.input_tokens": rnd.randrange(50, 5000),
+                "gen_ai.usage.output_tokens": rnd.randrange(10, 800),
+                "gen_ai.usage.cache_read.input_tokens": rnd.randrange(0, 40),
+                "gen_ai.conversation.id": f"conv-{rnd.randrange(1000)}",
+                "user.id": f"user-{rnd.randrange(500)}",
+                "gen_ai.input.messages": json.dumps([
+                    {"role": "system", "parts": [{"type": "text", "content": "Be helpful."}]},
+                    {"role": "user", "parts": [{"type": "text", "content":
+                        f"Order {rnd.randrange(10**6)} for jane{i}@example.com: where is it?"}]},
+                ]),
+                "gen_ai.output.messages": json.dumps([
+                    {"role": "assistant", "finish_reason": "stop",
+                     "parts": [{"type": "text", "content": "It ships tomorrow. " * 5}]},
+                ]),
+            }  # fmt: skip
+            if rnd.random() < 0.05:
+                attrs["error.type"] = "openai.RateLimitError"
+                span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message="429"))
+        else:
+            span.name, span.kind = "GET /api/orders/{id}", Span.SPAN_KIND_SERVER
+            attrs = {
+                "http.request.method": "GET", "http.route": "/api/orders/{id}",
+                "url.full": f"https://shop.example.com/api/orders/{rnd.randrange(10**6)}",
+                "http.response.status_code": 200, "server.address": "shop.example.com",
+                "user.id": f"user-{rnd.randrange(10**6)}", "thread.id": rnd.randrange(64),
+                "app.queue_seconds": rnd.random(),
+            }  # fmt: skip
+        span.attributes.extend(_kvs(attrs))
+    return req.SerializeToString()
+
+
+async def _commit(store: DuckDBStore, decoded: list) -> list[int]:
+    seqs = []
+    for first in range(0, len(decoded), 10):
+        group = decoded[first : first + 10]
+        seqs += await asyncio.gather(*(store.write(d.batches) for d in group))
+    return seqs
+
+
+def run_once(bodies: list[bytes]) -> tuple[float, float, int]:
+    limits = DecodeLimits()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DuckDBStore(Path(tmp))
+        store.start()
+        try:
+            started = time.perf_counter()
+            decoded = [
+                decode_request(Signal.SPANS, body, Encoding.PROTOBUF, limits) for body in bodies
+            ]
+            seqs = asyncio.run(_commit(store, decoded))
+            ingest = time.perf_counter() - started
+            consumer = LLMCalls(LLMOpsConfig())
+            emitted: list[object] = []
+            ctx = ConsumerContext(
+                "llmops", "calls", Path(tmp), lambda _p, e: emitted.append(e), store, {}
+            )
+            consumer.start(ctx)
+            started = time.perf_counter()
+            for seq, d in zip(seqs, decoded, strict=True):
+                consumer.consume(CommittedBatch.of(seq, d.batches), ctx)
+            consumer.stop(ctx)  # the last buffered calls are written
+            llmops = time.perf_counter() - started
+            calls = store.reader().execute("SELECT count(*) FROM llmops_calls").fetchone()[0]
+        finally:
+            store.shutdown()
+    return ingest, llmops, int(calls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--share", type=float, nargs="+", default=[0.0, 0.1, 1.0])
+    args = parser.parse_args()
+    spans = args.requests * PER_REQUEST
+    print(f"{spans} spans per run, {args.repeat} runs, python {sys.version.split()[0]}")
+    print(f"{'LLM share':>9} {'ingest µs/span':>15} {'llmops µs/span':>15} {'added':>7} {'calls':>7}")
+    for share in args.share:
+        rnd = random.Random(7)
+        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        runs = [run_once(bodies) for _ in range(args.repeat)]
+        ingest = statistics.median(r[0] for r in runs) / spans * 1e6
+        llmops = statistics.median(r[1] for r in runs) / spans * 1e6
+        print(
+            f"{share:>9.0%} {ingest:>15.2f} {llmops:>15.2f} {llmops / ingest:>7.1%} "
+            f"{runs[0][2]:>7}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Writes calls and messages to the plugin's tables in groups, exactly once per batch.
+
+A DuckDB commit costs milliseconds whatever its size, so calls are buffered and written at most
+every ``flush_seconds`` (or when ``flush_rows`` are waiting), by the consumer's thread or, when
+no batch comes, by a small flusher thread. ``llmops_progress`` records, in the same transaction,
+the last batch (``seq``) whose calls are stored. After a crash the kernel resumes after its own
+offset, which may be past batches whose calls were still buffered: the consumer then reads those
+batches again from the store (``backfill``), and skips batches it has already stored, so every
+call is stored once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.span_parts import MESSAGES
+from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE, PROGRESS_TABLE, cursor_of
+
+__all__ = ["CallWriter"]
+
+
+class CallWriter:
+    def __init__(self, store: Any, name: str, flush_seconds: float = 0.5, flush_rows: int = 50_000):
+        self.store = store
+        self.name = name
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self._lock = threading.Lock()
+        self._calls: list[pa.Table] = []
+        self._messages: list[pa.Table] = []
+        self._rows = 0
+        self._pending_seq = 0
+        self._first_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stored_seq = self._read_progress()
+
+    def _read_progress(self) -> int | None:
+        row = (
+            cursor_of(self.store)
+            .execute(f'SELECT "Seq" FROM {PROGRESS_TABLE} WHERE "Consumer" = ?', [self.name])
+            .fetchone()
+        )
+        return int(row[0]) if row else None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llmops-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.flush()
+
+    def add(self, seq: int, calls: pa.Table | None, messages: pa.Table | None) -> None:
+        with self._lock:
+            if calls is not None and calls.num_rows:
+                self._calls.append(calls)
+                self._rows += calls.num_rows
+            if messages is not None and messages.num_rows:
+                self._messages.append(messages)
+            if not self._first_at:
+                self._first_at = time.monotonic()
+            self._pending_seq = seq
+            due = self._rows >= self.flush_rows
+        if due:
+            self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds / 4):
+            with self._lock:
+                due = self._first_at and time.monotonic() - self._first_at >= self.flush_seconds
+            if due:
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._first_at:
+                return
+            calls = pa.concat_tables(self._calls) if self._calls else CALLS.empty_table()
+            messages = (
+                pa.concat_tables(self._messages) if self._messages else MESSAGES.empty_table()
+            )
+            seq = self._pending_seq
+            cursor = cursor_of(self.store)
+            pending_calls = calls.combine_chunks()  # noqa: F841 - DuckDB reads it by name
+            pending_messages = messages.combine_chunks()  # noqa: F841
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                if calls.num_rows:
+                    cursor.execute(f"INSERT INTO {CALLS_TABLE} SELECT * FROM pending_calls")
+                if messages.num_rows:
+                    cursor.execute(f"INSERT INTO {MESSAGES_TABLE} SELECT * FROM pending_messages")
+                cursor.execute(
+                    f"INSERT OR REPLACE INTO {PROGRESS_TABLE} VALUES (?, ?)", [self.name, seq]
+                )
+                cursor.execute("COMMIT")
+            except Exception:
+                cursor.execute("ROLLBACK")
+                raise
+            self._calls, self._messages, self._rows, self._first_at = [], [], 0, 0.0
+            self.stored_seq = seq
