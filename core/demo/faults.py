@@ -192,6 +192,7 @@ def _services(*names: str) -> tuple[Entity, ...]:
 _LLM_REVIEW = Entity("llm_model", "gpt-4o")
 _LLM_CHAT = Entity("llm_model", "gpt-4o-mini")
 _LLM_CHAT_RESPONSE = Entity("llm_model", "gpt-4o-mini-2024-07-18")  # gen_ai.response.model
+_LLM_REVIEW_RESPONSE = Entity("llm_model", "gpt-4o-2024-08-06")
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -240,7 +241,7 @@ SCENARIOS: dict[str, Scenario] = {
             _gpu_trouble,
             Entity("node", GPU_NODE),
             (Entity("host", GPU_NODE),),
-            (Entity("node", GPU_NODE), MODEL_ENTITY, _LLM_REVIEW,
+            (Entity("node", GPU_NODE), MODEL_ENTITY, _LLM_REVIEW, _LLM_REVIEW_RESPONSE,
              *_services("model-server", "payment", "llm-gateway", *callers_of("model-server"))),
         ),
         Scenario(
@@ -259,7 +260,7 @@ SCENARIOS: dict[str, Scenario] = {
             MODEL_ENTITY,
             (Entity("service", "model-server"),),
             # Declined payments skip the card charge: fewer orders, faster checkouts.
-            (MODEL_ENTITY, _LLM_REVIEW, *_services("payment", "checkout")),
+            (MODEL_ENTITY, _LLM_REVIEW, _LLM_REVIEW_RESPONSE, *_services("payment", "checkout")),
         ),
         Scenario(
             "llm-cost-spike",
