@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from opstrata.alerts import Entity
 from opstrata.cli import main
 from opstrata.demo import SCENARIOS, Simulation
+from opstrata.demo.console import _plan
 from opstrata.demo.environment import SERVICES
 from tests.serverproc import ServerProcess
 from tests.storeread import read_table
@@ -230,3 +234,16 @@ def test_demo_command_runs_end_to_end_and_cleans_up() -> None:
 def test_demo_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--scenario", "no-such-fault"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_all_scenarios_run_on_one_clock_that_ends_now() -> None:
+    args = argparse.Namespace(seed=2, speed=0.0, rate=1.0, warmup_minutes=10.0,
+                              fault_minutes=5.0)
+    names = [n for n in SCENARIOS if n != "normal"]
+    sims = _plan(names, args)
+    assert [s.truth.scenario for s in sims] == names
+    assert sims[0].fault_at_minutes == 10 and all(s.fault_at_minutes == 20 for s in sims[1:])
+    for before, after in itertools.pairwise(sims):
+        assert after.start_unix_nano == before.end_unix_nano
+        assert after.onset_unix_nano - before.end_unix_nano == 20 * MIN
+    assert sims[-1].end_unix_nano <= time.time_ns() < sims[-1].end_unix_nano + 2 * MIN
