@@ -323,8 +323,16 @@ class _Watcher:
                 if i.get("opened_unix_nano", 0) <= end and i.get("updated_unix_nano", 0) >= start]
         alerts = [a for a in self.alerts.values()
                   if start <= a.get("first_seen_unix_nano", 0) <= end]
-        print(f"{len(alerts)} new alerts in this run; {len(mine)} incidents touched by it",
-              file=self.out)
+        layers: dict[str, int] = {}
+        for alert in alerts:
+            layers[alert.get("layer", "?")] = layers.get(alert.get("layer", "?"), 0) + 1
+        split = ""
+        if truth.onset_unix_nano is not None:
+            early = sum(a.get("first_seen_unix_nano", 0) < truth.onset_unix_nano for a in alerts)
+            split = f", {early} of them before the fault"
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(layers.items()))
+        print(f"{len(alerts)} new alerts in this run ({shown or 'none'}{split}); "
+              f"{len(mine)} incidents touched by it", file=self.out)
         found: int | None = None
         for inc in mine:
             print(f"  {inc['id']} [{inc.get('status', '?')}] {inc.get('title', '')}",
