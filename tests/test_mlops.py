@@ -456,3 +456,48 @@ def test_bentoml_monitoring_logs_against_an_uploaded_reference(server) -> None:
     accuracy = sum(x["accuracy"] * x["labelled"] for x in windows) / len(labelled)
     assert accuracy == pytest.approx(expected, abs=1e-9)
     assert all(x["task"] == "classification" and 0 <= x["f1"] <= 1 for x in windows)
+
+
+def test_labels_that_go_wrong_raise_a_quality_decay_alert(server, fraud) -> None:
+    predictions = [
+        "fraud" if s > 0.5 else "ok" for s in np.concatenate([BASE["score"], CURRENT["score"]])
+    ]
+    flip = {"fraud": "ok", "ok": "fraud"}
+    labels = [
+        {
+            "prediction_id": f"f-{i}",
+            # right for the baseline minute; every other one wrong in the next
+            "label": flip[p] if i >= N and i % 2 else p,
+            "time_unix_nano": T0 + 200 * 10**9,
+        }
+        for i, p in enumerate(predictions)
+    ]
+    response = httpx.post(server.api_base + "/api/v1/mlops/labels", json={"labels": labels})
+    assert response.status_code == 200 and response.json() == {"accepted": 2 * N}
+    windows = _api(server, "/api/v1/mlops/models/fraud/performance", version="v3")
+    assert windows[0]["accuracy"] == 1.0 and not windows[0]["decayed"]
+    assert windows[-1]["decayed"] and windows[-1]["accuracy"] == pytest.approx(0.5, abs=0.01)
+    # Labels equal to "score > 0.5": the score separates them perfectly.
+    assert windows[0]["roc_auc"] == 1.0
+    assert all(0.0 <= w["roc_auc"] <= 1.0 for w in windows)
+    alerts = _poll(
+        lambda: {a["kind"]: a for a in _api(server, "/api/v1/alerts", limit=100)["alerts"]},
+        lambda a: "quality_decay" in a,
+    )
+    decay = alerts["quality_decay"]
+    assert decay["entity"] == {"kind": "model", "name": "fraud:v3"}
+    assert decay["evidence"]["expected"] == 1.0
+    assert decay["evidence"]["observed"] == pytest.approx(0.5, abs=0.01)
+    assert decay["severity"] == "error" and decay["layer"] == "mlops"
+
+
+def test_drift_state_survives_a_restart(server, fraud) -> None:
+    before = {m["entity"]: m for m in _api(server, "/api/v1/mlops/models")}
+    assert server.stop() == 0
+    server.start()
+    after = {m["entity"]: m for m in _api(server, "/api/v1/mlops/models")}
+    assert after["fraud:v3"]["reference"] == before["fraud:v3"]["reference"]
+    assert after["fraud:v3"]["rows"] == before["fraud:v3"]["rows"]
+    assert after["fraud:v3"]["state_bytes"] == before["fraud:v3"]["state_bytes"]
+    live = _api(server, "/api/v1/mlops/models/fraud/drift", version="v3")
+    assert live["live"] and live["windows"]

@@ -306,15 +306,21 @@ def classification_metrics(
     predictions: list[str], labels: list[str], scores: np.ndarray, positive: str = ""
 ) -> dict[str, float]:
     """Accuracy; precision, recall, F1 of the positive class (binary) or macro-averaged;
-    ROC AUC for binary classifiers that report a score."""
+    ROC AUC for binary classifiers that report a score. The positive class: ``positive``, else
+    one named 1/true/yes/positive, else the class predicted with the higher mean score, else
+    the larger class."""
     p = [_canon(x) for x in predictions]
     y = [_canon(x) for x in labels]
     classes = sorted(set(p) | set(y))
     pred, true = np.array(p, dtype=object), np.array(y, dtype=object)
     out: dict[str, float] = {"accuracy": float(np.mean(pred == true))}
     if len(classes) <= 2:
-        pos = positive or next((c for c in classes if c.lower() in _POSITIVE), classes[-1])
-        targets = [pos]
+        pos = positive or next((c for c in classes if c.lower() in _POSITIVE), "")
+        if not pos and len(classes) == 2 and scores.size and np.isfinite(scores).all():
+            # The score is the positive class's: the class predicted with the higher scores.
+            means = [scores[pred == c].mean() if np.any(pred == c) else -np.inf for c in classes]
+            pos = classes[int(np.argmax(means))]
+        targets = [pos or classes[-1]]
     else:
         targets = classes
     precisions, recalls, f1s = [], [], []

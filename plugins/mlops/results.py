@@ -41,7 +41,7 @@ class WindowDrift(msgspec.Struct, frozen=True, kw_only=True):
     features: list[FeatureDrift]
 
 
-class QualityWindow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class QualityWindow(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     version: str
     start_unix_nano: int
