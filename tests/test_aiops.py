@@ -185,13 +185,12 @@ def test_counter_reset_raises_nothing(aiops_server) -> None:
     assert not [a for a in _alerts(aiops_server) if a["evidence"]["series"] == row["key"]]
 
 
-def _seasonal_week(rng: np.random.Generator, step_minutes: int = 5) -> tuple[np.ndarray, ...]:
+def _seasonal_week(rng: np.random.Generator, step_minutes: int = 10) -> tuple[np.ndarray, ...]:
     start = T0 + DAY  # a Tuesday
     times = start + np.arange(7 * 24 * 60 // step_minutes) * step_minutes * MINUTE
     hours = (times - T0) / 3.6e12
     daily = 40 + 25 * np.sin(2 * np.pi * (hours % 24) / 24 - np.pi / 2)
-    weekend = np.where(((hours // 24) % 7) >= 5, -10, 0)
-    return times, daily + weekend + rng.normal(0, 1.5, times.size)
+    return times, daily + rng.normal(0, 1.5, times.size)
 
 
 def test_flat_seasonal_week_raises_nothing_and_detect_gives_the_same_scores(
@@ -199,8 +198,8 @@ def test_flat_seasonal_week_raises_nothing_and_detect_gives_the_same_scores(
 ) -> None:
     rng = np.random.default_rng(11)
     times, values = _seasonal_week(rng)
-    for chunk in range(0, times.size, 144):
-        part = slice(chunk, chunk + 144)
+    for chunk in range(0, times.size, 72):
+        part = slice(chunk, chunk + 72)
         _send_metrics(aiops_server, [_gauge("shop.orders.active", times[part], values[part])],
                       service="orders")  # fmt: skip
 

@@ -52,6 +52,9 @@ class AlertTracker:
         self.recent: collections.deque[dict] = collections.deque(maxlen=1000)
         """Anomaly episodes, newest last, for the API (firing ones are updated in place)."""
         self.open: dict[int, dict] = {}
+        self.peak_point: dict[int, tuple] = {}
+        """Firing series -> (value, expected, sigma, test, trace ids) of their strongest point:
+        the evidence an alert carries."""
 
     def _grow(self, size: int) -> None:
         if size <= self.firing.size:
@@ -99,19 +102,23 @@ class AlertTracker:
                 self.points[s] = 0
                 self.rank[s] = 0
             self.points[s] += 1
-            self.peak[s] = max(self.peak[s], float(scores[i]))
+            if float(scores[i]) > self.peak[s] or s not in self.peak_point:
+                self.peak[s] = float(scores[i])
+                trace_ids = list(exemplars[i]) if exemplars is not None else []
+                self.peak_point[s] = (float(values[i]), float(expected[i]), float(sigma[i]),
+                                      int(tests[i]), trace_ids)  # fmt: skip
             severity = severity_of(float(self.peak[s]), int(self.points[s]))
             if _RANK[severity] > self.rank[s]:
                 self.rank[s] = _RANK[severity]
-                trace_ids = list(exemplars[i]) if exemplars is not None else []
-                self._send(meta, t, float(values[i]), float(expected[i]), float(sigma[i]),
-                           int(tests[i]), severity, trace_ids)  # fmt: skip
+                value, expect, sigma_, test, trace_ids = self.peak_point[s]
+                self._send(meta, t, value, expect, sigma_, test, severity, trace_ids)
             else:
                 self._touch(s, t, float(values[i]), float(scores[i]))
             return
         self.normal_run[s] += 1
         if self.normal_run[s] >= self.resolve_after:
             self.firing[s] = False
+            self.peak_point.pop(s, None)
             event = AlertEvent(
                 time_unix_nano=t,
                 kind=meta.kind,

@@ -34,12 +34,14 @@ WEEK_NS = 7 * DAY_NS
 DAY_BUCKETS = 24
 WEEK_BUCKETS = 168
 TESTS = ("spike", "shift", "trend", "variance")
+TAIL_U = 2.5
+"""|z| beyond which the spike test fits its exponential tail (peaks over threshold)."""
 
 # Seasonality modes, a bit mask per series: which profiles the series may use.
 SEASON_NONE, SEASON_DAILY, SEASON_WEEKLY = 1, 2, 4
 SEASONALITY_MASKS = {"none": 1, "daily": 3, "weekly": 7, "auto": 7}
 
-_COLUMNS = ('level', 'level_f', 'trend_f', 'level_s', 'slow_day', 'slow_week', 'scale', 'last_value', 'expected', 'sigma', 'dt', 'err0', 'errf', 'err1', 'tail_f', 'tail_b', 'cus_pos', 'cus_neg', 'drift_pos', 'drift_neg', 'prev_z', 'rho', 'v_fast', 'v_mean', 'v_sq', 'r_fast', 'score')
+_COLUMNS = ('level', 'level_f', 'trend_f', 'level_s', 'slow_day', 'slow_week', 'scale', 'last_value', 'expected', 'sigma', 'dt', 'err0', 'errf', 'err1', 'tail_f', 'tail_b', 'cus_pos', 'cus_neg', 'drift_pos', 'drift_neg', 'prev_z', 'rho', 'v_fast', 'v_mean', 'v_sq', 'r_fast', 'score', 'tail_m2')
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
 _LEVEL = 0
@@ -69,6 +71,7 @@ _V_MEAN = 23
 _V_SQ = 24
 _R_FAST = 25
 _SCORE = 26
+_TAIL_M2 = 27
 
 
 def normal_sf(z: np.ndarray) -> np.ndarray:
@@ -261,8 +264,9 @@ class RobustSeasonalDetector:
             v[_RHO, fresh] = 0.5
             v[_SLOW_DAY, fresh] = x[fresh]
             v[_SLOW_WEEK, fresh] = x[fresh]
-            v[_TAIL_F, fresh] = 0.32
-            v[_TAIL_B, fresh] = 0.6
+            v[_TAIL_F, fresh] = 0.0124  # a normal tail, until the series shows its own
+            v[_TAIL_B, fresh] = 0.45
+            v[_TAIL_M2, fresh] = 2 * 0.45**2
             v[_V_MEAN, fresh] = 0.8
             v[_V_SQ, fresh] = 1.0
             v[_V_FAST, fresh] = 0.8
@@ -294,7 +298,7 @@ class RobustSeasonalDetector:
         mask = self.mask[s]
         # Weekly profile only once two weeks are seen; seasonal model only where it explains
         # the data clearly better than the level alone.
-        week = np.where(((mask & SEASON_WEEKLY) > 0) & (span >= 2 * WEEK_NS), week, 0.0)
+        week = np.where(((mask & SEASON_WEEKLY) > 0) & (span >= 8 * DAY_NS), week, 0.0)
         level = v[_LEVEL]
         level_s = v[_LEVEL_S]
         pred_season = level_s + day + week
@@ -304,9 +308,10 @@ class RobustSeasonalDetector:
         # A fast level where the series wanders (random-walk-like): its forecast is then better.
         # Damped local-linear trend (Holt): follows smooth curves with little lag.
         level_f = v[_LEVEL_F] + 0.98 * v[_TREND_F]
-        use_fast = v[_ERRF] < 0.8 * v[_ERR0]
-        err_base = np.where(use_fast, v[_ERRF], v[_ERR0])
-        use_season &= v[_ERR1] < 0.8 * err_base
+        # The seasonal model wins where it is clearly better than the level and about as good
+        # as the fast one (which would otherwise absorb level shifts within a few points).
+        use_fast = v[_ERRF] < 0.7 * v[_ERR0]
+        use_season &= (v[_ERR1] < 0.8 * v[_ERR0]) & (v[_ERR1] < 1.15 * v[_ERRF])
         pred = np.where(use_season, pred_season, np.where(use_fast, level_f, level))
         resid = x - pred
         scale = v[_SCALE]
@@ -323,7 +328,14 @@ class RobustSeasonalDetector:
         tail_b = v[_TAIL_B].astype(np.float64)
         tests: list[np.ndarray] = []
         if "spike" in self.tests:
-            tests.append(np.where(az > 1, tail_f * np.exp(-(az - 1) / tail_b), 1.0))
+            # Generalised Pareto tail over TAIL_U, shape by the method of moments (0: exponential;
+            # up to 0.45 for power-law tails such as Student-t).
+            var = np.maximum(v[_TAIL_M2] - tail_b * tail_b, 1e-6)
+            xi = np.clip(0.5 * (1.0 - tail_b * tail_b / var), 0.0, 0.45)
+            gscale = tail_b * (1.0 - xi)
+            y = np.maximum(az - TAIL_U, 0.0) / gscale
+            log_tail = np.where(xi > 1e-3, -np.log1p(xi * y) / np.maximum(xi, 1e-3), -y)
+            tests.append(np.where(az > TAIL_U, tail_f * np.exp(log_tail), 1.0))
         lrv = (1 + v[_RHO]) / np.maximum(1 - v[_RHO], 1e-3)
         inc = np.clip(z, -4.0, 4.0) / np.sqrt(np.clip(lrv, 1.0, 50.0))
         inc = np.where(warm, inc, 0.0)  # the CUSUMs start once the baseline is warm
@@ -345,6 +357,9 @@ class RobustSeasonalDetector:
             stacked = np.vstack(tests)
             which = np.argmin(stacked, axis=0)
             p = stacked[which, np.arange(s.size)]
+        # Just after warm-up the baseline is young: demand more (p x100, fading over 3 warm-ups).
+        young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
+        p = p * (1.0 + 99.0 * young)
         score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)
@@ -379,13 +394,22 @@ class RobustSeasonalDetector:
         v[_SCALE] = scale + sa * (np.abs(clipped) - scale)
         # Tail calibration learns from scored points only; a spike moves it by a bounded step.
         learn = warm & (az < 50)
-        exceed = (az > 1).astype(np.float64)
-        v[_TAIL_F] = np.where(learn, tail_f + 0.01 * (exceed - tail_f), tail_f).clip(0.05, 0.6)
-        excess = np.minimum(az - 1, 4 * tail_b)
-        v[_TAIL_B] = np.where(learn & (az > 1), tail_b + 0.02 * (excess - tail_b), tail_b).clip(0.3, 3.0)
+        exceed = (az > TAIL_U).astype(np.float64)
+        v[_TAIL_F] = np.where(learn, tail_f + 0.005 * (exceed - tail_f), tail_f).clip(0.003, 0.2)
+        excess = np.minimum(az - TAIL_U, 4 * tail_b)
+        grow = learn & (az > TAIL_U)
+        v[_TAIL_B] = np.where(grow, tail_b + 0.03 * (excess - tail_b), tail_b).clip(0.25, 4.0)
+        m2 = v[_TAIL_M2]
+        v[_TAIL_M2] = np.where(grow, m2 + 0.03 * (excess * excess - m2), m2)
         zc = np.clip(z, -6, 6)
-        v[_RHO] = np.where(n > 1, v[_RHO] + 0.02 * (zc * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]), 0.0).clip(-0.5, 0.98)
-        v[_PREV_Z] = zc
+        # Lag-1 autocorrelation of the residuals, from clipped z and not while a shift is
+        # suspected: the shift itself would otherwise look like autocorrelation and mute the CUSUM.
+        zr = np.clip(z, -2.5, 2.5)
+        steady = (n > 1) & (np.maximum(cus_pos, cus_neg) < 8.0)
+        v[_RHO] = np.where(
+            steady, v[_RHO] + 0.02 * (zr * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]), v[_RHO]
+        ).clip(-0.5, 0.98)
+        v[_PREV_Z] = zr
         aza = np.minimum(az, 6.0)
         v[_V_MEAN] += 0.01 * (aza - v[_V_MEAN])
         v[_V_SQ] += 0.01 * (aza * aza - v[_V_SQ])
