@@ -40,37 +40,68 @@ _LISTEN = re.compile(r"opstrata: (OTLP/gRPC|OTLP/HTTP|API) listening on (\S+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", default="gpu-node-trouble", metavar="NAME",
-                        help="a scenario of docs/demo.md (normal, slow-database, bad-deploy, "
-                             "host-cpu-pressure, host-memory-pressure, gpu-node-trouble, "
-                             "dependency-outage, model-input-drift, llm-cost-spike) or 'all' "
-                             "(default gpu-node-trouble)")
+    parser.add_argument(
+        "--scenario",
+        default="gpu-node-trouble",
+        metavar="NAME",
+        help="a scenario of docs/demo.md (normal, slow-database, bad-deploy, "
+        "host-cpu-pressure, host-memory-pressure, gpu-node-trouble, "
+        "dependency-outage, model-input-drift, llm-cost-spike) or 'all' "
+        "(default gpu-node-trouble)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
-    parser.add_argument("--speed", type=float, default=60.0,
-                        help="simulated seconds per real second (60; 0: as fast as possible)")
-    parser.add_argument("--rate", type=float, default=2.0,
-                        help="requests per simulated second (2; about 12 spans each)")
-    parser.add_argument("--warmup-minutes", type=float, default=60.0,
-                        help="simulated minutes of normal traffic before the fault (60)")
-    parser.add_argument("--fault-minutes", type=float, default=25.0,
-                        help="simulated minutes of traffic after the fault starts (25)")
-    parser.add_argument("--server", metavar="URL",
-                        help="API of a running server (http://127.0.0.1:8080); "
-                             "default: start one on free ports in a temporary data directory")
-    parser.add_argument("--otlp", metavar="ENDPOINT",
-                        help="OTLP endpoint with --server: host:port for gRPC (default: the "
-                             "server's host, port 4317) or an http:// base URL for OTLP/HTTP")
-    parser.add_argument("--data-dir", metavar="PATH",
-                        help="data directory of the server it starts (kept afterwards; "
-                             "default: a temporary one, removed)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per real second (60; 0: as fast as possible)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2.0,
+        help="requests per simulated second (2; about 12 spans each)",
+    )
+    parser.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=60.0,
+        help="simulated minutes of normal traffic before the fault (60)",
+    )
+    parser.add_argument(
+        "--fault-minutes",
+        type=float,
+        default=25.0,
+        help="simulated minutes of traffic after the fault starts (25)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="API of a running server (http://127.0.0.1:8080); "
+        "default: start one on free ports in a temporary data directory",
+    )
+    parser.add_argument(
+        "--otlp",
+        metavar="ENDPOINT",
+        help="OTLP endpoint with --server: host:port for gRPC (default: the "
+        "server's host, port 4317) or an http:// base URL for OTLP/HTTP",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        help="data directory of the server it starts (kept afterwards; "
+        "default: a temporary one, removed)",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from opstrata.demo.faults import SCENARIOS
 
     if args.scenario != "all" and args.scenario not in SCENARIOS:
-        print(f"opstrata: unknown scenario {args.scenario!r}; one of: "
-              f"{', '.join(SCENARIOS)}, all", file=sys.stderr)
+        print(
+            f"opstrata: unknown scenario {args.scenario!r}; one of: {', '.join(SCENARIOS)}, all",
+            file=sys.stderr,
+        )
         return 2
     names = [n for n in SCENARIOS if n != "normal"] if args.scenario == "all" else [args.scenario]
     try:
@@ -93,10 +124,23 @@ def _server(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         yield api, args.otlp or f"{host}:4317"
         return
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="opstrata-demo-")
-    cmd = [sys.executable, "-m", "opstrata.cli", "serve", "--otlp-grpc", "127.0.0.1:0",
-           "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0", "--data-dir", data_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy())
+    cmd = [
+        sys.executable,
+        "-m",
+        "opstrata.cli",
+        "serve",
+        "--otlp-grpc",
+        "127.0.0.1:0",
+        "--otlp-http",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
+    )
     lines: list[str] = []
     addresses: dict[str, str] = {}
     ready = threading.Event()
@@ -116,8 +160,11 @@ def _server(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         while not ready.wait(0.1):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start:\n" + "".join(lines[-20:]))
-        print(f"opstrata demo: started a server (API http://{addresses['API']}, "
-              f"OTLP/gRPC {addresses['OTLP/gRPC']}, data in {data_dir})", flush=True)
+        print(
+            f"opstrata demo: started a server (API http://{addresses['API']}, "
+            f"OTLP/gRPC {addresses['OTLP/gRPC']}, data in {data_dir})",
+            flush=True,
+        )
         yield "http://" + addresses["API"], addresses["OTLP/gRPC"]
     finally:
         if proc.poll() is None:
@@ -148,15 +195,22 @@ def _plan(names: list[str], args: argparse.Namespace) -> list[Simulation]:
     sims = []
     for name, warmup in zip(names, lead, strict=True):
         duration = warmup + args.fault_minutes
-        sims.append(Simulation(name, seed=args.seed, speed=args.speed, rate=args.rate,
-                               warmup_minutes=warmup, duration_minutes=duration,
-                               start_unix_nano=start))
+        sims.append(
+            Simulation(
+                name,
+                seed=args.seed,
+                speed=args.speed,
+                rate=args.rate,
+                warmup_minutes=warmup,
+                duration_minutes=duration,
+                start_unix_nano=start,
+            )
+        )
         start += int(duration * 60 * _NS)
     return sims
 
 
-def _run_all(names: list[str], args: argparse.Namespace, api: str, otlp: str,
-             out: TextIO) -> int:
+def _run_all(names: list[str], args: argparse.Namespace, api: str, otlp: str, out: TextIO) -> int:
     watcher = _Watcher(api, out)
     status = 0
     for sim in _plan(names, args):
@@ -174,8 +228,9 @@ def _entity(e: dict[str, Any] | Entity) -> str:
     return f"{e.get('kind', '?')} {e.get('name', '?')}"
 
 
-def _follow(worker: threading.Thread, latest: list[Progress], watcher: _Watcher, truth: Truth,
-            out: TextIO) -> None:
+def _follow(
+    worker: threading.Thread, latest: list[Progress], watcher: _Watcher, truth: Truth, out: TextIO
+) -> None:
     """Print progress and what the API shows until the simulation thread ends."""
     shown_phase, shown_minute = "", -10.0
     while worker.is_alive():
@@ -188,21 +243,32 @@ def _follow(worker: threading.Thread, latest: list[Progress], watcher: _Watcher,
                     print(f"--> fault injected: {truth.scenario}", file=out)
                 shown_phase, shown_minute = p.phase, p.elapsed_minutes
                 lag = f", {p.behind_seconds:.0f} s behind" if p.behind_seconds >= 5 else ""
-                print(f"[{_clock(p.sim_time_unix_nano)}] {p.phase:6} "
-                      f"{p.elapsed_minutes:3.0f}/{p.duration_minutes:g} min  "
-                      f"{p.spans:,} spans, {p.log_records:,} logs, {p.metric_points:,} points"
-                      f"{lag}", file=out, flush=True)
+                print(
+                    f"[{_clock(p.sim_time_unix_nano)}] {p.phase:6} "
+                    f"{p.elapsed_minutes:3.0f}/{p.duration_minutes:g} min  "
+                    f"{p.spans:,} spans, {p.log_records:,} logs, {p.metric_points:,} points"
+                    f"{lag}",
+                    file=out,
+                    flush=True,
+                )
 
 
 def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
     truth = sim.truth
     print(f"\n=== scenario {truth.scenario}: {truth.description}", file=out)
     if truth.root_cause is not None:
-        print(f"    fault at {_clock(sim.onset_unix_nano)} simulated "
-              f"({sim.fault_at_minutes:g} min in); injected root cause: "
-              f"{_entity(truth.root_cause)}", file=out)
-    print(f"    {sim.duration_minutes:g} simulated minutes at {sim.speed:g}x, "
-          f"{sim.rate:g} requests/s, seed {sim.seed}", file=out, flush=True)
+        print(
+            f"    fault at {_clock(sim.onset_unix_nano)} simulated "
+            f"({sim.fault_at_minutes:g} min in); injected root cause: "
+            f"{_entity(truth.root_cause)}",
+            file=out,
+        )
+    print(
+        f"    {sim.duration_minutes:g} simulated minutes at {sim.speed:g}x, "
+        f"{sim.rate:g} requests/s, seed {sim.seed}",
+        file=out,
+        flush=True,
+    )
     watcher.onset = sim.onset_unix_nano if truth.root_cause else None
     latest: list[Progress] = []
     result: list[object] = []
@@ -227,11 +293,16 @@ def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
         print(f"opstrata demo: the simulation failed: {outcome}", file=out)
         return 1
     watcher.settle()
-    print(f"sent {outcome.spans:,} spans, {outcome.log_records:,} log records and "
-          f"{outcome.metric_points:,} metric points in {outcome.wall_seconds:.0f} s"
-          + (f"; {outcome.failed_exports} of {outcome.exports} exports failed"
-             if outcome.failed_exports else ""),
-          file=out)
+    print(
+        f"sent {outcome.spans:,} spans, {outcome.log_records:,} log records and "
+        f"{outcome.metric_points:,} metric points in {outcome.wall_seconds:.0f} s"
+        + (
+            f"; {outcome.failed_exports} of {outcome.exports} exports failed"
+            if outcome.failed_exports
+            else ""
+        ),
+        file=out,
+    )
     watcher.verdict(truth, sim.start_unix_nano, sim.end_unix_nano)
     # A few failed exports (a timeout) still make a demo; most failing means no server took it.
     return 1 if outcome.failed_exports * 10 > outcome.exports else 0
@@ -270,10 +341,13 @@ class _Watcher:
         for alert in sorted(alerts, key=lambda a: a.get("first_seen_unix_nano", 0)):
             if alert["id"] not in self.alerts:
                 fresh += 1
-                print(f"  ALERT    {self._when(alert.get('first_seen_unix_nano', 0))}  "
-                      f"{alert.get('layer', '?'):6} {alert.get('kind', '?'):18} "
-                      f"{_entity(alert.get('entity', {}))}: {alert.get('summary', '')}",
-                      file=self.out, flush=True)
+                print(
+                    f"  ALERT    {self._when(alert.get('first_seen_unix_nano', 0))}  "
+                    f"{alert.get('layer', '?'):6} {alert.get('kind', '?'):18} "
+                    f"{_entity(alert.get('entity', {}))}: {alert.get('summary', '')}",
+                    file=self.out,
+                    flush=True,
+                )
             self.alerts[alert["id"]] = alert
         for inc in sorted(incidents, key=lambda i: i.get("opened_unix_nano", 0)):
             self.incidents[inc["id"]] = inc
@@ -281,18 +355,25 @@ class _Watcher:
             # A line when it opens, changes status or top cause, or its alerts double: an
             # alert flood shows as a handful of lines, not one per alert.
             count = len(inc.get("alert_ids", []))
-            key = (inc.get("status", ""), count.bit_length(),
-                   _entity(top[0]["entity"]) if top else "")
+            key = (
+                inc.get("status", ""),
+                count.bit_length(),
+                _entity(top[0]["entity"]) if top else "",
+            )
             before = self._shown_incidents.get(inc["id"])
             if before == key:
                 continue
             fresh += 1
             self._shown_incidents[inc["id"]] = key
             what = "opened" if before is None else inc.get("status", "changed")
-            print(f"  INCIDENT {self._when(inc.get('updated_unix_nano', 0))}  {inc['id']} "
-                  f"{what}: {inc.get('title', '')} ({count} alerts"
-                  + (f"; top cause {key[2]}" if key[2] else "") + ")",
-                  file=self.out, flush=True)
+            print(
+                f"  INCIDENT {self._when(inc.get('updated_unix_nano', 0))}  {inc['id']} "
+                f"{what}: {inc.get('title', '')} ({count} alerts"
+                + (f"; top cause {key[2]}" if key[2] else "")
+                + ")",
+                file=self.out,
+                flush=True,
+            )
         return fresh
 
     def _lag(self) -> int:
@@ -319,10 +400,14 @@ class _Watcher:
     def verdict(self, truth: Truth, start: int, end: int) -> None:
         """The run's incidents with their top candidates, checked against the truth."""
         # Incidents this run touched: open during it and changed since it began.
-        mine = [i for i in self.incidents.values()
-                if i.get("opened_unix_nano", 0) <= end and i.get("updated_unix_nano", 0) >= start]
-        alerts = [a for a in self.alerts.values()
-                  if start <= a.get("first_seen_unix_nano", 0) <= end]
+        mine = [
+            i
+            for i in self.incidents.values()
+            if i.get("opened_unix_nano", 0) <= end and i.get("updated_unix_nano", 0) >= start
+        ]
+        alerts = [
+            a for a in self.alerts.values() if start <= a.get("first_seen_unix_nano", 0) <= end
+        ]
         layers: dict[str, int] = {}
         for alert in alerts:
             layers[alert.get("layer", "?")] = layers.get(alert.get("layer", "?"), 0) + 1
@@ -331,31 +416,47 @@ class _Watcher:
             early = sum(a.get("first_seen_unix_nano", 0) < truth.onset_unix_nano for a in alerts)
             split = f", {early} of them before the fault"
         shown = ", ".join(f"{k} {v}" for k, v in sorted(layers.items()))
-        print(f"{len(alerts)} new alerts in this run ({shown or 'none'}{split}); "
-              f"{len(mine)} incidents touched by it", file=self.out)
+        print(
+            f"{len(alerts)} new alerts in this run ({shown or 'none'}{split}); "
+            f"{len(mine)} incidents touched by it",
+            file=self.out,
+        )
         found: int | None = None
         for inc in mine:
-            print(f"  {inc['id']} [{inc.get('status', '?')}] {inc.get('title', '')}",
-                  file=self.out)
-            print(f"    layers {', '.join(inc.get('layers', [])) or '-'}; "
-                  f"{len(inc.get('alert_ids', []))} alerts; services "
-                  f"{', '.join(inc.get('services', [])) or '-'}; models "
-                  f"{', '.join(inc.get('models', [])) or '-'}", file=self.out)
+            print(f"  {inc['id']} [{inc.get('status', '?')}] {inc.get('title', '')}", file=self.out)
+            print(
+                f"    layers {', '.join(inc.get('layers', [])) or '-'}; "
+                f"{len(inc.get('alert_ids', []))} alerts; services "
+                f"{', '.join(inc.get('services', [])) or '-'}; models "
+                f"{', '.join(inc.get('models', [])) or '-'}",
+                file=self.out,
+            )
             for rank, cand in enumerate((inc.get("candidates") or [])[:3], 1):
                 entity = cand.get("entity", {})
                 hit = truth.matches(Entity(entity.get("kind", ""), entity.get("name", "")))
                 if hit and (found is None or rank < found):
                     found = rank
-                print(f"    {rank}. {_entity(entity)} (score {cand.get('score', 0):.2f})"
-                      f"{'  <- injected' if hit else ''}: {cand.get('reason', '')}",
-                      file=self.out)
+                print(
+                    f"    {rank}. {_entity(entity)} (score {cand.get('score', 0):.2f})"
+                    f"{'  <- injected' if hit else ''}: {cand.get('reason', '')}",
+                    file=self.out,
+                )
         if truth.root_cause is None:
-            print("verdict: no fault was injected"
-                  + ("; every incident above is a false alarm" if mine else ""), file=self.out)
+            print(
+                "verdict: no fault was injected"
+                + ("; every incident above is a false alarm" if mine else ""),
+                file=self.out,
+            )
         elif found is not None:
-            print(f"verdict: the injected root cause ({_entity(truth.root_cause)}) is candidate "
-                  f"#{found}", file=self.out)
+            print(
+                f"verdict: the injected root cause ({_entity(truth.root_cause)}) is candidate "
+                f"#{found}",
+                file=self.out,
+            )
         else:
-            print(f"verdict: the injected root cause ({_entity(truth.root_cause)}) is not among "
-                  "the top candidates", file=self.out)
+            print(
+                f"verdict: the injected root cause ({_entity(truth.root_cause)}) is not among "
+                "the top candidates",
+                file=self.out,
+            )
         self.out.flush()

@@ -125,8 +125,12 @@ def _db(table: str, op: str, median_ms: float, prob: float = 1.0) -> Leaf:
         ("db.namespace", "shop"),
         ("db.operation.name", op),
         ("db.collection.name", table),
-        ("db.query.text", f"{op} … FROM {table} WHERE id = $1" if op == "SELECT" else
-         f"{op} INTO {table} VALUES ($1, $2, $3)"),
+        (
+            "db.query.text",
+            f"{op} … FROM {table} WHERE id = $1"
+            if op == "SELECT"
+            else f"{op} INTO {table} VALUES ($1, $2, $3)",
+        ),
         ("server.address", "postgresql.shop.svc"),
         ("server.port", 5432),
     )
@@ -189,8 +193,14 @@ _CHARGE = Call(
     "/charges",
     10.0,
     (
-        Call("model-server", "POST", "/v2/models/fraud-model/infer", 22.0, special="model",
-             propagate=0.0),
+        Call(
+            "model-server",
+            "POST",
+            "/v2/models/fraud-model/infer",
+            22.0,
+            special="model",
+            propagate=0.0,
+        ),
         _REVIEW,
         _STRIPE,
     ),
@@ -212,10 +222,21 @@ ROUTES: tuple[Route, ...] = (
                     "/api/home",
                     3.0,
                     (
-                        Call("catalog", "GET", "/products", 6.0,
-                             (_redis("GET"), _db("products", "SELECT", 5.0, 0.2))),
-                        Call("recommendation", "GET", "/recommendations", 12.0,
-                             (_redis("GET"), _PRODUCT), propagate=0.0),
+                        Call(
+                            "catalog",
+                            "GET",
+                            "/products",
+                            6.0,
+                            (_redis("GET"), _db("products", "SELECT", 5.0, 0.2)),
+                        ),
+                        Call(
+                            "recommendation",
+                            "GET",
+                            "/recommendations",
+                            12.0,
+                            (_redis("GET"), _PRODUCT),
+                            propagate=0.0,
+                        ),
                     ),
                 ),
             ),
@@ -224,8 +245,13 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "product",
         0.30,
-        Call("frontend", "GET", "/product/{id}", 7.0,
-             (Call("api-gateway", "GET", "/api/products/{id}", 3.0, (_PRODUCT,)),)),
+        Call(
+            "frontend",
+            "GET",
+            "/product/{id}",
+            7.0,
+            (Call("api-gateway", "GET", "/api/products/{id}", 3.0, (_PRODUCT,)),),
+        ),
     ),
     Route(
         "add-to-cart",
@@ -236,8 +262,13 @@ ROUTES: tuple[Route, ...] = (
             "/cart",
             6.0,
             (
-                Call("api-gateway", "POST", "/api/cart", 3.0,
-                     (Call("cart", "POST", "/cart/items", 3.0, (_redis("HSET"), _PRODUCT)),)),
+                Call(
+                    "api-gateway",
+                    "POST",
+                    "/api/cart",
+                    3.0,
+                    (Call("cart", "POST", "/cart/items", 3.0, (_redis("HSET"), _PRODUCT)),),
+                ),
             ),
         ),
     ),
@@ -263,8 +294,13 @@ ROUTES: tuple[Route, ...] = (
                             15.0,
                             (
                                 Call("cart", "GET", "/cart", 3.0, (_redis("HGETALL"),)),
-                                Call("shipping", "GET", "/quote", 5.0,
-                                     (_db("shipping_rates", "SELECT", 3.5),)),
+                                Call(
+                                    "shipping",
+                                    "GET",
+                                    "/quote",
+                                    5.0,
+                                    (_db("shipping_rates", "SELECT", 3.5),),
+                                ),
                                 _CHARGE,
                                 _db("orders", "INSERT", 6.0),
                                 _KAFKA,
@@ -298,10 +334,20 @@ ROUTES: tuple[Route, ...] = (
                             5.0,
                             (
                                 _redis("GET"),
-                                Call("catalog", "GET", "/search", 9.0,
-                                     (_db("products", "SELECT", 7.0),)),
-                                Leaf("openai", "chat gpt-4o-mini", 0.0, _OPENAI_ATTRS,
-                                     llm="assistant"),
+                                Call(
+                                    "catalog",
+                                    "GET",
+                                    "/search",
+                                    9.0,
+                                    (_db("products", "SELECT", 7.0),),
+                                ),
+                                Leaf(
+                                    "openai",
+                                    "chat gpt-4o-mini",
+                                    0.0,
+                                    _OPENAI_ATTRS,
+                                    llm="assistant",
+                                ),
                             ),
                         ),
                     ),

@@ -80,9 +80,7 @@ class Truth:
 
     def matches(self, entity: Entity) -> bool:
         """Whether ``entity`` names the root cause (itself or one of its aliases)."""
-        return self.root_cause is not None and (
-            entity == self.root_cause or entity in self.aliases
-        )
+        return self.root_cause is not None and (entity == self.root_cause or entity in self.aliases)
 
 
 def _ramp(seconds: float, over: float, delay: float = 0.0) -> float:
@@ -94,14 +92,19 @@ def _slow_database(s: float, fx: Effects) -> None:
     r = _ramp(s, 90)
     fx.dep_latency["postgresql"] = 1 + 14 * r
     fx.dep_errors["postgresql"] = 0.03 * _ramp(s, 60, delay=60)
-    fx.dep_error["postgresql"] = (
-        "QueryCanceled", "canceling statement due to statement timeout")
+    fx.dep_error["postgresql"] = ("QueryCanceled", "canceling statement due to statement timeout")
     for svc in ("catalog", "checkout", "shipping"):
-        fx.logs.append(FaultLog(svc, "WARN", "slow query took {ms} ms: SELECT … FROM {table}",
-                                6 * r))
-    fx.logs.append(FaultLog("checkout", "ERROR",
-                            "connection pool exhausted (size=20), waited {ms} ms for a connection",
-                            2 * _ramp(s, 60, delay=90)))
+        fx.logs.append(
+            FaultLog(svc, "WARN", "slow query took {ms} ms: SELECT … FROM {table}", 6 * r)
+        )
+    fx.logs.append(
+        FaultLog(
+            "checkout",
+            "ERROR",
+            "connection pool exhausted (size=20), waited {ms} ms for a connection",
+            2 * _ramp(s, 60, delay=90),
+        )
+    )
 
 
 def _bad_deploy(s: float, fx: Effects) -> None:
@@ -117,8 +120,15 @@ def _cpu_pressure(s: float, fx: Effects) -> None:
     slow = _ramp(s, 90, delay=45)
     fx.node_latency["node-b"] = 1 + 2.5 * slow
     for svc in ("api-gateway", "checkout", "shipping", "recommendation", "frontend"):
-        fx.logs.append(FaultLog(svc, "WARN", "request queued for {ms} ms before a worker was free",
-                                3 * slow, node="node-b"))
+        fx.logs.append(
+            FaultLog(
+                svc,
+                "WARN",
+                "request queued for {ms} ms before a worker was free",
+                3 * slow,
+                node="node-b",
+            )
+        )
 
 
 def _memory_pressure(s: float, fx: Effects) -> None:
@@ -128,9 +138,15 @@ def _memory_pressure(s: float, fx: Effects) -> None:
     if s >= 150:
         fx.oom_kill_every_s["node-c"] = 60.0
     for svc in ("catalog", "cart", "checkout", "payment", "llm-gateway"):
-        fx.logs.append(FaultLog(svc, "WARN",
-                                "GC overhead {pct}% of CPU time, heap {mb} MB of {max} MB",
-                                4 * gc, node="node-c"))
+        fx.logs.append(
+            FaultLog(
+                svc,
+                "WARN",
+                "GC overhead {pct}% of CPU time, heap {mb} MB of {max} MB",
+                4 * gc,
+                node="node-c",
+            )
+        )
 
 
 def _gpu_trouble(s: float, fx: Effects) -> None:
@@ -145,11 +161,22 @@ def _gpu_trouble(s: float, fx: Effects) -> None:
     fx.score_noise = 1.2 * drift
     fx.service_errors["model-server"] = 0.04 * drift
     fx.service_error["model-server"] = ("CudaError", "uncorrectable ECC error encountered")
-    fx.logs.append(FaultLog("model-server", "WARN",
-                            "GPU 0 temperature {temp}C above slowdown threshold, clocks throttled",
-                            4 * heat))
-    fx.logs.append(FaultLog("model-server", "ERROR",
-                            "NVRM: Xid 48, GPU 0: double bit ECC error", 2 * _ramp(s, 60, 30)))
+    fx.logs.append(
+        FaultLog(
+            "model-server",
+            "WARN",
+            "GPU 0 temperature {temp}C above slowdown threshold, clocks throttled",
+            4 * heat,
+        )
+    )
+    fx.logs.append(
+        FaultLog(
+            "model-server",
+            "ERROR",
+            "NVRM: Xid 48, GPU 0: double bit ECC error",
+            2 * _ramp(s, 60, 30),
+        )
+    )
 
 
 def _dependency_outage(s: float, fx: Effects) -> None:
@@ -169,10 +196,14 @@ def _llm_cost(s: float, fx: Effects) -> None:
     r = _ramp(s, 30)
     fx.prompt_input_factor = 1 + 5 * r
     fx.prompt_output_factor = 1 + 0.4 * r
-    fx.logs.append(FaultLog("llm-gateway", "WARN",
-                            "prompt for conversation {cid} is {tokens} tokens, "
-                            "near the context budget",
-                            5 * r))
+    fx.logs.append(
+        FaultLog(
+            "llm-gateway",
+            "WARN",
+            "prompt for conversation {cid} is {tokens} tokens, near the context budget",
+            5 * r,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -204,8 +235,10 @@ SCENARIOS: dict[str, Scenario] = {
             _slow_database,
             Entity("service", "postgresql"),
             (),
-            (Entity("service", "postgresql"),
-             *_services("catalog", "checkout", "shipping", *callers_of("postgresql"))),
+            (
+                Entity("service", "postgresql"),
+                *_services("catalog", "checkout", "shipping", *callers_of("postgresql")),
+            ),
         ),
         Scenario(
             "bad-deploy",
@@ -221,8 +254,10 @@ SCENARIOS: dict[str, Scenario] = {
             _cpu_pressure,
             Entity("host", "node-b"),
             (Entity("node", "node-b"),),
-            (Entity("host", "node-b"),
-             *_services("api-gateway", "checkout", "shipping", "recommendation", "frontend")),
+            (
+                Entity("host", "node-b"),
+                *_services("api-gateway", "checkout", "shipping", "recommendation", "frontend"),
+            ),
         ),
         Scenario(
             "host-memory-pressure",
@@ -230,9 +265,12 @@ SCENARIOS: dict[str, Scenario] = {
             _memory_pressure,
             Entity("host", "node-c"),
             (Entity("node", "node-c"),),
-            (Entity("host", "node-c"),
-             *_services("catalog", "cart", "checkout", "payment", "llm-gateway",
-                        *callers_of("payment"))),
+            (
+                Entity("host", "node-c"),
+                *_services(
+                    "catalog", "cart", "checkout", "payment", "llm-gateway", *callers_of("payment")
+                ),
+            ),
         ),
         Scenario(
             "gpu-node-trouble",
@@ -241,8 +279,13 @@ SCENARIOS: dict[str, Scenario] = {
             _gpu_trouble,
             Entity("node", GPU_NODE),
             (Entity("host", GPU_NODE),),
-            (Entity("node", GPU_NODE), MODEL_ENTITY, _LLM_REVIEW, _LLM_REVIEW_RESPONSE,
-             *_services("model-server", "payment", "llm-gateway", *callers_of("model-server"))),
+            (
+                Entity("node", GPU_NODE),
+                MODEL_ENTITY,
+                _LLM_REVIEW,
+                _LLM_REVIEW_RESPONSE,
+                *_services("model-server", "payment", "llm-gateway", *callers_of("model-server")),
+            ),
         ),
         Scenario(
             "dependency-outage",
@@ -267,8 +310,12 @@ SCENARIOS: dict[str, Scenario] = {
             "assistant prompt v8 stuffs six times the context: input tokens and cost jump",
             _llm_cost,
             _LLM_CHAT,
-            (_LLM_CHAT_RESPONSE, Entity("service", "llm-gateway"),
-             Entity("prompt", "assistant-answer"), Entity("prompt", "assistant-answer:v8")),
+            (
+                _LLM_CHAT_RESPONSE,
+                Entity("service", "llm-gateway"),
+                Entity("prompt", "assistant-answer"),
+                Entity("prompt", "assistant-answer:v8"),
+            ),
             (_LLM_CHAT, _LLM_CHAT_RESPONSE, Entity("service", "llm-gateway")),
         ),
     )

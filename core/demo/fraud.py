@@ -33,8 +33,9 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
 
 
-def predict(rng: random.Random, score_shift: float, score_noise: float,
-            mobile_amount_scale: float) -> Prediction:
+def predict(
+    rng: random.Random, score_shift: float, score_noise: float, mobile_amount_scale: float
+) -> Prediction:
     amount = round(rng.lognormvariate(math.log(60.0), 0.9), 2)
     device = "mobile" if rng.random() < 0.6 else "desktop"
     age = int(rng.expovariate(1 / 400.0))

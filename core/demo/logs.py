@@ -29,13 +29,19 @@ _SEVERITY = {
 _SCOPE = InstrumentationScope("opentelemetry.instrumentation.logging", "0.58b0")
 _CHATTER = {
     # runtime -> (per minute per pod, template)
-    "java": ((2.0, "GC pause {ms} ms (G1 Evacuation Pause, young)"),
-             (1.0, "HikariPool-1 - stats (total={n}, active={a}, idle={i}, waiting=0)")),
-    "python": ((1.0, "worker {n} handled {k} requests in the last minute"),
-               (1.0, "connection pool: {a} active, {i} idle")),
+    "java": (
+        (2.0, "GC pause {ms} ms (G1 Evacuation Pause, young)"),
+        (1.0, "HikariPool-1 - stats (total={n}, active={a}, idle={i}, waiting=0)"),
+    ),
+    "python": (
+        (1.0, "worker {n} handled {k} requests in the last minute"),
+        (1.0, "connection pool: {a} active, {i} idle"),
+    ),
     "go": ((1.0, "runtime stats: {n} goroutines, heap {mb} MB"),),
-    "nodejs": ((1.0, "event loop utilization {pct}%"),
-               (1.0, "served {k} static assets from cache")),
+    "nodejs": (
+        (1.0, "event loop utilization {pct}%"),
+        (1.0, "served {k} static assets from cache"),
+    ),
 }
 _COMMON = ((2.0, "health check passed in {ms} ms"),)
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -48,11 +54,24 @@ class LogSink:
         self.rng = rng
         self.records: list[ReadableLogRecord] = []
 
-    def write(self, pod: Pod, at: int, severity: str, body: str, trace_id: int = 0,
-              span_id: int = 0, attributes: dict[str, object] | None = None) -> None:
-        record = LogRecord(timestamp=at, observed_timestamp=at + 2_000_000,
-                           severity_text=severity, severity_number=_SEVERITY[severity],
-                           body=body, attributes=attributes or {})
+    def write(
+        self,
+        pod: Pod,
+        at: int,
+        severity: str,
+        body: str,
+        trace_id: int = 0,
+        span_id: int = 0,
+        attributes: dict[str, object] | None = None,
+    ) -> None:
+        record = LogRecord(
+            timestamp=at,
+            observed_timestamp=at + 2_000_000,
+            severity_text=severity,
+            severity_number=_SEVERITY[severity],
+            body=body,
+            attributes=attributes or {},
+        )
         # The SDK takes ids from a context; set them directly instead (no active span here).
         record.trace_id = trace_id
         record.span_id = span_id
@@ -70,18 +89,28 @@ class LogSink:
             name = match.group(1)
             if name in extra:
                 return str(extra[name])
-            return str({
-                "ms": rng.randint(3, 60), "n": rng.randint(8, 400), "k": rng.randint(50, 900),
-                "a": rng.randint(1, 12), "i": rng.randint(2, 10), "mb": rng.randint(40, 900),
-                "pct": rng.randint(5, 45), "cid": f"conv-{rng.randrange(100_000):05d}",
-                "table": rng.choice(("products", "orders", "shipping_rates")),
-                "max": 2048, "temp": 0, "tokens": 0,
-            }[name])
+            return str(
+                {
+                    "ms": rng.randint(3, 60),
+                    "n": rng.randint(8, 400),
+                    "k": rng.randint(50, 900),
+                    "a": rng.randint(1, 12),
+                    "i": rng.randint(2, 10),
+                    "mb": rng.randint(40, 900),
+                    "pct": rng.randint(5, 45),
+                    "cid": f"conv-{rng.randrange(100_000):05d}",
+                    "table": rng.choice(("products", "orders", "shipping_rates")),
+                    "max": 2048,
+                    "temp": 0,
+                    "tokens": 0,
+                }[name]
+            )
 
         return _FIELD.sub(value, template)
 
-    def background(self, env: Environment, start: int, seconds: float, fx: Effects,
-                   gpu_temperature: float) -> None:
+    def background(
+        self, env: Environment, start: int, seconds: float, fx: Effects, gpu_temperature: float
+    ) -> None:
         """Chatter of every pod, and the lines the active faults make services write."""
         rng = self.rng
         span = int(seconds * 1e9)
@@ -103,8 +132,12 @@ class LogSink:
                         "pct": rng.randint(35, 80),
                         "tokens": rng.randint(7000, 9000),
                     }
-                    self.write(pod, start + rng.randrange(span), line.severity,
-                               self._fill(line.template, extra))
+                    self.write(
+                        pod,
+                        start + rng.randrange(span),
+                        line.severity,
+                        self._fill(line.template, extra),
+                    )
 
 
 def poisson(rng: random.Random, mean: float) -> int:

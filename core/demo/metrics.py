@@ -38,8 +38,22 @@ __all__ = ["MetricState"]
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _HTTP_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _TOKEN_BOUNDS = tuple(float(4**i) for i in range(12))
-_GENAI_BOUNDS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                 40.96, 81.92)
+_GENAI_BOUNDS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
 _HOST_SCOPE = InstrumentationScope("otelcol/hostmetricsreceiver", "0.112.0")
 _GPU_SCOPE = InstrumentationScope("otelcol/nvidiagpu", "0.112.0")
 _TRITON_SCOPE = InstrumentationScope("otelcol/prometheusreceiver", "0.112.0")
@@ -59,8 +73,9 @@ class _Hist:
 
     def add(self, bounds: tuple[float, ...], values: list[float]) -> None:
         data = np.asarray(values, dtype=np.float64)
-        self.counts += np.bincount(np.searchsorted(bounds, data, side="left"),
-                                   minlength=len(bounds) + 1)
+        self.counts += np.bincount(
+            np.searchsorted(bounds, data, side="left"), minlength=len(bounds) + 1
+        )
         self.total += float(data.sum())
         self.low = min(self.low, float(data.min()))
         self.high = max(self.high, float(data.max()))
@@ -95,8 +110,9 @@ class MetricState:
             series = self._series[key] = _Series(max(started, self.start))
         return series
 
-    def _hist(self, series: _Series, key: tuple, bounds: tuple[float, ...],
-              values: list[float]) -> None:
+    def _hist(
+        self, series: _Series, key: tuple, bounds: tuple[float, ...], values: list[float]
+    ) -> None:
         hist = series.hists.get(key)
         if hist is None:
             hist = series.hists[key] = _Hist(series.start, np.zeros(len(bounds) + 1, np.int64))
@@ -108,8 +124,12 @@ class MetricState:
         for (pod_name, method, route, status), durations in out.http.items():
             pod = pods.get(pod_name)
             if pod is not None:
-                self._hist(self._of(pod_name, pod.started_ns), (method, route, status),
-                           _HTTP_BOUNDS, durations)
+                self._hist(
+                    self._of(pod_name, pod.started_ns),
+                    (method, route, status),
+                    _HTTP_BOUNDS,
+                    durations,
+                )
         for pod_name, count in out.orders.items():
             if pod_name in pods:
                 self._of(pod_name, pods[pod_name].started_ns).sums[("orders",)] += count
@@ -121,12 +141,19 @@ class MetricState:
                 for call in out.llm:
                     base = (call.request_model, call.response_model if not call.error else "")
                     if not call.error:
-                        self._hist(series, ("tokens", *base, "input"), _TOKEN_BOUNDS,
-                                   [float(call.input_tokens)])
-                        self._hist(series, ("tokens", *base, "output"), _TOKEN_BOUNDS,
-                                   [float(call.output_tokens)])
-                    self._hist(series, ("genai", *base, call.error), _GENAI_BOUNDS,
-                               [call.seconds])
+                        self._hist(
+                            series,
+                            ("tokens", *base, "input"),
+                            _TOKEN_BOUNDS,
+                            [float(call.input_tokens)],
+                        )
+                        self._hist(
+                            series,
+                            ("tokens", *base, "output"),
+                            _TOKEN_BOUNDS,
+                            [float(call.output_tokens)],
+                        )
+                    self._hist(series, ("genai", *base, call.error), _GENAI_BOUNDS, [call.seconds])
         self._gpu_busy += sum(s for _, s in out.inferences)
         self._gpu_elapsed += seconds
         gpu = self._of(GPU_NODE, 0)
@@ -151,13 +178,20 @@ class MetricState:
             cpu = node.cpu_base + 0.12 * daily + self._wander[node.name] + rng.gauss(0, 0.015)
             cpu = min(max(cpu + fx.node_cpu.get(node.name, 0.0), 0.01), 0.995)
             hour = (now / 3.6e12) % 24
-            memory = node.memory_base + 0.015 * math.sin(hour / 24 * 2 * math.pi) + rng.gauss(
-                0, 0.003)
+            memory = (
+                node.memory_base + 0.015 * math.sin(hour / 24 * 2 * math.pi) + rng.gauss(0, 0.003)
+            )
             memory = min(max(memory + fx.node_memory.get(node.name, 0.0), 0.05), 0.99)
             metrics = [
                 _gauge("system.cpu.utilization", "1", {}, self.start, now, cpu),
-                _gauge("system.memory.utilization", "1", {"system.memory.state": "used"},
-                       self.start, now, memory),
+                _gauge(
+                    "system.memory.utilization",
+                    "1",
+                    {"system.memory.state": "used"},
+                    self.start,
+                    now,
+                    memory,
+                ),
             ]
             scopes = [ScopeMetrics(_HOST_SCOPE, metrics, "")]
             if node.name == GPU_NODE:
@@ -177,10 +211,17 @@ class MetricState:
         return [
             _gauge("gpu.utilization", "1", attrs, self.start, now, max(util, 0.0)),
             _gauge("gpu.temperature", "Cel", attrs, self.start, now, self.gpu_temperature),
-            _gauge("gpu.memory.utilization", "1", attrs, self.start, now,
-                   0.62 + rng.gauss(0, 0.004)),
-            _sum("gpu.errors", "{error}", {**attrs, "error.type": "xid"}, series.start, now,
-                 series.sums[("xid",)]),
+            _gauge(
+                "gpu.memory.utilization", "1", attrs, self.start, now, 0.62 + rng.gauss(0, 0.004)
+            ),
+            _sum(
+                "gpu.errors",
+                "{error}",
+                {**attrs, "error.type": "xid"},
+                series.start,
+                now,
+                series.sums[("xid",)],
+            ),
         ]
 
     def _triton(self, series: _Series, out: TickOutput) -> None:
@@ -196,18 +237,51 @@ class MetricState:
     def _pod_metrics(self, series: _Series, now: int) -> list[ScopeMetrics]:
         scopes: list[ScopeMetrics] = []
         http = [
-            _hist_point({"http.request.method": k[0], "http.route": k[1],
-                         "http.response.status_code": k[2]}, h, now, _HTTP_BOUNDS)
-            for k, h in series.hists.items() if len(k) == 3
+            _hist_point(
+                {
+                    "http.request.method": k[0],
+                    "http.route": k[1],
+                    "http.response.status_code": k[2],
+                },
+                h,
+                now,
+                _HTTP_BOUNDS,
+            )
+            for k, h in series.hists.items()
+            if len(k) == 3
         ]
         if http:
-            scopes.append(ScopeMetrics(_HTTP_SCOPE, [Metric(
-                "http.server.request.duration", "Duration of HTTP server requests.", "s",
-                Histogram(http, _CUMULATIVE))], ""))
+            scopes.append(
+                ScopeMetrics(
+                    _HTTP_SCOPE,
+                    [
+                        Metric(
+                            "http.server.request.duration",
+                            "Duration of HTTP server requests.",
+                            "s",
+                            Histogram(http, _CUMULATIVE),
+                        )
+                    ],
+                    "",
+                )
+            )
         if ("orders",) in series.sums:
-            scopes.append(ScopeMetrics(_APP_SCOPE, [
-                _sum("app.orders.placed", "{order}", {}, series.start, now,
-                     series.sums[("orders",)])], ""))
+            scopes.append(
+                ScopeMetrics(
+                    _APP_SCOPE,
+                    [
+                        _sum(
+                            "app.orders.placed",
+                            "{order}",
+                            {},
+                            series.start,
+                            now,
+                            series.sums[("orders",)],
+                        )
+                    ],
+                    "",
+                )
+            )
         triton = []
         model = {"model": MODEL[0], "version": MODEL[1]}
         for key, value in series.sums.items():
@@ -217,8 +291,9 @@ class MetricState:
             util = max(self._of(GPU_NODE, 0).sums.get(("util",), 0.2), 0.0)
             gpu = {"gpu_uuid": _GPU_UUID}
             triton.append(_gauge("nv_gpu_utilization", "1", gpu, series.start, now, util))
-            triton.append(_gauge("nv_gpu_power_usage", "W", gpu, series.start, now,
-                                 70 + 180 * util))
+            triton.append(
+                _gauge("nv_gpu_power_usage", "W", gpu, series.start, now, 70 + 180 * util)
+            )
             scopes.append(ScopeMetrics(_TRITON_SCOPE, triton, ""))
         genai = self._genai(series, now)
         if genai:
@@ -231,7 +306,8 @@ class MetricState:
             if key[0] not in ("tokens", "genai"):
                 continue
             attrs: dict[str, object] = {
-                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
                 "gen_ai.request.model": key[1],
             }
             if key[2]:
@@ -245,26 +321,50 @@ class MetricState:
                 durations.append(_hist_point(attrs, hist, now, _GENAI_BOUNDS))
         metrics = []
         if tokens:
-            metrics.append(Metric("gen_ai.client.token.usage", "Number of input and output "
-                                  "tokens used.", "{token}", Histogram(tokens, _CUMULATIVE)))
+            metrics.append(
+                Metric(
+                    "gen_ai.client.token.usage",
+                    "Number of input and output tokens used.",
+                    "{token}",
+                    Histogram(tokens, _CUMULATIVE),
+                )
+            )
         if durations:
-            metrics.append(Metric("gen_ai.client.operation.duration", "GenAI operation "
-                                  "duration.", "s", Histogram(durations, _CUMULATIVE)))
+            metrics.append(
+                Metric(
+                    "gen_ai.client.operation.duration",
+                    "GenAI operation duration.",
+                    "s",
+                    Histogram(durations, _CUMULATIVE),
+                )
+            )
         return metrics
 
 
-def _gauge(name: str, unit: str, attrs: dict[str, object], start: int, now: int,
-           value: float) -> Metric:
+def _gauge(
+    name: str, unit: str, attrs: dict[str, object], start: int, now: int, value: float
+) -> Metric:
     return Metric(name, "", unit, Gauge([NumberDataPoint(attrs, start, now, float(value))]))
 
 
-def _sum(name: str, unit: str, attrs: dict[str, object], start: int, now: int,
-         value: float) -> Metric:
+def _sum(
+    name: str, unit: str, attrs: dict[str, object], start: int, now: int, value: float
+) -> Metric:
     point = NumberDataPoint(attrs, start, now, float(value))
     return Metric(name, "", unit, Sum([point], _CUMULATIVE, True))
 
 
-def _hist_point(attrs: dict[str, object], hist: _Hist, now: int,
-                bounds: tuple[float, ...]) -> HistogramDataPoint:
-    return HistogramDataPoint(attrs, hist.start, now, int(hist.counts.sum()), hist.total,
-                              hist.counts.tolist(), bounds, hist.low, hist.high)
+def _hist_point(
+    attrs: dict[str, object], hist: _Hist, now: int, bounds: tuple[float, ...]
+) -> HistogramDataPoint:
+    return HistogramDataPoint(
+        attrs,
+        hist.start,
+        now,
+        int(hist.counts.sum()),
+        hist.total,
+        hist.counts.tolist(),
+        bounds,
+        hist.low,
+        hist.high,
+    )

@@ -71,8 +71,12 @@ class RunStats:
 def _points(data: MetricsData | None) -> int:
     if data is None:
         return 0
-    return sum(len(m.data.data_points) for rm in data.resource_metrics
-               for sm in rm.scope_metrics for m in sm.metrics)
+    return sum(
+        len(m.data.data_points)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    )
 
 
 class _Sender(threading.Thread):
@@ -107,17 +111,21 @@ def _exporters(endpoint: str) -> tuple[Any, Any, Any]:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         base = endpoint.rstrip("/")
-        return (OTLPSpanExporter(endpoint=base + "/v1/traces", timeout=30),
-                OTLPLogExporter(endpoint=base + "/v1/logs", timeout=30),
-                OTLPMetricExporter(endpoint=base + "/v1/metrics", timeout=30))
+        return (
+            OTLPSpanExporter(endpoint=base + "/v1/traces", timeout=30),
+            OTLPLogExporter(endpoint=base + "/v1/logs", timeout=30),
+            OTLPMetricExporter(endpoint=base + "/v1/metrics", timeout=30),
+        )
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     target = endpoint.removeprefix("grpc://")
-    return (OTLPSpanExporter(endpoint=target, insecure=True, timeout=30),
-            OTLPLogExporter(endpoint=target, insecure=True, timeout=30),
-            OTLPMetricExporter(endpoint=target, insecure=True, timeout=30))
+    return (
+        OTLPSpanExporter(endpoint=target, insecure=True, timeout=30),
+        OTLPLogExporter(endpoint=target, insecure=True, timeout=30),
+        OTLPMetricExporter(endpoint=target, insecure=True, timeout=30),
+    )
 
 
 class Simulation:
@@ -160,15 +168,24 @@ class Simulation:
         self.end_unix_nano = start_unix_nano + int(duration_minutes * 60 * _NS)
         self.onset_unix_nano = start_unix_nano + int(self.fault_at_minutes * 60 * _NS)
         self.fault_end_unix_nano = (
-            self.end_unix_nano if fault_minutes is None
-            else self.onset_unix_nano + int(fault_minutes * 60 * _NS))
+            self.end_unix_nano
+            if fault_minutes is None
+            else self.onset_unix_nano + int(fault_minutes * 60 * _NS)
+        )
 
     @property
     def truths(self) -> list[Truth]:
         """The ground truth of each injected fault (empty for ``normal``)."""
         return [
-            Truth(s.name, s.root_cause, s.aliases, self.onset_unix_nano, self.fault_end_unix_nano,
-                  s.affected, s.description)
+            Truth(
+                s.name,
+                s.root_cause,
+                s.aliases,
+                self.onset_unix_nano,
+                self.fault_end_unix_nano,
+                s.affected,
+                s.description,
+            )
             for s in self.scenarios
         ]
 
@@ -230,12 +247,17 @@ class Simulation:
                 data = metrics.build(at, self._daily(at) - 1, fx)
             yield Tick(at, out.spans, logs.take(), data)
 
-    def run(self, otlp_endpoint: str = "127.0.0.1:4317",
-            progress: Callable[[Progress], None] | None = None,
-            stop: threading.Event | None = None) -> RunStats:
+    def run(
+        self,
+        otlp_endpoint: str = "127.0.0.1:4317",
+        progress: Callable[[Progress], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunStats:
         """Generate and export the whole run; returns what was sent. ``stop`` ends it early."""
-        senders = [_Sender(e, n) for e, n in zip(_exporters(otlp_endpoint),
-                                                 ("spans", "logs", "metrics"), strict=True)]
+        senders = [
+            _Sender(e, n)
+            for e, n in zip(_exporters(otlp_endpoint), ("spans", "logs", "metrics"), strict=True)
+        ]
         for sender in senders:
             sender.start()
         counts = [0, 0, 0]
@@ -247,8 +269,9 @@ class Simulation:
                 counts[0] += len(tick.spans)
                 counts[1] += len(tick.log_records)
                 counts[2] += _points(tick.metrics)
-                for sender, item in zip(senders, (tick.spans, tick.log_records, tick.metrics),
-                                        strict=True):
+                for sender, item in zip(
+                    senders, (tick.spans, tick.log_records, tick.metrics), strict=True
+                ):
                     if item:
                         sender.inbox.put(item)
                         exports += 1
@@ -261,8 +284,16 @@ class Simulation:
         finally:
             for sender in senders:
                 sender.close()
-        return RunStats(counts[0], counts[1], counts[2], sum(s.failed for s in senders), exports,
-                        self.start_unix_nano, at, time.monotonic() - wall_start)
+        return RunStats(
+            counts[0],
+            counts[1],
+            counts[2],
+            sum(s.failed for s in senders),
+            exports,
+            self.start_unix_nano,
+            at,
+            time.monotonic() - wall_start,
+        )
 
     def _llm_load(self, recent: deque[dict[str, int]], out: TickOutput) -> dict[str, float]:
         """Calls per model over the last minute against the provider's per-minute limit:
@@ -272,11 +303,15 @@ class Simulation:
             calls[call.request_model] = calls.get(call.request_model, 0) + 1
         recent.append(calls)
         per_minute = self.rate * 60 * 0.14  # the assistant route's share of requests
-        limits = {"gpt-4o-mini": max(4.0, 2.0 * per_minute),
-                  "gpt-4o": max(4.0, 2.0 * per_minute * 0.12)}  # ~12% go to review
+        limits = {
+            "gpt-4o-mini": max(4.0, 2.0 * per_minute),
+            "gpt-4o": max(4.0, 2.0 * per_minute * 0.12),
+        }  # ~12% go to review
         minutes = len(recent) * self.tick_seconds / 60
-        return {model: sum(c.get(model, 0) for c in recent) / minutes / limit
-                for model, limit in limits.items()}
+        return {
+            model: sum(c.get(model, 0) for c in recent) / minutes / limit
+            for model, limit in limits.items()
+        }
 
     def _pace(self, wall_start: float, at: int) -> float:
         if not self.speed or self.speed <= 0 or math.isinf(self.speed):
@@ -288,17 +323,28 @@ class Simulation:
             return 0.0
         return -ahead
 
-    def _progress(self, at: int, counts: list[int], senders: list[_Sender],
-                  behind: float) -> Progress:
+    def _progress(
+        self, at: int, counts: list[int], senders: list[_Sender], behind: float
+    ) -> Progress:
         if at <= self.onset_unix_nano or not self.scenarios:
             phase = "warmup" if self.scenarios else "normal"
         else:
             phase = "fault" if at <= self.fault_end_unix_nano else "after"
-        return Progress(at, (at - self.start_unix_nano) / 60 / _NS, self.duration_minutes, phase,
-                        counts[0], counts[1], counts[2], sum(s.failed for s in senders), behind)
+        return Progress(
+            at,
+            (at - self.start_unix_nano) / 60 / _NS,
+            self.duration_minutes,
+            phase,
+            counts[0],
+            counts[1],
+            counts[2],
+            sum(s.failed for s in senders),
+            behind,
+        )
 
-    def _apply_changes(self, env: Environment, logs: LogSink, fx: Effects,
-                       state: dict[str, str], at: int) -> None:
+    def _apply_changes(
+        self, env: Environment, logs: LogSink, fx: Effects, state: dict[str, str], at: int
+    ) -> None:
         """Deploys and prompt roll-outs: a new version starts new pods, which say so."""
         for service, spec in SERVICES.items():
             version = fx.versions.get(service, spec[0])
@@ -306,16 +352,26 @@ class Simulation:
                 env.versions[service] = version
                 for pod in env.pods(service, version):
                     pod.started_ns = at
-                    logs.write(pod, at + 3 * _NS, "INFO",
-                               f"started {service} {version} in 2.4 seconds")
+                    logs.write(
+                        pod, at + 3 * _NS, "INFO", f"started {service} {version} in 2.4 seconds"
+                    )
         if fx.prompt_version and state.get("prompt") != fx.prompt_version:
             state["prompt"] = fx.prompt_version
             for pod in env.pods("llm-gateway"):
-                logs.write(pod, at, "INFO",
-                           f"loaded prompt assistant-answer version {fx.prompt_version}")
+                logs.write(
+                    pod, at, "INFO", f"loaded prompt assistant-answer version {fx.prompt_version}"
+                )
 
-    def _oom_kills(self, env: Environment, builder: TraceBuilder, logs: LogSink, fx: Effects,
-                   next_kill: dict[str, float], at: int, killed: int) -> int:
+    def _oom_kills(
+        self,
+        env: Environment,
+        builder: TraceBuilder,
+        logs: LogSink,
+        fx: Effects,
+        next_kill: dict[str, float],
+        at: int,
+        killed: int,
+    ) -> int:
         """Kill a pod on each node under memory pressure every so often (round robin)."""
         for node, every in fx.oom_kill_every_s.items():
             due = next_kill.setdefault(node, at)
@@ -326,21 +382,33 @@ class Simulation:
             killed += 1
             next_kill[node] = at + every * _NS
             builder.down[pod.name] = (at, at + 8 * _NS)
-            logs.write(pod, at, "ERROR",
-                       f"container {pod.service} OOMKilled (exit code 137), restarting")
+            logs.write(
+                pod, at, "ERROR", f"container {pod.service} OOMKilled (exit code 137), restarting"
+            )
             pod.started_ns = at + 8 * _NS
-            logs.write(pod, at + 9 * _NS, "INFO",
-                       f"started {pod.service} {pod.version} in 1.1 seconds")
+            logs.write(
+                pod, at + 9 * _NS, "INFO", f"started {pod.service} {pod.version} in 1.1 seconds"
+            )
         return killed
 
-    def _labels(self, env: Environment, logs: LogSink, pending: list[tuple[int, str, int]],
-                until: int) -> list[tuple[int, str, int]]:
+    def _labels(
+        self, env: Environment, logs: LogSink, pending: list[tuple[int, str, int]], until: int
+    ) -> list[tuple[int, str, int]]:
         """Write the chargeback outcomes that are due; keep the rest."""
         due = [p for p in pending if p[0] < until]
         if due:
             pod = env.pods("payment")[0]
             for at, prediction_id, label in due:
-                logs.write(pod, at, "INFO", f"chargeback outcome for {prediction_id}: {label}",
-                           attributes={"ml.model.name": MODEL[0], "ml.model.version": MODEL[1],
-                                       "ml.prediction.id": prediction_id, "ml.label": label})
+                logs.write(
+                    pod,
+                    at,
+                    "INFO",
+                    f"chargeback outcome for {prediction_id}: {label}",
+                    attributes={
+                        "ml.model.name": MODEL[0],
+                        "ml.model.version": MODEL[1],
+                        "ml.prediction.id": prediction_id,
+                        "ml.label": label,
+                    },
+                )
         return [p for p in pending if p[0] >= until]

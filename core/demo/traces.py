@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opstrata.demo.environment import MODEL, Call, Environment, Leaf, Pod, Route
 from opstrata.demo.faults import Effects
 from opstrata.demo.fraud import REVIEW_BAND, predict
+from opstrata.demo.genai import LlmCall, LlmCalls
 from opstrata.demo.logs import LogSink
 
 __all__ = ["LlmCall", "TickOutput", "TraceBuilder"]
@@ -29,7 +30,7 @@ __all__ = ["LlmCall", "TickOutput", "TraceBuilder"]
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _MS = 1_000_000
 _NS = 1_000_000_000
-_SCOPES = {
+SCOPES = {
     "server": InstrumentationScope("opentelemetry.instrumentation.asgi", "0.58b0"),
     "client": InstrumentationScope("opentelemetry.instrumentation.httpx", "0.58b0"),
     "postgresql": InstrumentationScope("opentelemetry.instrumentation.psycopg", "0.58b0"),
@@ -38,31 +39,19 @@ _SCOPES = {
     "openai": InstrumentationScope("opentelemetry.instrumentation.openai_v2", "2.1b0"),
     "model": InstrumentationScope("model_server.telemetry", "24.08"),
 }
-_BASE_ERRORS = {"postgresql": 0.001, "redis": 0.0005, "kafka": 0.0005, "stripe": 0.004,
-                "openai": 0.004}
+_BASE_ERRORS = {
+    "postgresql": 0.001,
+    "redis": 0.0005,
+    "kafka": 0.0005,
+    "stripe": 0.004,
+}
 _DEP_ERRORS = {
     "postgresql": ("OperationalError", "server closed the connection unexpectedly"),
     "redis": ("TimeoutError", "Timeout reading from socket"),
     "kafka": ("KafkaTimeoutError", "Failed to update metadata after 60.0 secs."),
     "stripe": ("APIConnectionError", "Connection aborted."),
-    "openai": ("RateLimitError", "Rate limit reached for requests"),
 }
 _SERVICE_ERROR = ("InternalError", "unexpected state in request handler")
-_LLM = {
-    # kind: request model, response model, input median, output median, s/output token
-    "assistant": ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", 900.0, 220.0, 0.011),
-    "review": ("gpt-4o", "gpt-4o-2024-08-06", 650.0, 90.0, 0.022),
-}
-
-
-@dataclass(frozen=True)
-class LlmCall:
-    request_model: str
-    response_model: str
-    input_tokens: int
-    output_tokens: int
-    seconds: float
-    error: str
 
 
 @dataclass
@@ -71,7 +60,8 @@ class TickOutput:
 
     spans: list[ReadableSpan] = field(default_factory=list)
     http: dict[tuple[str, str, str, int], list[float]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     """(pod, method, route, status) -> server durations in seconds."""
     llm: list[LlmCall] = field(default_factory=list)
     inferences: list[tuple[bool, float]] = field(default_factory=list)
@@ -90,7 +80,7 @@ class _Request:
     declined: bool = False
 
 
-class TraceBuilder:
+class TraceBuilder(LlmCalls):
     """Turns requests into spans and request logs, given the faults' effects at that moment."""
 
     def __init__(self, env: Environment, rng: random.Random, logs: LogSink) -> None:
@@ -113,31 +103,51 @@ class TraceBuilder:
     def _pod(self, service: str, fx: Effects) -> Pod:
         return self.rng.choice(self.env.pods(service, fx.versions.get(service)))
 
-    def _span(self, out: TickOutput, name: str, req: _Request, span_id: int, parent: int,
-              pod: Pod, kind: SpanKind, start: int, end: int, attrs: dict[str, object],
-              scope: str, error: tuple[str, str] | None, events: tuple[Event, ...] = ()) -> None:
+    def _span(
+        self,
+        out: TickOutput,
+        name: str,
+        req: _Request,
+        span_id: int,
+        parent: int,
+        pod: Pod,
+        kind: SpanKind,
+        start: int,
+        end: int,
+        attrs: dict[str, object],
+        scope: str,
+        error: tuple[str, str] | None,
+        events: tuple[Event, ...] = (),
+    ) -> None:
         status = Status(StatusCode.UNSET)
         if error is not None:
             status = Status(StatusCode.ERROR, f"{error[0]}: {error[1]}")
             attrs["error.type"] = error[0]
-        parent_ctx = (SpanContext(req.trace_id, parent, True, _SAMPLED) if parent else None)
-        out.spans.append(ReadableSpan(
-            name=name,
-            context=SpanContext(req.trace_id, span_id, False, _SAMPLED),
-            parent=parent_ctx,
-            resource=pod.resource,
-            attributes=attrs,
-            events=events,
-            kind=kind,
-            status=status,
-            start_time=start,
-            end_time=end,
-            instrumentation_scope=_SCOPES[scope],
-        ))
+        parent_ctx = SpanContext(req.trace_id, parent, True, _SAMPLED) if parent else None
+        out.spans.append(
+            ReadableSpan(
+                name=name,
+                context=SpanContext(req.trace_id, span_id, False, _SAMPLED),
+                parent=parent_ctx,
+                resource=pod.resource,
+                attributes=attrs,
+                events=events,
+                kind=kind,
+                status=status,
+                start_time=start,
+                end_time=end,
+                instrumentation_scope=SCOPES[scope],
+            )
+        )
 
     def _exception(self, at: int, error: tuple[str, str]) -> tuple[Event, ...]:
-        return (Event("exception", {"exception.type": error[0], "exception.message": error[1]},
-                      timestamp=at),)
+        return (
+            Event(
+                "exception",
+                {"exception.type": error[0], "exception.message": error[1]},
+                timestamp=at,
+            ),
+        )
 
     # -- the walk ------------------------------------------------------------------------------
     def request(self, route: Route, start: int, fx: Effects, out: TickOutput) -> None:
@@ -145,8 +155,16 @@ class TraceBuilder:
         pod = self._pod(route.root.service, fx)
         self._serve(route.root, req, 0, pod, start, fx, out)
 
-    def _serve(self, call: Call, req: _Request, parent: int, pod: Pod, start: int,
-               fx: Effects, out: TickOutput) -> tuple[int, tuple[str, str] | None, int]:
+    def _serve(
+        self,
+        call: Call,
+        req: _Request,
+        parent: int,
+        pod: Pod,
+        start: int,
+        fx: Effects,
+        out: TickOutput,
+    ) -> tuple[int, tuple[str, str] | None, int]:
         """The server span of ``call`` in ``pod``: (end, error, status code)."""
         rng = self.rng
         span_id = self._id(64)
@@ -175,19 +193,34 @@ class TraceBuilder:
             origin = True
         end = cursor + int(own * 0.4)
         status = 500 if error else 200
-        attrs.update({
-            "http.request.method": call.method,
-            "http.route": call.route,
-            "url.path": call.route.replace("{id}", str(rng.randrange(1, 900))),
-            "url.scheme": "http",
-            "server.address": call.service,
-            "server.port": 8080,
-            "http.response.status_code": status,
-            "user.id": req.user,
-        })
+        attrs.update(
+            {
+                "http.request.method": call.method,
+                "http.route": call.route,
+                "url.path": call.route.replace("{id}", str(rng.randrange(1, 900))),
+                "url.scheme": "http",
+                "server.address": call.service,
+                "server.port": 8080,
+                "http.response.status_code": status,
+                "user.id": req.user,
+            }
+        )
         events = self._exception(end, error) if error and origin else ()
-        self._span(out, f"{call.method} {call.route}", req, span_id, parent, pod, SpanKind.SERVER,
-                   start, end, attrs, "server", error, events)
+        self._span(
+            out,
+            f"{call.method} {call.route}",
+            req,
+            span_id,
+            parent,
+            pod,
+            SpanKind.SERVER,
+            start,
+            end,
+            attrs,
+            "server",
+            error,
+            events,
+        )
         out.http[(pod.name, call.method, call.route, status)].append((end - start) / 1e9)
         self._request_logs(call, req, pod, span_id, end, error, origin, fx, out)
         return end, error, status
@@ -199,8 +232,16 @@ class TraceBuilder:
             return not req.declined
         return True
 
-    def _client(self, call: Call, req: _Request, parent: int, caller: Pod, start: int,
-                fx: Effects, out: TickOutput) -> tuple[int, tuple[str, str] | None]:
+    def _client(
+        self,
+        call: Call,
+        req: _Request,
+        parent: int,
+        caller: Pod,
+        start: int,
+        fx: Effects,
+        out: TickOutput,
+    ) -> tuple[int, tuple[str, str] | None]:
         """A client span in ``caller`` around ``call``'s server span (or a refused connection)."""
         span_id = self._id(64)
         pod = self._pod(call.service, fx)
@@ -210,8 +251,9 @@ class TraceBuilder:
         if window is not None and window[0] <= start < window[1]:
             end, error, status = start + net, ("ConnectError", "connection refused"), 503
         else:
-            server_end, error, status = self._serve(call, req, span_id, pod, start + net // 2, fx,
-                                                    out)
+            server_end, error, status = self._serve(
+                call, req, span_id, pod, start + net // 2, fx, out
+            )
             end = server_end + net // 2
         attrs: dict[str, object] = {
             "http.request.method": call.method,
@@ -221,17 +263,37 @@ class TraceBuilder:
             "http.response.status_code": status,
             "peer.service": call.service,
         }
-        self._span(out, call.method, req, span_id, parent, caller, SpanKind.CLIENT, start, end,
-                   attrs, "client", error)
+        self._span(
+            out,
+            call.method,
+            req,
+            span_id,
+            parent,
+            caller,
+            SpanKind.CLIENT,
+            start,
+            end,
+            attrs,
+            "client",
+            error,
+        )
         return end, error
 
-    def _leaf(self, leaf: Leaf, req: _Request, parent: int, pod: Pod, start: int, fx: Effects,
-              out: TickOutput) -> tuple[int, tuple[str, str] | None]:
+    def _leaf(
+        self,
+        leaf: Leaf,
+        req: _Request,
+        parent: int,
+        pod: Pod,
+        start: int,
+        fx: Effects,
+        out: TickOutput,
+    ) -> tuple[int, tuple[str, str] | None]:
         """Client spans to a dependency (one per attempt); the error of the last attempt."""
         if leaf.llm:
             return self._llm(leaf, req, parent, pod, start, fx, out)
         dep = leaf.dependency
-        scope = dep if dep in _SCOPES else "client"
+        scope = dep if dep in SCOPES else "client"
         cursor, error = start, None
         for attempt in range(leaf.retries + 1):
             span_id = self._id(64)
@@ -244,12 +306,30 @@ class TraceBuilder:
             if dep == "stripe":
                 attrs["http.response.status_code"] = 504 if failed else 200
                 attrs["http.request.resend_count"] = attempt
-            self._span(out, leaf.name, req, span_id, parent, pod, SpanKind.CLIENT, cursor, end,
-                       attrs, scope, error, self._exception(end, error) if error else ())
+            self._span(
+                out,
+                leaf.name,
+                req,
+                span_id,
+                parent,
+                pod,
+                SpanKind.CLIENT,
+                cursor,
+                end,
+                attrs,
+                scope,
+                error,
+                self._exception(end, error) if error else (),
+            )
             if dep == "postgresql" and duration > 400 * _MS:
-                self.logs.write(pod, end, "WARN",
-                                f"slow query took {duration // _MS:.0f} ms: {leaf.name}",
-                                req.trace_id, span_id)
+                self.logs.write(
+                    pod,
+                    end,
+                    "WARN",
+                    f"slow query took {duration // _MS:.0f} ms: {leaf.name}",
+                    req.trace_id,
+                    span_id,
+                )
             cursor = end
             if error is None:
                 break
@@ -257,8 +337,15 @@ class TraceBuilder:
                 cursor += int(100 * 2**attempt * _MS)  # back-off before the retry
         return cursor, error
 
-    def _infer(self, req: _Request, pod: Pod, start: int, fx: Effects, out: TickOutput,
-               attrs: dict[str, object]) -> tuple[int, tuple[str, str] | None]:
+    def _infer(
+        self,
+        req: _Request,
+        pod: Pod,
+        start: int,
+        fx: Effects,
+        out: TickOutput,
+        attrs: dict[str, object],
+    ) -> tuple[int, tuple[str, str] | None]:
         """The model's work inside the model-server span: features in, a score out."""
         pred = predict(self.rng, fx.score_shift, fx.score_noise, fx.mobile_amount_scale)
         compute = self._lat(14.0, 0.25) * fx.node_latency.get(pod.node, 1.0)
@@ -283,109 +370,54 @@ class TraceBuilder:
             out.labels.append((due, prediction_id, pred.label))
         return end, None
 
-    def _llm(self, leaf: Leaf, req: _Request, parent: int, pod: Pod, start: int, fx: Effects,
-             out: TickOutput) -> tuple[int, tuple[str, str] | None]:
-        """An LLM call; over the provider's rate limit, 429s and retries with back-off."""
-        rng = self.rng
-        model = _LLM[leaf.llm][0]
-        over = self.llm_load.get(model, 0.0)
-        throttled = max(0.0, 1.0 - 1.0 / over) if over > 1 else 0.0
-        cursor, error = start, None
-        for attempt in range(3):
-            limited = rng.random() < throttled
-            cursor, error = self._llm_attempt(leaf, req, parent, pod, cursor, fx, out, limited)
-            if error is None or error[0] != "RateLimitError":
-                break
-            cursor += int(rng.uniform(0.5, 1.0) * 2**attempt * _NS)
-        return cursor, error
-
-    def _llm_attempt(self, leaf: Leaf, req: _Request, parent: int, pod: Pod, start: int,
-                     fx: Effects, out: TickOutput, limited: bool
-                     ) -> tuple[int, tuple[str, str] | None]:
-        rng = self.rng
-        model, response_model, in_median, out_median, per_token = _LLM[leaf.llm]
-        prompt = "assistant-answer" if leaf.llm == "assistant" else "fraud-review"
-        version = "v7" if leaf.llm == "assistant" else "v3"
-        if leaf.llm == "assistant" and fx.prompt_version:
-            version = fx.prompt_version
-            in_median *= fx.prompt_input_factor
-            out_median *= fx.prompt_output_factor
-        input_tokens = max(20, int(rng.lognormvariate(math.log(in_median), 0.35)))
-        output_tokens = max(1, min(1024, int(rng.lognormvariate(math.log(out_median), 0.5))))
-        failed = limited or rng.random() < _BASE_ERRORS["openai"] + fx.dep_errors.get("openai",
-                                                                                         0.0)
-        error = _DEP_ERRORS["openai"] if failed else None
-        ttft = rng.lognormvariate(math.log(0.35), 0.3) + input_tokens / 20000
-        seconds = ttft if failed else ttft + output_tokens * per_token * rng.uniform(0.8, 1.2)
-        seconds *= fx.dep_latency.get("openai", 1.0)
-        end = start + int(seconds * _NS)
-        span_id = self._id(64)
-        attrs: dict[str, object] = dict(leaf.attributes)
-        attrs.update({
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": model,
-            "gen_ai.request.temperature": 0.2 if leaf.llm == "assistant" else 0.0,
-            "gen_ai.request.max_tokens": 1024,
-            "gen_ai.prompt.name": prompt,
-            "llm.prompt_template.version": version,
-            "gen_ai.conversation.id": f"conv-{req.trace_id % 100_000:05d}",
-            "user.id": req.user,
-            "peer.service": "openai",
-            "http.response.status_code": 429 if failed else 200,
-        })
-        if not failed:
-            cached = 512 if input_tokens > 600 and rng.random() < 0.6 else 0
-            attrs.update({
-                "gen_ai.response.model": response_model,
-                "gen_ai.response.id": f"chatcmpl-{self._id(64):016x}",
-                "gen_ai.response.finish_reasons": ("length",) if output_tokens >= 1024
-                else ("stop",),
-                "gen_ai.usage.input_tokens": input_tokens,
-                "gen_ai.usage.output_tokens": output_tokens,
-                "gen_ai.usage.cache_read.input_tokens": cached,
-            })
-            if leaf.llm == "assistant":
-                attrs["gen_ai.request.stream"] = True
-                attrs["gen_ai.response.time_to_first_chunk"] = round(ttft, 4)
-        self._span(out, f"chat {model}", req, span_id, parent, pod, SpanKind.CLIENT, start, end,
-                   attrs, "openai", error, self._exception(end, error) if error else ())
-        out.llm.append(LlmCall(model, response_model, 0 if failed else input_tokens,
-                               0 if failed else output_tokens, seconds, error[0] if error else ""))
-        if failed:
-            self.logs.write(pod, end, "WARN", f"openai returned 429 for {model}, backing off",
-                            req.trace_id, span_id)
-        else:
-            self.logs.write(pod, end, "INFO",
-                            f"chat completion for {prompt} {version}: {input_tokens} prompt "
-                            f"tokens, {output_tokens} completion tokens in "
-                            f"{seconds * 1000:.0f} ms",
-                            req.trace_id, span_id)
-        return end, error
-
-    def _request_logs(self, call: Call, req: _Request, pod: Pod, span_id: int, end: int,
-                      error: tuple[str, str] | None, origin: bool, fx: Effects,
-                      out: TickOutput) -> None:
+    def _request_logs(
+        self,
+        call: Call,
+        req: _Request,
+        pod: Pod,
+        span_id: int,
+        end: int,
+        error: tuple[str, str] | None,
+        origin: bool,
+        fx: Effects,
+        out: TickOutput,
+    ) -> None:
         rng, logs, svc = self.rng, self.logs, call.service
         if error is not None:
             if origin:
-                logs.write(pod, end, "ERROR",
-                           f"unhandled exception in {call.method} {call.route}: "
-                           f"{error[0]}: {error[1]}", req.trace_id, span_id,
-                           {"exception.type": error[0]})
+                logs.write(
+                    pod,
+                    end,
+                    "ERROR",
+                    f"unhandled exception in {call.method} {call.route}: {error[0]}: {error[1]}",
+                    req.trace_id,
+                    span_id,
+                    {"exception.type": error[0]},
+                )
             elif svc == "api-gateway":
-                logs.write(pod, end, "ERROR",
-                           f"upstream returned 500 for {call.method} {call.route}",
-                           req.trace_id, span_id)
+                logs.write(
+                    pod,
+                    end,
+                    "ERROR",
+                    f"upstream returned 500 for {call.method} {call.route}",
+                    req.trace_id,
+                    span_id,
+                )
             return
         if svc == "api-gateway" and rng.random() < 0.2:
             logs.write(pod, end, "INFO", f"{call.method} {call.route} 200", req.trace_id, span_id)
         elif svc == "checkout":
             out.orders[pod.name] += 1
-            logs.write(pod, end, "INFO",
-                       f"order {self._id(40):010x} placed: {rng.randint(1, 6)} items",
-                       req.trace_id, span_id)
+            logs.write(
+                pod,
+                end,
+                "INFO",
+                f"order {self._id(40):010x} placed: {rng.randint(1, 6)} items",
+                req.trace_id,
+                span_id,
+            )
         elif svc == "payment" and req.score is not None:
             verdict = "declined by fraud check" if req.declined else "authorized"
-            logs.write(pod, end, "INFO", f"payment {self._id(40):010x} {verdict}",
-                       req.trace_id, span_id)
+            logs.write(
+                pod, end, "INFO", f"payment {self._id(40):010x} {verdict}", req.trace_id, span_id
+            )
