@@ -9,7 +9,9 @@ sender processes keep --concurrency requests in flight each, and back off briefl
 503 / UNAVAILABLE. Per phase: acknowledged items/s, stored items/s (committed counter on /metrics),
 latency of the acknowledged attempt, throttled requests, peak RSS of the server's process tree
 (sampled every 0.5 s), and the ratio to the upb parse rate of the same requests on one core (the
-ceiling). After the server stops, the rows in its DuckDB file are compared with what was acked.
+ceiling), and the server's CPU time per stored item and cores used (the figure to compare on a
+shared machine, where rates follow the neighbours' load). After the server stops, the rows in
+its DuckDB file are compared with what was acked.
 """
 
 from __future__ import annotations
@@ -274,6 +276,21 @@ def tree_rss(pid: int) -> list[int]:
     return [total * 1024, count]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    total, todo, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for children in glob(f"/proc/{pid}/task/*/children"):
+                todo.extend(int(c) for c in Path(children).read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def rss_sampler(pid: int, peak: list[int], halt: threading.Event) -> None:
     while True:
         peak[:] = max(peak, tree_rss(pid))
@@ -309,12 +326,16 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         assert out.get(timeout=120) == "ready"
     peak, halt, label = [0, 0], threading.Event(), SIGNALS[signal].label
     before = committed(target["api"], label)
+    cpu_before = tree_cpu(pid) if pid is not None else 0.0
     window[0], window[1] = time.time(), time.time() + args.seconds
     go.set()
     if pid is not None:
         threading.Thread(target=rss_sampler, args=(pid, peak, halt), daemon=True).start()
     time.sleep(max(0.0, window[1] - time.time()))
-    stored = (committed(target["api"], label) - before) / (time.time() - window[0])
+    items = committed(target["api"], label) - before
+    elapsed = time.time() - window[0]
+    cpu = tree_cpu(pid) - cpu_before if pid is not None else float("nan")
+    stored = items / elapsed
     stats, latencies = Counter(), []
     for _ in procs:
         s, lat = out.get(timeout=180)
@@ -330,6 +351,10 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         "stored/s": stored,
         "q": q,
         "rss": rss,
+        # On a shared machine the rates vary with the neighbours' load; the server's CPU time
+        # per stored item varies much less, so it is what to compare between versions.
+        "cpu_us": cpu / items * 1e6 if items else float("nan"),
+        "cores": cpu / elapsed,
     } | stats
 
 
@@ -343,7 +368,7 @@ def machine() -> str:
 def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) -> Counter:
     """Every phase, one row each; the items acked and not rejected, per signal."""
     print("\nsignal   transport  acked/s stored/s  p50 ms  p99 ms throttled rejected", end="")
-    print("      peak RSS  stored/ceiling")
+    print("      peak RSS  stored/ceiling  server CPU/item  cores")
     expected: Counter[str] = Counter()
     transports = ["grpc", "http"] if args.transport == "both" else [args.transport]
     for name in payloads:
@@ -354,7 +379,8 @@ def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) 
             latency = f"{r['q'][49]:>8.1f}{r['q'][98]:>8.1f}"
             counts = f"{r.get('throttled', 0):>10}{r.get('rejected', 0):>9}{r['rss']:>14}"
             ratio = r["stored/s"] / ceiling[name]
-            print(f"{name:<8} {transport:<9}{rates}{latency}{counts}{ratio:>16.1%}")
+            cpu = f"{r['cpu_us']:>14.1f} us{r['cores']:>7.2f}"
+            print(f"{name:<8} {transport:<9}{rates}{latency}{counts}{ratio:>16.1%}{cpu}")
             for key, n in r.items():
                 if key.startswith("error"):
                     print(f"    {n} x {key}")

@@ -47,14 +47,35 @@ _TIME_COLUMN = {
 }
 
 
-def _as_stored(batch: pa.RecordBatch, table: Table) -> pa.RecordBatch:
-    """The batch in its storage types: a zero-copy view, since a map and a list of key/value
-    structs share one memory layout."""
+def _stored_table(table: Table, batches: list[pa.RecordBatch], seqs: list[np.ndarray]) -> pa.Table:
+    """The batches of one table with their ``_Seq`` column, as one chunk in storage types (a
+    zero-copy view: a map and a list of key/value structs share one memory layout). One chunk,
+    because DuckDB scans a table of many small chunks several times slower."""
+    data = pa.Table.from_batches(batches)
     schema = STORAGE_SCHEMAS[table]
-    return pa.RecordBatch.from_arrays(
-        [column.view(field.type) for column, field in zip(batch.columns, schema, strict=True)],
-        schema=schema,
-    )
+    columns = [
+        pa.concat_arrays(column.chunks).view(field.type)
+        for column, field in zip(data.columns, schema, strict=False)  # schema adds _Seq
+    ]
+    columns.append(pa.array(np.concatenate(seqs)))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class _ArrowStream:
+    """An Arrow table that DuckDB sees only as an Arrow C stream (the PyCapsule protocol).
+
+    Handed a ``pyarrow.Table``, DuckDB sets up a pyarrow dataset scanner through Python for
+    every scan, taking the GIL back each time; beside a busy event loop each of those waits
+    costs a switch interval. A C stream is read without calling back into Python.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return self.table.__arrow_c_stream__(requested_schema)
 
 
 class _PendingWrite:
@@ -212,7 +233,7 @@ class DuckDBStore:
         con = self._con
         assert con is not None
         per_table: dict[Table, list[pa.RecordBatch]] = {}
-        log_seq: list[int] = []
+        seqs: dict[Table, list[np.ndarray]] = {}
         log_signal: list[str] = []
         log_tables: list[list[str]] = []
         log_rows: list[int] = []
@@ -221,31 +242,32 @@ class DuckDBStore:
             tables = []
             signal = Signal.SPANS
             for table, batch in item.batches:
-                seq_column = pa.array(np.full(batch.num_rows, seq, dtype=np.uint64))
-                stored = _as_stored(batch.append_column(SEQ_COLUMN, seq_column), table)
-                per_table.setdefault(table, []).append(stored)
+                per_table.setdefault(table, []).append(batch)
+                seqs.setdefault(table, []).append(np.full(batch.num_rows, seq, dtype=np.uint64))
                 tables.append(table.value)
                 signal = signal_of(table)
-            log_seq.append(seq)
             log_signal.append(signal.value)
             log_tables.append(tables)
             log_rows.append(item.rows)
-        now = time.time_ns()
-        batch_log = pa.table(  # noqa: F841 - DuckDB reads it by name
-            {
-                "Seq": pa.array(log_seq, pa.uint64()),
-                "Signal": log_signal,
-                "Tables": pa.array(log_tables, pa.list_(pa.string())),
-                "Rows": pa.array(log_rows, pa.uint64()),
-                "CommittedAt": pa.array([now] * len(group), pa.timestamp("ns")),
-            }
+        batch_log = _ArrowStream(  # noqa: F841 - DuckDB reads it by name
+            pa.table(
+                {
+                    "Seq": pa.array(np.arange(first_seq, first_seq + len(group), dtype=np.uint64)),
+                    "Signal": log_signal,
+                    "Tables": pa.array(log_tables, pa.list_(pa.string())),
+                    "Rows": pa.array(log_rows, pa.uint64()),
+                    "CommittedAt": pa.array([time.time_ns()] * len(group), pa.timestamp("ns")),
+                }
+            )
         )
+        pending = [
+            (table, _ArrowStream(_stored_table(table, batches, seqs[table])))
+            for table, batches in per_table.items()
+        ]
         con.execute("BEGIN TRANSACTION")
         try:
-            for table, batches in per_table.items():
-                # One chunk: DuckDB scans a table of many small chunks several times slower.
-                pending = pa.Table.from_batches(batches).combine_chunks()  # noqa: F841
-                con.execute(f"INSERT INTO {table} SELECT * FROM pending")
+            for table, stream in pending:  # noqa: B007 - DuckDB reads `stream` by name
+                con.execute(f"INSERT INTO {table} SELECT * FROM stream")
             con.execute(f"INSERT INTO {BATCH_LOG_TABLE} SELECT * FROM batch_log")
             con.execute("COMMIT")
         except Exception:
