@@ -264,7 +264,8 @@ def _run_one(sim: Simulation, otlp: str, watcher: _Watcher, out: TextIO) -> int:
             file=out,
         )
     print(
-        f"    {sim.duration_minutes:g} simulated minutes at {sim.speed:g}x, "
+        f"    {sim.duration_minutes:g} simulated minutes "
+        f"{f'at {sim.speed:g}x' if sim.speed > 0 else 'as fast as the server takes them'}, "
         f"{sim.rate:g} requests/s, seed {sim.seed}",
         file=out,
         flush=True,
