@@ -19,15 +19,14 @@ JSON reader a service at a time (msgspec per row only when the reader refuses mi
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from opstrata.schema import Table
 
@@ -192,10 +191,7 @@ class Extractor:
 
     def _bentoml(self, batch: pa.RecordBatch, times: np.ndarray, out: Records) -> None:
         body = batch.column("Body")
-        candidate = pc.and_(
-            pc.fill_null(pc.starts_with(body, "{"), False),
-            pc.fill_null(pc.match_substring(body, '"request_id"'), False),
-        )
+        candidate = pc.fill_null(pc.match_substring(body, '"request_id"'), False)
         if not pc.any(candidate).as_py():
             return
         rows = np.flatnonzero(np.asarray(candidate))
@@ -206,12 +202,9 @@ class Extractor:
         for g, service in enumerate(encoded.dictionary.to_pylist()):
             local = np.flatnonzero(groups == g)
             bodies = body.take(pa.array(rows[local]))
-            table = _read_bodies(bodies)
-            if table is None:
-                out.skipped += len(local)
-                continue
-            bento = self._bento_meta(service, table)
-            if bento is None:
+            bento = self._bento_meta(service, bodies)
+            table = None if bento is None else _read_bodies(bodies, bento.schema)
+            if bento is None or table is None:
                 out.skipped += len(local)
                 continue
             row_times = times[rows[local]]
@@ -252,24 +245,36 @@ class Extractor:
                     entry.columns[name] = Column(role, kind, row_times, _to_str(values))
             out.models.append(entry)
 
-    def _bento_meta(self, service: str, table: pa.Table) -> _Bento | None:
-        """Model, version and schema of a monitor: from the first body that carries them,
-        remembered per service (BentoML may send the schema only now and then)."""
+    def _bento_meta(self, service: str, bodies: pa.Array) -> _Bento | None:
+        """Model, version and schema of a monitor: from the first body that carries them
+        (decoded alone), remembered per service (BentoML may send them only now and then)."""
         known = self.bento.get(service)
-        meta = _first_dict(table, "bento_meta")
-        schema = _first_dict(table, "schema") or (meta or {}).get("schema") or {}
+        meta: dict | None = None
+        schema: dict = {}
+        # Only the first carrying body is needed: look at the first rows before all of them.
+        carrying = np.zeros(0, dtype=np.int64)
+        for head in (bodies.slice(0, 64), bodies):
+            found = pc.fill_null(pc.match_substring(head, '"bento_meta"'), False)
+            carrying = np.flatnonzero(np.asarray(found))
+            if carrying.size:
+                break
+        if carrying.size:
+            try:
+                first = msgspec.json.decode(bodies[int(carrying[0])].as_py())
+            except msgspec.DecodeError:
+                first = {}
+            if isinstance(first, dict) and isinstance(first.get("bento_meta"), dict):
+                meta = first["bento_meta"]
+                schema = first.get("schema") or meta.get("schema") or {}
         if meta is None and known is None:
-            # No meta yet: the service name is "<bento_name>:<monitor_name>".
-            if not schema or ":" not in service:
-                return None
-            meta = {"monitor_name": service.split(":", 1)[1], "bento_version": ""}
+            return None  # no schema seen yet for this monitor
         if meta is not None:
-            model = str(meta.get("monitor_name") or service)
+            model = str(meta.get("monitor_name") or service.partition(":")[2] or service)
             version = str(meta.get("bento_version") or "")
             known = _Bento(
                 model,
                 "" if version in UNVERSIONED else version,
-                schema or (known.schema if known else {}),
+                schema if isinstance(schema, dict) and schema else (known.schema if known else {}),
             )
             self.bento[service] = known
         assert known is not None
@@ -309,16 +314,90 @@ class _FlatMap:
         return values.take(pa.array(at, mask=at < 0))
 
 
-def _read_bodies(bodies: pa.Array) -> pa.Table | None:
-    data = "\n".join(bodies.to_pylist()).encode()
+_ROW_DECODERS: dict[
+    tuple[tuple[str, str], ...], tuple[msgspec.json.Decoder, list[tuple[str, str, str]]]
+] = {}
+
+
+def _row_decoder(schema: dict[str, dict[str, str]]):
+    """A msgspec decoder of a JSON array of rows into a Struct of the schema's columns: unknown
+    keys (``bento_meta``, repeated in every row) are skipped without being built."""
+    columns = tuple(
+        (name, str(spec.get("type")))
+        for name, spec in schema.items()
+        if isinstance(spec, dict)
+        and name not in BENTO_RESERVED
+        and spec.get("type") in ("numerical", "categorical")
+    )
+    cached = _ROW_DECODERS.get(columns)
+    if cached is None:
+        fields: list[tuple[str, Any, Any]] = [("request_id", str | int | None, None)]
+        rename = {"request_id": "request_id"}
+        plan = []
+        for i, (name, kind) in enumerate(columns):
+            attr = f"c{i}"  # column names are any strings; attributes must be identifiers
+            kind_type = float | None if kind == "numerical" else str | int | float | bool | None
+            fields.append((attr, kind_type, None))
+            rename[attr] = name
+            plan.append((name, attr, kind))
+        row = msgspec.defstruct("BentoRow", fields, rename=rename)
+        cached = (msgspec.json.Decoder(list[row]), plan)
+        if len(_ROW_DECODERS) < 256:
+            _ROW_DECODERS[columns] = cached
+    return cached
+
+
+def _read_bodies(bodies: pa.Array, schema: dict[str, dict[str, str]]) -> pa.Table | None:
+    """The rows' columns, decoded by msgspec against the monitor's schema in one call; row by
+    row into whatever types they have when values do not fit the schema."""
+    decoder, plan = _row_decoder(schema)
     try:
-        return pa_json.read_json(io.BytesIO(data))
-    except pa.ArrowInvalid:
-        pass
+        rows = decoder.decode(_json_array(bodies))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _read_bodies_loosely(bodies)
+    columns: dict[str, pa.Array] = {
+        "request_id": pa.array(
+            [None if r.request_id is None else str(r.request_id) for r in rows], pa.string()
+        )
+    }
+    for name, attr, kind in plan:
+        values = [getattr(r, attr) for r in rows]
+        if kind == "numerical":
+            columns[name] = pa.array(values, pa.float64())
+        else:
+            columns[name] = pa.array(
+                [v if v is None or isinstance(v, str) else _category(v) for v in values],
+                pa.string(),
+            )
+    return pa.table(columns)
+
+
+def _json_array(bodies: pa.Array) -> bytes:
+    """``[body,body,...]`` built in Arrow: each body gets a trailing comma, then the string
+    data buffer is taken whole (no Python string per row)."""
+    joined = pc.binary_join_element_wise(bodies, "", ",")
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)
+    offsets = offsets[joined.offset : joined.offset + len(joined) + 1]
+    data = joined.buffers()[2]
+    start, end = int(offsets[0]), int(offsets[-1])
+    return b"[" + data.to_pybytes()[start : end - 1] + b"]"
+
+
+def _category(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _read_bodies_loosely(bodies: pa.Array) -> pa.Table | None:
     decode = msgspec.json.Decoder().decode
     try:
         rows = [decode(b) for b in bodies.to_pylist()]
     except msgspec.DecodeError:
+        return None
+    if not all(isinstance(row, dict) for row in rows):
         return None
     names = list(dict.fromkeys(k for row in rows for k in row))
     columns = {}
@@ -332,18 +411,6 @@ def _read_bodies(bodies: pa.Array) -> pa.Table | None:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             columns[name] = pa.array([None if v is None else str(v) for v in values])
     return pa.table(columns)
-
-
-def _first_dict(table: pa.Table, name: str) -> dict | None:
-    if name not in table.column_names:
-        return None
-    column = table.column(name).combine_chunks().drop_null()
-    if len(column) == 0:
-        return None
-    value = column[0].as_py()
-    if isinstance(value, str):
-        value = msgspec.json.decode(value)
-    return value if isinstance(value, dict) else None
 
 
 def _resource(resources: pa.Array, row: int) -> dict[str, str]:
