@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
+from opstrata.alerts import AlertEvent
 from opstrata.plugins.mlops.config import MLOpsConfig
+from opstrata.plugins.mlops.drift_alerts import drift_alert, entity_name
 from opstrata.plugins.mlops.records import Column, ModelRows
 from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
 from opstrata.plugins.mlops.sketch import (
@@ -32,11 +33,6 @@ from opstrata.plugins.mlops.sketch import (
 from opstrata.plugins.mlops.stattests import drift_test
 
 __all__ = ["DriftMonitor", "entity_name"]
-
-
-def entity_name(model: str, version: str) -> str:
-    """The alert entity of a model version: ``<model>:<version>``, or ``<model>``."""
-    return f"{model}:{version}" if version else model
 
 
 @dataclass
@@ -305,10 +301,10 @@ class DriftMonitor:
         ):
             if firing:
                 state.firing.add(kind)
-                self.emit(_drift_alert(state, kind, verdict, columns, time))
+                self.emit(drift_alert(state, kind, verdict, columns, time))
             elif kind in state.firing:
                 state.firing.discard(kind)
-                self.emit(_drift_alert(state, kind, verdict, columns, time, resolved=True))
+                self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""
@@ -437,72 +433,3 @@ def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> 
 def _finite(x: float) -> float:
     # JSON has no NaN; a test without an answer (e.g. Z on one value) reports 0.
     return float(x) if np.isfinite(x) else (1.0 if x > 0 else 0.0) if np.isinf(x) else 0.0
-
-
-def _strength(f: FeatureDrift) -> float:
-    if f.p_value is not None:
-        return 1.0 - f.p_value
-    return min(1.0, (f.distance or 0.0) / (2 * f.threshold)) if f.threshold else 0.0
-
-
-def _drift_alert(
-    state: ModelState,
-    kind: str,
-    verdict: WindowDrift,
-    columns: list[FeatureDrift],
-    time: int,
-    resolved: bool = False,
-) -> AlertEvent:
-    top = sorted(columns, key=_strength, reverse=True)
-    drifted = [f for f in top if f.drifted]
-    entity = entity_name(state.model, state.version)
-    if kind == "feature_drift":
-        summary = (
-            f"{len(drifted)} of {len(columns)} features drifted "
-            f"({', '.join(f.feature for f in drifted[:3])})"
-            if not resolved
-            else f"features back within the reference ({verdict.drift_share:.0%} drifted)"
-        )
-        observed, bound = verdict.drift_share, None
-    else:
-        summary = (
-            f"predictions drifted ({', '.join(f'{f.feature}: {f.test}' for f in drifted[:2])})"
-            if not resolved
-            else "predictions back within the reference"
-        )
-        observed = top[0].statistic if top else None
-        bound = top[0].threshold if top else None
-    return AlertEvent(
-        time_unix_nano=time,
-        kind=kind,
-        layer=Layer.MLOPS,
-        entity=Entity("model", entity),
-        summary=summary,
-        severity=Severity.WARNING,
-        score=max((_strength(f) for f in drifted), default=0.0),
-        resource=dict(state.resource),
-        evidence=Evidence(
-            series=f"{kind}{{model={state.model},version={state.version}}}",
-            observed=observed,
-            upper=bound,
-            details={
-                "window_start_unix_nano": verdict.start_unix_nano,
-                "window_end_unix_nano": verdict.end_unix_nano,
-                "rows": verdict.rows,
-                "drift_share": verdict.drift_share,
-                "top_features": [
-                    {
-                        "feature": f.feature,
-                        "test": f.test,
-                        "statistic": f.statistic,
-                        "p_value": f.p_value,
-                        "distance": f.distance,
-                        "threshold": f.threshold,
-                        "drifted": f.drifted,
-                    }
-                    for f in top[:5]
-                ],
-            },
-        ),
-        resolved=resolved,
-    )

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.mlops.config import MLOpsConfig
-from opstrata.plugins.mlops.monitor import entity_name
+from opstrata.plugins.mlops.drift_alerts import entity_name
 from opstrata.plugins.mlops.records import Labels, ModelRows
 from opstrata.plugins.mlops.results import QualityWindow
 

@@ -13,8 +13,9 @@ Two inputs (documented in ``docs/mlops.md``):
   ``bento_meta``; both are read. Its resource's ``service.name`` is
   ``<bento_name>:<monitor_name>``.
 
-Everything is columnar: map columns are searched with Arrow kernels, bodies parsed with Arrow's
-JSON reader a service at a time (msgspec per row only when the reader refuses mixed types).
+Everything is columnar: map columns are flattened once and searched by dictionary code; bodies
+are decoded by one msgspec call per service and batch (row by row only when values do not fit
+the schema).
 """
 
 from __future__ import annotations

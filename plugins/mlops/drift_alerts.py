@@ -1,0 +1,87 @@
+"""The drift alerts of a closed window: ``feature_drift`` and ``prediction_drift``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
+from opstrata.plugins.mlops.results import FeatureDrift, WindowDrift
+
+if TYPE_CHECKING:
+    from opstrata.plugins.mlops.monitor import ModelState
+
+__all__ = ["drift_alert", "entity_name", "strength"]
+
+
+def entity_name(model: str, version: str) -> str:
+    """The alert entity of a model version: ``<model>:<version>``, or ``<model>``."""
+    return f"{model}:{version}" if version else model
+
+
+def strength(f: FeatureDrift) -> float:
+    if f.p_value is not None:
+        return 1.0 - f.p_value
+    return min(1.0, (f.distance or 0.0) / (2 * f.threshold)) if f.threshold else 0.0
+
+
+def drift_alert(
+    state: ModelState,
+    kind: str,
+    verdict: WindowDrift,
+    columns: list[FeatureDrift],
+    time: int,
+    resolved: bool = False,
+) -> AlertEvent:
+    top = sorted(columns, key=strength, reverse=True)
+    drifted = [f for f in top if f.drifted]
+    entity = entity_name(state.model, state.version)
+    if kind == "feature_drift":
+        summary = (
+            f"{len(drifted)} of {len(columns)} features drifted "
+            f"({', '.join(f.feature for f in drifted[:3])})"
+            if not resolved
+            else f"features back within the reference ({verdict.drift_share:.0%} drifted)"
+        )
+        observed, bound = verdict.drift_share, None
+    else:
+        summary = (
+            f"predictions drifted ({', '.join(f'{f.feature}: {f.test}' for f in drifted[:2])})"
+            if not resolved
+            else "predictions back within the reference"
+        )
+        observed = top[0].statistic if top else None
+        bound = top[0].threshold if top else None
+    return AlertEvent(
+        time_unix_nano=time,
+        kind=kind,
+        layer=Layer.MLOPS,
+        entity=Entity("model", entity),
+        summary=summary,
+        severity=Severity.WARNING,
+        score=max((strength(f) for f in drifted), default=0.0),
+        resource=dict(state.resource),
+        evidence=Evidence(
+            series=f"{kind}{{model={state.model},version={state.version}}}",
+            observed=observed,
+            upper=bound,
+            details={
+                "window_start_unix_nano": verdict.start_unix_nano,
+                "window_end_unix_nano": verdict.end_unix_nano,
+                "rows": verdict.rows,
+                "drift_share": verdict.drift_share,
+                "top_features": [
+                    {
+                        "feature": f.feature,
+                        "test": f.test,
+                        "statistic": f.statistic,
+                        "p_value": f.p_value,
+                        "distance": f.distance,
+                        "threshold": f.threshold,
+                        "drifted": f.drifted,
+                    }
+                    for f in top[:5]
+                ],
+            },
+        ),
+        resolved=resolved,
+    )
