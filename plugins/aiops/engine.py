@@ -251,8 +251,12 @@ class RobustSeasonalDetector:
         return scores
 
     def _round(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
-        n = self.n[s]
-        v = self.st[:, s]
+        # A round over a contiguous range of series (the common case: ids are given out in
+        # order of first appearance) works on a view of the state, with no gather or scatter.
+        contiguous = int(s[-1]) - int(s[0]) + 1 == s.size
+        idx = slice(int(s[0]), int(s[-1]) + 1) if contiguous else s
+        v = self.st[:, idx] if contiguous else np.take(self.st, s, axis=1)
+        n = self.n[idx]
         fresh = n == 0
         if fresh.any():
             f = s[fresh]
@@ -271,12 +275,12 @@ class RobustSeasonalDetector:
             v[_V_SQ, fresh] = 1.0
             v[_V_FAST, fresh] = 0.8
         # Time: the typical interval (s) and how many intervals this point comes after.
-        dt_s = (t - self.last_t[s]).astype(np.float64) * 1e-9
+        dt_s = (t - self.last_t[idx]).astype(np.float64) * 1e-9
         typical = v[_DT].astype(np.float64)
         typical = np.where(typical > 0, typical, np.maximum(dt_s, 1e-3))
         gap = np.where(n > 0, np.clip(dt_s / typical, 1.0, 50.0), 1.0)
         typical = np.where(n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical)
-        span = (t - self.first_t[s]).astype(np.float64)
+        span = (t - self.first_t[idx]).astype(np.float64)
         # Seasonal profiles, linearly interpolated between bucket centres.
         dpos = (t % DAY_NS).astype(np.float64) * (DAY_BUCKETS / DAY_NS) - 0.5
         d0f = np.floor(dpos)
@@ -295,7 +299,7 @@ class RobustSeasonalDetector:
         week_raw = week_flat[iw]
         day = day0 * (1 - dw1) + day1 * dw1
         week = week_raw.astype(np.float64)
-        mask = self.mask[s]
+        mask = self.mask[idx]
         # Weekly profile only once two weeks are seen; seasonal model only where it explains
         # the data clearly better than the level alone.
         week = np.where(((mask & SEASON_WEEKLY) > 0) & (span >= 8 * DAY_NS), week, 0.0)
@@ -317,7 +321,7 @@ class RobustSeasonalDetector:
         scale = v[_SCALE]
         sigma = 1.2533 * scale
         sigma = np.maximum(sigma, self.rel_floor * np.abs(level) + 1e-12)
-        pois = self.poisson[s]
+        pois = self.poisson[idx]
         if pois.any():
             sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
         z = resid / sigma
@@ -351,12 +355,11 @@ class RobustSeasonalDetector:
         if "variance" in self.tests:
             v_sd = np.sqrt(np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)) * np.sqrt(0.1 / 1.9)
             tests.append(_fast_normal_sf((v_fast - v[_V_MEAN]) / v_sd))
-        if len(tests) == 1:
-            p, which = tests[0], np.zeros(s.size, np.int64)
-        else:
-            stacked = np.vstack(tests)
-            which = np.argmin(stacked, axis=0)
-            p = stacked[which, np.arange(s.size)]
+        p, which = tests[0], np.zeros(s.size, np.int64)
+        for k in range(1, len(tests)):
+            lower = tests[k] < p
+            p = np.where(lower, tests[k], p)
+            which[lower] = k
         # Just after warm-up the baseline is young: demand more (p x100, fading over 3 warm-ups).
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
         p = p * (1.0 + 99.0 * young)
@@ -364,7 +367,7 @@ class RobustSeasonalDetector:
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)
         clipped = np.clip(resid, -huber * sigma, huber * sigma)
-        la = np.where(warm, 1 - (1 - self.level_alpha) ** gap, np.maximum(self.level_alpha, 1.0 / (n + 1)))
+        la = np.where(warm, 1 - np.exp(gap * np.log1p(-self.level_alpha)), np.maximum(self.level_alpha, 1.0 / (n + 1)))
         cap = huber * sigma
         new_level = level + la * np.clip(x - level, -cap, cap)
         r_f = np.clip(x - level_f, -cap, cap)
@@ -439,12 +442,13 @@ class RobustSeasonalDetector:
         v[_DRIFT_NEG] = drift_neg
         v[_R_FAST] = r_fast
         v[_DT] = typical
-        self.last_t[s] = t
-        self.n[s] = n + 1
+        self.last_t[idx] = t
+        self.n[idx] = n + 1
         v[_LAST_VALUE] = x
         v[_EXPECTED] = pred
         v[_SIGMA] = sigma
         v[_SCORE] = score
-        self.which[s] = which
-        self.st[:, s] = v
+        self.which[idx] = which
+        if not contiguous:
+            self.st[:, s] = v
         return score
