@@ -1,6 +1,7 @@
 """Group-commit cost of the DuckDB store, alone and with a busy Python thread beside it.
 
     python bench/store_commit.py [--requests-per-commit 12] [--commits 20] [--signal spans]
+        [--duckdb-threads 2]
 
 Inserts realistic batches (spans; logs or metric points with ``--signal``), decoded by the
 server's own decoder, through ``DuckDBStore`` in groups, the way the writer thread does, and
@@ -31,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from decode import make_request
 
 
-def _measure(batches: list, per_commit: int, commits: int) -> tuple[float, float, float, float]:
+def _measure(
+    batches: list, per_commit: int, commits: int, threads: int
+) -> tuple[float, float, float, float]:
     """ms per commit, rows/s, process CPU µs per row, WAL bytes per row."""
     with tempfile.TemporaryDirectory() as data_dir:
-        store = DuckDBStore(Path(data_dir))
+        store = DuckDBStore(Path(data_dir), threads=threads)
         store.start()
         cpu = time.process_time()
 
@@ -66,6 +69,7 @@ def main() -> None:
         default="spans",
         help="logs and metrics use bench/ingest.py's requests (100 items each)",
     )
+    parser.add_argument("--duckdb-threads", type=int, default=2, help="storage.duckdb_threads")
     args = parser.parse_args()
     rnd = random.Random(7)
     renderer = AttributeRenderer(DecodeLimits())
@@ -102,7 +106,9 @@ def main() -> None:
         spinner = threading.Thread(target=spin, daemon=True)
         if busy:
             spinner.start()
-        ms, rate, cpu_us, wal = _measure(batches, args.requests_per_commit, args.commits)
+        ms, rate, cpu_us, wal = _measure(
+            batches, args.requests_per_commit, args.commits, args.duckdb_threads
+        )
         stop.set()
         print(
             f"  {label:40s} {ms:8.1f} ms/commit {rate:10,.0f} rows/s"
