@@ -96,20 +96,26 @@ class DuckDBQueries:
                 f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} LIMIT 0"
             ).to_arrow_table()
         ids = [t.lower() for t in trace_ids]
-        ranges = self.index.seq_ranges(Table.TRACES, ids)
+        where = self.index.locate(Table.TRACES, ids)
+        indexed = self._read_ranges("rowid", where.row_ranges, ids)
+        if indexed.num_rows < where.expected_rows:  # row ids moved (or a key collision)
+            indexed = self._read_ranges(f'"{SEQ_COLUMN}"', where.seq_ranges, ids)
+        tail = self._read_ranges(f'"{SEQ_COLUMN}"', [(where.tail, 2**63 - 1)], ids)
+        table = pa.concat_tables([indexed, tail])
+        return table.sort_by([("Timestamp", "ascending"), ("SpanId", "ascending")])
+
+    def _read_ranges(self, column: str, ranges: list[tuple[int, int]], ids: list[str]) -> pa.Table:
+        """Spans of the traces ``ids`` within inclusive ranges of ``column`` (a constant name)."""
         # One SELECT per range: a disjunction of ranges would defeat row-group skipping.
-        parts = []
+        parts = ["SELECT * FROM otel_traces WHERE FALSE"]
         params: list[object] = []
         for lo, hi in ranges:
             parts.append(
-                f'SELECT * FROM {Table.TRACES} WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? '
+                f"SELECT * FROM {Table.TRACES} WHERE {column} BETWEEN ? AND ? "
                 'AND "TraceId" IN (SELECT unnest(?))'
             )
             params += [lo, hi, ids]
-        sql = (
-            f"SELECT {select_list(Table.TRACES)} FROM ({' UNION ALL '.join(parts)}) "
-            'ORDER BY "Timestamp", "SpanId"'
-        )
+        sql = f"SELECT {select_list(Table.TRACES)} FROM ({' UNION ALL '.join(parts)})"
         return self._con.sql(sql, params=params).to_arrow_table()
 
     def search_spans(self, f: SpanFilter, limit: int, cursor: str | None = None) -> SpanPage:

@@ -1,9 +1,12 @@
 """Where each trace's rows are: a small side table that makes "one trace" a point lookup.
 
 Without it, a trace by id scans every ``TraceId`` in ``otel_traces`` (~200 ms on 10 M spans here).
-The index keeps, per trace id and signal, the range of commit sequence numbers (``_Seq``) that
-hold its rows. ``_Seq`` grows in the order rows are appended, so DuckDB's per-row-group min/max
-of ``_Seq`` skips every row group outside that range: the lookup reads one or two row groups.
+The index keeps, per trace id and signal, the range of row ids that hold its rows (with their
+count) and the range of commit sequence numbers (``_Seq``). A ``rowid BETWEEN`` read fetches
+just those rows. Row ids of appended rows do not change, but a checkpoint that compacts deleted
+rows (retention) may move them: when the rows found fall short of the count, the read falls
+back to ``_Seq`` — which grows in append order, so DuckDB's per-row-group min/max of ``_Seq``
+still skips every row group but one or two.
 
 It is built *beside* ingest, not on it: a thread runs :meth:`TraceIndex.catch_up` every second
 and indexes what was committed since its last run with one ``INSERT … SELECT … GROUP BY``. Rows
@@ -19,19 +22,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import duckdb
 
 from opstrata.schema import Table
 from opstrata.storage.duckdb_ddl import SEQ_COLUMN
 
-__all__ = ["INDEX_TABLE", "TraceIndex", "trace_key", "trace_key_sql"]
+__all__ = ["INDEX_TABLE", "TraceIndex", "TraceLocation", "trace_key", "trace_key_sql"]
 
 log = logging.getLogger(__name__)
 
-INDEX_TABLE = "opstrata_trace_index"
-STATE_TABLE = "opstrata_trace_index_state"
+INDEX_TABLE = "opstrata_trace_rows"
+STATE_TABLE = "opstrata_trace_rows_state"
 _SIGNALS = {Table.TRACES: 0, Table.LOGS: 1}
 
 
@@ -49,6 +52,23 @@ def trace_key_sql(ref: str) -> str:
 
 
 _ROW_KEY = trace_key_sql('"TraceId"')
+
+
+class TraceLocation(NamedTuple):
+    row_ranges: list[tuple[int, int]]
+    expected_rows: int
+    seq_ranges: list[tuple[int, int]]
+    tail: int
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 class _SeqSource(Protocol):
@@ -75,7 +95,8 @@ class TraceIndex:
             cursor = self.store.reader()
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {INDEX_TABLE} ("
-                '"Key" UBIGINT, "Signal" UTINYINT, "MinSeq" UBIGINT, "MaxSeq" UBIGINT)'
+                '"Key" UBIGINT, "Signal" UTINYINT, "MinSeq" UBIGINT, "MaxSeq" UBIGINT, '
+                '"MinRow" BIGINT, "MaxRow" BIGINT, "Rows" UBIGINT)'
             )
             # An ART index on the key: a lookup is ~3 ms instead of a scan of every key (~30-80
             # ms at 6 M keys). It costs only this background thread, never the write path.
@@ -109,7 +130,8 @@ class TraceIndex:
                 cursor.execute(
                     f"INSERT INTO {INDEX_TABLE} "
                     f"SELECT {_ROW_KEY} AS k, ?, "
-                    f'min("{SEQ_COLUMN}"), max("{SEQ_COLUMN}") FROM {table} '
+                    f'min("{SEQ_COLUMN}"), max("{SEQ_COLUMN}"), min(rowid), max(rowid), count(*) '
+                    f"FROM {table} "
                     f'WHERE "{SEQ_COLUMN}" > ? AND "{SEQ_COLUMN}" <= ? AND "TraceId" <> \'\' '
                     "GROUP BY k HAVING k IS NOT NULL",
                     [signal, done, upto],
@@ -124,13 +146,14 @@ class TraceIndex:
                 raise
         return upto
 
-    def seq_ranges(self, table: Table, trace_ids: list[str]) -> list[tuple[int, int]]:
-        """``_Seq`` ranges (inclusive) that hold every row of the traces: the indexed ranges
-        and the tail the index has not reached yet."""
+    def locate(self, table: Table, trace_ids: list[str]) -> TraceLocation:
+        """Where the rows of the traces are: row-id ranges with the number of rows they should
+        yield, ``_Seq`` ranges holding the same rows (the fallback when row ids moved), and
+        ``tail``: rows committed after the index (``_Seq >= tail``) must be read as well."""
         self.ensure_tables()
         upto = self.indexed_upto(table)
         keys = sorted({k for k in map(trace_key, trace_ids) if k is not None})
-        rows: list[tuple[int, int]] = []
+        rows: list[tuple[int, int, int, int, int]] = []
         if keys:
             # Literal placeholders (their number, never their values, shapes the SQL): DuckDB
             # answers ``Key IN (?, ?)`` from the ART index, a joined list from a scan.
@@ -138,20 +161,24 @@ class TraceIndex:
             rows = (
                 self.store.reader()
                 .execute(
-                    f'SELECT "MinSeq", "MaxSeq" FROM {INDEX_TABLE} '
-                    f'WHERE "Key" IN ({marks}) AND "Signal" = ? ORDER BY "MinSeq"',
+                    f'SELECT "MinSeq", "MaxSeq", "MinRow", "MaxRow", "Rows" FROM {INDEX_TABLE} '
+                    f'WHERE "Key" IN ({marks}) AND "Signal" = ?',
                     [*keys, _SIGNALS[table]],
                 )
                 .fetchall()
             )
-        merged: list[tuple[int, int]] = []
-        for lo, hi in rows:
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], int(hi)))
-            else:
-                merged.append((int(lo), int(hi)))
-        merged.append((upto + 1, 2**63 - 1))
-        return merged
+        return TraceLocation(
+            row_ranges=_merge([(int(r[2]), int(r[3])) for r in rows]),
+            expected_rows=sum(int(r[4]) for r in rows),
+            seq_ranges=_merge([(int(r[0]), int(r[1])) for r in rows]),
+            tail=upto + 1,
+        )
+
+    def seq_ranges(self, table: Table, trace_ids: list[str]) -> list[tuple[int, int]]:
+        """``_Seq`` ranges (inclusive) that hold every row of the traces, the unindexed tail
+        included."""
+        where = self.locate(table, trace_ids)
+        return [*where.seq_ranges, (where.tail, 2**63 - 1)]
 
     # -- the background thread -----------------------------------------------------------------
 
