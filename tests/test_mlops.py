@@ -31,7 +31,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.resources import Resource
 from scipy import stats
 
-from tests.otelsdk import log_exporter
+from tests.otelsdk import log_exporter, make_spans, span_exporter
 from tests.serverproc import ServerProcess
 
 SLOT = 30 * 10**9
@@ -312,6 +312,42 @@ def test_reference_from_a_stored_time_range(server, fraud) -> None:
     assert live and live[0]["live"] is True
     models = {m["entity"]: m for m in _api(server, "/api/v1/mlops/models")}
     assert models["fraud:v3"]["reference"] == "range"
+
+
+def test_spans_with_ml_attributes_are_model_rows(server) -> None:
+    rng = np.random.default_rng(3)
+    start = T0 + 10 * 10**9
+
+    def build(tracer) -> None:
+        for i in range(50):
+            span = tracer.start_span(
+                "predict",
+                start_time=start + i * 10**8,
+                attributes={
+                    "ml.model.name": "recsys",
+                    "ml.feature.clicks": int(rng.integers(0, 30)),
+                    "ml.feature.segment": str(rng.choice(["new", "loyal"])),
+                    "ml.prediction.score": float(rng.random()),
+                },
+            )
+            span.end(end_time=start + i * 10**8 + 3_000_000)
+
+    exporter = span_exporter(server, "http")
+    exporter.export(make_spans("recsys-api", build))
+    exporter.shutdown()
+    models = _poll(
+        lambda: {m["entity"]: m for m in _api(server, "/api/v1/mlops/models")},
+        lambda m: "recsys" in m and m["recsys"]["rows"] == 50,
+    )
+    recsys = models["recsys"]
+    assert recsys["version"] == "" and recsys["rows"] == 50
+    assert recsys["features"] == {
+        "clicks": "feature/numerical",
+        "segment": "feature/categorical",
+        "prediction.score": "prediction/numerical",
+    }
+    assert recsys["resource"]["service.name"] == "recsys-api"
+    assert recsys["reference"] == "collecting baseline"
 
 
 def test_bad_requests_are_400(server) -> None:
