@@ -230,6 +230,7 @@ def test_infrastructure_spike_alerts_on_its_host(aiops_server, tmp_path: Path) -
     assert found["kind"] == "metric_anomaly"
     assert found["first_seen_unix_nano"] == int(times[300])
     assert found["resource"]["host.name"] == "db-7"
+    assert "observed" in found["evidence"], found
     assert found["evidence"]["observed"] > found["evidence"]["upper"]
     [row] = [r for r in _series(aiops_server, name="system.cpu.utilization") if r["points"] == n]
     _assert_detect_matches(aiops_server, row, tmp_path, labelled=True)

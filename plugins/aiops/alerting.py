@@ -52,6 +52,7 @@ class AlertTracker:
         self.recent: collections.deque[dict] = collections.deque(maxlen=1000)
         """Anomaly episodes, newest last, for the API (firing ones are updated in place)."""
         self.open: dict[int, dict] = {}
+        self.last_sent: dict[int, AlertEvent] = {}
         self.peak_point: dict[int, tuple] = {}
         """Firing series -> (value, expected, sigma, test, trace ids) of their strongest point:
         the evidence an alert carries."""
@@ -119,15 +120,19 @@ class AlertTracker:
         if self.normal_run[s] >= self.resolve_after:
             self.firing[s] = False
             self.peak_point.pop(s, None)
+            # The resolving event repeats the alert's evidence: the alert book keeps the
+            # evidence of the event with the highest score, which this one may tie.
+            last = self.last_sent.pop(s, None)
             event = AlertEvent(
                 time_unix_nano=t,
                 kind=meta.kind,
                 layer=Layer.AIOPS,
                 entity=meta.entity,
-                summary=f"{meta.name} back to normal",
-                severity=Severity.INFO,
+                summary=(last.summary if last is not None else meta.name) + " (back to normal)",
+                severity=last.severity if last is not None else Severity.WARNING,
                 score=float(self.peak[s]),
                 resource=meta.resource,
+                evidence=last.evidence if last is not None else Evidence(series=meta.key),
                 key=self.key(meta),
                 resolved=True,
             )
@@ -196,6 +201,7 @@ class AlertTracker:
             key=self.key(meta),
         )
         self.emit(event)
+        self.last_sent[s] = event
         with self.lock:
             episode = self.open.get(s)
             if episode is None:
