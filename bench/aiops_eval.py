@@ -34,8 +34,15 @@ DAYS = 14
 N = DAYS * 288
 BACKGROUNDS = ("noise", "daily", "weekly", "ar1", "counts", "heavy", "irregular", "trend")
 ANOMALIES = ("none", "spike", "dip", "shift", "trend_change", "variance", "missing_peak")
-WINDOW = {"spike": 6, "dip": 6, "shift": 48, "trend_change": 96, "variance": 72,
-          "missing_peak": 72, "none": 0}  # fmt: skip
+WINDOW = {
+    "spike": 6,
+    "dip": 6,
+    "shift": 48,
+    "trend_change": 96,
+    "variance": 72,
+    "missing_peak": 72,
+    "none": 0,
+}
 
 
 @dataclass
@@ -87,8 +94,9 @@ def background(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return times, values, sigma
 
 
-def inject(kind: str, times: np.ndarray, values: np.ndarray, sigma: float,
-           rng: np.random.Generator) -> int:  # fmt: skip
+def inject(
+    kind: str, times: np.ndarray, values: np.ndarray, sigma: float, rng: np.random.Generator
+) -> int:
     n = values.size
     onset = int(rng.integers(int(n * 0.55), int(n * 0.85)))
     size = rng.uniform(6, 10) * sigma
@@ -105,7 +113,7 @@ def inject(kind: str, times: np.ndarray, values: np.ndarray, sigma: float,
         values[onset:end] += rng.normal(0, 3 * sigma, end - onset)
     elif kind == "missing_peak":
         hours = (times - T0) / 3.6e12
-        day_start = onset - onset % max(1, int(round(n / (hours[-1] / 24 + 1e-9))))
+        day_start = onset - onset % max(1, round(n / (hours[-1] / 24 + 1e-9)))
         day = (hours >= hours[day_start]) & (hours < hours[day_start] + 24)
         baseline = np.median(values[day])
         values[day] = np.minimum(values[day], baseline) + rng.normal(0, sigma * 0.3, day.sum())
@@ -134,8 +142,9 @@ def score(cases: list[Case], sensitivity: float) -> list[np.ndarray]:
     scorer = SeriesScorer(config, RobustSeasonalDetector({}), emit=lambda event: None)
     ids = scorer.registry.ids(
         [f"case{i}" for i in range(len(cases))],
-        lambda i, key: SeriesMeta(id=0, key=key, name=key, kind="metric_anomaly",
-                                  entity=Entity("metric", key)),  # fmt: skip
+        lambda i, key: SeriesMeta(
+            id=0, key=key, name=key, kind="metric_anomaly", entity=Entity("metric", key)
+        ),
     )
     labels = [np.zeros(c.values.size, np.int8) for c in cases]
     hour = 12 * STEP
@@ -148,8 +157,9 @@ def score(cases: list[Case], sensitivity: float) -> list[np.ndarray]:
                 batch_t.append(case.times[lo:hi])
                 batch_v.append(case.values[lo:hi])
                 where.append((i, lo, hi))
-        _, got = scorer.feed(np.concatenate(batch_ids), np.concatenate(batch_t),
-                             np.concatenate(batch_v))  # fmt: skip
+        _, got = scorer.feed(
+            np.concatenate(batch_ids), np.concatenate(batch_t), np.concatenate(batch_v)
+        )
         at = 0
         for i, lo, hi in where:
             labels[i][lo:hi] = got[at : at + hi - lo]
@@ -201,7 +211,9 @@ def evaluate(cases: list[Case], labels: list[np.ndarray], gap: int) -> dict:
         "false_alarms_per_series_day": fp / days,
         "recall_by_type": {a: float(np.mean(v)) for a, v in found.items() if v},
         "ttd_minutes_median": {a: float(np.median(v)) for a, v in ttd.items() if v},
-        "false_alarms_per_day_by_background": {b: v[0] / max(v[1], 1e-9) for b, v in fa_by_bg.items()},
+        "false_alarms_per_day_by_background": {
+            b: v[0] / max(v[1], 1e-9) for b, v in fa_by_bg.items()
+        },
     }
 
 
@@ -213,18 +225,26 @@ def main() -> None:
     parser.add_argument("--sensitivity", type=float, nargs="+", default=[0.5])
     args = parser.parse_args()
     cases = make_cases(args.per_type, args.seed)
-    print(f"{len(cases)} series, {sum(c.values.size for c in cases):,} points, "
-          f"{sum(c.onset >= 0 for c in cases)} anomalies")  # fmt: skip
+    print(
+        f"{len(cases)} series, {sum(c.values.size for c in cases):,} points, "
+        f"{sum(c.onset >= 0 for c in cases)} anomalies"
+    )
     for sensitivity in args.sensitivity:
         result = evaluate(cases, score(cases, sensitivity), args.gap)
-        print(f"\nsensitivity {sensitivity}: precision {result['precision']:.3f}, recall "
-              f"{result['recall']:.3f}, false alarms/series-day "
-              f"{result['false_alarms_per_series_day']:.4f}")  # fmt: skip
+        print(
+            f"\nsensitivity {sensitivity}: precision {result['precision']:.3f}, recall "
+            f"{result['recall']:.3f}, false alarms/series-day "
+            f"{result['false_alarms_per_series_day']:.4f}"
+        )
         print("  recall by type:", {k: round(v, 2) for k, v in result["recall_by_type"].items()})
-        print("  median time to detect (min):",
-              {k: round(v) for k, v in result["ttd_minutes_median"].items()})  # fmt: skip
-        print("  false alarms/day by background:",
-              {k: round(v, 3) for k, v in result["false_alarms_per_day_by_background"].items()})  # fmt: skip
+        print(
+            "  median time to detect (min):",
+            {k: round(v) for k, v in result["ttd_minutes_median"].items()},
+        )
+        print(
+            "  false alarms/day by background:",
+            {k: round(v, 3) for k, v in result["false_alarms_per_day_by_background"].items()},
+        )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,11 @@ def detector(series: int, points: int, batches: int) -> None:
         values = 100 + rng.normal(0, 5, ids.size)
         seconds += cpu(lambda t=times, v=values: det.update(ids, t, v))
         total += ids.size
-    print(f"detector: {series:,} series x {points} points/batch x {batches} batches: "
-          f"{total / seconds:,.0f} points/s; state {det.nbytes / 2**20:,.1f} MiB "
-          f"({det.nbytes / series:,.0f} B/series)")  # fmt: skip
+    print(
+        f"detector: {series:,} series x {points} points/batch x {batches} batches: "
+        f"{total / seconds:,.0f} points/s; state {det.nbytes / 2**20:,.1f} MiB "
+        f"({det.nbytes / series:,.0f} B/series)"
+    )
 
 
 def single(points: int) -> None:
@@ -62,17 +64,25 @@ def sketch(values: int, groups: int) -> None:
     g = rng.integers(0, groups, values)
     v = rng.lognormal(3, 1, values)
     halves = []
-    seconds = cpu(lambda: halves.extend([LogHistogram.of(g[: values // 2], v[: values // 2]),
-                                          LogHistogram.of(g[values // 2:], v[values // 2:])]))  # fmt: skip
+    seconds = cpu(
+        lambda: halves.extend(
+            [
+                LogHistogram.of(g[: values // 2], v[: values // 2]),
+                LogHistogram.of(g[values // 2 :], v[values // 2 :]),
+            ]
+        )
+    )
     merged: list[LogHistogram] = []
     merge_s = cpu(lambda: merged.append(halves[0].merge(halves[1])))
     out: list = []
     q_s = cpu(lambda: out.append(merged[0].quantiles((0.5, 0.99))))
     true = np.quantile(v[g == 0], 0.99)
     est = out[0][1][0, 1]
-    print(f"sketch: {values / seconds:,.0f} values/s ({1e9 * seconds / values:.0f} ns/value) "
-          f"into {groups:,} groups; merge {merge_s * 1e3:.1f} ms; quantiles {q_s * 1e3:.1f} ms; "
-          f"p99 error {abs(est - true) / true:.2%}")  # fmt: skip
+    print(
+        f"sketch: {values / seconds:,.0f} values/s ({1e9 * seconds / values:.0f} ns/value) "
+        f"into {groups:,} groups; merge {merge_s * 1e3:.1f} ms; quantiles {q_s * 1e3:.1f} ms; "
+        f"p99 error {abs(est - true) / true:.2%}"
+    )
 
 
 def log_lines(n: int) -> list[str]:
@@ -80,21 +90,29 @@ def log_lines(n: int) -> list[str]:
     names = [f"user{i}" for i in range(2000)] + ["alice", "bob", "carol", "dave"]
     hosts = [f"db-{i}.internal" for i in range(40)]
     templates = [
-        lambda: f"Accepted password for {random.choice(names)} from 10.0.{random.randint(0, 255)}."
-                f"{random.randint(0, 255)} port {random.randint(1000, 65000)} ssh2",
+        lambda: (
+            f"Accepted password for {random.choice(names)} from 10.0.{random.randint(0, 255)}."
+            f"{random.randint(0, 255)} port {random.randint(1000, 65000)} ssh2"
+        ),
         lambda: f"GET /api/v1/users/{random.randint(1, 10**6)} 200 {random.random() * 100:.2f}ms",
         lambda: f"Connection closed by {random.choice(names)} [preauth]",
         lambda: f"request id={random.getrandbits(64):016x} took {random.randint(1, 900)} ms",
         lambda: f"Failed to connect to {random.choice(hosts)} retrying in {random.randint(1, 9)}s",
         lambda: f"session opened for user {random.choice(names)} by (uid=0)",
         lambda: f"Cache miss for key product:{random.randint(1, 99999)} region eu-west-1",
-        lambda: f"order {random.randint(10**5, 10**6)} paid by {random.choice(names)} total "
-                f"{random.random() * 500:.2f} EUR",
-        lambda: f"worker {random.randint(1, 64)} finished job {random.getrandbits(32):08x} in "
-                f"{random.randint(1, 5000)} ms status=ok",
-        lambda: f"kafka consumer group billing lag {random.randint(0, 10**4)} on partition "
-                f"{random.randint(0, 31)}",
-    ]  # fmt: skip
+        lambda: (
+            f"order {random.randint(10**5, 10**6)} paid by {random.choice(names)} total "
+            f"{random.random() * 500:.2f} EUR"
+        ),
+        lambda: (
+            f"worker {random.randint(1, 64)} finished job {random.getrandbits(32):08x} in "
+            f"{random.randint(1, 5000)} ms status=ok"
+        ),
+        lambda: (
+            f"kafka consumer group billing lag {random.randint(0, 10**4)} on partition "
+            f"{random.randint(0, 31)}"
+        ),
+    ]
     return [random.choice(templates)() for _ in range(n)]
 
 

@@ -92,10 +92,14 @@ def _send_metrics(server: ServerProcess, metrics: list[Metric], **res: str) -> N
 
 def _gauge(name: str, times: np.ndarray, values: np.ndarray) -> Metric:
     points = [
-        NumberDataPoint(attributes={"cpu": "total"}, start_time_unix_nano=0,
-                        time_unix_nano=int(t), value=float(v))
+        NumberDataPoint(
+            attributes={"cpu": "total"},
+            start_time_unix_nano=0,
+            time_unix_nano=int(t),
+            value=float(v),
+        )
         for t, v in zip(times, values, strict=True)
-    ]  # fmt: skip
+    ]
     return Metric(name=name, description="", unit="1", data=Gauge(data_points=points))
 
 
@@ -135,7 +139,9 @@ def test_latency_regression_raises_latency_alert_with_exemplars(aiops_server) ->
     entities = {(a["entity"]["kind"], a["entity"]["name"]) for a in alerts}
     assert ("service", "checkout") in entities
     assert not any("catalog" in name for _, name in entities), entities
-    service_alert = next(a for a in alerts if a["entity"] == {"kind": "service", "name": "checkout"})
+    service_alert = next(
+        a for a in alerts if a["entity"] == {"kind": "service", "name": "checkout"}
+    )
     assert service_alert["resource"]["service.name"] == "checkout"
     assert service_alert["resource"]["host.name"] == "node-1"
     evidence = service_alert["evidence"]
@@ -149,12 +155,16 @@ def test_latency_regression_raises_latency_alert_with_exemplars(aiops_server) ->
 
 def _counter(name: str, times: np.ndarray, values: np.ndarray, starts: np.ndarray) -> Metric:
     points = [
-        NumberDataPoint(attributes={}, start_time_unix_nano=int(s), time_unix_nano=int(t),
-                        value=float(v))
+        NumberDataPoint(
+            attributes={}, start_time_unix_nano=int(s), time_unix_nano=int(t), value=float(v)
+        )
         for t, v, s in zip(times, values, starts, strict=True)
-    ]  # fmt: skip
-    data = Sum(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE,
-               is_monotonic=True)  # fmt: skip
+    ]
+    data = Sum(
+        data_points=points,
+        aggregation_temporality=AggregationTemporality.CUMULATIVE,
+        is_monotonic=True,
+    )
     return Metric(name=name, description="", unit="{request}", data=data)
 
 
@@ -169,8 +179,11 @@ def test_counter_reset_raises_nothing(aiops_server) -> None:
     starts[reset:] = times[reset] - MINUTE // 2
     for chunk in range(0, n, 10):
         part = slice(chunk, chunk + 10)
-        _send_metrics(aiops_server, [_counter("http.server.requests", times[part], values[part],
-                                               starts[part])], service="api")  # fmt: skip
+        _send_metrics(
+            aiops_server,
+            [_counter("http.server.requests", times[part], values[part], starts[part])],
+            service="api",
+        )
 
     def watched() -> list[dict]:
         rows = _series(aiops_server, name="http.server.requests:rate")
@@ -200,12 +213,16 @@ def test_flat_seasonal_week_raises_nothing_and_detect_gives_the_same_scores(
     times, values = _seasonal_week(rng)
     for chunk in range(0, times.size, 72):
         part = slice(chunk, chunk + 72)
-        _send_metrics(aiops_server, [_gauge("shop.orders.active", times[part], values[part])],
-                      service="orders")  # fmt: skip
+        _send_metrics(
+            aiops_server,
+            [_gauge("shop.orders.active", times[part], values[part])],
+            service="orders",
+        )
 
     def watched() -> list[dict]:
-        return [r for r in _series(aiops_server, name="shop.orders.active")
-                if r["points"] == times.size]  # fmt: skip
+        return [
+            r for r in _series(aiops_server, name="shop.orders.active") if r["points"] == times.size
+        ]
 
     [row] = _wait(watched, "a week of points scored")
     assert not [a for a in _alerts(aiops_server) if a["evidence"]["series"] == row["key"]]
@@ -220,8 +237,12 @@ def test_infrastructure_spike_alerts_on_its_host(aiops_server, tmp_path: Path) -
     values[300:304] = 0.97
     for chunk in range(0, n, 50):
         part = slice(chunk, chunk + 50)
-        _send_metrics(aiops_server, [_gauge("system.cpu.utilization", times[part], values[part])],
-                      service="worker", **{"host.name": "db-7"})  # fmt: skip
+        _send_metrics(
+            aiops_server,
+            [_gauge("system.cpu.utilization", times[part], values[part])],
+            service="worker",
+            **{"host.name": "db-7"},
+        )
 
     def alert() -> list[dict]:
         return [a for a in _alerts(aiops_server) if a["entity"] == {"kind": "host", "name": "db-7"}]
@@ -246,10 +267,20 @@ def _assert_detect_matches(server, row: dict, tmp_path: Path, labelled: bool = F
             writer.writerow([p["time_unix_nano"], repr(p["value"])])
     out = tmp_path / "scored.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "opstrata.cli", "detect", str(source), "--output", str(out),
-         "--progress"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "opstrata.cli",
+            "detect",
+            str(source),
+            "--output",
+            str(out),
+            "--progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "detect: 100.0%" in done.stderr
     with out.open() as handle:
@@ -267,14 +298,25 @@ def test_new_error_template_raises_an_alert(aiops_server) -> None:
         for i in range(300):
             t = T_LOGS + i * 1_000_000_000
             user = int(rng.integers(1000, 9999))
-            logger.emit(timestamp=t, severity_number=SeverityNumber.INFO, severity_text="INFO",
-                        body=f"user {user} added item {i} to cart in {rng.integers(2, 90)} ms")  # fmt: skip
+            logger.emit(
+                timestamp=t,
+                severity_number=SeverityNumber.INFO,
+                severity_text="INFO",
+                body=f"user {user} added item {i} to cart in {rng.integers(2, 90)} ms",
+            )
             if i % 10 == 0:
-                logger.emit(timestamp=t + 1, severity_number=SeverityNumber.WARN,
-                            severity_text="WARN", body=f"slow query took {i * 3} ms")  # fmt: skip
-        logger.emit(timestamp=T_LOGS + 301 * 10**9, severity_number=SeverityNumber.ERROR,
-                    severity_text="ERROR",
-                    body="payment gateway 10.2.3.4:443 refused connection for order 77812")  # fmt: skip
+                logger.emit(
+                    timestamp=t + 1,
+                    severity_number=SeverityNumber.WARN,
+                    severity_text="WARN",
+                    body=f"slow query took {i * 3} ms",
+                )
+        logger.emit(
+            timestamp=T_LOGS + 301 * 10**9,
+            severity_number=SeverityNumber.ERROR,
+            severity_text="ERROR",
+            body="payment gateway 10.2.3.4:443 refused connection for order 77812",
+        )
 
     records = make_logs(emit)
     exporter = log_exporter(aiops_server, "http")

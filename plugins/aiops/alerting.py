@@ -87,8 +87,18 @@ class AlertTracker:
         anomalous &= ~((directions < 0) & (values >= expected))
         look = np.flatnonzero(anomalous | self.firing[ids])
         for i in look.tolist():
-            self._step(int(ids[i]), i, bool(anomalous[i]), times, values, scores, expected,
-                       sigma, tests, exemplars)  # fmt: skip
+            self._step(
+                int(ids[i]),
+                i,
+                bool(anomalous[i]),
+                times,
+                values,
+                scores,
+                expected,
+                sigma,
+                tests,
+                exemplars,
+            )
         return anomalous.astype(np.int8)
 
     def _step(self, s, i, anomalous, times, values, scores, expected, sigma, tests, exemplars):
@@ -106,8 +116,13 @@ class AlertTracker:
             if float(scores[i]) > self.peak[s] or s not in self.peak_point:
                 self.peak[s] = float(scores[i])
                 trace_ids = list(exemplars[i]) if exemplars is not None else []
-                self.peak_point[s] = (float(values[i]), float(expected[i]), float(sigma[i]),
-                                      int(tests[i]), trace_ids)  # fmt: skip
+                self.peak_point[s] = (
+                    float(values[i]),
+                    float(expected[i]),
+                    float(sigma[i]),
+                    int(tests[i]),
+                    trace_ids,
+                )
             severity = severity_of(float(self.peak[s]), int(self.points[s]))
             if _RANK[severity] > self.rank[s]:
                 self.rank[s] = _RANK[severity]
@@ -155,15 +170,26 @@ class AlertTracker:
                 episode["points"] = int(self.points[s])
                 episode["score"] = max(episode["score"], score)
 
-    def _send(self, meta: SeriesMeta, t: int, value: float, expected: float, sigma: float,
-              test: int, severity: Severity, trace_ids: list[str]) -> None:  # fmt: skip
+    def _send(
+        self,
+        meta: SeriesMeta,
+        t: int,
+        value: float,
+        expected: float,
+        sigma: float,
+        test: int,
+        severity: Severity,
+        trace_ids: list[str],
+    ) -> None:
         s = meta.id
         onset = int(self.onset[s])
         score = float(self.peak[s])
         threshold = float(meta.threshold)
         # The band: how far from the forecast a point may be before it scores the threshold
         # (the spike test's exponential tail, with its typical fit).
-        width = sigma * (1.0 + 0.6 * math.log(max(0.32 * len(TESTS) / max(1 - threshold, 1e-16), 1.0)))
+        width = sigma * (
+            1.0 + 0.6 * math.log(max(0.32 * len(TESTS) / max(1 - threshold, 1e-16), 1.0))
+        )
         lower, upper = expected - width, expected + width
         direction = "above" if value > expected else "below"
         unit = f" {meta.unit}" if meta.unit else ""
@@ -209,10 +235,21 @@ class AlertTracker:
                 self.open[s] = episode
                 self.recent.append(episode)
             episode.update(
-                key=event.key, kind=meta.kind, entity={"kind": meta.entity.kind,
-                "name": meta.entity.name}, series=meta.key, name=meta.name,
-                onset_unix_nano=onset, last_unix_nano=t, points=int(self.points[s]),
-                score=score, severity=str(severity), observed=value, expected=expected,
-                lower=lower, upper=upper, exemplar_trace_ids=trace_ids[:10],
-                resource=meta.resource, labels=meta.labels,
-            )  # fmt: skip
+                key=event.key,
+                kind=meta.kind,
+                entity={"kind": meta.entity.kind, "name": meta.entity.name},
+                series=meta.key,
+                name=meta.name,
+                onset_unix_nano=onset,
+                last_unix_nano=t,
+                points=int(self.points[s]),
+                score=score,
+                severity=str(severity),
+                observed=value,
+                expected=expected,
+                lower=lower,
+                upper=upper,
+                exemplar_trace_ids=trace_ids[:10],
+                resource=meta.resource,
+                labels=meta.labels,
+            )

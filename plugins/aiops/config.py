@@ -84,7 +84,10 @@ def parse_config(config: dict[str, Any]) -> AiopsConfig:
         raise ValueError(f"plugins.aiops: {exc}") from exc
     if not 0.0 <= parsed.sensitivity <= 1.0:
         raise ValueError(f"plugins.aiops.sensitivity: {parsed.sensitivity} is not in [0, 1]")
-    seasonalities = [parsed.seasonality, *(o.seasonality for o in parsed.overrides if o.seasonality)]
+    seasonalities = [
+        parsed.seasonality,
+        *(o.seasonality for o in parsed.overrides if o.seasonality),
+    ]
     for value in seasonalities:
         if value not in SEASONALITY_MASKS:
             raise ValueError(

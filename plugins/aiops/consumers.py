@@ -44,10 +44,17 @@ class _AiopsConsumer(Consumer):
         self.config = config
 
     def start(self, ctx: ConsumerContext) -> None:
-        params = {"warmup": self.config.warmup, "seasonality": self.config.seasonality,
-                  **self.config.detector_params}  # fmt: skip
-        self.scorer = SeriesScorer(self.config, DETECTORS[self.config.detector](params),
-                                   ctx.emit, keep_points=self.config.store_points)  # fmt: skip
+        params = {
+            "warmup": self.config.warmup,
+            "seasonality": self.config.seasonality,
+            **self.config.detector_params,
+        }
+        self.scorer = SeriesScorer(
+            self.config,
+            DETECTORS[self.config.detector](params),
+            ctx.emit,
+            keep_points=self.config.store_points,
+        )
         self.tables = SideTables(ctx.store)
         with LOCK:
             FAMILIES[self.family] = self.scorer
@@ -88,8 +95,9 @@ class SpansConsumer(_AiopsConsumer):
 
     def setup(self, ctx: ConsumerContext) -> None:
         width = int(self.config.interval_seconds * 1e9)
-        self.red = RedSeries(self.scorer, width, self.config.lateness_windows,
-                             self.config.min_spans)  # fmt: skip
+        self.red = RedSeries(
+            self.scorer, width, self.config.lateness_windows, self.config.min_spans
+        )
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         spans = batch.tables.get(Table.TRACES)
@@ -115,9 +123,11 @@ class LogsConsumer(_AiopsConsumer):
             MINERS["logs"] = self.logs.miner
         if self.tables.enabled:
             # Template ids continue after those already stored (ids are never reused).
-            [row] = ctx.store.reader().execute(
-                'SELECT coalesce(max("TemplateId"), 0) FROM aiops_log_templates'
-            ).fetchall()
+            [row] = (
+                ctx.store.reader()
+                .execute('SELECT coalesce(max("TemplateId"), 0) FROM aiops_log_templates')
+                .fetchall()
+            )
             self.logs.miner.next_id = max(self.logs.miner.next_id, int(row[0]) + 1)
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
@@ -129,16 +139,26 @@ class LogsConsumer(_AiopsConsumer):
             return
         templates = self.logs.consume(records)
         if templates is not None and self.tables.enabled:
-            times = records.column("Timestamp").cast("int64").fill_null(0).to_numpy(zero_copy_only=False)
+            times = (
+                records.column("Timestamp")
+                .cast("int64")
+                .fill_null(0)
+                .to_numpy(zero_copy_only=False)
+            )
             for cid in self.logs.miner.last_new:
                 rows = np.flatnonzero(templates == cid)
                 self.first_seen[cid] = int(times[rows[0]]) if rows.size else 0
             changed = self.logs.miner.take_changed()
             try:
-                self.tables.templates([(cid, self.logs.miner.template(cid),
-                                        self.first_seen.get(cid, 0)) for cid in sorted(changed)])  # fmt: skip
-                self.tables.template_of(batch.seq, records.column("Timestamp"),
-                                        records.column("ServiceName"), templates)  # fmt: skip
+                self.tables.templates(
+                    [
+                        (cid, self.logs.miner.template(cid), self.first_seen.get(cid, 0))
+                        for cid in sorted(changed)
+                    ]
+                )
+                self.tables.template_of(
+                    batch.seq, records.column("Timestamp"), records.column("ServiceName"), templates
+                )
             except Exception:
                 log.exception("aiops: cannot write log templates")
         self.after()

@@ -22,14 +22,26 @@ __all__ = ["TemplateMiner", "mask"]
 WILDCARD = "<*>"
 _SEP = "\x00"
 _MASKS = (
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
-     "<UUID>"),
+    (
+        re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
+        "<UUID>",
+    ),
     (re.compile(r"(?<![\w.:])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])"), "<IP>"),
-    (re.compile(r"(?<!\w)(?:0x[0-9a-fA-F]+|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])"
-                r"[0-9a-fA-F]{8,})(?!\w)"), "<HEX>"),
-    (re.compile(r"(?<![A-Za-z0-9_.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-                r"(?:ms|us|ns|s|m|h|[kKMG]i?B|B|%)?(?![A-Za-z0-9_])"), "<NUM>"),
-)  # fmt: skip
+    (
+        re.compile(
+            r"(?<!\w)(?:0x[0-9a-fA-F]+|(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])"
+            r"[0-9a-fA-F]{8,})(?!\w)"
+        ),
+        "<HEX>",
+    ),
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9_.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+            r"(?:ms|us|ns|s|m|h|[kKMG]i?B|B|%)?(?![A-Za-z0-9_])"
+        ),
+        "<NUM>",
+    ),
+)
 _CACHE_LIMIT = 200_000
 
 
@@ -100,9 +112,8 @@ class TemplateMiner:
                         key = WILDCARD
                     child = node.setdefault(key, {})
             node = child
-        if not tokens[: self.prefix] or "" not in node:
-            if not create:
-                return None
+        if not create and "" not in node:
+            return None
         return node.setdefault("", [])
 
     def _place(self, tokens: list[str], index: int) -> int:
@@ -153,8 +164,11 @@ class TemplateMiner:
         return changed
 
     def state(self) -> dict[str, Any]:
-        return {"next_id": self.next_id, "sizes": self.sizes,
-                "tokens": {str(k): v for k, v in self.tokens.items()}}  # fmt: skip
+        return {
+            "next_id": self.next_id,
+            "sizes": self.sizes,
+            "tokens": {str(k): v for k, v in self.tokens.items()},
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.tokens, self.sizes, self.tree, self.cache = {}, {}, {}, {}

@@ -7,9 +7,9 @@ into a tail probability so that one threshold means the same on every series:
 
 - ``spike``: the residual's own size, against an exponential tail fitted per series to past
   residuals (a peaks-over-threshold fit, so heavy-tailed series are not always "anomalous");
-- ``shift``: a two-sided CUSUM of residuals (k = 0.5 σ), corrected for autocorrelation, whose
+- ``shift``: a two-sided CUSUM of residuals (k = 0.5 sigma), corrected for autocorrelation, whose
   stationary tail is ``exp(-2kS)`` (Siegmund) — level shifts that no single point betrays;
-- ``trend``: the same with k = 0.15 σ, for slow drifts and changes of slope;
+- ``trend``: the same with k = 0.15 sigma, for slow drifts and changes of slope;
 - ``variance``: a fast average of |z| against its slow mean and spread.
 
 The score is ``1 - min(p) * tests`` (a Bonferroni bound), in [0, 1]. A confirmed level shift
@@ -23,6 +23,7 @@ numpy steps, and the result is the same however the stream is cut into batches: 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,36 @@ TAIL_U = 2.5
 SEASON_NONE, SEASON_DAILY, SEASON_WEEKLY = 1, 2, 4
 SEASONALITY_MASKS = {"none": 1, "daily": 3, "weekly": 7, "auto": 7}
 
-_COLUMNS = ('level', 'level_f', 'trend_f', 'level_s', 'slow_day', 'slow_week', 'scale', 'last_value', 'expected', 'sigma', 'dt', 'err0', 'errf', 'err1', 'tail_f', 'tail_b', 'cus_pos', 'cus_neg', 'drift_pos', 'drift_neg', 'prev_z', 'rho', 'v_fast', 'v_mean', 'v_sq', 'r_fast', 'score', 'tail_m2')
+_COLUMNS = (
+    "level",
+    "level_f",
+    "trend_f",
+    "level_s",
+    "slow_day",
+    "slow_week",
+    "scale",
+    "last_value",
+    "expected",
+    "sigma",
+    "dt",
+    "err0",
+    "errf",
+    "err1",
+    "tail_f",
+    "tail_b",
+    "cus_pos",
+    "cus_neg",
+    "drift_pos",
+    "drift_neg",
+    "prev_z",
+    "rho",
+    "v_fast",
+    "v_mean",
+    "v_sq",
+    "r_fast",
+    "score",
+    "tail_m2",
+)
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
 _LEVEL = 0
@@ -88,7 +118,9 @@ def _fast_normal_sf(z: np.ndarray) -> np.ndarray:
 def _normal_sf(z: np.ndarray) -> np.ndarray:
     x = np.abs(z) / np.sqrt(2.0)
     t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
     erfc = poly * np.exp(-x * x)
     return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
 
@@ -99,8 +131,9 @@ class RobustSeasonalDetector:
 
     Parameters (``params``): ``tests`` (subset of :data:`TESTS`), ``warmup`` (points before
     scoring, 30), ``level_alpha`` (0.05), ``scale_alpha`` (0.02), ``huber`` (3.0, residuals are
-    clipped at this many σ before they update the baseline), ``seasonality`` (``auto``,
-    ``none``, ``daily``, ``weekly``), ``rel_floor`` (1e-6, the smallest σ relative to the level).
+    clipped at this many sigma before they update the baseline), ``seasonality`` (``auto``,
+    ``none``, ``daily``, ``weekly``), ``rel_floor`` (1e-6, the smallest sigma relative to
+    the level).
     """
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
@@ -192,8 +225,9 @@ class RobustSeasonalDetector:
         self.mask[self.size : size] = self.default_mask
         self.size = size
 
-    def configure(self, series: np.ndarray, seasonality: str | None = None,
-                  poisson: bool | None = None) -> None:  # fmt: skip
+    def configure(
+        self, series: np.ndarray, seasonality: str | None = None, poisson: bool | None = None
+    ) -> None:
         """Per-series options: allowed seasonality, and whether values are counts (Poisson
         noise floor)."""
         self.ensure(int(series.max()) + 1 if series.size else 0)
@@ -211,7 +245,7 @@ class RobustSeasonalDetector:
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
         scores = np.zeros(values.shape[0], np.float64)
-        # Forecast and σ of every point, for evidence (observed vs expected band).
+        # Forecast and sigma of every point, for evidence (observed vs expected band).
         self.point_expected = np.full(values.shape[0], np.nan)
         self.point_sigma = np.full(values.shape[0], np.nan)
         self.point_test = np.zeros(values.shape[0], np.int64)
@@ -233,7 +267,7 @@ class RobustSeasonalDetector:
         else:
             by_rank = by_series[np.argsort(rank, kind="stable")]
             bounds = np.r_[0, np.cumsum(np.bincount(rank))]
-            rounds = [by_rank[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            rounds = [by_rank[a:b] for a, b in itertools.pairwise(bounds)]
         out = np.zeros(series.size, np.float64)
         expected = np.zeros(series.size, np.float64)
         sigma = np.zeros(series.size, np.float64)
@@ -279,7 +313,9 @@ class RobustSeasonalDetector:
         typical = v[_DT].astype(np.float64)
         typical = np.where(typical > 0, typical, np.maximum(dt_s, 1e-3))
         gap = np.where(n > 0, np.clip(dt_s / typical, 1.0, 50.0), 1.0)
-        typical = np.where(n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical)
+        typical = np.where(
+            n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical
+        )
         span = (t - self.first_t[idx]).astype(np.float64)
         # Seasonal profiles, linearly interpolated between bucket centres.
         dpos = (t % DAY_NS).astype(np.float64) * (DAY_BUCKETS / DAY_NS) - 0.5
@@ -306,9 +342,7 @@ class RobustSeasonalDetector:
         level = v[_LEVEL]
         level_s = v[_LEVEL_S]
         pred_season = level_s + day + week
-        use_season = (
-            ((mask & SEASON_DAILY) > 0) & (span >= 2 * DAY_NS)
-        )
+        use_season = ((mask & SEASON_DAILY) > 0) & (span >= 2 * DAY_NS)
         # A fast level where the series wanders (random-walk-like): its forecast is then better.
         # Damped local-linear trend (Holt): follows smooth curves with little lag.
         level_f = v[_LEVEL_F] + 0.98 * v[_TREND_F]
@@ -353,7 +387,9 @@ class RobustSeasonalDetector:
             tests.append(np.exp(-0.3 * np.maximum(drift_pos, drift_neg)))
         v_fast = v[_V_FAST] + 0.1 * (np.minimum(az, 8.0) - v[_V_FAST])
         if "variance" in self.tests:
-            v_sd = np.sqrt(np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)) * np.sqrt(0.1 / 1.9)
+            v_sd = np.sqrt(
+                np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)
+            ) * np.sqrt(0.1 / 1.9)
             tests.append(_fast_normal_sf((v_fast - v[_V_MEAN]) / v_sd))
         p, which = tests[0], np.zeros(s.size, np.int64)
         for k in range(1, len(tests)):
@@ -367,7 +403,11 @@ class RobustSeasonalDetector:
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)
         clipped = np.clip(resid, -huber * sigma, huber * sigma)
-        la = np.where(warm, 1 - np.exp(gap * np.log1p(-self.level_alpha)), np.maximum(self.level_alpha, 1.0 / (n + 1)))
+        la = np.where(
+            warm,
+            1 - np.exp(gap * np.log1p(-self.level_alpha)),
+            np.maximum(self.level_alpha, 1.0 / (n + 1)),
+        )
         cap = huber * sigma
         new_level = level + la * np.clip(x - level, -cap, cap)
         r_f = np.clip(x - level_f, -cap, cap)
@@ -404,13 +444,14 @@ class RobustSeasonalDetector:
         v[_TAIL_B] = np.where(grow, tail_b + 0.03 * (excess - tail_b), tail_b).clip(0.25, 4.0)
         m2 = v[_TAIL_M2]
         v[_TAIL_M2] = np.where(grow, m2 + 0.03 * (excess * excess - m2), m2)
-        zc = np.clip(z, -6, 6)
         # Lag-1 autocorrelation of the residuals, from clipped z and not while a shift is
         # suspected: the shift itself would otherwise look like autocorrelation and mute the CUSUM.
         zr = np.clip(z, -2.5, 2.5)
         steady = (n > 1) & (np.maximum(cus_pos, cus_neg) < 8.0)
         v[_RHO] = np.where(
-            steady, v[_RHO] + 0.02 * (zr * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]), v[_RHO]
+            steady,
+            v[_RHO] + 0.02 * (zr * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]),
+            v[_RHO],
         ).clip(-0.5, 0.98)
         v[_PREV_Z] = zr
         aza = np.minimum(az, 6.0)

@@ -40,8 +40,9 @@ def severity_class(numbers: np.ndarray) -> np.ndarray:
 
 
 class LogSeries:
-    def __init__(self, scorer: SeriesScorer, config: AiopsConfig,
-                 emit: Callable[[AlertEvent], None]) -> None:  # fmt: skip
+    def __init__(
+        self, scorer: SeriesScorer, config: AiopsConfig, emit: Callable[[AlertEvent], None]
+    ) -> None:
         self.scorer = scorer
         self.config = config
         self.emit = emit
@@ -66,7 +67,12 @@ class LogSeries:
         times = np.where(times > 0, times, observed)
         self.clock.advance(int(np.median(times)))
         services = text_column(logs, "ServiceName").to_pylist()
-        severity = severity_class(logs.column("SeverityNumber").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
+        severity = severity_class(
+            logs.column("SeverityNumber")
+            .fill_null(0)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+        )
         resources = logs.column("ResourceAttributes")
         for row, service in enumerate(services):
             if service not in self.services:
@@ -79,13 +85,22 @@ class LogSeries:
         window = times // self.clock.width
         service_arr = pa.array(services, pa.string())
         key_arrays = [
-            ("rate|", pc.binary_join_element_wise(
-                service_arr, pa.array(np.asarray(_CLASSES)[severity]), "|")),
+            (
+                "rate|",
+                pc.binary_join_element_wise(
+                    service_arr, pa.array(np.asarray(_CLASSES)[severity]), "|"
+                ),
+            ),
             ("svc|", service_arr),
-        ]  # fmt: skip
+        ]
         if templates is not None:
             key_arrays.append(
-                ("tpl|", pc.binary_join_element_wise(service_arr, pa.array(templates).cast(pa.string()), "|"))
+                (
+                    "tpl|",
+                    pc.binary_join_element_wise(
+                        service_arr, pa.array(templates).cast(pa.string()), "|"
+                    ),
+                )
             )
         for w in np.unique(window).tolist():
             if not self.clock.accepts(w):
@@ -94,7 +109,11 @@ class LogSeries:
             counts = self.windows.setdefault(w, {})
             for prefix, keys in key_arrays:
                 tally = pc.value_counts(keys.take(rows))
-                for k, c in zip(tally.field("values").to_pylist(), tally.field("counts").to_pylist(), strict=True):
+                for k, c in zip(
+                    tally.field("values").to_pylist(),
+                    tally.field("counts").to_pylist(),
+                    strict=True,
+                ):
                     counts[prefix + k] = counts.get(prefix + k, 0) + c
         self.flush()
         return templates
@@ -114,16 +133,21 @@ class LogSeries:
                     kind="new_log_template",
                     layer=Layer.AIOPS,
                     entity=Entity("service", service) if service else Entity("metric", "logs"),
-                    summary=f"new {_CLASSES[int(severity[row])].upper()} log template: {template[:120]}",
+                    summary=f"new {_CLASSES[int(severity[row])].upper()} log template: "
+                    f"{template[:120]}",
                     severity=Severity.ERROR if int(numbers[row]) < 21 else Severity.CRITICAL,
                     score=1.0,
                     resource=self.services.get(service, {}),
                     evidence=Evidence(
                         series=f"log_template|{service}|{cid}",
                         exemplar_trace_ids=[trace] if trace else [],
-                        details={"template_id": cid, "template": template,
-                                 "example": body[:500], "severity_number": int(numbers[row])},
-                    ),  # fmt: skip
+                        details={
+                            "template_id": cid,
+                            "template": template,
+                            "example": body[:500],
+                            "severity_number": int(numbers[row]),
+                        },
+                    ),
                     key=f"aiops/new_log_template/{service}/{cid}",
                 )
             )
@@ -138,21 +162,40 @@ class LogSeries:
         entity = Entity("service", service)
         resource = self.services.get(service, {})
         if kind == "rate":
-            return SeriesMeta(id=0, key=key, name=f"log_rate_{what}", kind="log_rate",
-                              entity=entity, resource=resource, unit="1/window",
-                              direction=UP if what in ("error", "fatal", "warn") else BOTH,
-                              counts=True, labels={"severity": what})  # fmt: skip
-        return SeriesMeta(id=0, key=key, name="log_template_count", kind="log_burst",
-                          entity=entity, resource=resource, unit="1/window", direction=UP,
-                          counts=True, labels={"template_id": what,
-                                               "template": self.miner.template(int(what))})  # fmt: skip
+            return SeriesMeta(
+                id=0,
+                key=key,
+                name=f"log_rate_{what}",
+                kind="log_rate",
+                entity=entity,
+                resource=resource,
+                unit="1/window",
+                direction=UP if what in ("error", "fatal", "warn") else BOTH,
+                counts=True,
+                labels={"severity": what},
+            )
+        return SeriesMeta(
+            id=0,
+            key=key,
+            name="log_template_count",
+            kind="log_burst",
+            entity=entity,
+            resource=resource,
+            unit="1/window",
+            direction=UP,
+            counts=True,
+            labels={"template_id": what, "template": self.miner.template(int(what))},
+        )
 
     def _close(self, w: int, counts: dict[str, int]) -> None:
         # Zero-fill: every recent series gets a point, absent ones a zero.
         for key in counts:
             self.last_window[key] = w
-        keys = [k for k, last in self.last_window.items()
-                if w - last <= ZERO_FILL_WINDOWS and not k.startswith("svc|")]  # fmt: skip
+        keys = [
+            k
+            for k, last in self.last_window.items()
+            if w - last <= ZERO_FILL_WINDOWS and not k.startswith("svc|")
+        ]
         start = w * self.clock.width
         if keys:
             ids = self.scorer.registry.ids(keys, lambda i, key: self._meta(key))
@@ -175,8 +218,10 @@ class LogSeries:
             if rate <= 0:
                 continue
             self.silent[service] = self.silent.get(service, 0) + 1
-            if (self.silent[service] == self.config.silence_windows
-                    and rate >= self.config.silence_min_rate):  # fmt: skip
+            if (
+                self.silent[service] == self.config.silence_windows
+                and rate >= self.config.silence_min_rate
+            ):
                 self.firing_silence.add(service)
                 onset = start - (self.config.silence_windows - 1) * self.clock.width
                 self.emit(self._silence_event(service, onset, rate, resolved=False))
@@ -187,13 +232,20 @@ class LogSeries:
             kind="log_silence",
             layer=Layer.AIOPS,
             entity=Entity("service", service),
-            summary=(f"logs of {service} are back" if resolved else
-                     f"{service} stopped logging (usually {rate:.0f} records per window)"),
+            summary=(
+                f"logs of {service} are back"
+                if resolved
+                else f"{service} stopped logging (usually {rate:.0f} records per window)"
+            ),
             severity=Severity.INFO if resolved else Severity.ERROR,
             score=1.0,
             resource=self.services.get(service, {}),
-            evidence=Evidence(series=f"log_count|{service}", observed=0.0, expected=rate,
-                              details={"windows": self.config.silence_windows}),  # fmt: skip
+            evidence=Evidence(
+                series=f"log_count|{service}",
+                observed=0.0,
+                expected=rate,
+                details={"windows": self.config.silence_windows},
+            ),
             key=f"aiops/log_silence/{service}",
             resolved=resolved,
         )

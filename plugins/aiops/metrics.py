@@ -99,7 +99,9 @@ class MetricSeries:
                 id=0,
                 key=key,
                 name=metric + suffix,
-                kind="latency" if latency and entity.kind in ("service", "model") else "metric_anomaly",
+                kind="latency"
+                if latency and entity.kind in ("service", "model")
+                else "metric_anomaly",
                 entity=entity,
                 resource=locating_resource(resource),
                 labels=labels,
@@ -110,10 +112,18 @@ class MetricSeries:
 
         return describe
 
-    def _ids(self, records: pa.RecordBatch, rows: np.ndarray, keys: pa.Array, suffix: str,
-             unit: str | None = None) -> np.ndarray:  # fmt: skip
+    def _ids(
+        self,
+        records: pa.RecordBatch,
+        rows: np.ndarray,
+        keys: pa.Array,
+        suffix: str,
+        unit: str | None = None,
+    ) -> np.ndarray:
         """Series ids of ``rows``: unique keys are looked up once each."""
-        encoded = pc.dictionary_encode(keys.take(pa.array(rows)) if rows.size != len(keys) else keys)
+        encoded = pc.dictionary_encode(
+            keys.take(pa.array(rows)) if rows.size != len(keys) else keys
+        )
         indices = encoded.indices.to_numpy(zero_copy_only=False)
         dictionary = encoded.dictionary.to_pylist()
         first_row = np.full(len(dictionary), -1, np.int64)
@@ -148,8 +158,12 @@ class MetricSeries:
             setattr(self, name, new)
 
     def _sums(self, records: pa.RecordBatch) -> int:
-        monotonic = pc.fill_null(records.column("IsMonotonic"), False).to_numpy(zero_copy_only=False)
-        temporality = records.column("AggregationTemporality").fill_null(0).to_numpy(zero_copy_only=False)
+        monotonic = pc.fill_null(records.column("IsMonotonic"), False).to_numpy(
+            zero_copy_only=False
+        )
+        temporality = (
+            records.column("AggregationTemporality").fill_null(0).to_numpy(zero_copy_only=False)
+        )
         points = self._values(records, "", np.flatnonzero(~monotonic))
         rows = np.flatnonzero(monotonic)
         if not rows.size:
@@ -171,11 +185,21 @@ class MetricSeries:
             order = cum[np.lexsort((times[cum], ids[cum]))]
             for i in order.tolist():  # per point, but only arithmetic on scalars
                 s = int(ids[i])
-                if self.seen[s] and times[i] > self.prev_time[s]:
-                    if values[i] >= self.prev_value[s] and starts[i] == self.prev_start[s]:
-                        rates[i] = (values[i] - self.prev_value[s]) / ((times[i] - self.prev_time[s]) * 1e-9)
+                if (
+                    self.seen[s]
+                    and times[i] > self.prev_time[s]
+                    and values[i] >= self.prev_value[s]
+                    and starts[i] == self.prev_start[s]
+                ):
+                    rates[i] = (values[i] - self.prev_value[s]) / (
+                        (times[i] - self.prev_time[s]) * 1e-9
+                    )
                 self.seen[s] = True
-                self.prev_value[s], self.prev_time[s], self.prev_start[s] = values[i], times[i], starts[i]
+                self.prev_value[s], self.prev_time[s], self.prev_start[s] = (
+                    values[i],
+                    times[i],
+                    starts[i],
+                )
         self.scorer.feed(ids, times, rates)
         return points + int(np.isfinite(rates).sum())
 
@@ -183,7 +207,9 @@ class MetricSeries:
         keys = self._stream_keys(records).to_pylist()
         times = int_times(records, "TimeUnix")
         starts = int_times(records, "StartTimeUnix")
-        temporality = records.column("AggregationTemporality").fill_null(0).to_numpy(zero_copy_only=False)
+        temporality = (
+            records.column("AggregationTemporality").fill_null(0).to_numpy(zero_copy_only=False)
+        )
         exponential = table is Table.METRICS_EXPONENTIAL_HISTOGRAM
         if exponential:
             counts_col = records.column("PositiveBucketCounts").to_pylist()
@@ -199,11 +225,20 @@ class MetricSeries:
         rows, quantiles, traces = [], [], []
         for row in range(records.num_rows):
             counts = np.asarray(counts_col[row] or [], np.float64)
-            shape = (int(scale[row]), int(offset[row]), int(zero[row] or 0)) if exponential else (0, 0, 0)
+            shape = (
+                (int(scale[row]), int(offset[row]), int(zero[row] or 0))
+                if exponential
+                else (0, 0, 0)
+            )
             if temporality[row] != DELTA:
                 prev = self.hist_prev.get(keys[row])
                 self.hist_prev[keys[row]] = (int(starts[row]), shape[0], counts.copy(), shape[2])
-                if prev is None or prev[0] != starts[row] or prev[1] != shape[0] or prev[2].size != counts.size:
+                if (
+                    prev is None
+                    or prev[0] != starts[row]
+                    or prev[1] != shape[0]
+                    or prev[2].size != counts.size
+                ):
                     continue
                 counts = counts - prev[2]
                 shape = (shape[0], shape[1], shape[2] - prev[3])
@@ -251,13 +286,17 @@ class MetricSeries:
         return fed
 
 
-def _explicit_quantiles(counts: np.ndarray, bounds: list[float], low: float | None,
-                        high: float | None) -> list[float]:  # fmt: skip
+def _explicit_quantiles(
+    counts: np.ndarray, bounds: list[float], low: float | None, high: float | None
+) -> list[float]:
     cumulative = np.cumsum(counts)
     total = cumulative[-1]
     out = []
-    edges = [low if low is not None else (bounds[0] if bounds else 0.0), *bounds,
-             high if high is not None else (bounds[-1] if bounds else 0.0)]  # fmt: skip
+    edges = [
+        low if low is not None else (bounds[0] if bounds else 0.0),
+        *bounds,
+        high if high is not None else (bounds[-1] if bounds else 0.0),
+    ]
     for q in QUANTILES:
         rank = q * total
         i = int(np.searchsorted(cumulative, rank, side="left"))
@@ -272,7 +311,7 @@ def _explicit_quantiles(counts: np.ndarray, bounds: list[float], low: float | No
 
 
 def _exp_quantiles(counts: np.ndarray, scale: int, offset: int, zero: int) -> list[float]:
-    base = 2.0 ** (2.0 ** -scale)
+    base = 2.0 ** (2.0**-scale)
     cumulative = zero + np.cumsum(counts)
     total = cumulative[-1] if counts.size else zero
     out = []

@@ -49,7 +49,7 @@ def parse_time(text: str) -> int:
         return int(number * 1e3)
     if magnitude >= 1e11:
         return int(number * 1e6)
-    return int(round(number * 1e9))
+    return round(number * 1e9)
 
 
 class _Progress:
@@ -70,8 +70,12 @@ class _Progress:
         rate = done / max(now - self.started, 1e-9)
         share = f"{100 * done / self.total:5.1f}% " if self.total else ""
         end = "\n" if final else "\r"
-        print(f"{self.what}: {share}{done}/{self.total} ({rate:,.0f}/s)", end=end,
-              file=self.out, flush=True)  # fmt: skip
+        print(
+            f"{self.what}: {share}{done}/{self.total} ({rate:,.0f}/s)",
+            end=end,
+            file=self.out,
+            flush=True,
+        )
 
 
 def _read_series(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -100,9 +104,11 @@ def _read_series(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def detect_file(
-    path: Path, output: IO[str], config: dict[str, Any] | None = None,
+    path: Path,
+    output: IO[str],
+    config: dict[str, Any] | None = None,
     progress: IO[str] | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Score every row of ``path``; write ``timestamp,value,anomaly_score,label`` rows."""
     settings: AiopsConfig = parse_config(dict(config or {}))
     texts, times, values = _read_series(path)
@@ -110,8 +116,10 @@ def detect_file(
     scorer = SeriesScorer(settings, RobustSeasonalDetector(params), emit=lambda event: None)
     name = path.stem
     ids = scorer.registry.ids(
-        [name], lambda i, key: SeriesMeta(id=0, key=key, name=name, kind="metric_anomaly",
-                                          entity=Entity("metric", name))  # fmt: skip
+        [name],
+        lambda i, key: SeriesMeta(
+            id=0, key=key, name=name, kind="metric_anomaly", entity=Entity("metric", name)
+        ),
     )
     series = np.full(times.size, ids[0], np.int64)
     writer = csv.writer(output, lineterminator="\n")
@@ -121,8 +129,14 @@ def detect_file(
         end = min(start + CHUNK, times.size)
         scores, labels = scorer.feed(series[start:end], times[start:end], values[start:end])
         for i in range(start, end):
-            writer.writerow([texts[i], repr(float(values[i])), repr(float(scores[i - start])),
-                             int(labels[i - start])])  # fmt: skip
+            writer.writerow(
+                [
+                    texts[i],
+                    repr(float(values[i])),
+                    repr(float(scores[i - start])),
+                    int(labels[i - start]),
+                ]
+            )
         meter.update(end)
     meter.update(times.size, final=True)
     return times.size
@@ -135,9 +149,11 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def templates_file(
-    path: Path, output: IO[str], config: dict[str, Any] | None = None,
+    path: Path,
+    output: IO[str],
+    config: dict[str, Any] | None = None,
     progress: IO[str] | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Mine templates over every line of ``path``; write ``line,template_id,template`` rows
     with each line's final template (templates generalise as lines arrive)."""
     settings = parse_config(dict(config or {}))

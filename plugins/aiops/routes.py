@@ -20,17 +20,24 @@ def _series_row(family: str, meta: Any, scorer: Any) -> dict[str, Any]:
     sid = meta.id
     known = sid < getattr(det, "size", 0)
     return {
-        "id": sid, "family": family, "key": meta.key, "name": meta.name, "kind": meta.kind,
+        "id": sid,
+        "family": family,
+        "key": meta.key,
+        "name": meta.name,
+        "kind": meta.kind,
         "entity": {"kind": meta.entity.kind, "name": meta.entity.name},
-        "resource": meta.resource, "labels": meta.labels, "unit": meta.unit,
-        "excluded": meta.excluded, "threshold": meta.threshold,
+        "resource": meta.resource,
+        "labels": meta.labels,
+        "unit": meta.unit,
+        "excluded": meta.excluded,
+        "threshold": meta.threshold,
         "points": int(det.n[sid]) if known else 0,
         "score": float(det.score[sid]) if known else 0.0,
         "value": float(det.last_value[sid]) if known else None,
         "expected": float(det.expected[sid]) if known else None,
         "last_unix_nano": int(det.last_t[sid]) if known else None,
         "firing": bool(sid < scorer.tracker.firing.size and scorer.tracker.firing[sid]),
-    }  # fmt: skip
+    }
 
 
 @get("/series", sync_to_thread=False)
@@ -79,17 +86,23 @@ def points(
     reader = getattr(runtime.store, "reader", None)
     rows: list[tuple] = []
     if reader is not None:
-        rows = reader().execute(
-            'SELECT "TimeUnix", "Value", "Expected", "Score", "Label" FROM aiops_points '
-            'WHERE "Family" = ? AND "SeriesId" = ? AND "TimeUnix" >= ? AND "TimeUnix" < ? '
-            'ORDER BY "TimeUnix" LIMIT ?',
-            [family, series_id, start, end, limit],
-        ).fetchall()
+        rows = (
+            reader()
+            .execute(
+                'SELECT "TimeUnix", "Value", "Expected", "Score", "Label" FROM aiops_points '
+                'WHERE "Family" = ? AND "SeriesId" = ? AND "TimeUnix" >= ? AND "TimeUnix" < ? '
+                'ORDER BY "TimeUnix" LIMIT ?',
+                [family, series_id, start, end, limit],
+            )
+            .fetchall()
+        )
     meta = scorer.registry.metas[series_id]
     return {
         "series": _series_row(family, meta, scorer),
-        "points": [{"time_unix_nano": t, "value": v, "expected": e, "score": s, "label": lab}
-                   for t, v, e, s, lab in rows],  # fmt: skip
+        "points": [
+            {"time_unix_nano": t, "value": v, "expected": e, "score": s, "label": lab}
+            for t, v, e, s, lab in rows
+        ],
     }
 
 
@@ -138,14 +151,21 @@ def log_templates(
         f'SELECT o."TemplateId", t."Template", t."FirstSeenUnixNano", '
         f'(epoch_ns(o."Timestamp") // ?) * ? AS b, count(*) FROM aiops_log_template_of o '
         f'LEFT JOIN aiops_log_templates t USING ("TemplateId") {where} '
-        f'GROUP BY ALL ORDER BY 1, 4',
+        f"GROUP BY ALL ORDER BY 1, 4",
         [bucket_ns, bucket_ns, *params],
     ).fetchall()
     by_id: dict[int, dict[str, Any]] = {}
     for template_id, template, first_seen, bucket, count in rows:
-        entry = by_id.setdefault(template_id, {
-            "template_id": template_id, "template": template or "",
-            "first_seen_unix_nano": first_seen, "count": 0, "counts": []})  # fmt: skip
+        entry = by_id.setdefault(
+            template_id,
+            {
+                "template_id": template_id,
+                "template": template or "",
+                "first_seen_unix_nano": first_seen,
+                "count": 0,
+                "counts": [],
+            },
+        )
         entry["count"] += count
         entry["counts"].append({"bucket_unix_nano": bucket, "count": count})
     result = sorted(by_id.values(), key=lambda e: -e["count"])

@@ -87,18 +87,25 @@ class SeriesScorer:
             sigma = np.full(keep.size, np.nan)
             tests = np.zeros(keep.size, np.int64)
         k_exemplars = [exemplars[i] for i in keep.tolist()] if exemplars is not None else None
-        k_labels = self.tracker.observe(k_ids, k_times, k_values, k_scores, expected, sigma,
-                                        tests, k_exemplars)  # fmt: skip
+        k_labels = self.tracker.observe(
+            k_ids, k_times, k_values, k_scores, expected, sigma, tests, k_exemplars
+        )
         scores[keep] = k_scores
         labels[keep] = k_labels
         self.points_scored += keep.size
         if self.keep_points:
             self.pending_points.append(
                 pa.RecordBatch.from_arrays(
-                    [pa.array(k_ids), pa.array(k_times), pa.array(k_values), pa.array(expected),
-                     pa.array(k_scores), pa.array(k_labels)],
+                    [
+                        pa.array(k_ids),
+                        pa.array(k_times),
+                        pa.array(k_values),
+                        pa.array(expected),
+                        pa.array(k_scores),
+                        pa.array(k_labels),
+                    ],
                     schema=POINTS_SCHEMA,
-                )  # fmt: skip
+                )
             )
         return scores, labels
 

@@ -80,9 +80,7 @@ def locating_resource(resource: Mapping[str, str]) -> dict[str, str]:
     return {k: str(resource[k]) for k in LOCATING_KEYS if resource.get(k)}
 
 
-def entity_of_metric(
-    metric: str, resource: Mapping[str, str], labels: Mapping[str, str]
-) -> Entity:
+def entity_of_metric(metric: str, resource: Mapping[str, str], labels: Mapping[str, str]) -> Entity:
     """Which entity a metric series is about.
 
     Serving metrics (vLLM, Triton) with a model label are about the model (``model`` or

@@ -85,14 +85,19 @@ class RedSeries:
         service = text_column(spans, "ServiceName")
         operation = pc.binary_join_element_wise(service, text_column(spans, "SpanName"), "/")
         resources = spans.column("ResourceAttributes")
-        ids = np.concatenate([
-            self._entity_ids(service, resources, "service"),
-            self._entity_ids(operation, resources, "operation"),
-        ])  # fmt: skip
+        ids = np.concatenate(
+            [
+                self._entity_ids(service, resources, "service"),
+                self._entity_ids(operation, resources, "operation"),
+            ]
+        )
         times = np.tile(int_times(spans, "Timestamp"), 2)
         durations_ms = np.tile(spans.column("Duration").to_numpy(zero_copy_only=False) / 1e6, 2)
         failed = np.tile(
-            pc.equal(spans.column("StatusCode"), "Error").fill_null(False).to_numpy(zero_copy_only=False), 2
+            pc.equal(spans.column("StatusCode"), "Error")
+            .fill_null(False)
+            .to_numpy(zero_copy_only=False),
+            2,
         )
         trace_ids = spans.column("TraceId").to_pylist() * 2
         window = times // self.clock.width
@@ -115,7 +120,9 @@ class RedSeries:
             # Exemplars: the slowest spans of each entity, and some failed ones.
             order = rows[np.lexsort((-durations_ms[rows], e))]
             first = np.r_[True, ids[order][1:] != ids[order][:-1]]
-            rank = np.arange(order.size) - np.maximum.accumulate(np.where(first, np.arange(order.size), 0))
+            rank = np.arange(order.size) - np.maximum.accumulate(
+                np.where(first, np.arange(order.size), 0)
+            )
             for i in order[rank < EXEMPLARS].tolist():
                 slot = acc.slow.setdefault(int(ids[i]), [])
                 slot.append((float(durations_ms[i]), trace_ids[i]))
@@ -157,8 +164,18 @@ class RedSeries:
                 keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
                 values.append(value)
                 exemplars.append(trace_ids)
-                metas.append(SeriesMeta(id=0, key="", name=suffix, kind=kind, entity=entity,
-                                        resource=resource, unit=unit, direction=direction))  # fmt: skip
+                metas.append(
+                    SeriesMeta(
+                        id=0,
+                        key="",
+                        name=suffix,
+                        kind=kind,
+                        entity=entity,
+                        resource=resource,
+                        unit=unit,
+                        direction=direction,
+                    )
+                )
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])

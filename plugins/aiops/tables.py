@@ -71,18 +71,23 @@ class SideTables:
     def series(self, family: str, metas: list[SeriesMeta]) -> None:
         if not metas:
             return
-        self._insert("aiops_series", pa.table({
-            "SeriesId": [m.id for m in metas],
-            "Family": [family] * len(metas),
-            "Key": [m.key for m in metas],
-            "Name": [m.name for m in metas],
-            "Kind": [m.kind for m in metas],
-            "EntityKind": [m.entity.kind for m in metas],
-            "EntityName": [m.entity.name for m in metas],
-            "Labels": [json.dumps(m.labels, sort_keys=True) for m in metas],
-            "Resource": [json.dumps(m.resource, sort_keys=True) for m in metas],
-            "Unit": [m.unit for m in metas],
-        }))  # fmt: skip
+        self._insert(
+            "aiops_series",
+            pa.table(
+                {
+                    "SeriesId": [m.id for m in metas],
+                    "Family": [family] * len(metas),
+                    "Key": [m.key for m in metas],
+                    "Name": [m.name for m in metas],
+                    "Kind": [m.kind for m in metas],
+                    "EntityKind": [m.entity.kind for m in metas],
+                    "EntityName": [m.entity.name for m in metas],
+                    "Labels": [json.dumps(m.labels, sort_keys=True) for m in metas],
+                    "Resource": [json.dumps(m.resource, sort_keys=True) for m in metas],
+                    "Unit": [m.unit for m in metas],
+                }
+            ),
+        )
 
     def points(self, family: str, batches: list[pa.RecordBatch]) -> None:
         if not batches:
@@ -94,18 +99,31 @@ class SideTables:
     def templates(self, rows: list[tuple[int, str, int]]) -> None:
         if rows:
             ids, texts, first = zip(*rows, strict=True)
-            self._insert("aiops_log_templates", pa.table({
-                "TemplateId": pa.array(ids, pa.int64()), "Template": list(texts),
-                "FirstSeenUnixNano": pa.array(first, pa.int64()),
-            }), replace=True)  # fmt: skip
+            self._insert(
+                "aiops_log_templates",
+                pa.table(
+                    {
+                        "TemplateId": pa.array(ids, pa.int64()),
+                        "Template": list(texts),
+                        "FirstSeenUnixNano": pa.array(first, pa.int64()),
+                    }
+                ),
+                replace=True,
+            )
 
-    def template_of(self, seq: int, timestamps: pa.Array, services: pa.Array,
-                    template_ids: Any) -> None:  # fmt: skip
+    def template_of(
+        self, seq: int, timestamps: pa.Array, services: pa.Array, template_ids: Any
+    ) -> None:
         n = len(timestamps)
-        self._insert("aiops_log_template_of", pa.table({
-            "_Seq": pa.array([seq] * n, pa.uint64()),
-            "Row": pa.array(range(n), pa.uint32()),
-            "Timestamp": timestamps.cast(pa.timestamp("ns")),
-            "ServiceName": services,
-            "TemplateId": pa.array(template_ids, pa.int64()),
-        }))  # fmt: skip
+        self._insert(
+            "aiops_log_template_of",
+            pa.table(
+                {
+                    "_Seq": pa.array([seq] * n, pa.uint64()),
+                    "Row": pa.array(range(n), pa.uint32()),
+                    "Timestamp": timestamps.cast(pa.timestamp("ns")),
+                    "ServiceName": services,
+                    "TemplateId": pa.array(template_ids, pa.int64()),
+                }
+            ),
+        )
