@@ -65,7 +65,10 @@ def _pages(client: httpx.Client, path: str, key: str) -> list[dict]:
     cursor = None
     while True:
         params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-        body = client.get(path, params=params).json()
+        response = client.get(path, params=params)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:500]}")
+        body = response.json()
         found += body[key]
         cursor = body.get("next_cursor")
         if not cursor:

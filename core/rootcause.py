@@ -38,6 +38,8 @@ _STEPS = 40
 _DEPENDENCY_MIN_SCORE = 0.3
 _ONSETS_TRIED = 8
 _MIN_EVIDENCE = 0.2
+_BURST_WINDOW_NS = 600 * _SECOND
+_BURST_MARGIN_NS = 120 * _SECOND
 _UNKNOWN_EVIDENCE = 0.5
 
 
@@ -212,14 +214,23 @@ def _explainers(
     return {other for other in found if other in suspects and other != node}
 
 
+def _episode(alerts: Sequence[Alert]) -> list[Alert]:
+    """The alerts of the incident's main episode: those still active at the start of the
+    densest burst of onsets. A fault raises its alerts in a burst; noise that joined before it
+    came and went, and would only blur the onsets."""
+    times = np.sort(np.array([a.first_seen_unix_nano for a in alerts], dtype=np.int64))
+    counts = np.searchsorted(times, times + _BURST_WINDOW_NS, side="right") - np.arange(len(times))
+    # The latest of the densest windows: a relapse or a new wave is what is happening now.
+    best = len(counts) - 1 - int(np.argmax(counts[::-1]))
+    start = int(times[best]) - _BURST_MARGIN_NS
+    return [a for a in alerts if a.last_seen_unix_nano >= start]
+
+
 def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Candidate]:
     """Candidates for the root cause of one incident, best first, scores in [0, 1]."""
     if not alerts:
         return []
-    # While the incident lasts, what is still firing tells its story; alerts that came and went
-    # before (noise that joined early) would only blur the onsets.
-    firing = [alert for alert in alerts if alert.status == "firing"]
-    alerts = firing or list(alerts)
+    alerts = _episode(alerts)
     suspects = _suspects(alerts, graph)
     # What else explains an alert's entity: its placement and, for models, its owner's placement.
     owners: dict[Node, set[Node]] = {}
