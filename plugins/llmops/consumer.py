@@ -4,6 +4,8 @@ to the plugin's tables, and alerts through the kernel."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,7 @@ from opstrata.plugins.llmops.detect import CallAlerts
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
-from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
+from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, candidate_rows, recognise
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.writer import CallWriter
 from opstrata.schema import Signal, Table
@@ -24,6 +26,37 @@ from opstrata.schema import Signal, Table
 __all__ = ["LLMCalls", "price_calls"]
 
 log = logging.getLogger(__name__)
+
+GROUP_SECONDS = 0.25
+"""Candidate rows wait at most this long (wall clock, arrival) before they are recognised ..."""
+GROUP_ROWS = 5000
+"""... or until this many are waiting."""
+_MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
+
+
+def _candidates(
+    batch: pa.RecordBatch | None, attributes: str, with_events: bool = False
+) -> pa.RecordBatch | None:
+    """The rows of ``batch`` that may be (or belong to) an LLM call."""
+    if batch is None or batch.num_rows == 0:
+        return None
+    rows = candidate_rows(batch.column(attributes))
+    if with_events:
+        events = pc.is_in(batch.column("EventName"), value_set=_MESSAGE_EVENT_NAMES)
+        if pc.any(events).as_py():
+            found = np.flatnonzero(events.to_numpy(zero_copy_only=False))
+            rows = found if rows is None else np.union1d(rows, found)
+    if rows is None:
+        return None
+    return batch.take(pa.array(rows))
+
+
+def _one_batch(parts: list[pa.RecordBatch]) -> pa.RecordBatch | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
 
 
 def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
@@ -75,9 +108,15 @@ class LLMCalls(Consumer):
         self.alerts: CallAlerts | None = None
         self.writer: CallWriter | None = None
         self._checked_gap = False
+        self._lock = threading.RLock()
+        self._pending_spans: list[pa.RecordBatch] = []
+        self._pending_logs: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_seq = 0
+        self._pending_since = 0.0
 
     def start(self, ctx: ConsumerContext) -> None:
-        self.writer = CallWriter(ctx.store, ctx.consumer)
+        self.writer = CallWriter(ctx.store, ctx.consumer, before_flush=self.flush_pending)
         self.writer.start()
         self._checked_gap = False
         if self.config.alerts.enabled:
@@ -86,6 +125,7 @@ class LLMCalls(Consumer):
             )
 
     def stop(self, ctx: ConsumerContext) -> None:
+        self.flush_pending()
         if self.writer is not None:
             self.writer.stop()
         if self.alerts is not None:
@@ -127,27 +167,62 @@ class LLMCalls(Consumer):
         log.info("llmops: re-read batches %d..%d from the store", after, upto)
 
     def _process(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        """Keep the batch's few candidate rows (one set lookup per batch); recognise them in
+        groups, every ``GROUP_SECONDS`` or ``GROUP_ROWS``: recognising, pricing and storing cost
+        about the same for one call as for a thousand, so a batch with a single LLM span would
+        otherwise pay it whole."""
+        spans = _candidates(batch.tables.get(Table.TRACES), "SpanAttributes")
+        logs = _candidates(batch.tables.get(Table.LOGS), "LogAttributes", with_events=True)
+        with self._lock:
+            if spans is not None:
+                self._pending_spans.append(spans)
+                self._pending_rows += spans.num_rows
+            if logs is not None:
+                self._pending_logs.append(logs)
+                self._pending_rows += logs.num_rows
+            self._pending_seq = batch.seq
+            if not self._pending_since:
+                self._pending_since = time.monotonic()
+            due = (
+                self._pending_rows >= GROUP_ROWS
+                or time.monotonic() - self._pending_since >= GROUP_SECONDS
+            )
+        if due:
+            self.flush_pending()
+
+    def flush_pending(self) -> None:
+        """Recognise the rows kept since the last time (also called by the writer's thread)."""
+        with self._lock:
+            if not self._pending_since:
+                return
+            spans, logs = _one_batch(self._pending_spans), _one_batch(self._pending_logs)
+            seq = self._pending_seq
+            self._pending_spans, self._pending_logs = [], []
+            self._pending_rows, self._pending_since = 0, 0.0
+            self._recognise(seq, spans, logs)
+
+    def _recognise(
+        self, seq: int, spans: pa.RecordBatch | None, logs: pa.RecordBatch | None
+    ) -> None:
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
-        spans = batch.tables.get(Table.TRACES)
         if spans is not None and spans.num_rows:
             found = recognise(SpanColumns.of_spans(spans), self.policy)
             if found is not None:
                 self._remember_resources(spans, found.rows)
                 calls.append(found.calls)
                 messages.append(found.messages)
-        logs = batch.tables.get(Table.LOGS)
         if logs is not None and logs.num_rows:
             self._logs(logs, calls, messages)
         if not calls and not messages:
-            self.writer.add(batch.seq, None, None)
+            self.writer.add(seq, None, None)
             return
         all_calls = price_calls(
             pa.concat_tables(calls) if calls else CALLS.empty_table(), self.prices
         )
         all_messages = pa.concat_tables(messages) if messages else MESSAGES.empty_table()
-        self.writer.add(batch.seq, all_calls, all_messages)
+        self.writer.add(seq, all_calls, all_messages)
         if self.alerts is not None:
             self.alerts.add(all_calls)
 
@@ -190,11 +265,11 @@ class LLMCalls(Consumer):
             picked.column("LogAttributes").to_pylist(),
             strict=True,
         )
-        for time, trace_id, span_id, name, body, attributes in rows:
+        for when, trace_id, span_id, name, body, attributes in rows:
             key = (trace_id or "", span_id or "")
-            start, collected = per_call.setdefault(key, (time, CallMessages()))
+            start, collected = per_call.setdefault(key, (when, CallMessages()))
             collected.add_event(name, body, dict(attributes or ()))
-            per_call[key] = (min(start, time), collected)
+            per_call[key] = (min(start, when), collected)
         stored = [(k, t, m.to_json(self.policy)) for k, (t, m) in per_call.items()]
         messages.append(
             pa.table(

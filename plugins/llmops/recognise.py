@@ -36,7 +36,7 @@ from opstrata.plugins.llmops.span_parts import (
     read_messages,
 )
 
-__all__ = ["CALLS", "Recognised", "SpanColumns", "normalise_error", "recognise"]
+__all__ = ["CALLS", "Recognised", "SpanColumns", "candidate_rows", "normalise_error", "recognise"]
 
 CALLS = pa.schema(
     [
@@ -76,7 +76,9 @@ NULL when the model has no price (counted as unpriced, never as 0)."""
 _KEYS = sorted({k for keys in FIELDS.values() for k in keys} | MARKER_KEYS)
 _KEY_ID = {k: i for i, k in enumerate(_KEYS)}
 _KEY_SET = pa.array(_KEYS, pa.string())
-_MARKER_IDS = np.array(sorted(_KEY_ID[k] for k in MARKER_KEYS))
+_MARKER_SET = pa.array(sorted(MARKER_KEYS), pa.string())
+_IS_MARKER = np.zeros(len(_KEYS), dtype=bool)
+_IS_MARKER[[_KEY_ID[k] for k in MARKER_KEYS]] = True
 _FIELD_NAMES = list(FIELDS)
 _FIELD_OF = np.full(len(_KEYS), -1, dtype=np.int64)
 _PRIORITY_OF = np.zeros(len(_KEYS), dtype=np.int64)
@@ -146,28 +148,17 @@ class Recognised:
     rows: np.ndarray
 
 
-def _entries(column: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
-    """(row of each entry, keys, values) of a map column, slice-aware."""
-    offsets = column.offsets.to_numpy()
-    start, end = int(offsets[0]), int(offsets[-1])
-    rows = np.repeat(np.arange(len(column)), np.diff(offsets))
-    return rows, column.keys.slice(start, end - start), column.items.slice(start, end - start)
-
-
 def _ints(values: np.ndarray) -> np.ndarray:
-    """Attribute strings as int64, -1 where absent or not a number."""
-    present = np.array([v is not None for v in values], dtype=bool)
+    """Attribute strings as int64, -1 where absent or not a number. A Python loop: the values
+    are those of LLM rows only, and few, where an Arrow kernel call costs more than the loop."""
     out = np.full(len(values), -1, dtype=np.int64)
-    if present.any():
-        try:
-            numbers = pc.cast(pa.array(values[present], pa.string()), pa.float64()).to_numpy()
-            out[present] = np.round(numbers).astype(np.int64)
-        except (pa.ArrowInvalid, ValueError):
-            for i in np.flatnonzero(present):
-                try:
-                    out[i] = round(float(values[i]))
-                except ValueError:
-                    out[i] = -1
+    for i, value in enumerate(values):
+        if value is not None:
+            try:
+                out[i] = int(value)
+            except ValueError:
+                with contextlib.suppress(ValueError, OverflowError):
+                    out[i] = round(float(value))
     return out
 
 
@@ -235,6 +226,18 @@ def _request_model_of(invocation: str | None) -> str:
     return str(params.get("model") or "") if isinstance(params, dict) else ""
 
 
+def candidate_rows(attributes: pa.Array) -> np.ndarray | None:
+    """Rows whose attribute map has a marker key (the only rows :func:`recognise` can find a
+    call in), or ``None``: one set lookup over the batch's keys."""
+    offsets = attributes.offsets.to_numpy()
+    start, end = int(offsets[0]), int(offsets[-1])
+    hits = pc.is_in(attributes.keys.slice(start, end - start), value_set=_MARKER_SET)
+    if not pc.any(hits).as_py():
+        return None
+    owners = np.repeat(np.arange(len(attributes)), np.diff(offsets))
+    return np.unique(owners[hits.to_numpy(zero_copy_only=False)])
+
+
 def recognise(
     cols: SpanColumns, policy: ContentPolicy, source: str = "span", with_calls: bool = True
 ) -> Recognised | None:
@@ -242,16 +245,19 @@ def recognise(
     n = len(cols.attributes)
     if n == 0:
         return None
-    rows_all, keys, items = _entries(cols.attributes)
+    offsets = cols.attributes.offsets.to_numpy()
+    start, end = int(offsets[0]), int(offsets[-1])
+    keys = cols.attributes.keys.slice(start, end - start)
+    # The common case, a batch without LLM spans, ends after this one set lookup.
+    if not pc.any(pc.is_in(keys, value_set=_MARKER_SET)).as_py():
+        return None
+    items = cols.attributes.items.slice(start, end - start)
+    rows_all = np.repeat(np.arange(n), np.diff(offsets))
     key_ids = pc.index_in(keys, value_set=_KEY_SET).fill_null(-1).to_numpy(zero_copy_only=False)
     known = key_ids >= 0
-    if not known.any():
-        return None
     rows_k, ids_k = rows_all[known], key_ids[known]
     candidate = np.zeros(n, dtype=bool)
-    candidate[rows_k[np.isin(ids_k, _MARKER_IDS)]] = True
-    if not candidate.any():
-        return None
+    candidate[rows_k[_IS_MARKER[ids_k]]] = True
     # From here on only candidate rows: ``local`` numbers them 0..m-1.
     cand = np.flatnonzero(candidate)
     m = len(cand)
@@ -369,7 +375,7 @@ def recognise(
         )
 
     def text(values: np.ndarray) -> pa.Array:
-        return pa.array(values, pa.string()).fill_null("")
+        return pa.array([v if v is not None else "" for v in values], pa.string())
 
     def opt(values: np.ndarray) -> pa.Array:
         return pa.array(values, pa.int64(), mask=values < 0)

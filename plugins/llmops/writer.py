@@ -11,8 +11,10 @@ call is stored once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -23,9 +25,19 @@ from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE, PROGRESS_
 
 __all__ = ["CallWriter"]
 
+log = logging.getLogger(__name__)
+
 
 class CallWriter:
-    def __init__(self, store: Any, name: str, flush_seconds: float = 0.5, flush_rows: int = 50_000):
+    def __init__(
+        self,
+        store: Any,
+        name: str,
+        flush_seconds: float = 0.5,
+        flush_rows: int = 50_000,
+        before_flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.before_flush = before_flush
         self.store = store
         self.name = name
         self.flush_seconds = flush_seconds
@@ -74,6 +86,11 @@ class CallWriter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_seconds / 4):
+            if self.before_flush is not None:
+                try:
+                    self.before_flush()
+                except Exception:  # the consumer's own thread meets it again and counts it
+                    log.exception("llmops: recognising waiting calls failed")
             with self._lock:
                 due = self._first_at and time.monotonic() - self._first_at >= self.flush_seconds
             if due:
