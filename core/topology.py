@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
+from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext, latest_event_time
 from opstrata.schema import Signal, Table
 
 __all__ = [
@@ -46,6 +46,7 @@ Node = tuple[str, str]
 
 _MINUTE = 60_000_000_000
 _STATS_MINUTES = 180
+_FORGET_AFTER_NS = 7 * 86_400 * 1_000_000_000
 _PEER_KEYS = ("peer.service", "db.system.name", "db.system", "messaging.system", "server.address")
 PLACEMENT_KEYS = (("host.name", "host"), ("k8s.pod.name", "pod"), ("k8s.node.name", "node"))
 
@@ -168,6 +169,19 @@ class TopologyGraph:
             if len(state.minutes) > _STATS_MINUTES:
                 for old in sorted(state.minutes)[: len(state.minutes) - _STATS_MINUTES]:
                     del state.minutes[old]
+
+    def forget_before(self, cutoff_unix_nano: int) -> int:
+        """Drop edges last seen before ``cutoff`` (pods that were replaced, retired services);
+        return how many went."""
+        with self._lock:
+            stale = [
+                key for key, state in self._edges.items() if state.last_seen < cutoff_unix_nano
+            ]
+            for kind, source, target in stale:
+                del self._edges[(kind, source, target)]
+                self._out[source].discard((kind, target))
+                self._in[target].discard((kind, source))
+            return len(stale)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -317,6 +331,7 @@ class TopologyConsumer(Consumer):
         self._orphans = _SpanIndex(index_capacity)
         """parent span id of server/consumer spans whose parent was not seen yet → (service, "")"""
         self._batches = 0
+        self._latest = 0
 
     def start(self, ctx: ConsumerContext) -> None:
         self.graph.load(ctx.state_dir / "topology.json")
@@ -335,7 +350,9 @@ class TopologyConsumer(Consumer):
                     records, "TimeUnix" if table is not Table.LOGS else "Timestamp"
                 )
         self._batches += 1
+        self._latest = max(self._latest, latest_event_time(batch))
         if self._batches % 200 == 0:
+            self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
             self.graph.save(ctx.state_dir / "topology.json")
 
     def _learn_placement(self, records: pa.RecordBatch, time_column: str) -> pa.Table:

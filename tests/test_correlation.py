@@ -181,3 +181,13 @@ def test_topology_survives_a_save_and_load(tmp_path) -> None:
     loaded.load(tmp_path / "topology.json")
     assert sorted(loaded.edges()) == sorted(graph.edges())
     assert loaded.resolve("payment.svc:8080") == "payment"
+
+
+def test_edges_not_seen_for_long_are_forgotten() -> None:
+    graph = shop()
+    graph.add(
+        EdgeKind.RUNS_ON, ("service", "checkout"), ("pod", "checkout-new"), T0 + 8 * 86_400 * S
+    )
+    gone = graph.forget_before(T0 + 86_400 * S)
+    assert gone == len(shop().edges())
+    assert [edge[2] for edge in graph.edges()] == [("pod", "checkout-new")]
