@@ -41,7 +41,7 @@ MINUTE = 60 * 10**9
 T0 = (time.time_ns() // MINUTE - 120) * MINUTE  # two hours ago, on a minute
 
 
-def _wait(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+def _wait(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()

@@ -10,7 +10,13 @@ import json
 from typing import Any
 
 from opstrata.plugins.llmops.prices import PICO
-from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
+from opstrata.plugins.llmops.store import (
+    CALLS_TABLE,
+    HOUR_NS,
+    MESSAGES_TABLE,
+    ROLLUP_DIMENSIONS,
+    ROLLUP_TABLE,
+)
 
 __all__ = [
     "DIMENSIONS",
@@ -79,6 +85,9 @@ class Filters:
     ) -> None:
         self.clauses: list[str] = []
         self.params: list[Any] = []
+        self.start, self.end = start, end
+        self.equals = {k: v for k, v in (equals or {}).items() if v is not None}
+        self.other = errors_only is not None or trace_id is not None
         if start is not None:
             self.clauses.append('"Timestamp" >= make_timestamp_ns(?::BIGINT)')
             self.params.append(start)
@@ -100,6 +109,24 @@ class Filters:
     def where(self) -> str:
         return ("WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
+    def hourly(self) -> tuple[str, list[Any]] | None:
+        """The same filter over ``llmops_hourly``, or None when it cannot be answered there."""
+        if self.other or any(DIMENSIONS[k] not in ROLLUP_DIMENSIONS for k in self.equals):
+            return None
+        if any(t is not None and t % HOUR_NS for t in (self.start, self.end)):
+            return None
+        clauses, params = [], []
+        if self.start is not None:
+            clauses.append('"Hour" >= ?')
+            params.append(self.start)
+        if self.end is not None:
+            clauses.append('"Hour" < ?')
+            params.append(self.end)
+        for name, value in self.equals.items():
+            clauses.append(f'"{DIMENSIONS[name]}" = ?')
+            params.append(value)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
 
 def _ms(values: list[float | None] | None) -> dict[str, float | None] | None:
     if not values or values[0] is None:
@@ -116,6 +143,18 @@ def _sums(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_HOURLY_SUMS = ", ".join(
+    f'sum("{column}") AS {name}'
+    for column, name in (
+        ("Calls", "calls"), ("Errors", "errors"), ("InputTokens", "input_tokens"),
+        ("OutputTokens", "output_tokens"), ("CacheReadTokens", "cache_read_tokens"),
+        ("CacheWriteTokens", "cache_write_tokens"), ("ReasoningTokens", "reasoning_tokens"),
+        ("TotalTokens", "total_tokens"), ("CostPicoUsd", "cost_pico_usd"),
+        ("UnpricedCalls", "unpriced_calls"),
+    )
+)  # fmt: skip
+
+
 def usage(
     cursor: Any,
     filters: Filters,
@@ -124,22 +163,37 @@ def usage(
     latency: bool,
     limit: int,
 ) -> list[dict[str, Any]]:
+    """Usage rows; from ``llmops_hourly`` when the question allows (the same answer, read from
+    hourly sums instead of every call), else from the calls."""
+    hourly = None
+    whole_hours = bucket_ns is None or bucket_ns % HOUR_NS == 0
+    if not latency and whole_hours and all(DIMENSIONS[g] in ROLLUP_DIMENSIONS for g in group_by):
+        hourly = filters.hourly()
     columns = [f'"{DIMENSIONS[g]}" AS "{g}"' for g in group_by]
     params: list[Any] = []
     if bucket_ns:
-        columns.insert(0, '(epoch_ns("Timestamp") // ?) * ? AS bucket')
+        time_column = '"Hour"' if hourly is not None else 'epoch_ns("Timestamp")'
+        columns.insert(0, f"({time_column} // ?) * ? AS bucket")
         params += [bucket_ns, bucket_ns]
     keys = ["bucket"] * bool(bucket_ns) + group_by
-    select = ", ".join([*columns, _SUMS] + ([_LATENCY] if latency else []))
     group = (
         f"GROUP BY ALL ORDER BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
     )
-    sql = f"SELECT {select} FROM {CALLS_TABLE} {filters.where} {group} LIMIT ?"
-    result = cursor.execute(sql, params + filters.params + [limit])
+    if hourly is not None:
+        where, where_params = hourly
+        select = ", ".join([*columns, _HOURLY_SUMS])
+        sql = f"SELECT {select} FROM {ROLLUP_TABLE} {where} {group} LIMIT ?"
+        result = cursor.execute(sql, params + where_params + [limit])
+    else:
+        select = ", ".join([*columns, _SUMS] + ([_LATENCY] if latency else []))
+        sql = f"SELECT {select} FROM {CALLS_TABLE} {filters.where} {group} LIMIT ?"
+        result = cursor.execute(sql, params + filters.params + [limit])
     names = [d[0] for d in result.description]
     rows = []
     for values in result.fetchall():
         row = dict(zip(names, values, strict=True))
+        if not row["calls"]:
+            continue  # hourly sums with no call (not stored, but keep the answers alike)
         out: dict[str, Any] = {
             "bucket_unix_nano": int(row["bucket"]) if bucket_ns else None,
             "group": {g: row[g] for g in group_by},

@@ -13,11 +13,72 @@ import pyarrow as pa
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.span_parts import MESSAGES
 
-__all__ = ["CALLS_TABLE", "MESSAGES_TABLE", "PROGRESS_TABLE", "cursor_of", "ensure_tables"]
+__all__ = [
+    "CALLS_TABLE",
+    "HOUR_NS",
+    "MESSAGES_TABLE",
+    "PROGRESS_TABLE",
+    "ROLLUP_DIMENSIONS",
+    "ROLLUP_TABLE",
+    "cursor_of",
+    "ensure_tables",
+    "roll_up",
+]
 
 CALLS_TABLE = "llmops_calls"
 MESSAGES_TABLE = "llmops_messages"
 PROGRESS_TABLE = "llmops_progress"
+ROLLUP_TABLE = "llmops_hourly"
+ROLLUP_DIMENSIONS = (
+    "ServiceName", "Provider", "Model", "Operation", "PromptName", "PromptVersion",
+)  # fmt: skip
+"""Columns ``llmops_hourly`` keeps calls by, per hour: usage queries that group and filter only
+by these, in whole hours, read it instead of the calls."""
+HOUR_NS = 3_600_000_000_000
+_ROLLUP_MEASURES = (
+    ("Calls", "count(*)"),
+    ("Errors", 'count(*) FILTER (WHERE "IsError")'),
+    ("InputTokens", 'coalesce(sum("InputTokens"), 0)'),
+    ("OutputTokens", 'coalesce(sum("OutputTokens"), 0)'),
+    ("CacheReadTokens", 'coalesce(sum("CacheReadTokens"), 0)'),
+    ("CacheWriteTokens", 'coalesce(sum("CacheWriteTokens"), 0)'),
+    ("ReasoningTokens", 'coalesce(sum("ReasoningTokens"), 0)'),
+    ("TotalTokens", 'coalesce(sum("TotalTokens"), 0)'),
+    ("CostPicoUsd", 'coalesce(sum("CostPicoUsd"), 0)'),
+    ("UnpricedCalls", 'count(*) FILTER (WHERE "CostPicoUsd" IS NULL)'),
+)
+
+
+def _rollup_ddl() -> str:
+    dims = ", ".join(f'"{d}" VARCHAR' for d in ROLLUP_DIMENSIONS)
+    measures = ", ".join(f'"{m}" HUGEINT' for m, _ in _ROLLUP_MEASURES)
+    key = ", ".join(f'"{d}"' for d in ("Hour", *ROLLUP_DIMENSIONS))
+    return (
+        f'CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} ("Hour" BIGINT, {dims}, {measures}, '
+        f"PRIMARY KEY ({key}))"
+    )
+
+
+def roll_up(cursor: Any, calls: Any) -> None:
+    """Add ``calls`` (an Arrow table of ``llmops_calls`` rows, or the name of a table holding
+    them) to ``llmops_hourly``, summing into existing hours: an upsert per key, not a row per
+    write."""
+    source = calls if isinstance(calls, str) else "llmops_rolling_up"
+    if not isinstance(calls, str):
+        cursor.register(source, calls)
+    dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMENSIONS)
+    measures = ", ".join(f'{expr} AS "{name}"' for name, expr in _ROLLUP_MEASURES)
+    updates = ", ".join(
+        f'"{m}" = {ROLLUP_TABLE}."{m}" + EXCLUDED."{m}"' for m, _ in _ROLLUP_MEASURES
+    )
+    cursor.execute(
+        f'INSERT INTO {ROLLUP_TABLE} SELECT epoch_ns("Timestamp") // {HOUR_NS} * {HOUR_NS} '
+        f'AS "Hour", {dims}, {measures} FROM {source} GROUP BY ALL '
+        f"ON CONFLICT DO UPDATE SET {updates}"
+    )
+    if not isinstance(calls, str):
+        cursor.unregister(source)
+
 
 _DUCK = {
     pa.timestamp("ns"): "TIMESTAMP_NS",
@@ -55,4 +116,5 @@ def ensure_tables(store: Any, cursor: Any) -> None:
                 f'CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} ("Consumer" VARCHAR PRIMARY KEY, '
                 '"Seq" UBIGINT)'
             )
+            cursor.execute(_rollup_ddl())
             _ready.add(store)

@@ -21,7 +21,13 @@ import pyarrow as pa
 
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.span_parts import MESSAGES
-from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE, PROGRESS_TABLE, cursor_of
+from opstrata.plugins.llmops.store import (
+    CALLS_TABLE,
+    MESSAGES_TABLE,
+    PROGRESS_TABLE,
+    cursor_of,
+    roll_up,
+)
 
 __all__ = ["CallWriter"]
 
@@ -80,7 +86,10 @@ class CallWriter:
             if not self._first_at:
                 self._first_at = time.monotonic()
             self._pending_seq = seq
-            due = self._rows >= self.flush_rows
+            due = (
+                self._rows >= self.flush_rows
+                or time.monotonic() - self._first_at >= 4 * self.flush_seconds
+            )
         if due:
             self.flush()
 
@@ -94,7 +103,10 @@ class CallWriter:
             with self._lock:
                 due = self._first_at and time.monotonic() - self._first_at >= self.flush_seconds
             if due:
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # kept for the next try; the thread must not die
+                    log.exception("llmops: writing calls failed")
 
     def flush(self) -> None:
         with self._lock:
@@ -106,12 +118,13 @@ class CallWriter:
             )
             seq = self._pending_seq
             cursor = cursor_of(self.store)
-            pending_calls = calls.combine_chunks()  # noqa: F841 - DuckDB reads it by name
+            pending_calls = calls.combine_chunks()
             pending_messages = messages.combine_chunks()  # noqa: F841
             cursor.execute("BEGIN TRANSACTION")
             try:
                 if calls.num_rows:
                     cursor.execute(f"INSERT INTO {CALLS_TABLE} SELECT * FROM pending_calls")
+                    roll_up(cursor, pending_calls)
                 if messages.num_rows:
                     cursor.execute(f"INSERT INTO {MESSAGES_TABLE} SELECT * FROM pending_messages")
                 cursor.execute(
