@@ -238,6 +238,14 @@ def test_usage_by_model_and_day(llm_server: ServerProcess) -> None:
     assert sum(r["calls"] for r in mini) == len(RUNS)
     assert all(r["bucket_unix_nano"] % day_ns == 0 for r in body["rows"])
     assert sum(r["cost_pico_usd"] for r in mini) == 2 * PLAIN_WITH_CACHE + 2 * PLAIN_NO_CACHE
+    # The hourly table answers this; with latency the calls themselves do: the same sums.
+    detailed = llm_server.api(
+        "/api/v1/llmops/usage", group_by="model", bucket="1d", latency="true"
+    ).json()
+    strip = ("latency_ms", "ttft_ms")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in detailed["rows"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in body["rows"]
+    ]
     bad = llm_server.api("/api/v1/llmops/usage", group_by="model;drop table x")
     assert bad.status_code == 400
 
