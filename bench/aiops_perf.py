@@ -32,14 +32,18 @@ def cpu(fn) -> float:
     return time.process_time() - start
 
 
-def detector(series: int, points: int, batches: int) -> None:
+def detector(series: int, points: int, batches: int, warm: int = 40) -> None:
+    """Steady state: ``warm`` points per series first (warm-up, array growth), not timed."""
     rng = np.random.default_rng(1)
     det = RobustSeasonalDetector({})
-    ids = np.tile(np.arange(series), points)
+    all_ids = np.arange(series)
+    for w in range(warm):
+        det.update(all_ids, np.full(series, T0 + w * STEP), 100 + rng.normal(0, 5, series))
+    ids = np.tile(all_ids, points)
     total = 0
     seconds = 0.0
     for b in range(batches):
-        times = np.repeat(T0 + (b * points + np.arange(points)) * STEP, series)
+        times = np.repeat(T0 + (warm + b * points + np.arange(points)) * STEP, series)
         values = 100 + rng.normal(0, 5, ids.size)
         seconds += cpu(lambda t=times, v=values: det.update(ids, t, v))
         total += ids.size

@@ -364,38 +364,46 @@ class RobustSeasonalDetector:
         # -- the tests, as tail probabilities --
         tail_f = v[_TAIL_F].astype(np.float64)
         tail_b = v[_TAIL_B].astype(np.float64)
+        # Each test as a log tail probability; one exp at the end.
         tests: list[np.ndarray] = []
         if "spike" in self.tests:
             # Generalised Pareto tail over TAIL_U, shape by the method of moments (0: exponential;
-            # up to 0.45 for power-law tails such as Student-t).
-            var = np.maximum(v[_TAIL_M2] - tail_b * tail_b, 1e-6)
-            xi = np.clip(0.5 * (1.0 - tail_b * tail_b / var), 0.0, 0.45)
-            gscale = tail_b * (1.0 - xi)
-            y = np.maximum(az - TAIL_U, 0.0) / gscale
-            log_tail = np.where(xi > 1e-3, -np.log1p(xi * y) / np.maximum(xi, 1e-3), -y)
-            tests.append(np.where(az > TAIL_U, tail_f * np.exp(log_tail), 1.0))
+            # up to 0.45 for power-law tails such as Student-t); computed where |z| > TAIL_U only.
+            log_spike = np.zeros(s.size)
+            over = np.flatnonzero(az > TAIL_U)
+            if over.size:
+                b_o = tail_b[over]
+                var = np.maximum(v[_TAIL_M2][over] - b_o * b_o, 1e-6)
+                xi = np.clip(0.5 * (1.0 - b_o * b_o / var), 0.0, 0.45)
+                y = (az[over] - TAIL_U) / (b_o * (1.0 - xi))
+                log_tail = np.where(xi > 1e-3, -np.log1p(xi * y) / np.maximum(xi, 1e-3), -y)
+                log_spike[over] = np.log(tail_f[over]) + log_tail
+            tests.append(log_spike)
         lrv = (1 + v[_RHO]) / np.maximum(1 - v[_RHO], 1e-3)
         inc = np.clip(z, -4.0, 4.0) / np.sqrt(np.clip(lrv, 1.0, 50.0))
         inc = np.where(warm, inc, 0.0)  # the CUSUMs start once the baseline is warm
         cus_pos = np.maximum(0.0, v[_CUS_POS] + inc - 0.5)
         cus_neg = np.maximum(0.0, v[_CUS_NEG] - inc - 0.5)
-        drift_pos = np.maximum(0.0, 0.995 * v[_DRIFT_POS] + np.clip(inc, -2, 2) - 0.15)
-        drift_neg = np.maximum(0.0, 0.995 * v[_DRIFT_NEG] - np.clip(inc, -2, 2) - 0.15)
+        drift_inc = np.clip(inc, -2, 2)
+        drift_pos = np.maximum(0.0, 0.995 * v[_DRIFT_POS] + drift_inc - 0.15)
+        drift_neg = np.maximum(0.0, 0.995 * v[_DRIFT_NEG] - drift_inc - 0.15)
         if "shift" in self.tests:
-            tests.append(np.exp(-np.maximum(cus_pos, cus_neg)))
+            tests.append(-np.maximum(cus_pos, cus_neg))
         if "trend" in self.tests:
-            tests.append(np.exp(-0.3 * np.maximum(drift_pos, drift_neg)))
+            tests.append(-0.3 * np.maximum(drift_pos, drift_neg))
         v_fast = v[_V_FAST] + 0.1 * (np.minimum(az, 8.0) - v[_V_FAST])
         if "variance" in self.tests:
             v_sd = np.sqrt(
                 np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)
             ) * np.sqrt(0.1 / 1.9)
-            tests.append(_fast_normal_sf((v_fast - v[_V_MEAN]) / v_sd))
-        p, which = tests[0], np.zeros(s.size, np.int64)
+            zv = np.maximum((v_fast - v[_V_MEAN]) / v_sd, 0.0)
+            tests.append(np.log(0.5) - 0.717 * zv - 0.416 * zv * zv)  # Lin (1989) normal tail
+        log_p, which = tests[0], np.zeros(s.size, np.int64)
         for k in range(1, len(tests)):
-            lower = tests[k] < p
-            p = np.where(lower, tests[k], p)
+            lower = tests[k] < log_p
+            log_p = np.minimum(log_p, tests[k])
             which[lower] = k
+        p = np.exp(log_p)
         # Just after warm-up the baseline is young: demand more (p x100, fading over 3 warm-ups).
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
         p = p * (1.0 + 99.0 * young)
