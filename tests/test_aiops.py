@@ -342,3 +342,36 @@ def test_new_error_template_raises_an_alert(aiops_server) -> None:
     assert cart["count"] == 300
     assert [c["count"] for c in cart["counts"]] == [60, 60, 60, 60, 60]
     assert by_text["payment gateway <IP> refused connection for order <NUM>"]["count"] == 1
+
+
+def test_a_service_that_stops_logging_raises_log_silence(aiops_server) -> None:
+    start = T0 + 12 * DAY
+
+    def emit(provider) -> None:
+        logger = provider.get_logger("tests.aiops")
+        for i in range(20 * 12):  # 12 records a minute for 20 minutes
+            logger.emit(
+                timestamp=start + i * 5 * 10**9,
+                severity_number=SeverityNumber.INFO,
+                body=f"heartbeat {i} ok",
+            )
+
+    exporter = log_exporter(aiops_server, "http")
+    exporter.export(make_logs(emit))
+    exporter.shutdown()
+    # Other telemetry moves event time on while the service says nothing.
+    for minute in range(21, 30):
+        _marker_batches(aiops_server, start + minute * MINUTE)
+
+    def silence() -> list[dict]:
+        # (The earlier test's burst of logs-svc ended in a silence too: that one is older.)
+        return [
+            a
+            for a in _alerts(aiops_server)
+            if a["kind"] == "log_silence" and a["first_seen_unix_nano"] >= start
+        ]
+
+    [alert] = _wait(silence, "a log_silence alert")
+    assert alert["entity"] == {"kind": "service", "name": "logs-svc"}
+    assert alert["first_seen_unix_nano"] == start + 20 * MINUTE
+    assert alert["evidence"]["expected"] >= 10

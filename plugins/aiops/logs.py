@@ -153,9 +153,18 @@ class LogSeries:
             )
 
     def flush(self, everything: bool = False) -> None:
+        """Close the complete windows in order — also the empty ones since the last closed
+        window (up to ``ZERO_FILL_WINDOWS`` of them), so zeros and silences are seen."""
         ready = sorted(self.windows) if everything else self.clock.closable(list(self.windows))
+        if self.last_closed is not None:
+            limit = self.clock.now // self.clock.width - self.clock.lateness
+            empty_until = min(limit, self.last_closed + 1 + ZERO_FILL_WINDOWS)
+            ready = sorted(set(ready) | set(range(self.last_closed + 1, empty_until)))
         for w in ready:
-            self._close(w, self.windows.pop(w))
+            if self.last_closed is not None and w <= self.last_closed:
+                self.windows.pop(w, None)  # arrived after its window closed: dropped
+                continue
+            self._close(w, self.windows.pop(w, {}))
 
     def _meta(self, key: str) -> SeriesMeta:
         kind, service, what = key.split("|", 2)
