@@ -375,3 +375,29 @@ def test_a_service_that_stops_logging_raises_log_silence(aiops_server) -> None:
     assert alert["entity"] == {"kind": "service", "name": "logs-svc"}
     assert alert["first_seen_unix_nano"] == start + 20 * MINUTE
     assert alert["evidence"]["expected"] >= 10
+
+
+def test_series_state_survives_a_restart(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    times = T0 + 20 * DAY + np.arange(80) * MINUTE
+    values = 5 + np.random.default_rng(9).normal(0, 0.1, times.size)
+    try:
+        _send_metrics(server, [_gauge("queue.depth", times[:50], values[:50])], service="q")
+        _wait(
+            lambda: [r for r in _series(server, name="queue.depth") if r["points"] == 50],
+            "50 points scored",
+        )
+    finally:
+        assert server.stop() == 0
+    server.start()
+    try:
+        [row] = _series(server, name="queue.depth")
+        assert row["points"] == 50 and abs(row["expected"] - 5) < 0.2  # state came back
+        _send_metrics(server, [_gauge("queue.depth", times[50:], values[50:])], service="q")
+        [row] = _wait(
+            lambda: [r for r in _series(server, name="queue.depth") if r["points"] == 80],
+            "the same series going on",
+        )
+        assert row["id"] == 0
+    finally:
+        assert server.stop() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from typing import ClassVar
 
@@ -56,9 +57,29 @@ class _AiopsConsumer(Consumer):
             keep_points=self.config.store_points,
         )
         self.tables = SideTables(ctx.store)
+        self.setup(ctx)
+        self.state_file = ctx.state_dir / f"{self.family}.state"
+        if self.state_file.exists():
+            try:
+                with self.state_file.open("rb") as handle:
+                    self.restore(pickle.load(handle))
+            except Exception:  # a state we cannot read costs a warm-up, never the consumer
+                log.exception("aiops: cannot restore %s; series warm up again", self.state_file)
         with LOCK:
             FAMILIES[self.family] = self.scorer
-        self.setup(ctx)
+
+    def restore(self, state: dict) -> None:
+        self.scorer.restore(state["scorer"])
+
+    def save(self) -> dict:
+        return {"scorer": self.scorer.state()}
+
+    def stop(self, ctx: ConsumerContext) -> None:
+        """Save series, detector and alert state (our own files, in the plugin's state dir)."""
+        partial = self.state_file.with_suffix(".partial")
+        with partial.open("wb") as handle:
+            pickle.dump(self.save(), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        partial.replace(self.state_file)
 
     def setup(self, ctx: ConsumerContext) -> None:
         pass
@@ -80,6 +101,26 @@ class MetricsConsumer(_AiopsConsumer):
     def setup(self, ctx: ConsumerContext) -> None:
         self.series = MetricSeries(self.scorer)
 
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        counters = state.get("counters")
+        if counters:
+            series = self.series
+            series._grow(counters["seen"].size)
+            for name in ("prev_value", "prev_time", "prev_start", "seen"):
+                getattr(series, name)[: counters[name].size] = counters[name]
+            series.hist_prev = counters["hist_prev"]
+
+    def save(self) -> dict:
+        series = self.series
+        size = len(self.scorer.registry)
+        counters = {
+            n: np.array(getattr(series, n)[:size])
+            for n in ("prev_value", "prev_time", "prev_start", "seen")
+        }
+        counters["hist_prev"] = series.hist_prev
+        return {**super().save(), "counters": counters}
+
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         self.series.consume(dict(batch.tables))
         self.after()
@@ -98,6 +139,21 @@ class SpansConsumer(_AiopsConsumer):
         self.red = RedSeries(
             self.scorer, width, self.config.lateness_windows, self.config.min_spans
         )
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        red = state.get("red")
+        if red:
+            self.red.entities = red["entities"]
+            self.red.entity_meta = red["entity_meta"]
+            self.red.clock.now = red["now"]
+
+    def save(self) -> dict:
+        red = self.red
+        return {
+            **super().save(),
+            "red": {"entities": red.entities, "entity_meta": red.entity_meta, "now": red.clock.now},
+        }
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         spans = batch.tables.get(Table.TRACES)
@@ -129,6 +185,40 @@ class LogsConsumer(_AiopsConsumer):
                 .fetchall()
             )
             self.logs.miner.next_id = max(self.logs.miner.next_id, int(row[0]) + 1)
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        logs = state.get("logs")
+        if logs:
+            self.logs.miner.load_state(logs["miner"])
+            for name in (
+                "services",
+                "last_window",
+                "service_rate",
+                "silent",
+                "firing_silence",
+                "last_closed",
+            ):
+                setattr(self.logs, name, logs[name])
+            self.logs.clock.now = logs["now"]
+
+    def save(self) -> dict:
+        logs = self.logs
+        saved = {
+            name: getattr(logs, name)
+            for name in (
+                "services",
+                "last_window",
+                "service_rate",
+                "silent",
+                "firing_silence",
+                "last_closed",
+            )
+        }
+        return {
+            **super().save(),
+            "logs": {"miner": logs.miner.state(), "now": logs.clock.now, **saved},
+        }
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         records = batch.tables.get(Table.LOGS)

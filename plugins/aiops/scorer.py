@@ -7,7 +7,9 @@ scores are the streaming scores.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -108,6 +110,41 @@ class SeriesScorer:
                 )
             )
         return scores, labels
+
+    def state(self) -> dict[str, Any]:
+        """What a restart needs to go on where it stopped: series, detector and alert state."""
+        arrays = getattr(self.detector, "state_arrays", None)
+        tracker = self.tracker
+        size = len(self.registry)
+        return {
+            "metas": msgspec.msgpack.encode(self.registry.metas),
+            "ids": dict(self.registry._ids),
+            "detector": {k: np.array(v) for k, v in arrays().items()} if arrays else None,
+            "tracker": {
+                name: np.array(getattr(tracker, name)[:size])
+                for name in ("firing", "onset", "peak", "points", "normal_run", "rank")
+            },
+            "last_sent": msgspec.msgpack.encode(tracker.last_sent),
+            "peak_point": dict(tracker.peak_point),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        metas = msgspec.msgpack.decode(state["metas"], type=list[SeriesMeta])
+        registry = self.registry
+        for meta in metas:
+            registry._add(meta.key, meta)
+        for key, sid in state["ids"].items():
+            registry._ids.setdefault(key, sid)  # keys skipped on purpose stay skipped
+        registry.take_new()  # known series: neither reconfigured nor stored again
+        load = getattr(self.detector, "load_arrays", None)
+        if load is not None and state.get("detector") is not None:
+            load(state["detector"])
+        tracker = self.tracker
+        tracker._grow(len(registry))
+        for name, values in state["tracker"].items():
+            getattr(tracker, name)[: values.size] = values
+        tracker.last_sent = msgspec.msgpack.decode(state["last_sent"], type=dict[int, AlertEvent])
+        tracker.peak_point = dict(state["peak_point"])
 
     def take_points(self) -> list[pa.RecordBatch]:
         points, self.pending_points = self.pending_points, []
