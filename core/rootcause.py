@@ -36,7 +36,7 @@ _ONSET_TAU_SECONDS = 120.0
 _RESTART = 0.15
 _STEPS = 40
 _DEPENDENCY_MIN_SCORE = 0.3
-_ONSETS_TRIED = 8
+_ONSETS_TRIED = 3
 _MIN_EVIDENCE = 0.2
 _BURST_WINDOW_NS = 600 * _SECOND
 _BURST_MARGIN_NS = 120 * _SECOND
@@ -122,12 +122,13 @@ def rank_by_jump(alerts: Sequence[Alert]) -> list[Candidate]:
 
 
 def _onset_minutes(alerts: Sequence[Alert]) -> dict[Node, list[int]]:
-    """The latest few distinct onset minutes of each alerting entity."""
+    """The first few distinct onset minutes of each alerting entity in the episode: where a
+    cause shows first (testing later minutes too would let any noisy edge find a jump)."""
     minutes: dict[Node, set[int]] = {}
     for alert in alerts:
         minute = alert.first_seen_unix_nano // (60 * _SECOND)
         minutes.setdefault(alert_nodes(alert).primary, set()).add(minute)
-    return {node: sorted(found)[-_ONSETS_TRIED:] for node, found in minutes.items()}
+    return {node: sorted(found)[:_ONSETS_TRIED] for node, found in minutes.items()}
 
 
 def _call_evidence(graph: TopologyGraph, caller: Node, callee: Node, minutes: list[int]) -> dict:
