@@ -32,7 +32,7 @@ ROLLUP_TABLE = "llmops_hourly"
 ROLLUP_DIMENSIONS = ("ServiceName", "Provider", "Model", "Operation")
 """Columns ``llmops_hourly`` keeps calls by, per hour: usage queries that group and filter only
 by these, in whole hours, read it instead of the calls. Few and of low cardinality, so the
-table stays small (hours × services × models); prompts, users and sessions go to the calls."""
+table stays small (hours by services by models); prompts, users and sessions go to the calls."""
 HOUR_NS = 3_600_000_000_000
 _ROLLUP_MEASURES = (
     ("Calls", "count(*)"),
