@@ -150,6 +150,18 @@ def test_latency_regression_raises_latency_alert_with_exemplars(aiops_server) ->
     assert evidence["observed"] > evidence["upper"] > evidence["expected"]
     onset = service_alert["first_seen_unix_nano"]
     assert T0 + slow_from * MINUTE <= onset <= T0 + (slow_from + 3) * MINUTE
+
+    # The requests stopped after the last window: the services' request rate drops to zero.
+    def traffic_drop() -> list[dict]:
+        return [
+            a
+            for a in _alerts(aiops_server)
+            if a["kind"] == "traffic" and a["entity"] == {"kind": "service", "name": "checkout"}
+        ]
+
+    [drop] = _wait(traffic_drop, "a traffic alert")
+    assert drop["evidence"]["observed"] == 0.0
+    assert drop["first_seen_unix_nano"] == T0 + windows * MINUTE
     exporter.shutdown()
 
 

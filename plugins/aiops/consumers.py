@@ -147,12 +147,20 @@ class SpansConsumer(_AiopsConsumer):
             self.red.entities = red["entities"]
             self.red.entity_meta = red["entity_meta"]
             self.red.clock.now = red["now"]
+            self.red.last_closed = red.get("last_closed")
+            self.red.last_seen = red.get("last_seen", {})
 
     def save(self) -> dict:
         red = self.red
         return {
             **super().save(),
-            "red": {"entities": red.entities, "entity_meta": red.entity_meta, "now": red.clock.now},
+            "red": {
+                "entities": red.entities,
+                "entity_meta": red.entity_meta,
+                "now": red.clock.now,
+                "last_closed": red.last_closed,
+                "last_seen": red.last_seen,
+            },
         }
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:

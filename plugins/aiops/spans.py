@@ -23,6 +23,8 @@ from opstrata.plugins.aiops.windows import EventClock
 __all__ = ["RedSeries"]
 
 EXEMPLARS = 5
+ZERO_WINDOWS = 30
+"""Windows after its last request in which a service's request rate is reported as zero."""
 _MEASURES = (
     # suffix, kind, direction, unit
     ("request_rate", "traffic", BOTH, "1/s"),
@@ -52,6 +54,9 @@ class RedSeries:
         self.entity_meta: list[tuple[Entity, dict[str, str]]] = []
         self.windows: dict[int, _Window] = {}
         self.late_spans = 0
+        self.last_closed: int | None = None
+        self.last_seen: dict[int, int] = {}
+        """Service entity id -> the last window it had requests in."""
 
     def _entity_ids(self, keys: pa.Array, resources: pa.Array, kind: str) -> np.ndarray:
         encoded = pc.dictionary_encode(keys)
@@ -137,14 +142,29 @@ class RedSeries:
         return int(spans.num_rows)
 
     def flush(self, everything: bool = False) -> None:
+        """Close complete windows in order, the empty ones since the last closed window too
+        (up to ``ZERO_WINDOWS``): a service that stops getting requests shows as a zero rate."""
         ready = sorted(self.windows) if everything else self.clock.closable(list(self.windows))
+        if self.last_closed is not None:
+            limit = self.clock.now // self.clock.width - self.clock.lateness
+            empty_until = min(limit, self.last_closed + 1 + ZERO_WINDOWS)
+            ready = sorted(set(ready) | set(range(self.last_closed + 1, empty_until)))
         for w in ready:
-            self._close(w, self.windows.pop(w))
+            if self.last_closed is not None and w <= self.last_closed:
+                self.windows.pop(w, None)
+                continue
+            self._close(w, self.windows.pop(w, None) or _Window())
+            self.last_closed = w
 
     def _close(self, w: int, acc: _Window) -> None:
         width_s = self.clock.width / 1e9
         start = w * self.clock.width
         present = np.flatnonzero(acc.count > 0)
+        for eid in present.tolist():
+            if self.entity_meta[eid][0].kind == "service":
+                self.last_seen[eid] = w
+        # Services seen recently but without a request in this window: a zero rate.
+        silent = [e for e, last in self.last_seen.items() if last < w and w - last <= ZERO_WINDOWS]
         groups, quantiles = acc.hist.quantiles((0.5, 0.99))
         q_of = {int(g): quantiles[j] for j, g in enumerate(groups.tolist())}
         keys, values, exemplars, metas = [], [], [], []
@@ -176,6 +196,24 @@ class RedSeries:
                         direction=direction,
                     )
                 )
+        for eid in silent:
+            entity, resource = self.entity_meta[eid]
+            suffix, kind, direction, unit = _MEASURES[0]
+            keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
+            values.append(0.0)
+            exemplars.append([])
+            metas.append(
+                SeriesMeta(
+                    id=0,
+                    key="",
+                    name=suffix,
+                    kind=kind,
+                    entity=entity,
+                    resource=resource,
+                    unit=unit,
+                    direction=direction,
+                )
+            )
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
