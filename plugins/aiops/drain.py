@@ -68,6 +68,8 @@ class TemplateMiner:
         self.sizes: dict[int, int] = {}
         self.tree: dict[int, dict] = {}
         self.cache: dict[str, int] = {}
+        self.by_shape: dict[tuple[int, str], list[int]] = {}
+        """(token count, first token) -> clusters, the fallback when the prefix path misses."""
         self.next_id = 1
         self.changed: set[int] = set()
         """Templates created or generalised since the last :meth:`take_changed`."""
@@ -116,25 +118,39 @@ class TemplateMiner:
             return None
         return node.setdefault("", [])
 
+    def _best(self, candidates: list[int], tokens: list[str]) -> tuple[int, float]:
+        """The most similar cluster (share of equal tokens; ties: more wildcards)."""
+        best, best_sim, best_params = 0, -1.0, -1
+        n = len(tokens)
+        for cid in candidates:
+            same = 0
+            params = 0
+            for a, b in zip(self.tokens[cid], tokens, strict=True):
+                if a == WILDCARD:
+                    params += 1
+                elif a == b:
+                    same += 1
+            sim = same / n
+            if sim > best_sim or (sim == best_sim and params > best_params):
+                best, best_sim, best_params = cid, sim, params
+        return best, best_sim
+
     def _place(self, tokens: list[str], index: int) -> int:
         if not tokens:
             tokens = [""]
         leaf = self._leaf(tokens, create=False)
-        best, best_sim, best_params = 0, -1.0, -1
-        if leaf:
-            n = len(tokens)
-            for cid in leaf:
-                template = self.tokens[cid]
-                same = 0
-                params = 0
-                for a, b in zip(template, tokens, strict=True):
-                    if a == WILDCARD:
-                        params += 1
-                    elif a == b:
-                        same += 1
-                sim = same / n
-                if sim > best_sim or (sim == best_sim and params > best_params):
-                    best, best_sim, best_params = cid, sim, params
+        best, best_sim = self._best(leaf or [], tokens)
+        shape = (len(tokens), tokens[0])
+        if not (best and best_sim >= self.similarity):
+            # A variable token among the first ones sends a line down another branch (plain
+            # Drain then splits the template): also try the clusters of the same length and
+            # first token, and file the match under this branch too.
+            recent = [c for c in self.by_shape.get(shape, [])[-200:] if not leaf or c not in leaf]
+            best, best_sim = self._best(recent, tokens)
+            if best and best_sim >= self.similarity:
+                branch = self._leaf(tokens, create=True)
+                assert branch is not None
+                branch.append(best)
         if best and best_sim >= self.similarity:
             template = self.tokens[best]
             merged = [a if a == b else WILDCARD for a, b in zip(template, tokens, strict=True)]
@@ -151,6 +167,7 @@ class TemplateMiner:
         leaf = self._leaf(tokens, create=True)
         assert leaf is not None
         leaf.append(cid)
+        self.by_shape.setdefault(shape, []).append(cid)
         return cid
 
     def template(self, cid: int) -> str:
@@ -172,9 +189,11 @@ class TemplateMiner:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.tokens, self.sizes, self.tree, self.cache = {}, {}, {}, {}
+        self.by_shape = {}
         for key, tokens in state.get("tokens", {}).items():
             cid = int(key)
             self.tokens[cid] = list(tokens)
+            self.by_shape.setdefault((len(tokens), tokens[0] if tokens else ""), []).append(cid)
             leaf = self._leaf(self.tokens[cid], create=True)
             assert leaf is not None
             leaf.append(cid)
