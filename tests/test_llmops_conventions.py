@@ -373,3 +373,40 @@ def test_drop_mode_stores_no_content(tmp_path: Path) -> None:
         assert call["input_tokens"] == 3
     finally:
         assert server.stop() == 0
+
+
+def test_calls_are_stored_once_across_a_kill_and_restart(tmp_path: Path) -> None:
+    """Killed (-9) right after its spans were acknowledged, while their calls may still wait to
+    be written: after the restart every call is there exactly once."""
+    server = ServerProcess(tmp_path / "data").start()
+
+    def calls_of(n: int, first: int) -> Any:
+        def build(tracer: trace.Tracer) -> None:
+            for i in range(first, first + n):
+                _span(tracer, "chat", {
+                    "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                    "gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": i,
+                })  # fmt: skip
+
+        return make_spans("crash-svc", build)
+
+    try:
+        _send(server, calls_of(20, 0))
+        _wait(lambda: len(_calls(server, service="crash-svc")) == 20, what="first calls")
+        _send(server, calls_of(30, 100))  # acknowledged = durable; the kill comes at once
+        server.kill()
+        server.start()
+        _send(server, calls_of(5, 1000))
+
+        def all_there() -> list[dict[str, Any]] | None:
+            found = _calls(server, service="crash-svc")
+            return found if len(found) >= 55 else None
+
+        found = _wait(all_there, what="every call after the restart")
+        time.sleep(1.5)  # a duplicate would show by now
+        found = _calls(server, service="crash-svc")
+        outputs = sorted(c["output_tokens"] for c in found)
+        assert outputs == [*range(20), *range(100, 130), *range(1000, 1005)]
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            assert server.stop() == 0

@@ -59,12 +59,14 @@ class CallWriter:
         self.stored_seq = self._read_progress()
 
     def _read_progress(self) -> int | None:
-        row = (
+        # fetchall, not fetchone: the cursor is the thread's, shared with the kernel's reads,
+        # and an unfinished result would block them.
+        rows = (
             cursor_of(self.store)
             .execute(f'SELECT "Seq" FROM {PROGRESS_TABLE} WHERE "Consumer" = ?', [self.name])
-            .fetchone()
+            .fetchall()
         )
-        return int(row[0]) if row else None
+        return int(rows[0][0]) if rows else None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmops-writer", daemon=True)
