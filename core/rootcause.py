@@ -40,6 +40,9 @@ _ONSETS_TRIED = 3
 _MIN_EVIDENCE = 0.2
 _BURST_WINDOW_NS = 600 * _SECOND
 _BURST_MARGIN_NS = 120 * _SECOND
+_SCAN_STEP_NS = 120 * _SECOND
+_SCAN_MINUTES = 5
+_MAX_SCANS = 60
 _UNKNOWN_EVIDENCE = 0.5
 
 
@@ -131,13 +134,24 @@ def _onset_minutes(alerts: Sequence[Alert]) -> dict[Node, list[int]]:
     return {node: sorted(found)[:_ONSETS_TRIED] for node, found in minutes.items()}
 
 
-def _call_evidence(graph: TopologyGraph, caller: Node, callee: Node, minutes: list[int]) -> dict:
-    """The strongest change of the calls ``caller → callee`` at one of the caller's onsets."""
-    jumps = [graph.call_jump(caller, callee, m * 60 * _SECOND) for m in minutes]
+def _call_evidence(
+    graph: TopologyGraph, caller: Node, callee: Node, minutes: list[int], episode: tuple[int, int]
+) -> dict:
+    """The strongest change of the calls ``caller → callee`` at one of the caller's first
+    onsets, or anywhere in the incident's episode (every other minute, five-minute windows:
+    a fault that hit an already-firing caller shows in its calls, not in a new onset)."""
+    starts = [m * 60 * _SECOND for m in minutes]
+    first, last = episode
+    if first:
+        last = max(first, last)
+        starts += range(max(first, last - _MAX_SCANS * _SCAN_STEP_NS), last + 1, _SCAN_STEP_NS)
+    jumps = [graph.call_jump(caller, callee, at, _SCAN_MINUTES) for at in starts]
     return max(jumps, key=lambda j: j.get("score", 0.0), default={})
 
 
-def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Suspect]:
+def _suspects(
+    alerts: Sequence[Alert], graph: TopologyGraph, episode: tuple[int, int] = (0, 0)
+) -> dict[Node, _Suspect]:
     suspects: dict[Node, _Suspect] = {}
     for alert in alerts:
         node = alert_nodes(alert).primary
@@ -156,7 +170,7 @@ def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Susp
         for callee in graph.successors(caller.node, (EdgeKind.CALLS,)):
             if callee in suspects and suspects[callee].alert_ids:
                 continue
-            jump = _call_evidence(graph, caller.node, callee, onsets.get(caller.node, []))
+            jump = _call_evidence(graph, caller.node, callee, onsets.get(caller.node, []), episode)
             score = jump.get("score", 0.0)
             if score < _DEPENDENCY_MIN_SCORE:
                 continue
@@ -183,6 +197,17 @@ def _suspects(alerts: Sequence[Alert], graph: TopologyGraph) -> dict[Node, _Susp
     overall = anomalous / max(graph.placed_services(), anomalous, 1)
     for place, above in shared.items():
         if place in suspects or len(above) < 2:
+            continue
+        # Services that call one another share their anomaly through the call, not the host.
+        independent = [
+            s for s in above
+            if not any(
+                graph.has_edge(EdgeKind.CALLS, s.node, o.node)
+                or graph.has_edge(EdgeKind.CALLS, o.node, s.node)
+                for o in above if o is not s
+            )
+        ]  # fmt: skip
+        if len(independent) < 2:
             continue
         hosted = len(graph.predecessors(place, (EdgeKind.RUNS_ON,)))
         local = len(above) / max(hosted, len(above))
@@ -215,24 +240,25 @@ def _explainers(
     return {other for other in found if other in suspects and other != node}
 
 
-def _episode(alerts: Sequence[Alert]) -> list[Alert]:
-    """The alerts of the incident's main episode: those still active at the start of the
-    densest burst of onsets. A fault raises its alerts in a burst; noise that joined before it
-    came and went, and would only blur the onsets."""
+def _episode(alerts: Sequence[Alert]) -> tuple[list[Alert], tuple[int, int]]:
+    """The alerts of the incident's main episode, and when it began: those still active at the
+    start of the densest burst of onsets. A fault raises its alerts in a burst; noise that
+    joined before it came and went, and would only blur the onsets."""
     times = np.sort(np.array([a.first_seen_unix_nano for a in alerts], dtype=np.int64))
     counts = np.searchsorted(times, times + _BURST_WINDOW_NS, side="right") - np.arange(len(times))
     # The latest of the densest windows: a relapse or a new wave is what is happening now.
     best = len(counts) - 1 - int(np.argmax(counts[::-1]))
     start = int(times[best]) - _BURST_MARGIN_NS
-    return [a for a in alerts if a.last_seen_unix_nano >= start]
+    chosen = [a for a in alerts if a.last_seen_unix_nano >= start]
+    return chosen, (start, max(a.first_seen_unix_nano for a in chosen))
 
 
 def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Candidate]:
     """Candidates for the root cause of one incident, best first, scores in [0, 1]."""
     if not alerts:
         return []
-    alerts = _episode(alerts)
-    suspects = _suspects(alerts, graph)
+    alerts, episode = _episode(alerts)
+    suspects = _suspects(alerts, graph, episode)
     # What else explains an alert's entity: its placement and, for models, its owner's placement.
     owners: dict[Node, set[Node]] = {}
     for alert in alerts:
@@ -257,7 +283,7 @@ def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Cand
             if graph.has_edge(EdgeKind.CALLS, node, target):
                 # A callee explains its caller only if the calls to it changed: a callee with
                 # an anomaly of its own but answering its caller as usual is not the cause.
-                jump = _call_evidence(graph, node, target, onsets.get(node, []))
+                jump = _call_evidence(graph, node, target, onsets.get(node, []), episode)
                 evidence = jump.get("score", _UNKNOWN_EVIDENCE)
                 if evidence < _MIN_EVIDENCE:
                     continue

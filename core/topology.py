@@ -223,10 +223,13 @@ class TopologyGraph:
                 for (kind, source, target), state in self._edges.items()
             ]
 
-    def call_jump(self, caller: Node, callee: Node, onset_unix_nano: int) -> dict[str, float]:
-        """How much the calls ``caller → callee`` changed around ``onset`` against the hour
-        before: ``latency_ratio`` and ``error_delta`` (a share), with a ``score`` in [0, 1];
-        empty when the edge has no statistics before the onset."""
+    def call_jump(
+        self, caller: Node, callee: Node, onset_unix_nano: int, minutes_after: int = 3
+    ) -> dict[str, float]:
+        """How much the calls ``caller → callee`` changed from a minute before ``onset`` to
+        ``minutes_after`` after it, against the hour before: ``latency_ratio`` and
+        ``error_delta`` (a share), with a ``score`` in [0, 1]; empty when the edge has no
+        statistics before the onset."""
         with self._lock:
             state = self._edges.get((EdgeKind.CALLS, caller, callee))
             if state is None or not state.minutes:
@@ -234,7 +237,7 @@ class TopologyGraph:
             minutes = dict(state.minutes)
         onset = onset_unix_nano // _MINUTE
         before = [minutes[m] for m in minutes if onset - 60 <= m < onset - 1]
-        after = [minutes[m] for m in minutes if onset - 1 <= m <= onset + 3]
+        after = [minutes[m] for m in minutes if onset - 1 <= m <= onset + minutes_after]
         if len(before) < 3 or not after:
             return {}
         base = np.array(before)
