@@ -11,7 +11,8 @@ and incidents back through the HTTP API and scores them against the scenario's g
 - raw alert events, alerts after dedup, incidents (merged ones not counted);
 - dedup compression 1 - alerts/events, correlation compression 1 - incidents/alerts, overall
   1 - incidents/events;
-- the *fault incident* (the incident holding most alerts that began inside the fault window):
+- the *fault incident* (the incident holding most alerts that began inside the fault window on
+  entities the fault affects):
   root cause top-1 / top-3 of the ranking and of the jump baseline beside it, and the simulated
   time from the fault's first effect to that incident's first alert;
 - false incidents: every other incident, per simulated day.
@@ -102,7 +103,19 @@ def _score(scenario: str, seed: int, sim: Simulation, truths: list[Truth], wall:
                 if alert_id in by_id and lo <= by_id[alert_id]["first_seen_unix_nano"] < hi
             )  # fmt: skip
 
-        ranked = sorted(incidents, key=lambda i: -inside(i))
+        affected = {truth.root_cause, *truth.aliases, *truth.affected}
+
+        def on_affected(
+            incident: dict, lo: int = start, hi: int = end, wanted: set = affected
+        ) -> int:
+            return sum(
+                1 for alert_id in incident["alert_ids"]
+                if alert_id in by_id and lo <= by_id[alert_id]["first_seen_unix_nano"] < hi
+                and _entity(by_id[alert_id]) in wanted
+            )  # fmt: skip
+
+        # The fault's incident carries the fault's symptoms: alerts on the entities it affects.
+        ranked = sorted(incidents, key=lambda i: (-on_affected(i), -inside(i)))
         if not ranked or inside(ranked[0]) == 0:
             continue
         chosen = ranked[0]
