@@ -22,8 +22,8 @@ def _all(client: httpx.Client, path: str, key: str) -> list[dict]:
 
 def test_gpu_node_trouble_is_one_cross_layer_incident_rooted_at_the_node(tmp_path: Path) -> None:
     sim = Simulation(
-        scenario="gpu-node-trouble", seed=1, speed=0.0, warmup_minutes=45,
-        duration_minutes=60, rate=3.0, start_unix_nano=START,
+        scenario="gpu-node-trouble", seed=1, speed=0.0, warmup_minutes=40,
+        duration_minutes=55, rate=2.0, start_unix_nano=START,
     )  # fmt: skip
     server = ServerProcess(tmp_path / "data").start()
     try:

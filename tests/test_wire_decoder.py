@@ -372,7 +372,7 @@ def _chunks(message: object, rnd: random.Random) -> list[bytes]:
 # --- tests ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False), st.randoms(use_true_random=False))
 def test_equivalent_on_generated_requests(rnd: random.Random, enc_rnd: random.Random) -> None:
     request = random_request(rnd)
