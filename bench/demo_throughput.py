@@ -34,8 +34,12 @@ START = 1_700_000_040 * 1_000_000_000
 def _points(data: object) -> int:
     if data is None:
         return 0
-    return sum(len(m.data.data_points) for rm in data.resource_metrics  # type: ignore[attr-defined]
-               for sm in rm.scope_metrics for m in sm.metrics)
+    return sum(
+        len(m.data.data_points)
+        for rm in data.resource_metrics  # type: ignore[attr-defined]
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    )
 
 
 def main() -> int:
@@ -47,8 +51,15 @@ def main() -> int:
     args = parser.parse_args()
 
     def sim() -> Simulation:
-        return Simulation("normal", seed=1, speed=0, warmup_minutes=args.minutes,
-                          duration_minutes=args.minutes, rate=args.rate, start_unix_nano=START)
+        return Simulation(
+            "normal",
+            seed=1,
+            speed=0,
+            warmup_minutes=args.minutes,
+            duration_minutes=args.minutes,
+            rate=args.rate,
+            start_unix_nano=START,
+        )
 
     cpu = time.process_time()
     spans = logs = points = 0
@@ -57,9 +68,11 @@ def main() -> int:
         logs += len(tick.log_records)
         points += _points(tick.metrics)
     cpu = time.process_time() - cpu
-    print(f"generation: {spans:,} spans, {logs:,} log records, {points:,} metric points in "
-          f"{cpu:.2f} CPU s: {spans / cpu:,.0f} spans/CPU-s "
-          f"({(spans + logs + points) / cpu:,.0f} items/CPU-s)")
+    print(
+        f"generation: {spans:,} spans, {logs:,} log records, {points:,} metric points in "
+        f"{cpu:.2f} CPU s: {spans / cpu:,.0f} spans/CPU-s "
+        f"({(spans + logs + points) / cpu:,.0f} items/CPU-s)"
+    )
 
     server = None
     target = args.target
@@ -75,10 +88,12 @@ def main() -> int:
         if server is not None:
             server.stop()
     plugins = "plugins on" if args.plugins or args.target else "detector plugins off"
-    print(f"export ({plugins}): {stats.spans:,} spans in {wall:.1f} s: "
-          f"{stats.spans / wall:,.0f} spans/s, client {cpu:.1f} CPU s "
-          f"({stats.spans / cpu:,.0f} spans/CPU-s), {stats.failed_exports} failed exports; "
-          f"speed x rate up to {args.minutes * 60 * args.rate / wall:,.0f} keeps up")
+    print(
+        f"export ({plugins}): {stats.spans:,} spans in {wall:.1f} s: "
+        f"{stats.spans / wall:,.0f} spans/s, client {cpu:.1f} CPU s "
+        f"({stats.spans / cpu:,.0f} spans/CPU-s), {stats.failed_exports} failed exports; "
+        f"speed x rate up to {args.minutes * 60 * args.rate / wall:,.0f} keeps up"
+    )
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     return 0
 

@@ -105,14 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_arguments(demo)
     demo.set_defaults(handler=_demo)
 
-    for name, what in (("detect", "score a timestamp,value CSV with the AIOps detectors"),
-                       ("templates", "mine log templates from a file, one message per line")):
+    for name, what in (
+        ("detect", "score a timestamp,value CSV with the AIOps detectors"),
+        ("templates", "mine log templates from a file, one message per line"),
+    ):
         offline = commands.add_parser(name, help=what)
         offline.add_argument("input", metavar="SERIES.csv" if name == "detect" else "APP.log")
         offline.add_argument("--output", metavar="OUT.csv", help="where to write (stdout)")
         offline.add_argument("--config", metavar="FILE.toml", help="settings ([plugins.aiops])")
-        offline.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                             help="progress on stderr (default: when stderr is a terminal)")
+        offline.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress on stderr (default: when stderr is a terminal)",
+        )
         offline.set_defaults(handler=_aiops)
     return parser
 

@@ -39,8 +39,15 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # server takes the run faster.
     detectors = '["aiops", "mlops", "llmops"]'
     server = ServerProcess(data, env={"OPSTRATA_DISABLED_PLUGINS": detectors}).start()
-    sim = Simulation("slow-database+gpu-node-trouble", seed=7, speed=0, warmup_minutes=5,
-                     duration_minutes=12, rate=1.5, start_unix_nano=START)
+    sim = Simulation(
+        "slow-database+gpu-node-trouble",
+        seed=7,
+        speed=0,
+        warmup_minutes=5,
+        duration_minutes=12,
+        rate=1.5,
+        start_unix_nano=START,
+    )
     stats = sim.run(server.grpc_endpoint)
     try:
         # One checkout trace through the API, while the server runs.
@@ -118,8 +125,11 @@ def test_every_signal_carries_simulated_time(stored: dict) -> None:
     interval = 30 * 1_000_000_000  # the default metric export interval, simulated
     assert min(times) == START + interval and max(times) == sim.end_unix_nano
     assert all((t - START) % interval == 0 for t in times)
-    hosts = {r["ResourceAttributes"]["host.name"] for r in stored["gauges"]
-             if r["MetricName"] == "system.cpu.utilization"}
+    hosts = {
+        r["ResourceAttributes"]["host.name"]
+        for r in stored["gauges"]
+        if r["MetricName"] == "system.cpu.utilization"
+    }
     assert hosts == {"node-a", "node-b", "node-c", "gpu-node-1"}
     names = {r["MetricName"] for r in stored["histograms"]}
     assert {"http.server.request.duration", "gen_ai.client.token.usage"} <= names
@@ -132,8 +142,12 @@ def test_the_slow_database_slows_its_callers_and_times_out(stored: dict) -> None
     spans = stored["spans"]
 
     def durations(pick, after: bool) -> list[float]:
-        return [s["Duration"] for s in spans if pick(s)
-                and ((s["Timestamp"] >= onset + 3 * MIN) if after else s["Timestamp"] < onset)]
+        return [
+            s["Duration"]
+            for s in spans
+            if pick(s)
+            and ((s["Timestamp"] >= onset + 3 * MIN) if after else s["Timestamp"] < onset)
+        ]
 
     def db(s: dict) -> bool:
         return s["SpanAttributes"].get("peer.service") == "postgresql"
@@ -143,8 +157,7 @@ def test_the_slow_database_slows_its_callers_and_times_out(stored: dict) -> None
 
     assert _median(durations(db, True)) > 8 * _median(durations(db, False))
     assert _median(durations(checkout, True)) > 1.5 * _median(durations(checkout, False))
-    timeouts = [s["Timestamp"] for s in spans
-                if db(s) and "QueryCanceled" in s["StatusMessage"]]
+    timeouts = [s["Timestamp"] for s in spans if db(s) and "QueryCanceled" in s["StatusMessage"]]
     assert timeouts and min(timeouts) >= onset
     assert stored["sim"].truths[0].root_cause == Entity("service", "postgresql")
 
@@ -153,8 +166,10 @@ def test_the_gpu_fault_cascades_to_the_model_and_the_llm(stored: dict) -> None:
     onset = stored["sim"].onset_unix_nano
     spans, gauges = stored["spans"], stored["gauges"]
     temps = [(r["TimeUnix"], r["Value"]) for r in gauges if r["MetricName"] == "gpu.temperature"]
-    assert max(v for t, v in temps if t >= onset + 3 * MIN) > max(v for t, v in temps
-                                                                  if t < onset) + 10
+    assert (
+        max(v for t, v in temps if t >= onset + 3 * MIN)
+        > max(v for t, v in temps if t < onset) + 10
+    )
     model = [s for s in spans if s["ServiceName"] == "model-server"]
     before = [s for s in model if s["Timestamp"] < onset]
     after = [s for s in model if s["Timestamp"] >= onset + 4 * MIN]
@@ -162,47 +177,72 @@ def test_the_gpu_fault_cascades_to_the_model_and_the_llm(stored: dict) -> None:
     attrs = before[0]["SpanAttributes"]
     assert attrs["ml.model.name"] == "fraud-model" and attrs["ml.model.version"] == "3"
     assert {"ml.feature.amount", "ml.feature.country", "ml.prediction", "ml.prediction.id"} <= set(
-        attrs)
+        attrs
+    )
 
     def score(group: list[dict]) -> float:
-        return _median([float(s["SpanAttributes"]["ml.prediction.score"]) for s in group
-                        if "ml.prediction.score" in s["SpanAttributes"]])
+        return _median(
+            [
+                float(s["SpanAttributes"]["ml.prediction.score"])
+                for s in group
+                if "ml.prediction.score" in s["SpanAttributes"]
+            ]
+        )
 
     assert score(after) > score(before) + 0.1
 
     def reviews_per_minute(lo: int, hi: int) -> float:
-        calls = [s for s in spans if s["SpanAttributes"].get("gen_ai.request.model") == "gpt-4o"
-                 and lo <= s["Timestamp"] < hi]
+        calls = [
+            s
+            for s in spans
+            if s["SpanAttributes"].get("gen_ai.request.model") == "gpt-4o"
+            and lo <= s["Timestamp"] < hi
+        ]
         return len(calls) / ((hi - lo) / MIN)
 
     end = stored["sim"].end_unix_nano
     assert reviews_per_minute(onset + 4 * MIN, end) > 1.5 * reviews_per_minute(START, onset)
-    llm = next(s for s in spans if s["SpanName"] == "chat gpt-4o-mini"
-               and s["StatusCode"] != "Error")["SpanAttributes"]
+    llm = next(
+        s for s in spans if s["SpanName"] == "chat gpt-4o-mini" and s["StatusCode"] != "Error"
+    )["SpanAttributes"]
     assert llm["gen_ai.provider.name"] == "openai" and llm["gen_ai.operation.name"] == "chat"
     assert int(llm["gen_ai.usage.input_tokens"]) > 0 and int(llm["gen_ai.usage.output_tokens"]) > 0
 
 
 def test_late_labels_name_stored_predictions(stored: dict) -> None:
-    predictions = {s["SpanAttributes"]["ml.prediction.id"] for s in stored["spans"]
-                   if "ml.prediction.id" in s["SpanAttributes"]}
+    predictions = {
+        s["SpanAttributes"]["ml.prediction.id"]
+        for s in stored["spans"]
+        if "ml.prediction.id" in s["SpanAttributes"]
+    }
     labels = [r for r in stored["logs"] if "ml.label" in r["LogAttributes"]]
     assert labels
     assert all(r["LogAttributes"]["ml.prediction.id"] in predictions for r in labels)
     assert {r["LogAttributes"]["ml.label"] for r in labels} <= {"0", "1"}
     errors = [r for r in stored["logs"] if r["SeverityText"] == "ERROR"]
     assert any("Xid 48" in r["Body"] for r in errors)
-    assert all(r["Timestamp"] >= stored["sim"].onset_unix_nano
-               for r in errors if "Xid" in r["Body"] or "QueryCanceled" in r["Body"])
+    assert all(
+        r["Timestamp"] >= stored["sim"].onset_unix_nano
+        for r in errors
+        if "Xid" in r["Body"] or "QueryCanceled" in r["Body"]
+    )
 
 
 def test_a_seed_fixes_the_telemetry() -> None:
     def first(seed: int) -> list[tuple]:
-        sim = Simulation("bad-deploy", seed=seed, speed=0, warmup_minutes=0, duration_minutes=1,
-                         start_unix_nano=START)
+        sim = Simulation(
+            "bad-deploy",
+            seed=seed,
+            speed=0,
+            warmup_minutes=0,
+            duration_minutes=1,
+            start_unix_nano=START,
+        )
         tick = next(iter(sim.ticks()))
-        return [(s.context.span_id, s.start_time, s.end_time, s.name, dict(s.attributes or {}))
-                for s in tick.spans]
+        return [
+            (s.context.span_id, s.start_time, s.end_time, s.name, dict(s.attributes or {}))
+            for s in tick.spans
+        ]
 
     assert first(3) == first(3)
     assert first(3) != first(4)
@@ -218,9 +258,25 @@ def test_a_seed_fixes_the_telemetry() -> None:
 
 def test_demo_command_runs_end_to_end_and_cleans_up() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "opstrata.cli", "demo", "--scenario", "normal", "--speed", "0",
-         "--rate", "1", "--warmup-minutes", "1", "--fault-minutes", "1"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "opstrata.cli",
+            "demo",
+            "--scenario",
+            "normal",
+            "--speed",
+            "0",
+            "--rate",
+            "1",
+            "--warmup-minutes",
+            "1",
+            "--fault-minutes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "=== scenario normal" in done.stdout
@@ -237,8 +293,7 @@ def test_demo_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_all_scenarios_run_on_one_clock_that_ends_now() -> None:
-    args = argparse.Namespace(seed=2, speed=0.0, rate=1.0, warmup_minutes=10.0,
-                              fault_minutes=5.0)
+    args = argparse.Namespace(seed=2, speed=0.0, rate=1.0, warmup_minutes=10.0, fault_minutes=5.0)
     names = [n for n in SCENARIOS if n != "normal"]
     sims = _plan(names, args)
     assert [s.truth.scenario for s in sims] == names
