@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pluginsupport import SAMPLE, Webhook
 from tests.serverproc import ServerProcess
 
 
@@ -34,3 +37,23 @@ def query_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     sent = send_all(proc)
     yield proc, sent
     assert proc.stop() == 0, "".join(proc.output)
+
+
+@pytest.fixture(scope="session")
+def sample_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample plugin pip-installed (with its entry point) into a directory of its own."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+         str(target), str(SAMPLE)],
+        check=True,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """A local receiver for the webhook notifier's posts."""
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tests.otelsdk import log_exporter, make_logs, resource, span_exporter
+from tests.pluginsupport import Webhook, plugin_env, wait_for
 from tests.serverproc import ServerProcess
-from tests.test_plugins import Webhook, _env, _wait, sample_site, webhook  # noqa: F401
 
 S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z: simulated event time, far from the wall clock
@@ -120,14 +120,14 @@ def send(server: ServerProcess, spans: list[ReadableSpan]) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path, sample_site: Path, webhook: Webhook) -> Iterator[ServerProcess]:  # noqa: F811
+def server(tmp_path: Path, sample_site: Path, webhook: Webhook) -> Iterator[ServerProcess]:
     config = tmp_path / "opstrata.toml"
     config.write_text(
         f'[plugins.webhook]\nurl = "{webhook.url}"\n'
         "[incidents]\nquiet_seconds = 300\nreopen_seconds = 1800\n"
     )
     # Only the sample plugin raises alerts here (the detectors would add their own, unscripted).
-    env = {**_env(sample_site), "OPSTRATA_DISABLED_PLUGINS": '["aiops", "mlops", "llmops"]'}
+    env = {**plugin_env(sample_site), "OPSTRATA_DISABLED_PLUGINS": '["aiops", "mlops", "llmops"]'}
     process = ServerProcess(tmp_path / "data", env=env, config_file=config).start()
     yield process
     assert process.stop() == 0
@@ -139,7 +139,7 @@ def _incidents(server: ServerProcess, **params: object) -> list[dict]:
 
 def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_another(
     server: ServerProcess,
-    webhook: Webhook,  # noqa: F811
+    webhook: Webhook,
 ) -> None:
     services = Services()
     # Twenty quiet minutes teach the call graph and the database's normal latency (5 ms).
@@ -163,7 +163,7 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
         alerts = server.api("/api/v1/alerts").json()["alerts"]
         return found if len(alerts) == 4 and len(found) == 2 else None
 
-    incidents = _wait(settled, what="four alerts in two open incidents")
+    incidents = wait_for(settled, what="four alerts in two open incidents")
     by_service = {tuple(sorted(i["services"])): i for i in incidents}
     cascade = by_service[("checkout", "frontend", "payment")]
     mailer = by_service[("mailer",)]
@@ -182,13 +182,13 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
     for i in range(6):
         checkout_trace(services, later + i * 10 * S, db_ms=5)
     send(server, services.take())
-    _wait(lambda: not _incidents(server, status="open"), what="both incidents resolved")
+    wait_for(lambda: not _incidents(server, status="open"), what="both incidents resolved")
 
     # A relapse of the payment path within the reopen window reopens the cascade incident.
     relapse = later + 5 * 60 * S
     checkout_trace(services, relapse, db_ms=60, flagged=frozenset(["payment"]))
     send(server, services.take())
-    reopened = _wait(lambda: _incidents(server, status="open"), what="a reopened incident")
+    reopened = wait_for(lambda: _incidents(server, status="open"), what="a reopened incident")
     assert [i["id"] for i in reopened] == [cascade["id"]]
     assert reopened[0]["reopened"] == 1
 
@@ -196,7 +196,7 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
         changes = webhook.changes()
         return changes if "reopened" in changes else None
 
-    changes = _wait(delivered, what="webhook deliveries up to the reopening")
+    changes = wait_for(delivered, what="webhook deliveries up to the reopening")
     assert changes.count("opened") == 2
     assert changes.count("resolved") == 2
     assert "updated" in changes
@@ -204,13 +204,13 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
 
 def test_incident_filters_and_detail_with_exemplars_and_logs(
     server: ServerProcess,
-    webhook: Webhook,  # noqa: F811
+    webhook: Webhook,
 ) -> None:
     services = Services()
     for i in range(3):
         mail(services, T0 + i * S, flagged=i == 2)
     send(server, services.take())
-    [incident] = _wait(lambda: _incidents(server, status="open"), what="an incident")
+    [incident] = wait_for(lambda: _incidents(server, status="open"), what="an incident")
     assert _incidents(server, service="mailer")[0]["id"] == incident["id"]
     assert _incidents(server, entity="service:mailer")[0]["id"] == incident["id"]
     assert _incidents(server, layer="aiops", severity="error")[0]["id"] == incident["id"]

@@ -1,5 +1,8 @@
 """A third-party plugin, pip-installed, sees the stream, raises alerts that become incidents,
-answers on its route; consumers are isolated, bounded, and resume exactly after restarts."""
+answers on its route; consumers are isolated, bounded, and resume exactly after restarts.
+
+The plugin is ``tests/sample_plugin``, installed into its own directory by the ``sample_site``
+fixture (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -9,81 +12,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.otelsdk import make_spans, span_exporter
+from tests.pluginsupport import Webhook, plugin_env, wait_for
 from tests.serverproc import ServerProcess
 from tests.test_bad_input import PROTOBUF, _spans
 
-SAMPLE = Path(__file__).parent / "sample_plugin"
 SECRET = "hush"
-
-
-@pytest.fixture(scope="module")
-def sample_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample plugin pip-installed (with its entry point) into a directory of its own."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-         str(target), str(SAMPLE)],
-        check=True,
-    )  # fmt: skip
-    return target
-
-
-def _env(site: Path) -> dict[str, str]:
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-
-
-def _wait(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Webhook:
-    """A local HTTP server that records what the webhook notifier posts."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def changes(self) -> list[str]:
-        return [json.loads(body)["change"] for _, body in self.received]
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    yield hook
-    hook.server.shutdown()
 
 
 def _metric(server: ServerProcess, name: str, label: str) -> float:
@@ -102,7 +42,8 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
         f'[plugins.webhook]\nurl = "{webhook.url}"\nsecret = "{SECRET}"\n'
         f'[plugins.sample]\nnotify_file = "{notify_file}"\n'
     )
-    server = ServerProcess(tmp_path / "data", env=_env(sample_site), config_file=config).start()
+    env = plugin_env(sample_site)
+    server = ServerProcess(tmp_path / "data", env=env, config_file=config).start()
     try:
 
         def build(tracer) -> None:
@@ -116,8 +57,8 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         exporter.shutdown()
 
-        assert _wait(lambda: server.api("/api/v1/sample/counts").json().get("shop") == 5)
-        incidents = _wait(
+        assert wait_for(lambda: server.api("/api/v1/sample/counts").json().get("shop") == 5)
+        incidents = wait_for(
             lambda: server.api("/api/v1/incidents").json()["incidents"], what="an incident"
         )
         [incident] = incidents
@@ -139,7 +80,7 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
         missing = httpx.post(f"{server.api_base}/api/v1/incidents/inc_nothing/ack")
         assert missing.status_code == 404
 
-        _wait(lambda: len(webhook.received) >= 3, what="three webhook deliveries")
+        wait_for(lambda: len(webhook.received) >= 3, what="three webhook deliveries")
         assert webhook.changes() == ["opened", "acknowledged", "resolved"]
         for headers, body in webhook.received:
             expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -165,14 +106,14 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
 
     listing = subprocess.run(
         [sys.executable, "-m", "opstrata.cli", "plugins", "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, env={**os.environ, **_env(sample_site)}, check=True,
+        capture_output=True, text=True, env={**os.environ, **plugin_env(sample_site)}, check=True,
     )  # fmt: skip
     assert "sample" in listing.stdout and "0.3.0" in listing.stdout
     assert "opstrata_register_routes" in listing.stdout
 
 
 def test_disabled_plugin_is_not_loaded(tmp_path: Path, sample_site: Path) -> None:
-    env = {**_env(sample_site), "OPSTRATA_DISABLED_PLUGINS": '["sample"]'}
+    env = {**plugin_env(sample_site), "OPSTRATA_DISABLED_PLUGINS": '["sample"]'}
     server = ServerProcess(tmp_path / "data", env=env).start()
     try:
         names = {p["name"] for p in server.api("/api/v1/plugins").json()}
@@ -185,7 +126,7 @@ def test_disabled_plugin_is_not_loaded(tmp_path: Path, sample_site: Path) -> Non
 def test_bad_plugin_settings_stop_the_server_with_a_message(
     tmp_path: Path, sample_site: Path
 ) -> None:
-    env = {**_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__NONSENSE": "1"}
+    env = {**plugin_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__NONSENSE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "opstrata.cli", "serve", "--data-dir", str(tmp_path / "d"),
          "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--api", "127.0.0.1:0"],
@@ -209,16 +150,16 @@ def _send(server: ServerProcess, n: int) -> None:
 
 
 def test_slow_and_failing_consumers_are_isolated(tmp_path: Path, sample_site: Path) -> None:
-    env = {**_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__SLOW_SECONDS": "0.15"}
+    env = {**plugin_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__SLOW_SECONDS": "0.15"}
     server = ServerProcess(tmp_path / "data", env=env).start()
     state = tmp_path / "data" / "plugins" / "sample"
     try:
         _send(server, 40)
         # The fast consumer keeps up while the slow one is still working through its backlog.
-        _wait(lambda: len(_seqs(state / "spans.seq")) == 40, what="the fast consumer")
+        wait_for(lambda: len(_seqs(state / "spans.seq")) == 40, what="the fast consumer")
         assert len(_seqs(state / "slow.seq")) < 40
         assert _metric(server, "opstrata_consumer_lag_batches", "sample/slow") > 0
-        _wait(lambda: len(_seqs(state / "slow.seq")) == 40, timeout=120, what="the slow one")
+        wait_for(lambda: len(_seqs(state / "slow.seq")) == 40, timeout=120, what="the slow one")
         assert _metric(server, "opstrata_consumer_catch_up_batches_total", "sample/slow") > 0
         assert _metric(server, "opstrata_consumer_errors_total", "sample/broken") == 40
     finally:
@@ -231,11 +172,11 @@ def test_slow_and_failing_consumers_are_isolated(tmp_path: Path, sample_site: Pa
 def test_restarted_consumer_resumes_after_its_last_batch(
     tmp_path: Path, sample_site: Path, how: str
 ) -> None:
-    env = {**_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__SLOW_SECONDS": "0.1"}
+    env = {**plugin_env(sample_site), "OPSTRATA_PLUGINS__SAMPLE__SLOW_SECONDS": "0.1"}
     state = tmp_path / "data" / "plugins" / "sample"
     first = ServerProcess(tmp_path / "data", env=env).start()
     _send(first, 30)
-    _wait(lambda: len(_seqs(state / "slow.seq")) >= 5, what="some progress")
+    wait_for(lambda: len(_seqs(state / "slow.seq")) >= 5, what="some progress")
     if how == "sigterm":
         assert first.stop() == 0
     else:
@@ -246,7 +187,7 @@ def test_restarted_consumer_resumes_after_its_last_batch(
     second = ServerProcess(tmp_path / "data", env=env).start()
     try:
         _send(second, 10)
-        _wait(lambda: len(set(_seqs(state / "slow.seq"))) == 40, timeout=120, what="catch-up")
+        wait_for(lambda: len(set(_seqs(state / "slow.seq"))) == 40, timeout=120, what="catch-up")
     finally:
         assert second.stop() == 0
     slow = _seqs(state / "slow.seq")
