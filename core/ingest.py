@@ -1,14 +1,23 @@
-"""The ingest pipeline: admit → decode → commit, shared by every receiver.
+"""The ingest pipeline: admit → decode → log → acknowledge, load behind; shared by every receiver.
 
 A receiver hands a request body to :meth:`IngestPipeline.ingest` and turns the outcome (or the
-``IngestError`` it raises) into its protocol's reply. The reply to a client is therefore sent
-only after the store has made its data durable.
+``IngestError`` it raises) into its protocol's reply. The reply to a client is sent only after
+the request's data is durable: its body is in the ingest log (``opstrata.ingestlog``) and
+fsynced. Its decoded batches go to the store's writer at once, which loads them into DuckDB in
+commits as large as the backlog, recording the log position loaded in the same transaction;
+at start-up the records past that position are decoded again and loaded. Admission counts a
+request's bytes until the store has loaded it, so it bounds the backlog not yet in DuckDB.
+
+Without a log directory the pipeline acknowledges only after the store's commit (the previous
+design, kept for comparison).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -17,11 +26,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pyarrow as pa
 
 from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
+from opstrata.ingestlog import IngestLog, LogRecord
 from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
@@ -33,6 +44,12 @@ from opstrata.storage.base import Store, StoreError
 __all__ = ["IngestPipeline"]
 
 log = logging.getLogger(__name__)
+
+# Codes of the ingest log's records: fixed numbers, never reused (the log outlives a release).
+_SIGNAL_CODES = {Signal.SPANS: 1, Signal.METRIC_POINTS: 2, Signal.LOG_RECORDS: 3}
+_ENCODING_CODES = {Encoding.PROTOBUF: 1, Encoding.JSON: 2}
+_SIGNALS_BY_CODE = {code: signal for signal, code in _SIGNAL_CODES.items()}
+_ENCODINGS_BY_CODE = {code: encoding for encoding, code in _ENCODING_CODES.items()}
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -63,7 +80,13 @@ def _stop_pool(pool: ProcessPoolExecutor, timeout: float) -> None:
 class IngestPipeline:
     """Bounded admission, decoding (in worker processes when configured) and durable commit."""
 
-    def __init__(self, settings: IngestSettings, store: Store, metrics: SelfMetrics) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        store: Store,
+        metrics: SelfMetrics,
+        log_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -79,9 +102,48 @@ class IngestPipeline:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.log = IngestLog(log_dir) if log_dir is not None else None
+        self.loaded = 0
+        """Ingest log position up to which every record's load has finished (in order)."""
+        self._load_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
         metrics.queue_capacity_bytes.set(settings.queue_bytes)
 
     def start(self) -> None:
+        """Start the decode workers, and open the ingest log: what a crash left unloaded is
+        decoded again and queued for the store before any new request."""
+        self._start_pool()
+        if self.log is not None:
+            self.loaded = self.store.log_position()  # type: ignore[attr-defined]
+            pending = self.log.open(self.loaded)
+            self.log.start(asyncio.get_running_loop())
+            if pending:
+                log.info("ingest log: loading %d requests acknowledged before a stop", len(pending))
+            for record in pending:
+                self._replay(record)
+
+    def _replay(self, record: LogRecord) -> None:
+        signal = _SIGNALS_BY_CODE[record.signal]
+        try:
+            decoded = decode_request(
+                signal, record.body, _ENCODINGS_BY_CODE[record.encoding], self.limits
+            )
+        except Exception:
+            log.exception("ingest log: a logged %s request no longer decodes; skipped", signal)
+            self._loaded_upto(record.end)
+            return
+        if not decoded.batches:
+            self._loaded_upto(record.end)
+            return
+        # Counted against admission like a live request: the backlog bound covers it too.
+        nbytes = len(record.body)
+        self.admission.in_flight_bytes += nbytes
+        self.admission.in_flight_requests += 1
+        self._idle.clear()
+        self._load(signal, decoded, nbytes, record.end)
+
+    def _start_pool(self) -> None:
         if self.settings.decode_workers > 0:
             self._pool = self._new_pool()
             # Start the workers now, so that the first request does not pay for it.
@@ -105,6 +167,8 @@ class IngestPipeline:
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        if self.log is not None:
+            await asyncio.to_thread(self.log.close)
         if self._pool is not None:
             await asyncio.to_thread(_stop_pool, self._pool, 10.0)
             self._pool = None
@@ -169,7 +233,7 @@ class IngestPipeline:
         self, signal: Signal, body: bytes, encoding: Encoding, nbytes: int
     ) -> DecodedRequest:
         metrics = self.metrics
-        admission = self.admission
+        release = True
         try:
             try:
                 decoded = await self._decode(signal, body, encoding)
@@ -177,23 +241,110 @@ class IngestPipeline:
                 metrics.rejected_requests.labels(signal.value, "malformed").inc()
                 raise
             self._count_decoded(signal, decoded)
-            if decoded.batches:
-                try:
-                    seq = await self.store.write(decoded.batches)
-                except StoreError as exc:
-                    metrics.rejected_items.labels(signal.value, "commit_failed").inc(
-                        decoded.accepted
-                    )
-                    raise Unavailable(f"commit failed: {exc}", 1) from exc
-                metrics.committed_items.labels(signal.value).inc(decoded.accepted)
-                self._announce(seq, decoded)
+            if not decoded.batches:
+                return decoded
+            if self.log is None:
+                await self._commit(signal, decoded)
+                return decoded
+            try:
+                position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
+            except OSError as exc:
+                raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
+            # From here on the load releases the request's bytes: the backlog is bounded.
+            release = False
+            self._load(signal, decoded, nbytes, position)
+            try:
+                await self.log.wait_synced(position)
+            except OSError as exc:
+                raise Unavailable(f"ingest log fsync failed: {exc}", 1) from exc
             return decoded
         finally:
-            admission.release(nbytes)
-            metrics.queue_bytes.set(admission.in_flight_bytes)
-            metrics.queue_requests.set(admission.in_flight_requests)
-            if admission.in_flight_requests == 0:
-                self._idle.set()
+            if release:
+                self._release(nbytes)
+
+    async def _commit(self, signal: Signal, decoded: DecodedRequest) -> None:
+        """Without a log: acknowledge after the store's commit."""
+        try:
+            seq = await self.store.write(decoded.batches)
+        except StoreError as exc:
+            self.metrics.rejected_items.labels(signal.value, "commit_failed").inc(
+                decoded.accepted
+            )
+            raise Unavailable(f"commit failed: {exc}", 1) from exc
+        self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+        self._announce(seq, decoded)
+
+    def _load(self, signal: Signal, decoded: DecodedRequest, nbytes: int, position: int) -> None:
+        """Queue a logged request's batches for the store; its completion is handled in order."""
+        try:
+            future = self.store.enqueue(decoded.batches, position)  # type: ignore[attr-defined]
+        except StoreError:
+            # Only when the store is shutting down: the record stays in the log for the next
+            # start, which loads it.
+            log.warning("store closed: request at log position %d left for next start", position)
+            self._loaded_upto(position)
+            self._release(nbytes)
+            return
+        future.add_done_callback(
+            functools.partial(self._on_loaded, signal, decoded, nbytes, position)
+        )
+
+    def _on_loaded(
+        self,
+        signal: Signal,
+        decoded: DecodedRequest,
+        nbytes: int,
+        position: int,
+        future: asyncio.Future[int],
+    ) -> None:
+        try:
+            seq = future.result()
+        except Exception as exc:
+            # Acknowledged but refused by the store (it should not happen: the rows were
+            # decoded into the store's own schema). Counted and logged, never retried forever.
+            log.error("loading the request at ingest log position %d failed: %s", position, exc)
+            self.metrics.rejected_items.labels(signal.value, "load_failed").inc(decoded.accepted)
+        else:
+            self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+            self._announce(seq, decoded)
+        self._loaded_upto(position)
+        assert self.log is not None
+        self.log.trim(self.store.log_position())  # type: ignore[attr-defined]
+        self._release(nbytes)
+
+    def _loaded_upto(self, position: int) -> None:
+        if position > self.loaded:
+            self.loaded = position
+        waiters = self._load_waiters
+        while waiters and waiters[0][0] <= self.loaded:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_loaded(self, timeout: float) -> bool:
+        """Wait until everything acknowledged so far is in the store (at most ``timeout``
+        seconds); a reader that does this first sees its own acknowledged writes."""
+        if self.log is None:
+            return True
+        target = self.log.appended
+        if self.loaded >= target:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._load_waiters.append((target, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _release(self, nbytes: int) -> None:
+        admission = self.admission
+        metrics = self.metrics
+        admission.release(nbytes)
+        metrics.queue_bytes.set(admission.in_flight_bytes)
+        metrics.queue_requests.set(admission.in_flight_requests)
+        if admission.in_flight_requests == 0:
+            self._idle.set()
 
     def _announce(self, seq: int, decoded: DecodedRequest) -> None:
         # The data is durable now: whatever happens here must not turn the reply into a

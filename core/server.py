@@ -26,6 +26,7 @@ from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_pl
 from opstrata.notifiers import NotifierRunner
 from opstrata.otlp.grpc_receiver import GrpcReceiver
 from opstrata.otlp.http_receiver import OtlpHttpApp
+from opstrata.readafterack import ReadAfterAck
 from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
@@ -165,7 +166,10 @@ async def serve(settings: Settings) -> int:
         runner.start()
     metrics.watch_kernel(runners, notifiers, alertbook)
 
-    pipeline = IngestPipeline(settings.ingest, store, metrics)
+    # Acknowledged requests are durable in the ingest log; the store loads them behind it.
+    pipeline = IngestPipeline(
+        settings.ingest, store, metrics, log_dir=settings.data_path / "ingest-log"
+    )
 
     def fan_out(seq: int, batches: list) -> None:
         committed = CommittedBatch.of(seq, batches)
@@ -192,7 +196,7 @@ async def serve(settings: Settings) -> int:
     http_sock = _listen(parse_address(settings.otlp_http, "otlp_http"))
     api_sock = _listen(parse_address(settings.api, "api"))
     otlp_http = _uvicorn(OtlpHttpApp(pipeline, settings.ingest.max_request_bytes), "otlp-http")
-    api = _uvicorn(create_app(runtime), "api")
+    api = _uvicorn(ReadAfterAck(create_app(runtime), pipeline), "api")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

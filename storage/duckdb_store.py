@@ -41,6 +41,10 @@ __all__ = ["DuckDBStore"]
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# The ingest log position the store has loaded up to (core/ingestlog.py): one row, updated in
+# the transaction that inserts the rows, so that a replay after a crash neither loses nor
+# repeats a request.
+LOG_POSITION_TABLE = "opstrata_ingest_log"
 _TIME_COLUMN = {
     table: ("TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp")
     for table in TABLES
@@ -79,17 +83,19 @@ class _ArrowStream:
 
 
 class _PendingWrite:
-    __slots__ = ("batches", "future", "loop", "rows")
+    __slots__ = ("batches", "future", "log_position", "loop", "rows")
 
     def __init__(
         self,
         batches: Sequence[tuple[Table, pa.RecordBatch]],
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[int],
+        log_position: int | None = None,
     ) -> None:
         self.batches = batches
         self.loop = loop
         self.future = future
+        self.log_position = log_position
         self.rows = sum(batch.num_rows for _, batch in batches)
 
     def settle(self, seq: int | None, error: BaseException | None = None) -> None:
@@ -130,6 +136,7 @@ class DuckDBStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._readers = threading.local()
         self._seq = 0
+        self._log_position = 0
         self._closed = False
         self._lock = threading.Lock()
 
@@ -145,6 +152,13 @@ class DuckDBStore:
             self._con.execute(statement)
         row = self._con.execute(f'SELECT coalesce(max("Seq"), 0) FROM {BATCH_LOG_TABLE}').fetchone()
         self._seq = int(row[0]) if row else 0
+        self._con.execute(
+            f'CREATE TABLE IF NOT EXISTS {LOG_POSITION_TABLE} ("Position" UBIGINT NOT NULL)'
+        )
+        row = self._con.execute(f'SELECT max("Position") FROM {LOG_POSITION_TABLE}').fetchone()
+        if row is None or row[0] is None:
+            self._con.execute(f"INSERT INTO {LOG_POSITION_TABLE} VALUES (0)")
+        self._log_position = int(row[0]) if row and row[0] is not None else 0
         self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
         self._thread.start()
 
@@ -167,16 +181,31 @@ class DuckDBStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    async def write(self, batches: Sequence[tuple[Table, pa.RecordBatch]]) -> int:
+    async def write(
+        self, batches: Sequence[tuple[Table, pa.RecordBatch]], log_position: int | None = None
+    ) -> int:
+        """Commit the batches of one request; with ``log_position``, also record (in the same
+        transaction) that the ingest log is loaded up to that position."""
+        return await self.enqueue(batches, log_position)
+
+    def enqueue(
+        self, batches: Sequence[tuple[Table, pa.RecordBatch]], log_position: int | None = None
+    ) -> asyncio.Future[int]:
+        """Queue a write now (writes commit in the order they are queued); the future gives its
+        sequence number once committed."""
         if self._closed:
             raise StoreClosed("store is shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._queue.put(_PendingWrite(batches, loop, future))
-        return await future
+        self._queue.put(_PendingWrite(batches, loop, future, log_position))
+        return future
 
     def last_sequence(self) -> int:
         return self._seq
+
+    def log_position(self) -> int:
+        """The ingest log position loaded and committed so far (0 for a new store)."""
+        return self._log_position
 
     def _run(self) -> None:
         stopping = False
@@ -220,6 +249,9 @@ class DuckDBStore:
                 self._commit_group([item])
             return
         self._seq = first_seq + len(group) - 1
+        positions = [item.log_position for item in group if item.log_position is not None]
+        if positions:
+            self._log_position = max(positions)
         elapsed = time.perf_counter() - started
         stats = self.stats
         stats.commits += 1
@@ -264,11 +296,14 @@ class DuckDBStore:
             (table, _ArrowStream(_stored_table(table, batches, seqs[table])))
             for table, batches in per_table.items()
         ]
+        positions = [item.log_position for item in group if item.log_position is not None]
         con.execute("BEGIN TRANSACTION")
         try:
             for table, stream in pending:  # noqa: B007 - DuckDB reads `stream` by name
                 con.execute(f"INSERT INTO {table} SELECT * FROM stream")
             con.execute(f"INSERT INTO {BATCH_LOG_TABLE} SELECT * FROM batch_log")
+            if positions:
+                con.execute(f'UPDATE {LOG_POSITION_TABLE} SET "Position" = ?', [max(positions)])
             con.execute("COMMIT")
         except Exception:
             with contextlib.suppress(duckdb.Error):
