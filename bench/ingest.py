@@ -291,6 +291,40 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def python_thread_names(pid: int) -> dict[str, str]:
+    """OS thread id -> Python thread name, through ``py-spy dump`` when it is installed (Python
+    3.11 does not name its threads for the OS)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return {}
+    found = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True)
+    return dict(re.findall(r'^Thread (\d+) \(\w+\): "([^"]+)"', found.stdout, re.M))
+
+
+def thread_cpu(pid: int, names: dict[str, str]) -> Counter:
+    """CPU seconds of the server's threads by name (threads that are not Python's, such as
+    DuckDB's workers, by their OS name)."""
+    total, tick = Counter(), os.sysconf("SC_CLK_TCK")
+    for stat in glob(f"/proc/{pid}/task/*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        tid = stat.split("/")[-2]
+        name = names.get(tid) or text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        total[name] += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def commit_stats(api: str) -> tuple[float, float]:
+    """(group commits, rows committed) so far, from /metrics."""
+    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    commits = re.search(r"^opstrata_commits_total (\S+)$", text, re.M)
+    rows = re.search(r"^opstrata_commit_rows_total (\S+)$", text, re.M)
+    return (float(commits[1]) if commits else 0.0, float(rows[1]) if rows else 0.0)
+
+
 def rss_sampler(pid: int, peak: list[int], halt: threading.Event) -> None:
     while True:
         peak[:] = max(peak, tree_rss(pid))
@@ -326,7 +360,10 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         assert out.get(timeout=120) == "ready"
     peak, halt, label = [0, 0], threading.Event(), SIGNALS[signal].label
     before = committed(target["api"], label)
+    commits_before = commit_stats(target["api"])
     cpu_before = tree_cpu(pid) if pid is not None else 0.0
+    names = python_thread_names(pid) if pid is not None else {}
+    threads_before = thread_cpu(pid, names) if pid is not None else Counter()
     window[0], window[1] = time.time(), time.time() + args.seconds
     go.set()
     if pid is not None:
@@ -335,6 +372,11 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     items = committed(target["api"], label) - before
     elapsed = time.time() - window[0]
     cpu = tree_cpu(pid) - cpu_before if pid is not None else float("nan")
+    threads = thread_cpu(pid, names) if pid is not None else Counter()
+    threads.subtract(threads_before)
+    commits_after = commit_stats(target["api"])
+    commits = commits_after[0] - commits_before[0]
+    rows_per_commit = (commits_after[1] - commits_before[1]) / commits if commits else 0.0
     stored = items / elapsed
     stats, latencies = Counter(), []
     for _ in procs:
@@ -355,6 +397,8 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         # per stored item varies much less, so it is what to compare between versions.
         "cpu_us": cpu / items * 1e6 if items else float("nan"),
         "cores": cpu / elapsed,
+        "threads": {name: t / items * 1e6 for name, t in threads.most_common(8) if items},
+        "rows/commit": rows_per_commit,
     } | stats
 
 
@@ -381,6 +425,8 @@ def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) 
             ratio = r["stored/s"] / ceiling[name]
             cpu = f"{r['cpu_us']:>14.1f} us{r['cores']:>7.2f}"
             print(f"{name:<8} {transport:<9}{rates}{latency}{counts}{ratio:>16.1%}{cpu}")
+            split = ", ".join(f"{k} {v:.1f}" for k, v in r["threads"].items())
+            print(f"    {r['rows/commit']:,.0f} rows per commit; CPU us/item by thread: {split}")
             for key, n in r.items():
                 if key.startswith("error"):
                     print(f"    {n} x {key}")
