@@ -137,7 +137,7 @@ class IngestPipeline:
             self._loaded_upto(record.end)
             return
         # Counted against admission like a live request: the backlog bound covers it too.
-        nbytes = len(record.body)
+        nbytes = max(len(record.body), decoded.nbytes)
         self.admission.in_flight_bytes += nbytes
         self.admission.in_flight_requests += 1
         self._idle.clear()
@@ -250,7 +250,12 @@ class IngestPipeline:
                 position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
             except OSError as exc:
                 raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
-            # From here on the load releases the request's bytes: the backlog is bounded.
+            # From here on the load releases the request's bytes: the backlog is bounded. It
+            # is held decoded (~2.5 times the protobuf of spans), so that is what it counts.
+            extra = decoded.nbytes - nbytes
+            if extra > 0:
+                self.admission.in_flight_bytes += extra
+                nbytes += extra
             release = False
             self._load(signal, decoded, nbytes, position)
             try:
