@@ -103,6 +103,11 @@ def main() -> None:
         help="load into this directory and keep it; if it already holds a loaded store, reuse "
         "it (same --spans/--logs/--points/--hours) instead of loading again",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="time only the query kinds whose label contains this text (e.g. 'trace by id')",
+    )
     args = parser.parse_args()
     rnd = random.Random(11)
     tmp = Path(tempfile.mkdtemp(prefix="opstrata-qbench-", dir="/tmp"))
@@ -249,6 +254,7 @@ def main() -> None:
                     * max(5, n // 3),
                 ),
             ]
+        kinds = [(label, paths) for label, paths in kinds if args.only in label]
         with httpx.Client(base_url=server.api_base, timeout=120) as client:
             measure(client, [("/api/v1/services", hour)])  # warm up the caches once
             print()

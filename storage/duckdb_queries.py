@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from opstrata.schema import Table
 from opstrata.storage import duckdb_logs, duckdb_metrics_queries, duckdb_servicemap
-from opstrata.storage.duckdb_ddl import SEQ_COLUMN, select_list
+from opstrata.storage.duckdb_ddl import SEQ_COLUMN, STORAGE_SCHEMAS, select_list
 from opstrata.storage.duckdb_sql import Where, decode_cursor, encode_cursor, ts_param
 from opstrata.storage.duckdb_trace_index import TraceIndex
 from opstrata.storage.query_types import (
@@ -40,6 +40,9 @@ _QUANTILES = 'quantile_cont("Duration", [0.5, 0.95, 0.99])'
 _HOUR = 3600 * 10**9
 _PART = "_Part"
 """Which part of a trace read a row came from: 0 the indexed ranges, 1 the unindexed tail."""
+_STORED_COLUMNS = ", ".join(
+    f'"{f.name}"' for f in STORAGE_SCHEMAS[Table.TRACES] if f.name != SEQ_COLUMN
+)
 
 
 def _q(values: list[float] | None) -> tuple[float | None, float | None, float | None]:
@@ -94,24 +97,44 @@ class DuckDBQueries:
 
     def traces(self, trace_ids: list[str]) -> pa.Table:
         """Every span of the traces, in start-time order, found through the trace index."""
+        return self._traces(trace_ids, select_list(Table.TRACES))
+
+    def trace_rows(self, trace_ids: list[str]) -> pa.Table:
+        """:meth:`traces` as stored: attribute maps as lists of ``{key, value}`` structs and no
+        ``_Seq``. Turning them into MAPs costs DuckDB more than the read of a small trace
+        (~2 ms); ``opstrata.api.trace_render`` takes either layout."""
+        return self._traces(trace_ids, _STORED_COLUMNS)
+
+    def _traces(self, trace_ids: list[str], columns: str) -> pa.Table:
         if not trace_ids:
-            return self._con.sql(
-                f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} LIMIT 0"
-            ).to_arrow_table()
+            return self._no_spans(columns)
         ids = sorted({t.lower() for t in trace_ids})
         where = self.index.locate(Table.TRACES, ids)
-        table = self._read_ranges("rowid", where.row_ranges, where.tail, ids)
+        tail = None if where.tail_empty else where.tail
+        if not where.row_ranges and tail is None:  # not in the index, nothing committed since
+            return self._no_spans(columns)
+        table = self._read_ranges("rowid", where.row_ranges, tail, ids, columns)
         found = pc.sum(pc.equal(table.column(_PART), 0)).as_py() or 0
         if found < where.expected_rows:  # row ids moved (or a key collision): read by _Seq
-            table = self._read_ranges(f'"{SEQ_COLUMN}"', where.seq_ranges, where.tail, ids)
+            seq = f'"{SEQ_COLUMN}"'
+            table = self._read_ranges(seq, where.seq_ranges, tail, ids, columns)
         table = table.drop_columns([_PART])
         return table.sort_by([("Timestamp", "ascending"), ("SpanId", "ascending")])
 
+    def _no_spans(self, columns: str) -> pa.Table:
+        return self._con.sql(f"SELECT {columns} FROM {Table.TRACES} LIMIT 0").to_arrow_table()
+
     def _read_ranges(
-        self, column: str, ranges: list[tuple[int, int]], tail: int, ids: list[str]
+        self,
+        column: str,
+        ranges: list[tuple[int, int]],
+        tail: int | None,
+        ids: list[str],
+        columns: str,
     ) -> pa.Table:
         """Spans of the traces ``ids`` within inclusive ranges of ``column`` (a constant name),
-        tagged ``_Part`` 0, and those committed since the index (``_Seq >= tail``), tagged 1.
+        tagged ``_Part`` 0, and unless ``tail`` is None those committed since the index
+        (``_Seq >= tail``), tagged 1.
 
         One statement: each query costs DuckDB ~0.5-1 ms of planning before it reads a row. One
         ``UNION ALL`` branch per range, since a disjunction of ranges would defeat row-group
@@ -119,7 +142,6 @@ class DuckDBQueries:
         costs a hash join per branch.
         """
         match = '"TraceId" = ?' if len(ids) == 1 else f'"TraceId" IN ({", ".join("?" * len(ids))})'
-        columns = select_list(Table.TRACES)
         parts = []
         params: list[object] = []
         for lo, hi in ranges:
@@ -128,11 +150,12 @@ class DuckDBQueries:
                 f"WHERE {column} BETWEEN ? AND ? AND {match}"
             )
             params += [lo, hi, *ids]
-        parts.append(
-            f'SELECT 1 AS "{_PART}", {columns} FROM {Table.TRACES} '
-            f'WHERE "{SEQ_COLUMN}" >= ? AND {match}'
-        )
-        params += [tail, *ids]
+        if tail is not None:
+            parts.append(
+                f'SELECT 1 AS "{_PART}", {columns} FROM {Table.TRACES} '
+                f'WHERE "{SEQ_COLUMN}" >= ? AND {match}'
+            )
+            params += [tail, *ids]
         return self._con.sql(" UNION ALL ".join(parts), params=params).to_arrow_table()
 
     def search_spans(self, f: SpanFilter, limit: int, cursor: str | None = None) -> SpanPage:

@@ -59,6 +59,10 @@ class TraceLocation(NamedTuple):
     expected_rows: int
     seq_ranges: list[tuple[int, int]]
     tail: int
+    tail_empty: bool = False
+    """Nothing was committed after the index (the store's last sequence is what it indexed):
+    the tail need not be read. A write counts once the store says it is committed, which is
+    before it is acknowledged, so every acknowledged span is still found."""
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -164,6 +168,7 @@ class TraceIndex:
         ``tail``: rows committed after the index (``_Seq >= tail``) must be read as well."""
         self.ensure_tables()
         upto = self.indexed_upto(table)
+        tail_empty = self.store.last_sequence() <= upto
         keys = sorted({k for k in map(trace_key, trace_ids) if k is not None})
         rows: list[tuple[int, int, int, int, int]] = []
         if keys:
@@ -190,6 +195,7 @@ class TraceIndex:
             expected_rows=sum(int(r[4]) for r in rows),
             seq_ranges=_merge([(int(r[0]), int(r[1])) for r in rows]),
             tail=upto + 1,
+            tail_empty=tail_empty,
         )
 
     def seq_ranges(self, table: Table, trace_ids: list[str]) -> list[tuple[int, int]]:

@@ -13,13 +13,13 @@ import json
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get
+from litestar import Controller, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import Parameter
 
-from opstrata.api.convert import spans_from_arrow
 from opstrata.api.models import SpanOut
 from opstrata.api.params import MAX_LIMIT, parse_duration, parse_trace_id
+from opstrata.api.trace_render import encode_json, read_traces, spans_from_columns
 from opstrata.api.traces import KINDS, TRACE_ID_PATTERN
 from opstrata.schema import Table
 from opstrata.storage.base import TelemetryQueries
@@ -103,6 +103,11 @@ def _ok(data: list) -> JaegerResponse:
     return JaegerResponse(data=data, total=len(data), limit=0, offset=0, errors=None)
 
 
+def _ok_body(data: list) -> Response[JaegerResponse]:
+    """:func:`_ok` encoded here with one msgspec encoder (traces are the big answers)."""
+    return Response(encode_json(_ok(data)), media_type=MediaType.JSON)
+
+
 def _jaeger_error(_: Request, exc: HTTPException) -> Response[JaegerResponse]:
     body = JaegerResponse(None, 0, 0, 0, [JaegerError(exc.status_code, str(exc.detail))])
     return Response(body, status_code=exc.status_code, headers=exc.headers)
@@ -168,7 +173,7 @@ def to_jaeger(trace_id: str, spans: list[SpanOut]) -> JaegerTrace:
 
 
 def _traces(queries: TelemetryQueries, trace_ids: list[str]) -> list[JaegerTrace]:
-    spans = spans_from_arrow(queries.traces(trace_ids))
+    spans = spans_from_columns(read_traces(queries, trace_ids))
     by_trace: dict[str, list[SpanOut]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
@@ -292,10 +297,10 @@ class JaegerController(Controller):
         max_duration: Annotated[str | None, Parameter(query="maxDuration", max_length=32)] = None,
         limit: Annotated[str | None, Parameter(max_length=12)] = None,
         trace_id: Annotated[list[str] | None, Parameter(query="traceID")] = None,
-    ) -> JaegerResponse:
+    ) -> Response[JaegerResponse]:
         """Jaeger: traces with a span matching the query, most recent first (limit capped)."""
         if trace_id:
-            return _ok(_traces(queries, [parse_trace_id(t) for t in trace_id[:MAX_LIMIT]]))
+            return _ok_body(_traces(queries, [parse_trace_id(t) for t in trace_id[:MAX_LIMIT]]))
         if not service:
             raise ValidationException(detail="parameter 'service' is required")
         if limit is not None and not limit.isdigit():
@@ -321,19 +326,19 @@ class JaegerController(Controller):
             parse_duration(max_duration, "maxDuration"),
         )
         ids = queries.search_trace_ids(span_filter, count)
-        return _ok(_traces(queries, ids))
+        return _ok_body(_traces(queries, ids))
 
     @get("/traces/{trace_id:str}", sync_to_thread=True)
     def trace(
         self,
         queries: TelemetryQueries,
         trace_id: Annotated[str, Parameter(pattern=TRACE_ID_PATTERN)],
-    ) -> JaegerResponse:
+    ) -> Response[JaegerResponse]:
         """Jaeger: one trace."""
         found = _traces(queries, [parse_trace_id(trace_id)])
         if not found:
             raise HTTPException(status_code=404, detail="trace not found")
-        return _ok(found)
+        return _ok_body(found)
 
     @get("/dependencies", sync_to_thread=True)
     def jaeger_dependencies(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Request, get
+from litestar import Controller, MediaType, Request, Response, get
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 
-from opstrata.api.convert import logs_from_arrow, spans_from_arrow, tree_order
+from opstrata.api.convert import logs_from_arrow, spans_from_arrow
 from opstrata.api.models import LogPageOut, SpanPageOut, TraceOut
 from opstrata.api.params import (
     Cursor,
@@ -20,6 +20,7 @@ from opstrata.api.params import (
     parse_trace_id,
     window_bounds,
 )
+from opstrata.api.trace_render import read_traces, trace_body
 from opstrata.storage.base import TelemetryQueries
 from opstrata.storage.query_types import LogFilter, SpanFilter
 
@@ -50,14 +51,14 @@ class TraceController(Controller):
         self,
         queries: TelemetryQueries,
         trace_id: str = Parameter(description="Trace id, 32 hex digits.", pattern=TRACE_ID_PATTERN),
-    ) -> TraceOut:
+    ) -> Response[TraceOut]:
         """All spans of one trace, in tree order (depth first, siblings by start time)."""
         trace_id = parse_trace_id(trace_id)
-        table = queries.trace(trace_id)
+        table = read_traces(queries, [trace_id])
         if table.num_rows == 0:
             raise NotFoundException(detail=f"trace {trace_id} not found")
-        spans = tree_order(spans_from_arrow(table))
-        return TraceOut(trace_id=trace_id, span_count=len(spans), spans=spans)
+        # Encoded here, column by column (trace_render): the body is TraceOut's JSON.
+        return Response(trace_body(trace_id, table), media_type=MediaType.JSON)
 
     @get("/{trace_id:str}/logs", sync_to_thread=True)
     def get_trace_logs(
