@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -85,7 +86,7 @@ def _entity(candidate: dict) -> Entity:
     return Entity(candidate["entity"]["kind"], candidate["entity"]["name"])
 
 
-def _score(scenario: str, seed: int, sim: Simulation, truths: list[Truth], wall: float,
+def _score(scenario: str, seed: int, minutes: float, truths: list[Truth], wall: float,
            alerts: list[dict], incidents: list[dict]) -> RunResult:  # fmt: skip
     incidents = [i for i in incidents if not i.get("merged_into")]
     by_id = {a["id"]: a for a in alerts}
@@ -133,7 +134,7 @@ def _score(scenario: str, seed: int, sim: Simulation, truths: list[Truth], wall:
     events = sum(a["events"] for a in alerts)
     return RunResult(
         scenario=scenario, seed=seed,
-        simulated_minutes=(sim.end_unix_nano - sim.start_unix_nano) / (60 * _NS),
+        simulated_minutes=minutes,
         wall_seconds=round(wall, 1), events=events, alerts=len(alerts), incidents=len(incidents),
         fault_incident=bool(fault_incidents) or not truths, top1=top1, top3=top3,
         baseline_top1=base1, baseline_top3=base3, detect_seconds=detect,
@@ -164,7 +165,25 @@ def run_one(scenario: str, seed: int, args: argparse.Namespace) -> RunResult:
             wall = time.monotonic() - began
         finally:
             server.stop()
-    return _score(scenario, seed, sim, sim.truths, wall, alerts, incidents)
+        if args.dump is not None:
+            _dump(args.dump / f"{scenario}-{seed}", server.data_dir, sim, alerts, incidents)
+    minutes = (sim.end_unix_nano - sim.start_unix_nano) / (60 * _NS)
+    return _score(scenario, seed, minutes, sim.truths, wall, alerts, incidents)
+
+
+def _dump(into: Path, data_dir: Path, sim: Simulation, alerts: list[dict],
+          incidents: list[dict]) -> None:  # fmt: skip
+    """What a run produced, for re-correlating offline (bench/incidents_replay.py)."""
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "alerts.json").write_text(json.dumps(alerts))
+    (into / "incidents.json").write_text(json.dumps(incidents))
+    (into / "run.json").write_text(json.dumps({
+        "start_unix_nano": sim.start_unix_nano, "end_unix_nano": sim.end_unix_nano,
+        "truths": [asdict(t) for t in sim.truths],
+    }, default=msgspec.to_builtins))  # fmt: skip
+    topology = data_dir / "incidents" / "topology.json"
+    if topology.exists():
+        (into / "topology.json").write_text(topology.read_text())
 
 
 def _pct(part: float, whole: float) -> str:
@@ -228,6 +247,8 @@ def main() -> int:
     parser.add_argument("--fault", type=float, default=20.0, help="simulated minutes of fault")
     parser.add_argument("--rate", type=float, default=3.0, help="requests per simulated second")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--dump", type=Path, help="keep each run's alerts, incidents, truths "
+                        "and topology under this directory")  # fmt: skip
     args = parser.parse_args()
     names = (
         [n for n in SCENARIOS if n != "normal"]

@@ -17,6 +17,14 @@ alert event for ``quiet_seconds`` of event time resolves; a related alert within
 ``reopen_seconds`` of that reopens it. Each alert belongs to at most one open incident. Every
 change re-ranks the root-cause candidates (:mod:`opstrata.rootcause`) and the baseline beside
 them. Everything runs on event time, so a replay correlates as the live stream did.
+
+An alert related to no open incident does not open one at once: it waits until it is
+*confirmed* — corroborated by a related alert of another source, still firing after
+``confirm_seconds``, or critical — so a lone transient blip pages nobody (the "transient alert"
+pause of paging products). Alerts from *chronic* sources (a source that fired again and again
+over the last day, :mod:`opstrata.onset_history`) neither open incidents, nor confirm them,
+nor keep them open, nor draw other alerts in; they join an incident they relate to as
+evidence, weighed down in the ranking.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from opstrata.alerts import (
     TimelineEntry,
 )
 from opstrata.incidents import new_id
+from opstrata.onset_history import OnsetHistory
 from opstrata.rootcause import AlertNodes, alert_nodes, rank_by_jump, rank_root_causes
 from opstrata.topology import EdgeKind, Node, TopologyGraph
 
@@ -69,23 +78,32 @@ class TopologyCorrelator:
         reopen_seconds: float = 1800,
         lookback_seconds: float = 300,
         join_gap_seconds: float = 300,
+        confirm_seconds: float = 120,
+        history: OnsetHistory | None = None,
     ) -> None:
         self.graph = graph
         self.quiet_ns = int(quiet_seconds * _SECOND)
         self.reopen_ns = int(reopen_seconds * _SECOND)
         self.lookback_ns = int(lookback_seconds * _SECOND)
         self.join_gap_ns = int(join_gap_seconds * _SECOND)
+        self.confirm_ns = int(confirm_seconds * _SECOND)
+        self.history = history if history is not None else OnsetHistory()
         self.incidents: dict[str, Incident] = {}
         self._members: dict[str, _Members] = {}
         self._last_event: dict[str, int] = {}
         self._alerts: dict[str, Alert] = {}
         self._ranked_score: dict[str, float] = {}
+        self._pending: dict[str, Alert] = {}
+        """Alerts related to no open incident, waiting to be confirmed."""
+        self._weight: dict[str, float] = {}
+        self._chronic: set[str] = set()
 
     # -- the IncidentEngine interface --------------------------------------------------------
 
     def load(self, incidents: list[Incident], alerts: list[Alert]) -> None:
-        for alert in alerts:
+        for alert in sorted(alerts, key=lambda a: a.first_seen_unix_nano):
             self._alerts[alert.id] = alert
+            self._note_source(alert)
         for incident in incidents:
             self.incidents[incident.id] = incident
             self._last_event[incident.id] = incident.updated_unix_nano
@@ -96,6 +114,8 @@ class TopologyCorrelator:
                     members.add(alert_nodes(alert), alert.first_seen_unix_nano)
 
     def on_alert(self, alert: Alert, is_new: bool) -> list[IncidentChange]:
+        if alert.id not in self._alerts:
+            self._note_source(alert)
         self._alerts[alert.id] = alert
         now = alert.last_seen_unix_nano
         changes = self.advance(now)
@@ -106,17 +126,22 @@ class TopologyCorrelator:
         nodes = alert_nodes(alert)
         related = [incident for incident in self._open() if self._related(alert, nodes, incident)]
         if not related:
-            relapsed = self._relapsed(alert, nodes, now)
-            if relapsed is not None:
-                changes.append(self._reopen(relapsed, alert, now))
-                return changes
-            changes.append(self._open_incident(alert))
+            if alert.id not in self._chronic:
+                relapsed = self._relapsed(alert, nodes, now)
+                if relapsed is not None:
+                    self._pending.pop(alert.id, None)
+                    changes.append(self._reopen(relapsed, alert, now))
+                    changes.extend(self._absorb_pending(relapsed, now))
+                    return changes
+            changes.extend(self._hold(alert, nodes, now))
             return changes
+        self._pending.pop(alert.id, None)
         related.sort(key=lambda incident: (incident.opened_unix_nano, incident.id))
         keeper = related[0]
         changes.append(self._join(keeper, alert, True))
         for other in related[1:]:
             changes.extend(self._merge(other, keeper, now))
+        changes.extend(self._absorb_pending(keeper, now))
         return changes
 
     def advance(self, now_unix_nano: int) -> list[IncidentChange]:
@@ -144,6 +169,82 @@ class TopologyCorrelator:
             return None
         return self._resolve(incident, incident.updated_unix_nano, "resolved by a user")
 
+    # -- sources and confirmation ------------------------------------------------------------
+
+    def _note_source(self, alert: Alert) -> None:
+        onset = alert.first_seen_unix_nano
+        self._weight[alert.id] = self.history.weight(alert.key, onset)
+        if self.history.chronic(alert.key, onset):
+            self._chronic.add(alert.id)
+        self.history.record(alert.key, onset)
+
+    def _hold(self, alert: Alert, nodes: AlertNodes, now: int) -> list[IncidentChange]:
+        """Keep an unrelated alert pending; open an incident once it is confirmed."""
+        self._pending[alert.id] = alert
+        self._prune_pending(now)
+        if alert.id not in self._pending or alert.id in self._chronic:
+            return []
+        onset = alert.first_seen_unix_nano
+        corroborating = [
+            other
+            for other in self._pending.values()
+            if other.id not in self._chronic
+            and other.key != alert.key
+            and self._overlaps(other, onset)
+            and self._related_to(nodes, self._members_of([other]), onset)
+        ]
+        confirmed = (
+            self.confirm_ns <= 0
+            or alert.severity == "critical"
+            or alert.last_seen_unix_nano - onset >= self.confirm_ns
+            or bool(corroborating)
+        )
+        if not confirmed:
+            return []
+        group = sorted([alert, *corroborating], key=lambda a: (a.first_seen_unix_nano, a.id))
+        for member in group:
+            self._pending.pop(member.id, None)
+        opened = self._open_incident(group[0], now)
+        incident = opened.incident
+        for member in group[1:]:
+            self._join(incident, member, True, rerank=False)
+        changes = [opened]
+        changes.extend(self._absorb_pending(incident, now))
+        self._rerank(incident)
+        return changes
+
+    def _absorb_pending(self, incident: Incident, now: int) -> list[IncidentChange]:
+        """Pending alerts related to what ``incident`` now holds join it."""
+        self._prune_pending(now)
+        joined = False
+        for pending in sorted(self._pending.values(), key=lambda a: a.first_seen_unix_nano):
+            if self._related(pending, alert_nodes(pending), incident):
+                self._pending.pop(pending.id, None)
+                self._join(incident, pending, True, rerank=False)
+                joined = True
+        if joined:
+            self._rerank(incident)
+            return [IncidentChange("updated", incident)]
+        return []
+
+    def _prune_pending(self, now: int) -> None:
+        horizon = now - self.join_gap_ns
+        for alert_id in [
+            a.id
+            for a in self._pending.values()
+            if a.status != "firing" or a.last_seen_unix_nano < horizon or a.incident_id
+        ]:
+            del self._pending[alert_id]
+
+    def _overlaps(self, alert: Alert, onset: int) -> bool:
+        return alert.status == "firing" or alert.last_seen_unix_nano >= onset - self.join_gap_ns
+
+    def _members_of(self, alerts: Iterable[Alert]) -> _Members:
+        members = _Members()
+        for alert in alerts:
+            members.add(alert_nodes(alert), alert.first_seen_unix_nano)
+        return members
+
     # -- grouping ----------------------------------------------------------------------------
 
     def _open(self) -> Iterable[Incident]:
@@ -153,15 +254,12 @@ class TopologyCorrelator:
         """The nodes of the incident's alerts that overlap ``onset`` in time: firing, or seen
         within the join gap before it. An incident that lives on does not absorb whatever
         touches an alert it had long ago."""
-        members = _Members()
-        horizon = onset - self.join_gap_ns
-        for alert_id in incident.alert_ids:
-            alert = self._alerts.get(alert_id)
-            if alert is not None and (
-                alert.status == "firing" or alert.last_seen_unix_nano >= horizon
-            ):
-                members.add(alert_nodes(alert), alert.first_seen_unix_nano)
-        return members
+        active = (self._alerts.get(alert_id) for alert_id in incident.alert_ids)
+        return self._members_of(
+            alert
+            for alert in active
+            if alert is not None and alert.id not in self._chronic and self._overlaps(alert, onset)
+        )
 
     def _related(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
         onset = alert.first_seen_unix_nano
@@ -229,7 +327,7 @@ class TopologyCorrelator:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def _open_incident(self, alert: Alert) -> IncidentChange:
+    def _open_incident(self, alert: Alert, confirmed_at: int | None = None) -> IncidentChange:
         incident = Incident(
             id=new_id("inc", alert.first_seen_unix_nano),
             title="",
@@ -238,7 +336,9 @@ class TopologyCorrelator:
             opened_unix_nano=alert.first_seen_unix_nano,
             updated_unix_nano=alert.last_seen_unix_nano,
         )
-        incident.timeline.append(TimelineEntry(alert.first_seen_unix_nano, "opened", alert.id))
+        incident.timeline.append(
+            TimelineEntry(max(alert.first_seen_unix_nano, confirmed_at or 0), "opened", alert.id)
+        )
         self.incidents[incident.id] = incident
         self._members[incident.id] = _Members()
         change = self._join(incident, alert, True)
@@ -276,9 +376,11 @@ class TopologyCorrelator:
             incident.severity = alert.severity
         incident.alert_events += 1
         incident.updated_unix_nano = max(incident.updated_unix_nano, alert.last_seen_unix_nano)
-        self._last_event[incident.id] = max(
-            self._last_event.get(incident.id, 0), alert.last_seen_unix_nano
-        )
+        if alert.id not in self._chronic or incident.id not in self._last_event:
+            # A chronic source's repeats do not keep an incident open.
+            self._last_event[incident.id] = max(
+                self._last_event.get(incident.id, 0), alert.last_seen_unix_nano
+            )
         # Repeats that did not strengthen their alert leave the ranking as it was.
         if rerank and (not known or alert.score > self._ranked_score.get(alert.id, -1.0)):
             self._rerank(incident)
@@ -295,7 +397,7 @@ class TopologyCorrelator:
         alerts = [self._alerts[i] for i in incident.alert_ids if i in self._alerts]
         for alert in alerts:
             self._ranked_score[alert.id] = alert.score
-        incident.candidates = rank_root_causes(alerts, self.graph)
+        incident.candidates = rank_root_causes(alerts, self.graph, self._weight)
         incident.baseline_candidates = rank_by_jump(alerts)
         top = incident.candidates[0].entity if incident.candidates else None
         n = len(incident.alert_ids)
@@ -353,3 +455,16 @@ class TopologyCorrelator:
                 for alert_id in incident.alert_ids:
                     self._alerts.pop(alert_id, None)
                     self._ranked_score.pop(alert_id, None)
+                    self._weight.pop(alert_id, None)
+                    self._chronic.discard(alert_id)
+        # Alerts that never joined an incident: forgotten once out of the pending pool.
+        unattached = [
+            a.id
+            for a in self._alerts.values()
+            if a.incident_id is None and a.id not in self._pending
+        ]
+        for alert_id in [i for i in unattached if self._alerts[i].last_seen_unix_nano < cutoff]:
+            del self._alerts[alert_id]
+            self._weight.pop(alert_id, None)
+            self._chronic.discard(alert_id)
+        self.history.forget_before(cutoff - self.history.window_ns)

@@ -20,7 +20,7 @@ after the incident's first loses weight. The baseline ranks by the size of each 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,13 +150,17 @@ def _call_evidence(
 
 
 def _suspects(
-    alerts: Sequence[Alert], graph: TopologyGraph, episode: tuple[int, int] = (0, 0)
+    alerts: Sequence[Alert],
+    graph: TopologyGraph,
+    episode: tuple[int, int] = (0, 0),
+    weights: Mapping[str, float] | None = None,
 ) -> dict[Node, _Suspect]:
     suspects: dict[Node, _Suspect] = {}
     for alert in alerts:
         node = alert_nodes(alert).primary
         suspect = suspects.setdefault(node, _Suspect(node))
-        suspect.strength = max(suspect.strength, alert.score)
+        weight = weights.get(alert.id, 1.0) if weights else 1.0
+        suspect.strength = max(suspect.strength, alert.score * weight)
         onset = alert.first_seen_unix_nano
         suspect.onset = onset if suspect.onset is None else min(suspect.onset, onset)
         suspect.alert_ids.append(alert.id)
@@ -253,12 +257,17 @@ def _episode(alerts: Sequence[Alert]) -> tuple[list[Alert], tuple[int, int]]:
     return chosen, (start, max(a.first_seen_unix_nano for a in chosen))
 
 
-def rank_root_causes(alerts: Sequence[Alert], graph: TopologyGraph) -> list[Candidate]:
-    """Candidates for the root cause of one incident, best first, scores in [0, 1]."""
+def rank_root_causes(
+    alerts: Sequence[Alert],
+    graph: TopologyGraph,
+    weights: Mapping[str, float] | None = None,
+) -> list[Candidate]:
+    """Candidates for the root cause of one incident, best first, scores in [0, 1].
+    ``weights`` (alert id → weight in (0, 1]) discount alerts of chronic sources."""
     if not alerts:
         return []
     alerts, episode = _episode(alerts)
-    suspects = _suspects(alerts, graph, episode)
+    suspects = _suspects(alerts, graph, episode, weights)
     # What else explains an alert's entity: its placement and, for models, its owner's placement.
     owners: dict[Node, set[Node]] = {}
     for alert in alerts:

@@ -20,6 +20,7 @@ from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
 from opstrata.consumers import CommittedBatch, ConsumerContext, latest_event_time
 from opstrata.correlation import TopologyCorrelator
+from opstrata.onset_history import OnsetHistory
 from opstrata.fanout import ConsumerRunner
 from opstrata.ingest import IngestPipeline
 from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
@@ -157,6 +158,11 @@ async def serve(settings: Settings) -> int:
         graph,
         quiet_seconds=settings.incidents.quiet_seconds,
         reopen_seconds=settings.incidents.reopen_seconds,
+        confirm_seconds=settings.incidents.confirm_seconds,
+        history=OnsetHistory(
+            window_seconds=settings.incidents.chronic_window_seconds,
+            chronic_onsets=settings.incidents.chronic_onsets,
+        ),
     )
     alertbook = AlertBook(store, engine, notifiers)
     alertbook.start()

@@ -95,7 +95,7 @@ def test_cross_layer_cascade_is_one_incident_rooted_at_the_gpu_node() -> None:
 
 
 def test_unrelated_simultaneous_faults_stay_apart_and_a_bridge_merges_them() -> None:
-    engine = TopologyCorrelator(shop())
+    engine = TopologyCorrelator(shop(), confirm_seconds=0)
     feed(
         engine,
         [
@@ -155,7 +155,7 @@ def test_a_database_without_telemetry_is_blamed_from_its_callers_calls() -> None
 
 
 def test_quiet_resolves_and_a_related_relapse_reopens() -> None:
-    engine = TopologyCorrelator(shop(), quiet_seconds=300, reopen_seconds=1800)
+    engine = TopologyCorrelator(shop(), quiet_seconds=300, reopen_seconds=1800, confirm_seconds=0)
     feed(engine, [alert("latency", ("service", "payment"), T0)])
     [incident] = open_incidents(engine)
     changes = [c.change for c in engine.advance(T0 + 301 * S)]
@@ -191,3 +191,70 @@ def test_edges_not_seen_for_long_are_forgotten() -> None:
     gone = graph.forget_before(T0 + 86_400 * S)
     assert gone == len(shop().edges())
     assert [edge[2] for edge in graph.edges()] == [("pod", "checkout-new")]
+
+
+def test_a_lone_blip_waits_and_opens_once_it_lasts_or_is_corroborated() -> None:
+    engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    blip = alert("latency", ("service", "payment"), T0)
+    assert feed(engine, [blip]) == [] and not engine.incidents
+    # The same alert, still firing two minutes on: confirmed, opened when it was confirmed.
+    blip.last_seen_unix_nano = T0 + 125 * S
+    assert [c.change for c in engine.on_alert(blip, False)] == ["opened"]
+    [incident] = open_incidents(engine)
+    assert incident.opened_unix_nano == T0
+    assert incident.timeline[0].what == "opened"
+    assert incident.timeline[0].time_unix_nano == T0 + 125 * S
+    # Another source, related (catalog and gateway are neighbours), corroborates at once.
+    other = TopologyCorrelator(shop(), confirm_seconds=120)
+    assert feed(other, [alert("errors", ("service", "catalog"), T0)]) == []
+    changes = feed(other, [alert("latency", ("service", "gateway"), T0 + 20 * S)])
+    assert changes[0] == "opened"
+    [both] = open_incidents(other)
+    assert len(both.alert_ids) == 2
+    # A critical alert needs no corroboration; an unrelated pair stays pending.
+    third = TopologyCorrelator(shop(), confirm_seconds=120)
+    assert feed(third, [alert("errors", ("service", "catalog"), T0),
+                        alert("latency", ("service", "payment"), T0 + 10 * S)]) == []  # fmt: skip
+    critical = alert("errors", ("service", "payment"), T0 + 20 * S)
+    critical.severity = Severity.CRITICAL
+    assert feed(third, [critical])[0] == "opened"
+
+
+def test_a_chronic_source_opens_nothing_keeps_nothing_open_and_weighs_less() -> None:
+    graph = shop()
+    start = T0 + 4 * 1800 * S
+    for m in range(-30, 5):  # the gateway's calls to the catalog went on as usual
+        graph.add_call_stats("gateway", "catalog", start // M + m, 100, 0, 100 * 5e6, T0)
+    engine = TopologyCorrelator(graph, confirm_seconds=0, quiet_seconds=300)
+    # The catalog's p99 flaps: an alert every half hour for hours, each a new onset.
+    flaps = []
+    for n in range(6):
+        flap = alert("latency", ("service", "catalog"), T0 + n * 1800 * S)
+        flap.key = "catalog-p99"
+        flaps.append(flap)
+    feed(engine, flaps[:4])
+    opened = len(engine.incidents)
+    assert opened >= 1  # its first onsets were news
+    engine.advance(T0 + 4 * 1800 * S - 1)
+    assert not open_incidents(engine)
+    assert feed(engine, [flaps[4]]) == []  # now chronic: nothing opens
+    assert len(engine.incidents) == opened
+    # A real fault beside it: the chronic alert joins as evidence but neither roots it nor
+    # keeps it open.
+    at = T0 + 4 * 1800 * S + 10 * S
+    fault = [
+        alert("latency", ("service", "gateway"), at, score=0.8),
+        alert("latency", ("service", "frontend"), at + 30 * S, score=0.8),
+    ]
+    feed(engine, fault)
+    flaps[5].first_seen_unix_nano = flaps[5].last_seen_unix_nano = at + 40 * S
+    feed(engine, [flaps[5]])
+    [incident] = open_incidents(engine)
+    assert flaps[5].id in incident.alert_ids
+    assert incident.candidates[0].entity == Entity("service", "gateway")
+    [catalog] = [c for c in incident.candidates if c.entity == Entity("service", "catalog")]
+    assert catalog.evidence["strength"] < 0.5 < flaps[5].score
+    # Repeats of the chronic alert alone do not hold the incident open past the quiet period.
+    flaps[5].last_seen_unix_nano = at + 400 * S
+    changes = [c.change for c in engine.on_alert(flaps[5], False)]
+    assert "resolved" in changes

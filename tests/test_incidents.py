@@ -150,8 +150,9 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
     fault = T0 + 20 * 60 * S
     # The database slows down tenfold; every service on the path turns anomalous (the sample
     # plugin alerts on flagged spans, standing in for detectors), the deepest one first. The
-    # mailer, unrelated, fails at the same time.
-    for i in range(12):
+    # mailer, unrelated, fails at the same time, alone: its incident opens once the failure
+    # has lasted longer than confirm_seconds (120 s).
+    for i in range(16):
         now = fault + i * 10 * S
         flagged = frozenset(["payment", "checkout", "frontend"][: 1 + i // 2])
         checkout_trace(services, now, db_ms=60, flagged=flagged)
@@ -209,6 +210,8 @@ def test_incident_filters_and_detail_with_exemplars_and_logs(
     services = Services()
     for i in range(3):
         mail(services, T0 + i * S, flagged=i == 2)
+    for i in range(1, 6):  # the failure lasts past confirm_seconds: its incident opens
+        mail(services, T0 + 2 * S + i * 30 * S, flagged=True)
     send(server, services.take())
     [incident] = wait_for(lambda: _incidents(server, status="open"), what="an incident")
     assert _incidents(server, service="mailer")[0]["id"] == incident["id"]
