@@ -20,11 +20,11 @@ from opstrata.alertbook import AlertBook
 from opstrata.api.app import create_app
 from opstrata.consumers import CommittedBatch, ConsumerContext, latest_event_time
 from opstrata.correlation import TopologyCorrelator
-from opstrata.onset_history import OnsetHistory
 from opstrata.fanout import ConsumerRunner
 from opstrata.ingest import IngestPipeline
 from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
 from opstrata.notifiers import NotifierRunner
+from opstrata.onset_history import OnsetHistory
 from opstrata.otlp.grpc_receiver import GrpcReceiver
 from opstrata.otlp.http_receiver import OtlpHttpApp
 from opstrata.readafterack import ReadAfterAck
