@@ -1,8 +1,10 @@
 """From scores to alerts: onset, dedup while an anomaly lasts, severity, resolution.
 
-Per series the tracker keeps a few arrays (firing, onset, peak score, anomalous points, normal
-points in a row). Only points that are anomalous, or belong to a firing series, are looked at
-one by one — on a healthy fleet that is almost none.
+Alerts are raised per *group* — the series of one alert family (:func:`alert_group`: the p50
+and p99 of one histogram, one metric of one entity over its routes and pods) raise one alert
+between them. Per group the tracker keeps a few arrays (firing, onset, peak score, anomalous
+points, normal points in a row). Only points that are anomalous, or belong to a firing group,
+are looked at one by one — on a healthy fleet that is almost none.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from opstrata.plugins.aiops.series import SeriesMeta, SeriesRegistry
 __all__ = ["AlertTracker", "severity_of"]
 
 _RANK = {Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
+ARRAYS = ("firing", "onset", "peak", "points", "normal_run", "rank", "seen_t")
+"""The tracker's per-group arrays (saved with the detector state)."""
 
 
 def severity_of(score: float, points: int) -> Severity:
@@ -48,20 +52,21 @@ class AlertTracker:
         self.points = np.zeros(0, np.int32)
         self.normal_run = np.zeros(0, np.int32)
         self.rank = np.zeros(0, np.int8)
+        self.seen_t = np.zeros(0, np.int64)
         self.lock = threading.Lock()
         self.recent: collections.deque[dict] = collections.deque(maxlen=1000)
         """Anomaly episodes, newest last, for the API (firing ones are updated in place)."""
         self.open: dict[int, dict] = {}
         self.last_sent: dict[int, AlertEvent] = {}
         self.peak_point: dict[int, tuple] = {}
-        """Firing series -> (value, expected, sigma, test, trace ids) of their strongest point:
-        the evidence an alert carries."""
+        """Firing group -> (value, expected, sigma, test, trace ids, series id) of its strongest
+        point: the evidence an alert carries."""
 
     def _grow(self, size: int) -> None:
         if size <= self.firing.size:
             return
         cap = max(size, 2 * self.firing.size, 64)
-        for name in ("firing", "onset", "peak", "points", "normal_run", "rank"):
+        for name in ARRAYS:
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
             new[: old.size] = old
@@ -79,15 +84,17 @@ class AlertTracker:
         exemplars: Sequence[Sequence[str]] | None = None,
     ) -> np.ndarray:
         """Points in time order per series; returns the label (1 anomalous) of each point."""
-        self._grow(len(self.registry))
+        self._grow(len(self.registry.group_keys))
         thresholds = self.registry.thresholds[ids]
         directions = self.registry.directions[ids]
+        groups = self.registry.groups[ids]
         anomalous = scores >= thresholds
         anomalous &= ~((directions > 0) & (values <= expected))
         anomalous &= ~((directions < 0) & (values >= expected))
-        look = np.flatnonzero(anomalous | self.firing[ids])
+        look = np.flatnonzero(anomalous | self.firing[groups])
         for i in look.tolist():
             self._step(
+                int(groups[i]),
                 int(ids[i]),
                 i,
                 bool(anomalous[i]),
@@ -101,9 +108,14 @@ class AlertTracker:
             )
         return anomalous.astype(np.int8)
 
-    def _step(self, s, i, anomalous, times, values, scores, expected, sigma, tests, exemplars):
-        meta = self.registry.metas[s]
+    def _step(self, g, sid, i, anomalous, times, values, scores, expected, sigma, tests, exemplars):
+        # ``g`` is the group (all state is per group), ``sid`` the series of this point.
+        s = g
+        meta = self.registry.metas[sid]
         t = int(times[i])
+        if not anomalous and t <= self.seen_t[s]:
+            return  # another series of the group, same time: one normal step per moment
+        self.seen_t[s] = t
         if anomalous:
             self.normal_run[s] = 0
             if not self.firing[s]:
@@ -122,12 +134,14 @@ class AlertTracker:
                     float(sigma[i]),
                     int(tests[i]),
                     trace_ids,
+                    sid,
                 )
             severity = severity_of(float(self.peak[s]), int(self.points[s]))
             if _RANK[severity] > self.rank[s]:
                 self.rank[s] = _RANK[severity]
-                value, expect, sigma_, test, trace_ids = self.peak_point[s]
-                self._send(meta, t, value, expect, sigma_, test, severity, trace_ids)
+                value, expect, sigma_, test, trace_ids, peak_sid = self.peak_point[s]
+                peak_meta = self.registry.metas[peak_sid]
+                self._send(g, peak_meta, t, value, expect, sigma_, test, severity, trace_ids)
             else:
                 self._touch(s, t, float(values[i]), float(scores[i]))
             return
@@ -160,7 +174,8 @@ class AlertTracker:
 
     @staticmethod
     def key(meta: SeriesMeta) -> str:
-        return f"aiops/{meta.kind}/{meta.key}"
+        """One alert per group: ``aiops/<kind>/<group>``."""
+        return f"aiops/{meta.kind}/{meta.group or meta.key}"
 
     def _touch(self, s: int, t: int, value: float, score: float) -> None:
         with self.lock:
@@ -172,6 +187,7 @@ class AlertTracker:
 
     def _send(
         self,
+        g: int,
         meta: SeriesMeta,
         t: int,
         value: float,
@@ -181,7 +197,7 @@ class AlertTracker:
         severity: Severity,
         trace_ids: list[str],
     ) -> None:
-        s = meta.id
+        s = g
         onset = int(self.onset[s])
         score = float(self.peak[s])
         threshold = float(meta.threshold)
@@ -198,7 +214,7 @@ class AlertTracker:
             f"{value:.4g}{unit}, expected {expected:.4g} ({lower:.4g}..{upper:.4g})"
         )
         details = {
-            "series_id": s,
+            "series_id": meta.id,
             "onset_unix_nano": onset,
             "last_unix_nano": t,
             "points": int(self.points[s]),
@@ -231,7 +247,7 @@ class AlertTracker:
         with self.lock:
             episode = self.open.get(s)
             if episode is None:
-                episode = {"series_id": s, "status": "firing", "resolved_unix_nano": None}
+                episode = {"series_id": meta.id, "status": "firing", "resolved_unix_nano": None}
                 self.open[s] = episode
                 self.recent.append(episode)
             episode.update(

@@ -102,6 +102,25 @@ _V_SQ = 24
 _R_FAST = 25
 _SCORE = 26
 _TAIL_M2 = 27
+_Z_STATS = np.array(
+    [
+        _TAIL_F,
+        _TAIL_B,
+        _TAIL_M2,
+        _CUS_POS,
+        _CUS_NEG,
+        _DRIFT_POS,
+        _DRIFT_NEG,
+        _PREV_Z,
+        _RHO,
+        _V_FAST,
+        _V_MEAN,
+        _V_SQ,
+        _R_FAST,
+    ]
+)
+"""What the tests learn from standardised residuals: a point that says nothing about its measure
+(infinite noise) leaves them as they were."""
 
 
 def normal_sf(z: np.ndarray) -> np.ndarray:
@@ -136,6 +155,9 @@ class RobustSeasonalDetector:
     the level).
     """
 
+    point_noise = True
+    """``update`` takes each point's own ``noise`` and ``weights`` (see there)."""
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = dict(params or {})
         tests = tuple(params.get("tests", TESTS))
@@ -164,10 +186,11 @@ class RobustSeasonalDetector:
         self.mask = np.zeros(cap, np.uint8)
         self.which = np.zeros(cap, np.uint8)
         self.poisson = np.zeros(cap, np.bool_)
+        self.ratio = np.zeros(cap, np.bool_)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every state array by name (for saving, and to measure the state's size)."""
-        names = ("n", "first_t", "last_t", "day", "week", "mask", "which", "poisson")
+        names = ("n", "first_t", "last_t", "day", "week", "mask", "which", "poisson", "ratio")
         arrays = {name: getattr(self, name)[: self.size] for name in names}
         arrays["st"] = self.st[:, : self.size]
         return arrays
@@ -226,24 +249,54 @@ class RobustSeasonalDetector:
         self.size = size
 
     def configure(
-        self, series: np.ndarray, seasonality: str | None = None, poisson: bool | None = None
+        self,
+        series: np.ndarray,
+        seasonality: str | None = None,
+        poisson: bool | None = None,
+        ratio: bool | None = None,
     ) -> None:
-        """Per-series options: allowed seasonality, and whether values are counts (Poisson
-        noise floor)."""
+        """Per-series options: allowed seasonality, whether values are counts (Poisson noise
+        floor), and whether they are ratios of events to a sample count given with each point
+        (``weights``: the Poisson floor of the event count, ``sqrt(expected events + 1)``)."""
         self.ensure(int(series.max()) + 1 if series.size else 0)
         if seasonality is not None:
             self.mask[series] = SEASONALITY_MASKS[seasonality]
         if poisson is not None:
             self.poisson[series] = poisson
+        if ratio is not None:
+            self.ratio[series] = ratio
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def update(self, series: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def update(
+        self,
+        series: np.ndarray,
+        times: np.ndarray,
+        values: np.ndarray,
+        noise: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Score points (series index, event time ns, value), in time order per series, and
-        learn from them. Returns one score in [0, 1] per point (0 while warming up)."""
+        learn from them. Returns one score in [0, 1] per point (0 while warming up).
+
+        ``noise`` is each point's own standard error when it is an estimate from a sample (a
+        quantile of a few requests): the point is never more precise than that, so it floors
+        the point's sigma (0 or NaN: none; +inf: the point says nothing, its z is 0).
+        ``weights`` is the sample count behind a point of a ``ratio`` series (errors /
+        requests): the event count's Poisson floor applies."""
         series = np.asarray(series, np.int64)
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
+        noise = (  # +inf stays: a point that says nothing about its measure (z = 0)
+            np.zeros(values.shape[0])
+            if noise is None
+            else np.nan_to_num(np.asarray(noise, np.float64), nan=0.0, posinf=np.inf)
+        )
+        weights = (
+            np.zeros(values.shape[0])
+            if weights is None
+            else np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0)
+        )
         scores = np.zeros(values.shape[0], np.float64)
         # Forecast and sigma of every point, for evidence (observed vs expected band).
         self.point_expected = np.full(values.shape[0], np.nan)
@@ -256,6 +309,7 @@ class RobustSeasonalDetector:
         order = np.flatnonzero(finite)
         if order.size < series.size:
             series, times, values = series[order], times[order], values[order]
+            noise, weights = noise[order], weights[order]
         # Rank of each point within its series (stable: keeps time order), then rounds.
         by_series = np.argsort(series, kind="stable")
         sorted_series = series[by_series]
@@ -274,7 +328,7 @@ class RobustSeasonalDetector:
         test = np.zeros(series.size, np.int64)
         for chunk in rounds:
             s = series[chunk]
-            out[chunk] = self._round(s, times[chunk], values[chunk])
+            out[chunk] = self._round(s, times[chunk], values[chunk], noise[chunk], weights[chunk])
             expected[chunk] = self.expected[s]
             sigma[chunk] = self.sigma[s]
             test[chunk] = self.which[s]
@@ -284,7 +338,9 @@ class RobustSeasonalDetector:
         self.point_test[order] = test
         return scores
 
-    def _round(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def _round(
+        self, s: np.ndarray, t: np.ndarray, x: np.ndarray, noise: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
         # A round over a contiguous range of series (the common case: ids are given out in
         # order of first appearance) works on a view of the state, with no gather or scatter.
         contiguous = int(s[-1]) - int(s[0]) + 1 == s.size
@@ -358,8 +414,20 @@ class RobustSeasonalDetector:
         pois = self.poisson[idx]
         if pois.any():
             sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
-        z = resid / sigma
+        # The point's own precision: a quantile of few samples, a ratio of few events. It bounds
+        # the test statistics only; the baseline still learns at the series' own sigma.
+        sigma_pt = np.maximum(sigma, noise)
+        rat = self.ratio[idx] & (weights > 0)
+        if rat.any():
+            w = np.where(rat, weights, 1.0)
+            floor = np.sqrt(np.maximum(pred, 0.0) * w + 1.0) / w
+            sigma_pt = np.where(rat, np.maximum(sigma_pt, floor), sigma_pt)
+        z = resid / sigma_pt
         az = np.abs(z)
+        silent = None
+        if not np.isfinite(noise).all():
+            silent = np.ix_(_Z_STATS, np.flatnonzero(~np.isfinite(noise)))
+            kept = v[silent]
         warm = n >= self.warmup
         # -- the tests, as tail probabilities --
         tail_f = v[_TAIL_F].astype(np.float64)
@@ -495,8 +563,10 @@ class RobustSeasonalDetector:
         self.n[idx] = n + 1
         v[_LAST_VALUE] = x
         v[_EXPECTED] = pred
-        v[_SIGMA] = sigma
+        v[_SIGMA] = np.where(np.isfinite(sigma_pt), sigma_pt, sigma)
         v[_SCORE] = score
+        if silent is not None:
+            v[silent] = kept
         self.which[idx] = which
         if not contiguous:
             self.st[:, s] = v

@@ -262,7 +262,8 @@ class MetricSeries:
         for j, quantile in enumerate(QUANTILES):
             suffix = f":p{round(quantile * 100)}"
             ids = self._ids(records, rows_a, keys_arr, suffix)
-            self.scorer.feed(ids, times[rows_a], q[:, j], traces)
+            noise = q[:, len(QUANTILES) + j]
+            self.scorer.feed(ids, times[rows_a], q[:, j], traces, noise=noise)
             fed += rows_a.size
         return fed
 
@@ -286,41 +287,70 @@ class MetricSeries:
         return fed
 
 
+_SQRT12 = math.sqrt(12.0)
+
+
+def _with_noise(at: Callable[[float], tuple[float, float]], total: float) -> list[float]:
+    """The quantiles of :data:`QUANTILES`, then their standard errors.
+
+    The rank of the q-quantile of n samples is binomial, ``n q ± sqrt(n q (1 - q))``: the
+    values at those ranks bound a one-sigma interval, whose larger half is the noise (a p99 of
+    a handful of requests is their largest, as uncertain as the gap below it). A value
+    interpolated inside a bucket is uncertain by the bucket's width too (a uniform spread,
+    ``width / sqrt(12)``). When the interval's upper rank lies beyond the sample (a p99 of fewer
+    than ~100 values) the window says nothing about the quantile: the noise is infinite and the
+    detector abstains on that point. ``at(rank)`` is (value, width of its bucket).
+    """
+    values, noises = [], []
+    for q in QUANTILES:
+        value, width = at(q * total)
+        spread = math.sqrt(total * q * (1 - q))
+        if q * total + spread > total:
+            values.append(value)
+            noises.append(math.inf)
+            continue
+        high, _ = at(q * total + spread)
+        low, _ = at(max(q * total - spread, 0.0))
+        values.append(value)
+        noises.append(max(high - value, value - low, width / _SQRT12))
+    return values + noises
+
+
 def _explicit_quantiles(
     counts: np.ndarray, bounds: list[float], low: float | None, high: float | None
 ) -> list[float]:
+    """p50, p99, then their standard errors, of one explicit-bucket histogram."""
     cumulative = np.cumsum(counts)
-    total = cumulative[-1]
-    out = []
+    total = float(cumulative[-1])
     edges = [
         low if low is not None else (bounds[0] if bounds else 0.0),
         *bounds,
         high if high is not None else (bounds[-1] if bounds else 0.0),
     ]
-    for q in QUANTILES:
-        rank = q * total
-        i = int(np.searchsorted(cumulative, rank, side="left"))
-        i = min(i, counts.size - 1)
+
+    def at(rank: float) -> tuple[float, float]:
+        i = min(int(np.searchsorted(cumulative, rank, side="left")), counts.size - 1)
         lo, hi = edges[i], edges[i + 1]
         if lo > hi:
             lo = hi
         before = cumulative[i - 1] if i else 0.0
         share = (rank - before) / counts[i] if counts[i] else 1.0
-        out.append(lo + (hi - lo) * min(max(share, 0.0), 1.0))
-    return out
+        return lo + (hi - lo) * min(max(share, 0.0), 1.0), hi - lo
+
+    return _with_noise(at, total)
 
 
 def _exp_quantiles(counts: np.ndarray, scale: int, offset: int, zero: int) -> list[float]:
+    """p50, p99, then their standard errors, of one exponential histogram."""
     base = 2.0 ** (2.0**-scale)
     cumulative = zero + np.cumsum(counts)
-    total = cumulative[-1] if counts.size else zero
-    out = []
-    for q in QUANTILES:
-        rank = q * total
+    total = float(cumulative[-1] if counts.size else zero)
+
+    def at(rank: float) -> tuple[float, float]:
         if rank <= zero or not counts.size:
-            out.append(0.0)
-            continue
+            return 0.0, 0.0
         i = min(int(np.searchsorted(cumulative, rank, side="left")), counts.size - 1)
         lo = base ** (offset + i)
-        out.append(math.sqrt(lo * lo * base))  # the bucket's geometric middle
-    return out
+        return math.sqrt(lo * lo * base), lo * (base - 1.0)  # the bucket's geometric middle
+
+    return _with_noise(at, total)

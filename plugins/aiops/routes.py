@@ -36,8 +36,17 @@ def _series_row(family: str, meta: Any, scorer: Any) -> dict[str, Any]:
         "value": float(det.last_value[sid]) if known else None,
         "expected": float(det.expected[sid]) if known else None,
         "last_unix_nano": int(det.last_t[sid]) if known else None,
-        "firing": bool(sid < scorer.tracker.firing.size and scorer.tracker.firing[sid]),
+        "firing": _firing(scorer, sid),
     }
+
+
+def _firing(scorer: Any, sid: int) -> bool:
+    """Whether the alert group of series ``sid`` is firing (alerts are raised per group)."""
+    groups = scorer.registry.groups
+    if sid >= groups.size:
+        return False
+    gid = int(groups[sid])
+    return bool(gid < scorer.tracker.firing.size and scorer.tracker.firing[gid])
 
 
 @get("/series", sync_to_thread=False)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from opstrata import AlertEvent
 from opstrata.detectors import Detector
-from opstrata.plugins.aiops.alerting import AlertTracker
+from opstrata.plugins.aiops.alerting import ARRAYS, AlertTracker
 from opstrata.plugins.aiops.config import AiopsConfig
 from opstrata.plugins.aiops.series import SeriesMeta, SeriesRegistry
 
@@ -56,7 +56,12 @@ class SeriesScorer:
         configure = getattr(self.detector, "configure", None)
         for meta in self.registry.take_new():
             if configure is not None and not meta.excluded:
-                configure(np.array([meta.id]), seasonality=meta.seasonality, poisson=meta.counts)
+                configure(
+                    np.array([meta.id]),
+                    seasonality=meta.seasonality,
+                    poisson=meta.counts,
+                    ratio=meta.ratio,
+                )
             self.new_series.append(meta)
 
     def feed(
@@ -65,9 +70,12 @@ class SeriesScorer:
         times: np.ndarray,
         values: np.ndarray,
         exemplars: Sequence[Sequence[str]] | None = None,
+        noise: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score points (ids from ``self.registry``; -1 are skipped); returns (scores, labels)
-        in the order given."""
+        in the order given. ``noise``: each point's own standard error (a quantile of few
+        samples); ``weights``: the sample count behind a ratio point (see the detector)."""
         self._configure_new()
         ids = np.asarray(ids, np.int64)
         times = np.asarray(times, np.int64)
@@ -80,7 +88,18 @@ class SeriesScorer:
         # Time order (stable): the detector needs each series' points in order.
         keep = keep[np.argsort(times[keep], kind="stable")]
         k_ids, k_times, k_values = ids[keep], times[keep], values[keep]
-        k_scores = self.detector.update(k_ids, k_times, k_values)
+        if getattr(self.detector, "point_noise", False) and (
+            noise is not None or weights is not None
+        ):
+            k_scores = self.detector.update(  # type: ignore[call-arg]
+                k_ids,
+                k_times,
+                k_values,
+                noise=None if noise is None else np.asarray(noise, np.float64)[keep],
+                weights=None if weights is None else np.asarray(weights, np.float64)[keep],
+            )
+        else:
+            k_scores = self.detector.update(k_ids, k_times, k_values)
         expected = getattr(self.detector, "point_expected", None)
         sigma = getattr(self.detector, "point_sigma", None)
         tests = getattr(self.detector, "point_test", None)
@@ -115,15 +134,12 @@ class SeriesScorer:
         """What a restart needs to go on where it stopped: series, detector and alert state."""
         arrays = getattr(self.detector, "state_arrays", None)
         tracker = self.tracker
-        size = len(self.registry)
+        size = len(self.registry.group_keys)
         return {
             "metas": msgspec.msgpack.encode(self.registry.metas),
             "ids": dict(self.registry._ids),
             "detector": {k: np.array(v) for k, v in arrays().items()} if arrays else None,
-            "tracker": {
-                name: np.array(getattr(tracker, name)[:size])
-                for name in ("firing", "onset", "peak", "points", "normal_run", "rank")
-            },
+            "tracker_groups": {name: np.array(getattr(tracker, name)[:size]) for name in ARRAYS},
             "last_sent": msgspec.msgpack.encode(tracker.last_sent),
             "peak_point": dict(tracker.peak_point),
         }
@@ -140,8 +156,10 @@ class SeriesScorer:
         if load is not None and state.get("detector") is not None:
             load(state["detector"])
         tracker = self.tracker
-        tracker._grow(len(registry))
-        for name, values in state["tracker"].items():
+        tracker._grow(len(registry.group_keys))
+        if "tracker_groups" not in state:
+            return  # saved before alerts were grouped: firing anomalies are not carried over
+        for name, values in state["tracker_groups"].items():
             getattr(tracker, name)[: values.size] = values
         tracker.last_sent = msgspec.msgpack.decode(state["last_sent"], type=dict[int, AlertEvent])
         tracker.peak_point = dict(state["peak_point"])

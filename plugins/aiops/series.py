@@ -21,6 +21,7 @@ __all__ = [
     "LOCATING_KEYS",
     "SeriesMeta",
     "SeriesRegistry",
+    "alert_group",
     "entity_of_metric",
     "locating_resource",
 ]
@@ -71,9 +72,28 @@ class SeriesMeta(msgspec.Struct, frozen=True, kw_only=True):
     """1: only increases are anomalies (latency, errors), -1: only decreases, 0: both."""
     counts: bool = False
     """Values are event counts per window (Poisson noise floor)."""
+    ratio: bool = False
+    """Values are events / samples (error ratio); points come with their sample count."""
     threshold: float = 1.0
     seasonality: str = "auto"
     excluded: bool = False
+    group: str = ""
+    """The alert family: series of one family raise one alert between them (the p50 and p99
+    of one histogram, one metric's series of one entity). Empty: see :func:`alert_group`."""
+
+
+def alert_group(meta: SeriesMeta) -> str:
+    """The family a series alerts with: its kind, entity and measure, the quantile or the
+    attribute set left out — so the p50 and p99 of a service's latency, or one metric over a
+    service's routes and pods, are one alert, not one per derived series."""
+    if meta.group:
+        return meta.group
+    name = meta.name
+    for suffix in (":p50", ":p99", "_p50", "_p99"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{meta.kind}|{meta.entity.kind}|{meta.entity.name}|{name}"
 
 
 def locating_resource(resource: Mapping[str, str]) -> dict[str, str]:
@@ -127,6 +147,10 @@ class SeriesRegistry:
         self.metas: list[SeriesMeta] = []
         self._thresholds = np.zeros(64)
         self._directions = np.zeros(64, np.int8)
+        self._groups = np.zeros(64, np.int64)
+        self.group_ids: dict[str, int] = {}
+        """Alert family -> group id (what the alert tracker's arrays are indexed by)."""
+        self.group_keys: list[str] = []
         self._new: list[SeriesMeta] = []
 
     def __len__(self) -> int:
@@ -139,6 +163,11 @@ class SeriesRegistry:
     @property
     def directions(self) -> np.ndarray:
         return self._directions[: len(self.metas)]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The alert group id of every series."""
+        return self._groups[: len(self.metas)]
 
     def ids(self, keys: list[str], describe: Callable[[int, str], SeriesMeta | None]) -> np.ndarray:
         """Ids of ``keys`` (-1 for excluded ones); ``describe(i, key)`` builds the metadata of
@@ -164,12 +193,19 @@ class SeriesRegistry:
         meta = msgspec.structs.replace(
             meta, id=sid, key=key, threshold=threshold, seasonality=seasonality, excluded=excluded
         )
+        meta = msgspec.structs.replace(meta, group=alert_group(meta))
         with self.lock:
             if sid >= self._thresholds.size:
                 self._thresholds = np.resize(self._thresholds, sid * 2)
                 self._directions = np.resize(self._directions, sid * 2)
+                self._groups = np.resize(self._groups, sid * 2)
+            gid = self.group_ids.get(meta.group)
+            if gid is None:
+                gid = self.group_ids[meta.group] = len(self.group_keys)
+                self.group_keys.append(meta.group)
             self._thresholds[sid] = threshold
             self._directions[sid] = meta.direction
+            self._groups[sid] = gid
             self.metas.append(meta)
             self._new.append(meta)
         self._ids[key] = -1 if excluded else sid

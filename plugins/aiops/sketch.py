@@ -46,20 +46,46 @@ class LogHistogram:
 
     def quantiles(self, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(groups, values[len(groups), len(qs)]): each group's quantiles, as bucket midpoints."""
+        groups, values, _, _ = self.quantiles_with_noise(qs)
+        return groups, values
+
+    def quantiles_with_noise(
+        self, qs: tuple[float, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(groups, values, noise, counts): each group's quantiles, their standard errors and
+        the group's sample count.
+
+        The standard error comes from the order statistics: the rank of the q-quantile of n
+        samples is binomial, ``n q ± sqrt(n q (1 - q))``, so the values at those ranks bound a
+        one-sigma interval; the noise is its larger half. When the upper rank lies beyond the
+        sample (a p99 of fewer than ~100 values: it is their largest, and the quantile may be
+        anywhere above it) the noise is infinite: the detector abstains on that point.
+        """
         if not self.codes.size:
-            return np.zeros(0, np.int64), np.zeros((0, len(qs)))
+            empty = np.zeros((0, len(qs)))
+            return np.zeros(0, np.int64), empty, empty.copy(), np.zeros(0, np.int64)
         groups = self.codes // BUCKETS
         starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
         ends = np.r_[starts[1:], groups.size]
         cumulative = np.cumsum(self.counts)
         before = np.r_[0, cumulative][starts]
         totals = cumulative[ends - 1] - before
-        out = np.zeros((starts.size, len(qs)))
-        for j, q in enumerate(qs):
-            # The first bucket of the group whose cumulative count reaches rank q * total.
-            target = before + np.maximum(np.ceil(q * totals), 1)
+
+        def at(rank: np.ndarray) -> np.ndarray:
+            # The first bucket of the group whose cumulative count reaches the rank.
+            target = before + np.clip(np.ceil(rank), 1, totals)
             index = np.searchsorted(cumulative, target, side="left")
             index = np.minimum(np.maximum(index, starts), ends - 1)
             bucket = (self.codes[index] % BUCKETS - OFFSET).astype(np.float64)
-            out[:, j] = GAMMA ** (bucket + 0.5)
-        return groups[starts], out
+            return GAMMA ** (bucket + 0.5)
+
+        out = np.zeros((starts.size, len(qs)))
+        noise = np.zeros((starts.size, len(qs)))
+        for j, q in enumerate(qs):
+            spread = np.sqrt(totals * q * (1 - q))
+            value = at(q * totals)
+            out[:, j] = value
+            high, low = at(q * totals + spread), at(q * totals - spread)
+            open_above = q * totals + spread > totals
+            noise[:, j] = np.where(open_above, np.inf, np.maximum(high - value, value - low))
+        return groups[starts], out, noise, totals

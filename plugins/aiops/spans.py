@@ -165,25 +165,31 @@ class RedSeries:
                 self.last_seen[eid] = w
         # Services seen recently but without a request in this window: a zero rate.
         silent = [e for e, last in self.last_seen.items() if last < w and w - last <= ZERO_WINDOWS]
-        groups, quantiles = acc.hist.quantiles((0.5, 0.99))
-        q_of = {int(g): quantiles[j] for j, g in enumerate(groups.tolist())}
+        groups, quantiles, q_noise, _ = acc.hist.quantiles_with_noise((0.5, 0.99))
+        q_of = {int(g): j for j, g in enumerate(groups.tolist())}
         keys, values, exemplars, metas = [], [], [], []
+        noise, weights = [], []
         for eid in present.tolist():
             entity, resource = self.entity_meta[eid]
             count = int(acc.count[eid])
             slow = [t for _, t in sorted(acc.slow.get(eid, []), reverse=True)]
-            measures = [(0, count / width_s, [])]
+            # (measure, value, exemplars, the value's own standard error, its sample count)
+            measures = [(0, count / width_s, [], 0.0, 0.0)]
             if count >= self.min_spans:
-                q = q_of.get(eid)
-                measures.append((1, acc.errors[eid] / count, acc.errors_ex.get(eid, [])))
-                if q is not None:
-                    measures.append((2, float(q[0]), slow))
-                    measures.append((3, float(q[1]), slow))
-            for m, value, trace_ids in measures:
+                j = q_of.get(eid)
+                errors_ex = acc.errors_ex.get(eid, [])
+                measures.append((1, acc.errors[eid] / count, errors_ex, 0.0, float(count)))
+                if j is not None:
+                    q, qn = quantiles[j], q_noise[j]
+                    measures.append((2, float(q[0]), slow, float(qn[0]), float(count)))
+                    measures.append((3, float(q[1]), slow, float(qn[1]), float(count)))
+            for m, value, trace_ids, point_noise, samples in measures:
                 suffix, kind, direction, unit = _MEASURES[m]
                 keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
                 values.append(value)
                 exemplars.append(trace_ids)
+                noise.append(point_noise)
+                weights.append(samples)
                 metas.append(
                     SeriesMeta(
                         id=0,
@@ -194,6 +200,7 @@ class RedSeries:
                         resource=resource,
                         unit=unit,
                         direction=direction,
+                        ratio=m == 1,
                     )
                 )
         for eid in silent:
@@ -202,6 +209,8 @@ class RedSeries:
             keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
             values.append(0.0)
             exemplars.append([])
+            noise.append(0.0)
+            weights.append(0.0)
             metas.append(
                 SeriesMeta(
                     id=0,
@@ -217,4 +226,11 @@ class RedSeries:
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
-        self.scorer.feed(ids, np.full(len(keys), start, np.int64), np.array(values), exemplars)
+        self.scorer.feed(
+            ids,
+            np.full(len(keys), start, np.int64),
+            np.array(values),
+            exemplars,
+            noise=np.array(noise),
+            weights=np.array(weights),
+        )
