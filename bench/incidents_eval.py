@@ -14,7 +14,8 @@ and incidents back through the HTTP API and scores them against the scenario's g
 - the *fault incident* (the incident holding most alerts that began inside the fault window on
   entities the fault affects):
   root cause top-1 / top-3 of the ranking and of the jump baseline beside it, and the simulated
-  time from the fault's first effect to that incident's first alert;
+  time from the fault's first effect to that incident being open (confirmed) with an alert of
+  the fault;
 - false incidents: every other incident, per simulated day.
 
 Results go to stdout as a markdown table (and to --json); docs/aiops.md quotes them.
@@ -128,8 +129,16 @@ def _score(scenario: str, seed: int, minutes: float, truths: list[Truth], wall: 
         base1 |= bool(base) and truth.matches(base[0])
         base3 |= any(truth.matches(e) for e in base[:3])
         tops += [f"{e.kind}:{e.name}" for e in names[:3]]
-        first = min(by_id[a]["first_seen_unix_nano"] for a in chosen["alert_ids"] if a in by_id)
-        delay = max(0, first - truth.onset_unix_nano) / _NS
+        # Shown to a user once it is open (confirmed) and holds an alert of the fault.
+        first = min(
+            by_id[a]["first_seen_unix_nano"] for a in chosen["alert_ids"]
+            if a in by_id and by_id[a]["first_seen_unix_nano"] >= start
+        )  # fmt: skip
+        opened = min(
+            (e["time_unix_nano"] for e in chosen.get("timeline", []) if e["what"] == "opened"),
+            default=first,
+        )
+        delay = max(0, max(first, opened) - truth.onset_unix_nano) / _NS
         detect = delay if detect is None else max(detect, delay)
     events = sum(a["events"] for a in alerts)
     return RunResult(
