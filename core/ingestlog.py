@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,9 +85,18 @@ class IngestLog:
     meanwhile, so durability against an OS crash costs one fsync per burst.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int = 64 * 1024 * 1024,
+        sync_interval: float = 0.005,
+    ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
+        self.sync_interval = sync_interval
+        """Least time between the starts of two fsyncs. An ``fdatasync`` costs ~150-200 µs of
+        CPU here; back to back under load they took 2-6 µs of CPU per span. When idle the
+        fsync starts at once; under load an acknowledgement waits at most this much longer."""
         self.appended = 0
         """Position after the last appended record."""
         self.synced = 0
@@ -208,12 +218,18 @@ class IngestLog:
     # -- the syncer thread ---------------------------------------------------------------------
 
     def _sync_loop(self) -> None:
+        last_start = 0.0
         while True:
             with self._lock:
                 while self.appended == self.synced and not self._closing:
                     self._wake.wait()
                 if self.appended == self.synced and self._closing:
                     return
+            delay = last_start + self.sync_interval - time.monotonic()
+            if delay > 0 and not self._closing:
+                time.sleep(delay)  # more requests join this fsync meanwhile
+            last_start = time.monotonic()
+            with self._lock:
                 target = self.appended
                 dirty, self._dirty = self._dirty, []
                 retired, self._retired = self._retired, []
