@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -256,8 +257,17 @@ def main() -> None:
             ]
         kinds = [(label, paths) for label, paths in kinds if args.only in label]
         with httpx.Client(base_url=server.api_base, timeout=120) as client:
-            measure(client, [("/api/v1/services", hour)])  # warm up the caches once
-            print()
+            # Warm up once: the caches, and each code path's first call (imports, cursors).
+            warm = ids[0]
+            measure(
+                client,
+                [
+                    ("/api/v1/services", hour),
+                    (f"/api/v1/traces/{warm}", {}),
+                    (f"/api/traces/{warm}", {}),
+                ],
+            )
+            print(f"\nload average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print("| query | repeats | median ms | p99 ms |")
             print("|---|---|---|---|")
             for label, paths in kinds:
@@ -267,6 +277,7 @@ def main() -> None:
                     f"{p99(times):.1f} |",
                     flush=True,
                 )
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if server is not None:
             server.stop()
