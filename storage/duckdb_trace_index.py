@@ -176,7 +176,8 @@ class TraceIndex:
             # parameter has the key's type: with ``AND "Signal" = ?`` beside it, or a key above
             # 2**63 bound as HUGEINT, it scans millions of keys instead (~3-25 ms against ~0.5).
             # So the signal is filtered here, and the number of placeholders (never their
-            # values) shapes the SQL.
+            # values) shapes the SQL. Entries above ``upto`` (a catch-up that committed after
+            # ``upto`` was read) are left out: the tail read covers their rows, once.
             marks = ", ".join(["CAST(? AS UBIGINT)"] * len(keys))
             signal = _SIGNALS[table]
             rows = [
@@ -188,7 +189,7 @@ class TraceIndex:
                     keys,
                 )
                 .fetchall()
-                if row[0] == signal
+                if row[0] == signal and row[1] <= upto
             ]
         return TraceLocation(
             row_ranges=_merge([(int(r[2]), int(r[3])) for r in rows]),

@@ -15,6 +15,7 @@ from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Table
 from opstrata.storage.duckdb_queries import DuckDBQueries
 from opstrata.storage.duckdb_store import DuckDBStore
+from opstrata.storage.duckdb_trace_index import TraceIndex
 from tests.otelsdk import make_spans
 
 
@@ -65,5 +66,38 @@ def test_index_finds_every_span_of_a_trace_sent_in_pieces(tmp_path: Path) -> Non
         assert len(after) == 5 and gone not in after
         assert queries.trace(format(other[0].context.trace_id, "032x")).num_rows == 6
         assert queries.trace("0" * 32).num_rows == 0
+    finally:
+        store.shutdown()
+
+
+def test_spans_indexed_after_the_lookup_read_its_high_water_mark_come_once(
+    tmp_path: Path,
+) -> None:
+    """A catch-up that commits between reading how far the index goes and looking a trace up
+    (here: another TraceIndex on the same store) must not return its spans twice — once from
+    the index, once from the tail."""
+
+    def build(tracer: trace.Tracer) -> None:
+        with tracer.start_as_current_span("root"):
+            for i in range(3):
+                with tracer.start_as_current_span(f"child-{i}"):
+                    pass
+
+    spans = list(make_spans("twice", build))
+    trace_id = format(spans[0].context.trace_id, "032x")
+    store = DuckDBStore(tmp_path / "data")
+    store.start()
+    try:
+        queries = DuckDBQueries(store)
+        _write(store, spans[:2])
+        queries.index.catch_up()  # this index knows it went up to sequence 1
+        _write(store, spans[2:])
+        TraceIndex(store).catch_up()  # ...while another indexes sequence 2 behind its back
+        assert queries.index.indexed_upto(Table.TRACES) == 1
+        found = queries.trace(trace_id).column("SpanId").to_pylist()
+        assert sorted(found) == sorted(format(s.context.span_id, "016x") for s in spans)
+        queries.index.catch_up()
+        assert queries.index.locate(Table.TRACES, [trace_id]).tail_empty
+        assert queries.trace(trace_id).num_rows == 4
     finally:
         store.shutdown()
