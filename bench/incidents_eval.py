@@ -1,7 +1,8 @@
 """How well alerts become incidents: every demo fault scenario over several seeds, plus normal days.
 
     python bench/incidents_eval.py [--scenarios all|a,b] [--seeds 1,2,3] [--normal-hours 24]
-        [--warmup 40] [--fault 20] [--rate 3] [--json OUT.json]
+        [--warmup 40] [--fault 20] [--rate 3] [--normal-rate 3] [--json OUT.json]
+        [--dump DIR]
 
 Each run starts a fresh `opstrata serve` (every built-in plugin) on a temporary data directory,
 sends the demo environment's telemetry (real OTLP through the OpenTelemetry SDK, simulated time,
@@ -157,7 +158,7 @@ def run_one(scenario: str, seed: int, args: argparse.Namespace) -> RunResult:
     duration = args.normal_hours * 60 if normal else args.warmup + args.fault
     sim = Simulation(
         scenario=scenario, seed=seed, speed=0.0, warmup_minutes=args.warmup,
-        duration_minutes=duration, rate=args.rate,
+        duration_minutes=duration, rate=args.normal_rate if normal else args.rate,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="opstrata-eval-") as tmp:
         server = ServerProcess(Path(tmp) / "data").start()
@@ -255,6 +256,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=40.0, help="simulated minutes before")
     parser.add_argument("--fault", type=float, default=20.0, help="simulated minutes of fault")
     parser.add_argument("--rate", type=float, default=3.0, help="requests per simulated second")
+    parser.add_argument("--normal-rate", type=float, default=3.0,
+                        help="requests per simulated second of the normal day (sparser traffic "
+                        "is noisier: fewer requests behind each percentile)")  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--dump", type=Path, help="keep each run's alerts, incidents, truths "
                         "and topology under this directory")  # fmt: skip
