@@ -136,6 +136,9 @@ def run_once(bodies: list[bytes]) -> tuple[float, float, int, float]:
             warm = WARM_UP
             for seq, d in zip(seqs[:warm], decoded[:warm], strict=True):
                 consumer.consume(CommittedBatch.of(seq, d.batches), ctx)
+            consumer.flush_pending()  # batches wait to be looked at in groups: look now
+            assert consumer.writer is not None
+            consumer.writer.flush()
             started = time.process_time()
             own = time.thread_time()
             for seq, d in zip(seqs[warm:], decoded[warm:], strict=True):

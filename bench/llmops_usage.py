@@ -1,19 +1,22 @@
 """``usage`` grouped by model and day over many LLM calls: the query behind
 ``GET /api/v1/llmops/usage?group_by=model&bucket=1d``, on a DuckDB store like the server's.
 
-    python bench/llmops_usage.py [--calls 10000000] [--repeat 7] [--data-dir DIR]
+    python bench/llmops_usage.py [--calls 10000000] [--repeat 7] [--data-dir DIR] [--http]
 
 Generated calls (30 days, 40 models, 12 services, 5,000 users, 20 prompts) are inserted
 directly into ``llmops_calls`` as Arrow batches of 1 M rows, in time order as the consumer
 writes them, through a store opened with the server's default settings (2 threads, 2 GB). Then
 each query runs --repeat times through the plugin's own query code; the median and the best
-wall time are printed. The first run of each is a warm-up and not counted.
+wall time are printed. The first run of each is a warm-up and not counted. With ``--http`` the
+same questions are asked end to end of a real ``opstrata serve`` started on the data directory
+(``GET /api/v1/llmops/...`` with httpx, response decoded), which is what the target is about.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +24,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.serverproc
+
 from opstrata.plugins.llmops import queries
 from opstrata.plugins.llmops.queries import Filters
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.store import CALLS_TABLE, ROLLUP_TABLE, cursor_of, roll_up
 from opstrata.storage.duckdb_store import DuckDBStore
+from tests.serverproc import ServerProcess
 
 DAY = 86_400 * 10**9
 T0 = 1_760_000_000 * 10**9 // DAY * DAY
@@ -93,12 +99,51 @@ def timed(what: str, run, repeat: int) -> None:
     )
 
 
+def over_http(data_dir: Path, repeat: int) -> None:
+    """The API questions end to end, through a server started on ``data_dir``."""
+    server = ServerProcess(data_dir).start(timeout=300)
+    try:
+        day = 86_400 * 10**9
+
+        def ask(path: str, **params: object):  # noqa: ANN202
+            def run() -> list:
+                response = server.api(path, **params)
+                response.raise_for_status()
+                body = response.json()
+                if isinstance(body, list):
+                    return body
+                return body["rows"] if "rows" in body else body["models"]
+
+            return run
+
+        timed("GET usage?group_by=model&bucket=1d", ask("/api/v1/llmops/usage", group_by="model",
+              bucket="1d"), repeat)  # fmt: skip
+        timed("GET usage?group_by=model&bucket=1d&user=u-1 (calls)",
+              ask("/api/v1/llmops/usage", group_by="model", bucket="1d", user="u-1"), repeat)
+        timed("GET usage?group_by=model&bucket=1d&latency=true", ask("/api/v1/llmops/usage",
+              group_by="model", bucket="1d", latency="true"), repeat)  # fmt: skip
+        timed("GET usage?group_by=service,model&bucket=1h", ask("/api/v1/llmops/usage",
+              group_by="service,model", bucket="1h"), repeat)  # fmt: skip
+        timed("GET usage?group_by=user (last day)", ask("/api/v1/llmops/usage", group_by="user",
+              start=str(T0 + 29 * day), end=str(T0 + 30 * day)), repeat)  # fmt: skip
+        timed("GET models", ask("/api/v1/llmops/models"), repeat)
+        timed("GET prompts", ask("/api/v1/llmops/prompts"), repeat)
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--http", action="store_true", help="ask a real server (needs --data-dir)")
     args = parser.parse_args()
+    if args.http:
+        if args.data_dir is None:
+            parser.error("--http needs --data-dir (filled by a run without --http)")
+        over_http(args.data_dir, args.repeat)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         store = DuckDBStore(args.data_dir or Path(tmp))
         store.start()

@@ -18,7 +18,7 @@ from opstrata.plugins.llmops.detect import CallAlerts
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
-from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, candidate_rows, recognise
+from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.writer import CallWriter
 from opstrata.schema import Signal, Table
@@ -28,35 +28,23 @@ __all__ = ["LLMCalls", "price_calls"]
 log = logging.getLogger(__name__)
 
 GROUP_SECONDS = 0.25
-"""Candidate rows wait at most this long (wall clock, arrival) before they are recognised ..."""
-GROUP_ROWS = 5000
-"""... or until this many are waiting."""
+"""Committed batches wait at most this long (wall clock, arrival) before they are looked at ..."""
+GROUP_ROWS = 50_000
+"""... or until this many rows are waiting. Every Arrow call costs some microseconds whatever
+its size, so a batch is not looked at on its own: a group's spans are scanned in one go."""
 _MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
 
 
-def _candidates(
-    batch: pa.RecordBatch | None, attributes: str, with_events: bool = False
-) -> pa.RecordBatch | None:
-    """The rows of ``batch`` that may be (or belong to) an LLM call."""
-    if batch is None or batch.num_rows == 0:
+def _table(batches: list[pa.RecordBatch]) -> pa.Table | None:
+    """The batches as one table (no copy: each batch is a chunk)."""
+    if not batches:
         return None
-    rows = candidate_rows(batch.column(attributes))
-    if with_events:
-        events = pc.is_in(batch.column("EventName"), value_set=_MESSAGE_EVENT_NAMES)
-        if pc.any(events).as_py():
-            found = np.flatnonzero(events.to_numpy(zero_copy_only=False))
-            rows = found if rows is None else np.union1d(rows, found)
-    if rows is None:
-        return None
-    return batch.take(pa.array(rows))
-
-
-def _one_batch(parts: list[pa.RecordBatch]) -> pa.RecordBatch | None:
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+    try:
+        return pa.Table.from_batches(batches)
+    except pa.ArrowInvalid:  # batches read back from the store may differ in metadata
+        return pa.concat_tables(
+            [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
+        )
 
 
 def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
@@ -134,13 +122,19 @@ class LLMCalls(Consumer):
     def _resource_of(self, service: str) -> dict[str, str]:
         return dict(self.resources.get(service) or {"service.name": service})
 
-    def _remember_resources(self, batch: pa.RecordBatch, rows: np.ndarray) -> None:
-        services = batch.column("ServiceName").take(pa.array(rows)).to_numpy(zero_copy_only=False)
+    def _remember_resources(self, batch: pa.Table, rows: np.ndarray) -> None:
+        services = batch.column("ServiceName").take(pa.array(rows)).to_numpy()
         names, first = np.unique(services, return_index=True)
-        for name, index in zip(names, first, strict=True):
-            if name not in self.resources:
-                pairs = batch.column("ResourceAttributes")[int(rows[index])].as_py() or []
-                self.resources[str(name)] = {str(k): str(v) for k, v in pairs}
+        new = [i for i, name in zip(first, names, strict=True) if name not in self.resources]
+        if not new:
+            return
+        picked = pa.array(rows[new])
+        for name, pairs in zip(
+            batch.column("ServiceName").take(picked).to_pylist(),
+            batch.column("ResourceAttributes").take(picked).to_pylist(),
+            strict=True,
+        ):
+            self.resources[str(name)] = {str(k): str(v) for k, v in pairs or ()}
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         writer = self.writer
@@ -167,17 +161,16 @@ class LLMCalls(Consumer):
         log.info("llmops: re-read batches %d..%d from the store", after, upto)
 
     def _process(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
-        """Keep the batch's few candidate rows (one set lookup per batch); recognise them in
-        groups, every ``GROUP_SECONDS`` or ``GROUP_ROWS``: recognising, pricing and storing cost
-        about the same for one call as for a thousand, so a batch with a single LLM span would
-        otherwise pay it whole."""
-        spans = _candidates(batch.tables.get(Table.TRACES), "SpanAttributes")
-        logs = _candidates(batch.tables.get(Table.LOGS), "LogAttributes", with_events=True)
+        """Keep the batch; look at the kept ones together every ``GROUP_SECONDS`` or
+        ``GROUP_ROWS``: finding, recognising, pricing and storing calls cost about the same for
+        one batch as for a hundred."""
+        spans = batch.tables.get(Table.TRACES)
+        logs = batch.tables.get(Table.LOGS)
         with self._lock:
-            if spans is not None:
+            if spans is not None and spans.num_rows:
                 self._pending_spans.append(spans)
                 self._pending_rows += spans.num_rows
-            if logs is not None:
+            if logs is not None and logs.num_rows:
                 self._pending_logs.append(logs)
                 self._pending_rows += logs.num_rows
             self._pending_seq = batch.seq
@@ -195,15 +188,13 @@ class LLMCalls(Consumer):
         with self._lock:
             if not self._pending_since:
                 return
-            spans, logs = _one_batch(self._pending_spans), _one_batch(self._pending_logs)
+            spans, logs = _table(self._pending_spans), _table(self._pending_logs)
             seq = self._pending_seq
             self._pending_spans, self._pending_logs = [], []
             self._pending_rows, self._pending_since = 0, 0.0
             self._recognise(seq, spans, logs)
 
-    def _recognise(
-        self, seq: int, spans: pa.RecordBatch | None, logs: pa.RecordBatch | None
-    ) -> None:
+    def _recognise(self, seq: int, spans: pa.Table | None, logs: pa.Table | None) -> None:
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
@@ -226,10 +217,11 @@ class LLMCalls(Consumer):
         if self.alerts is not None:
             self.alerts.add(all_calls)
 
-    def _logs(self, logs: pa.RecordBatch, calls: list[pa.Table], messages: list[pa.Table]) -> None:
+    def _logs(self, logs: pa.Table, calls: list[pa.Table], messages: list[pa.Table]) -> None:
         """GenAI log events: ``gen_ai.client.inference.operation.details`` (a whole call; it is
         the call itself only when it has no span, else its messages join the span's call) and
         the deprecated per-message events."""
+
         col = logs.column
         cols = SpanColumns(
             col("Timestamp"),
@@ -248,9 +240,8 @@ class LLMCalls(Consumer):
             messages.append(found.messages)
         if not self.policy.keeps_content:
             return
-        names = col("EventName")
         wanted = np.flatnonzero(
-            pc.is_in(names, value_set=pa.array(list(MESSAGE_EVENTS))).to_numpy(zero_copy_only=False)
+            pc.is_in(col("EventName"), value_set=_MESSAGE_EVENT_NAMES).to_numpy()
         )
         if len(wanted) == 0:
             return
@@ -279,6 +270,9 @@ class LLMCalls(Consumer):
                     "SpanId": [k[1] for k, _, _ in stored],
                     "Source": ["event"] * len(stored),
                     "Messages": [m for _, _, m in stored],
+                    **{
+                        c: pa.nulls(len(stored), pa.string()) for c in ("System", "Input", "Output")
+                    },
                 },
                 schema=MESSAGES,
             )

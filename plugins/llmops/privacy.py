@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 __all__ = ["ContentPolicy"]
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -29,6 +33,25 @@ _DATE = re.compile(r"\d{4}[-.]\d{2}[-.]\d{2}")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w)"
 )
+
+
+# The same patterns in RE2 (pyarrow.compute runs them over a whole column in C++), for the JSON
+# text of messages as the instrumentation sent it. A key may follow a JSON escape (``\\n``), so
+# the word boundary before it is spelled out and kept in the replacement.
+_RE2_API_KEY = (
+    r"(^|[^A-Za-z0-9_]|\\[nrtbf]|\\u[0-9a-fA-F]{4})"
+    r"(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
+    r"|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,})"
+    r"|(?i:bearer)(?:\s|\\[nrt])+[A-Za-z0-9._~+/=-]{16,}"
+)
+# Texts without any of these (no "@", no key prefix, no run of 7 digits) have nothing to mask:
+# one scan finds them, and only the others are searched with the costlier patterns.
+_RE2_ATTENTION = r"@|sk-|AKIA|AIza|gh[pousr]_|xox|hf_|(?i:bearer)|\d(?:[ ().+-]{0,3}\d){6}"
+_RE2_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+_RE2_DIGITS = r"\d(?:[ ().+-]{0,3}\d){6}"
+# A placeholder right after an odd number of backslashes: the match ate part of a JSON escape
+# (``\\nbob@example.com``), so that text is masked the slow, exact way instead.
+_RE2_BROKEN = r"(?:^|[^\\])(?:\\\\)*\\\[(?:EMAIL|PHONE|CARD|API_KEY|MASKED)\]"
 
 
 def _luhn(digits: str) -> bool:
@@ -61,9 +84,54 @@ class ContentPolicy:
         self.max_chars = max_chars
         self._extra = [re.compile(p) for p in extra_patterns]
 
+        self._re2_extra: list[str] = []
+        for pattern in extra_patterns:
+            try:  # RE2 when it accepts the pattern (no look-arounds, no back-references)
+                pc.replace_substring_regex(pa.array([""]), pattern, "")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                self._re2_extra = []
+                break
+            self._re2_extra.append(pattern)
+        self._all_re2 = len(self._re2_extra) == len(self._extra)
+
     @property
     def keeps_content(self) -> bool:
         return self.mode != "drop"
+
+    def apply_json(self, texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
+        """Mask a column of message JSON texts (``gen_ai.input.messages`` as sent) without
+        parsing them: e-mails, keys and extra patterns are replaced by RE2 over the whole column
+        at once. Returns the masked texts and the rows that must instead be parsed and masked
+        message by message with :meth:`apply` (``exact``): those longer than
+        ``max_message_chars`` (each message is cut to it), those with a run of 7 digits (card
+        and phone numbers need the Luhn check and look-arounds RE2 has not), those where a match
+        ate part of a JSON escape, and all of them when an extra pattern is not RE2."""
+        exact = pc.fill_null(pc.greater(pc.utf8_length(texts), self.max_chars), False)
+        if self.mode != "mask":
+            return texts, exact.to_numpy(zero_copy_only=False)
+        if not self._all_re2:
+            return texts, pc.is_valid(texts).to_numpy(zero_copy_only=False)
+        if self._re2_extra:
+            attention = pc.is_valid(texts)
+        else:
+            attention = pc.match_substring_regex(texts, _RE2_ATTENTION)
+        picked = np.flatnonzero(pc.fill_null(attention, False).to_numpy(zero_copy_only=False))
+        masked = texts
+        if len(picked):
+            some = texts.take(pa.array(picked))
+            slow = pc.match_substring_regex(some, _RE2_DIGITS).to_numpy(zero_copy_only=False)
+            some = pc.replace_substring_regex(some, _RE2_API_KEY, r"\1[API_KEY]")
+            some = pc.replace_substring_regex(some, _RE2_EMAIL, "[EMAIL]")
+            for pattern in self._re2_extra:
+                some = pc.replace_substring_regex(some, pattern, "[MASKED]")
+            slow |= pc.match_substring_regex(some, _RE2_BROKEN).to_numpy(zero_copy_only=False)
+            replace = np.zeros(len(texts), dtype=bool)
+            replace[picked] = True
+            masked = pc.replace_with_mask(texts, pa.array(replace), some)
+            flagged = np.zeros(len(texts), dtype=bool)
+            flagged[picked] = slow
+            exact = pc.or_(exact, pa.array(flagged))
+        return masked, pc.fill_null(exact, False).to_numpy(zero_copy_only=False)
 
     def apply(self, text: str | None) -> str | None:
         if text is None or self.mode == "drop":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PICO
 from opstrata.plugins.llmops.store import (
     CALLS_TABLE,
@@ -283,15 +284,21 @@ def call_detail(cursor: Any, trace_id: str, span_id: str) -> dict[str, Any] | No
         return None
     call = _call(found[0])
     stored = cursor.execute(
-        f'SELECT "Source", "Messages" FROM {MESSAGES_TABLE} WHERE "TraceId" = ? AND "SpanId" = ? '
-        'ORDER BY "Source" DESC, "Timestamp"',
+        f'SELECT "Source", "Messages", "System", "Input", "Output" FROM {MESSAGES_TABLE} '
+        'WHERE "TraceId" = ? AND "SpanId" = ? ORDER BY "Source" DESC, "Timestamp"',
         [trace_id, span_id],
     ).fetchall()
     # Messages from the span itself win; events (logs) fill in when the span had none.
     by_source: dict[str, dict[str, list[Any]]] = {}
-    for source, text in stored:
+    for source, text, *raw in stored:
         merged = by_source.setdefault(source, {"input": [], "output": []})
-        data = json.loads(text)
+        parsed = CallMessages()  # the GenAI JSON attributes, stored as sent (masked)
+        for direction, value in zip(("system", "input", "output"), raw, strict=True):
+            if value is not None:
+                parsed.add_json(direction, value)
+        merged["input"] += parsed.input
+        merged["output"] += parsed.output
+        data = json.loads(text) if text else {}
         merged["input"] += data.get("input", [])
         merged["output"] += data.get("output", [])
     chosen = next((s for s in ("span", "event") if s in by_source), None)

@@ -10,34 +10,30 @@ error class names) — their number, not the batch's, sets that cost.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from opstrata.plugins.llmops import columns as col
 from opstrata.plugins.llmops.conventions import (
     CONVENTION_OF_PREFIX,
     FIELDS,
     MARKER_KEYS,
     NON_CALL_OPERATIONS,
 )
-from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.span_parts import (
+    MESSAGES,
+    event_facts,
+    indexed_messages,
     message_table,
     normalise_error,
-    read_events,
-    read_messages,
 )
 
 __all__ = ["CALLS", "Recognised", "SpanColumns", "candidate_rows", "normalise_error", "recognise"]
-
 CALLS = pa.schema(
     [
         ("Timestamp", pa.timestamp("ns")),
@@ -88,9 +84,9 @@ for _index, (_field, _keys) in enumerate(FIELDS.items()):
         _FIELD_OF[_KEY_ID[_key]], _PRIORITY_OF[_KEY_ID[_key]] = _index, _priority
 _MESSAGE_FIELDS = ("system_instructions", "input_messages", "output_messages")
 _FAMILIES = ("genai", "openinference", "traceloop", "vllm")
-_CONVENTION_NAMES = np.array(
+_CONVENTION_NAMES = pa.array(
     [",".join(f for b, f in enumerate(_FAMILIES) if bits >> b & 1) for bits in range(16)],
-    dtype=object,
+    pa.string(),
 )
 _FAMILY_BIT = np.zeros(len(_KEYS), dtype=np.int64)
 for _key, _id in _KEY_ID.items():
@@ -112,31 +108,65 @@ _OPERATIONS = {
     "rerank": "rerank",
     "chat": "chat",
 }
-_STATUS_PREFIX = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Timeout|Exceeded))\b")
+_CALL_KINDS = pa.array(["LLM", "EMBEDDING"], pa.string())
+_NON_CALL = pa.array(sorted(NON_CALL_OPERATIONS), pa.string())
 
 
 @dataclass(frozen=True, slots=True)
 class SpanColumns:
-    """The columns recognition reads: spans' own, or log records' mapped onto them."""
+    """The columns recognition reads: spans' own, or log records' mapped onto them. Arrays or
+    chunked arrays (a group of committed batches, one chunk each: never concatenated whole)."""
 
-    time: pa.Array
-    trace_id: pa.Array
-    span_id: pa.Array
-    service: pa.Array
-    attributes: pa.Array
-    duration: pa.Array | None = None
-    status_code: pa.Array | None = None
-    status_message: pa.Array | None = None
-    events: pa.Array | None = None
+    time: pa.Array | pa.ChunkedArray
+    trace_id: pa.Array | pa.ChunkedArray
+    span_id: pa.Array | pa.ChunkedArray
+    service: pa.Array | pa.ChunkedArray
+    attributes: pa.Array | pa.ChunkedArray
+    duration: pa.Array | pa.ChunkedArray | None = None
+    status_code: pa.Array | pa.ChunkedArray | None = None
+    status_message: pa.Array | pa.ChunkedArray | None = None
+    events: pa.Array | pa.ChunkedArray | None = None
 
     @classmethod
-    def of_spans(cls, batch: pa.RecordBatch) -> SpanColumns:
-        col = batch.column
+    def of_spans(cls, batch: pa.RecordBatch | pa.Table) -> SpanColumns:
+        c = batch.column
         return cls(
-            col("Timestamp"), col("TraceId"), col("SpanId"), col("ServiceName"),
-            col("SpanAttributes"), col("Duration"), col("StatusCode"), col("StatusMessage"),
-            col("Events"),
+            c("Timestamp"), c("TraceId"), c("SpanId"), c("ServiceName"), c("SpanAttributes"),
+            c("Duration"), c("StatusCode"), c("StatusMessage"), c("Events"),
         )  # fmt: skip
+
+
+def _one(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values
+
+
+def _entries(
+    attributes: pa.Array | pa.ChunkedArray,
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
+    """Keys and values of every attribute map, and the row each belongs to; the maps' chunks
+    are referenced (or sliced), not copied."""
+    chunks = attributes.chunks if isinstance(attributes, pa.ChunkedArray) else [attributes]
+    if not chunks:
+        empty = pa.chunked_array([], pa.string())
+        return empty, empty, np.zeros(0, dtype=np.int64)
+    offsets = [c.offsets.to_numpy() for c in chunks]
+    lengths = np.concatenate([np.diff(o) for o in offsets])
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    keys = pa.chunked_array([c.keys for c in chunks], pa.string())
+    if len(keys) == len(owner):  # unsliced maps (the usual case): each chunk's entries whole
+        return keys, pa.chunked_array([c.items for c in chunks], pa.string()), owner
+    sliced_keys, sliced_items = [], []
+    for chunk, bounds in zip(chunks, offsets, strict=True):
+        start, end = int(bounds[0]), int(bounds[-1])
+        sliced_keys.append(chunk.keys.slice(start, end - start))
+        sliced_items.append(chunk.items.slice(start, end - start))
+    return (
+        pa.chunked_array(sliced_keys, pa.string()),
+        pa.chunked_array(sliced_items, pa.string()),
+        owner,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,276 +178,227 @@ class Recognised:
     rows: np.ndarray
 
 
-def _ints(values: np.ndarray) -> np.ndarray:
-    """Attribute strings as int64, -1 where absent or not a number. A Python loop: the values
-    are those of LLM rows only, and few, where an Arrow kernel call costs more than the loop."""
-    out = np.full(len(values), -1, dtype=np.int64)
-    for i, value in enumerate(values):
-        if value is not None:
-            try:
-                out[i] = int(value)
-            except ValueError:
-                with contextlib.suppress(ValueError, OverflowError):
-                    out[i] = round(float(value))
-    return out
-
-
-def _floats(values: np.ndarray) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, value in enumerate(values):
-        if value is not None:
-            with contextlib.suppress(ValueError):
-                out[i] = float(value)
-    return out
-
-
-def _first_reason(value: str | None) -> str:
-    if not value:
-        return ""
-    if value.startswith("["):
-        try:
-            reasons = json.loads(value)
-            return ",".join(str(r) for r in reasons) if isinstance(reasons, list) else value
-        except ValueError:
-            return value
-    return value
-
-
-def _mapped(values: np.ndarray, fn: Any) -> np.ndarray:
-    """``fn`` of each value, computed once per distinct value; None stays ``""``."""
-    done: dict[Any, Any] = {None: ""}
-    out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        result = done.get(value)
-        if result is None:
-            result = done[value] = fn(value)
-        out[i] = result
-    return out
-
-
-def _finish_reasons(reasons: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """Finish reasons as given, else those inside ``gen_ai.output.messages`` (openai-v2 puts
-    them only there for streamed calls)."""
-    out = np.empty(len(reasons), dtype=object)
-    for i, (given, messages) in enumerate(zip(reasons, outputs, strict=True)):
-        reason = _first_reason(given)
-        if not reason and messages:
-            try:
-                parsed = json.loads(messages)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, list):
-                reason = ",".join(
-                    str(m["finish_reason"])
-                    for m in parsed
-                    if isinstance(m, dict) and m.get("finish_reason")
-                )
-        out[i] = reason
-    return out
-
-
-def _request_model_of(invocation: str | None) -> str:
-    if not invocation:
-        return ""
-    try:
-        params = json.loads(invocation)
-    except ValueError:
-        return ""
-    return str(params.get("model") or "") if isinstance(params, dict) else ""
-
-
-def candidate_rows(attributes: pa.Array) -> np.ndarray | None:
+def candidate_rows(attributes: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """Rows whose attribute map has a marker key (the only rows :func:`recognise` can find a
-    call in), or ``None``: one set lookup over the batch's keys."""
-    offsets = attributes.offsets.to_numpy()
-    start, end = int(offsets[0]), int(offsets[-1])
-    hits = pc.is_in(attributes.keys.slice(start, end - start), value_set=_MARKER_SET)
+    call in), or ``None``: one set lookup over the keys of every chunk at once."""
+    chunks = attributes.chunks if isinstance(attributes, pa.ChunkedArray) else [attributes]
+    keys, lengths = [], []
+    for chunk in chunks:
+        offsets = chunk.offsets.to_numpy()
+        start, end = int(offsets[0]), int(offsets[-1])
+        keys.append(chunk.keys.slice(start, end - start))
+        lengths.append(offsets)
+    if not keys:
+        return None
+    hits = pc.is_in(pa.chunked_array(keys, pa.string()), value_set=_MARKER_SET)
     if not pc.any(hits).as_py():
         return None
-    owners = np.repeat(np.arange(len(attributes)), np.diff(offsets))
-    return np.unique(owners[hits.to_numpy(zero_copy_only=False)])
+    counts = np.concatenate([np.diff(o) for o in lengths])
+    owners = np.repeat(np.arange(len(counts)), counts)
+    return np.unique(owners[hits.to_numpy()])
+
+
+def _best_entries(key_ids: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Per field and row, the position of the entry with the field's best key (-1: none), as a
+    (fields, rows) array: scattered priority by priority, worst first, so the best key wins."""
+    known = np.flatnonzero(key_ids >= 0)
+    ids = key_ids[known]
+    fields = _FIELD_OF[ids]
+    useful = fields >= 0
+    positions, fields, ids = known[useful], fields[useful], ids[useful]
+    slot = fields * n + owner[positions]
+    priority = _PRIORITY_OF[ids]
+    index = np.full(len(_FIELD_NAMES) * n, -1, dtype=np.int64)
+    for level in range(int(priority.max(initial=0)), -1, -1):
+        at = priority == level
+        index[slot[at]] = positions[at]
+    return index.reshape(len(_FIELD_NAMES), n)
+
+
+def _take(items: pa.Array, index: np.ndarray, names: list[str]) -> dict[str, pa.Array]:
+    """The fields ``names`` (rows of ``index``) in one take; fields no row has are nulls."""
+    width = index.shape[1]
+    given = np.flatnonzero((index >= 0).any(axis=1))
+    flat = index[given].ravel()
+    values = items.take(pa.array(flat, pa.int64(), mask=flat < 0))
+    out = dict.fromkeys(names, pa.nulls(width, pa.string()))
+    for slot, row in enumerate(given):
+        out[names[row]] = values.slice(slot * width, width)
+    return out
+
+
+def _template_names(templates: pa.Array) -> pa.Array:
+    """``template:<8 hex of SHA-1>`` per template text: hashed once per distinct text."""
+    encoded = pc.dictionary_encode(templates)
+    names = [
+        "template:" + hashlib.sha1(t.encode()).hexdigest()[:8]
+        for t in encoded.dictionary.to_pylist()
+    ]
+    return pa.array(names, pa.string()).take(encoded.indices)
 
 
 def recognise(
     cols: SpanColumns, policy: ContentPolicy, source: str = "span", with_calls: bool = True
 ) -> Recognised | None:
-    """The LLM calls among the rows of ``cols``; ``None`` when there are none."""
-    n = len(cols.attributes)
-    if n == 0:
+    """The LLM calls among the rows of ``cols``; ``None`` when there are none. One key lookup
+    over every attribute of every row; everything after it touches the marked rows only."""
+    if len(cols.attributes) == 0:
         return None
-    offsets = cols.attributes.offsets.to_numpy()
-    start, end = int(offsets[0]), int(offsets[-1])
-    keys = cols.attributes.keys.slice(start, end - start)
-    # The common case, a batch without LLM spans, ends after this one set lookup.
-    if not pc.any(pc.is_in(keys, value_set=_MARKER_SET)).as_py():
+    all_keys, all_items, all_owner = _entries(cols.attributes)
+    all_ids = pc.index_in(all_keys, value_set=_KEY_SET).fill_null(-1).to_numpy()
+    known = np.flatnonzero(all_ids >= 0)
+    marked = known[_IS_MARKER[all_ids[known]]]
+    if len(marked) == 0:  # the common case: a group without LLM spans ends here
         return None
-    items = cols.attributes.items.slice(start, end - start)
-    rows_all = np.repeat(np.arange(n), np.diff(offsets))
-    key_ids = pc.index_in(keys, value_set=_KEY_SET).fill_null(-1).to_numpy(zero_copy_only=False)
+    cand = np.unique(all_owner[marked])  # candidate rows; from here on numbered 0..n-1
+    n = len(cand)
+    local = np.full(len(cols.attributes), -1, dtype=np.int64)
+    local[cand] = np.arange(n)
+    mine = np.flatnonzero(local[all_owner] >= 0)  # the entries of candidate rows
+    if len(mine) == len(all_owner):  # every row is a candidate (an LLM-only service)
+        keys, items = _one(all_keys), _one(all_items)
+    else:
+        at = pa.array(mine)
+        keys, items = _one(all_keys.take(at)), _one(all_items.take(at))
+    owner, key_ids = local[all_owner[mine]], all_ids[mine]
     known = key_ids >= 0
-    rows_k, ids_k = rows_all[known], key_ids[known]
-    candidate = np.zeros(n, dtype=bool)
-    candidate[rows_k[_IS_MARKER[ids_k]]] = True
-    # From here on only candidate rows: ``local`` numbers them 0..m-1.
-    cand = np.flatnonzero(candidate)
-    m = len(cand)
-    local_of = np.full(n, -1, dtype=np.int64)
-    local_of[cand] = np.arange(m)
-    keep = candidate[rows_k]
-    local_k, ids_k = local_of[rows_k[keep]], ids_k[keep]
-    known_positions = np.flatnonzero(known)[keep]
-    vals_k = items.take(pa.array(known_positions)).to_numpy(zero_copy_only=False)
-    families = np.zeros(m, dtype=np.int64)
-    np.bitwise_or.at(families, local_k, _FAMILY_BIT[ids_k])
+    families = np.zeros(n, dtype=np.int64)
+    np.bitwise_or.at(families, owner[known], _FAMILY_BIT[key_ids[known]])
+    best = _best_entries(key_ids, owner, n)
 
-    # Every field at once: per (field, row) the entry with the best key (lowest priority).
-    fields_k = _FIELD_OF[ids_k]
-    useful = fields_k >= 0
-    local_k, fields_k, prio_k, vals_k = (
-        local_k[useful],
-        fields_k[useful],
-        _PRIORITY_OF[ids_k[useful]],
-        vals_k[useful],
-    )
-    slot = fields_k * m + local_k
-    order = np.lexsort((prio_k, slot))
-    slot_sorted = slot[order]
-    best = order[np.r_[True, slot_sorted[1:] != slot_sorted[:-1]]] if len(order) else order
-    table = np.full((len(_FIELD_NAMES), m), None, dtype=object)
-    table[fields_k[best], local_k[best]] = vals_k[best]
-    field = {name: table[i] for i, name in enumerate(_FIELD_NAMES)}
-
-    tokens = {name: _ints(field[name]) for name in _TOKEN_FIELDS}
-    has_model = (field["request_model"] != None) | (field["response_model"] != None)  # noqa: E711
-    has_tokens = (tokens["input_tokens"] >= 0) | (tokens["output_tokens"] >= 0)
-    oi_kind = field["oi_kind"]
-    oi_llm = np.array([k in ("LLM", "EMBEDDING") for k in oi_kind], dtype=bool)
-    oi_ok = oi_llm | (oi_kind == None)  # noqa: E711
-    op_ok = np.array([o not in NON_CALL_OPERATIONS for o in field["operation"]], dtype=bool)
+    # Which rows are calls, from the few fields that decide it.
+    f = _take(items, best, _FIELD_NAMES)
+    has_model = pc.or_(pc.is_valid(f["request_model"]), pc.is_valid(f["response_model"]))
+    tokens = {name: col.ints(f[name]) for name in _TOKEN_FIELDS}
+    has_tokens = pc.or_(pc.is_valid(tokens["input_tokens"]), pc.is_valid(tokens["output_tokens"]))
+    oi_llm = pc.is_in(f["oi_kind"], value_set=_CALL_KINDS)
+    oi_ok = pc.or_(oi_llm, pc.is_null(f["oi_kind"]))
+    op_ok = pc.invert(pc.is_in(f["operation"], value_set=_NON_CALL))
     # An OpenInference LLM span is a call even when it failed before the model was known.
-    is_call = (has_model | has_tokens | oi_llm) & oi_ok & op_ok
+    is_call = pc.and_(pc.and_(pc.or_(pc.or_(has_model, has_tokens), oi_llm), oi_ok), op_ok)
+    is_call = is_call.to_numpy(zero_copy_only=False)
     if not is_call.any():
         return None
-    rows = cand[is_call]
-    take = pa.array(rows)
+    if not is_call.all():  # agent and tool spans among the candidates
+        keep = pa.array(is_call)
+        f = {name: values.filter(keep) for name, values in f.items()}
+        tokens = {name: values.filter(keep) for name, values in tokens.items()}
+    rows = cand[is_call]  # rows of ``cols``
     k = len(rows)
+    take = pa.array(rows)
+    times = pc.cast(_one(cols.time.take(take)), pa.int64())
+    trace_ids, span_ids = _one(cols.trace_id.take(take)), _one(cols.span_id.take(take))
 
-    def pick(name: str) -> np.ndarray:
-        return field[name][is_call]
+    inp, out = tokens["input_tokens"], tokens["output_tokens"]
+    either = pc.or_(pc.is_valid(inp), pc.is_valid(out))
+    total = pc.if_else(either, pc.add(pc.fill_null(inp, 0), pc.fill_null(out, 0)), None)
+    total = pc.coalesce(pc.max_element_wise(total, tokens["total_tokens"]), total)
 
-    times = pc.cast(cols.time.take(take), pa.int64()).to_numpy(zero_copy_only=False)
-    trace_ids = cols.trace_id.take(take)
-    span_ids = cols.span_id.take(take)
+    provider = col.text(pc.utf8_lower(f["provider"]))
+    # OpenInference has the requested model only in the invocation parameters.
+    request_model = col.text(
+        pc.coalesce(f["request_model"], col.model_of_invocation(f["oi_invocation"]))
+    )
+    response_model = col.text(f["response_model"])
+    model = pc.if_else(pc.equal(response_model, ""), request_model, response_model)
+    operation = col.text(col.mapped(f["operation"], _OPERATIONS))
+    embedding = pc.fill_null(pc.equal(f["oi_kind"], "EMBEDDING"), False)
+    operation = pc.if_else(
+        pc.equal(operation, ""), pc.if_else(embedding, "embeddings", "chat"), operation
+    )
 
-    provider = _mapped(pick("provider"), lambda p: p.lower())
-    request_model = pick("request_model")
-    missing_request = request_model == None  # noqa: E711
-    if missing_request.any():  # OpenInference: only in the invocation parameters
-        request_model[missing_request] = _mapped(
-            pick("oi_invocation")[missing_request], _request_model_of
-        )
-    response_model = _mapped(pick("response_model"), str)
-    model = np.where(response_model != "", response_model, _mapped(request_model, str))
-    operation = _mapped(pick("operation"), lambda op: _OPERATIONS.get(op, op))
-    unnamed = operation == ""
-    if unnamed.any():
-        embedding = oi_kind[is_call] == "EMBEDDING"
-        operation[unnamed] = np.where(embedding[unnamed], "embeddings", "chat")
-    conventions = _CONVENTION_NAMES[families[is_call]]
-
-    tok = {name: values[is_call] for name, values in tokens.items()}
-    inp, out = tok["input_tokens"], tok["output_tokens"]
-    total = np.where((inp >= 0) | (out >= 0), np.maximum(inp, 0) + np.maximum(out, 0), -1)
-    total = np.where(tok["total_tokens"] >= 0, np.maximum(total, tok["total_tokens"]), total)
-
-    # Cost the span carries (OpenInference llm.cost.*), in pico-dollars.
-    carried = _floats(pick("cost"))
-    parts = _floats(pick("cost_input")) + _floats(pick("cost_output"))
-    carried = np.where(np.isnan(carried), parts, carried)
+    # A cost the span carries (OpenInference llm.cost.*), in pico-dollars.
+    carried = pc.coalesce(
+        col.floats(f["cost"]), pc.add(col.floats(f["cost_input"]), col.floats(f["cost_output"]))
+    )
+    cost = pc.cast(pc.round(pc.multiply(carried, 1e12)), pa.int64(), safe=False)
 
     duration = (
-        cols.duration.take(take).to_numpy(zero_copy_only=False).astype(np.int64)
+        _one(cols.duration.take(take)).to_numpy(zero_copy_only=False).astype(np.int64)
         if cols.duration is not None
         else np.zeros(k, dtype=np.int64)
     )
-    e2e = _floats(pick("e2e_seconds"))
+    e2e = col.floats(f["e2e_seconds"]).to_numpy(zero_copy_only=False)
     duration = np.where((duration <= 0) & ~np.isnan(e2e), np.round(e2e * 1e9), duration)
-    ttft = _floats(pick("ttft_seconds"))
+    ttft = col.floats(f["ttft_seconds"]).to_numpy(zero_copy_only=False)
     ttft_ns = np.where(np.isnan(ttft), -1, np.round(ttft * 1e9)).astype(np.int64)
+    events = event_facts(_one(cols.events.take(take)) if cols.events is not None else None, k)
+    from_events = (ttft_ns < 0) & (events.first_token >= 0)
+    start_ns = times.to_numpy(zero_copy_only=False)
+    ttft_ns[from_events] = np.maximum(events.first_token - start_ns, 0)[from_events]
 
-    error_type = _mapped(pick("error_type"), normalise_error)
-    is_error = error_type != ""
+    error_type = col.error_class(f["error_type"])
+    no_type = pc.equal(error_type, "")
+    error_type = pc.if_else(
+        pc.and_(no_type, pa.array(events.has_exception)), events.exception_type, error_type
+    )
+    is_error = pc.or_(pc.not_equal(error_type, ""), pa.array(events.has_exception))
     if cols.status_code is not None:
-        status = cols.status_code.take(take).to_numpy(zero_copy_only=False)
-        is_error |= status == "Error"
-
-    message_rows: dict[int, CallMessages] = {}
-    if cols.events is not None:
-        read_events(cols.events.take(take), times, ttft_ns, error_type, is_error, message_rows)
-    if cols.status_message is not None:
-        missing = np.flatnonzero(is_error & (error_type == ""))
-        if len(missing):
-            texts = cols.status_message.take(pa.array(rows[missing])).to_pylist()
-            for i, text in zip(missing, texts, strict=True):
-                match = _STATUS_PREFIX.match(text or "")
-                error_type[i] = normalise_error(match.group(1)) if match else "_OTHER"
-
-    prompt_name = _mapped(pick("prompt_name"), str)
-    unnamed = prompt_name == ""
-    if unnamed.any():  # a template without a name is named after its text
-        prompt_name[unnamed] = _mapped(
-            pick("prompt_template")[unnamed],
-            lambda t: "template:" + hashlib.sha1(t.encode()).hexdigest()[:8],
+        is_error = pc.or_(
+            is_error, pc.fill_null(pc.equal(_one(cols.status_code.take(take)), "Error"), False)
         )
+        unnamed = pc.and_(is_error, pc.equal(error_type, ""))
+        if pc.any(unnamed).as_py():
+            by_status = col.status_error_class(_one(cols.status_message.take(take)))
+            error_type = pc.if_else(unnamed, by_status, error_type)
+
+    prompt_name = f["prompt_name"]
+    unnamed = pc.and_(pc.is_null(prompt_name), pc.is_valid(f["prompt_template"]))
+    if pc.any(unnamed).as_py():  # a template without a name is named after its text
+        prompt_name = pc.coalesce(prompt_name, _template_names(f["prompt_template"]))
+
+    messages = None
     if policy.keeps_content:
-        read_messages(
-            rows, rows_all, keys, items, {n: pick(n) for n in _MESSAGE_FIELDS}, message_rows
-        )
-
-    def text(values: np.ndarray) -> pa.Array:
-        return pa.array([v if v is not None else "" for v in values], pa.string())
+        slow = events.message_events
+        call_of = np.full(n, -1, dtype=np.int64)
+        call_of[is_call] = np.arange(k)
+        indexed_messages(call_of[owner], keys, items, key_ids < 0, slow)
+        raw = {
+            "System": f["system_instructions"],
+            "Input": f["input_messages"],
+            "Output": f["output_messages"],
+        }
+        messages = message_table(raw, slow, pa.array(start_ns, pa.timestamp("ns")),
+                                 trace_ids, span_ids, source, policy)  # fmt: skip
 
     def opt(values: np.ndarray) -> pa.Array:
         return pa.array(values, pa.int64(), mask=values < 0)
 
     calls = pa.table(
         {
-            "Timestamp": pa.array(times, pa.timestamp("ns")),
+            "Timestamp": pa.array(start_ns, pa.timestamp("ns")),
             "TraceId": trace_ids,
             "SpanId": span_ids,
-            "ServiceName": cols.service.take(take),
-            "Provider": text(provider),
-            "RequestModel": text(request_model),
-            "ResponseModel": text(response_model),
-            "Model": text(model),
-            "Operation": text(operation),
-            "Source": pa.array([source] * k, pa.string()),
-            "Conventions": text(conventions),
-            "InputTokens": opt(inp),
-            "OutputTokens": opt(out),
-            "CacheReadTokens": opt(tok["cache_read_tokens"]),
-            "CacheWriteTokens": opt(tok["cache_write_tokens"]),
-            "ReasoningTokens": opt(tok["reasoning_tokens"]),
-            "TotalTokens": opt(total),
-            "CostPicoUsd": pa.array(
-                np.where(np.isnan(carried), 0, np.round(carried * 1e12)).astype(np.int64),
-                pa.int64(),
-                mask=np.isnan(carried),
-            ),
-            "CostSource": pa.array(np.where(np.isnan(carried), None, "span"), pa.string()),
+            "ServiceName": _one(cols.service.take(take)),
+            "Provider": provider,
+            "RequestModel": request_model,
+            "ResponseModel": response_model,
+            "Model": model,
+            "Operation": operation,
+            "Source": pa.array(np.full(k, source, dtype=object), pa.string()),
+            "Conventions": _CONVENTION_NAMES.take(pa.array(families[is_call])),
+            "InputTokens": inp,
+            "OutputTokens": out,
+            "CacheReadTokens": tokens["cache_read_tokens"],
+            "CacheWriteTokens": tokens["cache_write_tokens"],
+            "ReasoningTokens": tokens["reasoning_tokens"],
+            "TotalTokens": total,
+            "CostPicoUsd": cost,
+            "CostSource": pc.if_else(pc.is_valid(carried), "span", pa.scalar(None, pa.string())),
             "Duration": pa.array(duration.astype(np.int64), pa.int64()),
             "Ttft": opt(ttft_ns),
-            "FinishReason": text(_finish_reasons(pick("finish_reasons"), pick("output_messages"))),
-            "IsError": pa.array(is_error, pa.bool_()),
-            "ErrorType": text(error_type),
-            "PromptName": text(prompt_name),
-            "PromptVersion": text(pick("prompt_version")),
-            "SessionId": text(pick("session_id")),
-            "UserId": text(pick("user_id")),
+            "FinishReason": col.finish_reasons(f["finish_reasons"], f["output_messages"]),
+            "IsError": is_error,
+            "ErrorType": error_type,
+            "PromptName": col.text(prompt_name),
+            "PromptVersion": col.text(f["prompt_version"]),
+            "SessionId": col.text(f["session_id"]),
+            "UserId": col.text(f["user_id"]),
         },
         schema=CALLS,
     )  # fmt: skip
-    messages = message_table(message_rows, times, trace_ids, span_ids, source, policy)
+    if messages is None:
+        messages = MESSAGES.empty_table()
     if not with_calls:
         calls = calls.slice(0, 0)
     return Recognised(calls, messages, rows)

@@ -111,6 +111,10 @@ def ensure_tables(store: Any, cursor: Any) -> None:
         if store not in _ready:
             cursor.execute(_ddl(CALLS_TABLE, CALLS))
             cursor.execute(_ddl(MESSAGES_TABLE, MESSAGES))
+            for name in ("System", "Input", "Output"):  # a table from before raw JSON was kept
+                cursor.execute(
+                    f'ALTER TABLE {MESSAGES_TABLE} ADD COLUMN IF NOT EXISTS "{name}" VARCHAR'
+                )
             cursor.execute(
                 f'CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} ("Consumer" VARCHAR PRIMARY KEY, '
                 '"Seq" UBIGINT)'

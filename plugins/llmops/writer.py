@@ -125,10 +125,12 @@ class CallWriter:
             cursor.execute("BEGIN TRANSACTION")
             try:
                 if calls.num_rows:
-                    cursor.execute(f"INSERT INTO {CALLS_TABLE} SELECT * FROM pending_calls")
+                    cursor.execute(f"INSERT INTO {CALLS_TABLE} BY NAME SELECT * FROM pending_calls")
                     roll_up(cursor, pending_calls)
                 if messages.num_rows:
-                    cursor.execute(f"INSERT INTO {MESSAGES_TABLE} SELECT * FROM pending_messages")
+                    cursor.execute(
+                        f"INSERT INTO {MESSAGES_TABLE} BY NAME SELECT * FROM pending_messages"
+                    )
                 cursor.execute(
                     f"INSERT OR REPLACE INTO {PROGRESS_TABLE} VALUES (?, ?)", [self.name, seq]
                 )
