@@ -111,6 +111,23 @@ class _PendingWrite:
             self.loop.call_soon_threadsafe(_set)
 
 
+def _settle_all(group: list[_PendingWrite], first_seq: int) -> None:
+    """Settle a committed group with one wake-up of each event loop, not one per request (a
+    commit of the ingest log's backlog holds thousands)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int]]] = {}
+    for offset, item in enumerate(group):
+        by_loop.setdefault(item.loop, []).append((item.future, first_seq + offset))
+
+    def _set(done: list[tuple[asyncio.Future[int], int]]) -> None:
+        for future, seq in done:
+            if not future.done():
+                future.set_result(seq)
+
+    for loop, done in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(_set, done)
+
+
 class DuckDBStore:
     """``Store`` on a DuckDB file in ``data_dir``."""
 
@@ -271,8 +288,7 @@ class DuckDBStore:
         stats.rows_committed += sum(item.rows for item in group)
         stats.commit_seconds_total += elapsed
         stats.last_commit_seconds = elapsed
-        for offset, item in enumerate(group):
-            item.settle(first_seq + offset)
+        _settle_all(group, first_seq)
 
     def _insert(self, group: list[_PendingWrite], first_seq: int) -> None:
         con = self._con
