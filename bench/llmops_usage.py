@@ -105,7 +105,7 @@ def over_http(data_dir: Path, repeat: int) -> None:
     try:
         day = 86_400 * 10**9
 
-        def ask(path: str, **params: object):  # noqa: ANN202
+        def ask(path: str, **params: object):
             def run() -> list:
                 response = server.api(path, **params)
                 response.raise_for_status()
@@ -163,32 +163,32 @@ def main() -> None:
                 cursor.execute("FORCE CHECKPOINT")
                 took = time.perf_counter() - started
                 print(f"inserted {args.calls - have:,} calls in {took:.1f} s")
-            if not cursor.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchone()[0]:
-                roll_up(cursor, CALLS_TABLE)  # a database filled before the hourly table existed
+            # (a database filled before llmops_rollup existed got it built by cursor_of)
+            rolled = cursor.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchone()[0]
             total = cursor.execute(f"SELECT count(*) FROM {CALLS_TABLE}").fetchone()[0]
-            print(f"{total:,} calls in {store.path}")
+            print(f"{total:,} calls in {store.path}; {rolled:,} rollup rows")
             day = 86_400 * 10**9
             everything = Filters()
             timed("usage group_by=model bucket=1d",
-                  lambda: queries.usage(cursor, everything, ["model"], day, False, 100_000),
+                  lambda: queries.usage(cursor, everything, ["model"], day, False, 100_000)[0],
                   args.repeat)  # fmt: skip
             calls_only = Filters(errors_only=False)  # a filter the hourly table cannot answer
             timed("  the same from the calls (errors=false: no hourly table)",
-                  lambda: queries.usage(cursor, calls_only, ["model"], day, False, 100_000),
+                  lambda: queries.usage(cursor, calls_only, ["model"], day, False, 100_000)[0],
                   args.repeat)  # fmt: skip
             timed("usage group_by=model bucket=1d latency=true",
-                  lambda: queries.usage(cursor, everything, ["model"], day, True, 100_000),
+                  lambda: queries.usage(cursor, everything, ["model"], day, True, 100_000)[0],
                   args.repeat)  # fmt: skip
             timed("usage group_by=service,model bucket=1h",
                   lambda: queries.usage(cursor, everything, ["service", "model"], day // 24,
-                                        False, 100_000),
+                                        False, 100_000)[0],
                   args.repeat)  # fmt: skip
             last_day = Filters(start=T0 + 29 * day, end=T0 + 30 * day)
             timed("usage group_by=user, last day",
-                  lambda: queries.usage(cursor, last_day, ["user"], None, False, 100_000),
+                  lambda: queries.usage(cursor, last_day, ["user"], None, False, 100_000)[0],
                   args.repeat)  # fmt: skip
             timed("models (with p50/p95/p99 latency, TTFT)",
-                  lambda: queries.models(cursor, everything), args.repeat)  # fmt: skip
+                  lambda: queries.models(cursor, everything)[0], args.repeat)  # fmt: skip
         finally:
             store.shutdown()
 

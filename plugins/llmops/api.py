@@ -55,6 +55,8 @@ class UsageOut(msgspec.Struct, frozen=True):
     group_by: list[str]
     bucket_seconds: int | None
     rows: list[UsageRow]
+    percentiles: str | None = None
+    """With ``latency``: ``sketch`` (per model over whole days, within ~4.4 %) or ``exact``."""
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -133,6 +135,8 @@ class ModelsOut(msgspec.Struct, frozen=True):
     models: list[ModelOut]
     unpriced_models: list[str]
     unpriced_calls: int
+    percentiles: str = "exact"
+    """``sketch`` (whole days: from the day sketches, within ~4.4 %) or ``exact``."""
 
 
 class PromptVersion(msgspec.Struct, frozen=True):
@@ -269,11 +273,14 @@ class LLMOpsController(Controller):
             start, end, service=service, provider=provider, model=model, operation=operation,
             prompt=prompt, prompt_version=prompt_version, user=user, session=session,
         )  # fmt: skip
-        rows = queries.usage(cursor_of(runtime.store), filters, groups, bucket_ns, latency, limit)
+        rows, source = queries.usage(
+            cursor_of(runtime.store), filters, groups, bucket_ns, latency, limit
+        )
         return UsageOut(
             group_by=groups,
             bucket_seconds=bucket_ns // 1_000_000_000 if bucket_ns else None,
             rows=_as(rows, list[UsageRow]),
+            percentiles=source,
         )
 
     @get("/calls", sync_to_thread=True)
@@ -327,7 +334,7 @@ class LLMOpsController(Controller):
         """Every model called, with usage, cost, latency; the models without a price."""
         from opstrata.plugins.llmops import plugin_state
 
-        rows = queries.models(cursor_of(runtime.store), _filters(start, end))
+        rows, source = queries.models(cursor_of(runtime.store), _filters(start, end))
         prices = plugin_state().prices
         out = []
         for row in rows:
@@ -341,6 +348,7 @@ class LLMOpsController(Controller):
             models=_as(out, list[ModelOut]),
             unpriced_models=unpriced,
             unpriced_calls=sum(r["unpriced_calls"] for r in rows),
+            percentiles=source,
         )
 
     @get("/prompts", sync_to_thread=True)

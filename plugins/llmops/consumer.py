@@ -64,23 +64,25 @@ def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
         )
     }
     cost, priced = prices.costs(
-        calls.column("Provider").to_numpy(zero_copy_only=False),
-        calls.column("ResponseModel").to_numpy(zero_copy_only=False),
-        calls.column("RequestModel").to_numpy(zero_copy_only=False),
+        calls.column("Provider").combine_chunks(),
+        calls.column("ResponseModel").combine_chunks(),
+        calls.column("RequestModel").combine_chunks(),
         tokens,
     )
     old = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
     final = np.where(carried, old, cost)
     valid = carried | priced
-    source = np.where(carried, "span", np.where(priced, "table", None))
+    source = pc.if_else(
+        pa.array(carried),
+        "span",
+        pc.if_else(pa.array(priced), "table", pa.scalar(None, pa.string())),
+    )
     calls = calls.set_column(
         calls.schema.get_field_index("CostPicoUsd"),
         "CostPicoUsd",
         pa.array(final, pa.int64(), mask=~valid),
     )
-    return calls.set_column(
-        calls.schema.get_field_index("CostSource"), "CostSource", pa.array(source, pa.string())
-    )
+    return calls.set_column(calls.schema.get_field_index("CostSource"), "CostSource", source)
 
 
 class LLMCalls(Consumer):

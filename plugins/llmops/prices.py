@@ -16,6 +16,8 @@ from importlib import resources
 
 import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from opstrata.plugins.llmops.config import PriceEntry
 
@@ -88,40 +90,37 @@ class PriceTable:
 
     def costs(
         self,
-        provider: np.ndarray,
-        response_model: np.ndarray,
-        request_model: np.ndarray,
+        provider: pa.Array,
+        response_model: pa.Array,
+        request_model: pa.Array,
         tokens: dict[str, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cost in pico-dollars of each call, and whether its model has a price. Models are
-        looked up once per distinct name, then costs are column arithmetic."""
+        looked up once per distinct (provider, response model, requested model), found with
+        one Arrow dictionary encoding; then costs are column arithmetic."""
         n = len(provider)
-        rates = np.zeros((n, 5), dtype=np.int64)
-        priced = np.zeros(n, dtype=bool)
-        # One lookup per distinct (provider, response model, requested model).
-        distinct: dict[tuple[str, str, str], int] = {}
-        codes = np.fromiter(
-            (
-                distinct.setdefault(key, len(distinct))
-                for key in zip(provider, response_model, request_model, strict=True)
-            ),
-            dtype=np.int64,
-            count=n,
-        )
-        for (prov, response, request), code in distinct.items():
+        key = pc.binary_join_element_wise(provider, response_model, request_model, "\x1f")
+        encoded = pc.dictionary_encode(key)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        distinct = encoded.dictionary.to_pylist()
+        table = np.zeros((len(distinct) + 1, 5), dtype=np.int64)
+        found = np.zeros(len(distinct) + 1, dtype=bool)
+        for code, text in enumerate(distinct):
+            prov, response, request = text.split("\x1f")
             price = (self.lookup(prov, response) if response else None) or (
                 self.lookup(prov, request) if request else None
             )
             if price is not None:
-                rows = codes == code
-                rates[rows] = (
+                found[code] = True
+                table[code] = (
                     price.input,
                     price.cache_read,
                     price.cache_write,
                     price.output,
                     price.reasoning,
                 )
-                priced[rows] = True
+        rates = table[codes] if n else np.zeros((0, 5), dtype=np.int64)
+        priced = found[codes] if n else np.zeros(0, dtype=bool)
         inp, out = tokens["input"], tokens["output"]
         read, write, reason = tokens["cache_read"], tokens["cache_write"], tokens["reasoning"]
         # Input counts include cached tokens and output counts include reasoning tokens (the

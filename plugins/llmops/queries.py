@@ -9,15 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from opstrata.plugins.llmops import rollup_queries as rq
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PICO
-from opstrata.plugins.llmops.store import (
-    CALLS_TABLE,
-    HOUR_NS,
-    MESSAGES_TABLE,
-    ROLLUP_DIMENSIONS,
-    ROLLUP_TABLE,
-)
+from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
 
 __all__ = [
     "DIMENSIONS",
@@ -110,23 +105,10 @@ class Filters:
     def where(self) -> str:
         return ("WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
-    def hourly(self) -> tuple[str, list[Any]] | None:
-        """The same filter over ``llmops_hourly``, or None when it cannot be answered there."""
-        if self.other or any(DIMENSIONS[k] not in ROLLUP_DIMENSIONS for k in self.equals):
-            return None
-        if any(t is not None and t % HOUR_NS for t in (self.start, self.end)):
-            return None
-        clauses, params = [], []
-        if self.start is not None:
-            clauses.append('"Hour" >= ?')
-            params.append(self.start)
-        if self.end is not None:
-            clauses.append('"Hour" < ?')
-            params.append(self.end)
-        for name, value in self.equals.items():
-            clauses.append(f'"{DIMENSIONS[name]}" = ?')
-            params.append(value)
-        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+    @property
+    def columns(self) -> dict[str, str]:
+        """The equality filters by column."""
+        return {DIMENSIONS[k]: v for k, v in self.equals.items() if v is not None}
 
 
 def _ms(values: list[float | None] | None) -> dict[str, float | None] | None:
@@ -144,16 +126,10 @@ def _sums(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_HOURLY_SUMS = ", ".join(
-    f'sum("{column}") AS {name}'
-    for column, name in (
-        ("Calls", "calls"), ("Errors", "errors"), ("InputTokens", "input_tokens"),
-        ("OutputTokens", "output_tokens"), ("CacheReadTokens", "cache_read_tokens"),
-        ("CacheWriteTokens", "cache_write_tokens"), ("ReasoningTokens", "reasoning_tokens"),
-        ("TotalTokens", "total_tokens"), ("CostPicoUsd", "cost_pico_usd"),
-        ("UnpricedCalls", "unpriced_calls"),
-    )
-)  # fmt: skip
+def _pct(values: list[float | None]) -> dict[str, float | None] | None:
+    if values[0] is None:
+        return None
+    return dict(zip(("p50", "p95", "p99"), values, strict=True))
 
 
 def usage(
@@ -163,48 +139,63 @@ def usage(
     bucket_ns: int | None,
     latency: bool,
     limit: int,
-) -> list[dict[str, Any]]:
-    """Usage rows; from ``llmops_hourly`` when the question allows (the same answer, read from
-    hourly sums instead of every call), else from the calls."""
-    hourly = None
-    whole_hours = bucket_ns is None or bucket_ns % HOUR_NS == 0
-    if not latency and whole_hours and all(DIMENSIONS[g] in ROLLUP_DIMENSIONS for g in group_by):
-        hourly = filters.hourly()
-    columns = [f'"{DIMENSIONS[g]}" AS "{g}"' for g in group_by]
-    params: list[Any] = []
-    if bucket_ns:
-        time_column = '"Hour"' if hourly is not None else 'epoch_ns("Timestamp")'
-        columns.insert(0, f"({time_column} // ?) * ? AS bucket")
-        params += [bucket_ns, bucket_ns]
-    keys = ["bucket"] * bool(bucket_ns) + group_by
-    group = (
-        f"GROUP BY ALL ORDER BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
-    )
-    if hourly is not None:
-        where, where_params = hourly
-        select = ", ".join([*columns, _HOURLY_SUMS])
-        sql = f"SELECT {select} FROM {ROLLUP_TABLE} {where} {group} LIMIT ?"
-        result = cursor.execute(sql, params + where_params + [limit])
-    else:
-        select = ", ".join([*columns, _SUMS] + ([_LATENCY] if latency else []))
-        sql = f"SELECT {select} FROM {CALLS_TABLE} {filters.where} {group} LIMIT ?"
-        result = cursor.execute(sql, params + filters.params + [limit])
-    names = [d[0] for d in result.description]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Usage rows, and where percentiles came from (``sketch``, ``exact``; None without). Read
+    from ``llmops_rollup`` (and ``llmops_sketch``) when the question allows: the same sums from
+    hourly or daily rows instead of every call."""
+    found = None
+    sketches = None
+    if not filters.other:
+        if latency and set(group_by) <= {"model"}:
+            sketches = rq.sketch_percentiles(
+                cursor, filters.start, filters.end, filters.columns, bool(group_by), bucket_ns
+            )
+        if not latency or sketches is not None:
+            found = rq.usage_rows(
+                cursor, filters.start, filters.end, filters.columns,
+                [(g, DIMENSIONS[g]) for g in group_by], bucket_ns, limit,
+            )  # fmt: skip
+    if found is None:
+        sketches = None
+        found = _usage_from_calls(cursor, filters, group_by, bucket_ns, latency, limit)
     rows = []
-    for values in result.fetchall():
-        row = dict(zip(names, values, strict=True))
+    for row in found:
         if not row["calls"]:
-            continue  # hourly sums with no call (not stored, but keep the answers alike)
+            continue
         out: dict[str, Any] = {
             "bucket_unix_nano": int(row["bucket"]) if bucket_ns else None,
             "group": {g: row[g] for g in group_by},
             **_sums(row),
         }
-        if latency:
+        if sketches is not None:
+            key = (out["bucket_unix_nano"], row["model"] if group_by else None)
+            pair = sketches.get(key, ([None] * 3, [None] * 3))
+            out["latency_ms"], out["ttft_ms"] = _pct(pair[0]), _pct(pair[1])
+        elif latency:
             out["latency_ms"] = _ms(row["latency"])
             out["ttft_ms"] = _ms(row["ttft"])
         rows.append(out)
-    return rows
+    return rows, ("sketch" if sketches is not None else "exact") if latency else None
+
+
+def _usage_from_calls(
+    cursor: Any,
+    filters: Filters,
+    group_by: list[str],
+    bucket_ns: int | None,
+    latency: bool,
+    limit: int,
+) -> list[dict[str, Any]]:
+    columns = [f'"{DIMENSIONS[g]}" AS "{g}"' for g in group_by]
+    params: list[Any] = []
+    if bucket_ns:
+        columns.insert(0, '(epoch_ns("Timestamp") // ?) * ? AS bucket')
+        params += [bucket_ns, bucket_ns]
+    keys = len(columns)
+    group = f"GROUP BY ALL ORDER BY {', '.join(str(i + 1) for i in range(keys))}" if keys else ""
+    select = ", ".join([*columns, _SUMS] + ([_LATENCY] if latency else []))
+    sql = f"SELECT {select} FROM {CALLS_TABLE} {filters.where} {group} LIMIT ?"
+    return _fetch_dicts(cursor.execute(sql, params + filters.params + [limit]))
 
 
 _CALL_COLUMNS = (
@@ -307,7 +298,11 @@ def call_detail(cursor: Any, trace_id: str, span_id: str) -> dict[str, Any] | No
     return call
 
 
-def models(cursor: Any, filters: Filters) -> list[dict[str, Any]]:
+def models(cursor: Any, filters: Filters) -> tuple[list[dict[str, Any]], str]:
+    """Per model, and where the percentiles came from (``sketch`` or ``exact``)."""
+    found = rq.model_rows(cursor, filters.start, filters.end) if not filters.other else None
+    if found is not None:
+        return [_model(row, _pct(row["latency"]), _pct(row["ttft"])) for row in found], "sketch"
     result = cursor.execute(
         f'SELECT "Model" AS model, mode("Provider") AS provider, '
         'epoch_ns(min("Timestamp")) AS first_seen, epoch_ns(max("Timestamp")) AS last_seen, '
@@ -315,21 +310,21 @@ def models(cursor: Any, filters: Filters) -> list[dict[str, Any]]:
         "GROUP BY ALL ORDER BY cost_pico_usd DESC, calls DESC",
         filters.params,
     )
-    out = []
-    for row in _fetch_dicts(result):
-        out.append(
-            {
-                "model": row["model"],
-                "provider": row["provider"],
-                "first_seen_unix_nano": row["first_seen"],
-                "last_seen_unix_nano": row["last_seen"],
-                **_sums(row),
-                "error_rate": row["errors"] / row["calls"],
-                "latency_ms": _ms(row["latency"]),
-                "ttft_ms": _ms(row["ttft"]),
-            }
-        )
-    return out
+    rows = _fetch_dicts(result)
+    return [_model(row, _ms(row["latency"]), _ms(row["ttft"])) for row in rows], "exact"
+
+
+def _model(row: dict[str, Any], latency: Any, ttft: Any) -> dict[str, Any]:
+    return {
+        "model": row["model"],
+        "provider": row["provider"],
+        "first_seen_unix_nano": row["first_seen"],
+        "last_seen_unix_nano": row["last_seen"],
+        **_sums(row),
+        "error_rate": row["errors"] / row["calls"],
+        "latency_ms": latency,
+        "ttft_ms": ttft,
+    }
 
 
 def prompts(cursor: Any, filters: Filters) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """The plugin's own tables in the store's DuckDB database: ``llmops_calls`` (one row per call),
-``llmops_messages`` (the stored messages of calls that captured them) and ``llmops_progress``
-(the last batch whose calls are stored), reached through the store's per-thread cursor."""
+``llmops_messages`` (the stored messages of calls that captured them), ``llmops_rollup`` (sums
+and sketches per hour and day, :mod:`.rollup`) and ``llmops_progress`` (the last batch whose
+calls are stored), reached through the store's per-thread cursor."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Any
@@ -11,7 +13,21 @@ from typing import Any
 import pyarrow as pa
 
 from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.rollup import (
+    DAY_NS,
+    HOUR_NS,
+    ROLLUP_TABLE,
+    SKETCH_TABLE,
+    roll_up,
+    rollup_ddl,
+    sketch_ddl,
+)
+from opstrata.plugins.llmops.rollup import (
+    DIMENSIONS as ROLLUP_DIMENSIONS,
+)
 from opstrata.plugins.llmops.span_parts import MESSAGES
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CALLS_TABLE",
@@ -28,55 +44,7 @@ __all__ = [
 CALLS_TABLE = "llmops_calls"
 MESSAGES_TABLE = "llmops_messages"
 PROGRESS_TABLE = "llmops_progress"
-ROLLUP_TABLE = "llmops_hourly"
-ROLLUP_DIMENSIONS = ("ServiceName", "Provider", "Model", "Operation")
-"""Columns ``llmops_hourly`` keeps calls by, per hour: usage queries that group and filter only
-by these, in whole hours, read it instead of the calls. Few and of low cardinality, so the
-table stays small (hours by services by models); prompts, users and sessions go to the calls."""
-HOUR_NS = 3_600_000_000_000
-_ROLLUP_MEASURES = (
-    ("Calls", "count(*)"),
-    ("Errors", 'count(*) FILTER (WHERE "IsError")'),
-    ("InputTokens", 'coalesce(sum("InputTokens"), 0)'),
-    ("OutputTokens", 'coalesce(sum("OutputTokens"), 0)'),
-    ("CacheReadTokens", 'coalesce(sum("CacheReadTokens"), 0)'),
-    ("CacheWriteTokens", 'coalesce(sum("CacheWriteTokens"), 0)'),
-    ("ReasoningTokens", 'coalesce(sum("ReasoningTokens"), 0)'),
-    ("TotalTokens", 'coalesce(sum("TotalTokens"), 0)'),
-    ("CostPicoUsd", 'coalesce(sum("CostPicoUsd"), 0)'),
-    ("UnpricedCalls", 'count(*) FILTER (WHERE "CostPicoUsd" IS NULL)'),
-)
-
-
-def _rollup_ddl() -> str:
-    dims = ", ".join(f'"{d}" VARCHAR' for d in ROLLUP_DIMENSIONS)
-    measures = ", ".join(f'"{m}" HUGEINT' for m, _ in _ROLLUP_MEASURES)
-    key = ", ".join(f'"{d}"' for d in ("Hour", *ROLLUP_DIMENSIONS))
-    return (
-        f'CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} ("Hour" BIGINT, {dims}, {measures}, '
-        f"PRIMARY KEY ({key}))"
-    )
-
-
-def roll_up(cursor: Any, calls: Any) -> None:
-    """Add ``calls`` (an Arrow table of ``llmops_calls`` rows, or the name of a table holding
-    them) to ``llmops_hourly``, summing into existing hours: an upsert per key, not a row per
-    write."""
-    source = calls if isinstance(calls, str) else "llmops_rolling_up"
-    if not isinstance(calls, str):
-        cursor.register(source, calls)
-    dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMENSIONS)
-    measures = ", ".join(f'{expr} AS "{name}"' for name, expr in _ROLLUP_MEASURES)
-    updates = ", ".join(
-        f'"{m}" = {ROLLUP_TABLE}."{m}" + EXCLUDED."{m}"' for m, _ in _ROLLUP_MEASURES
-    )
-    cursor.execute(
-        f'INSERT INTO {ROLLUP_TABLE} SELECT epoch_ns("Timestamp") // {HOUR_NS} * {HOUR_NS} '
-        f'AS "Hour", {dims}, {measures} FROM {source} GROUP BY ALL '
-        f"ON CONFLICT DO UPDATE SET {updates}"
-    )
-    if not isinstance(calls, str):
-        cursor.unregister(source)
+_OLD_ROLLUP = "llmops_hourly"  # the first release's hourly-only rollup, replaced
 
 
 _DUCK = {
@@ -119,5 +87,40 @@ def ensure_tables(store: Any, cursor: Any) -> None:
                 f'CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} ("Consumer" VARCHAR PRIMARY KEY, '
                 '"Seq" UBIGINT)'
             )
-            cursor.execute(_rollup_ddl())
+            cursor.execute(rollup_ddl())
+            cursor.execute(sketch_ddl())
+            _rebuild_rollup(cursor)
             _ready.add(store)
+
+
+def _rebuild_rollup(cursor: Any) -> None:
+    """A database from before ``llmops_rollup`` (or with it emptied): build it once from the
+    calls, a day at a time, in one transaction, and drop the old hourly table."""
+    old = cursor.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_OLD_ROLLUP]
+    ).fetchall()[0][0]
+    if old:
+        cursor.execute(f"DROP TABLE {_OLD_ROLLUP}")
+    if cursor.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchall()[0][0]:
+        return
+    first, last = cursor.execute(
+        f'SELECT epoch_ns(min("Timestamp")), epoch_ns(max("Timestamp")) FROM {CALLS_TABLE}'
+    ).fetchall()[0]
+    if first is None:
+        return
+    log.info("llmops: building %s and %s from the stored calls", ROLLUP_TABLE, SKETCH_TABLE)
+    cursor.execute("BEGIN TRANSACTION")
+    try:
+        day = first // DAY_NS * DAY_NS
+        while day <= last:
+            calls = cursor.execute(
+                f'SELECT * FROM {CALLS_TABLE} WHERE "Timestamp" >= make_timestamp_ns(?::BIGINT) '
+                'AND "Timestamp" < make_timestamp_ns(?::BIGINT)',
+                [day, day + DAY_NS],
+            ).to_arrow_table()
+            roll_up(cursor, calls)
+            day += DAY_NS
+        cursor.execute("COMMIT")
+    except Exception:
+        cursor.execute("ROLLBACK")
+        raise
