@@ -116,9 +116,11 @@ class TraceIndex:
             self._ready = True
 
     def indexed_upto(self, table: Table) -> int:
+        """The sequence number ``table`` is indexed up to, as this object last saw it."""
         known = self._upto.get(table)
-        if known is not None:
-            return known
+        return known if known is not None else self._stored_upto(table)
+
+    def _stored_upto(self, table: Table) -> int:
         self.ensure_tables()
         rows = (
             self.store.reader()
@@ -136,7 +138,7 @@ class TraceIndex:
         upto = self.store.last_sequence()
         cursor = self.store.reader()
         for table, signal in _SIGNALS.items():
-            done = self.indexed_upto(table)
+            done = self._stored_upto(table)  # from the table: never index a sequence twice
             if upto <= done:
                 continue
             cursor.execute("BEGIN TRANSACTION")
