@@ -203,8 +203,10 @@ class TraceIndex:
 
     def seq_ranges(self, table: Table, trace_ids: list[str]) -> list[tuple[int, int]]:
         """``_Seq`` ranges (inclusive) that hold every row of the traces, the unindexed tail
-        included."""
+        included unless it is empty (never an empty list: that would mean "read everything")."""
         where = self.locate(table, trace_ids)
+        if where.tail_empty and where.seq_ranges:
+            return where.seq_ranges
         return [*where.seq_ranges, (where.tail, 2**63 - 1)]
 
     # -- the background thread -----------------------------------------------------------------
