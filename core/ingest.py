@@ -119,7 +119,7 @@ class IngestPipeline:
             pending = self.log.open(self.loaded)
             self.log.start(asyncio.get_running_loop())
             if pending:
-                log.info("ingest log: loading %d requests acknowledged before a stop", len(pending))
+                log.info("ingest log: loading %d logged requests the store lacks", len(pending))
             for record in pending:
                 self._replay(record)
 

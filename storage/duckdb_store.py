@@ -140,6 +140,7 @@ class DuckDBStore:
         memory_limit: str = "2GB",
         checkpoint_threshold: str = "256MB",
         load_interval: float = 0.2,
+        load_linger_rows: int = 1000,
     ) -> None:
         self.path = Path(data_dir) / "opstrata.duckdb"
         self.commit_max_rows = commit_max_rows
@@ -148,6 +149,9 @@ class DuckDBStore:
         of the ingest log, already acknowledged): a DuckDB commit has a fixed cost of some
         20-30 ms, so under load this gathers more rows per commit. An idle store commits at
         once; a write that is awaited (``log_position`` None) is never held back."""
+        self.load_linger_rows = load_linger_rows
+        """Only a backlog of at least this many rows waits for more (a trickle commits at
+        once, so a client sending one request at a time sees its data as soon as before)."""
         self._last_commit = 0.0
         self._config = {
             "threads": threads,
@@ -238,22 +242,15 @@ class DuckDBStore:
             if item is _STOP:
                 break
             group = [item]
-            rows = item.rows  # type: ignore[attr-defined]
-            lazy = item.log_position is not None  # type: ignore[attr-defined]
-            deadline = self._last_commit + self.load_interval if lazy else 0.0
-            while rows < self.commit_max_rows:
-                wait = deadline - time.monotonic()
-                try:
-                    more = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stopping = True
-                    break
-                group.append(more)
-                rows += more.rows  # type: ignore[attr-defined]
-                if more.log_position is None:  # type: ignore[attr-defined]
-                    deadline = 0.0  # someone waits for this one: commit now
+            stopping = self._gather(group, 0.0)
+            # A backlog of already-acknowledged loads: let it grow to one commit per
+            # load_interval. A trickle (a client sending one request at a time) commits at once.
+            if (
+                not stopping
+                and sum(pending.rows for pending in group) >= self.load_linger_rows
+                and all(pending.log_position is not None for pending in group)
+            ):
+                stopping = self._gather(group, self._last_commit + self.load_interval)
             self._last_commit = time.monotonic()
             self._commit_group(group)  # type: ignore[arg-type]
         # Whatever queued behind the stop marker is refused, not silently dropped.
@@ -264,6 +261,24 @@ class DuckDBStore:
                 break
             if isinstance(item, _PendingWrite):
                 item.settle(None, StoreClosed("store is shut down"))
+
+    def _gather(self, group: list, deadline: float) -> bool:
+        """Add queued writes to ``group`` until ``commit_max_rows``, waiting for more until
+        ``deadline`` (monotonic; none when past) unless one is awaited. True on the stop marker."""
+        rows = sum(pending.rows for pending in group)
+        while rows < self.commit_max_rows:
+            wait = deadline - time.monotonic()
+            try:
+                more = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if more is _STOP:
+                return True
+            group.append(more)
+            rows += more.rows  # type: ignore[attr-defined]
+            if more.log_position is None:  # type: ignore[attr-defined]
+                deadline = 0.0  # someone waits for this one: commit now
+        return False
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
         started = time.perf_counter()
