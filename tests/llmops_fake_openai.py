@@ -196,28 +196,45 @@ SECRETS = (
 """Personal data and a key in the user's message, for the masking checks."""
 
 
-def drive(instrumentation: str, endpoint: str, service: str) -> None:
+def drive(instrumentation: str, endpoint: str, service: str, exports: str = "spans,logs") -> None:
     """Instrument the openai client with ``instrumentation`` (``openinference``, ``traceloop``
-    or ``otel-v2``), make the calls of ``CALLS_MADE`` plus a failing one, and export spans and
-    logs with the real OTLP/HTTP exporters to ``endpoint``."""
+    or ``otel-v2``), make the calls of ``CALLS_MADE`` plus a failing one, and export what
+    ``exports`` names of spans, logs and metrics with the real OTLP/HTTP exporters to
+    ``endpoint``. Metrics are cumulative and exported twice (after the first two calls and at
+    the end), so that the second export repeats the first one's counts."""
     import openai
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+    wanted = set(exports.split(","))
     resource = Resource.create({"service.name": service, "host.name": "llm-host-1"})
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(
-        SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces", timeout=30))
-    )
+    if "spans" in wanted:
+        tracer_provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint + "/v1/traces", timeout=30))
+        )
     logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(
-        SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint + "/v1/logs", timeout=30))
-    )
+    if "logs" in wanted:
+        logger_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint + "/v1/logs", timeout=30))
+        )
+    readers = []
+    if "metrics" in wanted:
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=endpoint + "/v1/metrics", timeout=30),
+                export_interval_millis=3_600_000,  # only when flushed below
+            )
+        )
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     if instrumentation == "openinference":
         from openinference.instrumentation.openai import OpenAIInstrumentor
     elif instrumentation == "traceloop":
@@ -225,7 +242,9 @@ def drive(instrumentation: str, endpoint: str, service: str) -> None:
     else:
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
     OpenAIInstrumentor().instrument(
-        tracer_provider=tracer_provider, logger_provider=logger_provider
+        tracer_provider=tracer_provider,
+        logger_provider=logger_provider,
+        meter_provider=meter_provider,
     )
     fake = FakeOpenAI({model: usage for model, usage in CALLS_MADE.values()})
     client = openai.OpenAI(base_url=fake.base_url, api_key="sk-test-key", max_retries=0)
@@ -262,6 +281,7 @@ def drive(instrumentation: str, endpoint: str, service: str) -> None:
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert streamed == fake.reply, streamed
+        meter_provider.force_flush()  # a first cumulative export, repeated by the last one
         for name in ("custom", "unknown"):
             client.chat.completions.create(
                 model=CALLS_MADE[name][0], messages=[{"role": "user", "content": name}]
@@ -276,10 +296,11 @@ def drive(instrumentation: str, endpoint: str, service: str) -> None:
             raise AssertionError("the failing call did not fail")
     tracer_provider.shutdown()
     logger_provider.shutdown()
+    meter_provider.shutdown()
     fake.close()
 
 
 if __name__ == "__main__":
     import sys
 
-    drive(*sys.argv[1:4])
+    drive(*sys.argv[1:5])

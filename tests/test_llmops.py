@@ -31,6 +31,10 @@ RUNS = {
         {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "EVENT_ONLY"},
     ),
 }
+EXPORTS = {"svc-v2": "spans,logs,metrics", "svc-v2-metrics": "metrics"}
+"""What each service exports (spans and logs unless named here). svc-v2 sends its GenAI metrics
+beside its spans (they must not count twice); svc-v2-metrics sends nothing but metrics."""
+METRICS_ONLY = {"svc-v2-metrics": ("otel-v2", {})}
 
 # Prices in pico-dollars per token: gpt-4o-mini 0.15/0.60 USD per M (cache read 0.075), gpt-4o
 # 2.50/10.00 (cache read 1.25), acme-llm-* 0.20/0.80 from the settings below.
@@ -64,6 +68,8 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
     },
 }  # fmt: skip
 EXPECTED["svc-v2-events"] = EXPECTED["svc-v2"]
+# From metrics alone openai-v2 reports what its spans do: input and output tokens per call.
+EXPECTED["svc-v2-metrics"] = EXPECTED["svc-v2"]
 
 CONFIG = """
 [plugins.llmops]
@@ -98,11 +104,11 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         procs = {
             service: subprocess.Popen(
                 [sys.executable, "-m", "tests.llmops_fake_openai", inst, server.http_base,
-                 service],
+                 service, EXPORTS.get(service, "spans,logs")],
                 cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
             )
-            for service, (inst, env) in RUNS.items()
+            for service, (inst, env) in {**RUNS, **METRICS_ONLY}.items()
         }  # fmt: skip
         for service, proc in procs.items():
             output, _ = proc.communicate(timeout=120)
@@ -110,7 +116,8 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
         def all_in() -> bool:
             calls = server.api("/api/v1/llmops/calls", limit=1000).json()["calls"]
-            return len(calls) >= 5 * len(RUNS)
+            usage = server.api("/api/v1/llmops/usage", service="svc-v2-metrics").json()["rows"]
+            return len(calls) >= 5 * len(RUNS) and sum(r["calls"] for r in usage) >= 5
 
         _wait(all_in, what="every call stored")
         yield server
@@ -209,6 +216,8 @@ def test_usage_groups_by_service_and_model_exactly(llm_server: ServerProcess) ->
     reply = llm_server.api("/api/v1/llmops/usage", group_by="service,model", latency="true")
     assert reply.status_code == 200, reply.text
     rows = {(r["group"]["service"], r["group"]["model"]): r for r in reply.json()["rows"]}
+    # svc-v2 sends spans and metrics of the same calls: counted once, from the spans.
+    # svc-v2-metrics sends only metrics: its calls are counted from them, to the same sums.
     for service, models in EXPECTED.items():
         for model, want in models.items():
             row = rows[(service, model + DATED)]
@@ -218,7 +227,8 @@ def test_usage_groups_by_service_and_model_exactly(llm_server: ServerProcess) ->
             assert row["cache_read_tokens"] == (want["cached"] or 0)
             assert row["cost_pico_usd"] == want["cost"]
             assert row["unpriced_calls"] == 0
-            assert row["latency_ms"]["p50"] > 0
+            if service != "svc-v2-metrics":
+                assert row["latency_ms"]["p50"] > 0
         totals = [r for (s, _), r in rows.items() if s == service]
         assert sum(r["calls"] for r in totals) == 5
         assert sum(r["errors"] for r in totals) == 1
@@ -235,9 +245,9 @@ def test_usage_by_model_and_day(llm_server: ServerProcess) -> None:
     assert body["bucket_seconds"] == 86400
     day_ns = 86400 * 10**9
     mini = [r for r in body["rows"] if r["group"]["model"] == "gpt-4o-mini" + DATED]
-    assert sum(r["calls"] for r in mini) == len(RUNS)
+    assert sum(r["calls"] for r in mini) == len(RUNS) + len(METRICS_ONLY)
     assert all(r["bucket_unix_nano"] % day_ns == 0 for r in body["rows"])
-    assert sum(r["cost_pico_usd"] for r in mini) == 2 * PLAIN_WITH_CACHE + 2 * PLAIN_NO_CACHE
+    assert sum(r["cost_pico_usd"] for r in mini) == 2 * PLAIN_WITH_CACHE + 3 * PLAIN_NO_CACHE
     # The hourly table answers this; with latency the calls themselves do: the same sums.
     detailed = llm_server.api(
         "/api/v1/llmops/usage", group_by="model", bucket="1d", latency="true"
@@ -275,3 +285,22 @@ def test_sessions_users_and_prompt_versions_from_openinference(llm_server: Serve
     versions = prompts[0]["versions"]
     assert [v["version"] for v in versions] == ["v2"]
     assert versions[0]["calls"] == 5 and versions[0]["errors"] == 1
+
+
+def test_metrics_only_service_is_counted_from_its_genai_metrics(llm_server: ServerProcess) -> None:
+    by_source = llm_server.api("/api/v1/llmops/usage", group_by="service,source").json()["rows"]
+    sources = {(r["group"]["service"], r["group"]["source"]): r["calls"] for r in by_source}
+    assert sources[("svc-v2-metrics", "metric")] == 5
+    # svc-v2 also sent metrics for its calls: they are counted from its spans only.
+    assert [s for (svc, s) in sources if svc == "svc-v2"] == ["span"]
+    failed = llm_server.api(
+        "/api/v1/llmops/usage", group_by="error_type", service="svc-v2-metrics"
+    ).json()["rows"]
+    assert {r["group"]["error_type"]: r["calls"] for r in failed} == {"": 4, "BadRequestError": 1}
+    without = llm_server.api(
+        "/api/v1/llmops/usage", service="svc-v2-metrics", metrics="false"
+    ).json()["rows"]
+    assert without == []
+    # A question metrics cannot answer (users) leaves them out rather than guessing.
+    by_user = llm_server.api("/api/v1/llmops/usage", group_by="user").json()["rows"]
+    assert sum(r["calls"] for r in by_user) == 5 * len(RUNS)

@@ -265,6 +265,13 @@ class LLMOpsController(Controller):
         user: Text = None,
         session: Text = None,
         limit: Annotated[int, Parameter(ge=1, le=100_000)] = 10_000,
+        metrics: Annotated[
+            bool,
+            Parameter(
+                description="Count calls known only from GenAI metrics (services that send no "
+                "spans for them)."
+            ),
+        ] = True,
     ) -> UsageOut:
         """Calls, tokens by type, cost and errors, grouped and bucketed in event time."""
         groups = _group_by(group_by)
@@ -273,9 +280,12 @@ class LLMOpsController(Controller):
             start, end, service=service, provider=provider, model=model, operation=operation,
             prompt=prompt, prompt_version=prompt_version, user=user, session=session,
         )  # fmt: skip
+        from opstrata.plugins.llmops import plugin_state
+
         rows, source = queries.usage(
-            cursor_of(runtime.store), filters, groups, bucket_ns, latency, limit
-        )
+            cursor_of(runtime.store), filters, groups, bucket_ns, latency, limit,
+            plugin_state().prices, metrics,
+        )  # fmt: skip
         return UsageOut(
             group_by=groups,
             bucket_seconds=bucket_ns // 1_000_000_000 if bucket_ns else None,

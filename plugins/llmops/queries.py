@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from opstrata.plugins.llmops import metrics
 from opstrata.plugins.llmops import rollup_queries as rq
 from opstrata.plugins.llmops.messages import CallMessages
-from opstrata.plugins.llmops.prices import PICO
+from opstrata.plugins.llmops.prices import PICO, PriceTable
 from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
 
 __all__ = [
@@ -139,6 +140,8 @@ def usage(
     bucket_ns: int | None,
     latency: bool,
     limit: int,
+    prices: PriceTable | None = None,
+    with_metrics: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Usage rows, and where percentiles came from (``sketch``, ``exact``; None without). Read
     from ``llmops_rollup`` (and ``llmops_sketch``) when the question allows: the same sums from
@@ -158,6 +161,15 @@ def usage(
     if found is None:
         sketches = None
         found = _usage_from_calls(cursor, filters, group_by, bucket_ns, latency, limit)
+    if with_metrics and not filters.other and metrics.answerable(group_by, filters.equals):
+        found = _with_metric_calls(
+            found,
+            metrics.metric_usage(
+                cursor, filters.start, filters.end, filters.equals, group_by, bucket_ns, prices
+            ),
+            group_by,
+            limit,
+        )
     rows = []
     for row in found:
         if not row["calls"]:
@@ -172,10 +184,35 @@ def usage(
             pair = sketches.get(key, ([None] * 3, [None] * 3))
             out["latency_ms"], out["ttft_ms"] = _pct(pair[0]), _pct(pair[1])
         elif latency:
-            out["latency_ms"] = _ms(row["latency"])
-            out["ttft_ms"] = _ms(row["ttft"])
+            out["latency_ms"] = _ms(row.get("latency"))
+            out["ttft_ms"] = _ms(row.get("ttft"))
         rows.append(out)
     return rows, ("sketch" if sketches is not None else "exact") if latency else None
+
+
+def _with_metric_calls(
+    found: list[dict[str, Any]],
+    extra: list[dict[str, Any]],
+    group_by: list[str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """``found`` plus the calls known only from metrics, summed by bucket and group."""
+    if not extra:
+        return found
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row.get("bucket"), *(row[g] for g in group_by))
+
+    merged = {key(row): dict(row) for row in found}
+    for row in extra:
+        have = merged.get(key(row))
+        if have is None:
+            merged[key(row)] = row
+        else:
+            for name in _SUM_NAMES:
+                have[name] = int(have[name] or 0) + int(row[name] or 0)
+    ordered = sorted(merged.values(), key=lambda r: tuple((v is None, v) for v in key(r)))
+    return ordered[:limit]
 
 
 def _usage_from_calls(

@@ -13,7 +13,6 @@ several times more.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -147,15 +146,16 @@ _MIDPOINT_MS[0] = _FLOOR_NS / 1e6  # bin 0 is "up to 1 ms"
 
 def percentiles(
     bins: np.ndarray, quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)
-) -> list[float | None]:
-    """Percentiles in ms from summed sketch counts (the middle of the bucket holding the
-    nearest-rank value); None each when there are no counts."""
-    total = int(bins.sum())
-    if total == 0:
-        return [None] * len(quantiles)
-    cumulative = np.cumsum(bins)
-    out: list[float | None] = []
-    for q in quantiles:
-        rank = max(1, math.ceil(q * total))
-        out.append(round(float(_MIDPOINT_MS[int(np.searchsorted(cumulative, rank))]), 3))
-    return out
+) -> list[list[float | None]]:
+    """Percentiles in ms of each row of summed sketch counts (rows, bins): the middle of the
+    bucket holding the nearest-rank value; None where a row has no counts. All rows at once."""
+    counts = np.atleast_2d(bins)
+    cumulative = np.cumsum(counts, axis=1)
+    total = cumulative[:, -1]
+    out = np.empty((len(counts), len(quantiles)), dtype=object)
+    for j, q in enumerate(quantiles):
+        rank = np.maximum(1, np.ceil(q * total - 1e-9))
+        found = (cumulative >= rank[:, None]).argmax(axis=1)
+        out[:, j] = np.round(_MIDPOINT_MS[found], 3)
+    out[total == 0] = None
+    return [[None if v is None else float(v) for v in row] for row in out]

@@ -137,10 +137,10 @@ def sketch_percentiles(
     bucket = '("Start" // ?) * ?' if bucket_ns else "NULL::BIGINT"
     bucket_params = [bucket_ns, bucket_ns] if bucket_ns else []
     model = '"Model"' if by_model else "NULL::VARCHAR"
-    table = cursor.execute(
+    table = cursor.sql(
         f'SELECT {bucket} AS bucket, {model} AS model, "DurationBins", "TtftBins" '
         f"FROM {SKETCH_TABLE} {where}",
-        bucket_params + params,
+        params=bucket_params + params,
     ).to_arrow_table()
     out: dict[tuple[Any, ...], tuple[list[float | None], list[float | None]]] = {}
     if table.num_rows == 0:
@@ -157,8 +157,10 @@ def sketch_percentiles(
         total = np.zeros((len(index), SKETCH_BINS), dtype=np.int64)
         np.add.at(total, group, counts)
         summed[column] = total
+    durations = percentiles(summed["DurationBins"])
+    ttfts = percentiles(summed["TtftBins"])
     for key, i in index.items():
-        out[key] = (percentiles(summed["DurationBins"][i]), percentiles(summed["TtftBins"][i]))
+        out[key] = (durations[i], ttfts[i])
     return out
 
 

@@ -113,10 +113,10 @@ def _rebuild_rollup(cursor: Any) -> None:
     try:
         day = first // DAY_NS * DAY_NS
         while day <= last:
-            calls = cursor.execute(
+            calls = cursor.sql(
                 f'SELECT * FROM {CALLS_TABLE} WHERE "Timestamp" >= make_timestamp_ns(?::BIGINT) '
                 'AND "Timestamp" < make_timestamp_ns(?::BIGINT)',
-                [day, day + DAY_NS],
+                params=[day, day + DAY_NS],
             ).to_arrow_table()
             roll_up(cursor, calls)
             day += DAY_NS
