@@ -13,7 +13,8 @@ run only replays the detectors.
 
 Reported per run: alerts (one per key and anomaly episode, as the alert book counts them) by
 series name; for fault scenarios, the first alert on an entity the fault affects after the
-fault's onset (seconds), and the alerts outside the fault window.
+fault's onset (seconds; alerts that began before the onset do not count), and the alerts
+outside the fault window.
 """
 
 from __future__ import annotations
@@ -181,8 +182,18 @@ def main() -> int:
                 onset, end = truth.onset_unix_nano, truth.end_unix_nano
                 inside = [a for a in alerts if onset - 60 * _NS <= a.time_unix_nano < end]
                 outside = len(alerts) - len(inside)
-                hits = [a.time_unix_nano for a in inside if a.entity in wanted]
-                detect = f"{max(0, min(hits) - onset) / _NS:.0f}" if hits else "MISSED"
+                # Detection: the first alert on an affected entity whose onset is not before
+                # the fault's (one that began earlier is noise that happened to be there).
+                hits = sorted(
+                    (a for a in inside if a.entity in wanted and a.time_unix_nano >= onset),
+                    key=lambda a: a.time_unix_nano,
+                )
+                detect = f"{max(0, hits[0].time_unix_nano - onset) / _NS:.0f}" if hits else "MISSED"
+                for a in hits[:3]:
+                    print(
+                        f"    {(a.time_unix_nano - onset) / _NS:+5.0f} s  {series_name(a)} "
+                        f"{a.entity.kind} {a.entity.name}"
+                    )
             hours = minutes / 60 if normal else args.warmup / 60
             rows.append((name, seed, len(alerts), outside, outside / hours, detect))
             print(

@@ -18,6 +18,7 @@ recall, time to detect (median, in points and minutes), and false alarms per ser
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,9 +138,10 @@ def make_cases(per_type: int, seed: int) -> list[Case]:
     return cases
 
 
-def score(cases: list[Case], sensitivity: float) -> list[np.ndarray]:
+def score(cases: list[Case], sensitivity: float, params: dict | None = None) -> list[np.ndarray]:
+    params = params or {}
     config = parse_config({"sensitivity": sensitivity})
-    scorer = SeriesScorer(config, RobustSeasonalDetector({}), emit=lambda event: None)
+    scorer = SeriesScorer(config, RobustSeasonalDetector(params), emit=lambda event: None)
     ids = scorer.registry.ids(
         [f"case{i}" for i in range(len(cases))],
         lambda i, key: SeriesMeta(
@@ -223,6 +225,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--gap", type=int, default=12, help="normal points that end an alarm")
     parser.add_argument("--sensitivity", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--params", default="{}", help="detector parameters as JSON")
     args = parser.parse_args()
     cases = make_cases(args.per_type, args.seed)
     print(
@@ -230,7 +233,7 @@ def main() -> None:
         f"{sum(c.onset >= 0 for c in cases)} anomalies"
     )
     for sensitivity in args.sensitivity:
-        result = evaluate(cases, score(cases, sensitivity), args.gap)
+        result = evaluate(cases, score(cases, sensitivity, json.loads(args.params)), args.gap)
         print(
             f"\nsensitivity {sensitivity}: precision {result['precision']:.3f}, recall "
             f"{result['recall']:.3f}, false alarms/series-day "

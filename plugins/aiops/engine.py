@@ -170,6 +170,7 @@ class RobustSeasonalDetector:
         self.scale_alpha = float(params.get("scale_alpha", 0.02))
         self.huber = float(params.get("huber", 3.0))
         self.rel_floor = float(params.get("rel_floor", 1e-6))
+        self.young = float(params.get("young", 100.0))
         self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
         self.size = 0
         self._alloc(0)
@@ -281,17 +282,21 @@ class RobustSeasonalDetector:
 
         ``noise`` is each point's own standard error when it is an estimate from a sample (a
         quantile of a few requests): the point is never more precise than that, so it floors
-        the point's sigma (0 or NaN: none; +inf: the point says nothing, its z is 0).
+        the point's sigma (0 or NaN: none; +inf: the point says nothing, its z is 0). Shape
+        (n,), or (n, 2) for an asymmetric error: the distance down to the point's lower bound
+        (what counts when it is above its forecast) and up to its upper bound.
         ``weights`` is the sample count behind a point of a ``ratio`` series (errors /
         requests): the event count's Poisson floor applies."""
         series = np.asarray(series, np.int64)
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
         noise = (  # +inf stays: a point that says nothing about its measure (z = 0)
-            np.zeros(values.shape[0])
+            np.zeros((values.shape[0], 2))
             if noise is None
             else np.nan_to_num(np.asarray(noise, np.float64), nan=0.0, posinf=np.inf)
         )
+        if noise.ndim == 1:
+            noise = np.repeat(noise[:, None], 2, axis=1)
         weights = (
             np.zeros(values.shape[0])
             if weights is None
@@ -328,7 +333,9 @@ class RobustSeasonalDetector:
         test = np.zeros(series.size, np.int64)
         for chunk in rounds:
             s = series[chunk]
-            out[chunk] = self._round(s, times[chunk], values[chunk], noise[chunk], weights[chunk])
+            out[chunk] = self._round(
+                s, times[chunk], values[chunk], noise[chunk, 0], noise[chunk, 1], weights[chunk]
+            )
             expected[chunk] = self.expected[s]
             sigma[chunk] = self.sigma[s]
             test[chunk] = self.which[s]
@@ -339,7 +346,13 @@ class RobustSeasonalDetector:
         return scores
 
     def _round(
-        self, s: np.ndarray, t: np.ndarray, x: np.ndarray, noise: np.ndarray, weights: np.ndarray
+        self,
+        s: np.ndarray,
+        t: np.ndarray,
+        x: np.ndarray,
+        below: np.ndarray,
+        above: np.ndarray,
+        weights: np.ndarray,
     ) -> np.ndarray:
         # A round over a contiguous range of series (the common case: ids are given out in
         # order of first appearance) works on a view of the state, with no gather or scatter.
@@ -414,19 +427,22 @@ class RobustSeasonalDetector:
         pois = self.poisson[idx]
         if pois.any():
             sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
-        # The point's own precision: a quantile of few samples, a ratio of few events. It bounds
-        # the test statistics only; the baseline still learns at the series' own sigma.
-        sigma_pt = np.maximum(sigma, noise)
+        # A ratio of few events (errors / requests) is as noisy as the event count: the count
+        # series' Poisson floor, sqrt(expected events + 1), over the sample count.
         rat = self.ratio[idx] & (weights > 0)
         if rat.any():
             w = np.where(rat, weights, 1.0)
             floor = np.sqrt(np.maximum(pred, 0.0) * w + 1.0) / w
-            sigma_pt = np.where(rat, np.maximum(sigma_pt, floor), sigma_pt)
+            sigma = np.where(rat, np.maximum(sigma, floor), sigma)
+        # The point's own precision (a quantile of few samples) bounds the test statistics
+        # only; the baseline still learns at the series' own sigma. Above its forecast, what
+        # counts is how far down the point's own interval reaches, and the other way round.
+        sigma_pt = np.maximum(sigma, np.where(resid > 0, below, above))
         z = resid / sigma_pt
         az = np.abs(z)
         silent = None
-        if not np.isfinite(noise).all():
-            silent = np.ix_(_Z_STATS, np.flatnonzero(~np.isfinite(noise)))
+        if not np.isfinite(sigma_pt).all():
+            silent = np.ix_(_Z_STATS, np.flatnonzero(~np.isfinite(sigma_pt)))
             kept = v[silent]
         warm = n >= self.warmup
         # -- the tests, as tail probabilities --
@@ -461,8 +477,12 @@ class RobustSeasonalDetector:
             tests.append(-0.3 * np.maximum(drift_pos, drift_neg))
         v_fast = v[_V_FAST] + 0.1 * (np.minimum(az, 8.0) - v[_V_FAST])
         if "variance" in self.tests:
+            # The spread of |z| is floored; for counts and ratios of few events, whose sigma is
+            # the Poisson floor, at a normal's (0.6): most of their z sit near zero, and the
+            # first burst of two or three events would otherwise look like a louder series.
+            floor = np.where(pois | rat, 0.36, 0.04) if pois.any() or rat.any() else 0.04
             v_sd = np.sqrt(
-                np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, 0.04) * np.clip(lrv, 1.0, 50.0)
+                np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, floor) * np.clip(lrv, 1.0, 50.0)
             ) * np.sqrt(0.1 / 1.9)
             zv = np.maximum((v_fast - v[_V_MEAN]) / v_sd, 0.0)
             tests.append(np.log(0.5) - 0.717 * zv - 0.416 * zv * zv)  # Lin (1989) normal tail
@@ -472,9 +492,10 @@ class RobustSeasonalDetector:
             log_p = np.minimum(log_p, tests[k])
             which[lower] = k
         p = np.exp(log_p)
-        # Just after warm-up the baseline is young: demand more (p x100, fading over 3 warm-ups).
+        # Just after warm-up the baseline is young: demand more (p x young, fading over 3
+        # warm-ups).
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
-        p = p * (1.0 + 99.0 * young)
+        p = p * (1.0 + (self.young - 1.0) * young)
         score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)

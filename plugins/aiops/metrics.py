@@ -262,7 +262,8 @@ class MetricSeries:
         for j, quantile in enumerate(QUANTILES):
             suffix = f":p{round(quantile * 100)}"
             ids = self._ids(records, rows_a, keys_arr, suffix)
-            noise = q[:, len(QUANTILES) + j]
+            k = len(QUANTILES)
+            noise = q[:, [k + j, 2 * k + j]]
             self.scorer.feed(ids, times[rows_a], q[:, j], traces, noise=noise)
             fed += rows_a.size
         return fed
@@ -291,35 +292,36 @@ _SQRT12 = math.sqrt(12.0)
 
 
 def _with_noise(at: Callable[[float], tuple[float, float]], total: float) -> list[float]:
-    """The quantiles of :data:`QUANTILES`, then their standard errors.
+    """The quantiles of :data:`QUANTILES`, then their standard errors below them, then above.
 
     The rank of the q-quantile of n samples is binomial, ``n q ± sqrt(n q (1 - q))``: the
-    values at those ranks bound a one-sigma interval, whose larger half is the noise (a p99 of
-    a handful of requests is their largest, as uncertain as the gap below it). A value
+    values at those ranks bound a one-sigma interval, below and above the value. A value
     interpolated inside a bucket is uncertain by the bucket's width too (a uniform spread,
     ``width / sqrt(12)``). When the interval's upper rank lies beyond the sample (a p99 of fewer
     than ~100 values) the window says nothing about the quantile: the noise is infinite and the
     detector abstains on that point. ``at(rank)`` is (value, width of its bucket).
     """
-    values, noises = [], []
+    values, below, above = [], [], []
     for q in QUANTILES:
         value, width = at(q * total)
+        values.append(value)
         spread = math.sqrt(total * q * (1 - q))
         if q * total + spread > total:
-            values.append(value)
-            noises.append(math.inf)
+            below.append(math.inf)
+            above.append(math.inf)
             continue
         high, _ = at(q * total + spread)
         low, _ = at(max(q * total - spread, 0.0))
-        values.append(value)
-        noises.append(max(high - value, value - low, width / _SQRT12))
-    return values + noises
+        below.append(max(value - low, width / _SQRT12))
+        above.append(max(high - value, width / _SQRT12))
+    return values + below + above
 
 
 def _explicit_quantiles(
     counts: np.ndarray, bounds: list[float], low: float | None, high: float | None
 ) -> list[float]:
-    """p50, p99, then their standard errors, of one explicit-bucket histogram."""
+    """p50, p99, then their standard errors below and above, of one explicit-bucket
+    histogram."""
     cumulative = np.cumsum(counts)
     total = float(cumulative[-1])
     edges = [
@@ -341,7 +343,7 @@ def _explicit_quantiles(
 
 
 def _exp_quantiles(counts: np.ndarray, scale: int, offset: int, zero: int) -> list[float]:
-    """p50, p99, then their standard errors, of one exponential histogram."""
+    """p50, p99, then their standard errors below and above, of one exponential histogram."""
     base = 2.0 ** (2.0**-scale)
     cumulative = zero + np.cumsum(counts)
     total = float(cumulative[-1] if counts.size else zero)

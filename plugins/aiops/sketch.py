@@ -52,12 +52,12 @@ class LogHistogram:
     def quantiles_with_noise(
         self, qs: tuple[float, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(groups, values, noise, counts): each group's quantiles, their standard errors and
-        the group's sample count.
+        """(groups, values, noise, counts): each group's quantiles, their standard errors
+        (``noise[group, quantile]`` = (below, above)) and the group's sample count.
 
         The standard error comes from the order statistics: the rank of the q-quantile of n
         samples is binomial, ``n q ± sqrt(n q (1 - q))``, so the values at those ranks bound a
-        one-sigma interval; the noise is its larger half. When the upper rank lies beyond the
+        one-sigma interval, below and above the value. When the upper rank lies beyond the
         sample (a p99 of fewer than ~100 values: it is their largest, and the quantile may be
         anywhere above it) the noise is infinite: the detector abstains on that point.
         """
@@ -80,12 +80,13 @@ class LogHistogram:
             return GAMMA ** (bucket + 0.5)
 
         out = np.zeros((starts.size, len(qs)))
-        noise = np.zeros((starts.size, len(qs)))
+        noise = np.zeros((starts.size, len(qs), 2))
         for j, q in enumerate(qs):
             spread = np.sqrt(totals * q * (1 - q))
             value = at(q * totals)
             out[:, j] = value
             high, low = at(q * totals + spread), at(q * totals - spread)
             open_above = q * totals + spread > totals
-            noise[:, j] = np.where(open_above, np.inf, np.maximum(high - value, value - low))
+            noise[:, j, 0] = np.where(open_above, np.inf, value - low)
+            noise[:, j, 1] = np.where(open_above, np.inf, high - value)
         return groups[starts], out, noise, totals

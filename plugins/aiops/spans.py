@@ -174,15 +174,16 @@ class RedSeries:
             count = int(acc.count[eid])
             slow = [t for _, t in sorted(acc.slow.get(eid, []), reverse=True)]
             # (measure, value, exemplars, the value's own standard error, its sample count)
-            measures = [(0, count / width_s, [], 0.0, 0.0)]
+            measures = [(0, count / width_s, [], (0.0, 0.0), 0.0)]
             if count >= self.min_spans:
                 j = q_of.get(eid)
                 errors_ex = acc.errors_ex.get(eid, [])
-                measures.append((1, acc.errors[eid] / count, errors_ex, 0.0, float(count)))
+                ratio = acc.errors[eid] / count
+                measures.append((1, ratio, errors_ex, (0.0, 0.0), float(count)))
                 if j is not None:
                     q, qn = quantiles[j], q_noise[j]
-                    measures.append((2, float(q[0]), slow, float(qn[0]), float(count)))
-                    measures.append((3, float(q[1]), slow, float(qn[1]), float(count)))
+                    measures.append((2, float(q[0]), slow, tuple(qn[0]), float(count)))
+                    measures.append((3, float(q[1]), slow, tuple(qn[1]), float(count)))
             for m, value, trace_ids, point_noise, samples in measures:
                 suffix, kind, direction, unit = _MEASURES[m]
                 keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
@@ -209,7 +210,7 @@ class RedSeries:
             keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
             values.append(0.0)
             exemplars.append([])
-            noise.append(0.0)
+            noise.append((0.0, 0.0))
             weights.append(0.0)
             metas.append(
                 SeriesMeta(
@@ -231,6 +232,6 @@ class RedSeries:
             np.full(len(keys), start, np.int64),
             np.array(values),
             exemplars,
-            noise=np.array(noise),
+            noise=np.array(noise, np.float64).reshape(-1, 2),
             weights=np.array(weights),
         )
