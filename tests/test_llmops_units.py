@@ -1,0 +1,165 @@
+"""LLMOps pieces checked against a plain reference: column-wise masking of message JSON against
+masking each decoded message, column conversions against Python's, the rollup's sums against
+the same question asked of the calls, and sketch percentiles against exact ones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from opstrata.plugins.llmops import columns
+from opstrata.plugins.llmops.messages import CallMessages
+from opstrata.plugins.llmops.privacy import ContentPolicy
+from opstrata.plugins.llmops.queries import Filters, _usage_from_calls
+from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.rollup import DAY_NS, roll_up, rollup_ddl, sketch_ddl
+from opstrata.plugins.llmops.rollup_queries import sketch_percentiles, usage_rows
+from opstrata.plugins.llmops.span_parts import message_table, normalise_error
+
+TEXTS = [
+    "mail jane@example.com now",
+    "key sk-abcdefghijklmnopqrstuvwx here",
+    "\nsk-abcdefghijklmnopqrstuvwx",
+    "Bearer\tabcdefghijklmnopqrstuvwxyz",
+    "\nbob@x.com\tand\u00e9ve@example.org",
+    "call +1 415-555-0132 or (020) 7946 0958",
+    "josé@example.com",
+    "card 4111 1111 1111 1111, not 4111 1111 1111 1112",
+    "on 2024-01-02 at 10:30, order 123456",
+    'quote "x@y.io" and back\\slash a@b.co',
+    "AKIAABCDEFGHIJKLMNOP and ghp_" + "a" * 36,
+    "plain text, nothing to hide",
+    "x" * 9000 + " tail@example.com",
+]
+
+
+def _stored(policy: ContentPolicy, text_json: str) -> list[dict[str, str]]:
+    """What is read back for one call whose input messages attribute is ``text_json``."""
+    k = 1
+    table = message_table(
+        {
+            "System": pa.nulls(k, pa.string()),
+            "Input": pa.array([text_json], pa.string()),
+            "Output": pa.nulls(k, pa.string()),
+        },
+        {},
+        pa.array([1], pa.timestamp("ns")),
+        pa.array(["t"]),
+        pa.array(["s"]),
+        "span",
+        policy,
+    )
+    row = table.drop_columns(["Timestamp"]).to_pylist()[0]
+    parsed = CallMessages()
+    if row["Input"] is not None:
+        parsed.add_json("input", row["Input"])
+    out = parsed.input
+    if row["Messages"]:
+        out += json.loads(row["Messages"])["input"]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["mask", "keep"])
+@pytest.mark.parametrize("text", TEXTS)
+def test_column_masking_stores_what_masking_each_message_stores(mode: str, text: str) -> None:
+    policy = ContentPolicy(mode, ["ORD-\\d{6}"], max_chars=8192)
+    attribute = json.dumps(
+        [
+            {"role": "system", "parts": [{"type": "text", "content": "Be terse."}]},
+            {"role": "user", "parts": [{"type": "text", "content": text + " ORD-123456"}]},
+        ]
+    )
+    reference = CallMessages()
+    reference.add_json("input", attribute)
+    expected = [{"role": m["role"], "content": policy.apply(m["content"])} for m in reference.input]
+    assert _stored(policy, attribute) == expected
+
+
+def test_conversions_match_python() -> None:
+    values = ["12", " 7 ", "12.5", "13.5", "x", None, "1e3", "-4", ""]
+
+    def py_int(v: str | None) -> int | None:
+        if v is None:
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return round(float(v))
+            except ValueError:
+                return None
+
+    assert columns.ints(pa.array(values, pa.string())).to_pylist() == [py_int(v) for v in values]
+    errors = [
+        "<class 'openai.BadRequestError'>", "openai.BadRequestError", "BadRequestError",
+        "'x.y.Z'", "some text", "a..b", "foo.", None, " <class 'a.B'> ",
+    ]  # fmt: skip
+    assert columns.error_class(pa.array(errors, pa.string())).to_pylist() == [
+        normalise_error(e) for e in errors
+    ]
+
+
+def _calls(rng: np.random.Generator, n: int) -> pa.Table:
+    t0 = 1_760_000_000 * 10**9 // DAY_NS * DAY_NS
+    times = t0 + np.sort(rng.integers(0, 3 * DAY_NS, n))
+    models = np.array(["m-a", "m-b", "m-c"], dtype=object)[rng.integers(0, 3, n)]
+    services = np.array(["s-1", "s-2"], dtype=object)[rng.integers(0, 2, n)]
+    inp, out = rng.integers(1, 5000, n), rng.integers(1, 900, n)
+    unpriced = models == "m-c"
+    ttft = rng.lognormal(19, 1, n).astype(np.int64)
+    data = {name: pa.nulls(n, field.type) for name, field in zip(CALLS.names, CALLS, strict=True)}
+    data.update(
+        Timestamp=pa.array(times, pa.timestamp("ns")),
+        ServiceName=pa.array(services, pa.string()),
+        Provider=pa.array(np.full(n, "openai", dtype=object), pa.string()),
+        Model=pa.array(models, pa.string()),
+        Operation=pa.array(np.full(n, "chat", dtype=object), pa.string()),
+        InputTokens=pa.array(inp),
+        OutputTokens=pa.array(out),
+        TotalTokens=pa.array(inp + out),
+        CostPicoUsd=pa.array(inp * 150_000 + out * 600_000, mask=unpriced),
+        Duration=pa.array(rng.lognormal(21, 1.2, n).astype(np.int64)),
+        Ttft=pa.array(ttft, mask=rng.random(n) < 0.3),
+        IsError=pa.array(rng.random(n) < 0.05),
+    )
+    return pa.table(data, schema=CALLS)
+
+
+def test_rollup_answers_equal_the_calls_and_sketches_are_within_five_percent() -> None:
+    rng = np.random.default_rng(3)
+    calls = _calls(rng, 30_000)
+    con = duckdb.connect()
+    con.execute(rollup_ddl())
+    con.execute(sketch_ddl())
+    con.register("batch", calls)
+    con.execute("CREATE TABLE llmops_calls AS SELECT * FROM batch")
+    for first in range(0, calls.num_rows, 7_000):  # written in parts, as the writer does
+        roll_up(con, calls.slice(first, 7_000))
+    for group_by, bucket in ((["model"], DAY_NS), (["service", "model"], DAY_NS // 24), ([], None)):
+        pairs = [(g, {"model": "Model", "service": "ServiceName"}[g]) for g in group_by]
+        from_rollup = usage_rows(con, None, None, {}, pairs, bucket, 100_000)
+        from_calls = _usage_from_calls(con, Filters(), group_by, bucket, False, 100_000)
+        assert from_rollup is not None
+        assert [{k: (int(v) if isinstance(v, (int, float)) else v) for k, v in r.items()}
+                for r in from_rollup] == [
+            {k: (int(v) if isinstance(v, (int, float)) else v) for k, v in r.items()}
+            for r in from_calls
+        ]  # fmt: skip
+    sketches = sketch_percentiles(con, None, None, {}, True, None)
+    assert sketches is not None and set(sketches) == {(None, "m-a"), (None, "m-b"), (None, "m-c")}
+    for (_, model), (latency, ttft) in sketches.items():
+        mine = calls.filter(pa.compute.equal(calls.column("Model"), model))
+        for values, got in (
+            (mine.column("Duration").to_numpy() / 1e6, latency),
+            (mine.column("Ttft").drop_null().to_numpy() / 1e6, ttft),
+        ):
+            ordered = np.sort(values)
+            for q, estimate in zip((0.5, 0.95, 0.99), got, strict=True):
+                exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]
+                assert estimate is not None
+                assert abs(estimate - exact) <= 0.045 * exact, (model, q, estimate, exact)
