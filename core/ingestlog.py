@@ -197,8 +197,11 @@ class IngestLog:
             assert fd is not None
             written = os.writev(fd, [record, body])
             if written != len(record) + len(body):
-                # A short write leaves a torn record; the next open cuts it. Refuse this one.
-                raise OSError(f"ingest log: short write ({written} bytes)")
+                # A torn record (a full disk): what follows would not parse after a restart,
+                # so refuse this request and every later one; the next start cuts the tail.
+                self.error = OSError(f"ingest log: short write ({written} bytes)")
+                log.error("%s; refusing further requests", self.error)
+                raise self.error
             self.appended += written
             if not self._dirty or self._dirty[-1] != fd:
                 self._dirty.append(fd)
