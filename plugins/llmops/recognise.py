@@ -145,17 +145,18 @@ def _one(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _entries(
     attributes: pa.Array | pa.ChunkedArray,
 ) -> tuple[pa.ChunkedArray, pa.ChunkedArray, np.ndarray]:
-    """Keys and values of every attribute map, and the row each belongs to; the maps' chunks
-    are referenced (or sliced), not copied."""
+    """Keys and values of every attribute map, and where each row's entries start (``n + 1``
+    offsets into them); the maps' chunks are referenced (or sliced), not copied."""
     chunks = attributes.chunks if isinstance(attributes, pa.ChunkedArray) else [attributes]
     if not chunks:
         empty = pa.chunked_array([], pa.string())
-        return empty, empty, np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(1, dtype=np.int64)
     offsets = [c.offsets.to_numpy() for c in chunks]
     lengths = np.concatenate([np.diff(o) for o in offsets])
-    owner = np.repeat(np.arange(len(lengths)), lengths)
+    owner = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=owner[1:])
     keys = pa.chunked_array([c.keys for c in chunks], pa.string())
-    if len(keys) == len(owner):  # unsliced maps (the usual case): each chunk's entries whole
+    if len(keys) == owner[-1]:  # unsliced maps (the usual case): each chunk's entries whole
         return keys, pa.chunked_array([c.items for c in chunks], pa.string()), owner
     sliced_keys, sliced_items = [], []
     for chunk, bounds in zip(chunks, offsets, strict=True):
@@ -244,23 +245,26 @@ def recognise(
     over every attribute of every row; everything after it touches the marked rows only."""
     if len(cols.attributes) == 0:
         return None
-    all_keys, all_items, all_owner = _entries(cols.attributes)
+    all_keys, all_items, starts = _entries(cols.attributes)
     all_ids = pc.index_in(all_keys, value_set=_KEY_SET).fill_null(-1).to_numpy()
     known = np.flatnonzero(all_ids >= 0)
     marked = known[_IS_MARKER[all_ids[known]]]
     if len(marked) == 0:  # the common case: a group without LLM spans ends here
         return None
-    cand = np.unique(all_owner[marked])  # candidate rows; from here on numbered 0..n-1
+    # Candidate rows (from here on numbered 0..n-1) and their entries, found from the few
+    # marked entries: nothing more is computed per entry of the whole group.
+    cand = np.unique(np.searchsorted(starts, marked, side="right") - 1)
     n = len(cand)
-    local = np.full(len(cols.attributes), -1, dtype=np.int64)
-    local[cand] = np.arange(n)
-    mine = np.flatnonzero(local[all_owner] >= 0)  # the entries of candidate rows
-    if len(mine) == len(all_owner):  # every row is a candidate (an LLM-only service)
+    counts = starts[cand + 1] - starts[cand]
+    owner = np.repeat(np.arange(n), counts)
+    first = np.repeat(starts[cand] - np.r_[0, np.cumsum(counts)[:-1]], counts)
+    mine = first + np.arange(len(owner))
+    if len(mine) == len(all_ids):  # every row is a candidate (an LLM-only service)
         keys, items = _one(all_keys), _one(all_items)
     else:
         at = pa.array(mine)
         keys, items = _one(all_keys.take(at)), _one(all_items.take(at))
-    owner, key_ids = local[all_owner[mine]], all_ids[mine]
+    key_ids = all_ids[mine]
     known = key_ids >= 0
     families = np.zeros(n, dtype=np.int64)
     np.bitwise_or.at(families, owner[known], _FAMILY_BIT[key_ids[known]])
