@@ -163,3 +163,13 @@ def test_rollup_answers_equal_the_calls_and_sketches_are_within_five_percent() -
                 exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]
                 assert estimate is not None
                 assert abs(estimate - exact) <= 0.045 * exact, (model, q, estimate, exact)
+
+
+def test_metric_histogram_percentiles_interpolate_within_buckets() -> None:
+    from opstrata.plugins.llmops.metrics import _histogram_percentiles
+
+    bounds = np.array([0.5, 1.0, 2.0, 4.0])  # seconds, as gen_ai.client.operation.duration
+    assert _histogram_percentiles(bounds, np.array([0, 0, 10, 0, 0])) == [1500.0, 1950.0, 1990.0]
+    # The last bucket has no upper bound: its lower bound is the answer.
+    assert _histogram_percentiles(bounds, np.array([0, 0, 0, 0, 4])) == [4000.0] * 3
+    assert _histogram_percentiles(bounds, np.zeros(5, dtype=np.int64)) == [None] * 3

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from opstrata.plugins.llmops.columns import error_class
 from opstrata.plugins.llmops.prices import PriceTable
 from opstrata.plugins.llmops.rollup import HOUR_NS, ROLLUP_TABLE
@@ -52,7 +54,7 @@ _GROUPABLE = {*METRIC_DIMENSIONS, "model", "source"}
 _FILTERABLE = {"service", "provider", "model", "operation"}
 
 
-def _deltas_sql() -> str:
+def _deltas_sql(metrics: int = 3) -> str:
     dims = ", ".join(f"{sql} AS {name}" for name, sql in METRIC_DIMENSIONS.items())
     series = (
         'PARTITION BY "MetricName", hash("ServiceName", "ResourceAttributes", "Attributes"), '
@@ -70,8 +72,13 @@ def _deltas_sql() -> str:
     return (
         f'SELECT "MetricName" AS metric, epoch_ns("TimeUnix") AS t, {dims}, '
         f"coalesce({_attr('gen_ai.token.type')}, '') AS token_type, "
-        f"{delta('Count')} AS n, {delta('Sum')} AS total "
-        f'FROM {_TABLE} WHERE "MetricName" IN (?, ?, ?) '
+        f"{delta('Count')} AS n, {delta('Sum')} AS total, "
+        '"ExplicitBounds" AS bounds, CASE WHEN "AggregationTemporality" = 2 AND '
+        f'"Count" >= coalesce(lag("Count") OVER ({series}), 0) AND '
+        f'lag("BucketCounts") OVER ({series}) IS NOT NULL THEN list_transform(list_zip('
+        f'"BucketCounts", lag("BucketCounts") OVER ({series})), lambda x: x[1] - x[2]) '
+        'ELSE "BucketCounts" END AS counts '
+        f'FROM {_TABLE} WHERE "MetricName" IN ({", ".join("?" * metrics)}) '
         'AND "TimeUnix" < make_timestamp_ns(?::BIGINT)'
     )
 
@@ -89,9 +96,12 @@ def metric_usage(
     group_by: list[str],
     bucket_ns: int | None,
     prices: PriceTable | None,
+    latency: bool = False,
 ) -> list[dict[str, Any]]:
     """Usage rows (as :func:`queries.usage` builds them before formatting) of the calls known
-    only from GenAI metrics, in service-hours without span or event calls."""
+    only from GenAI metrics, in service-hours without span or event calls; with ``latency``,
+    ``metric_latency`` / ``metric_ttft`` percentiles (ms) from the duration and time-to-first-
+    chunk histograms, interpolated within their buckets."""
     tables = cursor.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_TABLE]
     ).fetchall()[0][0]
@@ -130,6 +140,7 @@ def metric_usage(
     found = cursor.execute(sql, bucket_params + params).fetchall()
     if not found:
         return []
+    condition = f"WHERE NOT EXISTS ({spanned}) {'AND ' + ' AND '.join(where) if where else ''}"
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     errors = error_class_of([row[6] for row in found])
     for row, error in zip(found, errors, strict=True):
@@ -163,7 +174,85 @@ def metric_usage(
             acc["unpriced_calls"] += calls
         else:
             acc["cost_pico_usd"] += inp * price.input + out * price.output
+    if latency:
+        histograms = _histograms(cursor, bucket, bucket_params, params[3:], condition, group_by)
+        for key, row in merged.items():
+            for kind in ("latency", "ttft"):
+                row["metric_" + kind] = histograms.get((key, kind))
     return list(merged.values())
+
+
+_LATENCY_METRICS = {
+    "gen_ai.client.operation.duration": "latency",
+    "gen_ai.server.request.duration": "latency",
+    "gen_ai.client.operation.time_to_first_chunk": "ttft",
+    "gen_ai.server.time_to_first_token": "ttft",
+}
+
+
+def _histograms(
+    cursor: Any,
+    bucket: str,
+    bucket_params: list[Any],
+    params: list[Any],
+    condition: str,
+    group_by: list[str],
+) -> dict[tuple[Any, ...], list[float | None]]:
+    """Percentiles (p50, p95, p99, ms) of the summed delta histograms per (row key, kind)."""
+    names = list(_LATENCY_METRICS)
+    found = cursor.execute(
+        f"SELECT {bucket} AS bucket, d.service, d.provider, d.request_model, d.response_model, "
+        f"d.operation, d.error_type, d.metric, d.bounds, d.counts FROM "
+        f"({_deltas_sql(len(names))}) d {condition}",
+        bucket_params + names + params,
+    ).fetchall()
+    errors = error_class_of([row[6] for row in found])
+    summed: dict[tuple[Any, ...], np.ndarray] = {}
+    for row, error in zip(found, errors, strict=True):
+        bucket_start, service, provider, request, response, operation, _, metric, bounds, counts = (
+            row
+        )
+        if not counts:
+            continue
+        values = {
+            "service": service, "provider": provider, "model": response or request,
+            "request_model": request, "response_model": response, "operation": operation,
+            "error_type": error, "source": "metric",
+        }  # fmt: skip
+        key = (bucket_start, *(values[g] for g in group_by))
+        slot = (key, _LATENCY_METRICS[metric], tuple(bounds or ()))
+        have = summed.get(slot)
+        counts_array = np.asarray(counts, dtype=np.int64)
+        summed[slot] = counts_array if have is None else have + counts_array
+    out: dict[tuple[Any, ...], list[float | None]] = {}
+    merged: dict[tuple[Any, ...], list[tuple[tuple[float, ...], np.ndarray]]] = {}
+    for (key, kind, bounds), counts in summed.items():
+        merged.setdefault((key, kind), []).append((bounds, counts))
+    for slot, parts in merged.items():
+        bounds, counts = max(parts, key=lambda part: int(part[1].sum()))  # one set of bounds
+        out[slot] = _histogram_percentiles(np.asarray(bounds), counts)
+    return out
+
+
+def _histogram_percentiles(bounds: np.ndarray, counts: np.ndarray) -> list[float | None]:
+    """p50, p95, p99 in ms of an explicit-bucket histogram in seconds: linear within the bucket
+    holding the rank (the first bucket from 0, the last at its lower bound)."""
+    total = int(counts.sum())
+    if total == 0 or len(counts) != len(bounds) + 1:
+        return [None, None, None]
+    cumulative = np.cumsum(counts)
+    out: list[float | None] = []
+    for q in (0.5, 0.95, 0.99):
+        rank = q * total
+        i = int(np.searchsorted(cumulative, rank))
+        lower = 0.0 if i == 0 else float(bounds[i - 1])
+        if i >= len(bounds):
+            out.append(round(lower * 1000, 3))
+            continue
+        before = 0 if i == 0 else int(cumulative[i - 1])
+        share = float((rank - before) / counts[i]) if counts[i] else 1.0
+        out.append(round((lower + (float(bounds[i]) - lower) * share) * 1000, 3))
+    return out
 
 
 def error_class_of(values: list[str]) -> list[str]:

@@ -165,7 +165,14 @@ def usage(
         found = _with_metric_calls(
             found,
             metrics.metric_usage(
-                cursor, filters.start, filters.end, filters.equals, group_by, bucket_ns, prices
+                cursor,
+                filters.start,
+                filters.end,
+                filters.equals,
+                group_by,
+                bucket_ns,
+                prices,
+                latency,
             ),
             group_by,
             limit,
@@ -179,7 +186,10 @@ def usage(
             "group": {g: row[g] for g in group_by},
             **_sums(row),
         }
-        if sketches is not None:
+        if latency and "metric_latency" in row:  # only metric calls: their histograms
+            out["latency_ms"] = _pct(row["metric_latency"] or [None])
+            out["ttft_ms"] = _pct(row["metric_ttft"] or [None])
+        elif sketches is not None:
             key = (out["bucket_unix_nano"], row["model"] if group_by else None)
             pair = sketches.get(key, ([None] * 3, [None] * 3))
             out["latency_ms"], out["ttft_ms"] = _pct(pair[0]), _pct(pair[1])
