@@ -39,6 +39,8 @@ class AlertBook:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._by_key: dict[str, Alert] = {}
+        self._stored_incident: dict[str, str | None] = {}
+        """The incident each firing alert was last stored with."""
         self.events = 0
         self.alerts_created = 0
         self.incident_changes = 0
@@ -49,6 +51,7 @@ class AlertBook:
     def start(self) -> None:
         alerts = self.store.load_alerts(firing_only=True)
         self._by_key = {alert.key: alert for alert in alerts}
+        self._stored_incident = {alert.id: alert.incident_id for alert in alerts}
         self.engine.load(self.store.load_incidents(open_only=True), alerts)
         self._thread = threading.Thread(target=self._run, name="alertbook", daemon=True)
         self._thread.start()
@@ -153,6 +156,10 @@ class AlertBook:
         changes = self.engine.on_alert(alert, is_new) if not event.resolved else []
         changes += self.engine.advance(event.time_unix_nano)
         self.store.save_alerts([alert])
+        if alert.status == "resolved":
+            self._stored_incident.pop(alert.id, None)
+        else:
+            self._stored_incident[alert.id] = alert.incident_id
         self._publish(changes)
 
     def _advance(self, now: int) -> None:
@@ -171,18 +178,25 @@ class AlertBook:
         for change in changes:
             if change.change == "resolved":
                 self._resolve_alerts(change.incident.alert_ids)
-            if change.change == "merged":
-                self._save_moved(change.incident.merged_into)
             if change.change == "refreshed":
                 continue
             for runner in self.notifiers:
                 runner.submit(change)
+        self._save_moved()
 
-    def _save_moved(self, incident_id: str | None) -> None:
-        """Alerts of a merged incident now belong to the one it merged into: store that."""
-        moved = [a for a in self._by_key.values() if incident_id and a.incident_id == incident_id]
+    def _save_moved(self) -> None:
+        """Alerts the engine put into an incident other than the one stored with them (a
+        pending alert joining the incident it confirmed, a merged incident's alerts): store
+        that."""
+        moved = [
+            alert
+            for alert in self._by_key.values()
+            if self._stored_incident.get(alert.id) != alert.incident_id
+        ]
         if moved:
             self.store.save_alerts(moved)
+            for alert in moved:
+                self._stored_incident[alert.id] = alert.incident_id
 
     def _resolve_alerts(self, alert_ids: list[str]) -> None:
         """An incident's end ends its alerts: a relapse raises them anew (and reopens it)."""
@@ -191,5 +205,6 @@ class AlertBook:
         for alert in ended:
             alert.status = "resolved"
             del self._by_key[alert.key]
+            self._stored_incident.pop(alert.id, None)
         if ended:
             self.store.save_alerts(ended)

@@ -41,6 +41,8 @@ def test_installed_plugin_sees_batches_raises_incident_and_serves_route(
     config.write_text(
         f'[plugins.webhook]\nurl = "{webhook.url}"\nsecret = "{SECRET}"\n'
         f'[plugins.sample]\nnotify_file = "{notify_file}"\n'
+        # One alert, one incident at once (confirming lone alerts: test_incidents.py).
+        "[incidents]\nconfirm_seconds = 0\n"
     )
     env = plugin_env(sample_site)
     server = ServerProcess(tmp_path / "data", env=env, config_file=config).start()

@@ -29,6 +29,13 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``z``, ``wasserstein``, ``jensenshannon``, ``psi``)."""
     threshold: float | None = None
     """Threshold for ``stattest`` (default: that test's Evidently default)."""
+    alert_p_value: float = 0.001
+    """A drift *alert* starts only when the verdict drifts (Evidently's rule, above) and one of
+    its drifted columns is also strong: p-value at most this, or a distance at least
+    ``alert_distance_factor`` times its threshold. A window is tested every slot; at p ≤ 0.05
+    alone, one test in twenty drifts with nothing changed. Once firing, the verdict alone keeps
+    it. 1.0 alerts on every drifted verdict."""
+    alert_distance_factor: float = 2.0
     reference_centroids: int = 400
     slot_centroids: int = 100
     max_categories: int = 100
@@ -60,6 +67,10 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
         raise ValueError(f"plugins.mlops.stattest: {parsed.stattest!r} is not one of {TESTS}")
     if parsed.window_seconds <= 0 or parsed.window_slots < 1:
         raise ValueError("plugins.mlops.window_seconds and window_slots must be positive")
+    if not 0 < parsed.alert_p_value <= 1 or parsed.alert_distance_factor < 1:
+        raise ValueError(
+            "plugins.mlops.alert_p_value must be in (0, 1], alert_distance_factor at least 1"
+        )
     if not 0 < parsed.drift_share <= 1:
         raise ValueError("plugins.mlops.drift_share must be in (0, 1]")
     for model, task in parsed.tasks.items():

@@ -280,6 +280,19 @@ class DriftMonitor:
             features=results,
         )
 
+    def _strong(self, columns: list[FeatureDrift]) -> bool:
+        """Whether a drifted column is far past its threshold (see ``alert_p_value``)."""
+        config = self.config
+        return any(
+            f.drifted
+            and (
+                f.p_value <= config.alert_p_value
+                if f.p_value is not None
+                else (f.distance or 0.0) >= config.alert_distance_factor * f.threshold
+            )
+            for f in columns
+        )
+
     def _close(self, state: ModelState, end_slot: int) -> None:
         verdict = self._evaluate(state, end_slot, live=False)
         if verdict is None:
@@ -299,7 +312,7 @@ class DriftMonitor:
                 [f for f in verdict.features if f.role == "prediction"],
             ),
         ):
-            if firing:
+            if firing and (kind in state.firing or self._strong(columns)):
                 state.firing.add(kind)
                 self.emit(drift_alert(state, kind, verdict, columns, time))
             elif kind in state.firing:
