@@ -27,7 +27,7 @@ __all__ = ["LLMCalls", "price_calls"]
 
 log = logging.getLogger(__name__)
 
-GROUP_SECONDS = 0.25
+GROUP_SECONDS = 1.0
 """Committed batches wait at most this long (wall clock, arrival) before they are looked at ..."""
 GROUP_ROWS = 50_000
 """... or until this many rows are waiting. Every Arrow call costs some microseconds whatever
@@ -106,7 +106,9 @@ class LLMCalls(Consumer):
         self._pending_since = 0.0
 
     def start(self, ctx: ConsumerContext) -> None:
-        self.writer = CallWriter(ctx.store, ctx.consumer, before_flush=self.flush_pending)
+        self.writer = CallWriter(
+            ctx.store, ctx.consumer, flush_seconds=1.0, before_flush=self._flush_if_due
+        )
         self.writer.start()
         self._checked_gap = False
         if self.config.alerts.enabled:
@@ -183,6 +185,13 @@ class LLMCalls(Consumer):
                 or time.monotonic() - self._pending_since >= GROUP_SECONDS
             )
         if due:
+            self.flush_pending()
+
+    def _flush_if_due(self) -> None:
+        """The writer's timer: batches kept while none came after them are looked at too."""
+        with self._lock:
+            since = self._pending_since
+        if since and time.monotonic() - since >= GROUP_SECONDS:
             self.flush_pending()
 
     def flush_pending(self) -> None:
