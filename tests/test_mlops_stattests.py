@@ -119,3 +119,19 @@ def test_categorical_counts_are_exact_in_both_regimes() -> None:
             assert result.statistic == pytest.approx(
                 distance.jensenshannon(r / r.sum(), c / c.sum()), rel=1e-12
             )
+
+
+def test_quality_decay_needs_more_than_sampling_error() -> None:
+    from opstrata.plugins.mlops.config import MLOpsConfig
+    from opstrata.plugins.mlops.quality import _worse
+
+    config = MLOpsConfig()
+    # A first window of 30 labels that scored 100 % by luck: 88.6 % of 100 is within chance.
+    assert not _worse("classification", 0.886, 100, 1.0, 30, config)
+    assert _worse("classification", 0.5, 100, 1.0, 30, config)
+    # Past the tolerance and far beyond chance with many labels on both sides.
+    assert _worse("classification", 0.85, 5000, 0.96, 5000, config)
+    assert not _worse("classification", 0.95, 5000, 0.96, 5000, config)  # within tolerance
+    assert not _worse("regression", 1.15, 100, 1.0, 30, config)
+    assert _worse("regression", 2.0, 100, 1.0, 30, config)
+    assert _worse("classification", 0.886, 100, 1.0, 30, MLOpsConfig(decay_p_value=1.0))

@@ -47,7 +47,10 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Fewest labelled predictions in a window for a quality figure used by decay alerts."""
     decay_tolerance: float = 0.1
     """Quality decays when a window's accuracy (classifiers) or RMSE (regressors) is worse than
-    the first labelled window's by more than this share."""
+    the first labelled window's by more than this share ..."""
+    decay_p_value: float = 0.001
+    """... and the difference is beyond sampling error: one-sided two-proportion z-test of the
+    accuracies, F-test of the mean squared errors, p-value at most this. 1.0: tolerance only."""
     tasks: dict[str, str] = {}
     """Model name -> ``classification`` or ``regression`` (inferred when absent)."""
     positive_label: str = ""

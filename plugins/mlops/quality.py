@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy import stats
 
 from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.mlops.config import MLOpsConfig
@@ -175,6 +176,7 @@ class QualityTracker:
             task = self.config.tasks.get(model) or infer_task(preds, labels)
             slots = times // window
             baseline: float | None = None
+            baseline_n = 0
             for slot in np.unique(slots).tolist():
                 pick = np.flatnonzero(slots == slot)
                 p = [preds[i] for i in pick]
@@ -188,9 +190,11 @@ class QualityTracker:
                 decayed = False
                 if key is not None and pick.size >= self.config.min_labels:
                     if baseline is None:
-                        baseline = key
+                        baseline, baseline_n = key, int(pick.size)
                     else:
-                        decayed = _worse(task, key, baseline, self.config.decay_tolerance)
+                        decayed = _worse(
+                            task, key, int(pick.size), baseline, baseline_n, self.config
+                        )
                 out.append(
                     QualityWindow(
                         model=model,
@@ -261,10 +265,27 @@ def _floats(values: pa.Array) -> pa.Array:
         return pa.nulls(len(values), pa.float64())
 
 
-def _worse(task: str, value: float, baseline: float, tolerance: float) -> bool:
+def _worse(
+    task: str, value: float, n: int, baseline: float, baseline_n: int, config: MLOpsConfig
+) -> bool:
+    """Worse than the first window by more than the tolerance, and by more than the two
+    windows' sampling error: a first window of 30 labels that happened to score 100 % is not
+    a standard every later window must meet."""
     if task == "regression":
-        return value > baseline * (1 + tolerance)
-    return value < baseline * (1 - tolerance)
+        if not value > baseline * (1 + config.decay_tolerance):
+            return False
+        if baseline <= 0:
+            return True
+        # Mean squared errors of two samples: their ratio is F-distributed when nothing changed.
+        p = float(stats.f.sf((value / baseline) ** 2, n, baseline_n))
+    else:
+        if not value < baseline * (1 - config.decay_tolerance):
+            return False
+        # One-sided two-proportion z-test of the accuracies.
+        pooled = (value * n + baseline * baseline_n) / (n + baseline_n)
+        spread = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n + 1 / baseline_n))
+        p = float(stats.norm.sf((baseline - value) / spread))
+    return p <= config.decay_p_value
 
 
 def _number(text: str | None) -> float | None:
