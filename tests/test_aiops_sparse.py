@@ -126,17 +126,52 @@ def test_quantile_noise_is_an_order_statistic_interval() -> None:
     assert 0.6 <= covered / trials <= 0.9
 
 
-def test_explicit_bucket_quantiles_are_no_more_precise_than_their_bucket() -> None:
+def test_explicit_bucket_quantiles_are_known_to_their_bucket_only() -> None:
     bounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
     counts = np.array([0, 40, 160, 30, 0, 0, 0, 0, 0], np.float64)
-    p50, p99, below50, _, _, above99 = _explicit_quantiles(counts, bounds, None, None)
-    assert 0.01 <= p50 <= 0.025 and 0.025 <= p99 <= 0.05
-    # Interpolated inside a bucket: at least its width over sqrt(12) either way.
-    assert below50 >= (0.025 - 0.01) / math.sqrt(12) - 1e-12
-    assert above99 >= (0.05 - 0.025) / math.sqrt(12) - 1e-12
+    values, below, above, res_below, res_above = _explicit_quantiles(counts, bounds, None, None)
+    assert 0.01 <= values[0] <= 0.025 and 0.025 <= values[1] <= 0.05
+    # The resolution reaches the edges of the value's bucket.
+    assert math.isclose(values[0] - res_below[0], 0.01) and math.isclose(
+        values[0] + res_above[0], 0.025
+    )
+    assert math.isclose(values[1] - res_below[1], 0.025)
+    # The p50's one-sigma ranks (115 ± 7.6 of 230) stay in its bucket: no sampling noise beyond it.
+    assert below[0] == 0.0 and above[0] == 0.0
     few = np.array([0, 1, 3, 1, 0, 0, 0, 0, 0], np.float64)
-    _, _, _, below99, _, above99 = _explicit_quantiles(few, bounds, None, None)
-    assert math.isinf(below99) and math.isinf(above99)
+    _, below, above, _, _ = _explicit_quantiles(few, bounds, None, None)
+    assert math.isinf(below[1]) and math.isinf(above[1])  # a p99 of five values: abstain
+
+
+def test_a_quantile_that_leaves_its_bucket_alerts_though_the_bucket_is_wide() -> None:
+    # Token counts in a histogram with x4 buckets: the p50 hops inside [256, 1024) for hours,
+    # then prompts sixteen times longer put it in [4096, 16384). Inside its bucket the value is
+    # a guess, and so is the forecast inside its own; the gap between the buckets is not. (A
+    # move to the adjacent bucket is not enough: both are known only to their buckets.)
+    bounds = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
+    rng = np.random.default_rng(2)
+    scorer, events = _scorer()
+    meta = SeriesMeta(
+        id=0, key="", name="gen_ai.client.token.usage:p50", kind="metric_anomaly",
+        entity=Entity("service", "llm-gateway"),
+    )  # fmt: skip
+    [sid] = scorer.registry.ids(["tokens:p50"], lambda i, key: meta).tolist()
+
+    def window(w: int, scale: float) -> int:
+        tokens = rng.lognormal(math.log(500 * scale), 0.3, int(rng.integers(8, 16)))
+        counts = np.histogram(tokens, [0, *bounds, np.inf])[0].astype(np.float64)
+        values, below, above, res_below, res_above = _explicit_quantiles(counts, bounds, None, None)
+        _, label = scorer.feed(
+            np.array([sid]), np.array([T0 + w * 30 * 10**9]), np.array([values[0]]),
+            noise=np.array([[below[0], above[0]]]),
+            resolution=np.array([[res_below[0], res_above[0]]]),
+        )  # fmt: skip
+        return int(label[0])
+
+    assert sum(window(w, 1.0) for w in range(600)) == 0
+    assert not events
+    assert sum(window(w, 16.0) for w in range(600, 604)) >= 1
+    assert events and not events[0].resolved
 
 
 def _ratio_scorer() -> tuple[SeriesScorer, list[AlertEvent], int]:

@@ -71,6 +71,8 @@ _COLUMNS = (
     "r_fast",
     "score",
     "tail_m2",
+    "res_below",
+    "res_above",
 )
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
@@ -102,6 +104,8 @@ _V_SQ = 24
 _R_FAST = 25
 _SCORE = 26
 _TAIL_M2 = 27
+_RES_BELOW = 28
+_RES_ABOVE = 29
 _Z_STATS = np.array(
     [
         _TAIL_F,
@@ -171,6 +175,7 @@ class RobustSeasonalDetector:
         self.huber = float(params.get("huber", 3.0))
         self.rel_floor = float(params.get("rel_floor", 1e-6))
         self.young = float(params.get("young", 100.0))
+        self.young_known = bool(params.get("young_known", False))
         self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
         self.size = 0
         self._alloc(0)
@@ -203,7 +208,7 @@ class RobustSeasonalDetector:
         self.ensure(size)
         for name, value in arrays.items():
             if name == "st":
-                self.st[:, :size] = value
+                self.st[: value.shape[0], :size] = value  # columns added later start at 0
             else:
                 getattr(self, name)[:size] = value
 
@@ -276,6 +281,7 @@ class RobustSeasonalDetector:
         values: np.ndarray,
         noise: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        resolution: np.ndarray | None = None,
     ) -> np.ndarray:
         """Score points (series index, event time ns, value), in time order per series, and
         learn from them. Returns one score in [0, 1] per point (0 while warming up).
@@ -286,22 +292,23 @@ class RobustSeasonalDetector:
         (n,), or (n, 2) for an asymmetric error: the distance down to the point's lower bound
         (what counts when it is above its forecast) and up to its upper bound.
         ``weights`` is the sample count behind a point of a ``ratio`` series (errors /
-        requests): the event count's Poisson floor applies."""
+        requests): the event count's Poisson floor applies. ``resolution`` (n, 2): how far below
+        and above the value the truth may lie because only its bucket is known (a quantile of
+        a histogram with wide buckets); the tests see only the deviation beyond it."""
         series = np.asarray(series, np.int64)
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
-        noise = (  # +inf stays: a point that says nothing about its measure (z = 0)
-            np.zeros((values.shape[0], 2))
-            if noise is None
-            else np.nan_to_num(np.asarray(noise, np.float64), nan=0.0, posinf=np.inf)
-        )
-        if noise.ndim == 1:
-            noise = np.repeat(noise[:, None], 2, axis=1)
-        weights = (
-            np.zeros(values.shape[0])
-            if weights is None
-            else np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0)
-        )
+        # Without noise or weights a round skips their steps (the common, fast path).
+        if noise is not None:
+            # +inf stays: a point that says nothing about its measure (z = 0)
+            noise = np.nan_to_num(np.asarray(noise, np.float64), nan=0.0, posinf=np.inf)
+            if noise.ndim == 1:
+                noise = np.repeat(noise[:, None], 2, axis=1)
+        if weights is not None:
+            weights = np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0)
+        if resolution is not None:
+            resolution = np.nan_to_num(np.asarray(resolution, np.float64), nan=0.0, posinf=0.0)
+            resolution = resolution.reshape(-1, 2)
         scores = np.zeros(values.shape[0], np.float64)
         # Forecast and sigma of every point, for evidence (observed vs expected band).
         self.point_expected = np.full(values.shape[0], np.nan)
@@ -314,7 +321,9 @@ class RobustSeasonalDetector:
         order = np.flatnonzero(finite)
         if order.size < series.size:
             series, times, values = series[order], times[order], values[order]
-            noise, weights = noise[order], weights[order]
+            noise = None if noise is None else noise[order]
+            weights = None if weights is None else weights[order]
+            resolution = None if resolution is None else resolution[order]
         # Rank of each point within its series (stable: keeps time order), then rounds.
         by_series = np.argsort(series, kind="stable")
         sorted_series = series[by_series]
@@ -334,7 +343,12 @@ class RobustSeasonalDetector:
         for chunk in rounds:
             s = series[chunk]
             out[chunk] = self._round(
-                s, times[chunk], values[chunk], noise[chunk, 0], noise[chunk, 1], weights[chunk]
+                s,
+                times[chunk],
+                values[chunk],
+                None if noise is None else noise[chunk],
+                None if weights is None else weights[chunk],
+                None if resolution is None else resolution[chunk],
             )
             expected[chunk] = self.expected[s]
             sigma[chunk] = self.sigma[s]
@@ -350,9 +364,9 @@ class RobustSeasonalDetector:
         s: np.ndarray,
         t: np.ndarray,
         x: np.ndarray,
-        below: np.ndarray,
-        above: np.ndarray,
-        weights: np.ndarray,
+        noise: np.ndarray | None,
+        weights: np.ndarray | None,
+        resolution: np.ndarray | None = None,
     ) -> np.ndarray:
         # A round over a contiguous range of series (the common case: ids are given out in
         # order of first appearance) works on a view of the state, with no gather or scatter.
@@ -424,24 +438,38 @@ class RobustSeasonalDetector:
         scale = v[_SCALE]
         sigma = 1.2533 * scale
         sigma = np.maximum(sigma, self.rel_floor * np.abs(level) + 1e-12)
+        learnt = sigma
         pois = self.poisson[idx]
         if pois.any():
             sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
         # A ratio of few events (errors / requests) is as noisy as the event count: the count
         # series' Poisson floor, sqrt(expected events + 1), over the sample count.
-        rat = self.ratio[idx] & (weights > 0)
-        if rat.any():
+        rat = self.ratio[idx] & (weights > 0) if weights is not None else None
+        if rat is not None and rat.any():
             w = np.where(rat, weights, 1.0)
             floor = np.sqrt(np.maximum(pred, 0.0) * w + 1.0) / w
             sigma = np.where(rat, np.maximum(sigma, floor), sigma)
         # The point's own precision (a quantile of few samples) bounds the test statistics
         # only; the baseline still learns at the series' own sigma. Above its forecast, what
         # counts is how far down the point's own interval reaches, and the other way round.
-        sigma_pt = np.maximum(sigma, np.where(resid > 0, below, above))
-        z = resid / sigma_pt
+        sigma_pt = sigma
+        if noise is not None:
+            sigma_pt = np.maximum(sigma, np.where(resid > 0, noise[:, 0], noise[:, 1]))
+        if resolution is None:
+            z = resid / sigma_pt
+        else:
+            # Known only to its bucket, and so is the forecast (the series' typical resolution):
+            # what counts is the deviation beyond both, so a hop to the next bucket is not one.
+            reach = np.where(
+                resid > 0, resolution[:, 0] + v[_RES_ABOVE], resolution[:, 1] + v[_RES_BELOW]
+            )
+            z = np.sign(resid) * np.maximum(np.abs(resid) - reach, 0.0) / sigma_pt
+            la_res = np.maximum(self.level_alpha, 1.0 / (n + 1))
+            v[_RES_BELOW] += la_res * (resolution[:, 0] - v[_RES_BELOW])
+            v[_RES_ABOVE] += la_res * (resolution[:, 1] - v[_RES_ABOVE])
         az = np.abs(z)
         silent = None
-        if not np.isfinite(sigma_pt).all():
+        if noise is not None and not np.isfinite(sigma_pt).all():
             silent = np.ix_(_Z_STATS, np.flatnonzero(~np.isfinite(sigma_pt)))
             kept = v[silent]
         warm = n >= self.warmup
@@ -480,7 +508,8 @@ class RobustSeasonalDetector:
             # The spread of |z| is floored; for counts and ratios of few events, whose sigma is
             # the Poisson floor, at a normal's (0.6): most of their z sit near zero, and the
             # first burst of two or three events would otherwise look like a louder series.
-            floor = np.where(pois | rat, 0.36, 0.04) if pois.any() or rat.any() else 0.04
+            known = pois if rat is None else pois | rat
+            floor = np.where(known, 0.36, 0.04) if known.any() else 0.04
             v_sd = np.sqrt(
                 np.maximum(v[_V_SQ] - v[_V_MEAN] ** 2, floor) * np.clip(lrv, 1.0, 50.0)
             ) * np.sqrt(0.1 / 1.9)
@@ -494,7 +523,11 @@ class RobustSeasonalDetector:
         p = np.exp(log_p)
         # Just after warm-up the baseline is young: demand more (p x young, fading over 3
         # warm-ups).
+        # That guards a sigma learnt from few points; a point whose sigma is its own known
+        # sampling noise (a count's Poisson floor, a quantile's interval) does not rest on it.
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
+        if self.young_known and sigma_pt is not learnt:
+            young = np.where(sigma_pt > learnt * 1.000001, 0.0, young)
         p = p * (1.0 + (self.young - 1.0) * young)
         score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
         # -- learning --

@@ -257,14 +257,19 @@ class MetricSeries:
             return 0
         rows_a = np.array(rows)
         keys_arr = pa.array(keys)
-        q = np.array(quantiles)
+        q = np.array(quantiles)  # rows x (value, noise below/above, resolution below/above) x q
         fed = 0
         for j, quantile in enumerate(QUANTILES):
             suffix = f":p{round(quantile * 100)}"
             ids = self._ids(records, rows_a, keys_arr, suffix)
-            k = len(QUANTILES)
-            noise = q[:, [k + j, 2 * k + j]]
-            self.scorer.feed(ids, times[rows_a], q[:, j], traces, noise=noise)
+            self.scorer.feed(
+                ids,
+                times[rows_a],
+                q[:, 0, j],
+                traces,
+                noise=q[:, 1:3, j],
+                resolution=q[:, 3:5, j],
+            )
             fed += rows_a.size
         return fed
 
@@ -288,40 +293,46 @@ class MetricSeries:
         return fed
 
 
-_SQRT12 = math.sqrt(12.0)
+def _with_noise(
+    at: Callable[[float], tuple[float, float, float, int]], total: float
+) -> list[list[float]]:
+    """[values, noise below, noise above, resolution below, resolution above], one entry per
+    quantile of :data:`QUANTILES`.
 
+    *Noise* is the sampling error: the rank of the q-quantile of n samples is binomial,
+    ``n q ± sqrt(n q (1 - q))``, and the values at those ranks bound a one-sigma interval, below
+    and above the value — where those ranks fall in other buckets (within the value's own bucket
+    the interpolation knows nothing, which is the resolution's part). When the upper rank lies
+    beyond the sample (a p99 of fewer than ~100 values) the window says nothing about the
+    quantile: the noise is infinite and the detector abstains on that point.
 
-def _with_noise(at: Callable[[float], tuple[float, float]], total: float) -> list[float]:
-    """The quantiles of :data:`QUANTILES`, then their standard errors below them, then above.
-
-    The rank of the q-quantile of n samples is binomial, ``n q ± sqrt(n q (1 - q))``: the
-    values at those ranks bound a one-sigma interval, below and above the value. A value
-    interpolated inside a bucket is uncertain by the bucket's width too (a uniform spread,
-    ``width / sqrt(12)``). When the interval's upper rank lies beyond the sample (a p99 of fewer
-    than ~100 values) the window says nothing about the quantile: the noise is infinite and the
-    detector abstains on that point. ``at(rank)`` is (value, width of its bucket).
+    *Resolution* is how far the value may be from the truth because only its bucket is known:
+    the distances to the bucket's edges. Only a deviation beyond them counts. ``at(rank)`` is
+    (value, bucket's lower edge, upper edge, bucket index).
     """
-    values, below, above = [], [], []
+    out: list[list[float]] = [[], [], [], [], []]
     for q in QUANTILES:
-        value, width = at(q * total)
-        values.append(value)
+        value, lo, hi, bucket = at(q * total)
         spread = math.sqrt(total * q * (1 - q))
         if q * total + spread > total:
-            below.append(math.inf)
-            above.append(math.inf)
-            continue
-        high, _ = at(q * total + spread)
-        low, _ = at(max(q * total - spread, 0.0))
-        below.append(max(value - low, width / _SQRT12))
-        above.append(max(high - value, width / _SQRT12))
-    return values + below + above
+            below = above = math.inf
+        else:
+            high, _, _, b_high = at(q * total + spread)
+            low, _, _, b_low = at(max(q * total - spread, 0.0))
+            below = value - low if b_low != bucket else 0.0
+            above = high - value if b_high != bucket else 0.0
+        for column, x in zip(
+            out, (value, below, above, max(value - lo, 0.0), max(hi - value, 0.0)), strict=True
+        ):
+            column.append(x)
+    return out
 
 
 def _explicit_quantiles(
     counts: np.ndarray, bounds: list[float], low: float | None, high: float | None
 ) -> list[float]:
-    """p50, p99, then their standard errors below and above, of one explicit-bucket
-    histogram."""
+    """p50 and p99 of one explicit-bucket histogram, with their noise and resolution
+    (:func:`_with_noise`)."""
     cumulative = np.cumsum(counts)
     total = float(cumulative[-1])
     edges = [
@@ -330,29 +341,29 @@ def _explicit_quantiles(
         high if high is not None else (bounds[-1] if bounds else 0.0),
     ]
 
-    def at(rank: float) -> tuple[float, float]:
+    def at(rank: float) -> tuple[float, float, float, int]:
         i = min(int(np.searchsorted(cumulative, rank, side="left")), counts.size - 1)
         lo, hi = edges[i], edges[i + 1]
         if lo > hi:
             lo = hi
         before = cumulative[i - 1] if i else 0.0
         share = (rank - before) / counts[i] if counts[i] else 1.0
-        return lo + (hi - lo) * min(max(share, 0.0), 1.0), hi - lo
+        return lo + (hi - lo) * min(max(share, 0.0), 1.0), lo, hi, i
 
     return _with_noise(at, total)
 
 
 def _exp_quantiles(counts: np.ndarray, scale: int, offset: int, zero: int) -> list[float]:
-    """p50, p99, then their standard errors below and above, of one exponential histogram."""
+    """p50 and p99 of one exponential histogram, with their noise and resolution."""
     base = 2.0 ** (2.0**-scale)
     cumulative = zero + np.cumsum(counts)
     total = float(cumulative[-1] if counts.size else zero)
 
-    def at(rank: float) -> tuple[float, float]:
+    def at(rank: float) -> tuple[float, float, float, int]:
         if rank <= zero or not counts.size:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0, -1
         i = min(int(np.searchsorted(cumulative, rank, side="left")), counts.size - 1)
         lo = base ** (offset + i)
-        return math.sqrt(lo * lo * base), lo * (base - 1.0)  # the bucket's geometric middle
+        return math.sqrt(lo * lo * base), lo, lo * base, i  # the bucket's geometric middle
 
     return _with_noise(at, total)

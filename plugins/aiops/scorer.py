@@ -72,10 +72,13 @@ class SeriesScorer:
         exemplars: Sequence[Sequence[str]] | None = None,
         noise: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        resolution: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score points (ids from ``self.registry``; -1 are skipped); returns (scores, labels)
         in the order given. ``noise``: each point's own standard error (a quantile of few
-        samples); ``weights``: the sample count behind a ratio point (see the detector)."""
+        samples); ``weights``: the sample count behind a ratio point; ``resolution``: how far
+        below/above the value the truth may be because only its bucket is known (see the
+        detector)."""
         self._configure_new()
         ids = np.asarray(ids, np.int64)
         times = np.asarray(times, np.int64)
@@ -88,15 +91,18 @@ class SeriesScorer:
         # Time order (stable): the detector needs each series' points in order.
         keep = keep[np.argsort(times[keep], kind="stable")]
         k_ids, k_times, k_values = ids[keep], times[keep], values[keep]
-        if getattr(self.detector, "point_noise", False) and (
-            noise is not None or weights is not None
+        extra = {"noise": noise, "weights": weights, "resolution": resolution}
+        if getattr(self.detector, "point_noise", False) and any(
+            v is not None for v in extra.values()
         ):
             k_scores = self.detector.update(  # type: ignore[call-arg]
                 k_ids,
                 k_times,
                 k_values,
-                noise=None if noise is None else np.asarray(noise, np.float64)[keep],
-                weights=None if weights is None else np.asarray(weights, np.float64)[keep],
+                **{
+                    k: None if v is None else np.asarray(v, np.float64)[keep]
+                    for k, v in extra.items()
+                },
             )
         else:
             k_scores = self.detector.update(k_ids, k_times, k_values)
