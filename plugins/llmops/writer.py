@@ -131,9 +131,15 @@ class CallWriter:
                     cursor.execute(
                         f"INSERT INTO {MESSAGES_TABLE} BY NAME SELECT * FROM pending_messages"
                     )
-                cursor.execute(
-                    f"INSERT OR REPLACE INTO {PROGRESS_TABLE} VALUES (?, ?)", [self.name, seq]
-                )
+                if self.stored_seq is None:
+                    cursor.execute(
+                        f"INSERT OR REPLACE INTO {PROGRESS_TABLE} VALUES (?, ?)", [self.name, seq]
+                    )
+                else:  # the row is there: a plain update costs less than an upsert
+                    cursor.execute(
+                        f'UPDATE {PROGRESS_TABLE} SET "Seq" = ? WHERE "Consumer" = ?',
+                        [seq, self.name],
+                    )
                 cursor.execute("COMMIT")
             except Exception:
                 cursor.execute("ROLLBACK")
