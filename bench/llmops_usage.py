@@ -172,8 +172,8 @@ def main() -> None:
             timed("usage group_by=model bucket=1d",
                   lambda: queries.usage(cursor, everything, ["model"], day, False, 100_000)[0],
                   args.repeat)  # fmt: skip
-            calls_only = Filters(errors_only=False)  # a filter the hourly table cannot answer
-            timed("  the same from the calls (errors=false: no hourly table)",
+            calls_only = Filters(errors_only=False)  # a filter the rollup cannot answer
+            timed("  the same from the calls (errors=false: no rollup)",
                   lambda: queries.usage(cursor, calls_only, ["model"], day, False, 100_000)[0],
                   args.repeat)  # fmt: skip
             timed("usage group_by=model bucket=1d latency=true",

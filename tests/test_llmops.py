@@ -248,7 +248,7 @@ def test_usage_by_model_and_day(llm_server: ServerProcess) -> None:
     assert sum(r["calls"] for r in mini) == len(RUNS) + len(METRICS_ONLY)
     assert all(r["bucket_unix_nano"] % day_ns == 0 for r in body["rows"])
     assert sum(r["cost_pico_usd"] for r in mini) == 2 * PLAIN_WITH_CACHE + 3 * PLAIN_NO_CACHE
-    # The hourly table answers this; with latency the calls themselves do: the same sums.
+    # The day rollup answers this; with latency the day sketches add percentiles: same sums.
     detailed = llm_server.api(
         "/api/v1/llmops/usage", group_by="model", bucket="1d", latency="true"
     ).json()
