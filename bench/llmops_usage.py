@@ -118,8 +118,11 @@ def over_http(data_dir: Path, repeat: int) -> None:
 
         timed("GET usage?group_by=model&bucket=1d", ask("/api/v1/llmops/usage", group_by="model",
               bucket="1d"), repeat)  # fmt: skip
-        timed("GET usage?group_by=model&bucket=1d&user=u-1 (calls)",
-              ask("/api/v1/llmops/usage", group_by="model", bucket="1d", user="u-1"), repeat)
+        timed(
+            "GET usage?group_by=model&bucket=1d&user=u-1 (calls)",
+            ask("/api/v1/llmops/usage", group_by="model", bucket="1d", user="u-1"),
+            repeat,
+        )
         timed("GET usage?group_by=model&bucket=1d&latency=true", ask("/api/v1/llmops/usage",
               group_by="model", bucket="1d", latency="true"), repeat)  # fmt: skip
         timed("GET usage?group_by=service,model&bucket=1h", ask("/api/v1/llmops/usage",
