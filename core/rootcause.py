@@ -190,13 +190,17 @@ def _suspects(
             )
     # A host under several anomalous services, with no alert of its own: suspicious only when
     # the anomalies concentrate there — in a cascade every host carries some anomalous service.
-    shared: dict[Node, list[_Suspect]] = {}
+    # Counted by service: a service's own model, LLM and prompt alerts are one tenant of the
+    # host, not several.
+    shared: dict[Node, dict[Node, _Suspect]] = {}
     for alert in alerts:
         nodes = alert_nodes(alert)
+        tenant = nodes.owner or nodes.primary
+        suspect = suspects[nodes.primary]
         for place in nodes.placement:
-            above = shared.setdefault(place, [])
-            if suspects[nodes.primary] not in above:
-                above.append(suspects[nodes.primary])
+            above = shared.setdefault(place, {})
+            if tenant not in above or suspect.strength > above[tenant].strength:
+                above[tenant] = suspect
     anomalous = sum(1 for node in suspects if node[0] == "service")
     overall = anomalous / max(graph.placed_services(), anomalous, 1)
     for place, above in shared.items():
@@ -204,11 +208,10 @@ def _suspects(
             continue
         # Services that call one another share their anomaly through the call, not the host.
         independent = [
-            s for s in above
+            t for t in above
             if not any(
-                graph.has_edge(EdgeKind.CALLS, s.node, o.node)
-                or graph.has_edge(EdgeKind.CALLS, o.node, s.node)
-                for o in above if o is not s
+                graph.has_edge(EdgeKind.CALLS, t, o) or graph.has_edge(EdgeKind.CALLS, o, t)
+                for o in above if o != t
             )
         ]  # fmt: skip
         if len(independent) < 2:
@@ -219,8 +222,8 @@ def _suspects(
         if local < 0.6 or excess < 0.3:
             continue
         suspect = suspects[place] = _Suspect(place)
-        suspect.strength = 0.5 * excess * max(s.strength for s in above)
-        suspect.onset = min(s.onset or 0 for s in above)
+        suspect.strength = 0.5 * excess * max(s.strength for s in above.values())
+        suspect.onset = min(s.onset or 0 for s in above.values())
         suspect.inferred = (
             f"hosts {len(above)} of {max(hosted, len(above))} anomalous entities "
             f"({local:.0%} here against {overall:.0%} overall)"
