@@ -156,7 +156,8 @@ class RobustSeasonalDetector:
     scoring, 30), ``level_alpha`` (0.05), ``scale_alpha`` (0.02), ``huber`` (3.0, residuals are
     clipped at this many sigma before they update the baseline), ``seasonality`` (``auto``,
     ``none``, ``daily``, ``weekly``), ``rel_floor`` (1e-6, the smallest sigma relative to
-    the level).
+    the level), ``young`` (100: how much more a series just out of warm-up must deviate, as a
+    factor on its tail probability, fading over three warm-ups).
     """
 
     point_noise = True
@@ -175,7 +176,6 @@ class RobustSeasonalDetector:
         self.huber = float(params.get("huber", 3.0))
         self.rel_floor = float(params.get("rel_floor", 1e-6))
         self.young = float(params.get("young", 100.0))
-        self.young_known = bool(params.get("young_known", False))
         self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
         self.size = 0
         self._alloc(0)
@@ -438,7 +438,6 @@ class RobustSeasonalDetector:
         scale = v[_SCALE]
         sigma = 1.2533 * scale
         sigma = np.maximum(sigma, self.rel_floor * np.abs(level) + 1e-12)
-        learnt = sigma
         pois = self.poisson[idx]
         if pois.any():
             sigma = np.where(pois, np.maximum(sigma, np.sqrt(np.maximum(pred, 0.0) + 1.0)), sigma)
@@ -523,11 +522,7 @@ class RobustSeasonalDetector:
         p = np.exp(log_p)
         # Just after warm-up the baseline is young: demand more (p x young, fading over 3
         # warm-ups).
-        # That guards a sigma learnt from few points; a point whose sigma is its own known
-        # sampling noise (a count's Poisson floor, a quantile's interval) does not rest on it.
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
-        if self.young_known and sigma_pt is not learnt:
-            young = np.where(sigma_pt > learnt * 1.000001, 0.0, young)
         p = p * (1.0 + (self.young - 1.0) * young)
         score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
         # -- learning --
