@@ -9,10 +9,11 @@ series' point minus the one before it in the same series (same service, resource
 and start time), a delta series' point as is.
 
 **No double counting.** A service's GenAI metrics describe the same calls as its spans, when it
-sends both (openai-v2 records both). So metric deltas count only for a service and hour in which
-no call of that service was recorded from spans or log events (``llmops_rollup`` has no hour
-for it): a service that sends spans is measured by its spans, and one that sends only metrics
-by its metrics, hour by hour.
+sends both (openai-v2 records both). So a metric delta counts only if no call of that service
+was recorded from spans or log events in any hour the delta covers (from the series' previous
+point, or the point's start time, to the point; ``llmops_rollup`` has no such hour for it): a
+service that sends spans is measured by its spans, and one that sends only metrics by its
+metrics, hour by hour.
 
 Metrics carry no cached or reasoning token counts, no prompt, user or session: their input
 tokens are priced as uncached, and questions grouped or filtered by those see no metric calls.
@@ -71,6 +72,10 @@ def _deltas_sql(metrics: int = 3) -> str:
 
     return (
         f'SELECT "MetricName" AS metric, epoch_ns("TimeUnix") AS t, {dims}, '
+        # The time the delta covers begins at the series' previous point (cumulative) or at
+        # the point's own start time (delta, or the first point of a series).
+        'epoch_ns(CASE WHEN "AggregationTemporality" = 2 THEN coalesce(lag("TimeUnix") '
+        f'OVER ({series}), "StartTimeUnix") ELSE "StartTimeUnix" END) AS since, '
         f"coalesce({_attr('gen_ai.token.type')}, '') AS token_type, "
         f"{delta('Count')} AS n, {delta('Sum')} AS total, "
         '"ExplicitBounds" AS bounds, CASE WHEN "AggregationTemporality" = 2 AND '
@@ -119,9 +124,10 @@ def metric_usage(
         )
         where.append(f"{column} = ?")
         params.append(value)
-    spanned = (
-        f'SELECT 1 FROM {ROLLUP_TABLE} r WHERE r."Grain" = {HOUR_NS} AND '
-        f'r."Start" = d.t // {HOUR_NS} * {HOUR_NS} AND r."ServiceName" = d.service'
+    spanned = (  # any hour the delta covers in which the service had span or event calls
+        f'SELECT 1 FROM {ROLLUP_TABLE} r WHERE r."Grain" = {HOUR_NS} AND r."ServiceName" = '
+        f'd.service AND r."Start" BETWEEN least(d.since, d.t) // {HOUR_NS} * {HOUR_NS} '
+        f"AND d.t // {HOUR_NS} * {HOUR_NS}"
     )
     bucket = "d.t // ? * ?" if bucket_ns else "NULL::BIGINT"
     bucket_params = [bucket_ns, bucket_ns] if bucket_ns else []
