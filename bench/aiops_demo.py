@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import pickle
 import sys
 import time
@@ -69,7 +70,11 @@ def decoded_batches(sim: Simulation) -> list[list[tuple[Table, pa.RecordBatch]]]
     return out
 
 
-def load(scenario: str, seed: int, minutes: float, warmup: float, rate: float, cache: Path):
+def load(
+    scenario: str, seed: int, minutes: float, warmup: float, rate: float, cache: Path
+) -> tuple[Simulation, list[list[tuple[Table, pa.RecordBatch]]]]:
+    """The run's simulation and its decoded batches, from the cache when they were made before
+    (the telemetry depends only on these arguments: the start is fixed)."""
     sim = Simulation(
         scenario=scenario, seed=seed, speed=0.0, warmup_minutes=warmup,
         duration_minutes=minutes, rate=rate, start_unix_nano=START,
@@ -154,8 +159,6 @@ def main() -> int:
     parser.add_argument("--settings", default="{}", help="[plugins.aiops] as JSON")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    import json
-
     settings = json.loads(args.settings)
     names = [n for n in SCENARIOS] if args.scenarios == "all" else args.scenarios.split(",")
     totals: collections.Counter[str] = collections.Counter()
