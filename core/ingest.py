@@ -102,6 +102,10 @@ class IngestPipeline:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        if log_dir is not None and not hasattr(store, "enqueue"):
+            # A store without queued loads (``enqueue``, ``log_position``): ack on its commit.
+            log.warning("store %s cannot load an ingest log; acknowledging on commit", store)
+            log_dir = None
         self.log = IngestLog(log_dir) if log_dir is not None else None
         self.loaded = 0
         """Ingest log position up to which every record's load has finished (in order)."""
@@ -272,9 +276,7 @@ class IngestPipeline:
         try:
             seq = await self.store.write(decoded.batches)
         except StoreError as exc:
-            self.metrics.rejected_items.labels(signal.value, "commit_failed").inc(
-                decoded.accepted
-            )
+            self.metrics.rejected_items.labels(signal.value, "commit_failed").inc(decoded.accepted)
             raise Unavailable(f"commit failed: {exc}", 1) from exc
         self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
         self._announce(seq, decoded)
