@@ -13,10 +13,11 @@ Related means any of:
 
 When an alert relates to several open incidents, they were one problem seen from several ends:
 they merge into the oldest (the others resolve with ``merged_into`` set). An incident with no
-alert event for ``quiet_seconds`` of event time resolves; a related alert within
-``reopen_seconds`` of that reopens it. Each alert belongs to at most one open incident. Every
-change re-ranks the root-cause candidates (:mod:`opstrata.rootcause`) and the baseline beside
-them. Everything runs on event time, so a replay correlates as the live stream did.
+alert event for ``quiet_seconds`` of event time resolves; an alert on one of its entities
+within ``reopen_seconds`` of that reopens it (a relapse). Each alert belongs to at most one
+open incident. Every change re-ranks the root-cause candidates (:mod:`opstrata.rootcause`) and
+the baseline beside them. Everything runs on event time, so a replay correlates as the live
+stream did.
 
 An alert related to no open incident does not open one at once: it waits until it is
 *confirmed* — corroborated by a related alert of another source, still firing after
@@ -148,9 +149,11 @@ class TopologyCorrelator:
         changes = []
         self._forget_before(now_unix_nano - self.reopen_ns)
         for incident in list(self._open()):
-            if now_unix_nano - self._last_event.get(incident.id, now_unix_nano) >= self.quiet_ns:
+            last = self._last_event.get(incident.id, now_unix_nano)
+            if now_unix_nano - last >= self.quiet_ns:
+                # It ended when the quiet period did, however late the clock noticed.
                 changes.append(
-                    self._resolve(incident, now_unix_nano, "resolved after quiet period")
+                    self._resolve(incident, last + self.quiet_ns, "resolved after quiet period")
                 )
         return changes
 
@@ -322,8 +325,13 @@ class TopologyCorrelator:
         return None
 
     def _related_ignoring_time(self, alert: Alert, nodes: AlertNodes, incident: Incident) -> bool:
+        """A relapse is the same trouble again: an alert on an entity the incident had (or the
+        service owning it). A neighbour's alert after the end is a new story."""
         members = self._members.get(incident.id)
-        return members is not None and self._related_to(nodes, members, alert.first_seen_unix_nano)
+        if members is None:
+            return False
+        mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())
+        return bool(mine & (members.primaries | members.owners))
 
     # -- changes -----------------------------------------------------------------------------
 
