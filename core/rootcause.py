@@ -88,6 +88,19 @@ class _Suspect:
     inferred: str = ""
 
 
+def estimated_onset(alert: Alert) -> int:
+    """When the anomaly behind ``alert`` likely began. A test over a window (drift, quality)
+    speaks only once enough of the window has changed, minutes after the change; alerts that
+    carry their window (``details.window_start_unix_nano`` / ``window_end_unix_nano``; the
+    first one ends at the onset) are dated half a window earlier, the expected change point,
+    so slow detectors do not look like late symptoms."""
+    details = alert.evidence.details
+    start, end = details.get("window_start_unix_nano"), details.get("window_end_unix_nano")
+    if isinstance(start, int) and isinstance(end, int) and start < end:
+        return alert.first_seen_unix_nano - (end - start) // 2
+    return alert.first_seen_unix_nano
+
+
 def _jump(alert: Alert) -> float:
     """How far the observation left what was expected, relative to the expectation."""
     evidence = alert.evidence
@@ -129,7 +142,7 @@ def _onset_minutes(alerts: Sequence[Alert]) -> dict[Node, list[int]]:
     cause shows first (testing later minutes too would let any noisy edge find a jump)."""
     minutes: dict[Node, set[int]] = {}
     for alert in alerts:
-        minute = alert.first_seen_unix_nano // (60 * _SECOND)
+        minute = estimated_onset(alert) // (60 * _SECOND)
         minutes.setdefault(alert_nodes(alert).primary, set()).add(minute)
     return {node: sorted(found)[:_ONSETS_TRIED] for node, found in minutes.items()}
 
@@ -161,7 +174,7 @@ def _suspects(
         suspect = suspects.setdefault(node, _Suspect(node))
         weight = weights.get(alert.id, 1.0) if weights else 1.0
         suspect.strength = max(suspect.strength, alert.score * weight)
-        onset = alert.first_seen_unix_nano
+        onset = estimated_onset(alert)
         suspect.onset = onset if suspect.onset is None else min(suspect.onset, onset)
         suspect.alert_ids.append(alert.id)
         if len(suspect.summaries) < 3:

@@ -259,3 +259,19 @@ def test_a_chronic_source_opens_nothing_keeps_nothing_open_and_weighs_less() -> 
     flaps[5].last_seen_unix_nano = at + 400 * S
     changes = [c.change for c in engine.on_alert(flaps[5], False)]
     assert "resolved" in changes
+
+
+def test_a_windowed_detector_is_dated_half_a_window_before_it_spoke() -> None:
+    from opstrata.rootcause import estimated_onset
+
+    drift = alert("prediction_drift", ("model", "fraud:v3"), T0 + 270 * S, layer=Layer.MLOPS,
+                  service_name="model-server")  # fmt: skip
+    drift.evidence = Evidence(
+        details={"window_start_unix_nano": T0 - 330 * S, "window_end_unix_nano": T0 + 270 * S}
+    )
+    assert estimated_onset(drift) == T0 - 30 * S
+    symptom = alert("latency", ("service", "llm-gateway"), T0 + 60 * S)
+    assert estimated_onset(symptom) == T0 + 60 * S
+    ranked = rank_root_causes([symptom, drift], shop())
+    assert ranked[0].entity == Entity("model", "fraud:v3")
+    assert ranked[0].evidence["onset_after_first_seconds"] == 0
