@@ -71,15 +71,22 @@ def decoded_batches(sim: Simulation) -> list[list[tuple[Table, pa.RecordBatch]]]
 
 
 def load(
-    scenario: str, seed: int, minutes: float, warmup: float, rate: float, cache: Path
+    scenario: str,
+    seed: int,
+    minutes: float,
+    warmup: float,
+    rate: float,
+    cache: Path,
+    start_hour: float = 0.0,
 ) -> tuple[Simulation, list[list[tuple[Table, pa.RecordBatch]]]]:
     """The run's simulation and its decoded batches, from the cache when they were made before
     (the telemetry depends only on these arguments: the start is fixed)."""
     sim = Simulation(
         scenario=scenario, seed=seed, speed=0.0, warmup_minutes=warmup,
-        duration_minutes=minutes, rate=rate, start_unix_nano=START,
+        duration_minutes=minutes, rate=rate, start_unix_nano=START + int(start_hour * 3600) * _NS,
     )  # fmt: skip
-    path = cache / f"{scenario}-{seed}-{minutes:g}-{warmup:g}-{rate:g}.pickle"
+    hour = f"-{start_hour:g}h" if start_hour else ""
+    path = cache / f"{scenario}-{seed}-{minutes:g}-{warmup:g}-{rate:g}{hour}.pickle"
     if path.exists():
         with path.open("rb") as handle:
             return sim, pickle.load(handle)
@@ -158,6 +165,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/opstrata-aiops-demo"))
     parser.add_argument("--settings", default="{}", help="[plugins.aiops] as JSON")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--start-hour", type=float, default=0.0,
+        help="simulated start, hours after Monday 00:00 UTC (traffic follows the time of day)",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = json.loads(args.settings)
     names = [n for n in SCENARIOS] if args.scenarios == "all" else args.scenarios.split(",")
@@ -168,7 +179,9 @@ def main() -> int:
             normal = name == "normal"
             minutes = args.normal_hours * 60 if normal else args.warmup + args.fault
             began = time.monotonic()
-            sim, ticks = load(name, seed, minutes, args.warmup, args.rate, args.cache)
+            sim, ticks = load(
+                name, seed, minutes, args.warmup, args.rate, args.cache, args.start_hour
+            )
             loaded = time.monotonic() - began
             detection = Detection(settings)
             began = time.monotonic()
