@@ -21,7 +21,8 @@ stream did.
 
 An alert related to no open incident does not open one at once: it waits until it is
 *confirmed* — corroborated by a related alert of another source, still firing after
-``confirm_seconds``, or critical — so a lone transient blip pages nobody (the "transient alert"
+``confirm_seconds`` (errors; a lone warning needs corroboration), or critical — so a lone
+transient blip pages nobody (the "transient alert"
 pause of paging products). Alerts from *chronic* sources (a source that fired again and again
 over the last day, :mod:`opstrata.onset_history`) neither open incidents, nor confirm them,
 nor keep them open, nor draw other alerts in; they join an incident they relate to as
@@ -38,6 +39,7 @@ from opstrata.alerts import (
     Incident,
     IncidentChange,
     IncidentStatus,
+    Severity,
     TimelineEntry,
 )
 from opstrata.incidents import new_id
@@ -196,10 +198,15 @@ class TopologyCorrelator:
             and self._overlaps(other, onset)
             and self._related_to(nodes, self._members_of([other]), onset)
         ]
+        # A warning is a notice until another source agrees; an error that lasts, or anything
+        # critical, stands on its own.
         confirmed = (
             self.confirm_ns <= 0
             or alert.severity == "critical"
-            or alert.last_seen_unix_nano - onset >= self.confirm_ns
+            or (
+                SEVERITY_RANK[alert.severity] >= SEVERITY_RANK[Severity.ERROR]
+                and alert.last_seen_unix_nano - onset >= self.confirm_ns
+            )
             or bool(corroborating)
         )
         if not confirmed:

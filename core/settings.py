@@ -78,7 +78,8 @@ class IncidentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """An alert this soon after its incident resolved reopens it."""
     confirm_seconds: float = 120
     """A lone alert related to no open incident opens one only when corroborated by a related
-    alert of another source, still firing after this long, or critical. 0 opens at once."""
+    alert of another source, still firing after this long (severity error; a lone warning
+    needs corroboration), or critical. 0 opens at once."""
     chronic_onsets: int = 3
     """A source (alert key) with this many onsets over ``chronic_window_seconds`` (not counting
     the last 15 minutes) is chronic: it opens no incident and weighs less. 0 turns this off."""

@@ -199,9 +199,14 @@ def test_edges_not_seen_for_long_are_forgotten() -> None:
 
 def test_a_lone_blip_waits_and_opens_once_it_lasts_or_is_corroborated() -> None:
     engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    notice = alert("drift", ("service", "catalog"), T0)  # a warning
     blip = alert("latency", ("service", "payment"), T0)
-    assert feed(engine, [blip]) == [] and not engine.incidents
-    # The same alert, still firing two minutes on: confirmed, opened when it was confirmed.
+    blip.severity = Severity.ERROR
+    assert feed(engine, [notice, blip]) == [] and not engine.incidents
+    # A lone warning stays a notice however long it lasts.
+    notice.last_seen_unix_nano = T0 + 300 * S
+    assert engine.on_alert(notice, False) == [] and not engine.incidents
+    # The error, still firing two minutes on: confirmed, opened when it was confirmed.
     blip.last_seen_unix_nano = T0 + 125 * S
     assert [c.change for c in engine.on_alert(blip, False)] == ["opened"]
     [incident] = open_incidents(engine)
