@@ -106,7 +106,9 @@ class MetricSeries:
                 resource=locating_resource(resource),
                 labels=labels,
                 unit=unit if unit is not None else str(units[row].as_py() or ""),
-                direction=UP if latency else BOTH,
+                # A histogram measures a cost (time, tokens, bytes): only its quantiles rising
+                # is trouble; a smaller median of token counts is not an incident.
+                direction=UP if suffix.startswith(":p") else BOTH,
                 counts=counts,
             )
 
