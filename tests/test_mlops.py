@@ -283,6 +283,9 @@ def test_drift_alert_and_infrastructure_alert_join_one_incident(server, fraud) -
     top = {f["feature"] for f in details["top_features"][:2]}
     assert top == {"amount", "country"}
     assert all("threshold" in f and "statistic" in f for f in details["top_features"])
+    # Overwhelming evidence (the amounts moved by orders of magnitude) makes it an error.
+    assert min(f["p_value"] for f in details["top_features"] if f["drifted"]) <= 1e-6
+    assert drift["severity"] == "error"
     assert found["prediction_drift"]["entity"]["name"] == "fraud:v3"
     # The topology-aware correlator puts an alert of a model served on a host and an
     # infrastructure alert of that host into one incident.

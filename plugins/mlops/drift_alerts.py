@@ -24,6 +24,12 @@ def strength(f: FeatureDrift) -> float:
     return min(1.0, (f.distance or 0.0) / (2 * f.threshold)) if f.threshold else 0.0
 
 
+def _overwhelming(f: FeatureDrift) -> bool:
+    if f.p_value is not None:
+        return f.p_value <= 1e-6
+    return bool(f.threshold) and (f.distance or 0.0) >= 4 * f.threshold
+
+
 def drift_alert(
     state: ModelState,
     kind: str,
@@ -57,7 +63,9 @@ def drift_alert(
         layer=Layer.MLOPS,
         entity=Entity("model", entity),
         summary=summary,
-        severity=Severity.WARNING,
+        # Overwhelming evidence (the input really moved) is an error: it opens an incident by
+        # lasting; a drift near the threshold stays a warning until something else agrees.
+        severity=Severity.ERROR if any(_overwhelming(f) for f in drifted) else Severity.WARNING,
         score=max((strength(f) for f in drifted), default=0.0),
         resource=dict(state.resource),
         evidence=Evidence(
