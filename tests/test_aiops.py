@@ -323,8 +323,22 @@ def test_new_error_template_raises_an_alert(aiops_server) -> None:
                     severity_text="WARN",
                     body=f"slow query took {i * 3} ms",
                 )
+        # An error while the service has just started logging: learnt, not alerted (warm-up:
+        # 30 windows of 60 s of the service's own event time).
         logger.emit(
-            timestamp=T_LOGS + 301 * 10**9,
+            timestamp=T_LOGS + 30 * 10**9,
+            severity_number=SeverityNumber.ERROR,
+            severity_text="ERROR",
+            body="cache warm-up incomplete after 12 ms",
+        )
+        for minute in range(6, 32):
+            logger.emit(
+                timestamp=T_LOGS + minute * 60 * 10**9,
+                severity_number=SeverityNumber.INFO,
+                body=f"heartbeat {minute} ok",
+            )
+        logger.emit(
+            timestamp=T_LOGS + 1901 * 10**9,
             severity_number=SeverityNumber.ERROR,
             severity_text="ERROR",
             body="payment gateway 10.2.3.4:443 refused connection for order 77812",
@@ -342,7 +356,8 @@ def test_new_error_template_raises_an_alert(aiops_server) -> None:
     assert alert["entity"] == {"kind": "service", "name": "logs-svc"}
     details = alert["evidence"]["details"]
     assert details["template"] == "payment gateway <IP> refused connection for order <NUM>"
-    assert alert["first_seen_unix_nano"] == T_LOGS + 301 * 10**9
+    assert alert["first_seen_unix_nano"] == T_LOGS + 1901 * 10**9
+    assert not [a for a in new_template() if "cache" in a["evidence"]["details"]["template"]]
 
     def templates() -> list[dict]:
         rows = aiops_server.api("/api/v1/aiops/log-templates", bucket_seconds=60).json()
@@ -352,7 +367,7 @@ def test_new_error_template_raises_an_alert(aiops_server) -> None:
     by_text = {r["template"]: r for r in rows}
     cart = by_text["user <NUM> added item <NUM> to cart in <NUM> ms"]
     assert cart["count"] == 300
-    assert [c["count"] for c in cart["counts"]] == [60, 60, 60, 60, 60]
+    assert [c["count"] for c in cart["counts"]][:5] == [60, 60, 60, 60, 60]
     assert by_text["payment gateway <IP> refused connection for order <NUM>"]["count"] == 1
 
 

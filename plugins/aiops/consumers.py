@@ -201,13 +201,15 @@ class LogsConsumer(_AiopsConsumer):
             self.logs.miner.load_state(logs["miner"])
             for name in (
                 "services",
+                "first_seen",
                 "last_window",
                 "service_rate",
                 "silent",
                 "firing_silence",
                 "last_closed",
             ):
-                setattr(self.logs, name, logs[name])
+                if name in logs:  # state saved before first_seen existed lacks it
+                    setattr(self.logs, name, logs[name])
             self.logs.clock.now = logs["now"]
 
     def save(self) -> dict:
@@ -216,6 +218,7 @@ class LogsConsumer(_AiopsConsumer):
             name: getattr(logs, name)
             for name in (
                 "services",
+                "first_seen",
                 "last_window",
                 "service_rate",
                 "silent",

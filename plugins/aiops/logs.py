@@ -51,6 +51,9 @@ class LogSeries:
         self.miner = TemplateMiner(config.template_similarity, config.template_depth)
         self.windows: dict[int, dict[str, int]] = {}
         self.services: dict[str, dict[str, str]] = {}
+        self.first_seen: dict[str, int] = {}
+        """Event time of each service's first log record: its templates are learnt silently
+        for a warm-up (everything is new when a service starts logging)."""
         self.last_window: dict[str, int] = {}
         self.service_rate: dict[str, float] = {}
         self.silent: dict[str, int] = {}
@@ -77,6 +80,8 @@ class LogSeries:
         for row, service in enumerate(services):
             if service not in self.services:
                 self.services[service] = locating_resource(map_as_dict(resources, row))
+            if service not in self.first_seen:
+                self.first_seen[service] = int(times[row])
         templates = None
         if self.config.log_templates:
             bodies = pc.fill_null(logs.column("Body"), "").to_pylist()
@@ -120,10 +125,14 @@ class LogSeries:
 
     def _new_templates(self, logs, templates, severity, services, times) -> None:
         numbers = logs.column("SeverityNumber").fill_null(0).to_numpy(zero_copy_only=False)
+        # The same warm-up as a series: `warmup` windows of the service's own event time.
+        warmup = self.config.warmup * self.clock.width
         for cid, row in self.miner.last_new.items():
             if int(numbers[row]) < ERROR_NUMBER:
                 continue
             service = services[row]
+            if int(times[row]) - self.first_seen.get(service, int(times[row])) < warmup:
+                continue
             trace = logs.column("TraceId")[row].as_py() or ""
             body = str(logs.column("Body")[row].as_py() or "")
             template = self.miner.template(cid)
