@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tests.otelsdk import (
     resource,
     span_exporter,
 )
+from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
 
 T0 = 1_767_571_200 * 10**9  # 2026-01-05 00:00 UTC, a Monday: simulated event time
@@ -54,13 +54,7 @@ def aiops_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 
 def _wait(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(condition, timeout, what)
 
 
 def _alerts(server: ServerProcess) -> list[dict]:

@@ -169,6 +169,28 @@ class RedSeries:
         q_of = {int(g): j for j, g in enumerate(groups.tolist())}
         keys, values, exemplars, metas = [], [], [], []
         noise, weights = [], []
+
+        def add(entity, resource, m, value, trace_ids, point_noise, samples) -> None:
+            suffix, kind, direction, unit = _MEASURES[m]
+            keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
+            values.append(value)
+            exemplars.append(trace_ids)
+            noise.append(point_noise)
+            weights.append(samples)
+            metas.append(
+                SeriesMeta(
+                    id=0,
+                    key="",
+                    name=suffix,
+                    kind=kind,
+                    entity=entity,
+                    resource=resource,
+                    unit=unit,
+                    direction=direction,
+                    ratio=m == 1,
+                )
+            )
+
         for eid in present.tolist():
             entity, resource = self.entity_meta[eid]
             count = int(acc.count[eid])
@@ -184,46 +206,11 @@ class RedSeries:
                     q, qn = quantiles[j], q_noise[j]
                     measures.append((2, float(q[0]), slow, tuple(qn[0]), float(count)))
                     measures.append((3, float(q[1]), slow, tuple(qn[1]), float(count)))
-            for m, value, trace_ids, point_noise, samples in measures:
-                suffix, kind, direction, unit = _MEASURES[m]
-                keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
-                values.append(value)
-                exemplars.append(trace_ids)
-                noise.append(point_noise)
-                weights.append(samples)
-                metas.append(
-                    SeriesMeta(
-                        id=0,
-                        key="",
-                        name=suffix,
-                        kind=kind,
-                        entity=entity,
-                        resource=resource,
-                        unit=unit,
-                        direction=direction,
-                        ratio=m == 1,
-                    )
-                )
+            for measure in measures:
+                add(entity, resource, *measure)
         for eid in silent:
             entity, resource = self.entity_meta[eid]
-            suffix, kind, direction, unit = _MEASURES[0]
-            keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
-            values.append(0.0)
-            exemplars.append([])
-            noise.append((0.0, 0.0))
-            weights.append(0.0)
-            metas.append(
-                SeriesMeta(
-                    id=0,
-                    key="",
-                    name=suffix,
-                    kind=kind,
-                    entity=entity,
-                    resource=resource,
-                    unit=unit,
-                    direction=direction,
-                )
-            )
+            add(entity, resource, 0, 0.0, [], (0.0, 0.0), 0.0)
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
