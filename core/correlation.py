@@ -218,10 +218,9 @@ class TopologyCorrelator:
         incident = opened.incident
         for member in group[1:]:
             self._join(incident, member, True, rerank=False)
-        changes = [opened]
-        changes.extend(self._absorb_pending(incident, now))
         self._rerank(incident)
-        return changes
+        # Ranks again only if it drew more pending alerts in.
+        return [opened, *self._absorb_pending(incident, now)]
 
     def _absorb_pending(self, incident: Incident, now: int) -> list[IncidentChange]:
         """Pending alerts related to what ``incident`` now holds join it."""
