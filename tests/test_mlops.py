@@ -148,6 +148,15 @@ def _poll(fetch, until, timeout: float = 20.0):
         time.sleep(0.1)
 
 
+def _api_once_seen(server: ServerProcess, path: str, **params) -> object | None:
+    """The model's endpoint, or None while its first rows are still on their way (404)."""
+    response = httpx.get(server.api_base + path, params=params, timeout=10)
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def _api(server: ServerProcess, path: str, **params) -> object:
     response = httpx.get(server.api_base + path, params=params, timeout=10)
     assert response.status_code == 200, response.text
@@ -205,9 +214,12 @@ def fraud(server: ServerProcess) -> dict:
     tail = {k: v[:40] for k, v in CURRENT.items()}
     _send_logs(server, RESOURCE, _fraud_rows(tail, T0 + 121 * 10**9, 10**8, 2 * N))
     report = _poll(
-        lambda: _api(server, "/api/v1/mlops/models/fraud/drift"),
-        lambda r: any(w["end_unix_nano"] == T0 + 120 * 10**9 for w in r["windows"]),
+        lambda: _api_once_seen(server, "/api/v1/mlops/models/fraud/drift"),
+        lambda r: (
+            r is not None and any(w["end_unix_nano"] == T0 + 120 * 10**9 for w in r["windows"])
+        ),
     )
+    assert report is not None, "the fraud model's logs never arrived"
     window = next(w for w in report["windows"] if w["end_unix_nano"] == T0 + 120 * 10**9)
     return {f["feature"]: f for f in window["features"]} | {"_window": window}
 
@@ -450,9 +462,12 @@ def test_bentoml_monitoring_logs_against_an_uploaded_reference(server) -> None:
     current = _iris(rng, 300, 0.9)  # sepal length shifted by more than 1 sd
     ids = _bentoml_monitor_logs(server, current)
     report = _poll(
-        lambda: _api(server, "/api/v1/mlops/models/iris_classifier_prediction/drift"),
-        lambda r: bool(r["live"]) and r["live"][0]["features"][0]["current_rows"] == 300,
+        lambda: _api_once_seen(server, "/api/v1/mlops/models/iris_classifier_prediction/drift"),
+        lambda r: (
+            r is not None and bool(r["live"]) and r["live"][0]["features"][0]["current_rows"] == 300
+        ),
     )
+    assert report is not None, "the model's logs never arrived"
     window = report["live"][0]
     assert window["version"] == ""  # bento_version "not available"
     features = {f["feature"]: f for f in window["features"]}
