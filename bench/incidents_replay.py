@@ -65,8 +65,9 @@ def _truths(run: Path) -> tuple[list[Truth], int | None, int | None]:
     return truths, start, end
 
 
-def replay(run: Path) -> RunResult:
-    """The evaluation's score of ``run``'s alerts correlated afresh."""
+def replay(run: Path, show: bool = False) -> RunResult:
+    """The evaluation's score of ``run``'s alerts correlated afresh; ``show`` prints each
+    incident with its alerts (how a false one came about)."""
     alerts = [msgspec.convert(a, Alert) for a in json.loads((run / "alerts.json").read_text())]
     graph = TopologyGraph()
     graph.load(run / "topology.json")
@@ -102,6 +103,8 @@ def replay(run: Path) -> RunResult:
                 keep(engine.on_alert(current, False))
         keep(engine.advance(at))
     seen.update(engine.incidents)
+    if show:
+        _show(run, seen.values(), {a.id: a for a in alerts})
     incidents = [msgspec.to_builtins(i) for i in seen.values()]
     truths, start, end = _truths(run)
     if start is None or end is None:
@@ -112,15 +115,32 @@ def replay(run: Path) -> RunResult:
     return _score(scenario, int(seed), (end - start) / (60 * _NS), truths, 0.0, raw, incidents)
 
 
+def _show(run: Path, incidents: object, alerts: dict[str, Alert]) -> None:
+    for incident in sorted(incidents, key=lambda i: i.opened_unix_nano):
+        if incident.merged_into:
+            continue
+        top = [f"{c.entity.kind}:{c.entity.name}" for c in incident.candidates[:2]]
+        print(f"  {run.name} {incident.id} opened {incident.opened_unix_nano / _NS:.0f}, top {top}")
+        for alert_id in incident.alert_ids:
+            a = alerts[alert_id]
+            lasted = (a.last_seen_unix_nano - a.first_seen_unix_nano) / _NS
+            what = f"{a.plugin}/{a.kind} {a.entity.kind}:{a.entity.name}"
+            print(
+                f"    {a.first_seen_unix_nano / _NS:.0f}+{lasted:.0f}s {a.severity:8} {what}"
+                f" {a.summary[:70]}"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="directories written by --dump")
+    parser.add_argument("--show", action="store_true", help="print each incident's alerts")
     args = parser.parse_args()
     results = []
     for run in sorted(args.runs):
         if not (run / "alerts.json").exists():
             continue
-        result = replay(run)
+        result = replay(run, args.show)
         print(
             f"{result.scenario} seed {result.seed}: {result.alerts} alerts, "
             f"{result.incidents} incidents, top {result.top_candidates[:3]}, "

@@ -14,13 +14,15 @@ Related means any of:
 When an alert relates to several open incidents, they were one problem seen from several ends:
 they merge into the oldest (the others resolve with ``merged_into`` set). An incident with no
 alert event for ``quiet_seconds`` of event time resolves; an alert on one of its entities
-within ``reopen_seconds`` of that reopens it (a relapse). Each alert belongs to at most one
+within ``reopen_seconds`` of that reopens it (a relapse); while it is open, such an alert joins
+it even when the entity's earlier alerts have ended. Each alert belongs to at most one
 open incident. Every change re-ranks the root-cause candidates (:mod:`opstrata.rootcause`) and
 the baseline beside them. Everything runs on event time, so a replay correlates as the live
 stream did.
 
 An alert related to no open incident does not open one at once: it waits until it is
-*confirmed* — corroborated by a related alert of another source, still firing after
+*confirmed* — corroborated by a related alert of another source (another kind of signal, or
+the same kind on another entity), still firing after
 ``confirm_seconds`` (errors; a lone warning needs corroboration), or critical — so a lone
 transient blip pages nobody (the "transient alert"
 pause of paging products). Alerts from *chronic* sources (a source that fired again and again
@@ -52,6 +54,19 @@ __all__ = ["TopologyCorrelator"]
 _SECOND = 1_000_000_000
 _INFRA = frozenset({"host", "pod", "node"})
 _SHARED_DEPENDENCY_MIN_SCORE = 0.5
+
+
+def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
+    """Whether ``other`` is separate evidence for ``alert``: another kind of signal, or the same
+    kind on another entity. A service's latency and its operation's latency are one
+    measurement seen twice, and do not corroborate each other."""
+    if other.key == alert.key:
+        return False
+    if other.kind != alert.kind:
+        return True
+    theirs = alert_nodes(other)
+    mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())
+    return not mine & ({theirs.primary} | ({theirs.owner} if theirs.owner else set()))
 
 
 class _Members:
@@ -128,6 +143,14 @@ class TopologyCorrelator:
             return changes
         nodes = alert_nodes(alert)
         related = [incident for incident in self._open() if self._related(alert, nodes, incident)]
+        if not related and alert.id not in self._chronic:
+            # The same entity again while its incident is still open: a relapse within it,
+            # not a new story (its earlier alerts may have ended, so time alone would split it).
+            related = [
+                incident
+                for incident in self._open()
+                if self._related_ignoring_time(alert, nodes, incident)
+            ]
         if not related:
             if alert.id not in self._chronic:
                 relapsed = self._relapsed(alert, nodes, now)
@@ -194,7 +217,7 @@ class TopologyCorrelator:
             other
             for other in self._pending.values()
             if other.id not in self._chronic
-            and other.key != alert.key
+            and _independent(alert, nodes, other)
             and self._overlaps(other, onset)
             and self._related_to(nodes, self._members_of([other]), onset)
         ]

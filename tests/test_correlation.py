@@ -229,6 +229,43 @@ def test_a_lone_blip_waits_and_opens_once_it_lasts_or_is_corroborated() -> None:
     assert feed(third, [critical])[0] == "opened"
 
 
+def test_one_measurement_seen_twice_does_not_corroborate_itself() -> None:
+    engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    service = alert("latency", ("service", "payment"), T0)
+    operation = alert("latency", ("operation", "payment/POST /pay"), T0 + 5 * S,
+                      service_name="payment")  # fmt: skip
+    # The service's latency and its operation's latency: one signal, still a lone warning.
+    assert feed(engine, [service, operation]) == [] and not engine.incidents
+    # Another kind of signal on the same service is separate evidence.
+    errors = alert("errors", ("service", "payment"), T0 + 10 * S)
+    assert feed(engine, [errors])[0] == "opened"
+    [incident] = open_incidents(engine)
+    assert len(incident.alert_ids) == 3
+
+
+def test_an_entity_alerting_again_rejoins_its_open_incident() -> None:
+    engine = TopologyCorrelator(shop(), confirm_seconds=0, join_gap_seconds=120)
+    node = {"k8s_node_name": "node-2"}
+    first = [
+        alert("cpu", ("node", "node-2"), T0, **node),
+        alert("latency", ("service", "checkout"), T0 + 30 * S, **node),
+        alert("latency", ("service", "payment"), T0 + 40 * S, **node),
+    ]
+    feed(engine, first)
+    [incident] = open_incidents(engine)
+    for a in first:
+        a.status = "resolved"
+    # The node keeps the incident open (another alert of it fires on), the payment alert ended
+    # minutes ago; payment slows down again: the same incident, not a second one.
+    later = alert("cpu_steal", ("node", "node-2"), T0 + 400 * S, k8s_node_name="node-2")
+    feed(engine, [later])
+    again = alert("latency", ("service", "payment"), T0 + 700 * S)
+    assert again.first_seen_unix_nano - later.last_seen_unix_nano > 120 * S  # time alone: apart
+    feed(engine, [again])
+    assert [i.id for i in open_incidents(engine)] == [incident.id]
+    assert again.id in incident.alert_ids
+
+
 def test_a_chronic_source_opens_nothing_keeps_nothing_open_and_weighs_less() -> None:
     graph = shop()
     start = T0 + 4 * 1800 * S
