@@ -137,7 +137,7 @@ class SelfMetrics:
         )
         self.committed_items = Counter(
             "opstrata_committed_items",
-            "Items durably committed and acknowledged.",
+            "Items loaded into the store (acknowledged earlier, once in the fsynced ingest log).",
             ["signal"],
             registry=r,
         )
