@@ -34,17 +34,30 @@ class Budget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     bucket_seconds: int = 60
-    """Event-time bucket over which calls are summed before they are compared with the past."""
+    """Event-time bucket whose calls are judged together against the entity's recent calls."""
     warmup_buckets: int = 5
-    """Buckets an entity must have seen before spikes and regressions can fire."""
+    """Buckets an entity must have seen before spikes, regressions and bursts can fire."""
+    p_value: float = 1e-4
+    """A bucket alerts only when a change this unlikely under "nothing changed" is seen (exact
+    small-sample tests: a bucket of a few calls is weak evidence and cannot reach it on noise)."""
+    baseline_calls: int = 512
+    """Recent calls kept per entity as its baseline (a ring; busy entities keep a spread subset
+    of each bucket, so it spans at least 30 buckets)."""
+    per_call_factor: float = 1.5
+    """Cost or tokens per call: a spike needs the bucket's mean per call at least this multiple
+    of the usual mean per call (and a significant share of calls above the usual 95th pct)."""
     spike_factor: float = 3.0
-    """Cost or tokens per bucket above this multiple of the usual (EWMA) amount is a spike."""
+    """Cost or tokens per bucket (volume): a spike when the bucket's total is above this multiple
+    of the entity's usual daily high (99th percentile of its buckets over the last day)."""
     latency_factor: float = 1.5
-    """p95 latency or TTFT above this multiple of the usual p95 is a regression."""
-    min_calls: int = 5
-    """Buckets with fewer calls for an entity are not judged for latency and error rates."""
-    error_rate: float = 0.2
-    """An error burst: more than this share of an entity's calls in a bucket failed ..."""
+    """Latency or TTFT: a regression needs the bucket's p95 at least this multiple of the usual
+    p95 (and a significant share of calls above the usual p95)."""
+    min_calls: int = 3
+    """Buckets with fewer calls for an entity are not judged per call (latency, cost and tokens
+    per call, errors); volume still is."""
+    error_rate: float = 0.05
+    """An error burst needs at least this share of the bucket's calls failed (and twice the
+    usual share, and a significant excess over it) ..."""
     min_errors: int = 3
     """... and at least this many of them."""
     prompt_min_calls: int = 5

@@ -1,12 +1,12 @@
 """Alerts from LLM calls, in event time: spikes, regressions, error bursts, prompt versions that
 made things worse, budgets.
 
-Calls are summed into event-time buckets (``alerts.bucket_seconds``) per LLM model and per
-service. A bucket is judged once event time has moved a whole bucket past its end (late calls
-still count), against an exponentially weighted average of the entity's earlier active buckets,
-kept in numpy arrays indexed by entity. Budgets are checked call by call (cumulative cost per
-period); a prompt version is compared with the version before it as soon as both have enough
-calls.
+Calls are kept by event-time bucket (``alerts.bucket_seconds``) and judged per LLM model (the
+requested model, so failed calls count with it) and per service once event time has moved a
+whole bucket past the bucket's end (late calls still count); the tests themselves are in
+:mod:`~opstrata.plugins.llmops.detect_buckets`. Budgets are checked call by call (cumulative
+cost per period); a prompt version is compared with the version before it as soon as both have
+enough calls.
 """
 
 from __future__ import annotations
@@ -20,84 +20,17 @@ import pyarrow as pa
 
 from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.llmops.config import AlertSettings, Budget
+from opstrata.plugins.llmops.detect_buckets import BucketJudge, bucket_calls
 from opstrata.plugins.llmops.prices import PICO
 
 __all__ = ["CallAlerts"]
 
-_ALPHA = 0.2
-_SAMPLE = 2048  # latencies kept per bucket and entity, and per prompt version, for percentiles
-_DIMENSIONS = (("llm_model", "Model"), ("service", "ServiceName"))
+_SAMPLE = 2048  # latencies kept per prompt version, for percentiles
+_DIMENSIONS = (("llm_model", "ModelKey"), ("service", "ServiceName"))
 
 
-_KEPT = ("Model", "ServiceName", "IsError", "TraceId", "PromptName", "PromptVersion", "UserId",
-         "SessionId")  # fmt: skip
-
-
-@dataclass
-class _Bucket:
-    """One entity's calls in one closed bucket."""
-
-    calls: int = 0
-    errors: int = 0
-    cost: int = 0
-    tokens: int = 0
-    durations: list[np.ndarray] = field(default_factory=list)
-    ttfts: list[np.ndarray] = field(default_factory=list)
-    exemplars: dict[str, list[str]] = field(default_factory=dict)
-    services: dict[str, int] = field(default_factory=dict)
-
-
-def _summary(rows: np.ndarray, cols: dict[str, np.ndarray]) -> _Bucket:
-    duration, ttft, errors = cols["duration"][rows], cols["ttft"][rows], cols["IsError"][rows]
-    cost, tokens, traces = cols["cost"][rows], cols["tokens"][rows], cols["TraceId"][rows]
-
-    def top(order: np.ndarray) -> list[str]:
-        return [str(t) for t in traces[order[:3]] if t]
-
-    services, counts = np.unique(cols["ServiceName"][rows], return_counts=True)
-    return _Bucket(
-        calls=len(rows),
-        errors=int(errors.sum()),
-        cost=int(cost.sum()),
-        tokens=int(tokens.sum()),
-        durations=[duration],
-        ttfts=[ttft[~np.isnan(ttft)]],
-        exemplars={
-            "slow": top(np.argsort(-duration)),
-            "cost": top(np.argsort(-(cost + tokens))),
-            "error": top(np.flatnonzero(errors)),
-        },
-        services={str(s): int(c) for s, c in zip(services, counts, strict=True)},
-    )
-
-
-class _Baselines:
-    """Per-entity state of one dimension, in arrays grown as entities appear."""
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.buckets = np.zeros(0, dtype=np.int64)
-        self.cost = np.zeros(0)
-        self.tokens = np.zeros(0)
-        self.p95 = np.zeros(0)
-        self.ttft95 = np.zeros(0)
-
-    def id_of(self, name: str) -> int:
-        entity = self.index.get(name)
-        if entity is None:
-            entity = self.index[name] = len(self.index)
-            if entity >= len(self.buckets):
-                grow = max(16, len(self.buckets))
-                self.buckets = np.concatenate([self.buckets, np.zeros(grow, dtype=np.int64)])
-                self.cost = np.concatenate([self.cost, np.zeros(grow)])
-                self.tokens = np.concatenate([self.tokens, np.zeros(grow)])
-                self.p95 = np.concatenate([self.p95, np.zeros(grow)])
-                self.ttft95 = np.concatenate([self.ttft95, np.zeros(grow)])
-        return entity
-
-
-def _ewma(array: np.ndarray, entity: int, value: float, first: bool) -> None:
-    array[entity] = value if first else (1 - _ALPHA) * array[entity] + _ALPHA * value
+_KEPT = ("Model", "RequestModel", "ServiceName", "IsError", "TraceId", "PromptName",
+         "PromptVersion", "UserId", "SessionId")  # fmt: skip
 
 
 @dataclass
@@ -150,9 +83,8 @@ class CallAlerts:
         self.resource_of = resource_of
         self.bucket_ns = settings.bucket_seconds * 1_000_000_000
         self.now = 0
-        self.open: dict[int, dict[tuple[str, str], _Bucket]] = {}
-        self.baselines = {kind: _Baselines() for kind, _ in _DIMENSIONS}
-        self.firing: set[tuple[str, str, str]] = set()
+        self.open: dict[int, list[dict[str, np.ndarray]]] = {}
+        self.judge = BucketJudge(settings, emit, resource_of, tuple(k for k, _ in _DIMENSIONS))
         self.spent: dict[tuple[int, str, int], int] = {}
         self.prompts: dict[str, dict[str, _Version]] = {}
 
@@ -168,6 +100,11 @@ class CallAlerts:
             return calls.column(name).to_numpy(zero_copy_only=False)
 
         cols = {name: column(name) for name in _KEPT}
+        # The model the call asked for: a failed call has no response model, and must count
+        # with the calls that succeeded (else a model's failures form an entity of their own).
+        requested = cols.pop("RequestModel")
+        cols["ModelKey"] = np.where((requested != "") & (requested != None), requested,  # noqa: E711
+                                    cols["Model"])  # fmt: skip
         cols["IsError"] = cols["IsError"].astype(bool)
         cols["cost"] = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
         cols["tokens"] = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
@@ -202,86 +139,12 @@ class CallAlerts:
     def _close(self, start: int, parts: list[dict[str, np.ndarray]]) -> None:
         cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
         for kind, column in _DIMENSIONS:
-            names, codes = np.unique(cols[column], return_inverse=True)
+            names, codes = np.unique(cols[column].astype(str), return_inverse=True)
             order = np.argsort(codes, kind="stable")
             ends = np.cumsum(np.bincount(codes, minlength=len(names)))
             for index, name in enumerate(names):
                 rows = order[(ends[index - 1] if index else 0) : ends[index]]
-                self._judge(start, kind, str(name), _summary(rows, cols))
-
-    def _judge(self, start: int, kind: str, name: str, acc: _Bucket) -> None:
-        s = self.settings
-        base = self.baselines[kind]
-        entity = base.id_of(name)
-        seen = int(base.buckets[entity])
-        warm = seen >= s.warmup_buckets
-        p95, ttft95 = _p95(acc.durations), _p95(acc.ttfts)
-        service = max(acc.services, key=acc.services.get) if acc.services else ""
-        resource = self.resource_of(name if kind == "service" else service)
-        checks: list[tuple[str, bool, float, float, str, str]] = [
-            ("cost_spike", warm and acc.cost > s.spike_factor * base.cost[entity] > 0,
-             acc.cost / PICO, base.cost[entity] / PICO, "cost", "USD per bucket"),
-            ("token_spike", warm and acc.tokens > s.spike_factor * base.tokens[entity] > 0,
-             float(acc.tokens), float(base.tokens[entity]), "cost", "tokens per bucket"),
-            ("error_burst", acc.errors >= s.min_errors and acc.errors > s.error_rate * acc.calls,
-             acc.errors / acc.calls, s.error_rate, "error", "share of calls failed"),
-        ]  # fmt: skip
-        if kind == "llm_model":
-            checks += [
-                ("latency_regression", warm and acc.calls >= s.min_calls
-                 and p95 > s.latency_factor * base.p95[entity] > 0,
-                 p95, float(base.p95[entity]), "slow", "p95 latency ms"),
-                ("ttft_regression", warm and acc.calls >= s.min_calls
-                 and ttft95 > s.latency_factor * base.ttft95[entity] > 0,
-                 ttft95, float(base.ttft95[entity]), "slow", "p95 time to first token ms"),
-            ]  # fmt: skip
-        for alert, fired, observed_value, expected_value, exemplar, series in checks:
-            # Plain floats: numpy scalars do not serialise into stored alerts.
-            observed, expected = float(observed_value), float(expected_value)
-            key = (alert, kind, name)
-            if fired:
-                self.firing.add(key)
-                self.emit(
-                    AlertEvent(
-                        time_unix_nano=start,
-                        kind=alert,
-                        layer=Layer.LLMOPS,
-                        entity=Entity(kind, name),
-                        summary=f"{alert.replace('_', ' ')}: {series} {observed:.4g} "
-                        f"(usually {expected:.4g})",
-                        severity=Severity.ERROR if alert == "error_burst" else Severity.WARNING,
-                        score=min(1.0, observed / (observed + expected)) if expected else 1.0,
-                        resource=resource,
-                        evidence=Evidence(
-                            series=series,
-                            observed=observed,
-                            expected=expected,
-                            exemplar_trace_ids=acc.exemplars.get(exemplar, []),
-                            details={"calls": acc.calls, "bucket_seconds": s.bucket_seconds},
-                        ),
-                    )
-                )
-            elif key in self.firing:
-                self.firing.discard(key)
-                self.emit(
-                    AlertEvent(
-                        time_unix_nano=start,
-                        kind=alert,
-                        layer=Layer.LLMOPS,
-                        entity=Entity(kind, name),
-                        summary=f"{alert.replace('_', ' ')} over",
-                        resource=resource,
-                        resolved=True,
-                    )
-                )
-        first = seen == 0
-        _ewma(base.cost, entity, acc.cost, first)
-        _ewma(base.tokens, entity, acc.tokens, first)
-        if acc.calls >= s.min_calls or first:
-            _ewma(base.p95, entity, p95, first or base.p95[entity] == 0)
-            if ttft95:
-                _ewma(base.ttft95, entity, ttft95, base.ttft95[entity] == 0)
-        base.buckets[entity] += 1
+                self.judge.judge(start, kind, str(name), bucket_calls(rows, cols))
 
     # -- budgets --------------------------------------------------------------------------------
 

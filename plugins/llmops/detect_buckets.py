@@ -1,0 +1,256 @@
+"""Judging one entity's calls in one closed event-time bucket: latency and TTFT regressions,
+cost and token spikes, error bursts (see ``docs/llmops.md``, Alerts).
+
+Each test compares the bucket's calls one by one with the entity's recent calls (a ring per
+entity, :mod:`~opstrata.plugins.llmops.detect_stats`) and fires only when two things hold:
+the difference is significant (p-value at most ``alerts.p_value``: few calls are weak evidence,
+so a sparse bucket cannot alert on noise) and it is large (an effect-size floor from the
+settings, so a huge bucket cannot alert on a trivial shift). Cost and tokens are also judged
+by volume: a bucket total far above the entity's usual daily high, so a traffic-driven rise
+alerts only when it is outside the day's normal range.
+
+A bucket that raised an alert enters the baselines at an eighth of its weight: an ongoing
+fault cannot quickly make itself the norm, while a lasting change is learned within hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
+from opstrata.plugins.llmops.config import AlertSettings
+from opstrata.plugins.llmops.detect_stats import (
+    FIELDS,
+    BucketHistory,
+    CallRings,
+    error_p,
+    upper_tail_p,
+)
+from opstrata.plugins.llmops.prices import PICO
+
+__all__ = ["BucketCalls", "BucketJudge", "bucket_calls"]
+
+_DURATION, _TTFT, _COST, _TOKENS, _ERROR = (FIELDS.index(f) for f in FIELDS)
+_ANOMALY_WEIGHT = 8
+"""An alerting bucket counts as 1/8 of a normal one in the baselines."""
+_HORIZON_BUCKETS = 30
+"""A ring holds at least this many buckets' calls: busy entities admit a spread subset."""
+_DAY_SECONDS = 86_400
+_LATENCY_TESTS = (
+    ("latency_regression", _DURATION, "p95 latency ms"),
+    ("ttft_regression", _TTFT, "p95 time to first token ms"),
+)
+_SPIKE_TESTS = (  # alert, per-call field, total in BucketHistory, unit, unit scale
+    ("cost_spike", _COST, 1, "USD", PICO),
+    ("token_spike", _TOKENS, 2, "tokens", 1),
+)
+
+
+@dataclass
+class BucketCalls:
+    """One entity's calls in one closed bucket: per-call values ``(len(FIELDS), n)``."""
+
+    values: np.ndarray
+    exemplars: dict[str, list[str]] = field(default_factory=dict)
+    services: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def calls(self) -> int:
+        return int(self.values.shape[1])
+
+
+def bucket_calls(rows: np.ndarray, cols: dict[str, np.ndarray]) -> BucketCalls:
+    """The calls at ``rows`` of a closed bucket's columns."""
+    duration, ttft, errors = cols["duration"][rows], cols["ttft"][rows], cols["IsError"][rows]
+    cost, tokens, traces = cols["cost"][rows], cols["tokens"][rows], cols["TraceId"][rows]
+
+    def top(order: np.ndarray) -> list[str]:
+        return [str(t) for t in traces[order[:3]] if t]
+
+    services, counts = np.unique(cols["ServiceName"][rows], return_counts=True)
+    return BucketCalls(
+        values=np.stack([duration, ttft, cost, tokens, errors]).astype(np.float64),
+        exemplars={
+            "slow": top(np.argsort(-duration)),
+            "cost": top(np.argsort(-(cost + tokens))),
+            "error": top(np.flatnonzero(errors)),
+        },
+        services={str(s): int(c) for s, c in zip(services, counts, strict=True)},
+    )
+
+
+@dataclass
+class _Finding:
+    alert: str
+    observed: float
+    expected: float
+    series: str
+    exemplar: str
+    details: dict[str, object]
+    note: str = ""
+
+
+def _quantile(values: np.ndarray, level: float) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.quantile(values, level)) if len(values) else 0.0
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else 0.0
+
+
+class BucketJudge:
+    """Per dimension (``llm_model``, ``service``): the entities' rings and daily histories;
+    ``judge`` tests a bucket, emits what fires or stops firing, then updates the baselines."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        emit: Callable[[AlertEvent], None],
+        resource_of: Callable[[str], dict[str, str]],
+        dimensions: tuple[str, ...],
+    ) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.resource_of = resource_of
+        day = max(1, _DAY_SECONDS // settings.bucket_seconds)
+        self.rings = {kind: CallRings(settings.baseline_calls) for kind in dimensions}
+        self.history = {kind: BucketHistory(day) for kind in dimensions}
+        self.credit: dict[tuple[str, int], float] = {}
+        self.firing: set[tuple[str, str, str]] = set()
+
+    def judge(self, start: int, kind: str, name: str, bucket: BucketCalls) -> None:
+        rings, history = self.rings[kind], self.history[kind]
+        entity = rings.id_of(name)
+        history.ensure(len(rings.written))
+        findings = self._findings(kind, entity, bucket)
+        service = max(bucket.services, key=bucket.services.get) if bucket.services else ""
+        resource = self.resource_of(name if kind == "service" else service)
+        fired = {f.alert for f in findings}
+        for finding in findings:
+            self._emit(start, kind, name, bucket, finding, resource)
+        for key in [k for k in self.firing if k[1:] == (kind, name) and k[0] not in fired]:
+            self.firing.discard(key)
+            self.emit(AlertEvent(
+                time_unix_nano=start, kind=key[0], layer=Layer.LLMOPS, entity=Entity(kind, name),
+                summary=f"{key[0].replace('_', ' ')} over", resource=resource, resolved=True,
+            ))  # fmt: skip
+        self._learn(kind, entity, bucket, anomalous=bool(findings))
+
+    def _findings(self, kind: str, entity: int, bucket: BucketCalls) -> list[_Finding]:
+        s = self.settings
+        rings = self.rings[kind]
+        if rings.buckets[entity] < s.warmup_buckets:
+            return []
+        base, now = rings.baseline(entity), bucket.values
+        n, alpha = bucket.calls, s.p_value
+        found: list[_Finding] = []
+        judged = n >= s.min_calls
+
+        def upper(field_: int) -> float:
+            return upper_tail_p(base[field_], now[field_]) if judged else 1.0
+
+        if kind == "llm_model":
+            for alert, at, what in _LATENCY_TESTS:
+                usual, seen = _quantile(base[at], 0.95), _quantile(now[at], 0.95)
+                if usual > 0 and seen >= s.latency_factor * usual and (p := upper(at)) <= alpha:
+                    found.append(_Finding(alert, seen, usual, what, "slow",
+                                          {"p_value": p, "test": "per_call"}))  # fmt: skip
+        high = self.history[kind].high(entity)
+        filled = min(int(self.history[kind].written[entity]), self.history[kind].size)
+        for alert, at, total_at, unit, scale in _SPIKE_TESTS:
+            total, usual_per_call = float(np.nansum(now[at])), _mean(base[at])
+            per_call = total / n if n else 0.0
+            series = f"{unit} per bucket"
+            if (usual_per_call > 0 and per_call >= s.per_call_factor * usual_per_call
+                    and (p := upper(at)) <= alpha):  # fmt: skip
+                found.append(_Finding(
+                    alert, total / scale, usual_per_call * n / scale, series, "cost",
+                    {"p_value": p, "test": "per_call", f"{unit}_per_call": per_call / scale,
+                     f"usual_{unit}_per_call": usual_per_call / scale},
+                    note=f"; per call {per_call / scale:.4g} vs {usual_per_call / scale:.4g}",
+                ))  # fmt: skip
+            elif (
+                filled >= s.warmup_buckets
+                and high[total_at] > 0
+                and (total > s.spike_factor * high[total_at])
+            ):
+                found.append(_Finding(
+                    alert, total / scale, float(high[total_at]) / scale, series, "cost",
+                    {"test": "volume", "usual_high_calls": float(high[0])},
+                    note=f"; above the usual daily high, {n} calls (high {high[0]:.3g})",
+                ))  # fmt: skip
+        errors = int(np.nansum(now[_ERROR]))
+        if judged and errors >= s.min_errors:
+            base_errors = base[_ERROR][~np.isnan(base[_ERROR])]
+            usual = (base_errors.sum() + 0.5) / (len(base_errors) + 50)
+            share = errors / n
+            if share >= max(s.error_rate, 2 * usual):
+                p = error_p(errors, n, float(base_errors.sum()), float(len(base_errors)))
+                if p <= alpha:
+                    found.append(_Finding("error_burst", share, float(usual),
+                                          "share of calls failed", "error",
+                                          {"p_value": p, "errors": errors}))  # fmt: skip
+        return found
+
+    def _emit(self, start: int, kind: str, name: str, bucket: BucketCalls, finding: _Finding,
+              resource: dict[str, str]) -> None:  # fmt: skip
+        # Plain floats: numpy scalars do not serialise into stored alerts.
+        observed, expected = float(finding.observed), float(finding.expected)
+        self.firing.add((finding.alert, kind, name))
+        self.emit(
+            AlertEvent(
+                time_unix_nano=start,
+                kind=finding.alert,
+                layer=Layer.LLMOPS,
+                entity=Entity(kind, name),
+                summary=f"{finding.alert.replace('_', ' ')}: {finding.series} {observed:.4g} "
+                f"(usually {expected:.4g}{finding.note})",
+                severity=Severity.ERROR if finding.alert == "error_burst" else Severity.WARNING,
+                score=min(1.0, observed / (observed + expected)) if expected else 1.0,
+                resource=resource,
+                evidence=Evidence(
+                    series=finding.series,
+                    observed=observed,
+                    expected=expected,
+                    exemplar_trace_ids=bucket.exemplars.get(finding.exemplar, []),
+                    details={
+                        "calls": bucket.calls,
+                        "bucket_seconds": self.settings.bucket_seconds,
+                        "baseline_calls": self._baseline_size(kind, name),
+                        **{
+                            k: float(v) if isinstance(v, np.floating) else v
+                            for k, v in finding.details.items()
+                        },
+                    },
+                ),
+            )
+        )
+
+    def _baseline_size(self, kind: str, name: str) -> int:
+        rings = self.rings[kind]
+        return min(int(rings.written[rings.index[name]]), rings.size)
+
+    def _learn(self, kind: str, entity: int, bucket: BucketCalls, anomalous: bool) -> None:
+        """The bucket joins the baselines; an alerting one at ``1/_ANOMALY_WEIGHT`` weight."""
+        rings, history = self.rings[kind], self.history[kind]
+        rings.buckets[entity] += 1
+        limit = max(1, -(-rings.size // _HORIZON_BUCKETS))
+        totals = (float(bucket.calls), float(np.nansum(bucket.values[_COST])),
+                  float(np.nansum(bucket.values[_TOKENS])))  # fmt: skip
+        if not anomalous:
+            rings.admit(entity, bucket.values, limit)
+            history.add(entity, totals)
+            return
+        key = (kind, entity)
+        credit = self.credit.get(key, 0.0) + min(bucket.calls, limit) / _ANOMALY_WEIGHT
+        whole = int(credit)
+        rings.admit(entity, bucket.values, whole)
+        rings.held[entity] += 1
+        if rings.held[entity] % _ANOMALY_WEIGHT == 0:
+            history.add(entity, totals)
+        self.credit[key] = credit - whole
