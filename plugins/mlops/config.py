@@ -18,7 +18,15 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The window slides by ``window_seconds / window_slots``; one sketch per slot."""
     baseline_seconds: float = 600.0
     """Without a posted reference, the first this-many seconds of a model version's telemetry
-    become its reference. 0: no automatic baseline (post one)."""
+    become its reference. 0: no automatic baseline (post one). No drift is tested during it."""
+    reference_seconds: float = 86400.0
+    """After the baseline, the automatic reference keeps learning: every window slot that leaves
+    the sliding window joins it, until it covers this much event time (a day: every hour of a
+    daily cycle), then it stays. A reference of ten minutes does not represent a day. Set it to
+    ``baseline_seconds`` or less for a fixed baseline."""
+    learning_p_value: float = 1e-6
+    """While the reference is still learning, a drift alert needs overwhelming evidence: a
+    drifted column with a two-sample p-value at most this (instead of ``alert_p_value``)."""
     min_rows: int = 30
     """Fewest rows in the reference and in a window for a drift verdict."""
     drift_share: float = 0.5
@@ -31,8 +39,10 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Threshold for ``stattest`` (default: that test's Evidently default)."""
     alert_p_value: float = 0.001
     """A drift *alert* starts only when the verdict drifts (Evidently's rule, above) and one of
-    its drifted columns is also strong: p-value at most this, or a distance at least
-    ``alert_distance_factor`` times its threshold. A window is tested every slot; at p ≤ 0.05
+    its drifted columns is also strong: the p-value of a two-sample test that counts both
+    samples' noise (``sampling.py``) at most this (a distance test's distance also at least
+    ``alert_distance_factor`` times its threshold), and its shift beyond that noise larger than
+    any the reference's own windows showed. A window is tested every slot; at p ≤ 0.05
     alone, one test in twenty drifts with nothing changed. Once firing, the verdict alone keeps
     it. 1.0 alerts on every drifted verdict."""
     alert_distance_factor: float = 2.0
@@ -73,6 +83,10 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
     if not 0 < parsed.alert_p_value <= 1 or parsed.alert_distance_factor < 1:
         raise ValueError(
             "plugins.mlops.alert_p_value must be in (0, 1], alert_distance_factor at least 1"
+        )
+    if not 0 < parsed.learning_p_value <= 1 or parsed.reference_seconds < 0:
+        raise ValueError(
+            "plugins.mlops.learning_p_value must be in (0, 1], reference_seconds at least 0"
         )
     if not 0 < parsed.drift_share <= 1:
         raise ValueError("plugins.mlops.drift_share must be in (0, 1]")

@@ -25,6 +25,9 @@ def strength(f: FeatureDrift) -> float:
 
 
 def _overwhelming(f: FeatureDrift) -> bool:
+    # The two-sample p-value counts the reference's noise too (Evidently's chi-squared does not).
+    if f.sampling_p_value is not None and f.sampling_p_value > 1e-6:
+        return False
     if f.p_value is not None:
         return f.p_value <= 1e-6
     return bool(f.threshold) and (f.distance or 0.0) >= 4 * f.threshold
@@ -86,6 +89,9 @@ def drift_alert(
                         "distance": f.distance,
                         "threshold": f.threshold,
                         "drifted": f.drifted,
+                        "sampling_p_value": f.sampling_p_value,
+                        "shift": f.shift,
+                        "variation": f.variation,
                     }
                     for f in top[:5]
                 ],

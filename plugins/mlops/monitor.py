@@ -24,6 +24,7 @@ from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.drift_alerts import drift_alert, entity_name
 from opstrata.plugins.mlops.records import Column, ModelRows
 from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
+from opstrata.plugins.mlops.sampling import sampling_test
 from opstrata.plugins.mlops.sketch import (
     CategoricalSketch,
     NumericSketch,
@@ -41,6 +42,10 @@ class ColumnState:
     kind: str
     reference: Sketch | None = None
     slots: dict[int, Sketch] = field(default_factory=dict)
+    variation: float = 0.0
+    """The largest shift beyond noise (``sampling.py``) of a window against the reference while
+    the reference learnt from it: how much this traffic's own windows differ from each other
+    (a daily cycle). A drift alert needs a larger one."""
 
 
 @dataclass
@@ -54,10 +59,16 @@ class ModelState:
     reference_source: str = "none"
     reference_rows: int = 0
     baseline_until: int | None = None
+    learned_until: int | None = None
+    """End (event time) of the last slot the automatic reference learnt; None when the
+    reference is not learning (posted, or complete)."""
     current_slot: int | None = None
     columns: dict[str, ColumnState] = field(default_factory=dict)
     firing: set[str] = field(default_factory=set)
     last_verdict: bool | None = None
+    tainted: set[int] = field(default_factory=set)
+    """Slots of windows that raised or kept a drift alert: the learning reference skips them,
+    so a drift is not learnt as normal."""
 
 
 class DriftMonitor:
@@ -104,13 +115,40 @@ class DriftMonitor:
                     self._close(state, old)
                     state.current_slot = newest
                     self._add(state, rows, step, after=old)
-                    oldest = newest - self.config.window_slots
-                    for col in state.columns.values():
-                        for slot in [s for s in col.slots if s <= oldest]:
-                            del col.slots[slot]
+                    self._retire(state, newest - self.config.window_slots)
             if state.baseline_until is not None and state.last_ns >= state.baseline_until:
+                state.learned_until = state.baseline_until
                 state.baseline_until = None  # the baseline window is over
                 state.reference_source = "baseline"
+                self._check_learnt(state)
+
+    def _retire(self, state: ModelState, oldest: int) -> None:
+        """Slots at or before ``oldest`` leave the window; a learning reference takes them in."""
+        step = self.config.step_ns
+        learnt = state.learned_until
+        for col in state.columns.values():
+            for slot in sorted(s for s in col.slots if s <= oldest):
+                sketch = col.slots.pop(slot)
+                if learnt is None or (slot + 1) * step <= learnt or slot in state.tainted:
+                    continue
+                if col.reference is None:
+                    col.reference = self._new_sketch(col.kind, reference=True)
+                col.reference.absorb(sketch)  # type: ignore[arg-type]
+                col.reference.pack()
+        state.tainted = {s for s in state.tainted if s > oldest}
+        if learnt is not None:
+            state.learned_until = max(learnt, (oldest + 1) * step)
+            state.reference_rows = max(
+                (c.reference.n for c in state.columns.values() if c.reference), default=0
+            )
+            self._check_learnt(state)
+
+    def _check_learnt(self, state: ModelState) -> None:
+        """The reference stops learning once it covers ``reference_seconds``."""
+        if state.learned_until is None:
+            return
+        if state.learned_until - state.first_ns >= self.config.reference_seconds * 1e9:
+            state.learned_until = None
 
     def _state(self, rows: ModelRows) -> ModelState | None:
         key = (rows.model, rows.version)
@@ -204,6 +242,7 @@ class DriftMonitor:
         self, state: ModelState, source: str, columns: dict[str, tuple[str, Sketch]]
     ) -> None:
         state.baseline_until = None
+        state.learned_until = None  # a posted reference is authoritative: it does not learn
         state.reference_source = source
         state.reference_rows = max((s.n for _, s in columns.values()), default=0)
         for name, (role, sketch) in columns.items():
@@ -212,6 +251,8 @@ class DriftMonitor:
             if col is None or col.kind != sketch.kind:
                 col = state.columns[name] = ColumnState(role, sketch.kind)
             col.reference = sketch
+        for col in state.columns.values():
+            col.variation = 0.0  # measured against the old reference
 
     # -- evaluating ---------------------------------------------------------------------------
 
@@ -245,6 +286,7 @@ class DriftMonitor:
                 result = drift_test(ref, current, self.config.stattest, self.config.threshold)
             except ValueError:
                 continue  # e.g. a forced numeric test on a categorical column
+            noise = sampling_test(ref, current, self.config.alert_p_value)
             results.append(
                 FeatureDrift(
                     feature=name,
@@ -259,6 +301,9 @@ class DriftMonitor:
                     error_bound=result.error_bound,
                     reference_rows=ref.n,
                     current_rows=current.n,
+                    sampling_p_value=_finite(noise.p_value),
+                    shift=_finite(noise.shift),
+                    variation=col.variation,
                 )
             )
         if not results:
@@ -280,15 +325,21 @@ class DriftMonitor:
             features=results,
         )
 
-    def _strong(self, columns: list[FeatureDrift]) -> bool:
-        """Whether a drifted column is far past its threshold (see ``alert_p_value``)."""
+    def _strong(self, state: ModelState, columns: list[FeatureDrift]) -> bool:
+        """Whether a drifted column is beyond sampling noise and beyond the variation of the
+        reference's own windows (see ``alert_p_value``)."""
         config = self.config
+        if config.alert_p_value >= 1.0:
+            return any(f.drifted for f in columns)  # every drifted verdict alerts
+        limit = config.learning_p_value if state.learned_until is not None else None
+        limit = config.alert_p_value if limit is None else min(limit, config.alert_p_value)
         return any(
             f.drifted
+            and (f.sampling_p_value or 0.0) <= limit
+            and (f.shift or 0.0) > (f.variation or 0.0)
             and (
-                f.p_value <= config.alert_p_value
-                if f.p_value is not None
-                else (f.distance or 0.0) >= config.alert_distance_factor * f.threshold
+                f.p_value is not None
+                or (f.distance or 0.0) >= config.alert_distance_factor * f.threshold
             )
             for f in columns
         )
@@ -312,12 +363,22 @@ class DriftMonitor:
                 [f for f in verdict.features if f.role == "prediction"],
             ),
         ):
-            if firing and (kind in state.firing or self._strong(columns)):
+            if firing and (kind in state.firing or self._strong(state, columns)):
                 state.firing.add(kind)
                 self.emit(drift_alert(state, kind, verdict, columns, time))
             elif kind in state.firing:
                 state.firing.discard(kind)
                 self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
+        if state.firing:
+            first = end_slot - self.config.window_slots + 1
+            state.tainted.update(range(first, end_slot + 1))
+        elif state.learned_until is not None:
+            # The reference learns this window's slots: its shift is the traffic's own
+            # window-to-window variation (a window that alerted is neither learnt nor counted:
+            # a relapse of the same drift must alert again).
+            for f in verdict.features:
+                col = state.columns[f.feature]
+                col.variation = max(col.variation, f.shift or 0.0)
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""
@@ -366,6 +427,7 @@ class DriftMonitor:
             features={n: f"{c.role}/{c.kind}" for n, c in sorted(state.columns.items())},
             reference=state.reference_source,
             reference_rows=state.reference_rows,
+            reference_learning=state.learned_until is not None,
             state_bytes=size,
             dataset_drift=state.last_verdict,
             firing=sorted(state.firing),
@@ -388,14 +450,17 @@ class DriftMonitor:
                         "reference_source": state.reference_source,
                         "reference_rows": state.reference_rows,
                         "baseline_until": state.baseline_until,
+                        "learned_until": state.learned_until,
                         "current_slot": state.current_slot,
                         "firing": sorted(state.firing),
+                        "tainted": sorted(state.tainted),
                         "columns": {
                             name: {
                                 "role": c.role,
                                 "kind": c.kind,
                                 "reference": c.reference.to_state() if c.reference else None,
                                 "slots": [[k, s.to_state()] for k, s in c.slots.items()],
+                                "variation": c.variation,
                             }
                             for name, c in state.columns.items()
                         },
@@ -425,12 +490,15 @@ class DriftMonitor:
                 state.reference_source = m["reference_source"]
                 state.reference_rows = m["reference_rows"]
                 state.baseline_until = m["baseline_until"]
+                state.learned_until = m.get("learned_until")
                 state.current_slot = m["current_slot"]
                 state.firing = set(m["firing"])
+                state.tainted = set(m.get("tainted", []))
                 for name, c in m["columns"].items():
                     col = ColumnState(c["role"], c["kind"])
                     col.reference = sketch_from_state(c["reference"]) if c["reference"] else None
                     col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
+                    col.variation = float(c.get("variation", 0.0))
                     state.columns[name] = col
                 self.models[(state.model, state.version)] = state
 

@@ -23,6 +23,14 @@ class FeatureDrift(msgspec.Struct, frozen=True, kw_only=True):
     0 when the sketches are exact (categories, few distinct values)."""
     reference_rows: int
     current_rows: int
+    sampling_p_value: float | None = None
+    """p-value of a two-sample test counting both samples' noise (KS; chi-squared test of
+    homogeneity for categories): what a drift *alert* asks, beside the verdict."""
+    shift: float | None = None
+    """Largest difference of the distribution functions (or of one category's share) beyond
+    what sampling reaches at ``alert_p_value``; 0 within the noise."""
+    variation: float | None = None
+    """The largest ``shift`` of the reference's own windows: an alert needs more."""
 
 
 class WindowDrift(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +80,9 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     reference: str
     """``baseline``, ``collecting baseline``, ``range``, ``dataset`` or ``none``."""
     reference_rows: int
+    reference_learning: bool
+    """The automatic reference still learns (it has covered less than ``reference_seconds``):
+    alerts need overwhelming evidence meanwhile."""
     state_bytes: int
     """Sketch bytes held for this model version (reference and window slots)."""
     dataset_drift: bool | None
