@@ -40,6 +40,10 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     p_value: float = 1e-4
     """A bucket alerts only when a change this unlikely under "nothing changed" is seen (exact
     small-sample tests: a bucket of a few calls is weak evidence and cannot reach it on noise)."""
+    window_buckets: int = 3
+    """A bucket too sparse to decide alone is also tested pooled with the buckets before it,
+    up to this many in all (1: each bucket alone); the bucket itself must still show the
+    effect, so an alert ends with the first normal bucket."""
     baseline_calls: int = 512
     """Recent calls kept per entity as its baseline (a ring; busy entities keep a spread subset
     of each bucket, so it spans at least 30 buckets)."""

@@ -5,15 +5,13 @@ Calls are kept by event-time bucket (``alerts.bucket_seconds``) and judged per L
 requested model, so failed calls count with it) and per service once event time has moved a
 whole bucket past the bucket's end (late calls still count); the tests themselves are in
 :mod:`~opstrata.plugins.llmops.detect_buckets`. Budgets are checked call by call (cumulative
-cost per period); a prompt version is compared with the version before it as soon as both have
-enough calls.
+cost per period); a prompt version is compared with the version before it as its calls arrive
+(:mod:`~opstrata.plugins.llmops.detect_prompts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -21,34 +19,16 @@ import pyarrow as pa
 from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.llmops.config import AlertSettings, Budget
 from opstrata.plugins.llmops.detect_buckets import BucketJudge, bucket_calls
+from opstrata.plugins.llmops.detect_prompts import PromptVersions
 from opstrata.plugins.llmops.prices import PICO
 
 __all__ = ["CallAlerts"]
 
-_SAMPLE = 2048  # latencies kept per prompt version, for percentiles
 _DIMENSIONS = (("llm_model", "ModelKey"), ("service", "ServiceName"))
 
 
 _KEPT = ("Model", "RequestModel", "ServiceName", "IsError", "TraceId", "PromptName",
          "PromptVersion", "UserId", "SessionId")  # fmt: skip
-
-
-@dataclass
-class _Version:
-    first_seen: int
-    calls: int = 0
-    errors: int = 0
-    tokens: int = 0
-    cost: int = 0
-    durations: list[np.ndarray] = field(default_factory=list)
-    exemplars: list[str] = field(default_factory=list)
-    service: str = ""
-    judged: bool = False
-
-
-def _p95(parts: list[np.ndarray]) -> float:
-    values = np.concatenate(parts) if parts else np.zeros(0)
-    return float(np.percentile(values, 95)) if len(values) else 0.0
 
 
 _BUDGET_COLUMN = {"user": "UserId", "service": "ServiceName", "session": "SessionId",
@@ -86,7 +66,7 @@ class CallAlerts:
         self.open: dict[int, list[dict[str, np.ndarray]]] = {}
         self.judge = BucketJudge(settings, emit, resource_of, tuple(k for k, _ in _DIMENSIONS))
         self.spent: dict[tuple[int, str, int], int] = {}
-        self.prompts: dict[str, dict[str, _Version]] = {}
+        self.prompts = PromptVersions(settings, emit, resource_of)
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -121,7 +101,7 @@ class CallAlerts:
                 rows = buckets == bucket
                 self.open.setdefault(int(bucket), []).append({k: v[rows] for k, v in cols.items()})
         self._budgets(times, cols)
-        self._prompts(times, cols)
+        self.prompts.add(times, cols)
         self.now = max(self.now, int(times.max()))
         self._close_buckets()
 
@@ -207,90 +187,3 @@ class CallAlerts:
                 ),
             )
         )
-
-    # -- prompt versions ------------------------------------------------------------------------
-
-    def _prompts(self, times: np.ndarray, cols: dict[str, np.ndarray]) -> None:
-        cost, tokens, duration = cols["cost"], cols["tokens"], cols["duration"]
-        errors = cols["IsError"]
-        names = cols["PromptName"]
-        with_prompt = np.flatnonzero(names != "")
-        if len(with_prompt) == 0:
-            return
-        versions = cols["PromptVersion"]
-        touched: set[str] = set()
-        pairs: dict[tuple[str, str], list[int]] = {}
-        for row in with_prompt:
-            pairs.setdefault((str(names[row]), str(versions[row])), []).append(int(row))
-        for (prompt, version), listed in pairs.items():
-            rows = np.array(listed)
-            known = self.prompts.setdefault(prompt, {})
-            entry = known.get(version)
-            if entry is None:
-                entry = known[version] = _Version(first_seen=int(times[rows].min()))
-            entry.first_seen = min(entry.first_seen, int(times[rows].min()))
-            entry.calls += len(rows)
-            entry.errors += int(errors[rows].sum())
-            entry.tokens += int(tokens[rows].sum())
-            entry.cost += int(cost[rows].sum())
-            if sum(len(d) for d in entry.durations) < _SAMPLE:
-                entry.durations.append(duration[rows])
-            worst = rows[np.argsort(-(duration[rows] + errors[rows] * 1e12))]
-            entry.exemplars = (entry.exemplars + [str(t) for t in cols["TraceId"][worst[:3]]])[:3]
-            entry.service = entry.service or str(cols["ServiceName"][rows[0]])
-            touched.add(prompt)
-        for prompt in touched:
-            self._judge_prompt(prompt)
-
-    def _judge_prompt(self, prompt: str) -> None:
-        s = self.settings
-        ordered = sorted(self.prompts[prompt].items(), key=lambda kv: kv[1].first_seen)
-        for (_, before), (version, after) in pairwise(ordered):
-            if after.judged or after.calls < s.prompt_min_calls:
-                continue
-            if before.calls < s.prompt_min_calls:
-                continue
-            after.judged = True
-            findings = {}
-            p_before, p_after = _p95(before.durations), _p95(after.durations)
-            if p_before and p_after > s.latency_factor * p_before:
-                findings["p95_latency_ms"] = (p_after, p_before)
-            e_before, e_after = before.errors / before.calls, after.errors / after.calls
-            if e_after > max(s.error_rate, 2 * e_before):
-                findings["error_rate"] = (e_after, e_before)
-            t_before, t_after = before.tokens / before.calls, after.tokens / after.calls
-            if t_before and t_after > s.latency_factor * t_before:
-                findings["tokens_per_call"] = (t_after, t_before)
-            c_before, c_after = before.cost / before.calls / PICO, after.cost / after.calls / PICO
-            if c_before and c_after > s.latency_factor * c_before:
-                findings["cost_per_call_usd"] = (c_after, c_before)
-            if not findings:
-                continue
-            first, pair = next(iter(findings.items()))
-            observed, expected = float(pair[0]), float(pair[1])
-            previous = next(v for v, e in ordered if e is before)
-            self.emit(
-                AlertEvent(
-                    time_unix_nano=after.first_seen,
-                    kind="prompt_regression",
-                    layer=Layer.LLMOPS,
-                    entity=Entity("prompt", prompt),
-                    summary=f"prompt {prompt} version {version} is worse than {previous}: "
-                    + ", ".join(f"{k} {a:.4g} vs {b:.4g}" for k, (a, b) in findings.items()),
-                    severity=Severity.WARNING,
-                    score=min(1.0, observed / (observed + expected)) if expected else 1.0,
-                    resource=self.resource_of(after.service),
-                    key=f"llmops/prompt_regression/prompt/{prompt}/{version}",
-                    evidence=Evidence(
-                        series=first,
-                        observed=observed,
-                        expected=expected,
-                        exemplar_trace_ids=after.exemplars,
-                        details={
-                            "version": version,
-                            "previous_version": previous,
-                            "findings": {k: [float(a), float(b)] for k, (a, b) in findings.items()},
-                        },
-                    ),
-                )
-            )

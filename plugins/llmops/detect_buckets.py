@@ -15,6 +15,7 @@ fault cannot quickly make itself the norm, while a lasting change is learned wit
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -121,6 +122,9 @@ class BucketJudge:
         self.rings = {kind: CallRings(settings.baseline_calls) for kind in dimensions}
         self.history = {kind: BucketHistory(day) for kind in dimensions}
         self.credit: dict[tuple[str, int], float] = {}
+        self.recent: dict[tuple[str, int], deque[tuple[np.ndarray, bool]]] = {}
+        """Per entity, the calls of the last ``window_buckets - 1`` buckets (not yet in the
+        ring): pooled with a new bucket when it is too sparse to decide alone."""
         self.firing: set[tuple[str, str, str]] = set()
 
     def judge(self, start: int, kind: str, name: str, bucket: BucketCalls) -> None:
@@ -147,30 +151,34 @@ class BucketJudge:
         if rings.buckets[entity] < s.warmup_buckets:
             return []
         base, now = rings.baseline(entity), bucket.values
-        n, alpha = bucket.calls, s.p_value
+        recent = [values for values, _ in self.recent.get((kind, entity), ())]
+        window = np.concatenate([*recent, now], axis=1) if recent else now
         found: list[_Finding] = []
-        judged = n >= s.min_calls
-
-        def upper(field_: int) -> float:
-            return upper_tail_p(base[field_], now[field_]) if judged else 1.0
-
         if kind == "llm_model":
             for alert, at, what in _LATENCY_TESTS:
-                usual, seen = _quantile(base[at], 0.95), _quantile(now[at], 0.95)
-                if usual > 0 and seen >= s.latency_factor * usual and (p := upper(at)) <= alpha:
-                    found.append(_Finding(alert, seen, usual, what, "slow",
-                                          {"p_value": p, "test": "per_call"}))  # fmt: skip
+                usual = _quantile(base[at], 0.95)
+                floor = s.latency_factor * usual
+                hit = usual > 0 and self._above(
+                    base[at], now[at], window[at], lambda v, f=floor: _quantile(v, 0.95) >= f
+                )
+                if hit:
+                    found.append(_Finding(alert, _quantile(now[at], 0.95), usual, what, "slow",
+                                          hit))  # fmt: skip
         high = self.history[kind].high(entity)
         filled = min(int(self.history[kind].written[entity]), self.history[kind].size)
+        n = bucket.calls
         for alert, at, total_at, unit, scale in _SPIKE_TESTS:
             total, usual_per_call = float(np.nansum(now[at])), _mean(base[at])
             per_call = total / n if n else 0.0
             series = f"{unit} per bucket"
-            if (usual_per_call > 0 and per_call >= s.per_call_factor * usual_per_call
-                    and (p := upper(at)) <= alpha):  # fmt: skip
+            floor = s.per_call_factor * usual_per_call
+            hit = usual_per_call > 0 and self._above(
+                base[at], now[at], window[at], lambda v, f=floor: _mean(v) >= f
+            )
+            if hit:
                 found.append(_Finding(
                     alert, total / scale, usual_per_call * n / scale, series, "cost",
-                    {"p_value": p, "test": "per_call", f"{unit}_per_call": per_call / scale,
+                    {**hit, f"{unit}_per_call": per_call / scale,
                      f"usual_{unit}_per_call": usual_per_call / scale},
                     note=f"; per call {per_call / scale:.4g} vs {usual_per_call / scale:.4g}",
                 ))  # fmt: skip
@@ -184,18 +192,54 @@ class BucketJudge:
                     {"test": "volume", "usual_high_calls": float(high[0])},
                     note=f"; above the usual daily high, {n} calls (high {high[0]:.3g})",
                 ))  # fmt: skip
-        errors = int(np.nansum(now[_ERROR]))
-        if judged and errors >= s.min_errors:
-            base_errors = base[_ERROR][~np.isnan(base[_ERROR])]
-            usual = (base_errors.sum() + 0.5) / (len(base_errors) + 50)
-            share = errors / n
-            if share >= max(s.error_rate, 2 * usual):
-                p = error_p(errors, n, float(base_errors.sum()), float(len(base_errors)))
-                if p <= alpha:
-                    found.append(_Finding("error_burst", share, float(usual),
-                                          "share of calls failed", "error",
-                                          {"p_value": p, "errors": errors}))  # fmt: skip
+        burst = self._burst(base[_ERROR], now[_ERROR], window[_ERROR])
+        if burst:
+            found.append(_Finding("error_burst", float(np.nanmean(now[_ERROR])),
+                                  burst.pop("usual"), "share of calls failed", "error",
+                                  burst))  # fmt: skip
         return found
+
+    def _above(self, base: np.ndarray, now: np.ndarray, window: np.ndarray,
+               large: Callable[[np.ndarray], bool]) -> dict[str, object]:  # fmt: skip
+        """Evidence that the bucket's calls sit above the baseline: significantly more of them
+        above its 95th percentile than chance allows, either in the bucket alone or pooled
+        with the buckets before it in the window, and ``large`` (the effect-size floor) for
+        the bucket and for what was tested. Empty when there is none."""
+        s = self.settings
+        if not large(now):
+            return {}
+        calls = int(np.count_nonzero(~np.isnan(now)))
+        if calls >= s.min_calls and (p := upper_tail_p(base, now)) <= s.p_value:
+            return {"p_value": p, "test": "per_call"}
+        pooled = int(np.count_nonzero(~np.isnan(window)))
+        if not (pooled > calls and pooled >= s.min_calls and large(window)):
+            return {}
+        if (p := upper_tail_p(base, window)) <= s.p_value:
+            return {"p_value": p, "test": "per_call_window", "window_calls": pooled}
+        return {}
+
+    def _burst(self, base: np.ndarray, now: np.ndarray, window: np.ndarray) -> dict[str, float]:
+        """An error burst in the bucket alone or pooled with the window's earlier buckets:
+        enough failures, a share above the floor (in the bucket too), and a significant excess
+        over the baseline's error rate, its uncertainty included. Empty when there is none."""
+        s = self.settings
+        known = base[~np.isnan(base)]
+        usual = float((known.sum() + 0.5) / (len(known) + 50))
+        floor = max(s.error_rate, 2 * usual)
+        for values, test in ((now, "bucket"), (window, "window")):
+            values = values[~np.isnan(values)]
+            errors, calls = int(values.sum()), len(values)
+            if test == "window" and (window is now or calls == len(now)):
+                break
+            if calls < s.min_calls or errors < s.min_errors or errors < floor * calls:
+                continue
+            if np.nanmean(now) < floor:
+                break
+            p = error_p(errors, calls, float(known.sum()), float(len(known)))
+            if p <= s.p_value:
+                return {"p_value": p, "errors": errors, "usual": usual,
+                        **({"window_calls": calls} if test == "window" else {})}  # fmt: skip
+        return {}
 
     def _emit(self, start: int, kind: str, name: str, bucket: BucketCalls, finding: _Finding,
               resource: dict[str, str]) -> None:  # fmt: skip
@@ -236,21 +280,32 @@ class BucketJudge:
         return min(int(rings.written[rings.index[name]]), rings.size)
 
     def _learn(self, kind: str, entity: int, bucket: BucketCalls, anomalous: bool) -> None:
-        """The bucket joins the baselines; an alerting one at ``1/_ANOMALY_WEIGHT`` weight."""
+        """The bucket's totals join the daily history now; its calls wait in the window
+        (``window_buckets - 1`` buckets) and then join the ring, so a window is never tested
+        against itself. An alerting bucket joins both at ``1/_ANOMALY_WEIGHT`` weight."""
         rings, history = self.rings[kind], self.history[kind]
         rings.buckets[entity] += 1
-        limit = max(1, -(-rings.size // _HORIZON_BUCKETS))
         totals = (float(bucket.calls), float(np.nansum(bucket.values[_COST])),
                   float(np.nansum(bucket.values[_TOKENS])))  # fmt: skip
         if not anomalous:
-            rings.admit(entity, bucket.values, limit)
             history.add(entity, totals)
+        else:
+            rings.held[entity] += 1
+            if rings.held[entity] % _ANOMALY_WEIGHT == 0:
+                history.add(entity, totals)
+        waiting = self.recent.setdefault((kind, entity), deque())
+        waiting.append((bucket.values, anomalous))
+        while len(waiting) > max(0, self.settings.window_buckets - 1):
+            self._admit(kind, entity, *waiting.popleft())
+
+    def _admit(self, kind: str, entity: int, values: np.ndarray, anomalous: bool) -> None:
+        rings = self.rings[kind]
+        limit = max(1, -(-rings.size // _HORIZON_BUCKETS))
+        if not anomalous:
+            rings.admit(entity, values, limit)
             return
         key = (kind, entity)
-        credit = self.credit.get(key, 0.0) + min(bucket.calls, limit) / _ANOMALY_WEIGHT
+        credit = self.credit.get(key, 0.0) + min(values.shape[1], limit) / _ANOMALY_WEIGHT
         whole = int(credit)
-        rings.admit(entity, bucket.values, whole)
-        rings.held[entity] += 1
-        if rings.held[entity] % _ANOMALY_WEIGHT == 0:
-            history.add(entity, totals)
+        rings.admit(entity, values, whole)
         self.credit[key] = credit - whole
