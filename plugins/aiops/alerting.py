@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from opstrata import AlertEvent, Evidence, Layer, Severity
-from opstrata.plugins.aiops.engine import TESTS
+from opstrata.plugins.aiops.engine import POINT_TESTS, TESTS
 from opstrata.plugins.aiops.series import SeriesMeta, SeriesRegistry
 
 __all__ = ["AlertTracker", "severity_of"]
@@ -218,7 +218,7 @@ class AlertTracker:
             "onset_unix_nano": onset,
             "last_unix_nano": t,
             "points": int(self.points[s]),
-            "test": TESTS[test] if 0 <= test < len(TESTS) else str(test),
+            "test": POINT_TESTS[test] if 0 <= test < len(POINT_TESTS) else str(test),
             "tail_probability": max(1.0 - score, 0.0),
             "labels": meta.labels,
         }

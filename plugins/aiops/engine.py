@@ -24,17 +24,26 @@ numpy steps, and the result is the same however the stream is cut into batches: 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy import special
 
-__all__ = ["TESTS", "RobustSeasonalDetector", "normal_sf"]
+__all__ = ["POINT_TESTS", "TESTS", "RobustSeasonalDetector", "TailCounts", "normal_sf"]
 
 DAY_NS = 86_400 * 10**9
 WEEK_NS = 7 * DAY_NS
 DAY_BUCKETS = 24
 WEEK_BUCKETS = 168
 TESTS = ("spike", "shift", "trend", "variance")
+POINT_TESTS = (*TESTS, "count")
+"""Names of what made a point anomalous (``point_test``): the four tests, and the count test
+of ratio points (errors of a window against the baseline rate)."""
+DISPERSION_PRIOR = 10.0
+"""Pseudo-variance (in expected events) behind the count test's prior of no over-dispersion."""
+TailCounts = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(points, thresholds) -> (k, 2)``: samples of each point surely below / above a value."""
 TAIL_U = 2.5
 """|z| beyond which the spike test fits its exponential tail (peaks over threshold)."""
 
@@ -73,6 +82,12 @@ _COLUMNS = (
     "tail_m2",
     "res_below",
     "res_above",
+    "rat_n",
+    "rat_dnum",
+    "rat_dden",
+    "rat_prev_k",
+    "rat_prev_w",
+    "rat_prev_p",
 )
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
@@ -106,6 +121,12 @@ _SCORE = 26
 _TAIL_M2 = 27
 _RES_BELOW = 28
 _RES_ABOVE = 29
+_RAT_N = 30
+_RAT_DNUM = 31
+_RAT_DDEN = 32
+_RAT_PREV_K = 33
+_RAT_PREV_W = 34
+_RAT_PREV_P = 35
 _Z_STATS = np.array(
     [
         _TAIL_F,
@@ -146,6 +167,72 @@ def _normal_sf(z: np.ndarray) -> np.ndarray:
     )
     erfc = poly * np.exp(-x * x)
     return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
+
+
+def _sign_test_cap(
+    z: np.ndarray,
+    pred: np.ndarray,
+    weights: np.ndarray | None,
+    q: np.ndarray,
+    index: np.ndarray,
+    tail_counts: TailCounts,
+) -> np.ndarray:
+    """Cap the z of quantile points at what their sample can show (see ``update``): the
+    count of samples surely beyond the forecast, against ``Binomial(n, 1 - q)`` above it
+    (``Binomial(n, q)`` below); its tail probability as a normal quantile bounds |z|."""
+    if weights is None:
+        return z
+    sel = np.flatnonzero(np.isfinite(q) & (weights > 0) & (z != 0))
+    if not sel.size:
+        return z
+    counts = np.asarray(tail_counts(index[sel], pred[sel]), np.float64).reshape(-1, 2)
+    n = weights[sel]
+    up = z[sel] > 0
+    k = np.minimum(np.where(up, counts[:, 1], counts[:, 0]), n)
+    prob = np.clip(np.where(up, 1.0 - q[sel], q[sel]), 0.0, 1.0)
+    # P(Binomial(n, prob) >= k) = I_prob(k, n - k + 1)
+    tail = np.where(
+        k > 0, special.betainc(np.maximum(k, 1e-12), np.maximum(n - k + 1.0, 1.0), prob), 1.0
+    )
+    cap = np.where(tail < 0.5, -special.ndtri(np.clip(tail, 1e-300, 0.5)), 0.0)
+    out = z.copy()
+    out[sel] = np.sign(z[sel]) * np.minimum(np.abs(z[sel]), cap)
+    return out
+
+
+def _ratio_count_test(
+    x: np.ndarray,
+    pred: np.ndarray,
+    w: np.ndarray,
+    exposure: np.ndarray,
+    disp_num: np.ndarray,
+    disp_den: np.ndarray,
+) -> np.ndarray:
+    """Tail probability of a ratio point's event count (errors of ``w`` requests) against
+    its baseline: the exact conditional test of two Poisson rates. The baseline is ``pred``
+    (the forecast ratio) over ``exposure`` requests, so ``E = pred * exposure`` events; given
+    the total ``T = k + E``, the window's share is ``Binomial(T, w / (w + exposure))`` if both
+    have one rate. A young baseline (small exposure) is uncertain and the test says so. Counts
+    are divided by the series' over-dispersion (quasi-Poisson): real error counts come in
+    bursts more often than a Poisson process has them. Only excesses count (p = 1 below)."""
+    p = np.ones(x.size)
+    base = np.clip(pred, 0.0, 1.0)
+    k = x * w
+    ok = (w > 0) & (exposure > 0) & (k > base * w)
+    if not ok.any():
+        return p
+    # Shrunk towards 1 (Poisson) by ten events' worth of variance: a few rare failures say
+    # little about how bursty a series is.
+    phi = np.maximum((disp_num[ok] + DISPERSION_PRIOR) / (disp_den[ok] + DISPERSION_PRIOR), 1.0)
+    k_o = k[ok] / phi
+    events = base[ok] * exposure[ok] / phi
+    share = w[ok] / (w[ok] + exposure[ok])
+    # The mid-p value, P(X > k) + P(X = k) / 2 (Lancaster): the exact test of a discrete
+    # count is conservative by up to the probability of the count itself.
+    at_least = special.betainc(np.maximum(k_o, 1e-12), events + 1.0, share)
+    beyond = special.betainc(k_o + 1.0, np.maximum(events, 1e-12), share)
+    p[ok] = 0.5 * (at_least + beyond)
+    return p
 
 
 class RobustSeasonalDetector:
@@ -282,6 +369,8 @@ class RobustSeasonalDetector:
         noise: np.ndarray | None = None,
         weights: np.ndarray | None = None,
         resolution: np.ndarray | None = None,
+        quantiles: np.ndarray | None = None,
+        tail_counts: TailCounts | None = None,
     ) -> np.ndarray:
         """Score points (series index, event time ns, value), in time order per series, and
         learn from them. Returns one score in [0, 1] per point (0 while warming up).
@@ -294,7 +383,16 @@ class RobustSeasonalDetector:
         ``weights`` is the sample count behind a point of a ``ratio`` series (errors /
         requests): the event count's Poisson floor applies. ``resolution`` (n, 2): how far below
         and above the value the truth may lie because only its bucket is known (a quantile of
-        a histogram with wide buckets); the tests see only the deviation beyond it."""
+        a histogram with wide buckets); the tests see only the deviation beyond it.
+
+        ``quantiles`` (n,): the level q of a point that is the q-quantile of ``weights``
+        samples (NaN: not a quantile), and ``tail_counts(points, thresholds)`` how many of
+        those samples lie surely below and surely above a threshold — ``points`` index the
+        arrays given here, the answer is (k, 2). With both, a quantile point counts only as
+        far as its sample does: the number of samples beyond the forecast is binomial,
+        ``Binomial(n, 1 - q)`` above (``q`` below) if the forecast is the true quantile, and
+        the point's z is capped at the normal quantile of that count's tail probability (a
+        sign test), so a median of five requests can never look like a 6-sigma event."""
         series = np.asarray(series, np.int64)
         times = np.asarray(times, np.int64)
         values = np.asarray(values, np.float64)
@@ -309,6 +407,10 @@ class RobustSeasonalDetector:
         if resolution is not None:
             resolution = np.nan_to_num(np.asarray(resolution, np.float64), nan=0.0, posinf=0.0)
             resolution = resolution.reshape(-1, 2)
+        if quantiles is not None and (tail_counts is None or weights is None):
+            quantiles = None  # a quantile's count test needs its sample and its size
+        if quantiles is not None:
+            quantiles = np.asarray(quantiles, np.float64)
         scores = np.zeros(values.shape[0], np.float64)
         # Forecast and sigma of every point, for evidence (observed vs expected band).
         self.point_expected = np.full(values.shape[0], np.nan)
@@ -324,6 +426,7 @@ class RobustSeasonalDetector:
             noise = None if noise is None else noise[order]
             weights = None if weights is None else weights[order]
             resolution = None if resolution is None else resolution[order]
+            quantiles = None if quantiles is None else quantiles[order]
         # Rank of each point within its series (stable: keeps time order), then rounds.
         by_series = np.argsort(series, kind="stable")
         sorted_series = series[by_series]
@@ -342,6 +445,9 @@ class RobustSeasonalDetector:
         test = np.zeros(series.size, np.int64)
         for chunk in rounds:
             s = series[chunk]
+            sample = None
+            if quantiles is not None and tail_counts is not None:
+                sample = (quantiles[chunk], order[chunk], tail_counts)
             out[chunk] = self._round(
                 s,
                 times[chunk],
@@ -349,6 +455,7 @@ class RobustSeasonalDetector:
                 None if noise is None else noise[chunk],
                 None if weights is None else weights[chunk],
                 None if resolution is None else resolution[chunk],
+                sample,
             )
             expected[chunk] = self.expected[s]
             sigma[chunk] = self.sigma[s]
@@ -367,6 +474,7 @@ class RobustSeasonalDetector:
         noise: np.ndarray | None,
         weights: np.ndarray | None,
         resolution: np.ndarray | None = None,
+        sample: tuple[np.ndarray, np.ndarray, TailCounts] | None = None,
     ) -> np.ndarray:
         # A round over a contiguous range of series (the common case: ids are given out in
         # order of first appearance) works on a view of the state, with no gather or scatter.
@@ -391,10 +499,12 @@ class RobustSeasonalDetector:
             v[_V_MEAN, fresh] = 0.8
             v[_V_SQ, fresh] = 1.0
             v[_V_FAST, fresh] = 0.8
+            v[_RAT_PREV_P, fresh] = 1.0
         # Time: the typical interval (s) and how many intervals this point comes after.
         dt_s = (t - self.last_t[idx]).astype(np.float64) * 1e-9
         typical = v[_DT].astype(np.float64)
-        typical = np.where(typical > 0, typical, np.maximum(dt_s, 1e-3))
+        # The second point gives the first interval (the first had none to learn from).
+        typical = np.where((typical > 0) & (n != 1), typical, np.maximum(dt_s, 1e-3))
         gap = np.where(n > 0, np.clip(dt_s / typical, 1.0, 50.0), 1.0)
         typical = np.where(
             n > 0, typical + 0.1 * (np.clip(dt_s, 0.2 * typical, 5 * typical) - typical), typical
@@ -466,6 +576,8 @@ class RobustSeasonalDetector:
             la_res = np.maximum(self.level_alpha, 1.0 / (n + 1))
             v[_RES_BELOW] += la_res * (resolution[:, 0] - v[_RES_BELOW])
             v[_RES_ABOVE] += la_res * (resolution[:, 1] - v[_RES_ABOVE])
+        if sample is not None:
+            z = _sign_test_cap(z, pred, weights, *sample)
         az = np.abs(z)
         silent = None
         if noise is not None and not np.isfinite(sigma_pt).all():
@@ -524,7 +636,30 @@ class RobustSeasonalDetector:
         # warm-ups).
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
         p = p * (1.0 + (self.young - 1.0) * young)
-        score = np.where(warm, np.clip(1.0 - p * len(self.tests), 0.0, 1.0), 0.0)
+        n_tests = np.full(s.size, float(len(self.tests)))
+        p_count = None
+        if rat is not None and rat.any():
+            # The count test of a ratio carries its baseline's uncertainty itself (the
+            # exposure it was learnt from), so the young factor does not apply to it. It
+            # judges two windows in a row: one burst of failures is what the spike test is
+            # for; an excess in this window and the one before (each p < 0.05), decisive
+            # when their counts are pooled, is a change of rate.
+            w_now = np.where(rat, weights, 0.0)
+            state = (v[_RAT_N], v[_RAT_DNUM], v[_RAT_DDEN])
+            p_count = _ratio_count_test(x, pred, w_now, *state)
+            w_pair = w_now + v[_RAT_PREV_W]
+            x_pair = (x * w_now + v[_RAT_PREV_K]) / np.maximum(w_pair, 1e-12)
+            p_pair = _ratio_count_test(x_pair, pred, w_pair, *state)
+            in_a_row = (p_count < 0.05) & (v[_RAT_PREV_P] < 0.05) & (gap < 2.0)
+            p_rate = np.where(in_a_row, p_pair, 1.0)
+            v[_RAT_PREV_K] = np.where(rat, x * w_now, v[_RAT_PREV_K])
+            v[_RAT_PREV_W] = np.where(rat, w_now, v[_RAT_PREV_W])
+            v[_RAT_PREV_P] = np.where(rat, p_count, v[_RAT_PREV_P])
+            count_wins = rat & (p_rate < p)
+            which[count_wins] = len(TESTS)
+            p = np.where(count_wins, p_rate, p)
+            n_tests += rat
+        score = np.where(warm, np.clip(1.0 - p * n_tests, 0.0, 1.0), 0.0)
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)
         clipped = np.clip(resid, -huber * sigma, huber * sigma)
@@ -575,7 +710,11 @@ class RobustSeasonalDetector:
         steady = (n > 1) & (np.maximum(cus_pos, cus_neg) < 8.0)
         v[_RHO] = np.where(
             steady,
-            v[_RHO] + 0.02 * (zr * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2) - v[_RHO]),
+            # One pair's estimate is clipped to a correlation's range: where most z are
+            # near zero (points within their own noise) a run of moderate ones would
+            # otherwise count many times over and pass for strong autocorrelation.
+            v[_RHO]
+            + 0.02 * (np.clip(zr * v[_PREV_Z] / np.maximum(v[_V_SQ], 0.2), -4, 4) - v[_RHO]),
             v[_RHO],
         ).clip(-0.5, 0.98)
         v[_PREV_Z] = zr
@@ -596,6 +735,26 @@ class RobustSeasonalDetector:
             drift_pos = np.where(rebase, 0.0, drift_pos)
             drift_neg = np.where(rebase, 0.0, drift_neg)
             r_fast = np.where(rebase, 0.0, r_fast)
+        if rat is not None and rat.any():
+            # The ratio's exposure: the requests behind the baseline. An exponential average
+            # with weight a has the precision of (2 - a) / a points, so the sum fades at a / 2.
+            # And its dispersion: squared error-count residuals against their binomial
+            # variance, both fading slowly; their ratio is the quasi-binomial over-dispersion
+            # the count test divides its counts by. Points the count test finds anomalous
+            # (p < 0.01) do not teach it: a burst of failures is what it must not get used to.
+            w = np.where(rat, weights, 0.0)
+            keep_n = np.exp(gap * np.log1p(-0.5 * self.level_alpha))
+            base = np.clip(pred, 0.0, 1.0)
+            base = np.maximum(base, 0.5 / (v[_RAT_N] + w + 1.0))
+            # Nor do points before the baseline is warm: residuals against a level still
+            # being found are not the series' noise.
+            usual = rat & warm
+            if p_count is not None:
+                usual &= p_count >= 0.01
+            fade = np.where(usual, 0.99**gap, 1.0)
+            v[_RAT_N] = np.where(rat, keep_n * v[_RAT_N] + w, v[_RAT_N])
+            v[_RAT_DNUM] = fade * v[_RAT_DNUM] + np.where(usual, (clipped * w) ** 2, 0.0)
+            v[_RAT_DDEN] = fade * v[_RAT_DDEN] + np.where(usual, w * base * (1.0 - base), 0.0)
         v[_LEVEL] = new_level
         v[_LEVEL_S] = new_level_s
         v[_LEVEL_F] = new_level_f

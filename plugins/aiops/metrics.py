@@ -224,7 +224,7 @@ class MetricSeries:
         mins = records.column("Min").to_pylist()
         maxs = records.column("Max").to_pylist()
         exemplars = records.column("Exemplars").to_pylist()
-        rows, quantiles, traces = [], [], []
+        rows, quantiles, traces, buckets = [], [], [], []
         for row in range(records.num_rows):
             counts = np.asarray(counts_col[row] or [], np.float64)
             shape = (
@@ -250,8 +250,11 @@ class MetricSeries:
                 continue
             if exponential:
                 qs = _exp_quantiles(counts, *shape)
+                edges = _exp_edges(counts, *shape)
             else:
                 qs = _explicit_quantiles(counts, bounds_col[row] or [], mins[row], maxs[row])
+                edges = _explicit_edges(counts, bounds_col[row] or [], mins[row], maxs[row])
+            buckets.append(edges)
             rows.append(row)
             quantiles.append(qs)
             traces.append([e["TraceId"] for e in (exemplars[row] or []) if e.get("TraceId")])
@@ -260,6 +263,18 @@ class MetricSeries:
         rows_a = np.array(rows)
         keys_arr = pa.array(keys)
         q = np.array(quantiles)  # rows x (value, noise below/above, resolution below/above) x q
+        totals = np.array([float(c.sum()) for _, _, c in buckets])
+
+        def tail_counts(points: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+            # Samples in buckets wholly below / above each threshold (the point's interval).
+            out = np.zeros((points.size, 2))
+            pairs = zip(points.tolist(), thresholds.tolist(), strict=True)
+            for i, (point, threshold) in enumerate(pairs):
+                lower, upper, counts = buckets[point]
+                out[i, 0] = counts[upper <= threshold].sum()
+                out[i, 1] = counts[lower >= threshold].sum()
+            return out
+
         fed = 0
         for j, quantile in enumerate(QUANTILES):
             suffix = f":p{round(quantile * 100)}"
@@ -271,6 +286,9 @@ class MetricSeries:
                 traces,
                 noise=q[:, 1:3, j],
                 resolution=q[:, 3:5, j],
+                weights=totals,
+                quantiles=np.full(rows_a.size, quantile),
+                tail_counts=tail_counts,
             )
             fed += rows_a.size
         return fed
@@ -328,6 +346,37 @@ def _with_noise(
         ):
             column.append(x)
     return out
+
+
+def _explicit_edges(
+    counts: np.ndarray, bounds: list[float], low: float | None, high: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower edges, upper edges, counts) of an explicit-bucket histogram's buckets; the open
+    ends reach the recorded min / max, or infinity when there is none."""
+    size = counts.size
+    edges = np.array([-np.inf, *bounds, np.inf], np.float64)[: size + 1]
+    if edges.size < size + 1:  # more counts than bounds allow: the rest is open above
+        edges = np.r_[edges, np.full(size + 1 - edges.size, np.inf)]
+    lower, upper = edges[:-1].copy(), edges[1:].copy()
+    if low is not None and size:
+        lower[0] = min(low, upper[0])
+    if high is not None and size:
+        upper[-1] = max(high, lower[-1])
+    return lower, upper, counts
+
+
+def _exp_edges(
+    counts: np.ndarray, scale: int, offset: int, zero: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower edges, upper edges, counts) of an exponential histogram's positive buckets and
+    its zero bucket."""
+    base = 2.0 ** (2.0**-scale)
+    lower = base ** (offset + np.arange(counts.size, dtype=np.float64))
+    return (
+        np.r_[0.0, lower],
+        np.r_[0.0, lower * base],
+        np.r_[float(max(zero, 0)), counts],
+    )
 
 
 def _explicit_quantiles(

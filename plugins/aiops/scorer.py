@@ -17,6 +17,7 @@ from opstrata import AlertEvent
 from opstrata.detectors import Detector
 from opstrata.plugins.aiops.alerting import ARRAYS, AlertTracker
 from opstrata.plugins.aiops.config import AiopsConfig
+from opstrata.plugins.aiops.engine import TailCounts
 from opstrata.plugins.aiops.series import SeriesMeta, SeriesRegistry
 
 __all__ = ["POINTS_SCHEMA", "SeriesScorer"]
@@ -73,11 +74,15 @@ class SeriesScorer:
         noise: np.ndarray | None = None,
         weights: np.ndarray | None = None,
         resolution: np.ndarray | None = None,
+        quantiles: np.ndarray | None = None,
+        tail_counts: TailCounts | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score points (ids from ``self.registry``; -1 are skipped); returns (scores, labels)
         in the order given. ``noise``: each point's own standard error (a quantile of few
-        samples); ``weights``: the sample count behind a ratio point; ``resolution``: how far
-        below/above the value the truth may be because only its bucket is known (see the
+        samples); ``weights``: the sample count behind a ratio or quantile point;
+        ``resolution``: how far below/above the value the truth may be because only its
+        bucket is known; ``quantiles`` and ``tail_counts``: the level of a quantile point and
+        how many of its samples lie surely beyond a threshold (indices as given here; see the
         detector)."""
         self._configure_new()
         ids = np.asarray(ids, np.int64)
@@ -91,18 +96,24 @@ class SeriesScorer:
         # Time order (stable): the detector needs each series' points in order.
         keep = keep[np.argsort(times[keep], kind="stable")]
         k_ids, k_times, k_values = ids[keep], times[keep], values[keep]
-        extra = {"noise": noise, "weights": weights, "resolution": resolution}
+        extra = {
+            "noise": noise,
+            "weights": weights,
+            "resolution": resolution,
+            "quantiles": quantiles,
+        }
         if getattr(self.detector, "point_noise", False) and any(
             v is not None for v in extra.values()
         ):
+            kept: dict[str, Any] = {
+                k: None if v is None else np.asarray(v, np.float64)[keep] for k, v in extra.items()
+            }
+            if tail_counts is not None:
+                kept["tail_counts"] = lambda points, thresholds: tail_counts(
+                    keep[points], thresholds
+                )
             k_scores = self.detector.update(  # type: ignore[call-arg]
-                k_ids,
-                k_times,
-                k_values,
-                **{
-                    k: None if v is None else np.asarray(v, np.float64)[keep]
-                    for k, v in extra.items()
-                },
+                k_ids, k_times, k_values, **kept
             )
         else:
             k_scores = self.detector.update(k_ids, k_times, k_values)

@@ -44,6 +44,26 @@ class LogHistogram:
         unique, inverse = np.unique(codes, return_inverse=True)
         return LogHistogram(unique, np.bincount(inverse, weights=counts).astype(np.int64))
 
+    def counts_beyond(self, groups: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """(k, 2): how many values of each group lie surely below / surely above its threshold
+        (in buckets wholly below / above it; the threshold's own bucket counts for neither)."""
+        groups = np.asarray(groups, np.int64)
+        safe = np.maximum(np.asarray(thresholds, np.float64), 1e-300)
+        position = np.log(safe) / _LOG_GAMMA + OFFSET
+        # Bucket b holds [gamma^(b - OFFSET), gamma^(b - OFFSET + 1)).
+        below_last = np.clip(np.floor(position) - 1, -1, BUCKETS - 1).astype(np.int64)
+        above_first = np.clip(np.ceil(position), 0, BUCKETS).astype(np.int64)
+        cumulative = np.r_[0, np.cumsum(self.counts)]
+
+        def upto(code: np.ndarray) -> np.ndarray:  # values with code < ``code``
+            return cumulative[np.searchsorted(self.codes, code, side="left")]
+
+        base = groups * BUCKETS
+        out = np.empty((groups.size, 2))
+        out[:, 0] = upto(base + below_last + 1) - upto(base)
+        out[:, 1] = upto(base + BUCKETS) - upto(base + above_first)
+        return out
+
     def quantiles(self, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(groups, values[len(groups), len(qs)]): each group's quantiles, as bucket midpoints."""
         groups, values, _, _ = self.quantiles_with_noise(qs)

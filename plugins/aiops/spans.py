@@ -34,6 +34,10 @@ _MEASURES = (
 )
 
 
+_QUANTILE_OF = {2: 0.5, 3: 0.99}
+"""Measure index -> the quantile it is (latency_p50, latency_p99)."""
+
+
 class _Window:
     __slots__ = ("count", "errors", "errors_ex", "hist", "slow")
 
@@ -168,15 +172,17 @@ class RedSeries:
         groups, quantiles, q_noise, _ = acc.hist.quantiles_with_noise((0.5, 0.99))
         q_of = {int(g): j for j, g in enumerate(groups.tolist())}
         keys, values, exemplars, metas = [], [], [], []
-        noise, weights = [], []
+        noise, weights, levels, owners = [], [], [], []
 
-        def add(entity, resource, m, value, trace_ids, point_noise, samples) -> None:
+        def add(entity, resource, m, value, trace_ids, point_noise, samples, eid=-1) -> None:
             suffix, kind, direction, unit = _MEASURES[m]
             keys.append(f"red|{entity.kind}|{entity.name}|{suffix}")
             values.append(value)
             exemplars.append(trace_ids)
             noise.append(point_noise)
             weights.append(samples)
+            levels.append(_QUANTILE_OF.get(m, np.nan))
+            owners.append(eid)
             metas.append(
                 SeriesMeta(
                     id=0,
@@ -207,13 +213,15 @@ class RedSeries:
                     measures.append((2, float(q[0]), slow, tuple(qn[0]), float(count)))
                     measures.append((3, float(q[1]), slow, tuple(qn[1]), float(count)))
             for measure in measures:
-                add(entity, resource, *measure)
+                add(entity, resource, *measure, eid=eid)
         for eid in silent:
             entity, resource = self.entity_meta[eid]
             add(entity, resource, 0, 0.0, [], (0.0, 0.0), 0.0)
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
+        owner = np.array(owners, np.int64)
+        hist = acc.hist
         self.scorer.feed(
             ids,
             np.full(len(keys), start, np.int64),
@@ -221,4 +229,8 @@ class RedSeries:
             exemplars,
             noise=np.array(noise, np.float64).reshape(-1, 2),
             weights=np.array(weights),
+            # Latency quantiles are judged by how many of the window's requests lie beyond
+            # the forecast (the sketch knows each one to 2 %), not by the quantile alone.
+            quantiles=np.array(levels, np.float64),
+            tail_counts=lambda points, thresholds: hist.counts_beyond(owner[points], thresholds),
         )
