@@ -114,8 +114,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("mlops")
     config = root / "opstrata.toml"
     config.write_text(
+        # A fixed reference: the baseline minute (these tests judge windows against it).
         "[plugins.mlops]\nwindow_seconds = 60\nwindow_slots = 2\nbaseline_seconds = 60\n"
-        "min_rows = 30\nmin_labels = 5\n"
+        "reference_seconds = 60\nmin_rows = 30\nmin_labels = 5\n"
     )
     site = _probe_site(root)
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}

@@ -46,6 +46,11 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     alone, one test in twenty drifts with nothing changed. Once firing, the verdict alone keeps
     it. 1.0 alerts on every drifted verdict."""
     alert_distance_factor: float = 2.0
+    alert_variation_factor: float = 1.5
+    """... and the column's shift beyond noise must exceed this many times the largest (98th
+    percentile) shift of the windows the reference learnt from (their window-to-window
+    variation: a daily cycle). More than 1: that estimate comes from one day's windows, and the
+    next day's extremes exceed it about half the time."""
     reference_centroids: int = 400
     slot_centroids: int = 100
     max_categories: int = 100
@@ -84,6 +89,8 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
         raise ValueError(
             "plugins.mlops.alert_p_value must be in (0, 1], alert_distance_factor at least 1"
         )
+    if parsed.alert_variation_factor < 1:
+        raise ValueError("plugins.mlops.alert_variation_factor must be at least 1")
     if not 0 < parsed.learning_p_value <= 1 or parsed.reference_seconds < 0:
         raise ValueError(
             "plugins.mlops.learning_p_value must be in (0, 1], reference_seconds at least 0"

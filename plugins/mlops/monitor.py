@@ -42,10 +42,21 @@ class ColumnState:
     kind: str
     reference: Sketch | None = None
     slots: dict[int, Sketch] = field(default_factory=dict)
-    variation: float = 0.0
-    """The largest shift beyond noise (``sampling.py``) of a window against the reference while
-    the reference learnt from it: how much this traffic's own windows differ from each other
-    (a daily cycle). A drift alert needs a larger one."""
+    shifts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """The shift beyond noise (``sampling.py``) of each window the learning reference took in,
+    against the reference as it was: how much this traffic's own windows differ from what came
+    before (a daily cycle)."""
+
+    @property
+    def variation(self) -> float:
+        """What a drift alert's shift must exceed: the shifts' 98th percentile (the largest
+        while fewer than 50), so that a short episode while learning (a fault in the first
+        hours) does not blunt the alerts for good."""
+        if self.shifts.size == 0:
+            return 0.0
+        if self.shifts.size < 50:
+            return float(self.shifts.max())
+        return float(np.quantile(self.shifts, 0.98))
 
 
 @dataclass
@@ -66,9 +77,6 @@ class ModelState:
     columns: dict[str, ColumnState] = field(default_factory=dict)
     firing: set[str] = field(default_factory=set)
     last_verdict: bool | None = None
-    tainted: set[int] = field(default_factory=set)
-    """Slots of windows that raised or kept a drift alert: the learning reference skips them,
-    so a drift is not learnt as normal."""
 
 
 class DriftMonitor:
@@ -129,13 +137,12 @@ class DriftMonitor:
         for col in state.columns.values():
             for slot in sorted(s for s in col.slots if s <= oldest):
                 sketch = col.slots.pop(slot)
-                if learnt is None or (slot + 1) * step <= learnt or slot in state.tainted:
+                if learnt is None or (slot + 1) * step <= learnt:
                     continue
                 if col.reference is None:
                     col.reference = self._new_sketch(col.kind, reference=True)
                 col.reference.absorb(sketch)  # type: ignore[arg-type]
                 col.reference.pack()
-        state.tainted = {s for s in state.tainted if s > oldest}
         if learnt is not None:
             state.learned_until = max(learnt, (oldest + 1) * step)
             state.reference_rows = max(
@@ -252,7 +259,7 @@ class DriftMonitor:
                 col = state.columns[name] = ColumnState(role, sketch.kind)
             col.reference = sketch
         for col in state.columns.values():
-            col.variation = 0.0  # measured against the old reference
+            col.shifts = col.shifts[:0]  # measured against the old reference
 
     # -- evaluating ---------------------------------------------------------------------------
 
@@ -333,10 +340,11 @@ class DriftMonitor:
             return any(f.drifted for f in columns)  # every drifted verdict alerts
         limit = config.learning_p_value if state.learned_until is not None else None
         limit = config.alert_p_value if limit is None else min(limit, config.alert_p_value)
+        factor = config.alert_variation_factor
         return any(
             f.drifted
             and (f.sampling_p_value or 0.0) <= limit
-            and (f.shift or 0.0) > (f.variation or 0.0)
+            and (f.shift or 0.0) > factor * (f.variation or 0.0)
             and (
                 f.p_value is not None
                 or (f.distance or 0.0) >= config.alert_distance_factor * f.threshold
@@ -363,22 +371,24 @@ class DriftMonitor:
                 [f for f in verdict.features if f.role == "prediction"],
             ),
         ):
-            if firing and (kind in state.firing or self._strong(state, columns)):
+            if firing and (
+                self._strong(state, columns) if kind not in state.firing else _kept(columns)
+            ):
                 state.firing.add(kind)
                 self.emit(drift_alert(state, kind, verdict, columns, time))
             elif kind in state.firing:
                 state.firing.discard(kind)
                 self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
-        if state.firing:
-            first = end_slot - self.config.window_slots + 1
-            state.tainted.update(range(first, end_slot + 1))
-        elif state.learned_until is not None:
-            # The reference learns this window's slots: its shift is the traffic's own
-            # window-to-window variation (a window that alerted is neither learnt nor counted:
-            # a relapse of the same drift must alert again).
+        if state.learned_until is not None:
+            # The learning reference takes in every window's slots, alerting or not: while it
+            # learns, "unlike anything seen yet" is all an alert can say, and a window left out
+            # would stay unseen (the hours of a daily cycle the first day alerted on would
+            # alert every day). Each window's shift is the traffic's own variation.
+            limit = max(64, int(self.config.reference_seconds * 1e9) // self.config.step_ns)
             for f in verdict.features:
                 col = state.columns[f.feature]
-                col.variation = max(col.variation, f.shift or 0.0)
+                if col.shifts.size < limit:
+                    col.shifts = np.append(col.shifts, np.float32(f.shift or 0.0))
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""
@@ -453,14 +463,13 @@ class DriftMonitor:
                         "learned_until": state.learned_until,
                         "current_slot": state.current_slot,
                         "firing": sorted(state.firing),
-                        "tainted": sorted(state.tainted),
                         "columns": {
                             name: {
                                 "role": c.role,
                                 "kind": c.kind,
                                 "reference": c.reference.to_state() if c.reference else None,
                                 "slots": [[k, s.to_state()] for k, s in c.slots.items()],
-                                "variation": c.variation,
+                                "shifts": c.shifts.tolist(),
                             }
                             for name, c in state.columns.items()
                         },
@@ -493,14 +502,20 @@ class DriftMonitor:
                 state.learned_until = m.get("learned_until")
                 state.current_slot = m["current_slot"]
                 state.firing = set(m["firing"])
-                state.tainted = set(m.get("tainted", []))
                 for name, c in m["columns"].items():
                     col = ColumnState(c["role"], c["kind"])
                     col.reference = sketch_from_state(c["reference"]) if c["reference"] else None
                     col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
-                    col.variation = float(c.get("variation", 0.0))
+                    col.shifts = np.asarray(c.get("shifts", []), dtype=np.float32)
                     state.columns[name] = col
                 self.models[(state.model, state.version)] = state
+
+
+def _kept(columns: list[FeatureDrift]) -> bool:
+    """A firing drift alert stays while the verdict drifts and a drifted column is still beyond
+    noise and the reference's own variation (a daily cycle's drifted verdicts do not keep an
+    alert raised while the reference was learning)."""
+    return any(f.drifted and (f.shift or 0.0) > (f.variation or 0.0) for f in columns)
 
 
 def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> None:
