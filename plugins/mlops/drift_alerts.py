@@ -8,7 +8,7 @@ from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.mlops.results import FeatureDrift, WindowDrift
 
 if TYPE_CHECKING:
-    from opstrata.plugins.mlops.monitor import ModelState
+    from opstrata.plugins.mlops.state import ModelState
 
 __all__ = ["drift_alert", "entity_name", "strength"]
 

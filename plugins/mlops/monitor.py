@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,52 +30,10 @@ from opstrata.plugins.mlops.sketch import (
     Sketch,
     sketch_from_state,
 )
+from opstrata.plugins.mlops.state import ColumnState, ModelState, model_from_state, model_to_state
 from opstrata.plugins.mlops.stattests import drift_test
 
 __all__ = ["DriftMonitor", "entity_name"]
-
-
-@dataclass
-class ColumnState:
-    role: str
-    kind: str
-    reference: Sketch | None = None
-    slots: dict[int, Sketch] = field(default_factory=dict)
-    shifts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    """The shift beyond noise (``sampling.py``) of each window the learning reference took in,
-    against the reference as it was: how much this traffic's own windows differ from what came
-    before (a daily cycle)."""
-
-    @property
-    def variation(self) -> float:
-        """What a drift alert's shift must exceed: the shifts' 98th percentile (the largest
-        while fewer than 50), so that a short episode while learning (a fault in the first
-        hours) does not blunt the alerts for good."""
-        if self.shifts.size == 0:
-            return 0.0
-        if self.shifts.size < 50:
-            return float(self.shifts.max())
-        return float(np.quantile(self.shifts, 0.98))
-
-
-@dataclass
-class ModelState:
-    model: str
-    version: str
-    resource: dict[str, str]
-    first_ns: int
-    last_ns: int = 0
-    rows: int = 0
-    reference_source: str = "none"
-    reference_rows: int = 0
-    baseline_until: int | None = None
-    learned_until: int | None = None
-    """End (event time) of the last slot the automatic reference learnt; None when the
-    reference is not learning (posted, or complete)."""
-    current_slot: int | None = None
-    columns: dict[str, ColumnState] = field(default_factory=dict)
-    firing: set[str] = field(default_factory=set)
-    last_verdict: bool | None = None
 
 
 class DriftMonitor:
@@ -447,34 +404,7 @@ class DriftMonitor:
 
     def to_state(self) -> dict[str, Any]:
         with self.lock:
-            models = []
-            for state in self.models.values():
-                models.append(
-                    {
-                        "model": state.model,
-                        "version": state.version,
-                        "resource": state.resource,
-                        "first_ns": state.first_ns,
-                        "last_ns": state.last_ns,
-                        "rows": state.rows,
-                        "reference_source": state.reference_source,
-                        "reference_rows": state.reference_rows,
-                        "baseline_until": state.baseline_until,
-                        "learned_until": state.learned_until,
-                        "current_slot": state.current_slot,
-                        "firing": sorted(state.firing),
-                        "columns": {
-                            name: {
-                                "role": c.role,
-                                "kind": c.kind,
-                                "reference": c.reference.to_state() if c.reference else None,
-                                "slots": [[k, s.to_state()] for k, s in c.slots.items()],
-                                "shifts": c.shifts.tolist(),
-                            }
-                            for name, c in state.columns.items()
-                        },
-                    }
-                )
+            models = [model_to_state(state) for state in self.models.values()]
             refs = [
                 {
                     "model": m,
@@ -494,20 +424,7 @@ class DriftMonitor:
                 }
                 self.references[(ref["model"], ref["version"])] = (ref["source"], columns)
             for m in data.get("models", []):
-                state = ModelState(m["model"], m["version"], m["resource"], m["first_ns"])
-                state.last_ns, state.rows = m["last_ns"], m["rows"]
-                state.reference_source = m["reference_source"]
-                state.reference_rows = m["reference_rows"]
-                state.baseline_until = m["baseline_until"]
-                state.learned_until = m.get("learned_until")
-                state.current_slot = m["current_slot"]
-                state.firing = set(m["firing"])
-                for name, c in m["columns"].items():
-                    col = ColumnState(c["role"], c["kind"])
-                    col.reference = sketch_from_state(c["reference"]) if c["reference"] else None
-                    col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
-                    col.shifts = np.asarray(c.get("shifts", []), dtype=np.float32)
-                    state.columns[name] = col
+                state = model_from_state(m)
                 self.models[(state.model, state.version)] = state
 
 
