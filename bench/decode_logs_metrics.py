@@ -1,4 +1,4 @@
-"""Log and metric decoding throughput on one core: upb parsing and the Python walk to batches.
+"""Log and metric decoding throughput on one core: the C decoder, and upb + the Python walk.
 
     python bench/decode_logs_metrics.py [--items 100] [--requests 300] [--seconds 2]
 
@@ -26,8 +26,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as M
 
 from opstrata.otlp.anyvalue import AttributeRenderer
-from opstrata.otlp.decode_logs import decode_logs
-from opstrata.otlp.decode_metrics import decode_metrics
+from opstrata.otlp.decode_logs import decode_log_bytes, decode_logs
+from opstrata.otlp.decode_metrics import decode_metric_bytes, decode_metrics
 from opstrata.otlp.limits import DecodeLimits
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -193,19 +193,33 @@ def main() -> None:
 
     renderer = AttributeRenderer(DecodeLimits())  # one per process, as in the server
     print(f"{'items/s per core':<34} {'median':>12} {'best':>12}")
-    for name, make, request_type, walk in [
-        ("log records", make_logs, ExportLogsServiceRequest, decode_logs),
-        ("metric points", make_metrics, ExportMetricsServiceRequest, decode_metrics),
+    for name, make, request_type, walk, from_bytes in [
+        ("log records", make_logs, ExportLogsServiceRequest, decode_logs, decode_log_bytes),
+        (
+            "metric points",
+            make_metrics,
+            ExportMetricsServiceRequest,
+            decode_metrics,
+            decode_metric_bytes,
+        ),
     ]:
         rnd = random.Random(42)
         payloads = [make(rnd, args.items) for _ in range(args.requests)]
         parse = request_type.FromString
         parsed = [parse(p) for p in payloads]
-        for message in parsed:  # every item stored, and the attribute memo warm
-            assert walk(message, renderer).accepted == args.items
+        for payload, message in zip(payloads, parsed, strict=True):
+            # Every item stored, the same batches from both decoders, and the attribute memo warm.
+            want = walk(message, renderer)
+            got = from_bytes(payload, renderer)
+            assert want.accepted == got.accepted == args.items
+            assert [b for _, b in got.batches] == [b for _, b in want.batches]
         size = sum(map(len, payloads)) / len(payloads)
         print(f"{name}: {args.requests} requests of {args.items}, {size / 1024:.1f} KiB each")
         results = [
+            (
+                f"  {from_bytes.__name__} (C)",
+                _rate(lambda p: from_bytes(p, renderer), payloads, args.items, args.seconds),  # noqa: B023
+            ),
             ("  upb ParseFromString alone", _rate(parse, payloads, args.items, args.seconds)),
             (
                 f"  {walk.__name__} walk (parsed)",

@@ -619,9 +619,24 @@ enum {
     MSG_ANY_VALUE,
     MSG_ARRAY_VALUE,
     MSG_KEY_VALUE_LIST,
+    /* metrics.proto, for the data of a Metric that a later oneof member replaced */
+    MSG_GAUGE,
+    MSG_SUM,
+    MSG_HISTOGRAM,
+    MSG_EXP_HISTOGRAM,
+    MSG_SUMMARY,
+    MSG_NUMBER_POINT,
+    MSG_HISTOGRAM_POINT,
+    MSG_EXP_HISTOGRAM_POINT,
+    MSG_BUCKETS,
+    MSG_SUMMARY_POINT,
+    MSG_EXEMPLAR,
+    MSG_QUANTILE, /* doubles only: its wire format is all there is to check */
 };
 #define LEN_BYTES (-1) /* bytes field or unknown field: nothing to check inside */
 #define LEN_STRING (-2)
+#define LEN_PACKED_FIXED64 (-3) /* a packed repeated fixed64/double: a multiple of 8 bytes */
+#define LEN_PACKED_VARINT (-4)  /* a packed repeated uint64: whole varints */
 
 /* What a length-delimited field of a message holds: a string (UTF-8 checked), a message
  * (checked recursively) or opaque bytes. Other wire types carry nothing to check. */
@@ -680,6 +695,35 @@ len_field_kind(int msg, uint32_t num)
         return num == 1 ? MSG_ANY_VALUE : LEN_BYTES;
     case MSG_KEY_VALUE_LIST:
         return num == 1 ? MSG_KEY_VALUE : LEN_BYTES;
+    case MSG_GAUGE:
+    case MSG_SUM:
+    case MSG_HISTOGRAM:
+    case MSG_EXP_HISTOGRAM:
+    case MSG_SUMMARY:
+        if (num != 1)
+            return LEN_BYTES;
+        return msg == MSG_HISTOGRAM       ? MSG_HISTOGRAM_POINT
+             : msg == MSG_EXP_HISTOGRAM ? MSG_EXP_HISTOGRAM_POINT
+             : msg == MSG_SUMMARY       ? MSG_SUMMARY_POINT
+                                        : MSG_NUMBER_POINT;
+    case MSG_NUMBER_POINT:
+        return num == 7 ? MSG_KEY_VALUE : num == 5 ? MSG_EXEMPLAR : LEN_BYTES;
+    case MSG_HISTOGRAM_POINT:
+        return num == 9   ? MSG_KEY_VALUE
+             : num == 8   ? MSG_EXEMPLAR
+             : (num == 6 || num == 7) ? LEN_PACKED_FIXED64
+                                      : LEN_BYTES;
+    case MSG_EXP_HISTOGRAM_POINT:
+        return num == 1 ? MSG_KEY_VALUE
+             : num == 11 ? MSG_EXEMPLAR
+             : (num == 8 || num == 9) ? MSG_BUCKETS
+                                      : LEN_BYTES;
+    case MSG_BUCKETS:
+        return num == 2 ? LEN_PACKED_VARINT : LEN_BYTES;
+    case MSG_SUMMARY_POINT:
+        return num == 7 ? MSG_KEY_VALUE : num == 6 ? MSG_QUANTILE : LEN_BYTES;
+    case MSG_EXEMPLAR:
+        return num == 7 ? MSG_KEY_VALUE : LEN_BYTES;
     default:
         return LEN_BYTES;
     }
@@ -701,6 +745,17 @@ validate_msg(const uint8_t *p, const uint8_t *end, int msg, int depth)
         if (kind == LEN_STRING) {
             if (check_utf8(&f) < 0)
                 return -1;
+        }
+        else if (kind == LEN_PACKED_FIXED64) {
+            if (f.n % 8)
+                return fail("packed fixed64 field of bad length");
+        }
+        else if (kind == LEN_PACKED_VARINT) {
+            const uint8_t *q = f.p, *qend = f.p + f.n;
+            uint64_t v;
+            while (q < qend)
+                if (read_varint(&q, qend, &v) < 0)
+                    return -1;
         }
         else if (kind >= 0) {
             if (validate_msg(f.p, f.p + f.n, kind, depth + 1) < 0)
@@ -1122,38 +1177,12 @@ done:
     return rc;
 }
 
-/* One KeyValue at level `depth`, rendered into a new pair of `pl`. */
+/* The stored string of a read AnyValue into `pr` (whose key is set by the caller). `kv`/`kv_len`
+ * is a serialized KeyValue holding the value, for the Python callback (arrays, maps, strindex). */
 static int
-dec_keyvalue(Dec *d, PairList *pl, const uint8_t *p, const uint8_t *end, int depth)
+render_value(Dec *d, PairList *pl, Pair *pr, const AnyValue *avp, const uint8_t *kv, size_t kv_len)
 {
-    if (depth > MAX_DEPTH)
-        return fail("nesting too deep");
-    const uint8_t *start = p;
-    const uint8_t *key = (const uint8_t *)"";
-    size_t key_len = 0;
-    AnyValue av = {AV_NONE, NULL, 0, 0};
-    Field f;
-    while (p < end) {
-        if (next_field(&p, end, &f, depth) < 0)
-            return -1;
-        if (f.wt != WT_LEN)
-            continue;
-        if (f.num == 1) {
-            if (check_utf8(&f) < 0)
-                return -1;
-            key = f.p;
-            key_len = f.n;
-        }
-        else if (f.num == 2) {
-            if (dec_anyvalue(f.p, f.p + f.n, &av, depth + 1) < 0)
-                return -1;
-        }
-    }
-    Pair *pr = pairs_push(pl);
-    if (pr == NULL)
-        return -1;
-    pr->k = (const char *)key;
-    pr->klen = key_len;
+    AnyValue av = *avp;
     switch (av.kind) {
     case AV_NONE:
         pr->v = "";
@@ -1189,8 +1218,43 @@ dec_keyvalue(Dec *d, PairList *pl, const uint8_t *p, const uint8_t *end, int dep
     case AV_BYTES:
         return render_bytes(d, pl, pr, av.p, av.n);
     default:
-        return render_complex(d, pl, pr, start, (size_t)(end - start));
+        return render_complex(d, pl, pr, kv, kv_len);
     }
+}
+
+/* One KeyValue at level `depth`, rendered into a new pair of `pl`. */
+static int
+dec_keyvalue(Dec *d, PairList *pl, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    const uint8_t *start = p;
+    const uint8_t *key = (const uint8_t *)"";
+    size_t key_len = 0;
+    AnyValue av = {AV_NONE, NULL, 0, 0};
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.wt != WT_LEN)
+            continue;
+        if (f.num == 1) {
+            if (check_utf8(&f) < 0)
+                return -1;
+            key = f.p;
+            key_len = f.n;
+        }
+        else if (f.num == 2) {
+            if (dec_anyvalue(f.p, f.p + f.n, &av, depth + 1) < 0)
+                return -1;
+        }
+    }
+    Pair *pr = pairs_push(pl);
+    if (pr == NULL)
+        return -1;
+    pr->k = (const char *)key;
+    pr->klen = key_len;
+    return render_value(d, pl, pr, &av, start, (size_t)(end - start));
 }
 
 /* An element of a repeated attributes field: rendered while under the attribute count limit,
@@ -1776,12 +1840,14 @@ struct ArrowArray {
 };
 #endif
 
-/* The otel_traces tree has a fixed shape: 44 arrays (43 here plus the root, which lives in the
- * capsule), 43 child links, 105 buffer slots and 61 owned buffers. */
-#define MAX_NODES 48
-#define MAX_LINKS 48
-#define MAX_SLOTS 112
-#define MAX_OWNED 64
+/* Each table has a fixed shape. The largest: otel_traces has 44 arrays (43 here plus the root,
+ * which lives in the capsule), 43 child links, 105 buffer slots and 61 owned buffers;
+ * otel_metrics_exponential_histogram 49 arrays, about 110 slots and 65 owned buffers (three
+ * of them validity bitmaps). */
+#define MAX_NODES 64
+#define MAX_LINKS 64
+#define MAX_SLOTS 160
+#define MAX_OWNED 96
 
 /* Everything the exported arrays point to, freed when the last of them is released. Arrays
  * are released separately when a consumer moves a child out, hence the count. */
@@ -1997,6 +2063,11 @@ build_result(Dec *d)
                          PyLong_FromVoidPtr(address));
 }
 
+/* Logs and metrics, in files of their own (one translation unit: the helpers stay static). */
+#include "_wire_scopes.c"
+#include "_wire_logs.c"
+#include "_wire_metrics.c"
+
 PyDoc_STRVAR(decode_traces_doc,
 "decode_traces(data, max_attributes, max_value_chars, render_complex)\n"
 "--\n\n"
@@ -2046,6 +2117,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
 
 static PyMethodDef wire_methods[] = {
     {"decode_traces", wire_decode_traces, METH_VARARGS, decode_traces_doc},
+    {"decode_logs", wire_decode_logs, METH_VARARGS, decode_logs_doc},
+    {"decode_metrics", wire_decode_metrics, METH_VARARGS, decode_metrics_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,32 +3,43 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from opstrata.otlp import _wire
 from opstrata.otlp.anyvalue import AttributeRenderer, render_anyvalue
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty
-from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest
+from opstrata.otlp.decode_traces import complex_renderer
+from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest, InvalidRequest
 from opstrata.otlp.limits import Tally
 from opstrata.otlp.scopes import ScopeColumns
 from opstrata.schema import LOGS, TS, Signal, Table
 
-__all__ = ["decode_logs"]
+__all__ = ["decode_log_bytes", "decode_logs"]
 
 # Unlike spans, a log record may lack ids altogether: only ids of the wrong size are errors.
 _TRACE_ID_SIZES = frozenset((0, 16))
 _SPAN_ID_SIZES = frozenset((0, 8))
 
 
+# Why a record is rejected; ``_wire`` reports the index of one of these.
+_REASONS = (
+    "trace_id must be empty or 16 bytes",
+    "span_id must be empty or 8 bytes",
+    "timestamp out of range",
+)
+
+
 def _invalid_reason(record) -> str | None:
     if len(record.trace_id) not in _TRACE_ID_SIZES:
-        return "trace_id must be empty or 16 bytes"
+        return _REASONS[0]
     if len(record.span_id) not in _SPAN_ID_SIZES:
-        return "span_id must be empty or 8 bytes"
+        return _REASONS[1]
     if (
         record.time_unix_nano > MAX_TIMESTAMP_NS
         or record.observed_time_unix_nano > MAX_TIMESTAMP_NS
     ):
-        return "timestamp out of range"
+        return _REASONS[2]
     return None
 
 
@@ -127,4 +138,39 @@ def decode_logs(request: ExportLogsServiceRequest, attrs: AttributeRenderer) -> 
     )
     batch = pa.RecordBatch.from_arrays([columns[name] for name in LOGS.names], schema=LOGS)
     out.batches.append((Table.LOGS, batch))
+    return out
+
+
+# --- The same from the serialized request, decoded in C (``otlp/_wire_logs.c``) ----------------
+
+_import_batch = pa.RecordBatch._import_from_c
+
+
+def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
+    """Decode a serialized ``ExportLogsServiceRequest`` without building protobuf objects.
+
+    The result equals ``decode_logs(ExportLogsServiceRequest.FromString(data), attrs)``; bytes
+    that upb would refuse raise :class:`InvalidRequest`. ``attrs`` supplies the limits.
+    """
+    limits = attrs.limits
+    if not isinstance(data, bytes):
+        data = bytes(data)  # an immutable copy: the C code keeps pointers into it
+    try:
+        rejected, reason, dropped, truncated, capsule, address = _wire.decode_logs(
+            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+        )
+    except (_wire.DecodeError, ProtobufDecodeError) as exc:
+        raise InvalidRequest(f"cannot parse protobuf ExportLogsServiceRequest: {exc}") from None
+    out = DecodedRequest(
+        Signal.LOG_RECORDS,
+        rejected=rejected,
+        dropped_attributes=dropped,
+        truncated_values=truncated,
+    )
+    if reason >= 0:
+        out.message = f"{rejected} log record(s) rejected: {_REASONS[reason]}"
+    if capsule is not None:
+        batch = _import_batch(address, LOGS)  # moves the arrays out; ``capsule`` frees the rest
+        out.accepted = batch.num_rows
+        out.batches.append((Table.LOGS, batch))
     return out

@@ -17,20 +17,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
+from opstrata.otlp import _wire
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column
-from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest
+from opstrata.otlp.decode_traces import complex_renderer
+from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest, InvalidRequest
 from opstrata.otlp.limits import Tally
 from opstrata.otlp.metric_kinds import KINDS, MetricKind
 from opstrata.otlp.scopes import ScopeColumns
 from opstrata.schema import EXEMPLAR_TYPE, METRICS_GAUGE, TS, Signal
 
-__all__ = ["decode_metrics"]
+__all__ = ["decode_metric_bytes", "decode_metrics"]
 
 _EXEMPLAR_LIST = pa.list_(EXEMPLAR_TYPE)
 _NO_EXEMPLARS = pa.array([], EXEMPLAR_TYPE)
@@ -232,4 +235,43 @@ def decode_metrics(
         schema = kind.schema
         batch = pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
         out.batches.append((kind.table, batch))
+    return out
+
+
+# --- The same from the serialized request, decoded in C (``otlp/_wire_metrics.c``) -------------
+
+_import_batch = pa.RecordBatch._import_from_c
+# ``_wire`` numbers the tables in this order.
+_TABLES = [(kind.table, kind.schema) for kind in KINDS]
+
+
+def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
+    """Decode a serialized ``ExportMetricsServiceRequest`` without building protobuf objects.
+
+    The result equals ``decode_metrics(ExportMetricsServiceRequest.FromString(data), attrs)``;
+    bytes that upb would refuse raise :class:`InvalidRequest`. ``attrs`` supplies the limits.
+    """
+    limits = attrs.limits
+    if not isinstance(data, bytes):
+        data = bytes(data)  # an immutable copy: the C code keeps pointers into it
+    try:
+        rejected, dropped, truncated, tables = _wire.decode_metrics(
+            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+        )
+    except (_wire.DecodeError, ProtobufDecodeError) as exc:
+        raise InvalidRequest(f"cannot parse protobuf ExportMetricsServiceRequest: {exc}") from None
+    out = DecodedRequest(
+        Signal.METRIC_POINTS,
+        rejected=rejected,
+        dropped_attributes=dropped,
+        truncated_values=truncated,
+    )
+    if rejected:
+        out.message = f"{rejected} data point(s) rejected: timestamp out of range"
+    for index, _capsule, address in tables:
+        table, schema = _TABLES[index]
+        # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
+        batch = _import_batch(address, schema)
+        out.accepted += batch.num_rows
+        out.batches.append((table, batch))
     return out

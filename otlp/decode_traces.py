@@ -18,7 +18,13 @@ from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest, InvalidReque
 from opstrata.otlp.limits import DecodeLimits, Tally
 from opstrata.schema import EVENT_TYPE, LINK_TYPE, TRACES, TS, Signal, Table
 
-__all__ = ["SPAN_KINDS", "STATUS_CODES", "decode_trace_bytes", "decode_traces"]
+__all__ = [
+    "SPAN_KINDS",
+    "STATUS_CODES",
+    "complex_renderer",
+    "decode_trace_bytes",
+    "decode_traces",
+]
 
 # The strings the Collector's ClickHouse exporter stores
 # (``traceutil.SpanKindStr``/``StatusCodeStr``).
@@ -193,7 +199,7 @@ def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) 
 _import_batch = pa.RecordBatch._import_from_c
 
 
-def _complex_renderer(limits: DecodeLimits) -> Callable[[bytes], tuple[str, int]]:
+def complex_renderer(limits: DecodeLimits) -> Callable[[bytes], tuple[str, int]]:
     """Renders the array/map values that ``_wire`` leaves to Python, from a serialized KeyValue."""
 
     def render(raw: bytes) -> tuple[str, int]:
@@ -216,7 +222,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
         rejected, reason, dropped, truncated, capsule, address = _wire.decode_traces(
-            data, limits.max_attributes, limits.max_value_chars, _complex_renderer(limits)
+            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None

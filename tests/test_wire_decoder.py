@@ -283,7 +283,14 @@ def _len_field(num: int, payload: bytes, rnd: random.Random) -> bytes:
     return _tag(num, 2, rnd) + _overlong(_varint(len(payload)), 5, rnd) + payload
 
 
-_VARINT_TYPES = {FD.TYPE_INT64, FD.TYPE_INT32, FD.TYPE_UINT32, FD.TYPE_ENUM, FD.TYPE_BOOL}
+_VARINT_TYPES = {
+    FD.TYPE_INT64,
+    FD.TYPE_INT32,
+    FD.TYPE_UINT32,
+    FD.TYPE_UINT64,
+    FD.TYPE_ENUM,
+    FD.TYPE_BOOL,
+}
 
 
 def _unknown_field(rnd: random.Random, known: set[int], depth: int = 0) -> bytes:
@@ -314,6 +321,10 @@ def _scalar(fd: FD, value: object, rnd: random.Random) -> bytes:
         return _tag(num, 1, rnd) + struct.pack("<d", value)
     if fd.type == FD.TYPE_FIXED32:
         return _tag(num, 5, rnd) + struct.pack("<I", value)
+    if fd.type == FD.TYPE_SFIXED64:
+        return _tag(num, 1, rnd) + struct.pack("<q", value)
+    if fd.type == FD.TYPE_SINT32:  # zigzag
+        return _tag(num, 0, rnd) + _overlong(_varint((value << 1) ^ (value >> 31)), 10, rnd)
     assert fd.type in _VARINT_TYPES, fd.type
     return _tag(num, 0, rnd) + _overlong(_varint(int(value)), 10, rnd)
 
@@ -329,6 +340,10 @@ def _random_scalar(fd: FD, rnd: random.Random) -> object:
         return rnd.random() < 0.5
     if fd.type in (FD.TYPE_FIXED64, FD.TYPE_FIXED32):
         return rnd.randint(0, 2**32 - 1)
+    if fd.type == FD.TYPE_SFIXED64:
+        return rnd.randint(-(2**63), 2**63 - 1)
+    if fd.type == FD.TYPE_UINT64:
+        return rnd.randint(0, 2**64 - 1)
     return rnd.randint(-3, 7)
 
 

@@ -1,0 +1,964 @@
+/*
+ * Included by _wire.c: an ExportMetricsServiceRequest, as serialized bytes, straight into the
+ * columns of the five otel_metrics_* tables. Semantics are those of decode_metrics()
+ * (decode_metrics.py, metric_kinds.py) on the request parsed by upb;
+ * tests/test_wire_decoder_metrics.py compares both.
+ *
+ *   - Each point type fills its own table, in request order within the table; decode_metrics
+ *     emits the tables in the order gauge, sum, histogram, exponential histogram, summary.
+ *   - A point whose start or time does not fit int64 is rejected (still parsed, as upb would,
+ *     but what it cut is not counted); an exemplar's time is clamped instead.
+ *   - The resource's attributes are counted for every ResourceMetrics, the scope's when the
+ *     scope has at least one metric (decode_metrics renders a scope only then).
+ *   - Metric.data is a oneof: a later member replaces an earlier one, and occurrences of the
+ *     same member merge, so the points are those of the last run of the last member.
+ *   - Gauge and sum values and exemplar values: as_double or as_int (whichever came last), as
+ *     a double; 0.0 when neither. Histogram sum/min/max are null when absent.
+ */
+
+/* Fixed-width buffers of a table (not every table uses every one). */
+enum {
+    MN_START,
+    MN_TIME,
+    MN_FLAGS,
+    MN_SCOPE_DROPPED,
+    MN_EX_OFFSETS,
+    MN_EX_TIME,
+    MN_EX_VALUE,
+    MN_VALUE,
+    MN_TEMPORALITY,
+    MN_MONOTONIC, /* one byte per row, packed into bits at export */
+    MN_COUNT,
+    MN_SUM,
+    MN_SUM_VALID, /* one byte per row: 1 when present */
+    MN_MIN,
+    MN_MIN_VALID,
+    MN_MAX,
+    MN_MAX_VALID,
+    MN_BUCKET_OFFSETS,
+    MN_BUCKETS,
+    MN_BOUND_OFFSETS,
+    MN_BOUNDS,
+    MN_SCALE,
+    MN_ZERO_COUNT,
+    MN_ZERO_THRESHOLD,
+    MN_POS_OFFSET,
+    MN_POS_OFFSETS,
+    MN_POS_COUNTS,
+    MN_NEG_OFFSET,
+    MN_NEG_OFFSETS,
+    MN_NEG_COUNTS,
+    MN_Q_OFFSETS,
+    MN_Q_QUANTILE,
+    MN_Q_VALUE,
+    MN_NUM
+};
+enum {
+    MS_RESOURCE_URL,
+    MS_SCOPE_NAME,
+    MS_SCOPE_VERSION,
+    MS_SCOPE_URL,
+    MS_SERVICE,
+    MS_NAME,
+    MS_DESCRIPTION,
+    MS_UNIT,
+    MS_EX_SPAN,
+    MS_EX_TRACE,
+    MS_NUM
+};
+enum { MA_RESOURCE, MA_SCOPE, MA_ATTRS, MA_EX_ATTRS, MA_NUM };
+/* The tables, in the order decode_metrics emits them; the Python wrapper maps the index. */
+enum { T_GAUGE, T_SUM, T_HISTOGRAM, T_EXP_HISTOGRAM, T_SUMMARY, T_NUM };
+
+typedef struct {
+    int ready;
+    size_t rows;
+    Buf num[MN_NUM];
+    StrCol str[MS_NUM];
+    MapCol map[MA_NUM];
+} MetricTable;
+
+/* Where a point started writing, to undo a rejected one. */
+typedef struct {
+    size_t num[MN_NUM];
+    StrMark str[MS_NUM];
+    MapMark map[MA_NUM];
+    Py_ssize_t dropped, truncated;
+} TableMark;
+
+typedef struct {
+    Dec d;
+    MetricTable t[T_NUM];
+    PairList point_pairs, ex_pairs;
+    Bytes resource_url, scope_url, name, description, unit;
+    uint32_t scope_dropped;
+    /* The enclosing Sum/Histogram/ExponentialHistogram's fields, for each of its points. */
+    int32_t temporality;
+    uint8_t monotonic;
+    size_t input_len;
+} MetricDec;
+
+static const int OFFSET_BUFS[] = {MN_EX_OFFSETS,  MN_BUCKET_OFFSETS, MN_BOUND_OFFSETS,
+                                  MN_POS_OFFSETS, MN_NEG_OFFSETS,    MN_Q_OFFSETS};
+
+static int
+table_ready(MetricDec *M, MetricTable *t)
+{
+    if (t->ready)
+        return 0;
+    t->ready = 1;
+    /* A guess of one point per 100 bytes of request for the common columns. */
+    size_t rows = M->input_len / 100 + 1;
+    if (buf_reserve(&t->num[MN_START], 8 * rows) < 0 ||
+        buf_reserve(&t->num[MN_TIME], 8 * rows) < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof OFFSET_BUFS / sizeof OFFSET_BUFS[0]; i++)
+        if (buf_put_i32(&t->num[OFFSET_BUFS[i]], 0) < 0)
+            return -1;
+    for (int i = 0; i < MS_NUM; i++)
+        if (strcol_init(&t->str[i]) < 0)
+            return -1;
+    for (int i = 0; i < MA_NUM; i++)
+        if (mapcol_init(&t->map[i]) < 0)
+            return -1;
+    return 0;
+}
+
+static void
+table_mark(const MetricDec *M, const MetricTable *t, TableMark *m)
+{
+    for (int i = 0; i < MN_NUM; i++)
+        m->num[i] = t->num[i].len;
+    for (int i = 0; i < MS_NUM; i++)
+        strcol_mark(&t->str[i], &m->str[i]);
+    for (int i = 0; i < MA_NUM; i++)
+        mapcol_mark(&t->map[i], &m->map[i]);
+    m->dropped = M->d.dropped_attributes;
+    m->truncated = M->d.truncated_values;
+}
+
+static void
+table_restore(MetricDec *M, MetricTable *t, const TableMark *m)
+{
+    for (int i = 0; i < MN_NUM; i++)
+        t->num[i].len = m->num[i];
+    for (int i = 0; i < MS_NUM; i++)
+        strcol_restore(&t->str[i], &m->str[i]);
+    for (int i = 0; i < MA_NUM; i++)
+        mapcol_restore(&t->map[i], &m->map[i]);
+    M->d.dropped_attributes = m->dropped;
+    M->d.truncated_values = m->truncated;
+}
+
+static void
+metricdec_free(MetricDec *M)
+{
+    dec_free(&M->d);
+    for (int k = 0; k < T_NUM; k++) {
+        MetricTable *t = &M->t[k];
+        for (int i = 0; i < MN_NUM; i++)
+            buf_free(&t->num[i]);
+        for (int i = 0; i < MS_NUM; i++)
+            strcol_free(&t->str[i]);
+        for (int i = 0; i < MA_NUM; i++)
+            mapcol_free(&t->map[i]);
+    }
+    pairs_free(&M->point_pairs);
+    pairs_free(&M->ex_pairs);
+}
+
+static inline int
+put_f64(Buf *b, double x)
+{
+    return buf_put(b, &x, sizeof x);
+}
+
+static inline double
+as_f64(uint64_t u)
+{
+    double x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* A sint32 as upb reads it: the varint's low 32 bits, zigzag-decoded. */
+static inline int32_t
+zigzag32(uint64_t u)
+{
+    uint32_t n = (uint32_t)u;
+    return (int32_t)((n >> 1) ^ (0u - (n & 1)));
+}
+
+/* The value oneof of a NumberDataPoint or Exemplar: the member seen last. */
+enum { NV_NONE, NV_DOUBLE, NV_INT };
+
+static inline double
+number_value(int which, uint64_t u)
+{
+    if (which == NV_DOUBLE)
+        return as_f64(u);
+    if (which == NV_INT)
+        return (double)(int64_t)u;
+    return 0.0;
+}
+
+/* A repeated fixed64 or double (field of wire type I64), packed or not, appended to `out`. */
+static int
+add_fixed64s(Buf *out, const Field *f)
+{
+    if (f->wt == WT_I64)
+        return buf_put(out, &f->u, 8);
+    if (f->wt != WT_LEN)
+        return 0;
+    if (f->n % 8)
+        return fail("packed fixed64 field of bad length");
+    if (buf_reserve(out, f->n) < 0)
+        return -1;
+    for (size_t i = 0; i < f->n; i += 8) {
+        uint64_t v = load_le64(f->p + i);
+        memcpy(out->p + out->len, &v, 8);
+        out->len += 8;
+    }
+    return 0;
+}
+
+/* A repeated uint64 (varints), packed or not, appended to `out`. */
+static int
+add_varints(Buf *out, const Field *f)
+{
+    if (f->wt == WT_VARINT)
+        return buf_put(out, &f->u, 8);
+    if (f->wt != WT_LEN)
+        return 0;
+    const uint8_t *q = f->p, *qend = f->p + f->n;
+    while (q < qend) {
+        uint64_t v;
+        if (read_varint(&q, qend, &v) < 0)
+            return -1;
+        if (buf_put(out, &v, 8) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+dec_exemplar(MetricDec *M, MetricTable *t, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    const uint8_t *empty = (const uint8_t *)"";
+    Bytes trace = {empty, 0}, span = {empty, 0};
+    uint64_t time = 0, value = 0;
+    int which = NV_NONE;
+    PairList *pl = &M->ex_pairs;
+    pairs_reset(pl);
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        switch (f.num) {
+        case 2:
+            if (f.wt == WT_I64)
+                time = f.u;
+            break;
+        case 3:
+        case 6:
+            if (f.wt == WT_I64) {
+                which = f.num == 3 ? NV_DOUBLE : NV_INT;
+                value = f.u;
+            }
+            break;
+        case 4:
+        case 5:
+            if (f.wt == WT_LEN) {
+                Bytes *b = f.num == 4 ? &span : &trace;
+                b->p = f.p;
+                b->n = f.n;
+            }
+            break;
+        case 7:
+            if (f.wt == WT_LEN && dec_attribute(&M->d, pl, &f, depth + 1) < 0)
+                return -1;
+            break;
+        default:
+            break;
+        }
+    }
+    /* A bad exemplar time should not cost the point it illustrates: clamp it. */
+    if (time > MAX_TIMESTAMP_NS)
+        time = MAX_TIMESTAMP_NS;
+    if (buf_put_i64(&t->num[MN_EX_TIME], (int64_t)time) < 0 ||
+        put_f64(&t->num[MN_EX_VALUE], number_value(which, value)) < 0 ||
+        add_hex_or_empty(&t->str[MS_EX_SPAN], span.p, span.n) < 0 ||
+        add_hex_or_empty(&t->str[MS_EX_TRACE], trace.p, trace.n) < 0)
+        return -1;
+    return pairs_to_row(pl, &t->map[MA_EX_ATTRS]);
+}
+
+/* A Buckets message (offset, bucket_counts) of an exponential histogram point. */
+static int
+dec_buckets(Buf *counts, int32_t *offset, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == 1 && f.wt == WT_VARINT)
+            *offset = zigzag32(f.u);
+        else if (f.num == 2 && add_varints(counts, &f) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+dec_quantile(MetricTable *t, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    uint64_t quantile = 0, value = 0;
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.wt != WT_I64)
+            continue;
+        if (f.num == 1)
+            quantile = f.u;
+        else if (f.num == 2)
+            value = f.u;
+    }
+    return buf_put(&t->num[MN_Q_QUANTILE], &quantile, 8) < 0 ||
+                   buf_put(&t->num[MN_Q_VALUE], &value, 8) < 0
+               ? -1
+               : 0;
+}
+
+/* The fields of one point, as read; which are used depends on the table. */
+typedef struct {
+    uint64_t start, time, count, sum, min, max, zero_count, zero_threshold, value;
+    int has_sum, has_min, has_max, which;
+    uint32_t flags;
+    int32_t scale, pos_offset, neg_offset;
+} Point;
+
+/* Reads one data point of table `k` into `pt` and the table's child columns. Field numbers
+ * differ by point type; start (2) and time (3) are the same in all. */
+static int
+read_point(MetricDec *M, int k, Point *pt, const uint8_t *p, const uint8_t *end, int depth)
+{
+    MetricTable *t = &M->t[k];
+    PairList *pl = &M->point_pairs;
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        uint32_t num = f.num;
+        if ((num == 2 || num == 3) && f.wt == WT_I64) {
+            *(num == 2 ? &pt->start : &pt->time) = f.u;
+            continue;
+        }
+        /* Attributes: field 7 in number and summary points, 9 in histogram, 1 in exponential. */
+        int attr_num = k == T_HISTOGRAM ? 9 : k == T_EXP_HISTOGRAM ? 1 : 7;
+        if (num == (uint32_t)attr_num) {
+            if (f.wt == WT_LEN && dec_attribute(&M->d, pl, &f, depth + 1) < 0)
+                return -1;
+            continue;
+        }
+        /* Exemplars: 5 in number points, 8 in histogram, 11 in exponential; none in summary. */
+        int ex_num = k == T_HISTOGRAM ? 8 : k == T_EXP_HISTOGRAM ? 11 : k == T_SUMMARY ? -1 : 5;
+        if (num == (uint32_t)ex_num) {
+            if (f.wt == WT_LEN && dec_exemplar(M, t, f.p, f.p + f.n, depth + 1) < 0)
+                return -1;
+            continue;
+        }
+        switch (k) {
+        case T_GAUGE:
+        case T_SUM:
+            if ((num == 4 || num == 6) && f.wt == WT_I64) {
+                pt->which = num == 4 ? NV_DOUBLE : NV_INT;
+                pt->value = f.u;
+            }
+            else if (num == 8 && f.wt == WT_VARINT)
+                pt->flags = (uint32_t)f.u;
+            break;
+        case T_HISTOGRAM:
+            if (num == 4 && f.wt == WT_I64)
+                pt->count = f.u;
+            else if ((num == 5 || num == 11 || num == 12) && f.wt == WT_I64) {
+                if (num == 5)
+                    pt->sum = f.u, pt->has_sum = 1;
+                else if (num == 11)
+                    pt->min = f.u, pt->has_min = 1;
+                else
+                    pt->max = f.u, pt->has_max = 1;
+            }
+            else if (num == 6 && add_fixed64s(&t->num[MN_BUCKETS], &f) < 0)
+                return -1;
+            else if (num == 7 && add_fixed64s(&t->num[MN_BOUNDS], &f) < 0)
+                return -1;
+            else if (num == 10 && f.wt == WT_VARINT)
+                pt->flags = (uint32_t)f.u;
+            break;
+        case T_EXP_HISTOGRAM:
+            if ((num == 4 || num == 7 || num == 14) && f.wt == WT_I64)
+                *(num == 4 ? &pt->count : num == 7 ? &pt->zero_count : &pt->zero_threshold) = f.u;
+            else if ((num == 5 || num == 12 || num == 13) && f.wt == WT_I64) {
+                if (num == 5)
+                    pt->sum = f.u, pt->has_sum = 1;
+                else if (num == 12)
+                    pt->min = f.u, pt->has_min = 1;
+                else
+                    pt->max = f.u, pt->has_max = 1;
+            }
+            else if (num == 6 && f.wt == WT_VARINT)
+                pt->scale = zigzag32(f.u);
+            else if ((num == 8 || num == 9) && f.wt == WT_LEN) {
+                int pos = num == 8;
+                if (dec_buckets(&t->num[pos ? MN_POS_COUNTS : MN_NEG_COUNTS],
+                                pos ? &pt->pos_offset : &pt->neg_offset, f.p, f.p + f.n,
+                                depth + 1) < 0)
+                    return -1;
+            }
+            else if (num == 10 && f.wt == WT_VARINT)
+                pt->flags = (uint32_t)f.u;
+            break;
+        default: /* T_SUMMARY */
+            if (num == 4 && f.wt == WT_I64)
+                pt->count = f.u;
+            else if (num == 5 && f.wt == WT_I64)
+                pt->sum = f.u;
+            else if (num == 6 && f.wt == WT_LEN) {
+                if (dec_quantile(t, f.p, f.p + f.n, depth + 1) < 0)
+                    return -1;
+            }
+            else if (num == 8 && f.wt == WT_VARINT)
+                pt->flags = (uint32_t)f.u;
+            break;
+        }
+    }
+    return 0;
+}
+
+static int
+put_optional(Buf *values, Buf *valid, int present, uint64_t bits)
+{
+    uint8_t v = (uint8_t)present;
+    if (!present)
+        bits = 0;
+    return buf_put(values, &bits, 8) < 0 || buf_put(valid, &v, 1) < 0 ? -1 : 0;
+}
+
+static int
+dec_point(MetricDec *M, int k, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    MetricTable *t = &M->t[k];
+    Dec *d = &M->d;
+    if (table_ready(M, t) < 0)
+        return -1;
+    TableMark mark;
+    table_mark(M, t, &mark);
+    pairs_reset(&M->point_pairs);
+    Point pt;
+    memset(&pt, 0, sizeof pt);
+    if (read_point(M, k, &pt, p, end, depth) < 0)
+        return -1;
+    if (pt.start > MAX_TIMESTAMP_NS || pt.time > MAX_TIMESTAMP_NS) {
+        table_restore(M, t, &mark);
+        d->rejected++;
+        d->first_reason = 0;
+        return 0;
+    }
+
+    Buf *n = t->num;
+    StrCol *s = t->str;
+    uint32_t scope_dropped = M->scope_dropped;
+    if (buf_put_i64(&n[MN_START], (int64_t)pt.start) < 0 ||
+        buf_put_i64(&n[MN_TIME], (int64_t)pt.time) < 0 ||
+        buf_put(&n[MN_FLAGS], &pt.flags, 4) < 0 ||
+        buf_put(&n[MN_SCOPE_DROPPED], &scope_dropped, 4) < 0 ||
+        strcol_add(&s[MS_RESOURCE_URL], (const char *)M->resource_url.p, M->resource_url.n) < 0 ||
+        strcol_add(&s[MS_SCOPE_NAME], d->scope_name, d->scope_name_len) < 0 ||
+        strcol_add(&s[MS_SCOPE_VERSION], d->scope_version, d->scope_version_len) < 0 ||
+        strcol_add(&s[MS_SCOPE_URL], (const char *)M->scope_url.p, M->scope_url.n) < 0 ||
+        strcol_add(&s[MS_SERVICE], d->service_name.p, d->service_name.len) < 0 ||
+        strcol_add(&s[MS_NAME], (const char *)M->name.p, M->name.n) < 0 ||
+        strcol_add(&s[MS_DESCRIPTION], (const char *)M->description.p, M->description.n) < 0 ||
+        strcol_add(&s[MS_UNIT], (const char *)M->unit.p, M->unit.n) < 0 ||
+        add_resource_scope_rows(d, &t->map[MA_RESOURCE], &t->map[MA_SCOPE]) < 0 ||
+        pairs_to_row(&M->point_pairs, &t->map[MA_ATTRS]) < 0 ||
+        put_offset(&n[MN_EX_OFFSETS], strcol_rows(&s[MS_EX_SPAN])) < 0)
+        return -1;
+    int rc = 0;
+    switch (k) {
+    case T_GAUGE:
+        rc = put_f64(&n[MN_VALUE], number_value(pt.which, pt.value));
+        break;
+    case T_SUM:
+        rc = (put_f64(&n[MN_VALUE], number_value(pt.which, pt.value)) < 0 ||
+              buf_put(&n[MN_TEMPORALITY], &M->temporality, 4) < 0 ||
+              buf_put(&n[MN_MONOTONIC], &M->monotonic, 1) < 0)
+                 ? -1
+                 : 0;
+        break;
+    case T_HISTOGRAM:
+    case T_EXP_HISTOGRAM:
+        rc = (buf_put(&n[MN_COUNT], &pt.count, 8) < 0 ||
+              put_optional(&n[MN_SUM], &n[MN_SUM_VALID], pt.has_sum, pt.sum) < 0 ||
+              put_optional(&n[MN_MIN], &n[MN_MIN_VALID], pt.has_min, pt.min) < 0 ||
+              put_optional(&n[MN_MAX], &n[MN_MAX_VALID], pt.has_max, pt.max) < 0 ||
+              buf_put(&n[MN_TEMPORALITY], &M->temporality, 4) < 0)
+                 ? -1
+                 : 0;
+        if (rc == 0 && k == T_HISTOGRAM)
+            rc = (put_offset(&n[MN_BUCKET_OFFSETS], n[MN_BUCKETS].len / 8) < 0 ||
+                  put_offset(&n[MN_BOUND_OFFSETS], n[MN_BOUNDS].len / 8) < 0)
+                     ? -1
+                     : 0;
+        else if (rc == 0)
+            rc = (buf_put(&n[MN_SCALE], &pt.scale, 4) < 0 ||
+                  buf_put(&n[MN_ZERO_COUNT], &pt.zero_count, 8) < 0 ||
+                  buf_put(&n[MN_ZERO_THRESHOLD], &pt.zero_threshold, 8) < 0 ||
+                  buf_put(&n[MN_POS_OFFSET], &pt.pos_offset, 4) < 0 ||
+                  put_offset(&n[MN_POS_OFFSETS], n[MN_POS_COUNTS].len / 8) < 0 ||
+                  buf_put(&n[MN_NEG_OFFSET], &pt.neg_offset, 4) < 0 ||
+                  put_offset(&n[MN_NEG_OFFSETS], n[MN_NEG_COUNTS].len / 8) < 0)
+                     ? -1
+                     : 0;
+        break;
+    default: /* T_SUMMARY */
+        rc = (buf_put(&n[MN_COUNT], &pt.count, 8) < 0 ||
+              buf_put(&n[MN_SUM], &pt.sum, 8) < 0 ||
+              put_offset(&n[MN_Q_OFFSETS], n[MN_Q_QUANTILE].len / 8) < 0)
+                 ? -1
+                 : 0;
+        break;
+    }
+    if (rc < 0)
+        return -1;
+    t->rows++;
+    return 0;
+}
+
+/* Metric.data field numbers → table. */
+static int
+data_table(uint32_t num)
+{
+    switch (num) {
+    case 5:
+        return T_GAUGE;
+    case 7:
+        return T_SUM;
+    case 9:
+        return T_HISTOGRAM;
+    case 10:
+        return T_EXP_HISTOGRAM;
+    case 11:
+        return T_SUMMARY;
+    default:
+        return -1;
+    }
+}
+
+/* One occurrence of Gauge/Sum/Histogram/ExponentialHistogram/Summary: its points (field 1). */
+static int
+dec_data_points(MetricDec *M, int k, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == 1 && f.wt == WT_LEN && dec_point(M, k, f.p, f.p + f.n, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The temporality and monotonic flag of one data occurrence (last wins across occurrences). */
+static int
+read_data_fields(MetricDec *M, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.wt != WT_VARINT)
+            continue;
+        if (f.num == 2)
+            M->temporality = (int32_t)(uint32_t)f.u;
+        else if (f.num == 3)
+            M->monotonic = f.u != 0;
+    }
+    return 0;
+}
+
+/* Metric.data field numbers, by table. */
+static const uint32_t DATA_FIELD[T_NUM] = {5, 7, 9, 10, 11};
+/* The validation kinds of the data messages, by table. */
+static const int DATA_MSG[T_NUM] = {MSG_GAUGE, MSG_SUM, MSG_HISTOGRAM, MSG_EXP_HISTOGRAM,
+                                    MSG_SUMMARY};
+
+static int
+dec_metric(MetricDec *M, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return fail("nesting too deep");
+    const uint8_t *start = p;
+    const uint8_t *empty = (const uint8_t *)"";
+    M->name.p = M->description.p = M->unit.p = empty;
+    M->name.n = M->description.n = M->unit.n = 0;
+    int k = -1;
+    const uint8_t *run = NULL; /* where the last run of the oneof member `k` begins */
+    Field f;
+    while (p < end) {
+        const uint8_t *at = p;
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.wt != WT_LEN)
+            continue;
+        if (f.num >= 1 && f.num <= 3) {
+            if (check_utf8(&f) < 0)
+                return -1;
+            Bytes *b = f.num == 1 ? &M->name : f.num == 2 ? &M->description : &M->unit;
+            b->p = f.p;
+            b->n = f.n;
+        }
+        else if (f.num == 12) {
+            if (validate_msg(f.p, f.p + f.n, MSG_KEY_VALUE, depth + 1) < 0)
+                return -1;
+        }
+        else {
+            int table = data_table(f.num);
+            if (table >= 0 && table != k) {
+                k = table;
+                run = at;
+            }
+        }
+    }
+    if (k < 0)
+        return 0;
+    /* Members replaced by a later one are parsed by upb all the same: check them. */
+    for (p = start; p < run;) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        int table = f.wt == WT_LEN ? data_table(f.num) : -1;
+        if (table >= 0 && validate_msg(f.p, f.p + f.n, DATA_MSG[table], depth + 1) < 0)
+            return -1;
+    }
+    /* The last run: the member's own fields first (they may follow its points), then the
+     * points. */
+    M->temporality = 0;
+    M->monotonic = 0;
+    uint32_t want = DATA_FIELD[k];
+    for (p = run; p < end;) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == want && f.wt == WT_LEN && read_data_fields(M, f.p, f.p + f.n, depth + 1) < 0)
+            return -1;
+    }
+    for (p = run; p < end;) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == want && f.wt == WT_LEN &&
+            dec_data_points(M, k, f.p, f.p + f.n, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+dec_scope_metrics(MetricDec *M, const uint8_t *p, const uint8_t *end, int depth)
+{
+    Dec *d = &M->d;
+    Py_ssize_t dropped = d->dropped_attributes, truncated = d->truncated_values;
+    if (read_scope_x(d, p, end, depth, &M->scope_url, &M->scope_dropped) < 0)
+        return -1;
+    dropped = d->dropped_attributes - dropped;
+    truncated = d->truncated_values - truncated;
+    int metrics = 0;
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == 2 && f.wt == WT_LEN) {
+            metrics = 1;
+            if (dec_metric(M, f.p, f.p + f.n, depth + 1) < 0)
+                return -1;
+        }
+    }
+    /* What the scope's own attributes cut counts only if the scope has a metric. */
+    if (!metrics) {
+        d->dropped_attributes -= dropped;
+        d->truncated_values -= truncated;
+    }
+    return 0;
+}
+
+static int
+dec_resource_metrics(MetricDec *M, const uint8_t *p, const uint8_t *end, int depth)
+{
+    if (read_resource_x(&M->d, p, end, depth, &M->resource_url) < 0)
+        return -1;
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, depth) < 0)
+            return -1;
+        if (f.num == 2 && f.wt == WT_LEN && dec_scope_metrics(M, f.p, f.p + f.n, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+dec_metrics_request(MetricDec *M, const uint8_t *p, const uint8_t *end)
+{
+    Field f;
+    while (p < end) {
+        if (next_field(&p, end, &f, 0) < 0)
+            return -1;
+        if (f.num == 1 && f.wt == WT_LEN && dec_resource_metrics(M, f.p, f.p + f.n, 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- Export ---- */
+
+/* One byte per row (0/1) → an Arrow bitmap in a new buffer owned by the holder; counts the
+ * zeros. Returns NULL (no bitmap) when `nulls_only` and every byte is 1. */
+static const void *
+pack_bits(Holder *h, Buf *bytes, size_t rows, int nulls_only, int64_t *zeros)
+{
+    size_t ones = 0;
+    for (size_t i = 0; i < rows; i++)
+        ones += (uint8_t)bytes->p[i] != 0;
+    *zeros = (int64_t)(rows - ones);
+    if (nulls_only && ones == rows)
+        return NULL;
+    uint8_t *bits = calloc((rows + 7) / 8 + 1, 1);
+    if (bits == NULL)
+        return NULL; /* reported by the caller through PyErr_NoMemory */
+    for (size_t i = 0; i < rows; i++)
+        if (bytes->p[i])
+            bits[i / 8] |= (uint8_t)(1u << (i % 8));
+    h->owned[h->n_owned++] = bits;
+    return bits;
+}
+
+/* A float64 column whose rows are null where `valid` holds 0. */
+static struct ArrowArray *
+nullable_array(Holder *h, Buf *values, Buf *valid, size_t rows, int *oom)
+{
+    struct ArrowArray *a = fixed_array(h, values, rows);
+    int64_t nulls = 0;
+    const void *bits = pack_bits(h, valid, rows, 1, &nulls);
+    if (bits == NULL && nulls) {
+        *oom = 1;
+        nulls = 0;
+    }
+    a->buffers[0] = bits;
+    a->null_count = nulls;
+    return a;
+}
+
+static struct ArrowArray *
+bool_array(Holder *h, Buf *bytes, size_t rows, int *oom)
+{
+    struct ArrowArray *a = new_array(h, NULL, rows, 2, 0);
+    int64_t zeros;
+    const void *bits = pack_bits(h, bytes, rows, 0, &zeros);
+    if (bits == NULL) {
+        *oom = 1;
+        bits = EMPTY_BUFFER;
+    }
+    a->buffers[1] = bits;
+    return a;
+}
+
+/* A list<fixed-width> column: row offsets into a child buffer of `items` values. */
+static struct ArrowArray *
+list_array(Holder *h, Buf *offsets, size_t rows, Buf *child, size_t items)
+{
+    struct ArrowArray *a = new_array(h, NULL, rows, 2, 1);
+    a->buffers[1] = take(h, offsets);
+    a->children[0] = fixed_array(h, child, items);
+    return a;
+}
+
+/* The table's columns in the order of its opstrata.schema.METRICS_* schema. */
+static PyObject *
+export_metric_table(MetricTable *t, int k)
+{
+    size_t rows = t->rows;
+    struct ArrowArray *root = malloc(sizeof *root);
+    Holder *h = calloc(1, sizeof *h);
+    if (root == NULL || h == NULL) {
+        free(root);
+        free(h);
+        return PyErr_NoMemory();
+    }
+    Buf *n = t->num;
+    StrCol *s = t->str;
+    MapCol *m = t->map;
+    int oom = 0;
+    struct ArrowArray *columns[32];
+    int c = 0;
+    columns[c++] = map_array(h, &m[MA_RESOURCE], rows);
+    columns[c++] = string_array(h, &s[MS_RESOURCE_URL]);
+    columns[c++] = string_array(h, &s[MS_SCOPE_NAME]);
+    columns[c++] = string_array(h, &s[MS_SCOPE_VERSION]);
+    columns[c++] = map_array(h, &m[MA_SCOPE], rows);
+    columns[c++] = fixed_array(h, &n[MN_SCOPE_DROPPED], rows);
+    columns[c++] = string_array(h, &s[MS_SCOPE_URL]);
+    columns[c++] = string_array(h, &s[MS_SERVICE]);
+    columns[c++] = string_array(h, &s[MS_NAME]);
+    columns[c++] = string_array(h, &s[MS_DESCRIPTION]);
+    columns[c++] = string_array(h, &s[MS_UNIT]);
+    columns[c++] = map_array(h, &m[MA_ATTRS], rows);
+    columns[c++] = fixed_array(h, &n[MN_START], rows);
+    columns[c++] = fixed_array(h, &n[MN_TIME], rows);
+
+    struct ArrowArray *exemplars = NULL;
+    if (k != T_SUMMARY) {
+        size_t items = strcol_rows(&s[MS_EX_SPAN]);
+        struct ArrowArray *fields[] = {
+            map_array(h, &m[MA_EX_ATTRS], items),
+            fixed_array(h, &n[MN_EX_TIME], items),
+            fixed_array(h, &n[MN_EX_VALUE], items),
+            string_array(h, &s[MS_EX_SPAN]),
+            string_array(h, &s[MS_EX_TRACE]),
+        };
+        exemplars = list_of_structs(h, &n[MN_EX_OFFSETS], rows, items, fields, 5);
+    }
+    switch (k) {
+    case T_GAUGE:
+        columns[c++] = fixed_array(h, &n[MN_VALUE], rows);
+        columns[c++] = fixed_array(h, &n[MN_FLAGS], rows);
+        columns[c++] = exemplars;
+        break;
+    case T_SUM:
+        columns[c++] = fixed_array(h, &n[MN_VALUE], rows);
+        columns[c++] = fixed_array(h, &n[MN_FLAGS], rows);
+        columns[c++] = exemplars;
+        columns[c++] = fixed_array(h, &n[MN_TEMPORALITY], rows);
+        columns[c++] = bool_array(h, &n[MN_MONOTONIC], rows, &oom);
+        break;
+    case T_HISTOGRAM:
+        columns[c++] = fixed_array(h, &n[MN_COUNT], rows);
+        columns[c++] = nullable_array(h, &n[MN_SUM], &n[MN_SUM_VALID], rows, &oom);
+        columns[c++] = list_array(h, &n[MN_BUCKET_OFFSETS], rows, &n[MN_BUCKETS],
+                                  n[MN_BUCKETS].len / 8);
+        columns[c++] = list_array(h, &n[MN_BOUND_OFFSETS], rows, &n[MN_BOUNDS],
+                                  n[MN_BOUNDS].len / 8);
+        columns[c++] = exemplars;
+        columns[c++] = fixed_array(h, &n[MN_FLAGS], rows);
+        columns[c++] = nullable_array(h, &n[MN_MIN], &n[MN_MIN_VALID], rows, &oom);
+        columns[c++] = nullable_array(h, &n[MN_MAX], &n[MN_MAX_VALID], rows, &oom);
+        columns[c++] = fixed_array(h, &n[MN_TEMPORALITY], rows);
+        break;
+    case T_EXP_HISTOGRAM:
+        columns[c++] = fixed_array(h, &n[MN_COUNT], rows);
+        columns[c++] = nullable_array(h, &n[MN_SUM], &n[MN_SUM_VALID], rows, &oom);
+        columns[c++] = fixed_array(h, &n[MN_SCALE], rows);
+        columns[c++] = fixed_array(h, &n[MN_ZERO_COUNT], rows);
+        columns[c++] = fixed_array(h, &n[MN_POS_OFFSET], rows);
+        columns[c++] = list_array(h, &n[MN_POS_OFFSETS], rows, &n[MN_POS_COUNTS],
+                                  n[MN_POS_COUNTS].len / 8);
+        columns[c++] = fixed_array(h, &n[MN_NEG_OFFSET], rows);
+        columns[c++] = list_array(h, &n[MN_NEG_OFFSETS], rows, &n[MN_NEG_COUNTS],
+                                  n[MN_NEG_COUNTS].len / 8);
+        columns[c++] = exemplars;
+        columns[c++] = fixed_array(h, &n[MN_FLAGS], rows);
+        columns[c++] = nullable_array(h, &n[MN_MIN], &n[MN_MIN_VALID], rows, &oom);
+        columns[c++] = nullable_array(h, &n[MN_MAX], &n[MN_MAX_VALID], rows, &oom);
+        columns[c++] = fixed_array(h, &n[MN_TEMPORALITY], rows);
+        columns[c++] = fixed_array(h, &n[MN_ZERO_THRESHOLD], rows);
+        break;
+    default: { /* T_SUMMARY */
+        columns[c++] = fixed_array(h, &n[MN_COUNT], rows);
+        columns[c++] = fixed_array(h, &n[MN_SUM], rows);
+        size_t items = n[MN_Q_QUANTILE].len / 8;
+        struct ArrowArray *fields[] = {
+            fixed_array(h, &n[MN_Q_QUANTILE], items),
+            fixed_array(h, &n[MN_Q_VALUE], items),
+        };
+        columns[c++] = list_of_structs(h, &n[MN_Q_OFFSETS], rows, items, fields, 2);
+        columns[c++] = fixed_array(h, &n[MN_FLAGS], rows);
+        break;
+    }
+    }
+    new_array(h, root, rows, 1, c);
+    for (int i = 0; i < c; i++)
+        root->children[i] = columns[i];
+    if (oom) {
+        release_array(root);
+        free(root);
+        return PyErr_NoMemory();
+    }
+    return root_capsule(root);
+}
+
+PyDoc_STRVAR(decode_metrics_doc,
+"decode_metrics(data, max_attributes, max_value_chars, render_complex)\n"
+"--\n\n"
+"Decode a serialized ExportMetricsServiceRequest into the otel_metrics_* columns.\n\n"
+"Returns (rejected, dropped_attributes, truncated_values, tables): tables is a list of\n"
+"(table index, capsule, address) for each table that received points, in the order gauge (0),\n"
+"sum (1), histogram (2), exponential histogram (3), summary (4); each capsule holds a struct\n"
+"array with the columns of that table's opstrata.schema.METRICS_* schema.");
+
+static PyObject *
+wire_decode_metrics(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t max_attributes, max_value_chars;
+    PyObject *render;
+    if (parse_decode_args(args, "y*nnO:decode_metrics", &view, &max_attributes,
+                          &max_value_chars, &render) < 0)
+        return NULL;
+    MetricDec *M = PyMem_Calloc(1, sizeof *M);
+    if (M == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = NULL, *tables = NULL;
+    M->input_len = (size_t)view.len;
+    if (dec_init_shared(&M->d, max_attributes, max_value_chars, render) < 0)
+        goto done;
+    const uint8_t *p = view.buf;
+    if (dec_metrics_request(M, p, p + view.len) < 0)
+        goto done;
+    if ((tables = PyList_New(0)) == NULL)
+        goto done;
+    for (int k = 0; k < T_NUM; k++) {
+        if (M->t[k].rows == 0)
+            continue;
+        PyObject *capsule = export_metric_table(&M->t[k], k);
+        if (capsule == NULL)
+            goto done;
+        void *address = PyCapsule_GetPointer(capsule, "arrow_array");
+        PyObject *item = Py_BuildValue("(iNN)", k, capsule, PyLong_FromVoidPtr(address));
+        if (item == NULL || PyList_Append(tables, item) < 0) {
+            Py_XDECREF(item);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    result = Py_BuildValue("(nnnO)", M->d.rejected, M->d.dropped_attributes,
+                           M->d.truncated_values, tables);
+done:
+    Py_XDECREF(tables);
+    metricdec_free(M);
+    PyMem_Free(M);
+    PyBuffer_Release(&view);
+    return result;
+}
