@@ -37,6 +37,7 @@ __all__ = [
     "TopologyGraph",
     "canonical",
     "nodes_of_resource",
+    "resource_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,90 @@ def _first_present(column: pa.Array, keys: tuple[str, ...]) -> pa.Array:
     return pc.coalesce(*values) if len(values) > 1 else values[0]
 
 
+def _int32s(buffer: pa.Buffer, offset: int, count: int) -> np.ndarray:
+    return np.frombuffer(buffer, np.int32, count, offset * 4)
+
+
+def _same_slices(
+    starts_a: np.ndarray, starts_b: np.ndarray, lengths: np.ndarray, data: np.ndarray
+) -> np.ndarray:
+    """Whether ``data[a:a+n] == data[b:b+n]`` for each (a, b, n), vectorised."""
+    same = np.ones(len(lengths), bool)
+    total = int(lengths.sum())
+    if total:
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        differ = (
+            data[np.repeat(starts_a, lengths) + within]
+            != data[np.repeat(starts_b, lengths) + within]
+        )
+        same[owner[differ]] = False
+    return same
+
+
+def _repeats(rows: np.ndarray, strings: pa.Array) -> bool:
+    """Whether every row (``rows`` delimits runs of ``strings``) is the row before, byte for
+    byte, with rows all of one length: then the rows' bytes equal themselves shifted by one row.
+    """
+    counts = np.diff(rows)
+    if counts.min() != counts.max():
+        return False
+    offsets = _int32s(strings.buffers()[1], strings.offset, len(strings) + 1)
+    bounds = offsets[rows]
+    width = np.diff(bounds)
+    if width.min() != width.max():
+        return False
+    lengths = np.diff(offsets)
+    if not np.array_equal(lengths[rows[1] : rows[-1]], lengths[rows[0] : rows[-2]]):
+        return False
+    data = strings.buffers()[2]
+    if data is None:
+        return True
+    size = int(bounds[-2] - bounds[0])
+    return data.slice(int(bounds[1]), size).equals(data.slice(int(bounds[0]), size))
+
+
+def resource_runs(resource: pa.MapArray, services: pa.Array) -> np.ndarray:
+    """The rows that begin a run of rows with the same resource (equal attribute maps, in the
+    same order, and service name): row 0, and each row that differs from the one before."""
+    n = len(resource)
+    if n <= 1:
+        return np.zeros(n, np.int64)
+    rows = _int32s(resource.buffers()[1], resource.offset, n + 1)
+    if (
+        _repeats(rows, resource.keys)
+        and _repeats(rows, resource.items)
+        and _repeats(np.arange(n + 1), services)
+    ):
+        return np.zeros(1, np.int64)  # the usual batch: one resource throughout
+    counts = np.diff(rows)
+    same = counts[1:] == counts[:-1]
+    same &= pc.equal(services.slice(1), services.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    for child in (resource.keys, resource.items):
+        offsets = _int32s(child.buffers()[1], child.offset, len(child) + 1).astype(np.int64)
+        data = np.frombuffer(child.buffers()[2] or b"", np.uint8)
+        first = offsets[rows]
+        nbytes = np.diff(first)
+        same &= nbytes[1:] == nbytes[:-1]
+        check = np.flatnonzero(same) + 1  # rows still equal to the row before
+        if not len(check):
+            break
+        # The same strings' lengths in both rows, then the same bytes.
+        rel = _same_slices(rows[check], rows[check - 1], counts[check], np.diff(offsets))
+        same[check - 1] &= rel
+        check = check[rel]
+        same[check - 1] &= _same_slices(first[check], first[check - 1], nbytes[check], data)
+    return np.concatenate(([0], np.flatnonzero(~same) + 1))
+
+
+def _placement_columns(records: pa.RecordBatch, time_column: str) -> tuple[pa.Array, ...]:
+    return (
+        records.column("ResourceAttributes"),
+        records.column("ServiceName"),
+        records.column(time_column),
+    )
+
+
 class TopologyConsumer(Consumer):
     """Learns the topology from every committed span batch (and placement from logs and
     metrics), and saves it in its state directory so a restart keeps what was learned."""
@@ -343,46 +428,55 @@ class TopologyConsumer(Consumer):
         self.graph.save(ctx.state_dir / "topology.json")
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        # The logs and metrics tables of a batch are learned from together: each call has a
+        # fixed cost, and a request of metric points fills up to five tables.
+        placement: list[tuple[pa.Array, pa.Array, pa.Array]] = []
         for table, records in batch.tables.items():
             if not records.num_rows:
                 continue
             if table is Table.TRACES:
                 self._learn_spans(records)
             else:
-                self._learn_placement(
-                    records, "TimeUnix" if table is not Table.LOGS else "Timestamp"
-                )
+                time_column = "TimeUnix" if table is not Table.LOGS else "Timestamp"
+                placement.append(_placement_columns(records, time_column))
+        if len(placement) == 1:
+            self._learn_placement(*placement[0])
+        elif placement:
+            self._learn_placement(
+                *(pa.concat_arrays(list(parts)) for parts in zip(*placement, strict=True))
+            )
         self._batches += 1
         self._latest = max(self._latest, latest_event_time(batch))
         if self._batches % 200 == 0:
             self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
             self.graph.save(ctx.state_dir / "topology.json")
 
-    def _learn_placement(self, records: pa.RecordBatch, time_column: str) -> pa.Table:
-        resource = records.column("ResourceAttributes")
-        columns = {"service": records.column("ServiceName")}
-        for key, kind in PLACEMENT_KEYS:
-            columns[kind] = _lookup(resource, key)
-        columns["time"] = records.column(time_column).cast(pa.int64())
-        placed = (
-            pa.table(columns)
-            .group_by(["service", "host", "pod", "node"])
-            .aggregate([("time", "max")])
-        )
-        for row in placed.to_pylist():
-            service, time = row["service"], row["time_max"] or 0
-            if row["pod"] and row["node"]:
-                self.graph.add(EdgeKind.RUNS_ON, ("pod", row["pod"]), ("host", row["node"]), time)
+    def _learn_placement(self, resource: pa.Array, services: pa.Array, times: pa.Array) -> None:
+        # Placement is a property of the resource, and a batch holds few resources in long runs
+        # (every item of one ResourceLogs/ResourceMetrics/ResourceSpans repeats it): read the
+        # placement keys once per run, not once per item.
+        starts = resource_runs(resource, services)
+        times = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        latest = np.maximum.reduceat(times, starts).tolist()
+        placed: dict[tuple[str, str, str, str], int] = {}
+        for start, time in zip(starts.tolist(), latest, strict=True):
+            # A handful of runs: Python on one row each is cheaper than compute kernels.
+            attributes = dict(resource.slice(start, 1).to_pylist()[0])
+            row = (services[start].as_py(), *(attributes.get(k) or "" for k, _ in PLACEMENT_KEYS))
+            if placed.get(row, -1) < time:
+                placed[row] = time
+        for (service, host, pod, node), time in placed.items():
+            if pod and node:
+                self.graph.add(EdgeKind.RUNS_ON, ("pod", pod), ("host", node), time)
             if not service:
                 continue
-            for kind in ("host", "pod", "node"):
-                if row[kind]:
-                    place = canonical((kind, row[kind]))
+            for kind, name in (("host", host), ("pod", pod), ("node", node)):
+                if name:
+                    place = canonical((kind, name))
                     self.graph.add(EdgeKind.RUNS_ON, ("service", service), place, time)
-        return placed
 
     def _learn_spans(self, spans: pa.RecordBatch) -> None:
-        self._learn_placement(spans, "Timestamp")
+        self._learn_placement(*_placement_columns(spans, "Timestamp"))
         services = spans.column("ServiceName")
         kinds = spans.column("SpanKind")
         attributes = spans.column("SpanAttributes")
