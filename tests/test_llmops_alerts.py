@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 
-from opstrata.plugins.llmops.detect_stats import error_p, upper_tail_p
+from opstrata.plugins.llmops.detect_stats import betabinom_sf, error_p, upper_tail_p
 from tests.otelsdk import make_spans, span_exporter
 from tests.serverproc import ServerProcess
 
@@ -179,3 +179,12 @@ def test_error_test_accounts_for_the_baseline_size() -> None:
     assert error_p(3, 5, 0, 10) > error_p(3, 5, 0, 500)
     # A model that usually fails 20 % of the time is not bursting at 3 of 5.
     assert error_p(3, 5, 100, 500) > 0.01
+
+
+def test_beta_binomial_tail_matches_scipy() -> None:
+    from scipy.stats import betabinom
+
+    cases = [(6, 6, 26, 487), (4, 8, 26, 487), (3, 5, 0.5, 549.5), (1, 1, 1, 1), (0, 4, 2, 3),
+             (9, 8, 2, 3), (50, 300, 26, 487), (40, 200, 3, 40)]  # fmt: skip
+    for k, n, a, b in cases:
+        assert betabinom_sf(k, n, a, b) == pytest.approx(betabinom.sf(k - 1, n, a, b), rel=1e-6)

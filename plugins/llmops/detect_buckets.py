@@ -214,7 +214,9 @@ class BucketJudge:
         pooled = int(np.count_nonzero(~np.isnan(window)))
         if not (pooled > calls and pooled >= s.min_calls and large(window)):
             return {}
-        if (p := upper_tail_p(base, window)) <= s.p_value:
+        # Each call is looked at in up to window_buckets tests: Bonferroni keeps the family's
+        # false-alarm rate at p_value.
+        if (p := upper_tail_p(base, window)) <= s.p_value / s.window_buckets:
             return {"p_value": p, "test": "per_call_window", "window_calls": pooled}
         return {}
 
@@ -236,7 +238,7 @@ class BucketJudge:
             if np.nanmean(now) < floor:
                 break
             p = error_p(errors, calls, float(known.sum()), float(len(known)))
-            if p <= s.p_value:
+            if p <= (s.p_value if test == "bucket" else s.p_value / s.window_buckets):
                 return {"p_value": p, "errors": errors, "usual": usual,
                         **({"window_calls": calls} if test == "window" else {})}  # fmt: skip
         return {}
