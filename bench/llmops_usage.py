@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.serverproc
 from opstrata.plugins.llmops import queries
 from opstrata.plugins.llmops.queries import Filters
 from opstrata.plugins.llmops.recognise import CALLS
-from opstrata.plugins.llmops.store import CALLS_TABLE, ROLLUP_TABLE, cursor_of, roll_up
+from opstrata.plugins.llmops.store import CALLS_TABLE, ROLLUP_TABLE, compact, cursor_of, roll_up
 from opstrata.storage.duckdb_store import DuckDBStore
 from tests.serverproc import ServerProcess
 
@@ -163,6 +163,9 @@ def main() -> None:
                     cursor.execute(f"INSERT INTO {CALLS_TABLE} SELECT * FROM pending")
                     cursor.unregister("pending")
                     roll_up(cursor, pending)  # as the plugin's writer does with each write
+                cursor.execute("BEGIN TRANSACTION")
+                compact(cursor)  # and its partial rows merged, as the writer does every minute
+                cursor.execute("COMMIT")
                 cursor.execute("FORCE CHECKPOINT")
                 took = time.perf_counter() - started
                 print(f"inserted {args.calls - have:,} calls in {took:.1f} s")

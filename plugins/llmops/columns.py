@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 _NULL = pa.scalar(None, pa.string())
+_EMPTY = pa.scalar("", pa.string())  # typed: see recognise._EMPTY
 _INT = r"^\s*-?\d{1,18}\s*$"
 _FLOAT = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
 
@@ -113,7 +114,7 @@ def finish_reasons(given: pa.Array, outputs: pa.Array) -> pa.Array:
     there for streamed calls)."""
     listed = pc.fill_null(pc.starts_with(given, "["), False)
     reasons = pc.if_else(listed, pc.replace_substring_regex(given, _REASON_CHARS, ""), given)
-    missing = pc.or_(pc.is_null(reasons), pc.equal(reasons, ""))
+    missing = pc.or_(pc.is_null(reasons), pc.equal(reasons, _EMPTY))
     if not pc.any(pc.and_(pc.fill_null(missing, True), pc.is_valid(outputs))).as_py():
         return text(reasons)
     # All the finish reasons of the output messages, in order, joined by commas: every part of

@@ -18,7 +18,13 @@ from opstrata.plugins.llmops.detect import CallAlerts
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
-from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
+from opstrata.plugins.llmops.recognise import (
+    CALLS,
+    SPAN_COLUMNS,
+    SpanColumns,
+    candidates,
+    recognise,
+)
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.writer import CallWriter
 from opstrata.schema import Signal, Table
@@ -33,6 +39,11 @@ GROUP_ROWS = 50_000
 """... or until this many rows are waiting. Every Arrow call costs some microseconds whatever
 its size, so a batch is not looked at on its own: a group's spans are scanned in one go."""
 _MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
+# Typed scalars made once (see recognise._EMPTY).
+_SPAN, _TABLE = pa.scalar("span", pa.string()), pa.scalar("table", pa.string())
+_EMPTY, _NO_TEXT = pa.scalar("", pa.string()), pa.scalar(None, pa.string())
+_LOG_COLUMNS = ["Timestamp", "TraceId", "SpanId", "ServiceName", "LogAttributes"]
+"""Log record columns read as :class:`SpanColumns` (time, trace, span, service, attributes)."""
 
 
 def _table(batches: list[pa.RecordBatch]) -> pa.Table | None:
@@ -74,8 +85,8 @@ def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
     valid = carried | priced
     source = pc.if_else(
         pa.array(carried),
-        "span",
-        pc.if_else(pa.array(priced), "table", pa.scalar(None, pa.string())),
+        _SPAN,
+        pc.if_else(pa.array(priced), _TABLE, _NO_TEXT),
     )
     calls = calls.set_column(
         calls.schema.get_field_index("CostPicoUsd"),
@@ -126,18 +137,23 @@ class LLMCalls(Consumer):
     def _resource_of(self, service: str) -> dict[str, str]:
         return dict(self.resources.get(service) or {"service.name": service})
 
-    def _remember_resources(self, batch: pa.Table, rows: np.ndarray) -> None:
-        services = batch.column("ServiceName").take(pa.array(rows)).to_numpy()
-        names, first = np.unique(services, return_index=True)
-        new = [i for i, name in zip(first, names, strict=True) if name not in self.resources]
-        if not new:
+    def _remember_resources(self, batch: pa.Table, rows: np.ndarray, services: pa.Array) -> None:
+        """The resource attributes of services not seen before (``services``: the service of
+        each of ``rows``); one Arrow dictionary encoding finds the few distinct names."""
+        encoded = pc.dictionary_encode(services)
+        names = encoded.dictionary.to_pylist()
+        if all(name in self.resources for name in names):
             return
-        picked = pa.array(rows[new])
-        for name, pairs in zip(
-            batch.column("ServiceName").take(picked).to_pylist(),
-            batch.column("ResourceAttributes").take(picked).to_pylist(),
-            strict=True,
-        ):
+        _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
+        chunks = batch.column("ResourceAttributes").chunks
+        ends = np.cumsum([len(c) for c in chunks])
+        for i, name in zip(first, names, strict=True):
+            if name in self.resources:
+                continue
+            # From the row's own chunk: a take over the whole group would first join them all.
+            row = int(rows[i])
+            chunk = int(np.searchsorted(ends, row, side="right"))
+            pairs = chunks[chunk][row - int(ends[chunk] - len(chunks[chunk]))].as_py()
             self.resources[str(name)] = {str(k): str(v) for k, v in pairs or ()}
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
@@ -209,10 +225,14 @@ class LLMCalls(Consumer):
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
-        if spans is not None and spans.num_rows:
-            found = recognise(SpanColumns.of_spans(spans), self.policy)
+        picked = candidates(spans, "SpanAttributes", SPAN_COLUMNS) if spans is not None else None
+        if picked is not None:  # else the common case: no LLM span in the group
+            rows, columns = picked
+            found = recognise(SpanColumns.of_spans(columns), self.policy)
             if found is not None:
-                self._remember_resources(spans, found.rows)
+                self._remember_resources(
+                    spans, rows[found.rows], found.calls.column("ServiceName").combine_chunks()
+                )
                 calls.append(found.calls)
                 messages.append(found.messages)
         if logs is not None and logs.num_rows:
@@ -234,19 +254,17 @@ class LLMCalls(Consumer):
         the deprecated per-message events."""
 
         col = logs.column
-        cols = SpanColumns(
-            col("Timestamp"),
-            col("TraceId"),
-            col("SpanId"),
-            col("ServiceName"),
-            col("LogAttributes"),
-        )
-        found = recognise(cols, self.policy, source="event")
+        picked = candidates(logs, "LogAttributes", _LOG_COLUMNS)
+        found = None
+        if picked is not None:
+            rows, some = picked
+            found = recognise(SpanColumns(*some.columns), self.policy, source="event")
         if found is not None:
-            spanless = pc.equal(found.calls.column("SpanId"), "")
+            spanless = pc.equal(found.calls.column("SpanId"), _EMPTY)
             own = found.calls.filter(spanless)
             if own.num_rows:
-                self._remember_resources(logs, found.rows[spanless.to_numpy(zero_copy_only=False)])
+                mine = rows[found.rows][spanless.to_numpy(zero_copy_only=False)]
+                self._remember_resources(logs, mine, own.column("ServiceName").combine_chunks())
                 calls.append(own)
             messages.append(found.messages)
         if not self.policy.keeps_content:

@@ -25,6 +25,7 @@ __all__ = ["PICO", "ModelPrice", "PriceTable", "shipped_entries"]
 
 PICO = 10**12
 """Pico-dollars per dollar."""
+_SEPARATOR = pa.scalar("\x1f", pa.string())  # typed: see recognise._EMPTY
 
 
 def _per_token(usd_per_million: float) -> int:
@@ -99,7 +100,7 @@ class PriceTable:
         looked up once per distinct (provider, response model, requested model), found with
         one Arrow dictionary encoding; then costs are column arithmetic."""
         n = len(provider)
-        key = pc.binary_join_element_wise(provider, response_model, request_model, "\x1f")
+        key = pc.binary_join_element_wise(provider, response_model, request_model, _SEPARATOR)
         encoded = pc.dictionary_encode(key)
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         distinct = encoded.dictionary.to_pylist()

@@ -82,6 +82,7 @@ class ContentPolicy:
     def __init__(self, mode: str, extra_patterns: Sequence[str] = (), max_chars: int = 8192):
         self.mode = mode
         self.max_chars = max_chars
+        self._max_chars = pa.scalar(max_chars, pa.int32())  # typed: see recognise._EMPTY
         self._extra = [re.compile(p) for p in extra_patterns]
 
         self._re2_extra: list[str] = []
@@ -106,7 +107,7 @@ class ContentPolicy:
         ``max_message_chars`` (each message is cut to it), those with a run of 7 digits (card
         and phone numbers need the Luhn check and look-arounds RE2 has not), those where a match
         ate part of a JSON escape, and all of them when an extra pattern is not RE2."""
-        exact = pc.fill_null(pc.greater(pc.utf8_length(texts), self.max_chars), False)
+        exact = pc.fill_null(pc.greater(pc.utf8_length(texts), self._max_chars), False)
         if self.mode != "mask":
             return texts, exact.to_numpy(zero_copy_only=False)
         if not self._all_re2:

@@ -33,7 +33,16 @@ from opstrata.plugins.llmops.span_parts import (
     normalise_error,
 )
 
-__all__ = ["CALLS", "Recognised", "SpanColumns", "candidate_rows", "normalise_error", "recognise"]
+__all__ = [
+    "CALLS",
+    "SPAN_COLUMNS",
+    "Recognised",
+    "SpanColumns",
+    "candidate_rows",
+    "candidates",
+    "normalise_error",
+    "recognise",
+]
 CALLS = pa.schema(
     [
         ("Timestamp", pa.timestamp("ns")),
@@ -73,6 +82,8 @@ _KEYS = sorted({k for keys in FIELDS.values() for k in keys} | MARKER_KEYS)
 _KEY_ID = {k: i for i, k in enumerate(_KEYS)}
 _KEY_SET = pa.array(_KEYS, pa.string())
 _MARKER_SET = pa.array(sorted(MARKER_KEYS), pa.string())
+_ENTRY_LISTS = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
+"""A map<string, string> column seen as what it is underneath (the cast copies nothing)."""
 _IS_MARKER = np.zeros(len(_KEYS), dtype=bool)
 _IS_MARKER[[_KEY_ID[k] for k in MARKER_KEYS]] = True
 _FIELD_NAMES = list(FIELDS)
@@ -109,7 +120,26 @@ _OPERATIONS = {
     "chat": "chat",
 }
 _CALL_KINDS = pa.array(["LLM", "EMBEDDING"], pa.string())
+# Kernel arguments as typed scalars made once: a bare Python value is converted on every call,
+# and pyarrow's conversion tries ``import dateutil`` each time (a file-system search when it is
+# not installed: ~70-150 µs per argument here, more than most kernels cost).
+_EMPTY = pa.scalar("", pa.string())
+_NO_TEXT = pa.scalar(None, pa.string())
+_NO_INT = pa.scalar(None, pa.int64())
+_SPAN = pa.scalar("span", pa.string())
+_CHAT = pa.scalar("chat", pa.string())
+_EMBEDDINGS = pa.scalar("embeddings", pa.string())
+_EMBEDDING_KIND = pa.scalar("EMBEDDING", pa.string())
+_ERROR_STATUS = pa.scalar("Error", pa.string())
+_PICO_PER_USD = pa.scalar(1e12, pa.float64())
 _NON_CALL = pa.array(sorted(NON_CALL_OPERATIONS), pa.string())
+
+
+SPAN_COLUMNS = [
+    "Timestamp", "TraceId", "SpanId", "ServiceName", "SpanAttributes", "Duration", "StatusCode",
+    "StatusMessage", "Events",
+]  # fmt: skip
+"""The span columns recognition reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +159,7 @@ class SpanColumns:
 
     @classmethod
     def of_spans(cls, batch: pa.RecordBatch | pa.Table) -> SpanColumns:
+        """The columns of spans (those of :data:`SPAN_COLUMNS`)."""
         c = batch.column
         return cls(
             c("Timestamp"), c("TraceId"), c("SpanId"), c("ServiceName"), c("SpanAttributes"),
@@ -179,24 +210,33 @@ class Recognised:
     rows: np.ndarray
 
 
-def candidate_rows(attributes: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
-    """Rows whose attribute map has a marker key (the only rows :func:`recognise` can find a
-    call in), or ``None``: one set lookup over the keys of every chunk at once."""
-    chunks = attributes.chunks if isinstance(attributes, pa.ChunkedArray) else [attributes]
-    keys, lengths = [], []
-    for chunk in chunks:
-        offsets = chunk.offsets.to_numpy()
-        start, end = int(offsets[0]), int(offsets[-1])
-        keys.append(chunk.keys.slice(start, end - start))
-        lengths.append(offsets)
-    if not keys:
+def candidate_rows(table: pa.Table | pa.RecordBatch, attributes: str) -> np.ndarray | None:
+    """Rows of ``table`` (a group of committed batches, one chunk each) whose ``attributes``
+    map has a marker key — the only rows :func:`recognise` can find a call in — or ``None``.
+    A fixed handful of Arrow calls over the whole group, whatever its number of batches (a
+    Python step per batch cost more than the lookup itself): the maps are viewed as lists of
+    entries (no copy), their keys looked up in one set, and the owners of the hits kept."""
+    if table.num_rows == 0:
         return None
-    hits = pc.is_in(pa.chunked_array(keys, pa.string()), value_set=_MARKER_SET)
+    lists = table.column(attributes).cast(_ENTRY_LISTS)
+    hits = pc.is_in(pc.struct_field(pc.list_flatten(lists), "key"), value_set=_MARKER_SET)
     if not pc.any(hits).as_py():
         return None
-    counts = np.concatenate([np.diff(o) for o in lengths])
-    owners = np.repeat(np.arange(len(counts)), counts)
-    return np.unique(owners[hits.to_numpy()])
+    owners = pc.filter(pc.list_parent_indices(lists), hits)
+    return pc.unique(owners).to_numpy()
+
+
+def candidates(
+    table: pa.Table, attributes: str, columns: list[str]
+) -> tuple[np.ndarray, pa.Table] | None:
+    """:func:`candidate_rows` and those rows' ``columns`` as one chunk (the rest of recognition
+    then works on a few hundred rows instead of the group's every batch)."""
+    rows = candidate_rows(table, attributes)
+    if rows is None:
+        return None
+    at = pa.array(rows)
+    # Column by column: Table.take over many chunks costs about twice the sum of its columns'.
+    return rows, pa.table([_one(table.column(c).take(at)) for c in columns], names=columns)
 
 
 def _best_entries(key_ids: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
@@ -295,7 +335,7 @@ def recognise(
 
     inp, out = tokens["input_tokens"], tokens["output_tokens"]
     either = pc.or_(pc.is_valid(inp), pc.is_valid(out))
-    total = pc.if_else(either, pc.add(pc.fill_null(inp, 0), pc.fill_null(out, 0)), None)
+    total = pc.if_else(either, pc.add(pc.fill_null(inp, 0), pc.fill_null(out, 0)), _NO_INT)
     total = pc.coalesce(pc.max_element_wise(total, tokens["total_tokens"]), total)
 
     provider = col.text(pc.utf8_lower(f["provider"]))
@@ -304,18 +344,18 @@ def recognise(
         pc.coalesce(f["request_model"], col.model_of_invocation(f["oi_invocation"]))
     )
     response_model = col.text(f["response_model"])
-    model = pc.if_else(pc.equal(response_model, ""), request_model, response_model)
+    model = pc.if_else(pc.equal(response_model, _EMPTY), request_model, response_model)
     operation = col.text(col.mapped(f["operation"], _OPERATIONS))
-    embedding = pc.fill_null(pc.equal(f["oi_kind"], "EMBEDDING"), False)
+    embedding = pc.fill_null(pc.equal(f["oi_kind"], _EMBEDDING_KIND), False)
     operation = pc.if_else(
-        pc.equal(operation, ""), pc.if_else(embedding, "embeddings", "chat"), operation
+        pc.equal(operation, _EMPTY), pc.if_else(embedding, _EMBEDDINGS, _CHAT), operation
     )
 
     # A cost the span carries (OpenInference llm.cost.*), in pico-dollars.
     carried = pc.coalesce(
         col.floats(f["cost"]), pc.add(col.floats(f["cost_input"]), col.floats(f["cost_output"]))
     )
-    cost = pc.cast(pc.round(pc.multiply(carried, 1e12)), pa.int64(), safe=False)
+    cost = pc.cast(pc.round(pc.multiply(carried, _PICO_PER_USD)), pa.int64(), safe=False)
 
     duration = (
         _one(cols.duration.take(take)).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -332,16 +372,17 @@ def recognise(
     ttft_ns[from_events] = np.maximum(events.first_token - start_ns, 0)[from_events]
 
     error_type = col.error_class(f["error_type"])
-    no_type = pc.equal(error_type, "")
+    no_type = pc.equal(error_type, _EMPTY)
     error_type = pc.if_else(
         pc.and_(no_type, pa.array(events.has_exception)), events.exception_type, error_type
     )
-    is_error = pc.or_(pc.not_equal(error_type, ""), pa.array(events.has_exception))
+    is_error = pc.or_(pc.not_equal(error_type, _EMPTY), pa.array(events.has_exception))
     if cols.status_code is not None:
         is_error = pc.or_(
-            is_error, pc.fill_null(pc.equal(_one(cols.status_code.take(take)), "Error"), False)
+            is_error,
+            pc.fill_null(pc.equal(_one(cols.status_code.take(take)), _ERROR_STATUS), False),
         )
-        unnamed = pc.and_(is_error, pc.equal(error_type, ""))
+        unnamed = pc.and_(is_error, pc.equal(error_type, _EMPTY))
         if pc.any(unnamed).as_py():
             by_status = col.status_error_class(_one(cols.status_message.take(take)))
             error_type = pc.if_else(unnamed, by_status, error_type)
@@ -388,7 +429,7 @@ def recognise(
             "ReasoningTokens": tokens["reasoning_tokens"],
             "TotalTokens": total,
             "CostPicoUsd": cost,
-            "CostSource": pc.if_else(pc.is_valid(carried), "span", pa.scalar(None, pa.string())),
+            "CostSource": pc.if_else(pc.is_valid(carried), _SPAN, _NO_TEXT),
             "Duration": pa.array(duration.astype(np.int64), pa.int64()),
             "Ttft": opt(ttft_ns),
             "FinishReason": col.finish_reasons(f["finish_reasons"], f["output_messages"]),

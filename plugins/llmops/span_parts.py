@@ -54,6 +54,9 @@ normalised to ``{"input": [{"role", "content"}], "output": [...]}``."""
 
 _TTFT = pa.array(sorted(TTFT_EVENTS), pa.string())
 _PER_MESSAGE = pa.array(sorted(MESSAGE_EVENTS), pa.string())
+# Typed scalars made once: a bare Python value costs pyarrow a failed ``import dateutil``.
+_EMPTY, _NO_TEXT = pa.scalar("", pa.string()), pa.scalar(None, pa.string())
+_OTHER, _EXCEPTION_TYPE = pa.scalar("_OTHER", pa.string()), pa.scalar("exception.type", pa.string())
 _CLASS_REPR = re.compile(r"<class '([^']+)'>")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
 
@@ -110,15 +113,15 @@ def event_facts(events: pa.Array | None, k: int) -> EventFacts:
         a_offsets = attributes.offsets.to_numpy()
         a_owner = np.repeat(rows, np.diff(a_offsets))
         start, end = int(a_offsets[0]), int(a_offsets[-1])
-        is_type = pc.equal(attributes.keys.slice(start, end - start), "exception.type")
+        is_type = pc.equal(attributes.keys.slice(start, end - start), _EXCEPTION_TYPE)
         hits = np.flatnonzero(is_type.to_numpy(zero_copy_only=False))
         index = np.full(k, -1, dtype=np.int64)
         index[a_owner[hits][::-1]] = hits[::-1]  # the first such key of each event wins
         values = attributes.items.slice(start, end - start).take(pa.array(index, mask=index < 0))
         exception_type = pc.if_else(
-            pa.array(has_exception), pc.fill_null(error_class(values), ""), None
+            pa.array(has_exception), pc.fill_null(error_class(values), ""), _NO_TEXT
         )
-        exception_type = pc.if_else(pc.equal(exception_type, ""), "_OTHER", exception_type)
+        exception_type = pc.if_else(pc.equal(exception_type, _EMPTY), _OTHER, exception_type)
     message_events: dict[int, CallMessages] = {}
     wanted = np.flatnonzero(pc.is_in(names, value_set=_PER_MESSAGE).to_numpy(zero_copy_only=False))
     if len(wanted):  # deprecated form, rare: one Python step per such event
@@ -158,6 +161,12 @@ def indexed_messages(
         into.setdefault(row, CallMessages()).add_indexed(key, value or "")
 
 
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    return values
+
+
 def message_table(
     raw: dict[str, pa.Array],
     slow: dict[int, CallMessages],
@@ -173,11 +182,11 @@ def message_table(
     k = len(times)
     if not policy.keeps_content or k == 0:
         return MESSAGES.empty_table()
-    masked: dict[str, pa.Array] = {}
-    exact = np.zeros(k, dtype=bool)
-    for column, values in raw.items():
-        masked[column], inexact = policy.apply_json(values)
-        exact |= inexact
+    # The three columns masked as one (each pass costs per call *and* per kernel call).
+    names = list(raw)
+    joined, inexact = policy.apply_json(pa.concat_arrays([_plain(raw[c]) for c in names]))
+    masked = {c: joined.slice(i * k, k) for i, c in enumerate(names)}
+    exact = inexact.reshape(len(names), k).any(axis=0)
     slow_rows = np.zeros(k, dtype=bool)
     slow_rows[list(slow)] = True
     # Texts the column-wise masking cannot do exactly are parsed and masked message by message.

@@ -1,7 +1,7 @@
 """The plugin's own tables in the store's DuckDB database: ``llmops_calls`` (one row per call),
-``llmops_messages`` (the stored messages of calls that captured them), ``llmops_rollup`` (sums
-and sketches per hour and day, :mod:`.rollup`) and ``llmops_progress`` (the last batch whose
-calls are stored), reached through the store's per-thread cursor."""
+``llmops_messages`` (the stored messages of calls that captured them), ``llmops_rollup`` and
+``llmops_sketch`` (sums and sketches per hour and day, :mod:`.rollup`) and ``llmops_progress``
+(the last batch whose calls are stored), reached through the store's per-thread cursor."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from opstrata.plugins.llmops.rollup import (
     HOUR_NS,
     ROLLUP_TABLE,
     SKETCH_TABLE,
+    compact,
     roll_up,
     rollup_ddl,
     sketch_ddl,
@@ -36,6 +37,7 @@ __all__ = [
     "PROGRESS_TABLE",
     "ROLLUP_DIMENSIONS",
     "ROLLUP_TABLE",
+    "compact",
     "cursor_of",
     "ensure_tables",
     "roll_up",
@@ -89,8 +91,33 @@ def ensure_tables(store: Any, cursor: Any) -> None:
             )
             cursor.execute(rollup_ddl())
             cursor.execute(sketch_ddl())
+            _drop_keys(cursor)
             _rebuild_rollup(cursor)
             _ready.add(store)
+
+
+def _drop_keys(cursor: Any) -> None:
+    """Tables from before the rollup was appended to had a primary key (rows were upserted):
+    copied once into keyless ones, which accept partial rows."""
+    for table, ddl in ((ROLLUP_TABLE, rollup_ddl()), (SKETCH_TABLE, sketch_ddl())):
+        keyed = cursor.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? "
+            "AND constraint_type = 'PRIMARY KEY'",
+            [table],
+        ).fetchall()[0][0]
+        if not keyed:
+            continue
+        log.info("llmops: %s without its primary key (appended to from now on)", table)
+        cursor.execute("BEGIN TRANSACTION")
+        try:
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_keyed")
+            cursor.execute(ddl)
+            cursor.execute(f"INSERT INTO {table} SELECT * FROM {table}_keyed")
+            cursor.execute(f"DROP TABLE {table}_keyed")
+            cursor.execute("COMMIT")
+        except Exception:
+            cursor.execute("ROLLBACK")
+            raise
 
 
 def _rebuild_rollup(cursor: Any) -> None:

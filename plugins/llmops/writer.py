@@ -7,6 +7,10 @@ the last batch (``seq``) whose calls are stored. After a crash the kernel resume
 offset, which may be past batches whose calls were still buffered: the consumer then reads those
 batches again from the store (``backfill``), and skips batches it has already stored, so every
 call is stored once.
+
+Each write appends its calls' partial sums to ``llmops_rollup`` and ``llmops_sketch``; the writer's
+thread merges the partial rows of the hours written lately every ``COMPACT_SECONDS`` (or sooner
+when many are waiting), and all of them once at start-up (:func:`.rollup.compact`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.span_parts import MESSAGES
@@ -25,13 +30,20 @@ from opstrata.plugins.llmops.store import (
     CALLS_TABLE,
     MESSAGES_TABLE,
     PROGRESS_TABLE,
+    compact,
     cursor_of,
     roll_up,
 )
 
-__all__ = ["CallWriter"]
+__all__ = ["COMPACT_ROWS", "COMPACT_SECONDS", "CallWriter"]
 
 log = logging.getLogger(__name__)
+
+COMPACT_SECONDS = 60.0
+"""Partial rollup rows are merged this often (wall clock) ..."""
+COMPACT_ROWS = 20_000
+"""... or once this many calls were written since the last merge: a merge reads and rewrites the
+rows of the hours and days written since, which costs a few ms, so it is not done per write."""
 
 
 class CallWriter:
@@ -57,6 +69,10 @@ class CallWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stored_seq = self._read_progress()
+        self._dirty_from: int | None = None  # earliest call time written since the last merge
+        self._written = 0  # calls written since the last merge
+        self._compacted_at = time.monotonic()
+        self.compact(everything=True)  # a previous run may have stopped before merging
 
     def _read_progress(self) -> int | None:
         # fetchall, not fetchone: the cursor is the thread's, shared with the kernel's reads,
@@ -76,7 +92,26 @@ class CallWriter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        self.flush()
+        self.flush()  # partial rollup rows left are merged at the next start
+
+    def compact(self, everything: bool = False) -> int:
+        """Merge the partial rollup rows written since the last merge (``everything``: all of
+        them); returns how many rows it removed."""
+        with self._lock:
+            since = self._dirty_from
+            self._compacted_at = time.monotonic()
+            if since is None and not everything:
+                return 0
+            cursor = cursor_of(self.store)
+            cursor.execute("BEGIN TRANSACTION")
+            try:
+                removed = compact(cursor, None if everything else since)
+                cursor.execute("COMMIT")
+            except Exception:
+                cursor.execute("ROLLBACK")
+                raise
+            self._dirty_from, self._written = None, 0
+            return removed
 
     def add(self, seq: int, calls: pa.Table | None, messages: pa.Table | None) -> None:
         with self._lock:
@@ -109,6 +144,14 @@ class CallWriter:
                     self.flush()
                 except Exception:  # kept for the next try; the thread must not die
                     log.exception("llmops: writing calls failed")
+            if self._written >= COMPACT_ROWS or (
+                self._dirty_from is not None
+                and time.monotonic() - self._compacted_at >= COMPACT_SECONDS
+            ):
+                try:
+                    self.compact()
+                except Exception:  # partial rows stay correct; merged on a later try
+                    log.exception("llmops: merging rollup rows failed")
 
     def flush(self) -> None:
         with self._lock:
@@ -146,3 +189,9 @@ class CallWriter:
                 raise
             self._calls, self._messages, self._rows, self._first_at = [], [], 0, 0.0
             self.stored_seq = seq
+            if calls.num_rows:
+                first = pc.min(pending_calls.column("Timestamp")).value
+                self._dirty_from = (
+                    first if self._dirty_from is None else min(self._dirty_from, first)
+                )
+                self._written += calls.num_rows
