@@ -4,8 +4,8 @@ Traffic is written with the real OpenTelemetry SDK and sent over OTLP/HTTP to a 
 with the default alert settings: a few calls per one-minute bucket (a daily shape squeezed into
 three hours, 2 to 10 calls a minute), lognormal latencies, TTFTs and token counts, 1 % failed
 calls (without a response model, as real failures are). One service sees only that; three others
-see it and then a latency regression, a cost spike (a prompt five times longer) and an error
-burst. The statistics themselves are checked for calibration without a server.
+see it and then a latency regression, a cost spike (a prompt five times longer), an error
+burst and a surge of calls. The statistics themselves are checked for calibration without a server.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ STREAMS = {  # service: (model, fault); one model each, all in the shipped price
     "slow-svc": ("gpt-4o-mini", "latency"),
     "costly-svc": ("gpt-4.1-mini", "cost"),
     "failing-svc": ("gpt-4o", "errors"),
+    "surging-svc": ("gpt-5-mini", "surge"),  # a runaway loop: fifteen times the calls
 }
 
 
@@ -47,7 +48,8 @@ def _stream(tracer: trace.Tracer, model: str, fault: str | None, rng: np.random.
             minutes: range) -> None:  # fmt: skip
     for minute in minutes:
         faulty = fault if minute >= NORMAL_MINUTES else None
-        for _ in range(rng.poisson(_calls_per_minute(minute))):
+        surge = 15 if faulty == "surge" else 1
+        for _ in range(rng.poisson(surge * _calls_per_minute(minute))):
             start = T0 + minute * MINUTE + int(rng.integers(MINUTE - 10**9))
             input_tokens = int(rng.lognormal(math.log(900), 0.35))
             if faulty == "cost":
@@ -100,6 +102,8 @@ WANTED = {
     ("cost_spike", "service", "costly-svc"),
     ("error_burst", "llm_model", "gpt-4o"),
     ("error_burst", "service", "failing-svc"),
+    ("cost_spike", "llm_model", "gpt-5-mini"),
+    ("token_spike", "service", "surging-svc"),
 }
 
 
@@ -145,16 +149,26 @@ def test_regression_cost_spike_and_error_burst_alert_within_two_buckets(
         assert ONSET <= alert["first_seen_unix_nano"] <= ONSET + MINUTE, key
         evidence = alert["evidence"]
         assert evidence["observed"] > evidence["expected"], key
-        assert evidence["details"]["p_value"] <= 1e-4, key
+        if evidence["details"]["test"] != "volume":
+            assert evidence["details"]["p_value"] <= 1e-4, key
         assert evidence["exemplar_trace_ids"], key
     # Failed calls carry no response model: they count with the model that was asked for.
     assert found[("error_burst", "llm_model", "gpt-4o")]["evidence"]["observed"] > 0.3
     spike = found[("cost_spike", "llm_model", "gpt-4.1-mini")]["evidence"]["details"]
     assert spike["test"] == "per_call"
     assert spike["USD_per_call"] > 2 * spike["usual_USD_per_call"]
+    # A surge of ordinary calls is a spike by volume (far above the usual daily high), not
+    # per call.
+    surge = found[("cost_spike", "llm_model", "gpt-5-mini")]["evidence"]
+    assert surge["details"]["test"] == "volume"
+    assert surge["details"]["calls"] > 3 * surge["details"]["usual_high_calls"]
     # Each fault raises only its own kinds: a slow model is not also a cost spike.
     kinds = {k[0] for k in found if k[2] in ("gpt-4o-mini", "slow-svc")}
     assert kinds <= {"latency_regression", "ttft_regression"}
+    assert {k[0] for k in found if k[2] in ("gpt-5-mini", "surging-svc")} <= {
+        "cost_spike",
+        "token_spike",
+    }
 
 
 def test_tail_test_holds_its_false_alarm_rate_on_lognormal_noise() -> None:

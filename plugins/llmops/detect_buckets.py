@@ -40,6 +40,9 @@ _ANOMALY_WEIGHT = 8
 _HORIZON_BUCKETS = 30
 """A ring holds at least this many buckets' calls: busy entities admit a spread subset."""
 _DAY_SECONDS = 86_400
+_VOLUME_HISTORY = 30
+"""Buckets of history before volume is judged: a daily high from a few minutes (after a start
+at night, say) would make the morning's rise a spike."""
 _LATENCY_TESTS = (
     ("latency_regression", _DURATION, "p95 latency ms"),
     ("ttft_regression", _TTFT, "p95 time to first token ms"),
@@ -92,6 +95,7 @@ class _Finding:
     exemplar: str
     details: dict[str, object]
     note: str = ""
+    usually: str = "usually"
 
 
 def _quantile(values: np.ndarray, level: float) -> float:
@@ -183,14 +187,15 @@ class BucketJudge:
                     note=f"; per call {per_call / scale:.4g} vs {usual_per_call / scale:.4g}",
                 ))  # fmt: skip
             elif (
-                filled >= s.warmup_buckets
+                filled >= max(s.warmup_buckets, _VOLUME_HISTORY)
                 and high[total_at] > 0
                 and (total > s.spike_factor * high[total_at])
             ):
                 found.append(_Finding(
                     alert, total / scale, float(high[total_at]) / scale, series, "cost",
                     {"test": "volume", "usual_high_calls": float(high[0])},
-                    note=f"; above the usual daily high, {n} calls (high {high[0]:.3g})",
+                    note=f"; {n} calls, usual daily high {high[0]:.3g}",
+                    usually="usual daily high",
                 ))  # fmt: skip
         burst = self._burst(base[_ERROR], now[_ERROR], window[_ERROR])
         if burst:
@@ -239,7 +244,8 @@ class BucketJudge:
                 break
             p = error_p(errors, calls, float(known.sum()), float(len(known)))
             if p <= (s.p_value if test == "bucket" else s.p_value / s.window_buckets):
-                return {"p_value": p, "errors": errors, "usual": usual,
+                return {"p_value": p, "test": "errors" if test == "bucket" else "errors_window",
+                        "errors": errors, "usual": usual,
                         **({"window_calls": calls} if test == "window" else {})}  # fmt: skip
         return {}
 
@@ -255,7 +261,7 @@ class BucketJudge:
                 layer=Layer.LLMOPS,
                 entity=Entity(kind, name),
                 summary=f"{finding.alert.replace('_', ' ')}: {finding.series} {observed:.4g} "
-                f"(usually {expected:.4g}{finding.note})",
+                f"({finding.usually} {expected:.4g}{finding.note})",
                 severity=Severity.ERROR if finding.alert == "error_burst" else Severity.WARNING,
                 score=min(1.0, observed / (observed + expected)) if expected else 1.0,
                 resource=resource,

@@ -131,7 +131,7 @@ class BucketHistory:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.values = np.full((len(TOTALS), 0, size), np.nan)
+        self.values = np.full((len(TOTALS), 0, size), np.nan, dtype=np.float32)
         self.written = np.zeros(0, dtype=np.int64)
 
     def ensure(self, entities: int) -> None:
