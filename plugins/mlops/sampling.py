@@ -22,6 +22,7 @@ variation, e.g. a daily cycle) before alerting.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -60,10 +61,19 @@ def sampling_test(ref: Sketch, cur: Sketch, alpha: float) -> SamplingResult:
 
 def _ks(ref: NumericSketch, cur: NumericSketch, alpha: float) -> SamplingResult:
     d = ks_statistic(ref, cur)
-    size = max(1, round(ref.n * cur.n / (ref.n + cur.n)))
-    p = float(np.clip(stats.kstwo.sf(d, size), 0.0, 1.0))
-    critical = float(stats.kstwo.isf(alpha, size))
-    return SamplingResult(p, max(0.0, d - critical))
+    # Stephens' (1970) small-sample correction of Kolmogorov's limit at the effective size:
+    # close to the exact two-sample p-values in the tail that matters (65 vs 80 rows, D 0.3:
+    # 0.00233 for 0.00232; 1000 vs 100, D 0.3: 9.9e-8 for 1.0e-7), and closed-form
+    # (``kstwo.isf`` cost 0.15 s per column and window close).
+    root = math.sqrt(ref.n * cur.n / (ref.n + cur.n))
+    scale = root + 0.12 + 0.11 / root
+    p = float(np.clip(stats.kstwobign.sf(d * scale), 0.0, 1.0))
+    return SamplingResult(p, max(0.0, d - _kolmogorov_isf(alpha) / scale))
+
+
+@functools.lru_cache(maxsize=8)
+def _kolmogorov_isf(alpha: float) -> float:
+    return float(stats.kstwobign.isf(alpha))
 
 
 def _counts(ref: dict, cur: dict, alpha: float) -> SamplingResult:
