@@ -126,16 +126,16 @@ class BucketJudge:
         self.rings = {kind: CallRings(settings.baseline_calls) for kind in dimensions}
         self.history = {kind: BucketHistory(day) for kind in dimensions}
         self.credit: dict[tuple[str, int], float] = {}
-        self.recent: dict[tuple[str, int], deque[tuple[np.ndarray, bool]]] = {}
-        """Per entity, the calls of the last ``window_buckets - 1`` buckets (not yet in the
-        ring): pooled with a new bucket when it is too sparse to decide alone."""
+        self.recent: dict[tuple[str, int], deque[tuple[int, np.ndarray, bool]]] = {}
+        """Per entity, (start, calls, alerted) of its last ``window_buckets - 1`` buckets (not
+        yet in the ring): those within the window are pooled with a new bucket."""
         self.firing: set[tuple[str, str, str]] = set()
 
     def judge(self, start: int, kind: str, name: str, bucket: BucketCalls) -> None:
         rings, history = self.rings[kind], self.history[kind]
         entity = rings.id_of(name)
         history.ensure(len(rings.written))
-        findings = self._findings(kind, entity, bucket)
+        findings = self._findings(start, kind, entity, bucket)
         service = max(bucket.services, key=bucket.services.get) if bucket.services else ""
         resource = self.resource_of(name if kind == "service" else service)
         fired = {f.alert for f in findings}
@@ -147,15 +147,16 @@ class BucketJudge:
                 time_unix_nano=start, kind=key[0], layer=Layer.LLMOPS, entity=Entity(kind, name),
                 summary=f"{key[0].replace('_', ' ')} over", resource=resource, resolved=True,
             ))  # fmt: skip
-        self._learn(kind, entity, bucket, anomalous=bool(findings))
+        self._learn(start, kind, entity, bucket, anomalous=bool(findings))
 
-    def _findings(self, kind: str, entity: int, bucket: BucketCalls) -> list[_Finding]:
+    def _findings(self, start: int, kind: str, entity: int, bucket: BucketCalls) -> list[_Finding]:
         s = self.settings
         rings = self.rings[kind]
         if rings.buckets[entity] < s.warmup_buckets:
             return []
         base, now = rings.baseline(entity), bucket.values
-        recent = [values for values, _ in self.recent.get((kind, entity), ())]
+        since = start - (s.window_buckets - 1) * s.bucket_seconds * 1_000_000_000
+        recent = [v for at, v, _ in self.recent.get((kind, entity), ()) if at >= since]
         window = np.concatenate([*recent, now], axis=1) if recent else now
         found: list[_Finding] = []
         if kind == "llm_model":
@@ -194,7 +195,7 @@ class BucketJudge:
                 found.append(_Finding(
                     alert, total / scale, float(high[total_at]) / scale, series, "cost",
                     {"test": "volume", "usual_high_calls": float(high[0])},
-                    note=f"; {n} calls, usual daily high {high[0]:.3g}",
+                    note=f"; {n} calls, against a high of {high[0]:.3g}",
                     usually="usual daily high",
                 ))  # fmt: skip
         burst = self._burst(base[_ERROR], now[_ERROR], window[_ERROR])
@@ -287,7 +288,9 @@ class BucketJudge:
         rings = self.rings[kind]
         return min(int(rings.written[rings.index[name]]), rings.size)
 
-    def _learn(self, kind: str, entity: int, bucket: BucketCalls, anomalous: bool) -> None:
+    def _learn(
+        self, start: int, kind: str, entity: int, bucket: BucketCalls, anomalous: bool
+    ) -> None:
         """The bucket's totals join the daily history now; its calls wait in the window
         (``window_buckets - 1`` buckets) and then join the ring, so a window is never tested
         against itself. An alerting bucket joins both at ``1/_ANOMALY_WEIGHT`` weight."""
@@ -302,9 +305,10 @@ class BucketJudge:
             if rings.held[entity] % _ANOMALY_WEIGHT == 0:
                 history.add(entity, totals)
         waiting = self.recent.setdefault((kind, entity), deque())
-        waiting.append((bucket.values, anomalous))
+        waiting.append((start, bucket.values, anomalous))
         while len(waiting) > max(0, self.settings.window_buckets - 1):
-            self._admit(kind, entity, *waiting.popleft())
+            _, values, was_anomalous = waiting.popleft()
+            self._admit(kind, entity, values, was_anomalous)
 
     def _admit(self, kind: str, entity: int, values: np.ndarray, anomalous: bool) -> None:
         rings = self.rings[kind]
