@@ -14,6 +14,16 @@ span of each (process CPU time, all threads: on a shared machine wall time mostl
 waiting for a core), and the ratio; medians of --repeat.
 LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
 messages (masked by the default settings), 5 % failing.
+
+    python bench/llmops_ingest.py --server [--rate 5000] [--requests 800] [--repeat 3]
+
+The same requests sent over OTLP/HTTP, one at a time at --rate spans/s, to a real ``opstrata
+serve`` with the ``llmops`` plugin disabled and then enabled (alternating; the AIOps and MLOps
+plugins are disabled in both, so only LLMOps differs): the server process's CPU time (user +
+system, all threads, from /proc) per span sent, from the first timed request until the calls
+are stored (the plugin looks and writes once a second, so its fixed costs are paid at the
+rate's pace, as in production). Medians of --repeat; the calls stored are checked through
+``GET /api/v1/llmops/usage``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -28,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -39,6 +51,9 @@ from opstrata.plugins.llmops.config import LLMOpsConfig
 from opstrata.plugins.llmops.consumer import LLMCalls
 from opstrata.schema import Signal
 from opstrata.storage.duckdb_store import DuckDBStore
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.serverproc
+from tests.serverproc import ServerProcess
 
 PER_REQUEST, T0, WARM_UP = 100, 1_760_000_000_000_000_000, 10
 ANY = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}
@@ -153,12 +168,90 @@ def run_once(bodies: list[bytes]) -> tuple[float, float, int, float]:
     return ingest, llmops, int(calls), own
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_once(bodies: list[bytes], llm_calls: int, llmops: bool, rate: float) -> float:
+    """Server CPU seconds for ``bodies`` sent at ``rate`` spans/s, until their calls are
+    stored (with ``llmops``) or a fixed settling time has passed (both variants wait it)."""
+    disabled = ["aiops", "mlops"] + ([] if llmops else ["llmops"])
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(
+            Path(tmp), env={"OPSTRATA_DISABLED_PLUGINS": json.dumps(disabled)}
+        ).start()
+        try:
+            assert server.proc is not None
+            headers = {"Content-Type": "application/x-protobuf"}
+            with httpx.Client(base_url=server.http_base, timeout=30) as client:
+                for body in bodies[:WARM_UP]:  # not timed: first requests, tables, kernels
+                    client.post("/v1/traces", content=body, headers=headers).raise_for_status()
+                time.sleep(3)
+                before = _cpu_seconds(server.proc.pid)
+                started = time.monotonic()
+                for n, body in enumerate(bodies[WARM_UP:]):
+                    wait = started + n * PER_REQUEST / rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    client.post("/v1/traces", content=body, headers=headers).raise_for_status()
+            deadline = time.monotonic() + 60
+            stored = 0
+            while time.monotonic() < deadline:
+                time.sleep(3)  # the same settling time in both variants
+                if not llmops:
+                    break
+                rows = server.api("/api/v1/llmops/usage").json()["rows"]
+                stored = sum(r["calls"] for r in rows)
+                if stored >= llm_calls:
+                    break
+            cpu = _cpu_seconds(server.proc.pid) - before
+            if llmops and stored != llm_calls:
+                raise RuntimeError(f"{stored} calls stored, {llm_calls} expected")
+        finally:
+            server.stop()
+    return cpu
+
+
+def main_server(args: argparse.Namespace) -> None:
+    spans = (args.requests - WARM_UP) * PER_REQUEST
+    print(f"server, {spans} timed spans per run at {args.rate:.0f} spans/s, {args.repeat} runs")
+    print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7}")
+    for share in args.share:
+        rnd = random.Random(7)
+        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        llm_calls = sum(
+            1
+            for b in bodies
+            for span in trace_service_pb2.ExportTraceServiceRequest.FromString(b)
+            .resource_spans[0]
+            .scope_spans[0]
+            .spans
+            if span.name.startswith("chat ")
+        )
+        runs: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(args.repeat):
+            for llmops in (False, True) if r % 2 == 0 else (True, False):
+                runs[llmops].append(serve_once(bodies, llm_calls, llmops, args.rate))
+        without = statistics.median(runs[False]) / spans * 1e6
+        with_ = statistics.median(runs[True]) / spans * 1e6
+        print(f"{share:>9.0%} {without:>16.2f} {with_:>13.2f} {with_ / without - 1:>7.1%}")
+        print(f"{'':>9} runs without: {[round(c / spans * 1e6, 2) for c in runs[False]]}, "
+              f"with: {[round(c / spans * 1e6, 2) for c in runs[True]]}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--share", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0])
+    parser.add_argument("--server", action="store_true", help="a real server, over OTLP/HTTP")
+    parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
     args = parser.parse_args()
+    if args.server:
+        main_server(args)
+        return
     spans = args.requests * PER_REQUEST
     print(f"{spans} spans per run, {args.repeat} runs, python {sys.version.split()[0]}")
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'llmops µs/span':>15} {'added':>7} "

@@ -17,7 +17,15 @@ from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.queries import Filters, _usage_from_calls
 from opstrata.plugins.llmops.recognise import CALLS
-from opstrata.plugins.llmops.rollup import DAY_NS, roll_up, rollup_ddl, sketch_ddl
+from opstrata.plugins.llmops.rollup import (
+    DAY_NS,
+    ROLLUP_TABLE,
+    SKETCH_TABLE,
+    compact,
+    roll_up,
+    rollup_ddl,
+    sketch_ddl,
+)
 from opstrata.plugins.llmops.rollup_queries import sketch_percentiles, usage_rows
 from opstrata.plugins.llmops.span_parts import message_table, normalise_error
 
@@ -163,6 +171,75 @@ def test_rollup_answers_equal_the_calls_and_sketches_are_within_five_percent() -
                 exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]
                 assert estimate is not None
                 assert abs(estimate - exact) <= 0.045 * exact, (model, q, estimate, exact)
+
+
+def test_partial_rollup_rows_merge_into_one_row_per_key_with_the_same_answers() -> None:
+    calls = _calls(np.random.default_rng(5), 6_000)
+    con = duckdb.connect()
+    con.execute(rollup_ddl())
+    con.execute(sketch_ddl())
+    for first in range(0, calls.num_rows, 250):  # many small writes: many partial rows per key
+        roll_up(con, calls.slice(first, 250))
+    pairs = [("service", "ServiceName"), ("model", "Model")]
+    before = usage_rows(con, None, None, {}, pairs, DAY_NS // 24, 100_000)
+    sketches = sketch_percentiles(con, None, None, {}, True, DAY_NS)
+    keys = '"Grain", "Start", "ServiceName", "Provider", "Model", "Operation"'
+    count = f"SELECT count(*), count(DISTINCT ({keys})) FROM {ROLLUP_TABLE}"
+    rows, distinct = con.execute(count).fetchall()[0]
+    assert rows > distinct
+    sketch_rows = con.execute(f"SELECT count(*) FROM {SKETCH_TABLE}").fetchall()[0][0]
+    # Only the hours and days from the last call's day on are merged when asked so.
+    last_day = int(calls.column("Timestamp").cast(pa.int64()).to_numpy().max()) // DAY_NS * DAY_NS
+    removed = compact(con, last_day)
+    assert 0 < removed < rows - distinct
+    removed += compact(con)
+    assert removed == rows - distinct + sketch_rows - len(sketches)
+    assert con.execute(count).fetchall()[0] == (distinct, distinct)
+    assert con.execute(f"SELECT count(*) FROM {SKETCH_TABLE}").fetchall()[0][0] == len(sketches)
+    assert usage_rows(con, None, None, {}, pairs, DAY_NS // 24, 100_000) == before
+    assert sketch_percentiles(con, None, None, {}, True, DAY_NS) == sketches
+    assert compact(con) == 0
+
+
+def test_keyed_rollup_tables_of_an_older_release_become_appendable() -> None:
+    from opstrata.plugins.llmops.store import ensure_tables
+
+    con = duckdb.connect()
+    dims = '"ServiceName" VARCHAR, "Provider" VARCHAR, "Model" VARCHAR, "Operation" VARCHAR'
+    measures = ", ".join(
+        f'"{m}" BIGINT'
+        for m in ("Calls", "Errors", "InputTokens", "OutputTokens", "CacheReadTokens",
+                  "CacheWriteTokens", "ReasoningTokens", "TotalTokens", "CostPicoUsd",
+                  "UnpricedCalls", "FirstSeen", "LastSeen")
+    )  # fmt: skip
+    con.execute(
+        f'CREATE TABLE {ROLLUP_TABLE} ("Grain" BIGINT, "Start" BIGINT, {dims}, {measures}, '
+        'PRIMARY KEY ("Grain", "Start", "ServiceName", "Provider", "Model", "Operation"))'
+    )
+    con.execute(
+        f'CREATE TABLE {SKETCH_TABLE} ("Start" BIGINT, "Model" VARCHAR, "DurationBins" BIGINT[], '
+        '"TtftBins" BIGINT[], PRIMARY KEY ("Start", "Model"))'
+    )
+    old = _calls(np.random.default_rng(6), 500)
+    con.register("old", old)
+    con.execute("CREATE TABLE llmops_calls AS SELECT * FROM old")
+    con.unregister("old")
+    roll_up(con, old)  # the rows as the older release upserted them: one per key
+    expected = usage_rows(con, None, None, {}, [("model", "Model")], DAY_NS, 1000)
+
+    class Store:  # ensure_tables only remembers which stores it has seen
+        pass
+
+    ensure_tables(Store(), con)
+    keyed = (
+        "SELECT count(*) FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+        f"AND table_name IN ('{ROLLUP_TABLE}', '{SKETCH_TABLE}')"
+    )
+    assert con.execute(keyed).fetchall()[0][0] == 0
+    roll_up(con, old)  # a second partial row per key is accepted now
+    doubled = usage_rows(con, None, None, {}, [("model", "Model")], DAY_NS, 1000)
+    assert doubled is not None and expected is not None
+    assert [r["calls"] for r in doubled] == [2 * r["calls"] for r in expected]
 
 
 def test_metric_histogram_percentiles_interpolate_within_buckets() -> None:
