@@ -1178,8 +1178,9 @@ done:
 }
 
 /* The stored string of a read AnyValue into `pr` (whose key is set by the caller). `kv`/`kv_len`
- * is a serialized KeyValue holding the value, for the Python callback (arrays, maps, strindex). */
-static int
+ * is a serialized KeyValue holding the value, for the Python callback (arrays, maps, strindex).
+ * Inlined: it runs for every attribute, and a call here cost the span decoder ~5 %. */
+static inline __attribute__((always_inline)) int
 render_value(Dec *d, PairList *pl, Pair *pr, const AnyValue *avp, const uint8_t *kv, size_t kv_len)
 {
     AnyValue av = *avp;

@@ -196,7 +196,7 @@ def random_request(rnd: random.Random) -> ExportMetricsServiceRequest:
     return request
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.randoms(use_true_random=False), st.randoms(use_true_random=False))
 def test_equivalent_on_generated_requests(rnd: random.Random, enc_rnd: random.Random) -> None:
     request = random_request(rnd)
