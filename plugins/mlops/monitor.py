@@ -220,8 +220,8 @@ class DriftMonitor:
 
     # -- evaluating ---------------------------------------------------------------------------
 
-    def _window(self, state: ModelState, end_slot: int) -> dict[str, Sketch]:
-        first = end_slot - self.config.window_slots + 1
+    def _window(self, state: ModelState, end_slot: int, slots: int) -> dict[str, Sketch]:
+        first = end_slot - slots + 1
         window: dict[str, Sketch] = {}
         for name, col in state.columns.items():
             parts = [s for slot, s in col.slots.items() if first <= slot <= end_slot]
@@ -233,10 +233,14 @@ class DriftMonitor:
             window[name] = merged
         return window
 
-    def _evaluate(self, state: ModelState, end_slot: int, live: bool) -> WindowDrift | None:
+    def _evaluate(
+        self, state: ModelState, end_slot: int, live: bool, slots: int | None = None
+    ) -> WindowDrift | None:
+        """The window of ``slots`` (default ``window_slots``) slots ending with ``end_slot``."""
         if state.baseline_until is not None:
             return None
-        window = self._window(state, end_slot)
+        slots = slots or self.config.window_slots
+        window = self._window(state, end_slot, slots)
         step = self.config.step_ns
         results: list[FeatureDrift] = []
         rows = 0
@@ -278,7 +282,7 @@ class DriftMonitor:
         return WindowDrift(
             model=state.model,
             version=state.version,
-            start_unix_nano=(end_slot - self.config.window_slots + 1) * step,
+            start_unix_nano=(end_slot - slots + 1) * step,
             end_unix_nano=(end_slot + 1) * step,
             live=live,
             rows=rows,
@@ -316,26 +320,28 @@ class DriftMonitor:
         self.history.append(verdict)
         state.last_verdict = verdict.dataset_drift
         time = min(verdict.end_unix_nano, state.last_ns)
-        for kind, firing, columns in (
-            (
-                "feature_drift",
-                verdict.dataset_drift,
-                [f for f in verdict.features if f.role == "feature"],
-            ),
-            (
-                "prediction_drift",
-                verdict.prediction_drift,
-                [f for f in verdict.features if f.role == "prediction"],
-            ),
-        ):
-            if firing and (
-                self._strong(state, columns) if kind not in state.firing else _kept(columns)
-            ):
-                state.firing.add(kind)
-                self.emit(drift_alert(state, kind, verdict, columns, time))
-            elif kind in state.firing:
-                state.firing.discard(kind)
-                self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
+        # A sudden shift fills the newest slot long before it is most of the window: the slot
+        # alone may start an alert (the same gates: its own verdict, noise of its fewer rows).
+        recent: WindowDrift | None = None
+        if self.config.window_slots > 1 and len(state.firing) < 2:
+            recent = self._evaluate(state, end_slot, live=False, slots=1)
+        for kind in ("feature_drift", "prediction_drift"):
+            firing, columns = _condition(verdict, kind)
+            if kind in state.firing:
+                if firing and _kept(columns):
+                    self.emit(drift_alert(state, kind, verdict, columns, time))
+                else:
+                    state.firing.discard(kind)
+                    self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
+                continue
+            for tested in (verdict, recent):
+                if tested is None:
+                    continue
+                firing, columns = _condition(tested, kind)
+                if firing and self._strong(state, columns):
+                    state.firing.add(kind)
+                    self.emit(drift_alert(state, kind, tested, columns, time))
+                    break
         if state.learned_until is not None:
             # The learning reference takes in every window's slots, alerting or not: while it
             # learns, "unlike anything seen yet" is all an alert can say, and a window left out
@@ -426,6 +432,13 @@ class DriftMonitor:
             for m in data.get("models", []):
                 state = model_from_state(m)
                 self.models[(state.model, state.version)] = state
+
+
+def _condition(verdict: WindowDrift, kind: str) -> tuple[bool, list[FeatureDrift]]:
+    """Whether the verdict has the alert's condition, and the columns that decide it."""
+    if kind == "feature_drift":
+        return verdict.dataset_drift, [f for f in verdict.features if f.role == "feature"]
+    return verdict.prediction_drift, [f for f in verdict.features if f.role == "prediction"]
 
 
 def _kept(columns: list[FeatureDrift]) -> bool:
