@@ -217,6 +217,7 @@ class DriftMonitor:
             col.reference = sketch
         for col in state.columns.values():
             col.shifts = col.shifts[:0]  # measured against the old reference
+            col.pending = col.pending[:0]
 
     # -- evaluating ---------------------------------------------------------------------------
 
@@ -342,16 +343,21 @@ class DriftMonitor:
                     state.firing.add(kind)
                     self.emit(drift_alert(state, kind, tested, columns, time))
                     break
-        if state.learned_until is not None:
-            # The learning reference takes in every window's slots, alerting or not: while it
-            # learns, "unlike anything seen yet" is all an alert can say, and a window left out
-            # would stay unseen (the hours of a daily cycle the first day alerted on would
-            # alert every day). Each window's shift is the traffic's own variation.
-            limit = max(64, int(self.config.reference_seconds * 1e9) // self.config.step_ns)
-            for f in verdict.features:
-                col = state.columns[f.feature]
-                if col.shifts.size < limit:
-                    col.shifts = np.append(col.shifts, np.float32(f.shift or 0.0))
+        if state.learned_until is None:
+            return
+        # The learning reference takes in every window's slots, alerting or not: while it
+        # learns, "unlike anything seen yet" is all an alert can say, and a window left out
+        # would stay unseen (the hours of a daily cycle the first day alerted on would alert
+        # every day). Each window's shift is the traffic's own variation; those of an alerting
+        # episode count once it is over (counted at once, a drift would raise the bar it is
+        # kept by and resolve itself while it lasts).
+        limit = max(64, int(self.config.reference_seconds * 1e9) // self.config.step_ns)
+        for f in verdict.features:
+            col = state.columns[f.feature]
+            col.pending = np.append(col.pending, np.float32(f.shift or 0.0))
+            if not state.firing:
+                col.shifts = np.concatenate((col.shifts, col.pending))[:limit]
+                col.pending = col.pending[:0]
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""

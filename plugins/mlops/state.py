@@ -23,6 +23,9 @@ class ColumnState:
     against the reference as it was: how much this traffic's own windows differ from what came
     before (a daily cycle)."""
 
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """Shifts of the windows of an alert still firing: they join ``shifts`` when it ends."""
+
     @property
     def variation(self) -> float:
         """What a drift alert's shift must exceed: the shifts' 98th percentile (the largest
@@ -76,6 +79,7 @@ def model_to_state(state: ModelState) -> dict[str, Any]:
                 "reference": c.reference.to_state() if c.reference else None,
                 "slots": [[k, s.to_state()] for k, s in c.slots.items()],
                 "shifts": c.shifts.tolist(),
+                "pending": c.pending.tolist(),
             }
             for name, c in state.columns.items()
         },
@@ -96,5 +100,6 @@ def model_from_state(m: dict[str, Any]) -> ModelState:
         col.reference = sketch_from_state(c["reference"]) if c["reference"] else None
         col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
         col.shifts = np.asarray(c.get("shifts", []), dtype=np.float32)
+        col.pending = np.asarray(c.get("pending", []), dtype=np.float32)
         state.columns[name] = col
     return state
