@@ -152,7 +152,7 @@ def test_low_traffic_latency_is_quiet_and_a_real_slowdown_still_alerts(
     server: ServerProcess,
 ) -> None:
     rng = np.random.default_rng(5)
-    quiet, slow = 240, 12
+    quiet, slow = 240, 20
 
     def window(scale: float) -> tuple[np.ndarray, np.ndarray]:
         # A handful of requests a minute, log-normal around 40 ms, now and then a slow one.
@@ -172,7 +172,8 @@ def test_low_traffic_latency_is_quiet_and_a_real_slowdown_still_alerts(
              "every histogram point scored")  # fmt: skip
     assert not _alerts(server, "latency", "quiet")
     # Four hours of a few requests a minute: nothing. Now every request gets five times
-    # slower, at the same traffic.
+    # slower, at the same traffic: a median of five requests shows it only by its count
+    # (all five slower: p = 1/32), so it takes the shift test several windows.
     _send_windows(server, "quiet", [window(5.0) for _ in range(slow)], quiet + 2, True, base)
     _close_windows(server, "quiet", quiet + slow + 10, base)
     alerts = wait_for(lambda: _alerts(server, "latency", "quiet"), 30, "a latency alert")

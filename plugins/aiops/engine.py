@@ -169,35 +169,47 @@ def _normal_sf(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
 
 
-def _sign_test_cap(
+def _sign_test(
     z: np.ndarray,
     pred: np.ndarray,
     weights: np.ndarray | None,
     q: np.ndarray,
     index: np.ndarray,
     tail_counts: TailCounts,
-) -> np.ndarray:
-    """Cap the z of quantile points at what their sample can show (see ``update``): the
-    count of samples surely beyond the forecast, against ``Binomial(n, 1 - q)`` above it
-    (``Binomial(n, q)`` below); its tail probability as a normal quantile bounds |z|."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sign test of quantile points (see ``update``): the count of samples surely beyond
+    the forecast, against ``Binomial(n, 1 - q)`` above it (``Binomial(n, q)`` below); its tail
+    probability as a normal quantile caps |z|. Returns (capped z, which points were tested,
+    signed count beyond (+ above, - below), sample size, the binomial probability, tail p)."""
+    size = z.size
+    signed, n_all, prob_all = np.zeros(size), np.zeros(size), np.full(size, 0.5)
+    p_all, tested = np.ones(size), np.zeros(size, np.bool_)
     if weights is None:
-        return z
+        return z, tested, signed, n_all, prob_all, p_all
     sel = np.flatnonzero(np.isfinite(q) & (weights > 0) & (z != 0))
     if not sel.size:
-        return z
+        return z, tested, signed, n_all, prob_all, p_all
     counts = np.asarray(tail_counts(index[sel], pred[sel]), np.float64).reshape(-1, 2)
     n = weights[sel]
     up = z[sel] > 0
     k = np.minimum(np.where(up, counts[:, 1], counts[:, 0]), n)
     prob = np.clip(np.where(up, 1.0 - q[sel], q[sel]), 0.0, 1.0)
-    # P(Binomial(n, prob) >= k) = I_prob(k, n - k + 1)
-    tail = np.where(
-        k > 0, special.betainc(np.maximum(k, 1e-12), np.maximum(n - k + 1.0, 1.0), prob), 1.0
-    )
+    tail = _binomial_sf(k, n, prob)
     cap = np.where(tail < 0.5, -special.ndtri(np.clip(tail, 1e-300, 0.5)), 0.0)
     out = z.copy()
     out[sel] = np.sign(z[sel]) * np.minimum(np.abs(z[sel]), cap)
-    return out
+    tested[sel] = True
+    signed[sel] = np.where(up, k, -k)
+    n_all[sel], prob_all[sel], p_all[sel] = n, prob, tail
+    return out, tested, signed, n_all, prob_all, p_all
+
+
+def _binomial_sf(k: np.ndarray, n: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """P(Binomial(n, prob) >= k) = I_prob(k, n - k + 1); 1 for k <= 0."""
+    k = np.minimum(k, n)
+    return np.where(
+        k > 0, special.betainc(np.maximum(k, 1e-12), np.maximum(n - k + 1.0, 1.0), prob), 1.0
+    )
 
 
 def _ratio_count_test(
@@ -577,7 +589,10 @@ class RobustSeasonalDetector:
             v[_RES_BELOW] += la_res * (resolution[:, 0] - v[_RES_BELOW])
             v[_RES_ABOVE] += la_res * (resolution[:, 1] - v[_RES_ABOVE])
         if sample is not None:
-            z = _sign_test_cap(z, pred, weights, *sample)
+            z, sign_tested, sign_k, sign_n, sign_prob, sign_p = _sign_test(
+                z, pred, weights, *sample
+            )
+            quantile_pts = np.isfinite(sample[0]) & (weights > 0)
         az = np.abs(z)
         silent = None
         if noise is not None and not np.isfinite(sigma_pt).all():
@@ -637,6 +652,25 @@ class RobustSeasonalDetector:
         young = np.clip(1.0 - (n - self.warmup) / (3.0 * self.warmup), 0.0, 1.0)
         p = p * (1.0 + (self.young - 1.0) * young)
         n_tests = np.full(s.size, float(len(self.tests)))
+        if sample is not None and quantile_pts.any():
+            # Quantiles judged by their counts over two windows in a row, as error ratios
+            # are: each window's count beyond the forecast with p < 0.05, the same way, and
+            # the pooled count decisive. It needs no young factor (it rests on the windows'
+            # own samples); a lone window is the other tests' business.
+            same_way = np.sign(sign_k) * np.sign(v[_RAT_PREV_K]) > 0
+            in_a_row = sign_tested & same_way & (sign_p < 0.05) & (v[_RAT_PREV_P] < 0.05)
+            in_a_row &= gap < 2.0
+            p_pair = _binomial_sf(
+                np.abs(sign_k) + np.abs(v[_RAT_PREV_K]), sign_n + v[_RAT_PREV_W], sign_prob
+            )
+            p_signs = np.where(in_a_row, p_pair, 1.0)
+            v[_RAT_PREV_K] = np.where(quantile_pts, sign_k, v[_RAT_PREV_K])
+            v[_RAT_PREV_W] = np.where(quantile_pts, sign_n, v[_RAT_PREV_W])
+            v[_RAT_PREV_P] = np.where(quantile_pts, sign_p, v[_RAT_PREV_P])
+            signs_win = quantile_pts & (p_signs < p)
+            which[signs_win] = len(TESTS)
+            p = np.where(signs_win, p_signs, p)
+            n_tests += quantile_pts
         p_count = None
         if rat is not None and rat.any():
             # The count test of a ratio carries its baseline's uncertainty itself (the
