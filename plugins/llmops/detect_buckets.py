@@ -28,7 +28,8 @@ from opstrata.plugins.llmops.detect_stats import (
     BucketHistory,
     CallRings,
     error_p,
-    upper_tail_p,
+    order_statistic,
+    sorted_tail_p,
 )
 from opstrata.plugins.llmops.prices import PICO
 
@@ -154,14 +155,18 @@ class BucketJudge:
         rings = self.rings[kind]
         if rings.buckets[entity] < s.warmup_buckets:
             return []
-        base, now = rings.baseline(entity), bucket.values
+        # Sorted once for all the tests: NaN (no TTFT, unwritten) sorts last and is cut off.
+        ordered = np.sort(rings.baseline(entity), axis=1)
+        valid = np.count_nonzero(~np.isnan(ordered), axis=1)
+        base = [ordered[f, : valid[f]] for f in range(len(FIELDS))]
+        now = bucket.values
         since = start - (s.window_buckets - 1) * s.bucket_seconds * 1_000_000_000
         recent = [v for at, v, _ in self.recent.get((kind, entity), ()) if at >= since]
         window = np.concatenate([*recent, now], axis=1) if recent else now
         found: list[_Finding] = []
         if kind == "llm_model":
             for alert, at, what in _LATENCY_TESTS:
-                usual = _quantile(base[at], 0.95)
+                usual = order_statistic(base[at], 0.95)
                 floor = s.latency_factor * usual
                 hit = usual > 0 and self._above(
                     base[at], now[at], window[at], lambda v, f=floor: _quantile(v, 0.95) >= f
@@ -173,7 +178,8 @@ class BucketJudge:
         filled = min(int(self.history[kind].written[entity]), self.history[kind].size)
         n = bucket.calls
         for alert, at, total_at, unit, scale in _SPIKE_TESTS:
-            total, usual_per_call = float(np.nansum(now[at])), _mean(base[at])
+            total = float(np.nansum(now[at]))
+            usual_per_call = float(base[at].mean()) if len(base[at]) else 0.0
             per_call = total / n if n else 0.0
             series = f"{unit} per bucket"
             floor = s.per_call_factor * usual_per_call
@@ -215,14 +221,14 @@ class BucketJudge:
         if not large(now):
             return {}
         calls = int(np.count_nonzero(~np.isnan(now)))
-        if calls >= s.min_calls and (p := upper_tail_p(base, now)) <= s.p_value:
+        if calls >= s.min_calls and (p := sorted_tail_p(base, now)) <= s.p_value:
             return {"p_value": p, "test": "per_call"}
         pooled = int(np.count_nonzero(~np.isnan(window)))
         if not (pooled > calls and pooled >= s.min_calls and large(window)):
             return {}
         # Each call is looked at in up to window_buckets tests: Bonferroni keeps the family's
         # false-alarm rate at p_value.
-        if (p := upper_tail_p(base, window)) <= s.p_value / s.window_buckets:
+        if (p := sorted_tail_p(base, window)) <= s.p_value / s.window_buckets:
             return {"p_value": p, "test": "per_call_window", "window_calls": pooled}
         return {}
 
@@ -231,7 +237,7 @@ class BucketJudge:
         enough failures, a share above the floor (in the bucket too), and a significant excess
         over the baseline's error rate, its uncertainty included. Empty when there is none."""
         s = self.settings
-        known = base[~np.isnan(base)]
+        known = base
         usual = float((known.sum() + 0.5) / (len(known) + 50))
         floor = max(s.error_rate, 2 * usual)
         for values, test in ((now, "bucket"), (window, "window")):

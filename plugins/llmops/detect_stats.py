@@ -21,12 +21,22 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import betaln, gammaln
 
-__all__ = ["FIELDS", "BucketHistory", "CallRings", "betabinom_sf", "error_p", "upper_tail_p"]
+__all__ = [
+    "FIELDS",
+    "BucketHistory",
+    "CallRings",
+    "betabinom_sf",
+    "error_p",
+    "order_statistic",
+    "sorted_tail_p",
+    "upper_tail_p",
+]
 
 FIELDS = ("duration", "ttft", "cost", "tokens", "error")
 """Per-call values a ring keeps, in this order (``ttft`` NaN when the call had none)."""
 TOTALS = ("calls", "cost", "tokens")
 """Per-bucket totals a history keeps, in this order."""
+_HIGH_EVERY = 10
 
 _ERROR_PRIOR = (0.5, 49.5)
 """Beta prior of an entity's error rate: mean 1 %, as much weight as 50 calls. It keeps a
@@ -49,19 +59,28 @@ def betabinom_sf(k: int, n: int, a: float, b: float) -> float:
 def upper_tail_p(baseline: np.ndarray, bucket: np.ndarray, level: float = 0.95) -> float:
     """P(at least as many of ``bucket`` above the baseline's ``level`` quantile) if nothing
     changed. NaN values are ignored; 1.0 when either side is empty."""
-    baseline = baseline[~np.isnan(baseline)]
+    return sorted_tail_p(np.sort(baseline[~np.isnan(baseline)]), bucket, level)
+
+
+def order_statistic(ordered: np.ndarray, level: float = 0.95) -> float:
+    """The ``level`` quantile of sorted values as one of them (``method="higher"``)."""
+    return float(ordered[int(np.ceil(level * (len(ordered) - 1)))]) if len(ordered) else 0.0
+
+
+def sorted_tail_p(ordered: np.ndarray, bucket: np.ndarray, level: float = 0.95) -> float:
+    """:func:`upper_tail_p` with the baseline already sorted, without NaN (an entity's
+    baseline is sorted once per bucket for all its tests)."""
     bucket = bucket[~np.isnan(bucket)]
-    if len(baseline) == 0 or len(bucket) == 0:
+    if len(ordered) == 0 or len(bucket) == 0:
         return 1.0
-    # An order statistic ("higher"), so the Beta law of the share above it holds; ties with
-    # it count as not above, on both sides, which only makes the test more cautious.
-    threshold = np.quantile(baseline, level, method="higher")
-    above_base = int(np.count_nonzero(baseline > threshold))
+    # An order statistic, so the Beta law of the share above it holds; ties with it count as
+    # not above, on both sides, which only makes the test more cautious.
+    threshold = order_statistic(ordered, level)
+    above_base = len(ordered) - int(np.searchsorted(ordered, threshold, side="right"))
     above = int(np.count_nonzero(bucket > threshold))
     if above == 0:
         return 1.0
-    total = len(baseline)
-    return betabinom_sf(above, len(bucket), above_base + 1, total - above_base)
+    return betabinom_sf(above, len(bucket), above_base + 1, len(ordered) - above_base)
 
 
 def error_p(errors: int, calls: int, base_errors: float, base_calls: float) -> float:
@@ -133,6 +152,7 @@ class BucketHistory:
         self.size = size
         self.values = np.full((len(TOTALS), 0, size), np.nan, dtype=np.float32)
         self.written = np.zeros(0, dtype=np.int64)
+        self.cache: dict[int, tuple[int, np.ndarray]] = {}
 
     def ensure(self, entities: int) -> None:
         while len(self.written) < entities:
@@ -140,11 +160,18 @@ class BucketHistory:
             self.written = _grow(self.written, 0, 0)
 
     def high(self, entity: int, level: float = 0.99) -> np.ndarray:
-        """Each total's ``level`` quantile over the kept buckets (NaN when none are)."""
-        filled = min(int(self.written[entity]), self.size)
+        """Each total's ``level`` quantile over the kept buckets (NaN when none are); cached,
+        recomputed every ``_HIGH_EVERY`` buckets added (a day's high moves slowly)."""
+        written = int(self.written[entity])
+        cached = self.cache.get(entity)
+        if cached is not None and written - cached[0] < _HIGH_EVERY:
+            return cached[1]
+        filled = min(written, self.size)
         if filled == 0:
             return np.full(len(TOTALS), np.nan)
-        return np.quantile(self.values[:, entity, :filled], level, axis=1)
+        high = np.quantile(self.values[:, entity, :filled], level, axis=1)
+        self.cache[entity] = (written, high)
+        return high
 
     def add(self, entity: int, totals: tuple[float, float, float]) -> None:
         self.values[:, entity, int(self.written[entity]) % self.size] = totals
