@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext, latest_event_time
+from opstrata.resource_runs import resource_runs
 from opstrata.schema import Signal, Table
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "TopologyGraph",
     "canonical",
     "nodes_of_resource",
-    "resource_runs",
 ]
 
 log = logging.getLogger(__name__)
@@ -319,82 +319,6 @@ def _lookup(column: pa.Array, key: str) -> pa.Array:
 def _first_present(column: pa.Array, keys: tuple[str, ...]) -> pa.Array:
     values = [_lookup(column, key) for key in keys]
     return pc.coalesce(*values) if len(values) > 1 else values[0]
-
-
-def _int32s(buffer: pa.Buffer, offset: int, count: int) -> np.ndarray:
-    return np.frombuffer(buffer, np.int32, count, offset * 4)
-
-
-def _same_slices(
-    starts_a: np.ndarray, starts_b: np.ndarray, lengths: np.ndarray, data: np.ndarray
-) -> np.ndarray:
-    """Whether ``data[a:a+n] == data[b:b+n]`` for each (a, b, n), vectorised."""
-    same = np.ones(len(lengths), bool)
-    total = int(lengths.sum())
-    if total:
-        owner = np.repeat(np.arange(len(lengths)), lengths)
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        differ = (
-            data[np.repeat(starts_a, lengths) + within]
-            != data[np.repeat(starts_b, lengths) + within]
-        )
-        same[owner[differ]] = False
-    return same
-
-
-def _repeats(rows: np.ndarray, strings: pa.Array) -> bool:
-    """Whether every row (``rows`` delimits runs of ``strings``) is the row before, byte for
-    byte, with rows all of one length: then the rows' bytes equal themselves shifted by one row.
-    """
-    counts = np.diff(rows)
-    if counts.min() != counts.max():
-        return False
-    offsets = _int32s(strings.buffers()[1], strings.offset, len(strings) + 1)
-    bounds = offsets[rows]
-    width = np.diff(bounds)
-    if width.min() != width.max():
-        return False
-    lengths = np.diff(offsets)
-    if not np.array_equal(lengths[rows[1] : rows[-1]], lengths[rows[0] : rows[-2]]):
-        return False
-    data = strings.buffers()[2]
-    if data is None:
-        return True
-    size = int(bounds[-2] - bounds[0])
-    return data.slice(int(bounds[1]), size).equals(data.slice(int(bounds[0]), size))
-
-
-def resource_runs(resource: pa.MapArray, services: pa.Array) -> np.ndarray:
-    """The rows that begin a run of rows with the same resource (equal attribute maps, in the
-    same order, and service name): row 0, and each row that differs from the one before."""
-    n = len(resource)
-    if n <= 1:
-        return np.zeros(n, np.int64)
-    rows = _int32s(resource.buffers()[1], resource.offset, n + 1)
-    if (
-        _repeats(rows, resource.keys)
-        and _repeats(rows, resource.items)
-        and _repeats(np.arange(n + 1), services)
-    ):
-        return np.zeros(1, np.int64)  # the usual batch: one resource throughout
-    counts = np.diff(rows)
-    same = counts[1:] == counts[:-1]
-    same &= pc.equal(services.slice(1), services.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    for child in (resource.keys, resource.items):
-        offsets = _int32s(child.buffers()[1], child.offset, len(child) + 1).astype(np.int64)
-        data = np.frombuffer(child.buffers()[2] or b"", np.uint8)
-        first = offsets[rows]
-        nbytes = np.diff(first)
-        same &= nbytes[1:] == nbytes[:-1]
-        check = np.flatnonzero(same) + 1  # rows still equal to the row before
-        if not len(check):
-            break
-        # The same strings' lengths in both rows, then the same bytes.
-        rel = _same_slices(rows[check], rows[check - 1], counts[check], np.diff(offsets))
-        same[check - 1] &= rel
-        check = check[rel]
-        same[check - 1] &= _same_slices(first[check], first[check - 1], nbytes[check], data)
-    return np.concatenate(([0], np.flatnonzero(~same) + 1))
 
 
 def _placement_columns(records: pa.RecordBatch, time_column: str) -> tuple[pa.Array, ...]:

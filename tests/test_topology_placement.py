@@ -18,8 +18,8 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+from opstrata.resource_runs import resource_runs
 from opstrata.schema import STRING_MAP
-from opstrata.topology import resource_runs
 from tests.otelsdk import log_exporter, metric_exporter, resource
 from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
