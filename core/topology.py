@@ -312,8 +312,23 @@ class _SpanIndex:
         return found if found is not None else self.previous.pop(key, None)
 
 
+# Arrow values made from Python objects once, not per batch: while pyarrow's optional
+# ``dateutil`` is not installed, every conversion of a Python value (a list, or a literal passed
+# to a compute function) retries that import from disk, ~100 µs each here.
+_KEYS: dict[str, pa.Scalar] = {}
+_OUTBOUND_KINDS = pa.array(["Client", "Producer"])
+_INBOUND_KINDS = pa.array(["Server", "Consumer"])
+_EMPTY = pa.scalar("", pa.string())
+_ERROR = pa.scalar("Error", pa.string())
+_COLON = pa.scalar(":", pa.string())
+_MINUTE_NS = pa.scalar(_MINUTE, pa.int64())
+
+
 def _lookup(column: pa.Array, key: str) -> pa.Array:
-    return pc.map_lookup(column, pa.scalar(key, pa.string()), "first")
+    scalar = _KEYS.get(key)
+    if scalar is None:
+        scalar = _KEYS[key] = pa.scalar(key, pa.string())
+    return pc.map_lookup(column, scalar, "first")
 
 
 def _first_present(column: pa.Array, keys: tuple[str, ...]) -> pa.Array:
@@ -407,9 +422,9 @@ class TopologyConsumer(Consumer):
         times = spans.column("Timestamp").cast(pa.int64())
         self._learn_models(services, attributes, times)
 
-        outbound = pc.is_in(kinds, pa.array(["Client", "Producer"]))
-        inbound = pc.is_in(kinds, pa.array(["Server", "Consumer"]))
-        peers = pc.fill_null(_first_present(attributes, _PEER_KEYS), "")
+        outbound = pc.is_in(kinds, _OUTBOUND_KINDS)
+        inbound = pc.is_in(kinds, _INBOUND_KINDS)
+        peers = pc.fill_null(_first_present(attributes, _PEER_KEYS), _EMPTY)
         latest = int(pc.max(times).as_py() or 0)
 
         # Calls leaving a service: per-minute statistics per (caller, peer).
@@ -417,11 +432,11 @@ class TopologyConsumer(Consumer):
             {
                 "caller": services,
                 "peer": peers,
-                "minute": pc.divide(times, _MINUTE),
-                "error": pc.cast(pc.equal(spans.column("StatusCode"), "Error"), pa.int64()),
+                "minute": pc.divide(times, _MINUTE_NS),
+                "error": pc.cast(pc.equal(spans.column("StatusCode"), _ERROR), pa.int64()),
                 "duration": spans.column("Duration"),
             }
-        ).filter(pc.and_(outbound, pc.not_equal(peers, "")))
+        ).filter(pc.and_(outbound, pc.not_equal(peers, _EMPTY)))
         if calls.num_rows:
             grouped = calls.group_by(["caller", "peer", "minute"]).aggregate(
                 [("error", "count"), ("error", "sum"), ("duration", "sum")]
@@ -475,11 +490,11 @@ class TopologyConsumer(Consumer):
 
     def _learn_models(self, services: pa.Array, attributes: pa.Array, times: pa.Array) -> None:
         ml_name = _lookup(attributes, "ml.model.name")
-        ml_version = pc.fill_null(_lookup(attributes, "ml.model.version"), "")
+        ml_version = pc.fill_null(_lookup(attributes, "ml.model.version"), _EMPTY)
         model = pc.if_else(
-            pc.equal(ml_version, ""),
+            pc.equal(ml_version, _EMPTY),
             ml_name,
-            pc.binary_join_element_wise(ml_name, ml_version, ":"),
+            pc.binary_join_element_wise(ml_name, ml_version, _COLON),
         )
         llm = _first_present(
             attributes, ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
