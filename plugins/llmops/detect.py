@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from opstrata.alerts import AlertEvent, Entity, Evidence, Layer, Severity
 from opstrata.plugins.llmops.config import AlertSettings, Budget
@@ -27,7 +28,7 @@ __all__ = ["CallAlerts"]
 _DIMENSIONS = (("llm_model", "ModelKey"), ("service", "ServiceName"))
 
 
-_KEPT = ("Model", "RequestModel", "ServiceName", "IsError", "TraceId", "PromptName",
+_KEPT = ("Model", "ServiceName", "IsError", "TraceId", "PromptName",
          "PromptVersion", "UserId", "SessionId")  # fmt: skip
 
 
@@ -82,9 +83,10 @@ class CallAlerts:
         cols = {name: column(name) for name in _KEPT}
         # The model the call asked for: a failed call has no response model, and must count
         # with the calls that succeeded (else a model's failures form an entity of their own).
-        requested = cols.pop("RequestModel")
-        cols["ModelKey"] = np.where((requested != "") & (requested != None), requested,  # noqa: E711
-                                    cols["Model"])  # fmt: skip
+        requested = calls.column("RequestModel")
+        asked = pc.fill_null(pc.not_equal(requested, ""), False)
+        key = pc.if_else(asked, requested, calls.column("Model"))
+        cols["ModelKey"] = key.to_numpy(zero_copy_only=False)
         cols["IsError"] = cols["IsError"].astype(bool)
         cols["cost"] = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
         cols["tokens"] = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
