@@ -294,14 +294,18 @@ class DriftMonitor:
             features=results,
         )
 
-    def _strong(self, state: ModelState, columns: list[FeatureDrift]) -> bool:
+    def _strong(
+        self, state: ModelState, columns: list[FeatureDrift], overwhelming: bool = False
+    ) -> bool:
         """Whether a drifted column is beyond sampling noise and beyond the variation of the
-        reference's own windows (see ``alert_p_value``)."""
+        reference's own windows (see ``alert_p_value``); ``overwhelming``: at the learning
+        reference's p-value however long it learnt."""
         config = self.config
         if config.alert_p_value >= 1.0:
             return any(f.drifted for f in columns)  # every drifted verdict alerts
-        limit = config.learning_p_value if state.learned_until is not None else None
-        limit = config.alert_p_value if limit is None else min(limit, config.alert_p_value)
+        strict = overwhelming or state.learned_until is not None
+        limit = min(config.learning_p_value, config.alert_p_value) if strict else None
+        limit = config.alert_p_value if limit is None else limit
         factor = config.alert_variation_factor
         return any(
             f.drifted
@@ -322,7 +326,8 @@ class DriftMonitor:
         state.last_verdict = verdict.dataset_drift
         time = min(verdict.end_unix_nano, state.last_ns)
         # A sudden shift fills the newest slot long before it is most of the window: the slot
-        # alone may start an alert (the same gates: its own verdict, noise of its fewer rows).
+        # alone may start an alert (the same gates on its own verdict and the noise of its fewer
+        # rows, but overwhelming evidence only: it is one more test at every close).
         recent: WindowDrift | None = None
         if self.config.window_slots > 1 and len(state.firing) < 2:
             recent = self._evaluate(state, end_slot, live=False, slots=1)
@@ -339,7 +344,7 @@ class DriftMonitor:
                 if tested is None:
                     continue
                 firing, columns = _condition(tested, kind)
-                if firing and self._strong(state, columns):
+                if firing and self._strong(state, columns, overwhelming=tested is recent):
                     state.firing.add(kind)
                     self.emit(drift_alert(state, kind, tested, columns, time))
                     break
