@@ -3,9 +3,9 @@
 Traffic is written with the real OpenTelemetry SDK and sent over OTLP/HTTP to a real server
 with the default alert settings: a few calls per one-minute bucket (a daily shape squeezed into
 three hours, 2 to 10 calls a minute), lognormal latencies, TTFTs and token counts, 1 % failed
-calls (without a response model, as real failures are). One service sees only that; three others
-see it and then a latency regression, a cost spike (a prompt five times longer), an error
-burst and a surge of calls. The statistics themselves are checked for calibration without a server.
+calls (without a response model, as real failures are). One service sees only that; four
+others see it and then a latency regression, a cost spike (a prompt five times longer), an
+error burst, a surge of calls. The statistics themselves are checked without a server.
 """
 
 from __future__ import annotations
