@@ -30,6 +30,7 @@ from opstrata.plugins.llmops.detect_stats import (
     error_p,
     order_statistic,
     sorted_tail_p,
+    usual_error_rate,
 )
 from opstrata.plugins.llmops.prices import PICO
 
@@ -238,7 +239,7 @@ class BucketJudge:
         over the baseline's error rate, its uncertainty included. Empty when there is none."""
         s = self.settings
         known = base
-        usual = float((known.sum() + 0.5) / (len(known) + 50))
+        usual = usual_error_rate(float(known.sum()), float(len(known)))
         floor = max(s.error_rate, 2 * usual)
         for values, test in ((now, "bucket"), (window, "window")):
             values = values[~np.isnan(values)]

@@ -30,6 +30,7 @@ __all__ = [
     "order_statistic",
     "sorted_tail_p",
     "upper_tail_p",
+    "usual_error_rate",
 ]
 
 FIELDS = ("duration", "ttft", "cost", "tokens", "error")
@@ -81,6 +82,12 @@ def sorted_tail_p(ordered: np.ndarray, bucket: np.ndarray, level: float = 0.95) 
     if above == 0:
         return 1.0
     return betabinom_sf(above, len(bucket), above_base + 1, len(ordered) - above_base)
+
+
+def usual_error_rate(base_errors: float, base_calls: float) -> float:
+    """The baseline's error rate, its prior included (the mean of the Beta posterior)."""
+    a, b = _ERROR_PRIOR
+    return (a + base_errors) / (a + b + base_calls)
 
 
 def error_p(errors: int, calls: int, base_errors: float, base_calls: float) -> float:
