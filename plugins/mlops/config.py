@@ -44,8 +44,9 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``alert_distance_factor`` times its threshold), and its shift beyond that noise larger than
     any the reference's own windows showed. A window is tested every slot (576 times a day);
     at p ≤ 0.05 alone, one test in twenty drifts with nothing changed, and at 0.001 a model's
-    two prediction columns still gave about one false alert a day. Once firing, the verdict alone keeps
-    it. 1.0 alerts on every drifted verdict."""
+    two prediction columns still gave about one false alert a day. Once firing, it stays while
+    the verdict drifts and a drifted column's shift exceeds the variation. 1.0 alerts on every
+    drifted verdict."""
     alert_distance_factor: float = 2.0
     alert_variation_factor: float = 1.5
     """... and the column's shift beyond noise must exceed this many times the largest (98th
