@@ -1589,59 +1589,25 @@ pairs_to_prepared(PairList *pl, StrCol *keys, StrCol *values)
     return 0;
 }
 
+/* The first passes over the resource and scope levels, shared with the logs and metrics
+ * decoders (_wire_scopes.c, included below). */
+static int read_resource_x(Dec *d, const uint8_t *p, const uint8_t *end, int depth,
+                           Bytes *schema_url);
+static int read_scope_x(Dec *d, const uint8_t *p, const uint8_t *end, int depth,
+                        Bytes *schema_url, uint32_t *dropped);
+
 static int
 dec_scope_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
 {
-    if (depth > MAX_DEPTH)
-        return fail("nesting too deep");
-    const uint8_t *start = p;
-    PairList *pl = &d->scope_pairs;
-    pairs_reset(pl);
-    d->scope_name = d->scope_version = "";
-    d->scope_name_len = d->scope_version_len = 0;
-    Field f, g;
-
-    /* First pass: the scope (which may come after the spans) and everything but the spans. */
-    while (p < end) {
-        if (next_field(&p, end, &f, depth) < 0)
-            return -1;
-        if (f.wt != WT_LEN)
-            continue;
-        if (f.num == 1) {
-            /* InstrumentationScope; repeated occurrences merge. */
-            int sdepth = depth + 1;
-            if (sdepth > MAX_DEPTH)
-                return fail("nesting too deep");
-            const uint8_t *q = f.p, *qend = f.p + f.n;
-            while (q < qend) {
-                if (next_field(&q, qend, &g, sdepth) < 0)
-                    return -1;
-                if (g.wt != WT_LEN)
-                    continue;
-                if (g.num == 1 || g.num == 2) {
-                    if (check_utf8(&g) < 0)
-                        return -1;
-                    if (g.num == 1) {
-                        d->scope_name = (const char *)g.p;
-                        d->scope_name_len = g.n;
-                    }
-                    else {
-                        d->scope_version = (const char *)g.p;
-                        d->scope_version_len = g.n;
-                    }
-                }
-                else if (g.num == 3 && dec_attribute(d, pl, &g, sdepth + 1) < 0)
-                    return -1;
-            }
-        }
-        else if (f.num == 3 && check_utf8(&f) < 0) /* schema_url */
-            return -1;
-    }
-    if (pairs_to_prepared(pl, &d->scope_keys, &d->scope_values) < 0)
+    /* First pass: the scope (which may come after the spans) and everything but the spans.
+     * Spans keep neither the scope's schema_url nor its dropped-attributes count. */
+    Bytes schema_url;
+    uint32_t dropped;
+    if (read_scope_x(d, p, end, depth, &schema_url, &dropped) < 0)
         return -1;
 
     /* Second pass: the spans. */
-    p = start;
+    Field f;
     while (p < end) {
         if (next_field(&p, end, &f, depth) < 0)
             return -1;
@@ -1654,56 +1620,13 @@ dec_scope_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
 static int
 dec_resource_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
 {
-    if (depth > MAX_DEPTH)
-        return fail("nesting too deep");
-    const uint8_t *start = p;
-    PairList *pl = &d->res_pairs;
-    pairs_reset(pl);
-    Field f, g;
-
     /* First pass: the resource (which may come after the scopes) and everything but them. */
-    while (p < end) {
-        if (next_field(&p, end, &f, depth) < 0)
-            return -1;
-        if (f.wt != WT_LEN)
-            continue;
-        if (f.num == 1) {
-            /* Resource; repeated occurrences merge. */
-            int rdepth = depth + 1;
-            if (rdepth > MAX_DEPTH)
-                return fail("nesting too deep");
-            const uint8_t *q = f.p, *qend = f.p + f.n;
-            while (q < qend) {
-                if (next_field(&q, qend, &g, rdepth) < 0)
-                    return -1;
-                if (g.wt != WT_LEN)
-                    continue;
-                if (g.num == 1) {
-                    if (dec_attribute(d, pl, &g, rdepth + 1) < 0)
-                        return -1;
-                }
-                else if (g.num == 3 &&
-                         validate_msg(g.p, g.p + g.n, MSG_ENTITY_REF, rdepth + 1) < 0)
-                    return -1;
-            }
-        }
-        else if (f.num == 3 && check_utf8(&f) < 0) /* schema_url */
-            return -1;
-    }
-    if (pairs_to_prepared(pl, &d->res_keys, &d->res_values) < 0)
+    Bytes schema_url;
+    if (read_resource_x(d, p, end, depth, &schema_url) < 0)
         return -1;
-    d->service_name.len = 0;
-    for (size_t i = 0; i < pl->n; i++) {
-        const Pair *pr = &pl->items[i];
-        if (pr->klen == 12 && memcmp(pr->k, "service.name", 12) == 0) {
-            if (buf_put(&d->service_name, pair_value(pl, pr), pr->vlen) < 0)
-                return -1;
-            break;
-        }
-    }
 
     /* Second pass: the scopes and their spans. */
-    p = start;
+    Field f;
     while (p < end) {
         if (next_field(&p, end, &f, depth) < 0)
             return -1;
