@@ -959,6 +959,7 @@ typedef struct {
 
     Py_ssize_t rejected, dropped_attributes, truncated_values;
     int first_reason;
+    Buf llm_rows; /* int32 rows of spans with an LLM-convention key: see mark_llm_span */
 } Dec;
 
 /* ---- AnyValue rendering ---- */
@@ -1448,6 +1449,38 @@ typedef struct {
     size_t n;
 } Bytes;
 
+/* A hint for the llmops plugin, which otherwise looks up every attribute key of every span: the
+ * rows of spans whose stored attributes have a key of an LLM convention (gen_ai.*, llm.*,
+ * openinference.*, traceloop.*). The keys are in hand here, so it costs a byte compare per key;
+ * decode_traces() gives the same rows (decode_traces.llm_rows). */
+static inline int
+is_llm_key(const char *k, size_t n)
+{
+    switch (n ? k[0] : 0) {
+    case 'g':
+        return n >= 7 && memcmp(k, "gen_ai.", 7) == 0;
+    case 'l':
+        return n >= 4 && memcmp(k, "llm.", 4) == 0;
+    case 'o':
+        return n >= 14 && memcmp(k, "openinference.", 14) == 0;
+    case 't':
+        return n >= 10 && memcmp(k, "traceloop.", 10) == 0;
+    default:
+        return 0;
+    }
+}
+
+static int
+mark_llm_span(Dec *d, const PairList *pl)
+{
+    for (size_t i = 0; i < pl->n; i++)
+        if (is_llm_key(pl->items[i].k, pl->items[i].klen)) {
+            size_t row = d->num[N_TIMESTAMP].len / sizeof(int64_t) - 1;
+            return buf_put_i32(&d->llm_rows, (int32_t)row);
+        }
+    return 0;
+}
+
 static int
 dec_span(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
 {
@@ -1564,7 +1597,7 @@ dec_span(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
         strcol_append(&m[A_SCOPE].v, &d->scope_values) < 0 ||
         mapcol_close_row(&m[A_SCOPE]) < 0)
         return -1;
-    if (pairs_to_row(pl, &m[A_SPAN]) < 0)
+    if (pairs_to_row(pl, &m[A_SPAN]) < 0 || mark_llm_span(d, pl) < 0)
         return -1;
     if (put_offset(&d->num[N_EVENT_OFFSETS], strcol_rows(&s[S_EVENT_NAME])) < 0 ||
         put_offset(&d->num[N_LINK_OFFSETS], strcol_rows(&s[S_LINK_TRACE_ID])) < 0)
@@ -1737,6 +1770,7 @@ dec_free(Dec *d)
     strcol_free(&d->scope_keys);
     strcol_free(&d->scope_values);
     buf_free(&d->service_name);
+    buf_free(&d->llm_rows);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1982,9 +2016,16 @@ build_result(Dec *d)
         return NULL;
     else
         address = PyCapsule_GetPointer(batch, "arrow_array");
-    return Py_BuildValue("(nnnnNN)", d->rejected, (Py_ssize_t)d->first_reason,
+    PyObject *llm_rows = d->llm_rows.len
+                             ? PyBytes_FromStringAndSize(d->llm_rows.p, (Py_ssize_t)d->llm_rows.len)
+                             : Py_NewRef(Py_None);
+    if (llm_rows == NULL) {
+        Py_DECREF(batch);
+        return NULL;
+    }
+    return Py_BuildValue("(nnnnNNN)", d->rejected, (Py_ssize_t)d->first_reason,
                          d->dropped_attributes, d->truncated_values, batch,
-                         PyLong_FromVoidPtr(address));
+                         PyLong_FromVoidPtr(address), llm_rows);
 }
 
 /* Logs and metrics, in files of their own (one translation unit: the helpers stay static). */
@@ -1996,11 +2037,14 @@ PyDoc_STRVAR(decode_traces_doc,
 "decode_traces(data, max_attributes, max_value_chars, render_complex)\n"
 "--\n\n"
 "Decode a serialized ExportTraceServiceRequest into otel_traces columns.\n\n"
-"Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address):\n"
+"Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
+"llm_rows):\n"
 "first_reason is the index of the first rejected span's reason (-1 if none); batch is\n"
 "None when no span was accepted, else a PyCapsule \"arrow_array\" holding an Arrow C data\n"
 "interface struct array with the columns of opstrata.schema.TRACES, in its order, and\n"
 "address is that ArrowArray's address (for pyarrow's RecordBatch._import_from_c), or 0.\n"
+"llm_rows: the rows of spans with a gen_ai./llm./openinference./traceloop. attribute key,\n"
+"as native int32 bytes, or None.\n"
 "render_complex(serialized KeyValue) -> (rendered value, values cut) renders array, map\n"
 "and strindex values. Raises DecodeError when the bytes are not a valid request.");
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -19,11 +20,14 @@ from opstrata.otlp.limits import DecodeLimits, Tally
 from opstrata.schema import EVENT_TYPE, LINK_TYPE, TRACES, TS, Signal, Table
 
 __all__ = [
+    "LLM_PREFIXES",
+    "LLM_ROWS",
     "SPAN_KINDS",
     "STATUS_CODES",
     "complex_renderer",
     "decode_trace_bytes",
     "decode_traces",
+    "llm_rows",
 ]
 
 # The strings the Collector's ClickHouse exporter stores
@@ -37,6 +41,31 @@ def _service_name(keys: list[str], values: list[str]) -> str:
         if key == "service.name":
             return value
     return ""
+
+
+LLM_ROWS = b"opstrata.llm_rows"
+"""Schema metadata of a decoded span batch: the rows (native int32 bytes) of spans whose
+attributes have a key starting with one of :data:`LLM_PREFIXES` — a hint for the llmops plugin,
+which then need not look up every key of every span. Present (empty when there are none) on
+every batch the decoders make; absent on batches from elsewhere (e.g. read back from the store),
+which are scanned."""
+LLM_PREFIXES = ("gen_ai.", "llm.", "openinference.", "traceloop.")
+_HINTED = TRACES.with_metadata({LLM_ROWS: b""})
+
+
+def llm_rows(keys: list[str], offsets: list[int]) -> bytes:
+    """The :data:`LLM_ROWS` hint of a span attribute column given as keys and row offsets (the
+    reference for ``_wire``'s ``mark_llm_span``)."""
+    rows = [
+        row
+        for row in range(len(offsets) - 1)
+        if any(k.startswith(LLM_PREFIXES) for k in keys[offsets[row] : offsets[row + 1]])
+    ]
+    return np.asarray(rows, dtype=np.int32).tobytes()
+
+
+def _hinted(batch: pa.RecordBatch, rows: bytes | None) -> pa.RecordBatch:
+    return batch.replace_schema_metadata({LLM_ROWS: rows}) if rows else batch
 
 
 # Why a span is rejected; ``_wire`` reports the index of one of these.
@@ -186,9 +215,10 @@ def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) 
             scope_attrs.to_arrow(),
             pa.array(flags, pa.uint32()),
         ],
-        schema=TRACES,
+        schema=_HINTED,
     )
-    out.batches.append((Table.TRACES, batch))
+    hint = llm_rows(span_attrs.keys, span_attrs.offsets)
+    out.batches.append((Table.TRACES, _hinted(batch, hint)))
     return out
 
 
@@ -221,7 +251,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address = _wire.decode_traces(
+        rejected, reason, dropped, truncated, capsule, address, hint = _wire.decode_traces(
             data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
@@ -232,7 +262,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if reason >= 0:
         out.message = f"{rejected} span(s) rejected: {_REASONS[reason]}"
     if capsule is not None:
-        batch = _import_batch(address, TRACES)  # moves the arrays out; ``capsule`` frees the rest
+        batch = _import_batch(address, _HINTED)  # moves the arrays out; ``capsule`` frees the rest
         out.accepted = batch.num_rows
-        out.batches.append((Table.TRACES, batch))
+        out.batches.append((Table.TRACES, _hinted(batch, hint)))
     return out

@@ -75,6 +75,8 @@ def assert_same(data: bytes, limits: DecodeLimits | None = None) -> bool:
         assert got_table == want_table
         got_batch.validate(full=True)
         assert got_batch.schema == want_batch.schema
+        # The llmops hint (rows of spans with an LLM-convention key) is the same too.
+        assert got_batch.schema.metadata == want_batch.schema.metadata
         if not got_batch.equals(want_batch):
             for name in want_batch.schema.names:
                 assert got_batch.column(name).to_pylist() == want_batch.column(name).to_pylist(), (
@@ -87,6 +89,9 @@ def assert_same(data: bytes, limits: DecodeLimits | None = None) -> bool:
 # --- random requests ---------------------------------------------------------------------------
 
 _KEYS = ["service.name", "http.method", "k", "ключ", "a", "", "🙂", "x" * 40]
+# Keys of the LLM conventions (and near misses), for the llmops hint.
+_KEYS += ["gen_ai.request.model", "llm.model_name", "openinference.span.kind", "traceloop.x"]
+_KEYS += ["gen_ai", "llm", "llmx.y", "openinference", "traceloop"]
 _STRINGS = ["", "GET", "héllo", "日本語テキスト", "🙂🙃", "a" * 60, "é" * 30, "\x00nul", "tab\t\n"]
 _DOUBLES = [
     0.0,
