@@ -14,8 +14,11 @@ __all__ = ["MLOpsConfig", "parse_config"]
 class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     window_seconds: float = 600.0
     """Length of the sliding drift window, in event time."""
-    window_slots: int = 4
-    """The window slides by ``window_seconds / window_slots``; one sketch per slot."""
+    window_slots: int = 10
+    """The window slides by ``window_seconds / window_slots``; one sketch per slot. Each close
+    also tests the newest 1, 2, 4, ... slots alone (a drift that began inside the window shows
+    undiluted there): with 60 s slots a sudden shift is tested on a whole slot of it within
+    two minutes of its start, wherever it falls."""
     baseline_seconds: float = 600.0
     """Without a posted reference, the first this-many seconds of a model version's telemetry
     become its reference. 0: no automatic baseline (post one). No drift is tested during it."""
@@ -29,6 +32,11 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drifted column with a two-sample p-value at most this (instead of ``alert_p_value``)."""
     min_rows: int = 30
     """Fewest rows in the reference and in a window for a drift verdict."""
+    scan_min_rows: int = 10
+    """Fewest rows of a column in the window's newest slots alone for their test (beside the
+    window's). They alert on overwhelming evidence only (p ≤ ``learning_p_value``), which the
+    sample size is part of: fewer than ~8 rows cannot reach 1e-6 at all, and a sudden shift of
+    a model with a few rows a minute would otherwise wait until its slots hold ``min_rows``."""
     drift_share: float = 0.5
     """Evidently's dataset-drift rule: the model drifts when at least this share of its
     features do."""
@@ -42,12 +50,18 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     its drifted columns is also strong: the p-value of a two-sample test that counts both
     samples' noise (``sampling.py``) at most this (a distance test's distance also at least
     ``alert_distance_factor`` times its threshold), and its shift beyond that noise larger than
-    any the reference's own windows showed. A window is tested every slot (576 times a day);
-    at p ≤ 0.05 alone, one test in twenty drifts with nothing changed, and at 0.001 a model's
-    two prediction columns still gave about one false alert a day. Once firing, it stays while
+    any the reference's own windows showed. A window is tested every slot (1,440 times a day
+    with 60 s slots); at p ≤ 0.05 alone, one test in twenty drifts with nothing changed, and
+    at 0.001 a model's two prediction columns still gave about one false alert a day (at 576
+    tests a day). Once firing, it stays while
     the verdict drifts and a drifted column's shift exceeds the variation. 1.0 alerts on every
     drifted verdict."""
     alert_distance_factor: float = 2.0
+    feature_p_value: float = 1e-6
+    """A single feature that drifted overwhelmingly raises ``feature_drift`` even when fewer than
+    ``drift_share`` of the features drifted: its two-sample p-value and Evidently's p-value at
+    most this (a distance test: at least 4 times its threshold), and its shift beyond the
+    variation like any alert. 0 turns it off (Evidently's dataset rule only)."""
     alert_variation_factor: float = 1.5
     """... and the column's shift beyond noise must exceed this many times the largest (98th
     percentile) shift of the windows the reference learnt from (their window-to-window
@@ -85,12 +99,16 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
         raise ValueError(f"plugins.mlops: {exc}") from exc
     if parsed.stattest and parsed.stattest not in TESTS:
         raise ValueError(f"plugins.mlops.stattest: {parsed.stattest!r} is not one of {TESTS}")
+    if parsed.scan_min_rows < 1:
+        raise ValueError("plugins.mlops.scan_min_rows must be at least 1")
     if parsed.window_seconds <= 0 or parsed.window_slots < 1:
         raise ValueError("plugins.mlops.window_seconds and window_slots must be positive")
     if not 0 < parsed.alert_p_value <= 1 or parsed.alert_distance_factor < 1:
         raise ValueError(
             "plugins.mlops.alert_p_value must be in (0, 1], alert_distance_factor at least 1"
         )
+    if not 0 <= parsed.feature_p_value <= 1:
+        raise ValueError("plugins.mlops.feature_p_value must be in [0, 1]")
     if parsed.alert_variation_factor < 1:
         raise ValueError("plugins.mlops.alert_variation_factor must be at least 1")
     if not 0 < parsed.learning_p_value <= 1 or parsed.reference_seconds < 0:

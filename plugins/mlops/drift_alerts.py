@@ -40,17 +40,36 @@ def drift_alert(
     columns: list[FeatureDrift],
     time: int,
     resolved: bool = False,
+    basis: str | None = None,
 ) -> AlertEvent:
-    top = sorted(columns, key=strength, reverse=True)
+    """``basis`` (``gates.Start``): why it starts — ``dataset share``, ``single feature``,
+    ``prediction``; for later events, read from the verdict."""
+    if basis is None:
+        single = kind == "feature_drift" and not verdict.dataset_drift
+        basis = (
+            "prediction"
+            if kind == "prediction_drift"
+            else ("single feature" if single else "dataset share")
+        )
+    # Strongest first; ties (strength saturates at 1) by the two-sample p-value.
+    top = sorted(columns, key=lambda f: (-strength(f), f.sampling_p_value or 1.0))
     drifted = [f for f in top if f.drifted]
     entity = entity_name(state.model, state.version)
     if kind == "feature_drift":
-        summary = (
-            f"{len(drifted)} of {len(columns)} features drifted "
-            f"({', '.join(f.feature for f in drifted[:3])})"
-            if not resolved
-            else f"features back within the reference ({verdict.drift_share:.0%} drifted)"
-        )
+        if resolved:
+            summary = f"features back within the reference ({verdict.drift_share:.0%} drifted)"
+        elif basis == "dataset share" or not drifted:
+            summary = (
+                f"{len(drifted)} of {len(columns)} features drifted "
+                f"({', '.join(f.feature for f in drifted[:3])})"
+            )
+        else:  # one feature moved overwhelmingly though the dataset share is not reached
+            f = next((f for f in drifted if f.role == "feature"), drifted[0])
+            summary = (
+                f"feature {f.feature} drifted ({f.test}, two-sample p {f.sampling_p_value:.1e}, "
+                f"shift {f.shift:.2f} against variation {f.variation:.2f}); "
+                f"{len(drifted)} of {len(columns)} features drifted"
+            )
         observed, bound = verdict.drift_share, None
     else:
         summary = (
@@ -79,7 +98,10 @@ def drift_alert(
                 "window_start_unix_nano": verdict.start_unix_nano,
                 "window_end_unix_nano": verdict.end_unix_nano,
                 "rows": verdict.rows,
+                # The window, or its newest slots alone (a drift that began inside it).
+                "scope_seconds": (verdict.end_unix_nano - verdict.start_unix_nano) / 1e9,
                 "drift_share": verdict.drift_share,
+                "basis": basis,
                 "top_features": [
                     {
                         "feature": f.feature,

@@ -21,6 +21,7 @@ import pyarrow as pa
 from opstrata.alerts import AlertEvent
 from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.drift_alerts import drift_alert, entity_name
+from opstrata.plugins.mlops.gates import KINDS, columns_of, kept, scan_lengths, start
 from opstrata.plugins.mlops.records import Column, ModelRows
 from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
 from opstrata.plugins.mlops.sampling import sampling_test
@@ -218,6 +219,8 @@ class DriftMonitor:
         for col in state.columns.values():
             col.shifts = col.shifts[:0]  # measured against the old reference
             col.pending = col.pending[:0]
+            col.scan_shifts = col.scan_shifts[:0]
+            col.scan_pending = col.scan_pending[:0]
 
     # -- evaluating ---------------------------------------------------------------------------
 
@@ -235,12 +238,15 @@ class DriftMonitor:
         return window
 
     def _evaluate(
-        self, state: ModelState, end_slot: int, live: bool, slots: int | None = None
+        self, state: ModelState, end_slot: int, live: bool, scan: int | None = None
     ) -> WindowDrift | None:
-        """The window of ``slots`` (default ``window_slots``) slots ending with ``end_slot``."""
+        """The window ending with ``end_slot``, or (``scan``: an index of ``scan_lengths``)
+        only its newest slots, judged against their own variation and row minimum."""
         if state.baseline_until is not None:
             return None
-        slots = slots or self.config.window_slots
+        config = self.config
+        slots = config.window_slots if scan is None else scan_lengths(config.window_slots)[scan]
+        least = config.min_rows if scan is None else min(config.min_rows, config.scan_min_rows)
         window = self._window(state, end_slot, slots)
         step = self.config.step_ns
         results: list[FeatureDrift] = []
@@ -249,7 +255,7 @@ class DriftMonitor:
             col = state.columns[name]
             ref = col.reference
             rows = max(rows, current.n)
-            if ref is None or ref.n < self.config.min_rows or current.n < self.config.min_rows:
+            if ref is None or ref.n < config.min_rows or current.n < least:
                 continue
             try:
                 result = drift_test(ref, current, self.config.stattest, self.config.threshold)
@@ -272,7 +278,7 @@ class DriftMonitor:
                     current_rows=current.n,
                     sampling_p_value=_finite(noise.p_value),
                     shift=_finite(noise.shift),
-                    variation=col.variation,
+                    variation=col.variation if scan is None else col.scan_variation(scan),
                 )
             )
         if not results:
@@ -294,30 +300,6 @@ class DriftMonitor:
             features=results,
         )
 
-    def _strong(
-        self, state: ModelState, columns: list[FeatureDrift], overwhelming: bool = False
-    ) -> bool:
-        """Whether a drifted column is beyond sampling noise and beyond the variation of the
-        reference's own windows (see ``alert_p_value``); ``overwhelming``: at the learning
-        reference's p-value however long it learnt."""
-        config = self.config
-        if config.alert_p_value >= 1.0:
-            return any(f.drifted for f in columns)  # every drifted verdict alerts
-        strict = overwhelming or state.learned_until is not None
-        limit = min(config.learning_p_value, config.alert_p_value) if strict else None
-        limit = config.alert_p_value if limit is None else limit
-        factor = config.alert_variation_factor
-        return any(
-            f.drifted
-            and (f.sampling_p_value or 0.0) <= limit
-            and (f.shift or 0.0) > factor * (f.variation or 0.0)
-            and (
-                f.p_value is not None
-                or (f.distance or 0.0) >= config.alert_distance_factor * f.threshold
-            )
-            for f in columns
-        )
-
     def _close(self, state: ModelState, end_slot: int) -> None:
         verdict = self._evaluate(state, end_slot, live=False)
         if verdict is None:
@@ -325,28 +307,31 @@ class DriftMonitor:
         self.history.append(verdict)
         state.last_verdict = verdict.dataset_drift
         time = min(verdict.end_unix_nano, state.last_ns)
-        # A sudden shift fills the newest slot long before it is most of the window: the slot
-        # alone may start an alert (the same gates on its own verdict and the noise of its fewer
-        # rows, but overwhelming evidence only: it is one more test at every close).
-        recent: WindowDrift | None = None
-        if self.config.window_slots > 1 and len(state.firing) < 2:
-            recent = self._evaluate(state, end_slot, live=False, slots=1)
-        for kind in ("feature_drift", "prediction_drift"):
-            firing, columns = _condition(verdict, kind)
+        # The newest slots alone, beside the window (gates.py): a sudden shift fills them
+        # minutes before it is most of the window; they also keep an alert they started.
+        tested = [(verdict, False)]
+        scans = [
+            self._evaluate(state, end_slot, live=False, scan=i)
+            for i in range(len(scan_lengths(self.config.window_slots)))
+        ]
+        tested += [(suffix, True) for suffix in scans if suffix is not None]
+        for kind in KINDS:
             if kind in state.firing:
-                if firing and _kept(columns):
-                    self.emit(drift_alert(state, kind, verdict, columns, time))
+                keeping = next((v for v, _ in tested if kept(self.config, v, kind)), None)
+                if keeping is not None:
+                    self.emit(drift_alert(state, kind, keeping, columns_of(keeping, kind), time))
                 else:
                     state.firing.discard(kind)
+                    columns = columns_of(verdict, kind)
                     self.emit(drift_alert(state, kind, verdict, columns, time, resolved=True))
                 continue
-            for tested in (verdict, recent):
-                if tested is None:
-                    continue
-                firing, columns = _condition(tested, kind)
-                if firing and self._strong(state, columns, overwhelming=tested is recent):
+            for candidate, suffix in tested:
+                why = start(self.config, state, candidate, kind, suffix)
+                if why is not None:
                     state.firing.add(kind)
-                    self.emit(drift_alert(state, kind, tested, columns, time))
+                    self.emit(
+                        drift_alert(state, kind, why.verdict, why.columns, time, basis=why.basis)
+                    )
                     break
         if state.learned_until is None:
             return
@@ -363,6 +348,7 @@ class DriftMonitor:
             if not state.firing:
                 col.shifts = np.concatenate((col.shifts, col.pending))[:limit]
                 col.pending = col.pending[:0]
+        _learn_scan_shifts(state, scans, limit)
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""
@@ -445,18 +431,23 @@ class DriftMonitor:
                 self.models[(state.model, state.version)] = state
 
 
-def _condition(verdict: WindowDrift, kind: str) -> tuple[bool, list[FeatureDrift]]:
-    """Whether the verdict has the alert's condition, and the columns that decide it."""
-    if kind == "feature_drift":
-        return verdict.dataset_drift, [f for f in verdict.features if f.role == "feature"]
-    return verdict.prediction_drift, [f for f in verdict.features if f.role == "prediction"]
-
-
-def _kept(columns: list[FeatureDrift]) -> bool:
-    """A firing drift alert stays while the verdict drifts and a drifted column is still beyond
-    noise and the reference's own variation (a daily cycle's drifted verdicts do not keep an
-    alert raised while the reference was learning)."""
-    return any(f.drifted and (f.shift or 0.0) > (f.variation or 0.0) for f in columns)
+def _learn_scan_shifts(state: ModelState, scans: list[WindowDrift | None], limit: int) -> None:
+    """The newest slots' shifts at this close, one row per column (NaN: not tested), learnt as
+    the window's are (an alerting episode's once it is over)."""
+    shifts = {name: np.full(len(scans), np.nan, dtype=np.float16) for name in state.columns}
+    for i, suffix in enumerate(scans):
+        for f in suffix.features if suffix is not None else ():
+            shifts[f.feature][i] = f.shift or 0.0
+    for name, col in state.columns.items():
+        row = shifts[name][None, :]
+        if col.scan_pending.shape[1:] != row.shape[1:]:
+            col.scan_pending = row[:0]  # first close, or another number of suffixes
+        if col.scan_shifts.shape[1:] != row.shape[1:]:
+            col.scan_shifts = row[:0]
+        col.scan_pending = np.concatenate((col.scan_pending, row))
+        if not state.firing:
+            col.scan_shifts = np.concatenate((col.scan_shifts, col.scan_pending))[:limit]
+            col.scan_pending = col.scan_pending[:0]
 
 
 def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> None:

@@ -26,6 +26,26 @@ class ColumnState:
     pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     """Shifts of the windows of an alert still firing: they join ``shifts`` when it ends."""
 
+    scan_shifts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float16))
+    """The same per close for the window's newest slots alone (one column per suffix length of
+    ``gates.scan_lengths``, NaN where too few rows): a suffix subtracts more sampling noise
+    than the window, so its own variation is measured at its own granularity. float16: a
+    shift needs three digits, and this is the largest part of a column's state."""
+    scan_pending: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float16))
+
+    def scan_variation(self, index: int) -> float:
+        """What a suffix's shift must exceed (as :attr:`variation`); the window's variation
+        until this suffix length has shifts of its own (state saved before they were kept)."""
+        if self.scan_shifts.ndim != 2 or index >= self.scan_shifts.shape[1]:
+            return self.variation
+        shifts = self.scan_shifts[:, index].astype(np.float32)
+        shifts = shifts[~np.isnan(shifts)]
+        if shifts.size == 0:
+            return self.variation if self.shifts.size else 0.0
+        if shifts.size < 50:
+            return float(shifts.max())
+        return float(np.quantile(shifts, 0.98))
+
     @property
     def variation(self) -> float:
         """What a drift alert's shift must exceed: the shifts' 98th percentile (the largest
@@ -80,6 +100,8 @@ def model_to_state(state: ModelState) -> dict[str, Any]:
                 "slots": [[k, s.to_state()] for k, s in c.slots.items()],
                 "shifts": c.shifts.tolist(),
                 "pending": c.pending.tolist(),
+                "scan_shifts": c.scan_shifts.astype(np.float32).tolist(),
+                "scan_pending": c.scan_pending.astype(np.float32).tolist(),
             }
             for name, c in state.columns.items()
         },
@@ -101,5 +123,9 @@ def model_from_state(m: dict[str, Any]) -> ModelState:
         col.slots = {int(k): sketch_from_state(s) for k, s in c["slots"]}
         col.shifts = np.asarray(c.get("shifts", []), dtype=np.float32)
         col.pending = np.asarray(c.get("pending", []), dtype=np.float32)
+        for key in ("scan_shifts", "scan_pending"):  # absent in files saved before scans
+            rows = np.asarray(c.get(key, []), dtype=np.float16)
+            empty = np.zeros((0, 0), dtype=np.float16)
+            setattr(col, key, rows.reshape(rows.shape[0], -1) if rows.size else empty)
         state.columns[name] = col
     return state
