@@ -1,12 +1,18 @@
 """A labelled evaluation set for the AIOps detectors, and event-level scores on it.
 
     python bench/aiops_eval.py [--per-type 20] [--sensitivity 0.5 0.7]
+    python bench/aiops_eval.py --counts rates --count-mean 0.5   # counters of few events
 
 Series are generated (seeded) on 5-minute steps over 14 days, with backgrounds that real
 metrics have — flat noise, daily and daily+weekly seasonality, a wandering AR(1) level, low
 Poisson counts, heavy tails, irregular sampling, a steady trend — and one injected anomaly of
 each type in the second week (spike, dip, level shift, trend change, variance change, a
 missing daily peak), plus anomaly-free copies of every background.
+
+``--counts``: the ``counts`` background as generated (``plain``, the default), rounded to whole
+events after the anomaly is injected and fed as values (``whole``), or the same whole counts fed
+as a counter's rate per second with the seconds each covers (``rates``: the detector's count
+test of rates); ``--count-mean`` its mean events per step (4).
 
 Every series goes through the streaming path (``SeriesScorer``: detector + alert rules) in
 batches of one hour, all series at once. An *alarm* is a point labelled anomalous after at
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +42,8 @@ DAYS = 14
 N = DAYS * 288
 BACKGROUNDS = ("noise", "daily", "weekly", "ar1", "counts", "heavy", "irregular", "trend")
 ANOMALIES = ("none", "spike", "dip", "shift", "trend_change", "variance", "missing_peak")
+COUNTS = {"mean": 4.0, "mode": "plain"}
+"""The ``counts`` background: mean events per step, and how it is fed (``--counts``)."""
 WINDOW = {
     "spike": 6,
     "dip": 6,
@@ -79,8 +88,9 @@ def background(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
         values += 100
         sigma = 3.2
     elif kind == "counts":
-        values = rng.poisson(4 + 2 * np.sin(2 * np.pi * hours / 24), N).astype(float)
-        sigma = 2
+        mean = COUNTS["mean"]
+        values = rng.poisson(mean * (1 + 0.5 * np.sin(2 * np.pi * hours / 24)), N).astype(float)
+        sigma = max(math.sqrt(mean), 1.0) if mean != 4 else 2
     elif kind == "heavy":
         values = 20 + rng.standard_t(4, N) * 1.5
         sigma = 2.1
@@ -134,33 +144,48 @@ def make_cases(per_type: int, seed: int) -> list[Case]:
             for _ in range(per_type):
                 times, values, sigma = background(bg, rng)
                 onset = inject(anomaly, times, values, sigma, rng)
+                if bg == "counts" and COUNTS["mode"] != "plain":
+                    values = np.maximum(np.round(values), 0.0)
                 cases.append(Case(bg, anomaly, times, values, onset))
     return cases
 
 
 def score(cases: list[Case], sensitivity: float, params: dict | None = None) -> list[np.ndarray]:
     params = params or {}
+    as_rates = COUNTS["mode"] == "rates"
     config = parse_config({"sensitivity": sensitivity})
     scorer = SeriesScorer(config, RobustSeasonalDetector(params), emit=lambda event: None)
     ids = scorer.registry.ids(
         [f"case{i}" for i in range(len(cases))],
         lambda i, key: SeriesMeta(
-            id=0, key=key, name=key, kind="metric_anomaly", entity=Entity("metric", key)
+            id=0,
+            key=key,
+            name=key,
+            kind="metric_anomaly",
+            entity=Entity("metric", key),
+            rate=as_rates and cases[i].background == "counts",
         ),
     )
+    step_s = STEP / 1e9
     labels = [np.zeros(c.values.size, np.int8) for c in cases]
+
     hour = 12 * STEP
     for start in range(T0, T0 + N * STEP, hour):
-        batch_ids, batch_t, batch_v, where = [], [], [], []
+        batch_ids, batch_t, batch_v, batch_w, where = [], [], [], [], []
         for i, case in enumerate(cases):
             lo, hi = np.searchsorted(case.times, [start, start + hour])
             if hi > lo:
                 batch_ids.append(np.full(hi - lo, ids[i]))
                 batch_t.append(case.times[lo:hi])
-                batch_v.append(case.values[lo:hi])
+                rate = as_rates and case.background == "counts"
+                batch_v.append(case.values[lo:hi] / (step_s if rate else 1.0))
+                batch_w.append(np.full(hi - lo, step_s if rate else 0.0))
                 where.append((i, lo, hi))
         _, got = scorer.feed(
-            np.concatenate(batch_ids), np.concatenate(batch_t), np.concatenate(batch_v)
+            np.concatenate(batch_ids),
+            np.concatenate(batch_t),
+            np.concatenate(batch_v),
+            weights=np.concatenate(batch_w) if as_rates else None,
         )
         at = 0
         for i, lo, hi in where:
@@ -226,7 +251,10 @@ def main() -> None:
     parser.add_argument("--gap", type=int, default=12, help="normal points that end an alarm")
     parser.add_argument("--sensitivity", type=float, nargs="+", default=[0.5])
     parser.add_argument("--params", default="{}", help="detector parameters as JSON")
+    parser.add_argument("--counts", choices=("plain", "whole", "rates"), default="plain")
+    parser.add_argument("--count-mean", type=float, default=4.0)
     args = parser.parse_args()
+    COUNTS.update(mean=args.count_mean, mode=args.counts)
     cases = make_cases(args.per_type, args.seed)
     print(
         f"{len(cases)} series, {sum(c.values.size for c in cases):,} points, "

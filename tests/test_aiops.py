@@ -155,7 +155,9 @@ def test_latency_regression_raises_latency_alert_with_exemplars(aiops_server) ->
 
     [drop] = _wait(traffic_drop, "a traffic alert")
     assert drop["evidence"]["observed"] == 0.0
-    assert drop["first_seen_unix_nano"] == T0 + windows * MINUTE
+    # Judged by its count too: one empty window after 12 requests a minute is p ~ 1e-5
+    # (Poisson), at the threshold; the second confirms it.
+    assert T0 + windows * MINUTE <= drop["first_seen_unix_nano"] <= T0 + (windows + 1) * MINUTE
     exporter.shutdown()
 
 

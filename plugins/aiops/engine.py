@@ -39,7 +39,8 @@ WEEK_BUCKETS = 168
 TESTS = ("spike", "shift", "trend", "variance")
 POINT_TESTS = (*TESTS, "count")
 """Names of what made a point anomalous (``point_test``): the four tests, and the count test
-of ratio points (errors of a window against the baseline rate)."""
+of ratio points (errors of a window against the baseline rate) and of rate points (events of
+a window against the baseline's rate)."""
 DISPERSION_PRIOR = 10.0
 """Pseudo-variance (in expected events) behind the count test's prior of no over-dispersion."""
 TailCounts = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -88,6 +89,10 @@ _COLUMNS = (
     "rat_prev_k",
     "rat_prev_w",
     "rat_prev_p",
+    "run_k",
+    "run_rate",
+    "run_w",
+    "frac",
 )
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
@@ -127,6 +132,10 @@ _RAT_DDEN = 32
 _RAT_PREV_K = 33
 _RAT_PREV_W = 34
 _RAT_PREV_P = 35
+_RUN_K = 36
+_RUN_RATE = 37
+_RUN_W = 38
+_FRAC = 39
 _Z_STATS = np.array(
     [
         _TAIL_F,
@@ -247,6 +256,41 @@ def _ratio_count_test(
     return p
 
 
+def rate_count_test(
+    k: np.ndarray, w: np.ndarray, rate: np.ndarray, exposure: np.ndarray, phi: np.ndarray
+) -> np.ndarray:
+    """Two-sided tail probability of ``k`` events in ``w`` seconds against a baseline ``rate``
+    (per second) learnt over ``exposure`` seconds: the exact conditional test of two Poisson
+    rates — given ``T = k + E`` events in all (``E = rate * exposure``), the window's share is
+    ``Binomial(T, w / (w + exposure))`` if both have one rate — with counts divided by the
+    over-dispersion ``phi`` (quasi-Poisson; a byte counter's "events" are bytes, ``phi`` ~ the
+    bytes per event). Mid-p (Lancaster), the one-sided tail in the direction of the deviation,
+    doubled. 1 where there is no exposure."""
+    k, w = np.asarray(k, np.float64), np.asarray(w, np.float64)
+    rate, exposure = np.asarray(rate, np.float64), np.asarray(exposure, np.float64)
+    p = np.ones(k.size)
+    ok = (w > 0) & (exposure > 0) & np.isfinite(k) & (k >= 0)
+    if not ok.any():
+        return p
+    phi_o = np.maximum(np.asarray(phi, np.float64)[ok], 1e-9)
+    kk = k[ok] / phi_o
+    events = np.maximum(rate[ok], 0.0) * exposure[ok] / phi_o
+    share = w[ok] / (w[ok] + exposure[ok])
+    up = k[ok] > np.maximum(rate[ok], 0.0) * w[ok]
+    tiny = 1e-12
+    # Above: P(X > k) + P(X = k) / 2; below: P(X < k) + P(X = k) / 2, with
+    # P(X >= j) = I_share(j, T - j + 1) and P(X <= j) = I_{1 - share}(T - j, j + 1).
+    at_least = special.betainc(np.maximum(kk, tiny), events + 1.0, share)
+    beyond = special.betainc(kk + 1.0, np.maximum(events, tiny), share)
+    at_most = special.betainc(np.maximum(events, tiny), kk + 1.0, 1.0 - share)
+    below = np.where(
+        kk >= 1.0, special.betainc(events + 1.0, np.maximum(kk, tiny), 1.0 - share), 0.0
+    )
+    one_sided = np.where(up, 0.5 * (at_least + beyond), 0.5 * (at_most + below))
+    p[ok] = np.minimum(2.0 * one_sided, 1.0)
+    return p
+
+
 class RobustSeasonalDetector:
     """The default detector (registered as ``robust``; ``spike``, ``level_shift``, ``trend`` and
     ``variance`` are the same model with one test each).
@@ -292,10 +336,12 @@ class RobustSeasonalDetector:
         self.which = np.zeros(cap, np.uint8)
         self.poisson = np.zeros(cap, np.bool_)
         self.ratio = np.zeros(cap, np.bool_)
+        self.rate = np.zeros(cap, np.bool_)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every state array by name (for saving, and to measure the state's size)."""
         names = ("n", "first_t", "last_t", "day", "week", "mask", "which", "poisson", "ratio")
+        names = (*names, "rate")
         arrays = {name: getattr(self, name)[: self.size] for name in names}
         arrays["st"] = self.st[:, : self.size]
         return arrays
@@ -359,10 +405,14 @@ class RobustSeasonalDetector:
         seasonality: str | None = None,
         poisson: bool | None = None,
         ratio: bool | None = None,
+        rate: bool | None = None,
     ) -> None:
         """Per-series options: allowed seasonality, whether values are counts (Poisson noise
-        floor), and whether they are ratios of events to a sample count given with each point
-        (``weights``: the Poisson floor of the event count, ``sqrt(expected events + 1)``)."""
+        floor), whether they are ratios of events to a sample count given with each point
+        (``weights``: the Poisson floor of the event count, ``sqrt(expected events + 1)``),
+        and whether they are rates — events per second over ``weights`` seconds (a counter's
+        increments, requests per window): where those increments are whole numbers, counts
+        of things, the point is judged by its count too (:func:`rate_count_test`)."""
         self.ensure(int(series.max()) + 1 if series.size else 0)
         if seasonality is not None:
             self.mask[series] = SEASONALITY_MASKS[seasonality]
@@ -370,6 +420,8 @@ class RobustSeasonalDetector:
             self.poisson[series] = poisson
         if ratio is not None:
             self.ratio[series] = ratio
+        if rate is not None:
+            self.rate[series] = rate
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -478,6 +530,40 @@ class RobustSeasonalDetector:
         self.point_test[order] = test
         return scores
 
+    def _rate_counts(
+        self,
+        v: np.ndarray,
+        cnt: np.ndarray,
+        k: np.ndarray,
+        w: np.ndarray,
+        pred: np.ndarray,
+        phi: np.ndarray,
+        cus_pos: np.ndarray,
+        cus_neg: np.ndarray,
+    ) -> np.ndarray:
+        """The count tests of rate points: this window's events against the baseline, and the
+        events pooled over the run of windows the shift CUSUM is adding up (the count's own
+        view of a level shift no single window shows). Returns 2 x the smaller of the two."""
+        rate = np.maximum(pred, 0.0)
+        exposure = v[_RAT_N]
+        p_win = rate_count_test(np.where(cnt, k, 0.0), w, rate, exposure, phi)
+        active = cnt & (np.maximum(cus_pos, cus_neg) > 0.0)
+        run_k = np.where(active, v[_RUN_K] + k, 0.0)
+        # The run is judged against the baseline as it was when the run began: the level
+        # goes on learning inside the run and would otherwise take its excess away.
+        run_e = np.where(active, np.where(v[_RUN_W] > 0.0, v[_RUN_RATE], rate), 0.0)
+        run_w = np.where(active, v[_RUN_W] + w, 0.0)
+        pooled = active & (run_w > w)
+        p_run = np.ones(k.size)
+        if pooled.any():
+            p_run = rate_count_test(
+                np.where(pooled, run_k, 0.0), np.where(pooled, run_w, 0.0), run_e, exposure, phi
+            )
+        v[_RUN_K] = np.where(cnt, run_k, v[_RUN_K])
+        v[_RUN_RATE] = np.where(cnt, run_e, v[_RUN_RATE])
+        v[_RUN_W] = np.where(cnt, run_w, v[_RUN_W])
+        return np.minimum(2.0 * np.minimum(p_win, p_run), 1.0)
+
     def _round(
         self,
         s: np.ndarray,
@@ -570,6 +656,27 @@ class RobustSeasonalDetector:
             w = np.where(rat, weights, 1.0)
             floor = np.sqrt(np.maximum(pred, 0.0) * w + 1.0) / w
             sigma = np.where(rat, np.maximum(sigma, floor), sigma)
+        # A rate of events is as noisy as its count k = x * w: sigma is floored at the
+        # quasi-Poisson sqrt(phi max(expected events, 1)) / w. Only where every increment seen
+        # was a whole number (a counter of things: orders, requests, bytes); CPU seconds and
+        # other measures that merely accumulate keep the series' own sigma and no count test.
+        cnt = self.rate[idx] & (weights > 0) if weights is not None else None
+        if cnt is not None and cnt.any():
+            w_c = np.where(cnt, weights, 0.0)
+            k_c = x * w_c
+            whole = np.abs(k_c - np.round(k_c)) <= 1e-6 * np.maximum(np.abs(k_c), 1.0)
+            v[_FRAC] = np.where(cnt & ~whole, 1.0, v[_FRAC])
+            cnt &= v[_FRAC] == 0.0
+            # Dispersion index of the series' own increments (variance / mean of the count
+            # against the forecast), shrunk to 1 by ten events' worth of variance, never below
+            # Poisson: byte counters get phi ~ bytes per event, sparse event counters ~1.
+            phi_c = np.maximum(
+                (v[_RAT_DNUM] + DISPERSION_PRIOR) / (v[_RAT_DDEN] + DISPERSION_PRIOR), 1.0
+            )
+            floor = np.sqrt(phi_c * np.maximum(pred * w_c, 1.0)) / np.maximum(w_c, 1e-12)
+            sigma = np.where(cnt, np.maximum(sigma, floor), sigma)
+        else:
+            cnt = None
         # The point's own precision (a quantile of few samples) bounds the test statistics
         # only; the baseline still learns at the series' own sigma. Above its forecast, what
         # counts is how far down the point's own interval reaches, and the other way round.
@@ -693,6 +800,15 @@ class RobustSeasonalDetector:
             which[count_wins] = len(TESTS)
             p = np.where(count_wins, p_rate, p)
             n_tests += rat
+        if cnt is not None:
+            p_rate_cnt = self._rate_counts(v, cnt, k_c, w_c, pred, phi_c, cus_pos, cus_neg)
+            p_tests = np.where(cnt, p * n_tests, 1.0)
+            # The count and the other tests must agree: the point is as anomalous as the
+            # weaker of the two says (so a rate of a few events, whose z rests on a sigma
+            # learnt from a handful of distinct values, cannot alert on its own).
+            count_binds = cnt & (p_rate_cnt > p * n_tests)
+            which[count_binds] = len(TESTS)
+            p = np.where(cnt, np.maximum(p, p_rate_cnt / n_tests), p)
         score = np.where(warm, np.clip(1.0 - p * n_tests, 0.0, 1.0), 0.0)
         # -- learning --
         huber = np.where(warm, self.huber, 3 * self.huber)
@@ -789,6 +905,21 @@ class RobustSeasonalDetector:
             v[_RAT_N] = np.where(rat, keep_n * v[_RAT_N] + w, v[_RAT_N])
             v[_RAT_DNUM] = fade * v[_RAT_DNUM] + np.where(usual, (clipped * w) ** 2, 0.0)
             v[_RAT_DDEN] = fade * v[_RAT_DDEN] + np.where(usual, w * base * (1.0 - base), 0.0)
+        if cnt is not None:
+            # The rate's exposure (seconds behind the baseline, fading as the level's weight
+            # does) and its dispersion: squared count residuals against the expected count,
+            # learnt from warm points the other tests do not find extreme (a byte counter
+            # starts at phi = 1 and every point of it is extreme to the count test alone).
+            keep_n = np.exp(gap * np.log1p(-0.5 * self.level_alpha))
+            usual = cnt & warm & (p_tests >= 0.01)
+            fade = np.where(usual, 0.99**gap, 1.0)
+            v[_RAT_N] = np.where(cnt, keep_n * v[_RAT_N] + w_c, v[_RAT_N])
+            v[_RAT_DNUM] = fade * v[_RAT_DNUM] + np.where(usual, (clipped * w_c) ** 2, 0.0)
+            expected_k = np.maximum(pred, 0.0) * w_c
+            v[_RAT_DDEN] = fade * v[_RAT_DDEN] + np.where(usual, expected_k, 0.0)
+            if rebase.any():
+                for col in (_RUN_K, _RUN_RATE, _RUN_W):
+                    v[col] = np.where(rebase, 0.0, v[col])
         v[_LEVEL] = new_level
         v[_LEVEL_S] = new_level_s
         v[_LEVEL_F] = new_level_f

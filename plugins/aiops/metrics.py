@@ -110,6 +110,7 @@ class MetricSeries:
                 # is trouble; a smaller median of token counts is not an incident.
                 direction=UP if suffix.startswith(":p") else BOTH,
                 counts=counts,
+                rate=suffix == ":rate",
             )
 
         return describe
@@ -177,9 +178,11 @@ class MetricSeries:
         values = records.column("Value").to_numpy(zero_copy_only=False)[rows]
         delta = temporality[rows] == DELTA
         rates = np.full(rows.size, np.nan)
+        seconds = np.zeros(rows.size)  # what each rate covers: its count is rate x seconds
         span = (times - starts) * 1e-9
         ok = delta & (span > 0)
         rates[ok] = values[ok] / span[ok]
+        seconds[ok] = span[ok]
         # Cumulative: in (series, time) order, each point against the one before it.
         cum = np.flatnonzero(~delta & (ids >= 0))
         if cum.size:
@@ -193,16 +196,15 @@ class MetricSeries:
                     and values[i] >= self.prev_value[s]
                     and starts[i] == self.prev_start[s]
                 ):
-                    rates[i] = (values[i] - self.prev_value[s]) / (
-                        (times[i] - self.prev_time[s]) * 1e-9
-                    )
+                    seconds[i] = (times[i] - self.prev_time[s]) * 1e-9
+                    rates[i] = (values[i] - self.prev_value[s]) / seconds[i]
                 self.seen[s] = True
                 self.prev_value[s], self.prev_time[s], self.prev_start[s] = (
                     values[i],
                     times[i],
                     starts[i],
                 )
-        self.scorer.feed(ids, times, rates)
+        self.scorer.feed(ids, times, rates, weights=seconds)
         return points + int(np.isfinite(rates).sum())
 
     def _histograms(self, records: pa.RecordBatch, table: Table) -> int:

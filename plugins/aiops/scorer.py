@@ -62,6 +62,7 @@ class SeriesScorer:
                     seasonality=meta.seasonality,
                     poisson=meta.counts,
                     ratio=meta.ratio,
+                    rate=meta.rate,
                 )
             self.new_series.append(meta)
 
@@ -79,7 +80,8 @@ class SeriesScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score points (ids from ``self.registry``; -1 are skipped); returns (scores, labels)
         in the order given. ``noise``: each point's own standard error (a quantile of few
-        samples); ``weights``: the sample count behind a ratio or quantile point;
+        samples); ``weights``: the sample count behind a ratio or quantile point, the seconds
+        a rate point covers;
         ``resolution``: how far below/above the value the truth may be because only its
         bucket is known; ``quantiles`` and ``tail_counts``: the level of a quantile point and
         how many of its samples lie surely beyond a threshold (indices as given here; see the

@@ -74,6 +74,9 @@ class SeriesMeta(msgspec.Struct, frozen=True, kw_only=True):
     """Values are event counts per window (Poisson noise floor)."""
     ratio: bool = False
     """Values are events / samples (error ratio); points come with their sample count."""
+    rate: bool = False
+    """Values are events per second (a counter's increments, requests per window); points
+    come with the seconds they cover, so a rate of few events is judged by its count."""
     threshold: float = 1.0
     seasonality: str = "auto"
     excluded: bool = False

@@ -194,6 +194,7 @@ class RedSeries:
                     unit=unit,
                     direction=direction,
                     ratio=m == 1,
+                    rate=m == 0,
                 )
             )
 
@@ -202,7 +203,8 @@ class RedSeries:
             count = int(acc.count[eid])
             slow = [t for _, t in sorted(acc.slow.get(eid, []), reverse=True)]
             # (measure, value, exemplars, the value's own standard error, its sample count)
-            measures = [(0, count / width_s, [], (0.0, 0.0), 0.0)]
+            # (a rate's "sample" is the seconds it covers: its count is rate x seconds)
+            measures = [(0, count / width_s, [], (0.0, 0.0), width_s)]
             if count >= self.min_spans:
                 j = q_of.get(eid)
                 errors_ex = acc.errors_ex.get(eid, [])
@@ -216,7 +218,7 @@ class RedSeries:
                 add(entity, resource, *measure, eid=eid)
         for eid in silent:
             entity, resource = self.entity_meta[eid]
-            add(entity, resource, 0, 0.0, [], (0.0, 0.0), 0.0)
+            add(entity, resource, 0, 0.0, [], (0.0, 0.0), width_s)
         if not keys:
             return
         ids = self.scorer.registry.ids(keys, lambda i, key: metas[i])
