@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -16,15 +17,10 @@ from opstrata.plugins.llmops.config import LLMOpsConfig
 from opstrata.plugins.llmops.conventions import MESSAGE_EVENTS
 from opstrata.plugins.llmops.detect import CallAlerts
 from opstrata.plugins.llmops.messages import CallMessages
+from opstrata.plugins.llmops.pick import Kept, hinted_rows, pick_spans
 from opstrata.plugins.llmops.prices import PriceTable, shipped_entries
 from opstrata.plugins.llmops.privacy import ContentPolicy
-from opstrata.plugins.llmops.recognise import (
-    CALLS,
-    SPAN_COLUMNS,
-    SpanColumns,
-    candidates,
-    recognise,
-)
+from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, candidates, recognise
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.writer import CallWriter
 from opstrata.schema import Signal, Table
@@ -115,7 +111,7 @@ class LLMCalls(Consumer):
         self.writer: CallWriter | None = None
         self._checked_gap = False
         self._lock = threading.RLock()
-        self._pending_spans: list[pa.RecordBatch] = []
+        self._pending_spans: list[Kept] = []
         self._pending_logs: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._pending_seq = 0
@@ -142,24 +138,35 @@ class LLMCalls(Consumer):
     def _resource_of(self, service: str) -> dict[str, str]:
         return dict(self.resources.get(service) or {"service.name": service})
 
-    def _remember_resources(self, batch: pa.Table, rows: np.ndarray, services: pa.Array) -> None:
-        """The resource attributes of services not seen before (``services``: the service of
-        each of ``rows``); one Arrow dictionary encoding finds the few distinct names."""
+    def _remember_resources(
+        self, services: pa.Array, resource_of: Callable[[int], list | None]
+    ) -> None:
+        """The resource attributes of services not seen before (``services``: one per call;
+        ``resource_of(i)``: the resource attribute pairs of call ``i``); one Arrow dictionary
+        encoding finds the few distinct names."""
         encoded = pc.dictionary_encode(services)
         names = encoded.dictionary.to_pylist()
         if all(name in self.resources for name in names):
             return
         _, first = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
-        chunks = batch.column("ResourceAttributes").chunks
-        ends = np.cumsum([len(c) for c in chunks])
         for i, name in zip(first, names, strict=True):
-            if name in self.resources:
-                continue
+            if name not in self.resources:
+                pairs = resource_of(int(i))
+                self.resources[str(name)] = {str(k): str(v) for k, v in pairs or ()}
+
+    @staticmethod
+    def _resource_in(table: pa.Table, rows: np.ndarray) -> Callable[[int], list | None]:
+        """``resource_of`` for calls from ``rows`` of a group ``table`` (one chunk a batch)."""
+        chunks = table.column("ResourceAttributes").chunks
+        ends = np.cumsum([len(c) for c in chunks])
+
+        def resource_of(i: int) -> list | None:
             # From the row's own chunk: a take over the whole group would first join them all.
             row = int(rows[i])
             chunk = int(np.searchsorted(ends, row, side="right"))
-            pairs = chunks[chunk][row - int(ends[chunk] - len(chunks[chunk]))].as_py()
-            self.resources[str(name)] = {str(k): str(v) for k, v in pairs or ()}
+            return chunks[chunk][row - int(ends[chunk] - len(chunks[chunk]))].as_py()
+
+        return resource_of
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         writer = self.writer
@@ -193,8 +200,10 @@ class LLMCalls(Consumer):
         logs = batch.tables.get(Table.LOGS)
         with self._lock:
             if spans is not None and spans.num_rows:
-                self._pending_spans.append(spans)
-                self._pending_rows += spans.num_rows
+                rows = hinted_rows(spans)
+                if rows is None or len(rows):  # else marked by the decoder: no LLM key at all
+                    self._pending_spans.append((spans, rows))
+                    self._pending_rows += spans.num_rows
             if logs is not None and logs.num_rows:
                 self._pending_logs.append(logs)
                 self._pending_rows += logs.num_rows
@@ -220,23 +229,28 @@ class LLMCalls(Consumer):
         with self._lock:
             if not self._pending_since:
                 return
-            spans, logs = _table(self._pending_spans), _table(self._pending_logs)
+            spans, logs = self._pending_spans, _table(self._pending_logs)
             seq = self._pending_seq
             self._pending_spans, self._pending_logs = [], []
             self._pending_rows, self._pending_since = 0, 0.0
             self._recognise(seq, spans, logs)
 
-    def _recognise(self, seq: int, spans: pa.Table | None, logs: pa.Table | None) -> None:
+    def _recognise(self, seq: int, spans: list[Kept], logs: pa.Table | None) -> None:
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
-        picked = candidates(spans, "SpanAttributes", SPAN_COLUMNS) if spans is not None else None
+        picked = pick_spans(spans)
         if picked is not None:  # else the common case: no LLM span in the group
-            rows, columns = picked
-            found = recognise(SpanColumns.of_spans(columns), self.policy)
+            found = recognise(SpanColumns.of_spans(picked.columns), self.policy)
             if found is not None:
+                batch, row = picked.batch[found.rows], picked.row[found.rows]
+
+                def resource_of(i: int) -> list | None:
+                    source = picked.batches[int(batch[i])]
+                    return source.column("ResourceAttributes")[int(row[i])].as_py()
+
                 self._remember_resources(
-                    spans, rows[found.rows], found.calls.column("ServiceName").combine_chunks()
+                    found.calls.column("ServiceName").combine_chunks(), resource_of
                 )
                 calls.append(found.calls)
                 messages.append(found.messages)
@@ -269,7 +283,9 @@ class LLMCalls(Consumer):
             own = found.calls.filter(spanless)
             if own.num_rows:
                 mine = rows[found.rows][spanless.to_numpy(zero_copy_only=False)]
-                self._remember_resources(logs, mine, own.column("ServiceName").combine_chunks())
+                self._remember_resources(
+                    own.column("ServiceName").combine_chunks(), self._resource_in(logs, mine)
+                )
                 calls.append(own)
             messages.append(found.messages)
         if not self.policy.keeps_content:

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from opstrata.plugins.llmops.textscan import byte_sizes, escaped_brackets, scan
+
 __all__ = ["ContentPolicy"]
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -44,9 +46,9 @@ _RE2_API_KEY = (
     r"|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,})"
     r"|(?i:bearer)(?:\s|\\[nrt])+[A-Za-z0-9._~+/=-]{16,}"
 )
-# Texts without any of these (no "@", no key prefix, no run of 7 digits) have nothing to mask:
-# one scan finds them, and only the others are searched with the costlier patterns.
-_RE2_ATTENTION = r"@|sk-|AKIA|AIza|gh[pousr]_|xox|hf_|(?i:bearer)|\d(?:[ ().+-]{0,3}\d){6}"
+# A text without any of these key prefixes has no key (the column's bytes are searched for them
+# at once, :func:`.textscan.scan`, as for "@" and runs of digits).
+_RE2_KEY_HINT = r"sk-|AKIA|AIza|gh[pousr]_|xox|hf_|(?i:bearer)"
 _RE2_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 _RE2_DIGITS = r"\d(?:[ ().+-]{0,3}\d){6}"
 # A placeholder right after an odd number of backslashes: the match ate part of a JSON escape
@@ -107,32 +109,50 @@ class ContentPolicy:
         ``max_message_chars`` (each message is cut to it), those with a run of 7 digits (card
         and phone numbers need the Luhn check and look-arounds RE2 has not), those where a match
         ate part of a JSON escape, and all of them when an extra pattern is not RE2."""
-        exact = pc.fill_null(pc.greater(pc.utf8_length(texts), self._max_chars), False)
+        texts = texts.cast(pa.string()) if texts.type != pa.string() else texts
+        exact = self._too_long(texts)
         if self.mode != "mask":
-            return texts, exact.to_numpy(zero_copy_only=False)
+            return texts, exact
         if not self._all_re2:
             return texts, pc.is_valid(texts).to_numpy(zero_copy_only=False)
-        if self._re2_extra:
-            attention = pc.is_valid(texts)
-        else:
-            attention = pc.match_substring_regex(texts, _RE2_ATTENTION)
-        picked = np.flatnonzero(pc.fill_null(attention, False).to_numpy(zero_copy_only=False))
-        masked = texts
-        if len(picked):
-            some = texts.take(pa.array(picked))
-            slow = pc.match_substring_regex(some, _RE2_DIGITS).to_numpy(zero_copy_only=False)
+        if self._re2_extra:  # every text goes through every pattern
+            rows = np.flatnonzero(pc.is_valid(texts).to_numpy(zero_copy_only=False))
+            keys, digits = True, rows
+        else:  # only the texts that may match each pattern (see textscan)
+            flags = scan(texts, _RE2_KEY_HINT)
+            keys = flags.keys is not None and len(flags.keys) > 0
+            rows = np.union1d(flags.at, flags.keys) if keys else flags.at
+            digits = flags.digits
+        if len(digits):  # card and phone numbers: the exact way
+            found = pc.match_substring_regex(texts.take(pa.array(digits)), _RE2_DIGITS)
+            exact[digits[found.to_numpy(zero_copy_only=False)]] = True
+        if len(rows) == 0:
+            return texts, exact
+        some = texts.take(pa.array(rows))
+        if keys:
             some = pc.replace_substring_regex(some, _RE2_API_KEY, r"\1[API_KEY]")
-            some = pc.replace_substring_regex(some, _RE2_EMAIL, "[EMAIL]")
-            for pattern in self._re2_extra:
-                some = pc.replace_substring_regex(some, pattern, "[MASKED]")
-            slow |= pc.match_substring_regex(some, _RE2_BROKEN).to_numpy(zero_copy_only=False)
-            replace = np.zeros(len(texts), dtype=bool)
-            replace[picked] = True
-            masked = pc.replace_with_mask(texts, pa.array(replace), some)
-            flagged = np.zeros(len(texts), dtype=bool)
-            flagged[picked] = slow
-            exact = pc.or_(exact, pa.array(flagged))
-        return masked, pc.fill_null(exact, False).to_numpy(zero_copy_only=False)
+        some = pc.replace_substring_regex(some, _RE2_EMAIL, "[EMAIL]")
+        for pattern in self._re2_extra:
+            some = pc.replace_substring_regex(some, pattern, "[MASKED]")
+        suspect = escaped_brackets(some)  # only there can a match have cut a JSON escape
+        if len(suspect):
+            broken = pc.match_substring_regex(some.take(pa.array(suspect)), _RE2_BROKEN)
+            exact[rows[suspect[broken.to_numpy(zero_copy_only=False)]]] = True
+        replace = np.zeros(len(texts), dtype=bool)
+        replace[rows] = True
+        return pc.replace_with_mask(texts, pa.array(replace), some), exact
+
+    def _too_long(self, texts: pa.Array) -> np.ndarray:
+        """Texts of more than ``max_chars`` characters; only those of more bytes can be."""
+        sizes = byte_sizes(texts)
+        exact = np.zeros(len(texts), dtype=bool)
+        long = np.flatnonzero(sizes > self.max_chars)
+        if len(long):
+            chars = pc.utf8_length(texts.take(pa.array(long)))
+            exact[long] = pc.fill_null(pc.greater(chars, self._max_chars), False).to_numpy(
+                zero_copy_only=False
+            )
+        return exact
 
     def apply(self, text: str | None) -> str | None:
         if text is None or self.mode == "drop":
