@@ -37,26 +37,27 @@ def _same_slices(
     return same
 
 
-def _repeats(rows: np.ndarray, strings: pa.Array) -> bool:
-    """Whether every row (``rows`` delimits runs of ``strings``) is the row before, byte for
-    byte, with rows all of one length: then the rows' bytes equal themselves shifted by one row.
-    """
-    counts = np.diff(rows)
-    if counts.min() != counts.max():
-        return False
-    offsets = _int32s(strings.buffers()[1], strings.offset, len(strings) + 1)
-    bounds = offsets[rows]
-    width = np.diff(bounds)
-    if width.min() != width.max():
-        return False
+def _repeats(first: int, count: int, rows: int, strings: pa.Array) -> bool:
+    """Whether ``rows`` consecutive rows of ``count`` strings each, from string ``first`` on,
+    are one row repeated byte for byte: the strings' lengths repeat with period ``count``, and
+    then their bytes with period the row's byte length. Few numpy calls whatever the size: this
+    runs for every table of every request."""
+    total = count * rows
+    offsets = _int32s(strings.buffers()[1], strings.offset + first, total + 1)
     lengths = np.diff(offsets)
-    if not np.array_equal(lengths[rows[1] : rows[-1]], lengths[rows[0] : rows[-2]]):
+    if not (lengths[count:] == lengths[:-count]).all():
         return False
     data = strings.buffers()[2]
-    if data is None:
+    size = int(offsets[-1] - offsets[0])
+    if data is None or size == 0:
         return True
-    size = int(bounds[-2] - bounds[0])
-    return data.slice(int(bounds[1]), size).equals(data.slice(int(bounds[0]), size))
+    width = int(offsets[count] - offsets[0])
+    start = int(offsets[0])
+    return data.slice(start + width, size - width).equals(data.slice(start, size - width))
+
+
+def _same_count(rows: np.ndarray, per_row: int) -> bool:
+    return bool((np.diff(rows) == per_row).all())
 
 
 def resource_runs(resource: pa.MapArray, services: pa.Array) -> np.ndarray:
@@ -66,10 +67,13 @@ def resource_runs(resource: pa.MapArray, services: pa.Array) -> np.ndarray:
     if n <= 1:
         return np.zeros(n, np.int64)
     rows = _int32s(resource.buffers()[1], resource.offset, n + 1)
+    first, per_row = int(rows[0]), int(rows[1] - rows[0])
     if (
-        _repeats(rows, resource.keys)
-        and _repeats(rows, resource.items)
-        and _repeats(np.arange(n + 1), services)
+        int(rows[-1]) - first == per_row * n
+        and (per_row == 0 or _repeats(first, per_row, n, resource.keys))
+        and (per_row == 0 or _repeats(first, per_row, n, resource.items))
+        and _repeats(0, 1, n, services)
+        and _same_count(rows, per_row)
     ):
         return np.zeros(1, np.int64)  # the usual batch: one resource throughout
     counts = np.diff(rows)

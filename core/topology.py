@@ -9,8 +9,8 @@ for calls that leave instrumented code), where each service runs (``host.name``,
 :class:`TopologyGraph` keeps that as typed edges between nodes ``(kind, name)`` — the same kinds
 and names alerts use for their entity — plus per-minute call statistics on each call edge, so a
 dependency that has no telemetry of its own (a database) can still be blamed when the calls to
-it slow down or fail. :class:`TopologyConsumer` feeds it from committed span batches, a batch at
-a time, with Arrow kernels for the per-span work.
+it slow down or fail. :class:`TopologyConsumer` (``opstrata.topology_consumer``) feeds it from
+committed batches, many at a time, with Arrow and numpy kernels for the per-span work.
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ import threading
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
 
 import msgspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext, latest_event_time
-from opstrata.resource_runs import resource_runs
-from opstrata.schema import Signal, Table
 
 __all__ = [
     "EdgeKind",
@@ -293,219 +286,6 @@ class TopologyGraph:
                 edge.minutes.update(state.minutes)
 
 
-class _SpanIndex:
-    """Recently seen spans of one side of a call, by span id, in two generations so memory
-    stays bounded without per-entry expiry."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.current: dict[str, tuple[str, str]] = {}
-        self.previous: dict[str, tuple[str, str]] = {}
-
-    def update(self, keys: list[str], values: list[tuple[str, str]]) -> None:
-        self.current.update(zip(keys, values, strict=True))
-        if len(self.current) > self.capacity:
-            self.previous, self.current = self.current, {}
-
-    def pop(self, key: str) -> tuple[str, str] | None:
-        found = self.current.pop(key, None)
-        return found if found is not None else self.previous.pop(key, None)
-
-
-# Arrow values made from Python objects once, not per batch: while pyarrow's optional
-# ``dateutil`` is not installed, every conversion of a Python value (a list, or a literal passed
-# to a compute function) retries that import from disk, ~100 µs each here.
-_KEYS: dict[str, pa.Scalar] = {}
-_OUTBOUND_KINDS = pa.array(["Client", "Producer"])
-_INBOUND_KINDS = pa.array(["Server", "Consumer"])
-_EMPTY = pa.scalar("", pa.string())
-_ERROR = pa.scalar("Error", pa.string())
-_COLON = pa.scalar(":", pa.string())
-_MINUTE_NS = pa.scalar(_MINUTE, pa.int64())
-
-
-def _lookup(column: pa.Array, key: str) -> pa.Array:
-    scalar = _KEYS.get(key)
-    if scalar is None:
-        scalar = _KEYS[key] = pa.scalar(key, pa.string())
-    return pc.map_lookup(column, scalar, "first")
-
-
-def _first_present(column: pa.Array, keys: tuple[str, ...]) -> pa.Array:
-    values = [_lookup(column, key) for key in keys]
-    return pc.coalesce(*values) if len(values) > 1 else values[0]
-
-
-def _placement_columns(records: pa.RecordBatch, time_column: str) -> tuple[pa.Array, ...]:
-    return (
-        records.column("ResourceAttributes"),
-        records.column("ServiceName"),
-        records.column(time_column),
-    )
-
-
-class TopologyConsumer(Consumer):
-    """Learns the topology from every committed span batch (and placement from logs and
-    metrics), and saves it in its state directory so a restart keeps what was learned."""
-
-    name: ClassVar[str] = "topology"
-    signals: ClassVar[frozenset[Signal]] = frozenset(Signal)
-
-    def __init__(self, graph: TopologyGraph, index_capacity: int = 200_000) -> None:
-        self.graph = graph
-        self._clients = _SpanIndex(index_capacity)
-        """client/producer span id → (service, peer name)"""
-        self._orphans = _SpanIndex(index_capacity)
-        """parent span id of server/consumer spans whose parent was not seen yet → (service, "")"""
-        self._batches = 0
-        self._latest = 0
-
-    def start(self, ctx: ConsumerContext) -> None:
-        self.graph.load(ctx.state_dir / "topology.json")
-
-    def stop(self, ctx: ConsumerContext) -> None:
-        self.graph.save(ctx.state_dir / "topology.json")
-
-    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
-        # The logs and metrics tables of a batch are learned from together: each call has a
-        # fixed cost, and a request of metric points fills up to five tables.
-        placement: list[tuple[pa.Array, pa.Array, pa.Array]] = []
-        for table, records in batch.tables.items():
-            if not records.num_rows:
-                continue
-            if table is Table.TRACES:
-                self._learn_spans(records)
-            else:
-                time_column = "TimeUnix" if table is not Table.LOGS else "Timestamp"
-                placement.append(_placement_columns(records, time_column))
-        if len(placement) == 1:
-            self._learn_placement(*placement[0])
-        elif placement:
-            self._learn_placement(
-                *(pa.concat_arrays(list(parts)) for parts in zip(*placement, strict=True))
-            )
-        self._batches += 1
-        self._latest = max(self._latest, latest_event_time(batch))
-        if self._batches % 200 == 0:
-            self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
-            self.graph.save(ctx.state_dir / "topology.json")
-
-    def _learn_placement(self, resource: pa.Array, services: pa.Array, times: pa.Array) -> None:
-        # Placement is a property of the resource, and a batch holds few resources in long runs
-        # (every item of one ResourceLogs/ResourceMetrics/ResourceSpans repeats it): read the
-        # placement keys once per run, not once per item.
-        starts = resource_runs(resource, services)
-        times = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        latest = np.maximum.reduceat(times, starts).tolist()
-        placed: dict[tuple[str, str, str, str], int] = {}
-        for start, time in zip(starts.tolist(), latest, strict=True):
-            # A handful of runs: Python on one row each is cheaper than compute kernels.
-            attributes = dict(resource.slice(start, 1).to_pylist()[0])
-            row = (services[start].as_py(), *(attributes.get(k) or "" for k, _ in PLACEMENT_KEYS))
-            if placed.get(row, -1) < time:
-                placed[row] = time
-        for (service, host, pod, node), time in placed.items():
-            if pod and node:
-                self.graph.add(EdgeKind.RUNS_ON, ("pod", pod), ("host", node), time)
-            if not service:
-                continue
-            for kind, name in (("host", host), ("pod", pod), ("node", node)):
-                if name:
-                    place = canonical((kind, name))
-                    self.graph.add(EdgeKind.RUNS_ON, ("service", service), place, time)
-
-    def _learn_spans(self, spans: pa.RecordBatch) -> None:
-        self._learn_placement(*_placement_columns(spans, "Timestamp"))
-        services = spans.column("ServiceName")
-        kinds = spans.column("SpanKind")
-        attributes = spans.column("SpanAttributes")
-        times = spans.column("Timestamp").cast(pa.int64())
-        self._learn_models(services, attributes, times)
-
-        outbound = pc.is_in(kinds, _OUTBOUND_KINDS)
-        inbound = pc.is_in(kinds, _INBOUND_KINDS)
-        peers = pc.fill_null(_first_present(attributes, _PEER_KEYS), _EMPTY)
-        latest = int(pc.max(times).as_py() or 0)
-
-        # Calls leaving a service: per-minute statistics per (caller, peer).
-        calls = pa.table(
-            {
-                "caller": services,
-                "peer": peers,
-                "minute": pc.divide(times, _MINUTE_NS),
-                "error": pc.cast(pc.equal(spans.column("StatusCode"), _ERROR), pa.int64()),
-                "duration": spans.column("Duration"),
-            }
-        ).filter(pc.and_(outbound, pc.not_equal(peers, _EMPTY)))
-        if calls.num_rows:
-            grouped = calls.group_by(["caller", "peer", "minute"]).aggregate(
-                [("error", "count"), ("error", "sum"), ("duration", "sum")]
-            )
-            for row in grouped.to_pylist():
-                self.graph.add_call_stats(
-                    row["caller"],
-                    row["peer"],
-                    row["minute"],
-                    row["error_count"],
-                    row["error_sum"],
-                    float(row["duration_sum"]),
-                    latest,
-                )
-
-        # Cross-service parent/child pairs: either side may arrive first.
-        client_rows = spans.filter(outbound)
-        client_ids = client_rows.column("SpanId").to_pylist()
-        client_values = list(
-            zip(
-                client_rows.column("ServiceName").to_pylist(),
-                peers.filter(outbound).to_pylist(),
-                strict=True,
-            )
-        )
-        server_rows = spans.filter(inbound)
-        parents = server_rows.column("ParentSpanId").to_pylist()
-        callees = server_rows.column("ServiceName").to_pylist()
-        self._clients.update(client_ids, client_values)
-        pairs: set[tuple[str, str, str]] = set()
-        waiting_ids, waiting = [], []
-        for parent, callee in zip(parents, callees, strict=True):
-            if not parent:
-                continue
-            found = self._clients.pop(parent)
-            if found is None:
-                waiting_ids.append(parent)
-                waiting.append((callee, ""))
-            else:
-                pairs.add((found[0], callee, found[1]))
-        for span_id, (caller, peer) in zip(client_ids, client_values, strict=True):
-            found = self._orphans.pop(span_id)
-            if found is not None:
-                pairs.add((caller, found[0], peer))
-        self._orphans.update(waiting_ids, waiting)
-        for caller, callee, peer in pairs:
-            if caller == callee:
-                continue
-            self.graph.add(EdgeKind.CALLS, ("service", caller), ("service", callee), latest)
-            self.graph.alias(peer, callee)
-
-    def _learn_models(self, services: pa.Array, attributes: pa.Array, times: pa.Array) -> None:
-        ml_name = _lookup(attributes, "ml.model.name")
-        ml_version = pc.fill_null(_lookup(attributes, "ml.model.version"), _EMPTY)
-        model = pc.if_else(
-            pc.equal(ml_version, _EMPTY),
-            ml_name,
-            pc.binary_join_element_wise(ml_name, ml_version, _COLON),
-        )
-        llm = _first_present(
-            attributes, ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
-        )
-        found = pa.table({"service": services, "model": model, "llm": llm, "time": times})
-        for column, kind in (("model", "model"), ("llm", "llm_model")):
-            used = found.filter(pc.is_valid(found.column(column)))
-            if not used.num_rows:
-                continue
-            pairs = used.group_by(["service", column]).aggregate([("time", "max")])
-            for row in pairs.to_pylist():
-                self.graph.add(
-                    EdgeKind.USES, ("service", row["service"]), (kind, row[column]), row["time_max"]
-                )
+# The consumer builds on the graph above; imported last so that ``opstrata.topology`` keeps
+# offering both.
+from opstrata.topology_consumer import TopologyConsumer  # noqa: E402
