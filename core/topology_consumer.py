@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext, latest_event_time
-from opstrata.resource_runs import resource_runs
 from opstrata.schema import Signal, Table
 from opstrata.topology import (
     _FORGET_AFTER_NS,
@@ -27,7 +26,14 @@ from opstrata.topology import (
     TopologyGraph,
     canonical,
 )
-from opstrata.topology_spans import Names, SpanKeyIndex, group_rows, span_keys
+from opstrata.topology_spans import (
+    Names,
+    SpanKeyIndex,
+    first_values,
+    group_rows,
+    int64s,
+    span_keys,
+)
 
 __all__ = ["TopologyConsumer"]
 
@@ -47,15 +53,6 @@ def _key(key: str) -> pa.Scalar:
     if scalar is None:
         scalar = _KEYS[key] = pa.scalar(key, pa.string())
     return scalar
-
-
-def _lookup(column: pa.Array, key: str) -> pa.Array:
-    return pc.map_lookup(column, _key(key), "first")
-
-
-def _first_present(column: pa.Array, keys: tuple[str, ...]) -> pa.Array:
-    values = [_lookup(column, key) for key in keys]
-    return pc.coalesce(*values) if len(values) > 1 else values[0]
 
 
 def _placement_columns(records: pa.RecordBatch, time_column: str) -> tuple[pa.Array, ...]:
@@ -80,6 +77,21 @@ _SPAN_COLUMNS = (
 # its pending-span indexes afresh, so that a flood of distinct peer addresses cannot grow them
 # without bound; codes must also stay below 2**31 to pack a (caller, peer) pair in one int64.
 _MAX_NAMES = 1_000_000
+# The span attributes the consumer reads, in one pass over each batch's keys: the peer keys
+# first (in priority order), then the model keys.
+_SPAN_KEYS = (
+    *_PEER_KEYS,
+    "ml.model.name",
+    "ml.model.version",
+    "gen_ai.response.model",
+    "gen_ai.request.model",
+    "llm.model_name",
+)
+_ML_NAME = len(_PEER_KEYS)
+_ML_VERSION = _ML_NAME + 1
+_LLM_FIRST = _ML_NAME + 2
+_SPAN_KEY_ARRAY = pa.array(_SPAN_KEYS)
+_PLACEMENT_KEY_ARRAY = pa.array([key for key, _ in PLACEMENT_KEYS])
 _LOW32 = np.int64(0xFFFFFFFF)
 
 
@@ -90,8 +102,18 @@ def _concat(batches: list[pa.RecordBatch], names: tuple[str, ...]) -> dict[str, 
     return {name: pa.concat_arrays([b.column(name) for b in batches]) for name in names}
 
 
-def _int64s(array: pa.Array) -> np.ndarray:
-    return array.cast(pa.int64()).to_numpy(zero_copy_only=False)
+def _first_in_rows(rows: np.ndarray, key_index: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Of ``first_values``' entries (sorted by row, then key), the first of each row whose key
+    index is in ``[low, high)``: the first present of those keys, in their order."""
+    within = np.flatnonzero((key_index >= low) & (key_index < high))
+    if len(within) < 2:
+        return within
+    chosen = rows[within]
+    return within[np.concatenate(([True], chosen[1:] != chosen[:-1]))]
+
+
+def _concat_arrays(arrays: list[pa.Array]) -> pa.Array:
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
 
 
 def _bools(array: pa.Array) -> np.ndarray:
@@ -148,6 +170,10 @@ class TopologyConsumer(Consumer):
                 time_column = "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
                 placement.append(_placement_columns(records, time_column))
             self._latest = max(self._latest, latest_event_time(batch))
+        if len(self._names) > _MAX_NAMES:
+            self._names.clear()
+            self._clients.clear()
+            self._orphans.clear()
         if placement:
             self._learn_placement(placement)
         if spans:
@@ -159,37 +185,27 @@ class TopologyConsumer(Consumer):
             self.graph.save(ctx.state_dir / "topology.json")
 
     def _learn_placement(self, parts: list[tuple[pa.Array, pa.Array, pa.Array]]) -> None:
-        # Placement is a property of the resource, and a batch holds few resources in long runs
-        # (every item of one ResourceLogs/ResourceMetrics/ResourceSpans repeats it): find the
-        # runs in each table (one buffer comparison when it is one resource throughout, the
-        # usual case), then read the placement keys of one row per run, for all tables at once.
-        firsts, services, latest = [], [], []
-        for resource, names, times in parts:
-            starts = resource_runs(resource, names)
-            times = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
-            latest.append(np.maximum.reduceat(times, starts))
-            if len(starts) == len(resource):
-                firsts.append(resource)
-                services.append(names)
-            else:
-                rows = pa.array(starts)
-                firsts.append(resource.take(rows))
-                services.append(names.take(rows))
-        resource = firsts[0] if len(firsts) == 1 else pa.concat_arrays(firsts)
-        columns = [
-            pc.fill_null(service, _EMPTY).to_pylist()
-            for service in (services[0] if len(services) == 1 else pa.concat_arrays(services),)
-        ]
-        columns += [
-            pc.fill_null(pc.map_lookup(resource, _key(key), "last"), _EMPTY).to_pylist()
-            for key, _ in PLACEMENT_KEYS
-        ]
-        placed: dict[tuple[str, str, str, str], int] = {}
-        for *row, time in zip(*columns, np.concatenate(latest).tolist(), strict=True):
-            key = tuple(row)
-            if placed.get(key, -1) < time:  # type: ignore[call-overload]
-                placed[key] = time  # type: ignore[index]
-        for (service, host, pod, node), time in placed.items():
+        # Placement is a property of the resource: the placement keys of every row, in one
+        # pass over all the tables' resource keys, grouped by (service, host, pod, node) with
+        # the latest time of each. Finding runs of one resource per table instead cost more in
+        # fixed per-table work than this costs per row.
+        resource = _concat_arrays([part[0] for part in parts])
+        services = _concat_arrays([part[1] for part in parts])
+        times = np.concatenate([int64s(part[2]) for part in parts])
+        names = self._names
+        empty = names.code("")
+        columns = [names.encode(services)]
+        rows, key_index, values = first_values(resource, _PLACEMENT_KEY_ARRAY, last=True)
+        codes = names.encode(values)
+        for index in range(len(PLACEMENT_KEYS)):
+            column = np.full(len(services), empty, np.int64)
+            chosen = key_index == index
+            column[rows[chosen]] = codes[chosen]
+            columns.append(column)
+        order, starts, first = group_rows(*columns)
+        latest = np.maximum.reduceat(times[order], starts).tolist()
+        found = [[names.names[code] for code in column[first].tolist()] for column in columns]
+        for service, host, pod, node, time in zip(*found, latest, strict=True):
             if pod and node:
                 self.graph.add(EdgeKind.RUNS_ON, ("pod", pod), ("host", node), time)
             if not service:
@@ -202,26 +218,28 @@ class TopologyConsumer(Consumer):
     def _learn_spans(self, spans: dict[str, pa.Array]) -> None:
         services = spans["ServiceName"]
         attributes = spans["SpanAttributes"]
-        if len(self._names) > _MAX_NAMES:
-            self._names.clear()
-            self._clients.clear()
-            self._orphans.clear()
         names = self._names
-        times = _int64s(spans["Timestamp"])
+        times = int64s(spans["Timestamp"])
         latest = int(times.max())
         service_codes = names.encode(services)
-        self._learn_models(service_codes, attributes, times)
+        found = first_values(attributes, _SPAN_KEY_ARRAY)
+        self._learn_models(service_codes, found, times)
 
         kinds = spans["SpanKind"]
         outbound = _bools(pc.is_in(kinds, _OUTBOUND_KINDS))
         inbound = _bools(pc.is_in(kinds, _INBOUND_KINDS))
-        peer_codes = names.encode(_first_present(attributes, _PEER_KEYS))
+        # The first of the peer keys (in their order) each span has, else "".
+        rows, key_index, values = found
+        peer = _first_in_rows(rows, key_index, 0, len(_PEER_KEYS))
+        peer_codes = np.full(len(services), names.code(""), np.int64)
+        if len(peer):
+            peer_codes[rows[peer]] = names.encode(values.take(pa.array(peer)))
 
         # Calls leaving a service: per-minute statistics per (caller, peer).
         calls = outbound & (peer_codes != names.code(""))
         if calls.any():
             errors = _bools(pc.equal(spans["StatusCode"], _ERROR))[calls].astype(np.int64)
-            durations = _int64s(spans["Duration"])[calls]
+            durations = int64s(spans["Duration"])[calls]
             callers, peers = service_codes[calls], peer_codes[calls]
             minutes = times[calls] // _MINUTE
             order, starts, first = group_rows(callers, peers, minutes)
@@ -280,33 +298,42 @@ class TopologyConsumer(Consumer):
             self.graph.alias(names.names[peer], callee_name)
 
     def _learn_models(
-        self, service_codes: np.ndarray, attributes: pa.Array, times: np.ndarray
+        self,
+        service_codes: np.ndarray,
+        found: tuple[np.ndarray, np.ndarray, pa.Array],
+        times: np.ndarray,
     ) -> None:
-        ml_name = _lookup(attributes, "ml.model.name")
-        llm = _first_present(
-            attributes, ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
-        )
-        if ml_name.null_count < len(ml_name):
-            ml_version = pc.fill_null(_lookup(attributes, "ml.model.version"), _EMPTY)
+        rows, key_index, values = found
+        named = np.flatnonzero(key_index == _ML_NAME)
+        if len(named):
+            model_rows = rows[named]
+            versioned = np.flatnonzero(key_index == _ML_VERSION)
+            at = np.searchsorted(rows[versioned], model_rows)
+            at = np.minimum(at, max(len(versioned) - 1, 0))
+            has = (rows[versioned][at] == model_rows) if len(versioned) else at < 0
+            picks = pa.array(versioned[at] if len(versioned) else at, mask=~has)
+            version = pc.fill_null(values.take(picks), _EMPTY)
+            name = values.take(pa.array(named))
             model = pc.if_else(
-                pc.equal(ml_version, _EMPTY),
-                ml_name,
-                pc.binary_join_element_wise(ml_name, ml_version, _COLON),
+                pc.equal(version, _EMPTY),
+                name,
+                pc.binary_join_element_wise(name, version, _COLON),
             )
-            self._add_uses(service_codes, model, times, "model")
-        if llm.null_count < len(llm):
-            self._add_uses(service_codes, llm, times, "llm_model")
+            self._add_uses(service_codes[model_rows], model, times[model_rows], "model")
+        llm = _first_in_rows(rows, key_index, _LLM_FIRST, len(_SPAN_KEYS))
+        if len(llm):
+            llm_rows = rows[llm]
+            used = values.take(pa.array(llm))
+            self._add_uses(service_codes[llm_rows], used, times[llm_rows], "llm_model")
 
     def _add_uses(
         self, service_codes: np.ndarray, used: pa.Array, times: np.ndarray, kind: str
     ) -> None:
-        present = _bools(used.is_valid())
-        services = service_codes[present]
-        models = self._names.encode(used.drop_null())
-        order, starts, first = group_rows(services, models)
-        latest = np.maximum.reduceat(times[present][order], starts)
+        models = self._names.encode(used)
+        order, starts, first = group_rows(service_codes, models)
+        latest = np.maximum.reduceat(times[order], starts)
         names = self._names.names
         for service, model, time in zip(
-            services[first].tolist(), models[first].tolist(), latest.tolist(), strict=True
+            service_codes[first].tolist(), models[first].tolist(), latest.tolist(), strict=True
         ):
             self.graph.add(EdgeKind.USES, ("service", names[service]), (kind, names[model]), time)

@@ -249,6 +249,7 @@ def test_span_keys_read_hex_ids_from_the_buffers() -> None:
             return 0
 
     assert span_keys(array).tolist() == [want(v) for v in ids]
+    assert span_keys(array.slice(0, 300)).tolist() == [want(v) for v in ids[:300]]
     assert span_keys(array.slice(250, 40)).tolist() == [want(v) for v in ids[250:290]]
     assert span_keys(pa.array(["", ""])).tolist() == [0, 0]
 
