@@ -102,8 +102,6 @@ def start(
         single = _strong(
             config, state, columns, min(config.feature_p_value, p_limit), _OVERWHELMING_DISTANCE
         )
-        # Evidently's own p-value must agree too (distance tests: the distance above).
-        single = [f for f in single if f.p_value is None or f.p_value <= config.feature_p_value]
     # The dataset share of a few newest slots is unreliable (Evidently's distances ignore the
     # sample size, and small samples sit far from their own population): there the feature
     # that moved is the better account.

@@ -24,7 +24,7 @@ from opstrata.plugins.mlops.drift_alerts import drift_alert, entity_name
 from opstrata.plugins.mlops.gates import KINDS, columns_of, kept, scan_lengths, start
 from opstrata.plugins.mlops.records import Column, ModelRows
 from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
-from opstrata.plugins.mlops.sampling import sampling_test
+from opstrata.plugins.mlops.sampling import SamplingResult, sampling_test
 from opstrata.plugins.mlops.sketch import (
     CategoricalSketch,
     NumericSketch,
@@ -247,6 +247,8 @@ class DriftMonitor:
         config = self.config
         slots = config.window_slots if scan is None else scan_lengths(config.window_slots)[scan]
         least = config.min_rows if scan is None else min(config.min_rows, config.scan_min_rows)
+        quiet = min(config.learning_p_value, config.alert_p_value)
+        quiet = 1.0 if config.alert_p_value >= 1.0 else quiet  # every drifted verdict alerts
         window = self._window(state, end_slot, slots)
         step = self.config.step_ns
         results: list[FeatureDrift] = []
@@ -257,11 +259,16 @@ class DriftMonitor:
             rows = max(rows, current.n)
             if ref is None or ref.n < config.min_rows or current.n < least:
                 continue
+            noise = sampling_test(ref, current, config.alert_p_value)
+            if scan is not None and not state.firing and noise.p_value > quiet:
+                # Nothing to keep, and within what a suffix may start on: its shift is all
+                # that is needed (for the suffixes' variation); Evidently's test is skipped.
+                results.append(_within_noise(name, col, ref.n, current.n, noise, scan))
+                continue
             try:
-                result = drift_test(ref, current, self.config.stattest, self.config.threshold)
+                result = drift_test(ref, current, config.stattest, config.threshold)
             except ValueError:
                 continue  # e.g. a forced numeric test on a categorical column
-            noise = sampling_test(ref, current, self.config.alert_p_value)
             results.append(
                 FeatureDrift(
                     feature=name,
@@ -448,6 +455,29 @@ def _learn_scan_shifts(state: ModelState, scans: list[WindowDrift | None], limit
         if not state.firing:
             col.scan_shifts = np.concatenate((col.scan_shifts, col.scan_pending))[:limit]
             col.scan_pending = col.scan_pending[:0]
+
+
+def _within_noise(
+    name: str, col: ColumnState, ref_rows: int, cur_rows: int, noise: SamplingResult, scan: int
+) -> FeatureDrift:
+    """A suffix's column left untested (see ``_evaluate``): not drifted, its noise and shift."""
+    return FeatureDrift(
+        feature=name,
+        role=col.role,
+        kind=col.kind,
+        test="within noise",
+        statistic=0.0,
+        p_value=None,
+        distance=None,
+        threshold=0.0,
+        drifted=False,
+        error_bound=0.0,
+        reference_rows=ref_rows,
+        current_rows=cur_rows,
+        sampling_p_value=_finite(noise.p_value),
+        shift=_finite(noise.shift),
+        variation=col.scan_variation(scan),
+    )
 
 
 def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> None:
