@@ -120,13 +120,20 @@ class CallAlerts:
 
     def _close(self, start: int, parts: list[dict[str, np.ndarray]]) -> None:
         cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        # Services numbered once per bucket: each entity's calls count theirs by number.
+        services, cols["ServiceCode"] = np.unique(
+            cols["ServiceName"].astype(str), return_inverse=True
+        )
         for kind, column in _DIMENSIONS:
-            names, codes = np.unique(cols[column].astype(str), return_inverse=True)
+            if column == "ServiceName":
+                names, codes = services, cols["ServiceCode"]
+            else:
+                names, codes = np.unique(cols[column].astype(str), return_inverse=True)
             order = np.argsort(codes, kind="stable")
             ends = np.cumsum(np.bincount(codes, minlength=len(names)))
             for index, name in enumerate(names):
                 rows = order[(ends[index - 1] if index else 0) : ends[index]]
-                self.judge.judge(start, kind, str(name), bucket_calls(rows, cols))
+                self.judge.judge(start, kind, str(name), bucket_calls(rows, cols, services))
 
     # -- budgets --------------------------------------------------------------------------------
 

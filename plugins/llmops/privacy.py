@@ -46,9 +46,8 @@ _RE2_API_KEY = (
     r"|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|hf_[A-Za-z0-9]{30,})"
     r"|(?i:bearer)(?:\s|\\[nrt])+[A-Za-z0-9._~+/=-]{16,}"
 )
-# A text without any of these key prefixes has no key (the column's bytes are searched for them
-# at once, :func:`.textscan.scan`, as for "@" and runs of digits).
-_RE2_KEY_HINT = r"sk-|AKIA|AIza|gh[pousr]_|xox|hf_|(?i:bearer)"
+# A text without any key prefix (sk-, AKIA, AIza, gh?_, xox?-, hf_, bearer) has no key: the
+# column's bytes are searched for them at once (:func:`.textscan.scan`), as for "@" and digits.
 _RE2_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 _RE2_DIGITS = r"\d(?:[ ().+-]{0,3}\d){6}"
 # A placeholder right after an odd number of backslashes: the match ate part of a JSON escape
@@ -119,8 +118,8 @@ class ContentPolicy:
             rows = np.flatnonzero(pc.is_valid(texts).to_numpy(zero_copy_only=False))
             keys, digits = True, rows
         else:  # only the texts that may match each pattern (see textscan)
-            flags = scan(texts, _RE2_KEY_HINT)
-            keys = flags.keys is not None and len(flags.keys) > 0
+            flags = scan(texts)
+            keys = len(flags.keys) > 0
             rows = np.union1d(flags.at, flags.keys) if keys else flags.at
             digits = flags.digits
         if len(digits):  # card and phone numbers: the exact way
