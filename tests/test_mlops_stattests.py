@@ -135,3 +135,35 @@ def test_quality_decay_needs_more_than_sampling_error() -> None:
     assert not _worse("regression", 1.15, 100, 1.0, 30, config)
     assert _worse("regression", 2.0, 100, 1.0, 30, config)
     assert _worse("classification", 0.886, 100, 1.0, 30, MLOpsConfig(decay_p_value=1.0))
+
+
+def test_values_beyond_the_reference_range_are_calibrated_and_strong_with_few_rows() -> None:
+    from opstrata.plugins.mlops.sampling import sampling_test
+
+    rng = np.random.default_rng(5)
+
+    def sketch(values: np.ndarray, centroids: int) -> NumericSketch:
+        s = NumericSketch(centroids)
+        s.update(values)
+        return s
+
+    # Exchangeable samples (heavy-tailed amounts): the alert gate's p-value is not too small.
+    p = np.array(
+        [
+            sampling_test(
+                sketch(rng.lognormal(4, 0.9, 700), 400),
+                sketch(rng.lognormal(4, 0.9, 20), 100),
+                1e-4,
+            ).p_value
+            for _ in range(300)
+        ]
+    )
+    assert (p <= 0.05).mean() <= 0.09 and (p <= 0.01).mean() <= 0.03 and (p < 0.5).any()
+    # Twenty rows, 60 % of them 100x (amounts in cents): KS alone is not overwhelming yet;
+    # values beyond everything the reference held are.
+    ref = sketch(rng.lognormal(4, 0.9, 700), 400)
+    cur = rng.lognormal(4, 0.9, 20)
+    cur[:12] *= 100
+    ks_p = stats.ks_2samp(cur, rng.lognormal(4, 0.9, 700), method="asymp").pvalue
+    assert ks_p > 1e-7
+    assert sampling_test(ref, sketch(cur, 100), 1e-4).p_value <= 1e-9
