@@ -112,8 +112,12 @@ def finish_reasons(given: pa.Array, outputs: pa.Array) -> pa.Array:
     """Finish reasons as given (a JSON list like ``["stop"]`` becomes ``stop``, several
     ``stop,length``), else those inside ``gen_ai.output.messages`` (openai-v2 puts them only
     there for streamed calls)."""
-    listed = pc.fill_null(pc.starts_with(given, "["), False)
-    reasons = pc.if_else(listed, pc.replace_substring_regex(given, _REASON_CHARS, ""), given)
+    # Few distinct values (``["stop"]`` …): each is tidied once, then put back in place.
+    encoded = pc.dictionary_encode(given)
+    distinct = encoded.dictionary
+    listed = pc.fill_null(pc.starts_with(distinct, "["), False)
+    tidied = pc.if_else(listed, pc.replace_substring_regex(distinct, _REASON_CHARS, ""), distinct)
+    reasons = tidied.take(encoded.indices)
     missing = pc.or_(pc.is_null(reasons), pc.equal(reasons, _EMPTY))
     if not pc.any(pc.and_(pc.fill_null(missing, True), pc.is_valid(outputs))).as_py():
         return text(reasons)

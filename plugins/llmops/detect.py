@@ -28,12 +28,16 @@ __all__ = ["CallAlerts"]
 _DIMENSIONS = (("llm_model", "ModelKey"), ("service", "ServiceName"))
 
 
-_KEPT = ("Model", "ServiceName", "IsError", "TraceId", "PromptName",
-         "PromptVersion", "UserId", "SessionId")  # fmt: skip
+_KEPT = ("ServiceName", "IsError", "TraceId")
+"""Columns every call's bucket needs (with the model key and the numbers); the others are made
+Python values only when something reads them: strings cost a Python object per call."""
+_PROMPT_COLUMNS = ("PromptName", "PromptVersion")
+_BUDGET_COLUMNS = ("Model", "UserId", "SessionId")
 
 
 _BUDGET_COLUMN = {"user": "UserId", "service": "ServiceName", "session": "SessionId",
                   "model": "Model"}  # fmt: skip
+_EMPTY = pa.scalar("", pa.string())  # typed: a bare "" costs pyarrow a failed import
 _PERIOD_UNIT = {"hour": "h", "day": "D", "month": "M"}
 
 
@@ -102,8 +106,10 @@ class CallAlerts:
             for bucket in np.unique(buckets):
                 rows = buckets == bucket
                 self.open.setdefault(int(bucket), []).append({k: v[rows] for k, v in cols.items()})
-        self._budgets(times, cols)
-        self.prompts.add(times, cols)
+        if self.budgets:
+            self._budgets(times, cols | {name: column(name) for name in _BUDGET_COLUMNS})
+        if pc.any(pc.not_equal(calls.column("PromptName"), _EMPTY)).as_py():
+            self.prompts.add(times, cols | {name: column(name) for name in _PROMPT_COLUMNS})
         self.now = max(self.now, int(times.max()))
         self._close_buckets()
 
