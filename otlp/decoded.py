@@ -47,4 +47,7 @@ class DecodedRequest:
 
     @property
     def nbytes(self) -> int:
-        return sum(batch.nbytes for _, batch in self.batches)
+        # The batches' whole buffers (they are the decoder's own, neither shared nor sliced):
+        # ``RecordBatch.nbytes`` works out referenced byte ranges column by column, ~65 µs per
+        # request of 100 spans on the event loop, for the same number within padding.
+        return sum(batch.get_total_buffer_size() for _, batch in self.batches)
