@@ -72,24 +72,35 @@ def _ks(ref: NumericSketch, cur: NumericSketch, alpha: float) -> SamplingResult:
     p = float(np.clip(special.kolmogorov(d * scale), 0.0, 1.0))  # kstwobign.sf, 1000x cheaper
     # KS looks at the middle of the distributions and needs many rows for a shift of some of
     # them; values beyond everything the reference held say more with few: Bonferroni of both.
-    p = min(1.0, 2.0 * min(p, _beyond_range(ref, cur)))
-    return SamplingResult(p, max(0.0, d - _kolmogorov_isf(alpha) / scale))
+    beyond, k, k_alpha = _beyond_range(ref, cur, alpha)
+    p = min(1.0, 2.0 * min(p, beyond))
+    # The share beyond the range is the distribution functions' difference at the reference's
+    # extreme, and its noise margin there is far smaller than KS's over the middle.
+    shift = max(d - _kolmogorov_isf(alpha) / scale, (k - k_alpha) / cur.n)
+    return SamplingResult(p, max(0.0, shift))
 
 
-def _beyond_range(ref: NumericSketch, cur: NumericSketch) -> float:
+def _beyond_range(ref: NumericSketch, cur: NumericSketch, alpha: float) -> tuple[float, int, int]:
     """p-value of the current values above the reference's maximum (or below its minimum).
 
     Exact and distribution-free for exchangeable samples: k of the n current values exceed all
     m reference values only if the k largest of the n + m pooled values are all current ones,
     with probability C(n, k) / C(n + m, k). Both tails: twice the smaller. The sketches keep
     the exact extremes; the count beyond them comes from the current sketch's distribution
-    function (exact for the small slots this matters for)."""
+    function (exact for the small slots this matters for). Returns the p-value, the count
+    beyond, and the count that sampling alone reaches at ``alpha``."""
     n, m = cur.n, ref.n
     above = round(n * (1.0 - float(cur.cdf(np.array([ref.hi]))[0])))
     below = round(n * float(cur.cdf(np.array([np.nextafter(ref.lo, -np.inf)]))[0]))
     k = max(above, below)
-    if k <= 0 or m <= 0:
-        return 1.0
+    k_alpha = 1
+    while k_alpha < n and _p_beyond(n, m, k_alpha) > alpha:
+        k_alpha += 1
+    return (_p_beyond(n, m, k) if k > 0 and m > 0 else 1.0), k, k_alpha
+
+
+def _p_beyond(n: int, m: int, k: int) -> float:
+    """2 C(n, k) / C(n + m, k): k of n values beyond all m others, either tail."""
     log_p = (
         math.lgamma(n + 1) - math.lgamma(n - k + 1)
         - math.lgamma(n + m + 1) + math.lgamma(n + m - k + 1)
