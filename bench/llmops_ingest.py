@@ -15,6 +15,13 @@ waiting for a core), and the ratio; medians of --repeat.
 LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
 messages (masked by the default settings), 5 % failing.
 
+    python bench/llmops_ingest.py --baseline /tmp/base/llmops_base [--requests 300 --repeat 5]
+
+The same, with a second arm: an older copy of the plugin package (a directory whose modules
+import each other as ``<its name>.*``: see docs/llmops.md for the commands that make one from a
+commit), run interleaved with the working tree's on the same requests, each against the median
+ingest of all runs: the machine is busy, and only an A/B in one run compares two versions.
+
     python bench/llmops_ingest.py --server [--rate 5000] [--requests 800] [--repeat 3]
 
 The same requests sent over OTLP/HTTP, one at a time at --rate spans/s, to a real ``opstrata
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import random
@@ -129,7 +137,9 @@ async def _commit(store: DuckDBStore, decoded: list) -> list[int]:
     return seqs
 
 
-def run_once(bodies: list[bytes]) -> tuple[float, float, int, float]:
+def run_once(
+    bodies: list[bytes], arm: tuple[type, type] = (LLMCalls, LLMOpsConfig)
+) -> tuple[float, float, int, float]:
     limits = DecodeLimits()
     with tempfile.TemporaryDirectory() as tmp:
         store = DuckDBStore(Path(tmp))
@@ -141,7 +151,7 @@ def run_once(bodies: list[bytes]) -> tuple[float, float, int, float]:
             ]
             seqs = asyncio.run(_commit(store, decoded))
             ingest = time.process_time() - started
-            consumer = LLMCalls(LLMOpsConfig())
+            consumer = arm[0](arm[1]())
             emitted: list[object] = []
             ctx = ConsumerContext(
                 "llmops", "calls", Path(tmp), lambda _p, e: emitted.append(e), store, {}
@@ -241,6 +251,40 @@ def main_server(args: argparse.Namespace) -> None:
               f"with: {[round(c / spans * 1e6, 2) for c in runs[True]]}")  # fmt: skip
 
 
+def main_baseline(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(args.baseline.parent))
+    name = args.baseline.name
+    arms = {
+        "base": (
+            importlib.import_module(f"{name}.consumer").LLMCalls,
+            importlib.import_module(f"{name}.config").LLMOpsConfig,
+        ),
+        "now": (LLMCalls, LLMOpsConfig),
+    }
+    spans, timed = args.requests * PER_REQUEST, (args.requests - WARM_UP) * PER_REQUEST
+    print(f"{spans} spans per run, {args.repeat} runs per arm interleaved, baseline {name}")
+    print(f"{'LLM share':>9} {'ingest µs/span':>15} {'base µs/span':>13} {'added':>7} "
+          f"{'now µs/span':>12} {'added':>7} {'calls':>7}")  # fmt: skip
+    for share in args.share:
+        rnd = random.Random(7)
+        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        runs: dict[str, list[tuple[float, float, int, float]]] = {arm: [] for arm in arms}
+        for r in range(args.repeat):
+            for arm in ("base", "now") if r % 2 == 0 else ("now", "base"):
+                runs[arm].append(run_once(bodies, arms[arm]))
+        ingest = statistics.median(x[0] for v in runs.values() for x in v) / spans * 1e6
+        cost = {a: statistics.median(x[1] for x in runs[a]) / timed * 1e6 for a in arms}
+        calls = {runs[a][0][2] for a in arms}
+        assert len(calls) == 1, f"the arms stored different numbers of calls: {calls}"
+        print(
+            f"{share:>9.0%} {ingest:>15.2f} {cost['base']:>13.2f} {cost['base'] / ingest:>7.1%} "
+            f"{cost['now']:>12.2f} {cost['now'] / ingest:>7.1%} {calls.pop():>7}",
+            flush=True,
+        )
+        print(f"{'':>9} runs base: {[round(x[1] / timed * 1e6, 2) for x in runs['base']]}, "
+              f"now: {[round(x[1] / timed * 1e6, 2) for x in runs['now']]}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -248,9 +292,13 @@ def main() -> None:
     parser.add_argument("--share", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0])
     parser.add_argument("--server", action="store_true", help="a real server, over OTLP/HTTP")
     parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
+    parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
     args = parser.parse_args()
     if args.server:
         main_server(args)
+        return
+    if args.baseline:
+        main_baseline(args)
         return
     spans = args.requests * PER_REQUEST
     print(f"{spans} spans per run, {args.repeat} runs, python {sys.version.split()[0]}")
