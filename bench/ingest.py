@@ -10,7 +10,10 @@ sender processes keep --concurrency requests in flight each, and back off briefl
 latency of the acknowledged attempt, throttled requests, peak RSS of the server's process tree
 (sampled every 0.5 s), and the ratio to the upb parse rate of the same requests on one core (the
 ceiling), and the server's CPU time per stored item and cores used (the figure to compare on a
-shared machine, where rates follow the neighbours' load). After the server stops, the rows in
+shared machine, where rates follow the neighbours' load). That CPU time runs until the store has
+loaded what was acknowledged and every consumer has finished every committed batch ("consumers
+done N s after the phase"): a consumer that lags does its work after the senders stop, and that
+work is part of the items' cost. After the server stops, the rows in
 its DuckDB file are compared with what was acked.
 """
 
@@ -325,6 +328,28 @@ def commit_stats(api: str) -> tuple[float, float]:
     return (float(commits[1]) if commits else 0.0, float(rows[1]) if rows else 0.0)
 
 
+def consumer_lag(api: str) -> float:
+    """Committed batches the server's consumers have not finished yet, summed, from /metrics."""
+    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    return sum(
+        float(v) for v in re.findall(r"^opstrata_consumer_lag_batches\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+def wait_consumers(api: str, label: str, timeout: float = 120.0) -> float:
+    """Seconds until the store has loaded everything acknowledged and every consumer has
+    finished every committed batch (at most ``timeout``): a consumer that lags keeps working
+    after the senders stop, and that work belongs to the items of the phase."""
+    started, last = time.time(), -1.0
+    while time.time() - started < timeout:
+        now = committed(api, label)
+        if now == last and consumer_lag(api) == 0:
+            break
+        last = now
+        time.sleep(0.25)
+    return time.time() - started
+
+
 def rss_sampler(pid: int, peak: list[int], halt: threading.Event) -> None:
     while True:
         peak[:] = max(peak, tree_rss(pid))
@@ -371,6 +396,10 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     time.sleep(max(0.0, window[1] - time.time()))
     items = committed(target["api"], label) - before
     elapsed = time.time() - window[0]
+    # The CPU time counts until the consumers are done with what was stored in the phase (and
+    # the load of what was acknowledged), so that a consumer that lags is not left out.
+    drain = wait_consumers(target["api"], label)
+    drained = committed(target["api"], label) - before
     cpu = tree_cpu(pid) - cpu_before if pid is not None else float("nan")
     threads = thread_cpu(pid, names) if pid is not None else Counter()
     threads.subtract(threads_before)
@@ -395,10 +424,11 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         "rss": rss,
         # On a shared machine the rates vary with the neighbours' load; the server's CPU time
         # per stored item varies much less, so it is what to compare between versions.
-        "cpu_us": cpu / items * 1e6 if items else float("nan"),
+        "cpu_us": cpu / drained * 1e6 if drained else float("nan"),
         "cores": cpu / elapsed,
-        "threads": {name: t / items * 1e6 for name, t in threads.most_common(8) if items},
+        "threads": {name: t / drained * 1e6 for name, t in threads.most_common(8) if drained},
         "rows/commit": rows_per_commit,
+        "drain": drain,
     } | stats
 
 
@@ -426,7 +456,10 @@ def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) 
             cpu = f"{r['cpu_us']:>14.1f} us{r['cores']:>7.2f}"
             print(f"{name:<8} {transport:<9}{rates}{latency}{counts}{ratio:>16.1%}{cpu}")
             split = ", ".join(f"{k} {v:.1f}" for k, v in r["threads"].items())
-            print(f"    {r['rows/commit']:,.0f} rows per commit; CPU us/item by thread: {split}")
+            print(
+                f"    {r['rows/commit']:,.0f} rows per commit; consumers done {r['drain']:.1f} s"
+                f" after the phase; CPU us/item by thread: {split}"
+            )
             for key, n in r.items():
                 if key.startswith("error"):
                     print(f"    {n} x {key}")

@@ -1,59 +1,23 @@
-"""Placement (service → host / pod / node) learned from logs and metrics a resource at a time.
+"""Placement (service → host / pod / node) learned from logs and metrics.
 
-``resource_runs`` finds the runs of rows that repeat one resource, so that the topology consumer
-looks up placement keys once per run; it is held to a row-by-row comparison. The end-to-end test
-sends logs and metrics with the OpenTelemetry SDK to a real server and reads the topology it
-saved on shutdown.
+The test sends logs and metrics with the OpenTelemetry SDK to a real server and reads the
+topology it saved on shutdown. (The placement keys of spans' resources are checked in
+``tests/test_topology_spans.py``.)
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 
-import pyarrow as pa
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-from opstrata.resource_runs import resource_runs
-from opstrata.schema import STRING_MAP
 from tests.otelsdk import log_exporter, metric_exporter, resource
 from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
-
-_PAIRS = [("service.name", "a"), ("service.name", "ab"), ("host.name", "h"), ("k", ""), ("", "k")]
-
-
-def _resource(rnd: random.Random) -> list[tuple[str, str]]:
-    return [rnd.choice(_PAIRS) for _ in range(rnd.choice([0, 1, 2, 2, 3]))]
-
-
-def test_resource_runs_match_a_row_by_row_comparison() -> None:
-    rnd = random.Random(1)
-    for _ in range(400):
-        rows: list[list[tuple[str, str]]] = []
-        services: list[str] = []
-        for _ in range(rnd.randint(1, 12)):
-            row, service = _resource(rnd), rnd.choice(["s", "t"])
-            rows += [row] * rnd.randint(1, 4)
-            services += [service] * (len(rows) - len(services))
-        column = pa.array(rows, STRING_MAP)
-        names = pa.array(services, pa.string())
-        lo = rnd.randint(0, len(rows) - 1)
-        hi = rnd.randint(lo + 1, len(rows))
-        for col, svc, plain, plain_svc in (
-            (column, names, rows, services),
-            (column.slice(lo, hi - lo), names.slice(lo, hi - lo), rows[lo:hi], services[lo:hi]),
-        ):
-            want = [
-                i
-                for i in range(len(plain))
-                if i == 0 or (plain[i], plain_svc[i]) != (plain[i - 1], plain_svc[i - 1])
-            ]
-            assert resource_runs(col, svc).tolist() == want
 
 
 def _consumed_rows(server: ServerProcess) -> float:

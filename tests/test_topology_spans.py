@@ -351,3 +351,41 @@ def test_calls_learned_from_separately_exported_sides(server: ServerProcess) -> 
         assert ("runs_on", "service", callee, "host", f"{callee}-host") in edges
     assert saved["aliases"] == {"cart.svc:8080": "cart", "ledger-lb": "ledger"}
     assert not [e for e in edges if e[0] == "calls" and e[4] in ("cart.svc:8080", "ledger-lb")]
+
+
+def test_placement_matches_a_row_by_row_reading(tmp_path) -> None:
+    """Placement from every table's resources, held to a dict of each row's resource (the last
+    of a repeated key wins, as before) with the latest time per placement."""
+    rnd = random.Random(11)
+    ctx = ConsumerContext("opstrata", "topology", tmp_path, lambda *_: None, None, {})
+    keys = ["host.name", "k8s.pod.name", "k8s.node.name", "process.pid"]
+    for _ in range(5):
+        batches, expected = [], TopologyGraph()
+        for seq in range(1, rnd.randint(2, 8)):
+            rows = []
+            for _ in range(rnd.randint(1, 5)):  # runs of one resource, as a request has them
+                pairs = [(rnd.choice(keys), rnd.choice(["a", "b", ""])) for _ in range(4)]
+                rows += [(rnd.choice(["", "svc1", "svc2"]), pairs)] * rnd.randint(1, 20)
+            times = [_T0 + rnd.randrange(10**12) for _ in rows]
+            table = rnd.choice([Table.LOGS, Table.METRICS_GAUGE])
+            time_column = "Timestamp" if table is Table.LOGS else "TimeUnix"
+            records = pa.record_batch(
+                {
+                    time_column: pa.array(times, pa.timestamp("ns")),
+                    "ServiceName": pa.array([service for service, _ in rows], pa.string()),
+                    "ResourceAttributes": pa.array([pairs for _, pairs in rows], STRING_MAP),
+                }
+            )
+            batches.append(CommittedBatch.of(seq, [(table, records)]))
+            for (service, pairs), time in zip(rows, times, strict=True):
+                found = dict(pairs)
+                host, pod, node = (found.get(k) or "" for k in keys[:3])
+                if pod and node:
+                    expected.add(EdgeKind.RUNS_ON, ("pod", pod), ("host", node), time)
+                for kind, name in (("host", host), ("pod", pod), ("host", node)):
+                    if service and name:
+                        expected.add(EdgeKind.RUNS_ON, ("service", service), (kind, name), time)
+        consumer = TopologyConsumer(TopologyGraph())
+        consumer.consume_many(batches, ctx)
+        got = {(k, s, t): last for k, s, t, _, last in consumer.graph.edges()}
+        assert got == {(k, s, t): last for k, s, t, _, last in expected.edges()}
