@@ -1,10 +1,12 @@
 """AIOps throughput and memory: the default detector ensemble, the sketch, template mining.
 
-    python bench/aiops_perf.py [--series 100000] [--points 10] [--lines 200000]
+    python bench/aiops_perf.py [--series 100000] [--points 10] [--lines 200000] [--rates]
 
 - detector: points/s (process CPU time) through the default ensemble (``robust``), with
   ``--series`` live series each getting ``--points`` points per batch (the shape of a fleet
   scraped every interval), and the state's bytes per series;
+- ``--rates``: the same, every series a rate of whole events with its seconds (the count test
+  of counter rates and request rates) — A/B against the plain run;
 - one series fed point by point (the ``opstrata detect`` shape);
 - the log-bucket latency sketch: values/s into per-group sketches, merge, quantiles;
 - template mining: lines/s of generated application logs (``TemplateMiner.add``).
@@ -32,23 +34,34 @@ def cpu(fn) -> float:
     return time.process_time() - start
 
 
-def detector(series: int, points: int, batches: int, warm: int = 40) -> None:
-    """Steady state: ``warm`` points per series first (warm-up, array growth), not timed."""
+def detector(series: int, points: int, batches: int, warm: int = 40, rates: bool = False) -> None:
+    """Steady state: ``warm`` points per series first (warm-up, array growth), not timed.
+    ``rates``: counts of ~100 events a minute fed as rates per second with their 60 s."""
     rng = np.random.default_rng(1)
     det = RobustSeasonalDetector({})
     all_ids = np.arange(series)
+    if rates:
+        det.configure(all_ids, rate=True)
+
+    def values_of(size: int) -> tuple[np.ndarray, dict]:
+        if not rates:
+            return 100 + rng.normal(0, 5, size), {}
+        return rng.poisson(100, size) / 60.0, {"weights": np.full(size, 60.0)}
+
     for w in range(warm):
-        det.update(all_ids, np.full(series, T0 + w * STEP), 100 + rng.normal(0, 5, series))
+        v, extra = values_of(series)
+        det.update(all_ids, np.full(series, T0 + w * STEP), v, **extra)
     ids = np.tile(all_ids, points)
     total = 0
     seconds = 0.0
     for b in range(batches):
         times = np.repeat(T0 + (warm + b * points + np.arange(points)) * STEP, series)
-        values = 100 + rng.normal(0, 5, ids.size)
-        seconds += cpu(lambda t=times, v=values: det.update(ids, t, v))
+        values, extra = values_of(ids.size)
+        seconds += cpu(lambda t=times, v=values, e=extra: det.update(ids, t, v, **e))
         total += ids.size
     print(
-        f"detector: {series:,} series x {points} points/batch x {batches} batches: "
+        f"detector{' (rates)' if rates else ''}: {series:,} series x {points} points/batch x "
+        f"{batches} batches: "
         f"{total / seconds:,.0f} points/s; state {det.nbytes / 2**20:,.1f} MiB "
         f"({det.nbytes / series:,.0f} B/series)"
     )
@@ -138,7 +151,13 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--rates", action="store_true", help="only the detector, plain vs rates")
     args = parser.parse_args()
+    if args.rates:
+        for _ in range(2):  # interleaved A/B: the machine is shared
+            detector(args.series, args.points, args.batches)
+            detector(args.series, args.points, args.batches, rates=True)
+        return
     detector(args.series, 1, args.batches * args.points)
     detector(args.series, args.points, args.batches)
     single(5_000)
