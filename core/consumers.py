@@ -110,8 +110,10 @@ class Consumer(ABC):
 
     name: ClassVar[str] = "consumer"
     signals: ClassVar[frozenset[Signal]] = frozenset(Signal)
-    inbox_size: ClassVar[int] = 64
-    """Batches held in memory for this consumer before it reads further ones from the store."""
+    inbox_size: ClassVar[int] = 256
+    """Batches held in memory for this consumer before it reads further ones from the store.
+    One commit of the ingest log's backlog publishes 100-250 batches at once under load: a
+    smaller inbox is behind after nearly every commit and reads them back from DuckDB."""
 
     def start(self, ctx: ConsumerContext) -> None:  # noqa: B027 - optional hook
         """Called once in the consumer's thread before the first batch (load state here)."""
