@@ -29,6 +29,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -91,18 +92,19 @@ def _cyclic(rng: np.random.Generator, start: float, rate: float) -> ModelRows | 
     return ModelRows("cyclic", "1", {"service.name": "cyclic"}, tn, columns)
 
 
-def _settings(pairs: list[str]) -> dict[str, object]:
+def _settings(pairs: list[str], config_type: type) -> dict[str, object]:
     out: dict[str, object] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        out[key] = float(value) if value.replace(".", "", 1).replace("e-", "").isdigit() else value
-    return out
+        out[key] = value
+    # The settings' own parser gives each value its declared type (window_slots=4 an int).
+    return msgspec.structs.asdict(msgspec.convert(out, config_type, strict=False))
 
 
 def run(args: argparse.Namespace, seed: int) -> Counter:
     config_mod = importlib.import_module(f"{args.package}.config")
     monitor_mod = importlib.import_module(f"{args.package}.monitor")
-    config = config_mod.MLOpsConfig(**_settings(args.set))
+    config = config_mod.MLOpsConfig(**_settings(args.set, config_mod.MLOpsConfig))
     raised: Counter = Counter()
     start = 1_795_500_000 // _DAY * _DAY  # midnight: day d is [start + d·day, ...)
 
