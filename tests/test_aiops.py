@@ -421,3 +421,40 @@ def test_series_state_survives_a_restart(tmp_path: Path) -> None:
         assert row["id"] == 0
     finally:
         assert server.stop() == 0
+
+
+def test_spans_lagging_behind_other_signals_still_count(aiops_server) -> None:
+    """A metrics exporter running minutes ahead of the span exporter (each minute's spans
+    arrive after a gauge point three minutes later): span windows close on span time, so every
+    window's requests are counted (other signals' time alone used to close them first)."""
+    start = T0 + 20 * DAY
+    exporter = span_exporter(aiops_server, "http")
+    windows = 12
+    for w in range(windows):
+        _marker_batches(aiops_server, start + (w + 3) * MINUTE)
+        at = start + w * MINUTE
+
+        def build(tracer, at=at) -> None:
+            for i in range(10):
+                t = at + i * 5 * 10**9
+                tracer.start_span("GET /lag", kind=SpanKind.SERVER, start_time=t).end(
+                    end_time=t + 20 * 10**6
+                )
+
+        assert exporter.export(make_spans("lagging-svc", build)) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    _marker_batches(aiops_server, start + (windows + 8) * MINUTE)
+
+    def rate_series() -> list[dict]:
+        rows = [
+            r
+            for r in _series(aiops_server, name="request_rate")
+            if r["entity"] == {"kind": "service", "name": "lagging-svc"}
+        ]
+        return [r for r in rows if r["points"] >= windows]
+
+    [row] = _wait(rate_series, "a request_rate point for every window of lagging spans")
+    points = aiops_server.api(f"/api/v1/aiops/series/spans/{row['id']}/points").json()["points"]
+    counted = [p for p in points if p["value"] > 0]
+    assert len(counted) == windows, points
+    assert all(abs(p["value"] - 10 / 60) < 1e-9 for p in counted), counted

@@ -33,6 +33,12 @@ class AiopsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Width of the event-time windows that RED series and log counts are computed over."""
     lateness_windows: int = 1
     """Windows wait this many widths of event time for late data before they close."""
+    other_signal_lateness_windows: int = 4
+    """RED and log windows close on their own signal's event time; other signals' batches close
+    them only this many widths later. Exporters of different signals lag each other (a span
+    batch queued behind a busy exporter, a Collector pipeline per signal): another signal's
+    clock alone would close span windows before their spans arrive and drop them as late. A
+    service whose spans (or logs) all stop still gets its zero windows, this much later."""
     detector: str = "robust"
     """Name of the registered detector every series gets."""
     detector_params: dict[str, Any] = {}

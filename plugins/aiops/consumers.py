@@ -43,6 +43,9 @@ class _AiopsConsumer(Consumer):
 
     def __init__(self, config: AiopsConfig) -> None:
         self.config = config
+        self.other_signal_lag_ns = int(
+            config.other_signal_lateness_windows * config.interval_seconds * 1e9
+        )
 
     def start(self, ctx: ConsumerContext) -> None:
         params = {
@@ -168,7 +171,7 @@ class SpansConsumer(_AiopsConsumer):
         if spans is not None:
             self.red.consume(spans)
         else:
-            self.red.clock.advance(latest_event_time(batch))
+            self.red.clock.advance(latest_event_time(batch) - self.other_signal_lag_ns)
             self.red.flush()
         self.after()
 
@@ -234,7 +237,7 @@ class LogsConsumer(_AiopsConsumer):
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         records = batch.tables.get(Table.LOGS)
         if records is None:
-            self.logs.clock.advance(latest_event_time(batch))
+            self.logs.clock.advance(latest_event_time(batch) - self.other_signal_lag_ns)
             self.logs.flush()
             self.after()
             return
