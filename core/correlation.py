@@ -217,8 +217,9 @@ class TopologyCorrelator:
             other
             for other in self._pending.values()
             if other.id not in self._chronic
+            and other.id != alert.id
             and _independent(alert, nodes, other)
-            and self._overlaps(other, onset)
+            and self._corroborates(other, onset)
             and self._related_to(nodes, self._members_of([other]), onset)
         ]
         # A warning is a notice until another source agrees; an error that lasts, or anything
@@ -260,13 +261,22 @@ class TopologyCorrelator:
         return []
 
     def _prune_pending(self, now: int) -> None:
+        # An alert that ended stays in the pool for the join gap: the detectors of different
+        # signals report at different paces (a host's CPU alert can end before the latency
+        # alerts of the same minutes arrive), and it still corroborates what overlapped it.
         horizon = now - self.join_gap_ns
         for alert_id in [
             a.id
             for a in self._pending.values()
-            if a.status != "firing" or a.last_seen_unix_nano < horizon or a.incident_id
+            if a.last_seen_unix_nano < horizon or a.incident_id
         ]:
             del self._pending[alert_id]
+
+    @staticmethod
+    def _corroborates(other: Alert, onset: int) -> bool:
+        """A pending alert corroborates one starting at ``onset`` if it was firing then, in
+        event time: still firing, or ended no earlier than that onset."""
+        return other.status == "firing" or other.last_seen_unix_nano >= onset
 
     def _overlaps(self, alert: Alert, onset: int) -> bool:
         return alert.status == "firing" or alert.last_seen_unix_nano >= onset - self.join_gap_ns

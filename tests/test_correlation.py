@@ -229,6 +229,32 @@ def test_a_lone_blip_waits_and_opens_once_it_lasts_or_is_corroborated() -> None:
     assert feed(third, [critical])[0] == "opened"
 
 
+def test_an_alert_that_ended_still_corroborates_what_overlapped_it() -> None:
+    """Detectors of different signals report at different paces: the node's CPU alert (from
+    metrics) has ended by the time the latency alert of the same minutes (from spans) arrives.
+    In event time they overlapped: one incident, opened when the latency alert came."""
+    engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    cpu = alert("metric_anomaly", ("node", "node-2"), T0 + 60 * S)
+    cpu.severity = Severity.ERROR
+    assert feed(engine, [cpu]) == [] and not engine.incidents
+    cpu.last_seen_unix_nano, cpu.status = T0 + 240 * S, "resolved"
+    latency = alert("latency", ("service", "payment"), T0 + 120 * S)
+    latency.severity = Severity.ERROR
+    assert feed(engine, [latency])[0] == "opened"
+    [incident] = open_incidents(engine)
+    assert set(incident.alert_ids) == {cpu.id, latency.id}
+    assert incident.timeline[0].time_unix_nano == T0 + 120 * S
+    # One that had ended before the other began corroborates nothing.
+    later = TopologyCorrelator(shop(), confirm_seconds=120)
+    early = alert("metric_anomaly", ("node", "node-2"), T0)
+    early.severity = Severity.ERROR
+    feed(later, [early])
+    early.last_seen_unix_nano, early.status = T0 + 60 * S, "resolved"
+    late = alert("latency", ("service", "payment"), T0 + 120 * S)
+    late.severity = Severity.ERROR
+    assert feed(later, [late]) == [] and not later.incidents
+
+
 def test_one_measurement_seen_twice_does_not_corroborate_itself() -> None:
     engine = TopologyCorrelator(shop(), confirm_seconds=120)
     service = alert("latency", ("service", "payment"), T0)
