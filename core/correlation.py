@@ -165,6 +165,7 @@ class TopologyCorrelator:
         related.sort(key=lambda incident: (incident.opened_unix_nano, incident.id))
         keeper = related[0]
         changes.append(self._join(keeper, alert, True))
+        self._confirm_earlier(keeper, alert, nodes)
         for other in related[1:]:
             changes.extend(self._merge(other, keeper, now))
         changes.extend(self._absorb_pending(keeper, now))
@@ -245,6 +246,36 @@ class TopologyCorrelator:
         self._rerank(incident)
         # Ranks again only if it drew more pending alerts in.
         return [opened, *self._absorb_pending(incident, now)]
+
+    def _confirm_earlier(self, incident: Incident, alert: Alert, nodes: AlertNodes) -> None:
+        """An alert that arrives after the incident opened but is dated before the opening (a
+        slower detector's window) moves the opening back to when, in event time, it would have
+        confirmed the incident with an alert already there — so the opening does not depend on
+        which detector reported first (a replay in event order opens it then too)."""
+        first = incident.timeline[0] if incident.timeline else None
+        if (
+            first is None
+            or first.what != "opened"
+            or incident.reopened
+            or alert.id in self._chronic
+            or alert.first_seen_unix_nano >= first.time_unix_nano
+        ):
+            return
+        onset = alert.first_seen_unix_nano
+        candidates = [onset] if alert.severity == "critical" else []
+        for member_id in incident.alert_ids:
+            member = self._alerts.get(member_id)
+            if (
+                member is not None
+                and member.id != alert.id
+                and member.id not in self._chronic
+                and _independent(alert, nodes, member)
+                and self._corroborates(member, onset)
+                and self._related_to(nodes, self._members_of([member]), onset)
+            ):
+                candidates.append(max(onset, member.first_seen_unix_nano))
+        if candidates and min(candidates) < first.time_unix_nano:
+            incident.timeline[0] = TimelineEntry(min(candidates), first.what, first.alert_id)
 
     def _absorb_pending(self, incident: Incident, now: int) -> list[IncidentChange]:
         """Pending alerts related to what ``incident`` now holds join it."""

@@ -255,6 +255,34 @@ def test_an_alert_that_ended_still_corroborates_what_overlapped_it() -> None:
     assert feed(later, [late]) == [] and not later.incidents
 
 
+def test_the_opening_does_not_depend_on_which_detector_reported_first() -> None:
+    """catalog's latency (pending) is confirmed at 121 s by the gateway's log alert; catalog's
+    error alert of the 120-s window arrives after that, from a slower detector. In event time
+    the incident was confirmed at 120 s (two kinds of signal on catalog): its opening says so,
+    as a replay in event order would."""
+    engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    latency = alert("latency", ("service", "catalog"), T0 + 60 * S)
+    logs = alert("new_log_template", ("service", "gateway"), T0 + 121 * S)
+    errors = alert("errors", ("service", "catalog"), T0 + 120 * S)
+    for a in (latency, logs, errors):
+        a.severity = Severity.ERROR
+    assert engine.on_alert(latency, True) == []
+    assert next(c.change for c in engine.on_alert(logs, True)) == "opened"
+    [incident] = open_incidents(engine)
+    assert incident.timeline[0].time_unix_nano == T0 + 121 * S
+    engine.on_alert(errors, True)
+    assert set(incident.alert_ids) == {latency.id, logs.id, errors.id}
+    assert incident.timeline[0].what == "opened"
+    assert incident.timeline[0].time_unix_nano == T0 + 120 * S
+    # In event order the same alerts open it then too.
+    ordered = TopologyCorrelator(shop(), confirm_seconds=120)
+    for a in (latency, errors, logs):
+        a.incident_id = None
+    feed(ordered, [latency, errors, logs])
+    [same] = open_incidents(ordered)
+    assert same.timeline[0].time_unix_nano == T0 + 120 * S
+
+
 def test_one_measurement_seen_twice_does_not_corroborate_itself() -> None:
     engine = TopologyCorrelator(shop(), confirm_seconds=120)
     service = alert("latency", ("service", "payment"), T0)
