@@ -115,6 +115,8 @@ class Detection:
             config.min_spans,
         )  # fmt: skip
         self.logs = LogSeries(scorer(), config, self.events.append)
+        # As the consumers do: other signals move a family's clock only this far behind.
+        self.other_lag = int(config.other_signal_lateness_windows * config.interval_seconds * _NS)
 
     def feed(self, batches: list[tuple[Table, pa.RecordBatch]]) -> None:
         for table, records in batches:
@@ -123,12 +125,12 @@ class Detection:
             if table is Table.TRACES:
                 self.red.consume(records)
             else:
-                self.red.clock.advance(latest)
+                self.red.clock.advance(latest - self.other_lag)
                 self.red.flush()
             if table is Table.LOGS:
                 self.logs.consume(records)
             else:
-                self.logs.clock.advance(latest)
+                self.logs.clock.advance(latest - self.other_lag)
                 self.logs.flush()
             if table.name.startswith("METRICS"):
                 self.metrics.consume({table: records})
