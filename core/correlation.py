@@ -297,9 +297,7 @@ class TopologyCorrelator:
         # alerts of the same minutes arrive), and it still corroborates what overlapped it.
         horizon = now - self.join_gap_ns
         for alert_id in [
-            a.id
-            for a in self._pending.values()
-            if a.last_seen_unix_nano < horizon or a.incident_id
+            a.id for a in self._pending.values() if a.last_seen_unix_nano < horizon or a.incident_id
         ]:
             del self._pending[alert_id]
 
