@@ -32,7 +32,8 @@ from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
 from opstrata.storage.base import Store, StoreError
-from opstrata.topology import TopologyConsumer, TopologyGraph
+from opstrata.topology import TopologyGraph
+from opstrata.topology_consumer import TopologyConsumer
 
 __all__ = ["open_store", "serve"]
 

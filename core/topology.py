@@ -27,7 +27,6 @@ import numpy as np
 __all__ = [
     "EdgeKind",
     "Node",
-    "TopologyConsumer",
     "TopologyGraph",
     "canonical",
     "nodes_of_resource",
@@ -284,8 +283,3 @@ class TopologyGraph:
                 )
                 edge.last_seen = max(edge.last_seen, state.last_seen)
                 edge.minutes.update(state.minutes)
-
-
-# The consumer builds on the graph above; imported last so that ``opstrata.topology`` keeps
-# offering both.
-from opstrata.topology_consumer import TopologyConsumer  # noqa: E402

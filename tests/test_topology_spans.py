@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from opstrata.consumers import CommittedBatch, ConsumerContext
 from opstrata.schema import STRING_MAP, Table
-from opstrata.topology import _PEER_KEYS, EdgeKind, TopologyConsumer, TopologyGraph
+from opstrata.topology import _PEER_KEYS, EdgeKind, TopologyGraph
+from opstrata.topology_consumer import TopologyConsumer
 from opstrata.topology_spans import SpanKeyIndex, group_rows, span_keys
 from tests.otelsdk import resource, span_exporter
 from tests.pluginsupport import wait_for
