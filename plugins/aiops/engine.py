@@ -221,6 +221,16 @@ def _binomial_sf(k: np.ndarray, n: np.ndarray, prob: np.ndarray) -> np.ndarray:
     )
 
 
+def _remember_window(
+    v: np.ndarray, where: np.ndarray, k: np.ndarray, w: np.ndarray, p: np.ndarray
+) -> None:
+    """Keep this window's count, exposure and p-value (at ``where``) for the next window's
+    two-in-a-row test."""
+    v[_RAT_PREV_K] = np.where(where, k, v[_RAT_PREV_K])
+    v[_RAT_PREV_W] = np.where(where, w, v[_RAT_PREV_W])
+    v[_RAT_PREV_P] = np.where(where, p, v[_RAT_PREV_P])
+
+
 def _ratio_count_test(
     x: np.ndarray,
     pred: np.ndarray,
@@ -771,9 +781,7 @@ class RobustSeasonalDetector:
                 np.abs(sign_k) + np.abs(v[_RAT_PREV_K]), sign_n + v[_RAT_PREV_W], sign_prob
             )
             p_signs = np.where(in_a_row, p_pair, 1.0)
-            v[_RAT_PREV_K] = np.where(quantile_pts, sign_k, v[_RAT_PREV_K])
-            v[_RAT_PREV_W] = np.where(quantile_pts, sign_n, v[_RAT_PREV_W])
-            v[_RAT_PREV_P] = np.where(quantile_pts, sign_p, v[_RAT_PREV_P])
+            _remember_window(v, quantile_pts, sign_k, sign_n, sign_p)
             signs_win = quantile_pts & (p_signs < p)
             which[signs_win] = len(TESTS)
             p = np.where(signs_win, p_signs, p)
@@ -793,9 +801,7 @@ class RobustSeasonalDetector:
             p_pair = _ratio_count_test(x_pair, pred, w_pair, *state)
             in_a_row = (p_count < 0.05) & (v[_RAT_PREV_P] < 0.05) & (gap < 2.0)
             p_rate = np.where(in_a_row, p_pair, 1.0)
-            v[_RAT_PREV_K] = np.where(rat, x * w_now, v[_RAT_PREV_K])
-            v[_RAT_PREV_W] = np.where(rat, w_now, v[_RAT_PREV_W])
-            v[_RAT_PREV_P] = np.where(rat, p_count, v[_RAT_PREV_P])
+            _remember_window(v, rat, x * w_now, w_now, p_count)
             count_wins = rat & (p_rate < p)
             which[count_wins] = len(TESTS)
             p = np.where(count_wins, p_rate, p)
