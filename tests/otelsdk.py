@@ -17,7 +17,11 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk._logs.export import (
+    InMemoryLogRecordExporter,
+    LogRecordExportResult,
+    SimpleLogRecordProcessor,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.resources import Resource
@@ -88,3 +92,22 @@ def log_exporter(server: ServerProcess, transport: str):
     if transport == "grpc":
         return GrpcLogs(endpoint=server.grpc_endpoint, insecure=True, timeout=30)
     return HttpLogs(endpoint=server.http_base + "/v1/logs", timeout=30)
+
+
+def send_log_records(
+    server: ServerProcess, attributes: dict[str, str], records: list[dict]
+) -> None:
+    """Emit ``records`` (``Logger.emit`` keyword arguments) through the SDK under a resource
+    with ``attributes``, and export them to ``server`` over OTLP/HTTP, 500 per request."""
+    memory = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=Resource.create(attributes))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+    logger = provider.get_logger("model-server", "1.0")
+    for record in records:
+        logger.emit(**record)
+    provider.shutdown()
+    exporter = log_exporter(server, "http")
+    logs = memory.get_finished_logs()
+    for start in range(0, len(logs), 500):
+        assert exporter.export(logs[start : start + 500]) is LogRecordExportResult.SUCCESS
+    exporter.shutdown()

@@ -31,7 +31,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.resources import Resource
 from scipy import stats
 
-from tests.otelsdk import log_exporter, make_spans, span_exporter
+from tests.otelsdk import log_exporter, make_spans, send_log_records, span_exporter
 from tests.serverproc import ServerProcess
 
 SLOT = 30 * 10**9
@@ -125,21 +125,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert proc.stop() == 0, "".join(proc.output)
 
 
-def _send_logs(server: ServerProcess, resource: dict[str, str], records: list[dict]) -> None:
-    memory = InMemoryLogRecordExporter()
-    provider = LoggerProvider(resource=Resource.create(resource))
-    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-    logger = provider.get_logger("model-server", "1.0")
-    for record in records:
-        logger.emit(**record)
-    provider.shutdown()
-    exporter = log_exporter(server, "http")
-    logs = memory.get_finished_logs()
-    for start in range(0, len(logs), 500):
-        assert exporter.export(logs[start : start + 500]) is LogRecordExportResult.SUCCESS
-    exporter.shutdown()
-
-
 def _poll(fetch, until, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -209,11 +194,11 @@ def _fraud_rows(data: dict[str, np.ndarray], start: int, step: int, first_id: in
 @pytest.fixture(scope="module")
 def fraud(server: ServerProcess) -> dict:
     step = 60 * 10**9 // N
-    _send_logs(server, RESOURCE, _fraud_rows(BASE, T0, step, 0))
-    _send_logs(server, RESOURCE, _fraud_rows(CURRENT, T0 + 60 * 10**9, step, N))
+    send_log_records(server, RESOURCE, _fraud_rows(BASE, T0, step, 0))
+    send_log_records(server, RESOURCE, _fraud_rows(CURRENT, T0 + 60 * 10**9, step, N))
     # The next slot starts: the window [T0+60 s, T0+120 s) closes and is evaluated.
     tail = {k: v[:40] for k, v in CURRENT.items()}
-    _send_logs(server, RESOURCE, _fraud_rows(tail, T0 + 121 * 10**9, 10**8, 2 * N))
+    send_log_records(server, RESOURCE, _fraud_rows(tail, T0 + 121 * 10**9, 10**8, 2 * N))
     report = _poll(
         lambda: _api_once_seen(server, "/api/v1/mlops/models/fraud/drift"),
         lambda r: (
@@ -272,7 +257,7 @@ def test_sketch_statistics_agree_with_scipy_on_the_raw_samples(fraud) -> None:
 
 
 def test_drift_alert_and_infrastructure_alert_join_one_incident(server, fraud) -> None:
-    _send_logs(
+    send_log_records(
         server,
         RESOURCE,
         [
@@ -494,7 +479,7 @@ def test_bentoml_monitoring_logs_against_an_uploaded_reference(server) -> None:
         json={"labels": [{"prediction_id": ids[i], "label": str(truth[i])} for i in api_part]},
     )
     assert response.status_code == 200 and response.json() == {"accepted": len(api_part)}
-    _send_logs(
+    send_log_records(
         server,
         {"service.name": "labeller"},
         [

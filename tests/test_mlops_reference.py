@@ -21,15 +21,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import (
-    InMemoryLogRecordExporter,
-    LogRecordExportResult,
-    SimpleLogRecordProcessor,
-)
-from opentelemetry.sdk.resources import Resource
 
-from tests.otelsdk import log_exporter
+from tests.otelsdk import send_log_records
 from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
 
@@ -92,16 +85,7 @@ def _rows(
 
 
 def _send(server: ServerProcess, records: list[dict]) -> None:
-    memory = InMemoryLogRecordExporter()
-    provider = LoggerProvider(resource=Resource.create(RESOURCE))
-    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
-    logger = provider.get_logger("model-server", "1.0")
-    for record in records:
-        logger.emit(**record)
-    provider.shutdown()
-    exporter = log_exporter(server, "http")
-    assert exporter.export(memory.get_finished_logs()) is LogRecordExportResult.SUCCESS
-    exporter.shutdown()
+    send_log_records(server, RESOURCE, records)
 
 
 def _send_slots(
