@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,3 +54,12 @@ class Webhook:
 
     def changes(self) -> list[str]:
         return [json.loads(body)["change"] for _, body in self.received]
+
+
+def topology_rows_consumed(server: Any) -> float:
+    """Rows the incident engine's topology consumer has taken, from the server's metrics."""
+    text = server.api("/metrics").text
+    found = re.search(
+        r'^opstrata_consumer_rows_total\{consumer="[^"]*topology"\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0

@@ -8,7 +8,6 @@ topology it saved on shutdown. (The placement keys of spans' resources are check
 from __future__ import annotations
 
 import json
-import re
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -16,16 +15,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from tests.otelsdk import log_exporter, metric_exporter, resource
-from tests.pluginsupport import wait_for
+from tests.pluginsupport import topology_rows_consumed, wait_for
 from tests.serverproc import ServerProcess
-
-
-def _consumed_rows(server: ServerProcess) -> float:
-    text = server.api("/metrics").text
-    found = re.search(
-        r'^opstrata_consumer_rows_total\{consumer="[^"]*topology"\} (\S+)$', text, re.M
-    )
-    return float(found.group(1)) if found else 0.0
 
 
 def test_placement_learned_from_logs_and_metrics(server: ServerProcess) -> None:
@@ -49,7 +40,9 @@ def test_placement_learned_from_logs_and_metrics(server: ServerProcess) -> None:
     meters.force_flush()
     meters.shutdown()
 
-    wait_for(lambda: _consumed_rows(server) >= 8, what="the topology consumer to see every row")
+    wait_for(
+        lambda: topology_rows_consumed(server) >= 8, what="the topology consumer to see every row"
+    )
     assert server.stop() == 0
     saved = json.loads((server.data_dir / "incidents" / "topology.json").read_text())
     edges = {tuple(edge[:5]) for edge in saved["edges"]}

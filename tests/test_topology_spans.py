@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +27,7 @@ from opstrata.topology import _PEER_KEYS, EdgeKind, TopologyGraph
 from opstrata.topology_consumer import TopologyConsumer
 from opstrata.topology_spans import SpanKeyIndex, group_rows, span_keys
 from tests.otelsdk import resource, span_exporter
-from tests.pluginsupport import wait_for
+from tests.pluginsupport import topology_rows_consumed, wait_for
 from tests.serverproc import ServerProcess
 
 _MINUTE = 60_000_000_000
@@ -299,14 +298,6 @@ def test_group_rows_groups_like_a_dict() -> None:
 # -- end to end ------------------------------------------------------------------------------------
 
 
-def _consumed(server: ServerProcess) -> float:
-    text = server.api("/metrics").text
-    found = re.search(
-        r'^opstrata_consumer_rows_total\{consumer="[^"]*topology"\} (\S+)$', text, re.M
-    )
-    return float(found.group(1)) if found else 0.0
-
-
 def test_calls_learned_from_separately_exported_sides(server: ServerProcess) -> None:
     """The caller and the callee export their own spans; the callee's arrive first for one
     call and last for the other, each side in its own request."""
@@ -341,7 +332,9 @@ def test_calls_learned_from_separately_exported_sides(server: ServerProcess) -> 
     for made in (frontend, cart, ledger):
         made.shutdown()
 
-    wait_for(lambda: _consumed(server) >= 4, what="the topology consumer to see every span")
+    wait_for(
+        lambda: topology_rows_consumed(server) >= 4, what="the topology consumer to see every span"
+    )
     assert server.stop() == 0
     saved = json.loads((server.data_dir / "incidents" / "topology.json").read_text())
     edges = {tuple(edge[:5]): edge[5] for edge in saved["edges"]}
