@@ -129,6 +129,12 @@ def make_request(rnd: random.Random, share: float, serial: int) -> bytes:
     return req.SerializeToString()
 
 
+def make_requests(share: float, requests: int) -> list[bytes]:
+    """The same ``requests`` request bodies for every arm and run (seeded)."""
+    rnd = random.Random(7)
+    return [make_request(rnd, share, n) for n in range(requests)]
+
+
 async def _commit(store: DuckDBStore, decoded: list) -> list[int]:
     seqs = []
     for first in range(0, len(decoded), 10):
@@ -229,8 +235,7 @@ def main_server(args: argparse.Namespace) -> None:
     print(f"server, {spans} timed spans per run at {args.rate:.0f} spans/s, {args.repeat} runs")
     print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7}")
     for share in args.share:
-        rnd = random.Random(7)
-        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        bodies = make_requests(share, args.requests)
         llm_calls = sum(
             1
             for b in bodies
@@ -266,8 +271,7 @@ def main_baseline(args: argparse.Namespace) -> None:
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'base µs/span':>13} {'added':>7} "
           f"{'now µs/span':>12} {'added':>7} {'calls':>7}")  # fmt: skip
     for share in args.share:
-        rnd = random.Random(7)
-        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        bodies = make_requests(share, args.requests)
         runs: dict[str, list[tuple[float, float, int, float]]] = {arm: [] for arm in arms}
         for r in range(args.repeat):
             for arm in ("base", "now") if r % 2 == 0 else ("now", "base"):
@@ -305,8 +309,7 @@ def main() -> None:
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'llmops µs/span':>15} {'added':>7} "
           f"{'consumer thread':>15} {'calls':>7}")  # fmt: skip
     for share in args.share:
-        rnd = random.Random(7)
-        bodies = [make_request(rnd, share, n) for n in range(args.requests)]
+        bodies = make_requests(share, args.requests)
         runs = [run_once(bodies) for _ in range(args.repeat)]
         timed_spans = spans - WARM_UP * PER_REQUEST
         ingest = statistics.median(r[0] for r in runs) / spans * 1e6
