@@ -54,6 +54,9 @@ __all__ = ["TopologyCorrelator"]
 _SECOND = 1_000_000_000
 _INFRA = frozenset({"host", "pod", "node"})
 _SHARED_DEPENDENCY_MIN_SCORE = 0.5
+DEPLOYMENT = "deployment"
+"""The kind of a change event (a service's new ``service.version``, from the aiops plugin)."""
+_DEPLOY_EXPLAINS_NS = 900 * _SECOND
 
 
 def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
@@ -62,11 +65,28 @@ def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
     measurement seen twice, and do not corroborate each other."""
     if other.key == alert.key:
         return False
+    if DEPLOYMENT in (alert.kind, other.kind):
+        return _follows_deploy(alert, other)
     if other.kind != alert.kind:
         return True
     theirs = alert_nodes(other)
     mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())
     return not mine & ({theirs.primary} | ({theirs.owner} if theirs.owner else set()))
+
+
+def _follows_deploy(alert: Alert, other: Alert) -> bool:
+    """A deploy corroborates only an alert of its own service (or one of its operations) that
+    starts within ``_DEPLOY_EXPLAINS_NS`` after it: a new version followed by its own errors
+    is the classic bad release, while a neighbour's blip is no sign of it and what began
+    before the deploy was not caused by it. Two deploys say nothing about each other."""
+    deploy, symptom = (alert, other) if alert.kind == DEPLOYMENT else (other, alert)
+    if symptom.kind == DEPLOYMENT:
+        return False
+    lag = symptom.first_seen_unix_nano - deploy.first_seen_unix_nano
+    if not 0 <= lag <= _DEPLOY_EXPLAINS_NS:
+        return False
+    theirs = alert_nodes(symptom)
+    return alert_nodes(deploy).primary in {theirs.primary, theirs.owner}
 
 
 class _Members:
@@ -236,7 +256,11 @@ class TopologyCorrelator:
         )
         if not confirmed:
             return []
-        group = sorted([alert, *corroborating], key=lambda a: (a.first_seen_unix_nano, a.id))
+        # A deploy is evidence, not the symptom: the incident opens on what went wrong.
+        group = sorted(
+            [alert, *corroborating],
+            key=lambda a: (a.kind == DEPLOYMENT, a.first_seen_unix_nano, a.id),
+        )
         for member in group:
             self._pending.pop(member.id, None)
         opened = self._open_incident(group[0], now)

@@ -152,6 +152,7 @@ class SpansConsumer(_AiopsConsumer):
             self.red.clock.now = red["now"]
             self.red.last_closed = red.get("last_closed")
             self.red.last_seen = red.get("last_seen", {})
+            self.red.deploys.restore(red.get("deploys", {}))
 
     def save(self) -> dict:
         red = self.red
@@ -163,6 +164,7 @@ class SpansConsumer(_AiopsConsumer):
                 "now": red.clock.now,
                 "last_closed": red.last_closed,
                 "last_seen": red.last_seen,
+                "deploys": red.deploys.state(),
             },
         }
 

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from opstrata import Entity
 from opstrata.plugins.aiops.arrowkeys import int_times, map_as_dict, text_column
+from opstrata.plugins.aiops.deploys import DeployWatch
 from opstrata.plugins.aiops.scorer import SeriesScorer
 from opstrata.plugins.aiops.series import BOTH, UP, SeriesMeta, locating_resource
 from opstrata.plugins.aiops.sketch import LogHistogram
@@ -61,6 +62,7 @@ class RedSeries:
         self.last_closed: int | None = None
         self.last_seen: dict[int, int] = {}
         """Service entity id -> the last window it had requests in."""
+        self.deploys = DeployWatch(scorer.tracker.emit)
 
     def _entity_ids(self, keys: pa.Array, resources: pa.Array, kind: str) -> np.ndarray:
         encoded = pc.dictionary_encode(keys)
@@ -88,6 +90,10 @@ class RedSeries:
         )
         times_all = int_times(spans, "Timestamp")
         self.clock.advance(int(np.median(times_all)))
+        self.deploys.observe(
+            text_column(spans, "ServiceName"), spans.column("ResourceAttributes"),
+            pa.array(times_all),
+        )  # fmt: skip
         spans = spans.filter(entry)
         if not spans.num_rows:
             return 0
@@ -148,6 +154,7 @@ class RedSeries:
     def flush(self, everything: bool = False) -> None:
         """Close complete windows in order, the empty ones since the last closed window too
         (up to ``ZERO_WINDOWS``): a service that stops getting requests shows as a zero rate."""
+        self.deploys.advance(self.clock.now)
         ready = sorted(self.windows) if everything else self.clock.closable(list(self.windows))
         if self.last_closed is not None:
             limit = self.clock.now // self.clock.width - self.clock.lateness
