@@ -343,16 +343,51 @@ def wait_consumers(api: str, label: str, timeout: float = 120.0) -> float:
     started, last = time.time(), -1.0
     while time.time() - started < timeout:
         now = committed(api, label)
-        if now == last and consumer_lag(api) == 0:
+        if (
+            now == last
+            and consumer_lag(api) == 0
+            and memory_gauges(api).get("ingest_backlog_bytes", 0.0) == 0
+        ):
             break
         last = now
         time.sleep(0.25)
     return time.time() - started
 
 
-def rss_sampler(pid: int, peak: list[int], halt: threading.Event) -> None:
+MEMORY_GAUGES = re.compile(
+    r"^opstrata_(resident_memory_bytes|arrow_allocated_bytes|ingest_backlog_bytes|queue_bytes"
+    r"|consumer_inbox_bytes|consumer_inbox_batches|duckdb_memory_bytes|malloc_used_bytes"
+    r"|malloc_free_bytes)(\{[^}]*\})? (\S+)$",
+    re.M,
+)
+
+
+def memory_gauges(api: str) -> dict[str, float]:
+    """The server's memory gauges by holder (docs/ingest.md, "Memory"), from /metrics."""
+    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    found: dict[str, float] = {}
+    for name, labels, value in MEMORY_GAUGES.findall(text):
+        if name == "duckdb_memory_bytes":
+            found["duckdb"] = found.get("duckdb", 0.0) + float(value)
+            found["duckdb:" + labels[6:-2]] = float(value)
+        else:
+            found[name] = float(value)
+    return found
+
+
+def rss_sampler(
+    pid: int, peak: list[int], halt: threading.Event, api: str, at_peak: dict[str, float]
+) -> None:
+    """Peak RSS of the server's process tree, and the memory gauges when it was reached."""
     while True:
-        peak[:] = max(peak, tree_rss(pid))
+        now = tree_rss(pid)
+        if now > peak:
+            peak[:] = now
+            try:
+                at_peak.clear()
+                at_peak.update(memory_gauges(api))
+            except OSError:
+                pass
         if halt.wait(0.5):
             return
 
@@ -384,6 +419,7 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     for _ in procs:
         assert out.get(timeout=120) == "ready"
     peak, halt, label = [0, 0], threading.Event(), SIGNALS[signal].label
+    at_peak: dict[str, float] = {}
     before = committed(target["api"], label)
     commits_before = commit_stats(target["api"])
     cpu_before = tree_cpu(pid) if pid is not None else 0.0
@@ -392,7 +428,9 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     window[0], window[1] = time.time(), time.time() + args.seconds
     go.set()
     if pid is not None:
-        threading.Thread(target=rss_sampler, args=(pid, peak, halt), daemon=True).start()
+        threading.Thread(
+            target=rss_sampler, args=(pid, peak, halt, target["api"], at_peak), daemon=True
+        ).start()
     time.sleep(max(0.0, window[1] - time.time()))
     items = committed(target["api"], label) - before
     elapsed = time.time() - window[0]
@@ -400,6 +438,7 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     # the load of what was acknowledged), so that a consumer that lags is not left out.
     drain = wait_consumers(target["api"], label)
     drained = committed(target["api"], label) - before
+    settled = memory_gauges(target["api"])  # what is still held once everything is loaded
     cpu = tree_cpu(pid) - cpu_before if pid is not None else float("nan")
     threads = thread_cpu(pid, names) if pid is not None else Counter()
     threads.subtract(threads_before)
@@ -429,6 +468,8 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         "threads": {name: t / drained * 1e6 for name, t in threads.most_common(8) if drained},
         "rows/commit": rows_per_commit,
         "drain": drain,
+        "at_peak": dict(at_peak),
+        "settled": settled,
     } | stats
 
 
@@ -460,6 +501,14 @@ def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) 
                 f"    {r['rows/commit']:,.0f} rows per commit; consumers done {r['drain']:.1f} s"
                 f" after the phase; CPU us/item by thread: {split}"
             )
+            for when in ("at_peak", "settled"):
+                held = ", ".join(
+                    f"{k} {v / 2**20:,.0f} MiB"
+                    if "bytes" in k or k.startswith("duckdb")
+                    else f"{k} {v:,.0f}"
+                    for k, v in r[when].items()
+                )
+                print(f"    memory {when.replace('_', ' ')}: {held}")
             for key, n in r.items():
                 if key.startswith("error"):
                     print(f"    {n} x {key}")

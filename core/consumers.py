@@ -28,6 +28,8 @@ class CommittedBatch:
     seq: int
     signal: Signal
     tables: Mapping[Table, pa.RecordBatch]
+    nbytes: int = 0
+    """Bytes of the batches' buffers (what holding it in an inbox costs)."""
 
     @classmethod
     def of(cls, seq: int, batches: list[tuple[Table, pa.RecordBatch]]) -> CommittedBatch:
@@ -42,7 +44,8 @@ class CommittedBatch:
                 if table is Table.LOGS
                 else Signal.METRIC_POINTS
             )
-        return cls(seq, signal, MappingProxyType(tables))
+        nbytes = sum(batch.get_total_buffer_size() for batch in tables.values())
+        return cls(seq, signal, MappingProxyType(tables), nbytes)
 
     @property
     def rows(self) -> int:
@@ -114,6 +117,11 @@ class Consumer(ABC):
     """Batches held in memory for this consumer before it reads further ones from the store.
     One commit of the ingest log's backlog publishes 100-250 batches at once under load: a
     smaller inbox is behind after nearly every commit and reads them back from DuckDB."""
+
+    inbox_bytes: ClassVar[int] = 64 * 1024 * 1024
+    """Bytes of batches held in the inbox before further ones are read from the store: the
+    inbox holds batches already loaded, so it is memory outside the admission bound. 64 MiB
+    is some 450 requests of 100 spans, two commits' worth under load."""
 
     def start(self, ctx: ConsumerContext) -> None:  # noqa: B027 - optional hook
         """Called once in the consumer's thread before the first batch (load state here)."""

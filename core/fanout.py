@@ -86,6 +86,8 @@ class ConsumerRunner:
         self.offsets = OffsetFile(offsets_dir / f"{plugin}.{consumer.name}.offset")
         self._cond = threading.Condition()
         self._inbox: collections.deque[CommittedBatch] = collections.deque()
+        self._inbox_bytes = 0
+        self._inbox_limit = getattr(consumer, "inbox_bytes", 64 * 1024 * 1024)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._errors_seen: set[str] = set()
@@ -127,15 +129,19 @@ class ConsumerRunner:
             if batch.seq != self.head + 1:
                 # A commit was never published (its request was cancelled): read from the store.
                 self.behind = True
-                self._inbox.clear()
+                self._clear_inbox()
             self.head = batch.seq
             if batch.signal not in self.consumer.signals or self.behind:
                 return
-            if len(self._inbox) >= self.consumer.inbox_size:
+            if (
+                len(self._inbox) >= self.consumer.inbox_size
+                or self._inbox_bytes + batch.nbytes > self._inbox_limit
+            ):
                 self.behind = True
-                self._inbox.clear()
+                self._clear_inbox()
             else:
                 self._inbox.append(batch)
+                self._inbox_bytes += batch.nbytes
             self._cond.notify()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -145,6 +151,15 @@ class ConsumerRunner:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def _clear_inbox(self) -> None:
+        self._inbox.clear()
+        self._inbox_bytes = 0
+
+    def inbox_snapshot(self) -> list[CommittedBatch]:
+        """The batches waiting in the inbox now (for the memory gauges)."""
+        with self._cond:
+            return list(self._inbox)
 
     @property
     def lag(self) -> int:
@@ -184,6 +199,7 @@ class ConsumerRunner:
                     if self._many is not None:
                         while self._inbox and len(batches) < _MANY_BATCHES:
                             batches.append(self._inbox.popleft())
+                    self._inbox_bytes -= sum(batch.nbytes for batch in batches)
             try:
                 if batches is None:
                     self._catch_up(target)
@@ -195,7 +211,7 @@ class ConsumerRunner:
                 self._count_error(exc)
                 with self._cond:
                     self.behind = True
-                    self._inbox.clear()
+                    self._clear_inbox()
                     self._cond.wait(_RETRY_SECONDS)
         try:
             self.consumer.stop(self.ctx)
@@ -221,7 +237,7 @@ class ConsumerRunner:
                 self.offsets.save(target)
             # Anything still queued at or below the target has just been handled from the store.
             while self._inbox and self._inbox[0].seq <= self.offset:
-                self._inbox.popleft()
+                self._inbox_bytes -= self._inbox.popleft().nbytes
             if self.head <= target or self._inbox:
                 self.behind = False
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.ingestlog import IngestLog, LogRecord
+from opstrata.memstats import HeapTrimmer
 from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
@@ -109,6 +110,12 @@ class IngestPipeline:
         self.log = IngestLog(log_dir) if log_dir is not None else None
         self.loaded = 0
         """Ingest log position up to which every record's load has finished (in order)."""
+        self.backlog_bytes = 0
+        """Bytes (as counted by admission) of logged requests queued for the store, not loaded."""
+        self.backlog_requests = 0
+        self.loads = 0
+        """Requests loaded so far (the heap trimmer runs while it moves)."""
+        self._trimmer = HeapTrimmer(lambda: self.loads)
         self._load_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
             collections.deque()
         )
@@ -118,6 +125,7 @@ class IngestPipeline:
         """Start the decode workers, and open the ingest log: what a crash left unloaded is
         decoded again and queued for the store before any new request."""
         self._start_pool()
+        self._trimmer.start()
         if self.log is not None:
             self.loaded = self.store.log_position()  # type: ignore[attr-defined]
             pending = self.log.open(self.loaded)
@@ -171,6 +179,7 @@ class IngestPipeline:
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        self._trimmer.stop()
         if self.log is not None:
             await asyncio.to_thread(self.log.close)
         if self._pool is not None:
@@ -283,12 +292,16 @@ class IngestPipeline:
 
     def _load(self, signal: Signal, decoded: DecodedRequest, nbytes: int, position: int) -> None:
         """Queue a logged request's batches for the store; its completion is handled in order."""
+        self.backlog_bytes += nbytes
+        self.backlog_requests += 1
         try:
             future = self.store.enqueue(decoded.batches, position)  # type: ignore[attr-defined]
         except StoreError:
             # Only when the store is shutting down: the record stays in the log for the next
             # start, which loads it.
             log.warning("store closed: request at log position %d left for next start", position)
+            self.backlog_bytes -= nbytes
+            self.backlog_requests -= 1
             self._loaded_upto(position)
             self._release(nbytes)
             return
@@ -304,6 +317,9 @@ class IngestPipeline:
         position: int,
         future: asyncio.Future[int],
     ) -> None:
+        self.backlog_bytes -= nbytes
+        self.backlog_requests -= 1
+        self.loads += 1
         try:
             seq = future.result()
         except Exception as exc:

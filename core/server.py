@@ -23,6 +23,7 @@ from opstrata.correlation import TopologyCorrelator
 from opstrata.fanout import ConsumerRunner
 from opstrata.ingest import IngestPipeline
 from opstrata.kernel import PluginError, Registry, build_plugin_manager, wire_plugins
+from opstrata.memstats import MemoryCollector
 from opstrata.notifiers import NotifierRunner
 from opstrata.onset_history import OnsetHistory
 from opstrata.otlp.grpc_receiver import GrpcReceiver
@@ -188,6 +189,7 @@ async def serve(settings: Settings) -> int:
         alertbook.observe(latest_event_time(committed))
 
     pipeline.on_commit = fan_out
+    metrics.registry.register(MemoryCollector(pipeline, store, runners))
     pipeline.start()
     runtime = Runtime(
         settings=settings,

@@ -7,12 +7,31 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from opstrata.otlp.limits import Tally
-from opstrata.schema import Signal, Table
+from opstrata.schema import TABLES, Signal, Table
 
 __all__ = ["MAX_TIMESTAMP_NS", "DecodedRequest", "InvalidRequest"]
 
 # Arrow and DuckDB keep nanosecond timestamps as signed 64-bit numbers.
 MAX_TIMESTAMP_NS = 2**63 - 1
+
+
+# What holding a decoded request costs beyond its buffers' bytes, per Arrow buffer: the malloc
+# slack the C decoder leaves (it trims a buffer only past 4 KiB of slack) and the C++ objects
+# of the imported arrays. Measured with glibc's ``mallinfo2`` over 500 decoded bench requests
+# (docs/performance.md, "Ingest, sixth round"): 1.0 KiB per buffer for spans and for metric
+# points alike; without it a held metrics request counted a third of its real size.
+BUFFER_OVERHEAD = 1024
+
+
+def _buffers(table: Table) -> int:
+    """Buffers of one batch of ``table`` (children included; absent validity bitmaps not)."""
+    return sum(
+        sum(1 for buffer in pa.array([], type=field.type).buffers() if buffer is not None)
+        for field in TABLES[table]
+    )
+
+
+_BUFFERS = {table: _buffers(table) for table in TABLES}
 
 
 class InvalidRequest(ValueError):
@@ -47,7 +66,10 @@ class DecodedRequest:
 
     @property
     def nbytes(self) -> int:
-        # The batches' whole buffers (they are the decoder's own, neither shared nor sliced):
-        # ``RecordBatch.nbytes`` works out referenced byte ranges column by column, ~65 µs per
-        # request of 100 spans on the event loop, for the same number within padding.
-        return sum(batch.get_total_buffer_size() for _, batch in self.batches)
+        """Memory held by the batches: their whole buffers (the decoder's own, neither shared
+        nor sliced) and a fixed cost per buffer. ``RecordBatch.nbytes`` works out referenced
+        byte ranges column by column, ~65 µs per request of 100 spans on the event loop."""
+        return sum(
+            batch.get_total_buffer_size() + BUFFER_OVERHEAD * _BUFFERS[table]
+            for table, batch in self.batches
+        )
