@@ -201,9 +201,14 @@ def main() -> int:
                 inside = [a for a in alerts if onset - 60 * _NS <= a.time_unix_nano < end]
                 outside = len(alerts) - len(inside)
                 # Detection: the first alert on an affected entity whose onset is not before
-                # the fault's (one that began earlier is noise that happened to be there).
+                # the fault's (one that began earlier is noise that happened to be there); a
+                # change event (a deploy, info) is a cause, not a detected effect.
                 hits = sorted(
-                    (a for a in inside if a.entity in wanted and a.time_unix_nano >= onset),
+                    (
+                        a
+                        for a in inside
+                        if a.entity in wanted and a.time_unix_nano >= onset and a.severity != "info"
+                    ),
                     key=lambda a: a.time_unix_nano,
                 )
                 detect = f"{max(0, hits[0].time_unix_nano - onset) / _NS:.0f}" if hits else "MISSED"

@@ -42,6 +42,11 @@ POINT_TESTS = (*TESTS, "count")
 of ratio points (errors of a window against the baseline rate) and of rate points (events of
 a window against the baseline's rate)."""
 DISPERSION_PRIOR = 10.0
+RATIO_SHIFT = 0.05
+"""The smallest rise of an error ratio worth an alert on its own (absolute; relative: x2): the
+alternative of the ratio CUSUM, ``p1 = max(2 p0, p0 + RATIO_SHIFT)``."""
+RATIO_CUSUM_CAP = 40.0
+"""The ratio CUSUM's ceiling (nats): a long failure does not take hours to forget once over."""
 """Pseudo-variance (in expected events) behind the count test's prior of no over-dispersion."""
 TailCounts = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(points, thresholds) -> (k, 2)``: samples of each point surely below / above a value."""
@@ -93,6 +98,10 @@ _COLUMNS = (
     "run_rate",
     "run_w",
     "frac",
+    "rat_cus",
+    "rat_cus_p0",
+    "rat_cus_phi",
+    "rat_e",
 )
 """Per-series scalars: one row each of a (columns x series) float64 matrix, so a round gathers
 and scatters the state of its series in one call each."""
@@ -136,6 +145,10 @@ _RUN_K = 36
 _RUN_RATE = 37
 _RUN_W = 38
 _FRAC = 39
+_RAT_CUS = 40
+_RAT_CUS_P0 = 41
+_RAT_CUS_PHI = 42
+_RAT_E = 43
 _Z_STATS = np.array(
     [
         _TAIL_F,
@@ -266,6 +279,56 @@ def _ratio_count_test(
     return p
 
 
+def _ratio_cusum(
+    v: np.ndarray, rat: np.ndarray, k: np.ndarray, w: np.ndarray, pred: np.ndarray
+) -> np.ndarray:
+    """Sequential evidence that an error ratio rose: a Bernoulli CUSUM of the log-likelihood
+    ratio of each window's ``k`` errors of ``w`` requests under ``p1`` against ``p0`` (Page),
+    ``S = max(0, S + k ln(p1/p0) + (w - k) ln((1 - p1)/(1 - p0)))``, the counts divided by the
+    series' over-dispersion. Under ``p0``, ``exp(S)`` is a likelihood ratio, so
+    ``P(S >= s) <= exp(-s)`` at every window (Ville): the tail probability is ``exp(-S)``,
+    whatever the volume — three weak windows in a row (2 of 13, 2 of 18, 8 of 20 against
+    1.4 %) add up, one noisy window at the learnt ratio does not. ``p0`` is the baseline's upper
+    one-sigma bound as
+    it was when the run began (the level and the dispersion go on learning inside a run, and
+    a rise would teach them to expect it);
+    ``p1 = max(2 p0, p0 + RATIO_SHIFT)``. Returns the tail probability per point (1 where the
+    point is not a warm ratio point)."""
+    out = np.ones(k.size)
+    sel = np.flatnonzero(rat & (w > 0))
+    if not sel.size:
+        return out
+    exposure = v[_RAT_N, sel]
+    # The errors behind the baseline, faded as its requests are: errors / requests is the
+    # ratio's unbiased estimate (the forecast, a Huber-clipped level, sits low on a skewed
+    # ratio of few requests). State saved before it had none: the forecast stands in.
+    errors = np.where(
+        (v[_RAT_E, sel] == 0.0) & (exposure > 0.0), np.clip(pred[sel], 0.0, 1.0) * exposure,
+        v[_RAT_E, sel],
+    )  # fmt: skip
+    base = np.clip(errors / np.maximum(exposure, 1e-12), 0.0, 1.0)
+    # The baseline's upper one-sigma bound (one pseudo-error over its exposure, plus its
+    # binomial standard error): a baseline that came out low by chance would make the usual
+    # ratio look like a rise, and a run frozen on it would never end.
+    rough = (base * exposure + 1.0) / (exposure + 1.0)
+    fresh_p0 = rough + np.sqrt(rough * (1.0 - rough) / (exposure + 1.0))
+    running = v[_RAT_CUS, sel] > 0.0
+    p0 = np.clip(np.where(running, v[_RAT_CUS_P0, sel], fresh_p0), 1e-9, 0.98)
+    p1 = np.minimum(np.maximum(2.0 * p0, p0 + RATIO_SHIFT), 0.99)
+    phi = np.maximum(
+        (v[_RAT_DNUM, sel] + DISPERSION_PRIOR) / (v[_RAT_DDEN, sel] + DISPERSION_PRIOR), 1.0
+    )
+    phi = np.where(running, np.maximum(v[_RAT_CUS_PHI, sel], 1.0), phi)
+    kk, nn = k[sel] / phi, w[sel] / phi
+    llr = kk * np.log(p1 / p0) + (nn - kk) * np.log((1.0 - p1) / (1.0 - p0))
+    cus = np.clip(v[_RAT_CUS, sel] + llr, 0.0, RATIO_CUSUM_CAP)
+    v[_RAT_CUS, sel] = cus
+    v[_RAT_CUS_P0, sel] = np.where(cus > 0.0, p0, 0.0)
+    v[_RAT_CUS_PHI, sel] = np.where(cus > 0.0, phi, 0.0)
+    out[sel] = np.exp(-cus)
+    return out
+
+
 def rate_count_test(
     k: np.ndarray, w: np.ndarray, rate: np.ndarray, exposure: np.ndarray, phi: np.ndarray
 ) -> np.ndarray:
@@ -329,6 +392,9 @@ class RobustSeasonalDetector:
         self.huber = float(params.get("huber", 3.0))
         self.rel_floor = float(params.get("rel_floor", 1e-6))
         self.young = float(params.get("young", 100.0))
+        self.ratio_test = str(params.get("ratio_test", "cusum"))
+        if self.ratio_test not in ("pair", "cusum", "both"):
+            raise ValueError(f"ratio_test: {self.ratio_test!r}; known: pair, cusum, both")
         self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
         self.size = 0
         self._alloc(0)
@@ -786,7 +852,7 @@ class RobustSeasonalDetector:
             which[signs_win] = len(TESTS)
             p = np.where(signs_win, p_signs, p)
             n_tests += quantile_pts
-        p_count = None
+        p_count = p_cus = None
         if rat is not None and rat.any():
             # The count test of a ratio carries its baseline's uncertainty itself (the
             # exposure it was learnt from), so the young factor does not apply to it. It
@@ -801,6 +867,10 @@ class RobustSeasonalDetector:
             p_pair = _ratio_count_test(x_pair, pred, w_pair, *state)
             in_a_row = (p_count < 0.05) & (v[_RAT_PREV_P] < 0.05) & (gap < 2.0)
             p_rate = np.where(in_a_row, p_pair, 1.0)
+            if self.ratio_test != "pair":
+                # Sequential evidence (see ``_ratio_cusum``): weak windows in a row add up.
+                p_cus = _ratio_cusum(v, rat & warm, x * w_now, w_now, pred)
+                p_rate = p_cus if self.ratio_test == "cusum" else np.minimum(p_rate, p_cus)
             _remember_window(v, rat, x * w_now, w_now, p_count)
             count_wins = rat & (p_rate < p)
             which[count_wins] = len(TESTS)
@@ -912,8 +982,13 @@ class RobustSeasonalDetector:
             usual = rat & warm
             if p_count is not None:
                 usual &= p_count >= 0.01
+            if p_cus is not None:
+                # Nor do the windows of a run the CUSUM is adding up: the first weak windows
+                # of a rise would otherwise teach the series to be bursty and mute the rest.
+                usual &= p_cus >= 0.05
             fade = np.where(usual, 0.99**gap, 1.0)
             v[_RAT_N] = np.where(rat, keep_n * v[_RAT_N] + w, v[_RAT_N])
+            v[_RAT_E] = np.where(rat, keep_n * v[_RAT_E] + x * w, v[_RAT_E])
             v[_RAT_DNUM] = fade * v[_RAT_DNUM] + np.where(usual, (clipped * w) ** 2, 0.0)
             v[_RAT_DDEN] = fade * v[_RAT_DDEN] + np.where(usual, w * base * (1.0 - base), 0.0)
         if cnt is not None:
