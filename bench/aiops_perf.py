@@ -1,12 +1,16 @@
 """AIOps throughput and memory: the default detector ensemble, the sketch, template mining.
 
     python bench/aiops_perf.py [--series 100000] [--points 10] [--lines 200000] [--rates]
+        [--ratios]
 
 - detector: points/s (process CPU time) through the default ensemble (``robust``), with
   ``--series`` live series each getting ``--points`` points per batch (the shape of a fleet
   scraped every interval), and the state's bytes per series;
 - ``--rates``: the same, every series a rate of whole events with its seconds (the count test
   of counter rates and request rates) — A/B against the plain run;
+- ``--ratios``: every series an error ratio of ~20 requests a window (2 % failing) with its
+  request count, the two-in-a-row rule (``ratio_test = pair``) against the CUSUM, interleaved;
+  and the deploy watch (``deploys.py``): spans/s of the per-batch version look-up;
 - one series fed point by point (the ``opstrata detect`` shape);
 - the log-bucket latency sketch: values/s into per-group sketches, merge, quantiles;
 - template mining: lines/s of generated application logs (``TemplateMiner.add``).
@@ -19,7 +23,9 @@ import random
 import time
 
 import numpy as np
+import pyarrow as pa
 
+from opstrata.plugins.aiops.deploys import DeployWatch
 from opstrata.plugins.aiops.drain import TemplateMiner
 from opstrata.plugins.aiops.engine import RobustSeasonalDetector
 from opstrata.plugins.aiops.sketch import LogHistogram
@@ -34,16 +40,25 @@ def cpu(fn) -> float:
     return time.process_time() - start
 
 
-def detector(series: int, points: int, batches: int, warm: int = 40, rates: bool = False) -> None:
+def detector(
+    series: int, points: int, batches: int, warm: int = 40, rates: bool = False,
+    ratio_test: str = "",
+) -> None:  # fmt: skip
     """Steady state: ``warm`` points per series first (warm-up, array growth), not timed.
-    ``rates``: counts of ~100 events a minute fed as rates per second with their 60 s."""
+    ``rates``: counts of ~100 events a minute fed as rates per second with their 60 s.
+    ``ratio_test``: error ratios of ~20 requests (2 % failing) judged by that ratio test."""
     rng = np.random.default_rng(1)
-    det = RobustSeasonalDetector({})
+    det = RobustSeasonalDetector({"ratio_test": ratio_test} if ratio_test else {})
     all_ids = np.arange(series)
     if rates:
         det.configure(all_ids, rate=True)
+    if ratio_test:
+        det.configure(all_ids, ratio=True)
 
     def values_of(size: int) -> tuple[np.ndarray, dict]:
+        if ratio_test:
+            n = np.maximum(rng.poisson(20, size), 1)
+            return rng.binomial(n, 0.02) / n, {"weights": n.astype(np.float64)}
         if not rates:
             return 100 + rng.normal(0, 5, size), {}
         return rng.poisson(100, size) / 60.0, {"weights": np.full(size, 60.0)}
@@ -60,11 +75,32 @@ def detector(series: int, points: int, batches: int, warm: int = 40, rates: bool
         seconds += cpu(lambda t=times, v=values, e=extra: det.update(ids, t, v, **e))
         total += ids.size
     print(
-        f"detector{' (rates)' if rates else ''}: {series:,} series x {points} points/batch x "
+        f"detector{' (rates)' if rates else ''}"
+        f"{f' (ratios, {ratio_test})' if ratio_test else ''}: "
+        f"{series:,} series x {points} points/batch x "
         f"{batches} batches: "
         f"{total / seconds:,.0f} points/s; state {det.nbytes / 2**20:,.1f} MiB "
         f"({det.nbytes / series:,.0f} B/series)"
     )
+
+
+def deploys(spans: int, batches: int) -> None:
+    """The deploy watch on span batches of 200 services, each at one of two versions."""
+    rng = np.random.default_rng(2)
+    services = pa.array([f"svc-{i}" for i in rng.integers(0, 200, spans)])
+    keys = pa.array([["service.version", "host.name"]] * spans)
+    values = [[f"1.{v}", "node-1"] for v in rng.integers(0, 2, spans)]
+    resources = pa.MapArray.from_arrays(
+        pa.array(np.arange(0, 2 * spans + 1, 2, dtype=np.int32)),
+        keys.flatten(), pa.array([x for pair in values for x in pair]),
+    )  # fmt: skip
+    watch = DeployWatch(lambda event: None)
+    seconds = 0.0
+    for b in range(batches):
+        times = pa.array(T0 + b * STEP + np.sort(rng.integers(0, STEP, spans)))
+        seconds += cpu(lambda t=times: watch.observe(services, resources, t))
+    rate = spans * batches / seconds
+    print(f"deploy watch: {spans:,} spans x {batches} batches: {rate:,.0f} spans/s")
 
 
 def single(points: int) -> None:
@@ -152,7 +188,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--rates", action="store_true", help="only the detector, plain vs rates")
+    parser.add_argument("--ratios", action="store_true", help="ratio tests A/B, deploy watch")
     args = parser.parse_args()
+    if args.ratios:
+        for _ in range(2):  # interleaved A/B: the machine is shared
+            detector(args.series, args.points, args.batches, ratio_test="pair")
+            detector(args.series, args.points, args.batches, ratio_test="cusum")
+        deploys(10_000, 20)
+        return
     if args.rates:
         for _ in range(2):  # interleaved A/B: the machine is shared
             detector(args.series, args.points, args.batches)
