@@ -13,7 +13,9 @@ writer's timer thread, so nearly all of the cost is in the process figure). Prin
 span of each (process CPU time, all threads: on a shared machine wall time mostly measures
 waiting for a core), and the ratio; medians of --repeat.
 LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
-messages (masked by the default settings), 5 % failing.
+messages (masked by the default settings), 5 % failing. ``--share -1`` sends ordinary log
+records instead (no GenAI key or event, 4 attributes each): the logs path's cost for what it
+drops (ingest is then the logs decoder and commit).
 
     python bench/llmops_ingest.py --baseline /tmp/base/llmops_base [--requests 300 --repeat 5]
 
@@ -48,6 +50,7 @@ import time
 from pathlib import Path
 
 import httpx
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -129,9 +132,30 @@ def make_request(rnd: random.Random, share: float, serial: int) -> bytes:
     return req.SerializeToString()
 
 
+def make_log_request(rnd: random.Random, serial: int) -> bytes:
+    """One request of 100 ordinary log records (no GenAI key or event): what the plugin must
+    look at and drop on the logs path."""
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    service = rnd.choice(SERVICES)
+    rl.resource.attributes.extend(_kvs({"service.name": service, "host.name": "node-1"}))
+    sl = rl.scope_logs.add()
+    for _ in range(PER_REQUEST):
+        record = sl.log_records.add(time_unix_nano=T0 + serial * 500_000_000)
+        record.body.string_value = f"GET /api/orders/{rnd.randrange(10**6)} 200"
+        record.attributes.extend(_kvs({
+            "http.route": "/api/orders/{id}", "user.id": f"user-{rnd.randrange(10**6)}",
+            "thread.id": rnd.randrange(64), "code.function": "handle",
+        }))  # fmt: skip
+        record.event_name = rnd.choice(["", "app.order.viewed"])
+    return req.SerializeToString()
+
+
 def make_requests(share: float, requests: int) -> list[bytes]:
     """The same ``requests`` request bodies for every arm and run (seeded)."""
     rnd = random.Random(7)
+    if share < 0:  # --logs
+        return [make_log_request(rnd, n) for n in range(requests)]
     return [make_request(rnd, share, n) for n in range(requests)]
 
 
@@ -144,7 +168,7 @@ async def _commit(store: DuckDBStore, decoded: list) -> list[int]:
 
 
 def run_once(
-    bodies: list[bytes], arm: tuple[type, type] = (LLMCalls, LLMOpsConfig)
+    bodies: list[bytes], arm: tuple[type, type] = (LLMCalls, LLMOpsConfig), logs: bool = False
 ) -> tuple[float, float, int, float]:
     limits = DecodeLimits()
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,9 +176,8 @@ def run_once(
         store.start()
         try:
             started = time.process_time()
-            decoded = [
-                decode_request(Signal.SPANS, body, Encoding.PROTOBUF, limits) for body in bodies
-            ]
+            signal = Signal.LOG_RECORDS if logs else Signal.SPANS
+            decoded = [decode_request(signal, body, Encoding.PROTOBUF, limits) for body in bodies]
             seqs = asyncio.run(_commit(store, decoded))
             ingest = time.process_time() - started
             consumer = arm[0](arm[1]())
@@ -182,6 +205,10 @@ def run_once(
         finally:
             store.shutdown()
     return ingest, llmops, int(calls), own
+
+
+def _label(share: float) -> str:
+    return "logs" if share < 0 else f"{share:.0%}"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -275,14 +302,15 @@ def main_baseline(args: argparse.Namespace) -> None:
         runs: dict[str, list[tuple[float, float, int, float]]] = {arm: [] for arm in arms}
         for r in range(args.repeat):
             for arm in ("base", "now") if r % 2 == 0 else ("now", "base"):
-                runs[arm].append(run_once(bodies, arms[arm]))
+                runs[arm].append(run_once(bodies, arms[arm], logs=share < 0))
         ingest = statistics.median(x[0] for v in runs.values() for x in v) / spans * 1e6
         cost = {a: statistics.median(x[1] for x in runs[a]) / timed * 1e6 for a in arms}
         calls = {runs[a][0][2] for a in arms}
         assert len(calls) == 1, f"the arms stored different numbers of calls: {calls}"
         print(
-            f"{share:>9.0%} {ingest:>15.2f} {cost['base']:>13.2f} {cost['base'] / ingest:>7.1%} "
-            f"{cost['now']:>12.2f} {cost['now'] / ingest:>7.1%} {calls.pop():>7}",
+            f"{_label(share):>9} {ingest:>15.2f} {cost['base']:>13.2f} "
+            f"{cost['base'] / ingest:>7.1%} {cost['now']:>12.2f} {cost['now'] / ingest:>7.1%} "
+            f"{calls.pop():>7}",
             flush=True,
         )
         print(f"{'':>9} runs base: {[round(x[1] / timed * 1e6, 2) for x in runs['base']]}, "
@@ -293,7 +321,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--share", type=float, nargs="+", default=[0.0, 0.01, 0.1, 1.0])
+    parser.add_argument(
+        "--share",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.01, 0.1, 1.0],
+        help="shares of LLM spans; -1: ordinary log records instead of spans",
+    )
     parser.add_argument("--server", action="store_true", help="a real server, over OTLP/HTTP")
     parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
     parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
@@ -310,13 +344,13 @@ def main() -> None:
           f"{'consumer thread':>15} {'calls':>7}")  # fmt: skip
     for share in args.share:
         bodies = make_requests(share, args.requests)
-        runs = [run_once(bodies) for _ in range(args.repeat)]
+        runs = [run_once(bodies, logs=share < 0) for _ in range(args.repeat)]
         timed_spans = spans - WARM_UP * PER_REQUEST
         ingest = statistics.median(r[0] for r in runs) / spans * 1e6
         llmops = statistics.median(r[1] for r in runs) / timed_spans * 1e6
         own = statistics.median(r[3] for r in runs) / timed_spans * 1e6
         print(
-            f"{share:>9.0%} {ingest:>15.2f} {llmops:>15.2f} {llmops / ingest:>7.1%} "
+            f"{_label(share):>9} {ingest:>15.2f} {llmops:>15.2f} {llmops / ingest:>7.1%} "
             f"{own:>15.2f} {runs[0][2]:>7}"
         )
 

@@ -147,3 +147,37 @@ def test_masking_prefilter_changes_nothing(extra: tuple[str, ...], max_chars: in
         want_masked, want_exact = _reference(policy, texts)
         assert masked.to_pylist() == want_masked
         assert np.asarray(exact).tolist() == want_exact
+
+
+def test_byte_scan_in_pieces_flags_what_a_scan_of_the_whole_column_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The masking pre-filter searches the column's bytes a piece at a time: key prefixes and
+    digit runs that cross a piece's end, and digit runs that cross from one text into the
+    next, are flagged as when the column is searched as one piece (and by the text's own
+    digits only)."""
+    from opstrata.plugins.llmops import textscan
+
+    rnd = random.Random(5)
+    alphabet = "ab-_AKIzskhfgxoreB 0123456789@().+\\["
+    extras = ["sk-abc", "AKIA", "AIza", "ghp_", "xoxb-", "hf_", "Bearer", "bEaReR", "1234567",
+              "12 34 56 7", "123", "4567"]  # fmt: skip
+    texts = []
+    for _ in range(400):
+        if rnd.random() < 0.05:
+            texts.append(None)
+            continue
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 40)))
+        texts.append(text + rnd.choice(extras) if rnd.random() < 0.4 else text)
+    column = pa.array(texts, pa.string())
+    whole = [textscan.scan(column.slice(1)), textscan.scan(column)]
+    for piece in (5, 16, 61):
+        monkeypatch.setattr(textscan, "_PIECE", piece)
+        for expected, texts_ in zip(whole, (column.slice(1), column), strict=True):
+            got = textscan.scan(texts_)
+            for name in ("at", "keys", "digits"):
+                assert np.array_equal(getattr(got, name), getattr(expected, name)), (piece, name)
+    # Digits split across two texts are two short runs, not one of 7.
+    split = textscan.scan(pa.array(["abc 1234", "567 def", "x 1234567"]))
+    assert split.digits.tolist() == [2]
+    assert len(whole[1].keys) and len(whole[1].digits) and len(whole[1].at)

@@ -57,15 +57,29 @@ _SPIKE_TESTS = (  # alert, per-call field, total in BucketHistory, unit, unit sc
 
 @dataclass
 class BucketCalls:
-    """One entity's calls in one closed bucket: per-call values ``(len(FIELDS), n)``."""
+    """One entity's calls in one closed bucket: per-call values ``(len(FIELDS), n)``, and their
+    trace ids for exemplars (picked only when an alert needs them: most buckets raise none)."""
 
     values: np.ndarray
-    exemplars: dict[str, list[str]] = field(default_factory=dict)
+    traces: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     services: dict[str, int] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
         return int(self.values.shape[1])
+
+    def exemplars(self, which: str) -> list[str]:
+        """Trace ids of the ``slow``est, costliest (``cost``) or failed (``error``) calls."""
+        values = self.values
+        if which == "slow":
+            order = _top(values[_DURATION])
+        elif which == "cost":
+            order = _top(values[_COST] + values[_TOKENS])
+        elif which == "error":
+            order = np.flatnonzero(values[_ERROR] > 0)
+        else:
+            return []
+        return [str(t) for t in self.traces[order[:3]] if t]
 
 
 def _top(values: np.ndarray, count: int = 3) -> np.ndarray:
@@ -81,12 +95,8 @@ def bucket_calls(
 ) -> BucketCalls:
     """The calls at ``rows`` of a closed bucket's columns; ``services``: the bucket's sorted
     service names when ``cols["ServiceCode"]`` numbers each call's (counted, not sorted again)."""
-    duration, ttft, errors = cols["duration"][rows], cols["ttft"][rows], cols["IsError"][rows]
-    cost, tokens, traces = cols["cost"][rows], cols["tokens"][rows], cols["TraceId"][rows]
-
-    def top(order: np.ndarray) -> list[str]:
-        return [str(t) for t in traces[order[:3]] if t]
-
+    values = np.stack([cols[name][rows] for name in ("duration", "ttft", "cost", "tokens",
+                                                     "IsError")]).astype(np.float64)  # fmt: skip
     if services is not None:
         counts = np.bincount(cols["ServiceCode"][rows], minlength=len(services))
         seen = np.flatnonzero(counts)
@@ -94,12 +104,8 @@ def bucket_calls(
     else:
         names, counts = np.unique(cols["ServiceName"][rows], return_counts=True)
     return BucketCalls(
-        values=np.stack([duration, ttft, cost, tokens, errors]).astype(np.float64),
-        exemplars={
-            "slow": top(_top(duration)),
-            "cost": top(_top(cost + tokens)),
-            "error": top(np.flatnonzero(errors)),
-        },
+        values=values,
+        traces=cols["TraceId"][rows],
         services={str(s): int(c) for s, c in zip(names, counts, strict=True)},
     )
 
@@ -195,7 +201,7 @@ class BucketJudge:
         filled = min(int(self.history[kind].written[entity]), self.history[kind].size)
         n = bucket.calls
         for alert, at, total_at, unit, scale in _SPIKE_TESTS:
-            total = float(np.nansum(now[at]))
+            total = float(now[at].sum())  # cost and tokens are never NaN (0 when absent)
             usual_per_call = float(base[at].mean()) if len(base[at]) else 0.0
             per_call = total / n if n else 0.0
             series = f"{unit} per bucket"
@@ -293,7 +299,7 @@ class BucketJudge:
                     series=finding.series,
                     observed=observed,
                     expected=expected,
-                    exemplar_trace_ids=bucket.exemplars.get(finding.exemplar, []),
+                    exemplar_trace_ids=bucket.exemplars(finding.exemplar),
                     details={
                         "calls": bucket.calls,
                         "bucket_seconds": self.settings.bucket_seconds,
@@ -319,8 +325,9 @@ class BucketJudge:
         against itself. An alerting bucket joins both at ``1/_ANOMALY_WEIGHT`` weight."""
         rings, history = self.rings[kind], self.history[kind]
         rings.buckets[entity] += 1
-        totals = (float(bucket.calls), float(np.nansum(bucket.values[_COST])),
-                  float(np.nansum(bucket.values[_TOKENS])))  # fmt: skip
+        # Cost and tokens are never NaN (0 when the call had none): plain sums.
+        totals = (float(bucket.calls), float(bucket.values[_COST].sum()),
+                  float(bucket.values[_TOKENS].sum()))  # fmt: skip
         if not anomalous:
             history.add(entity, totals)
         else:
