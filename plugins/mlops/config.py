@@ -27,6 +27,13 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     the sliding window joins it, until it covers this much event time (a day: every hour of a
     daily cycle), then it stays. A reference of ten minutes does not represent a day. Set it to
     ``baseline_seconds`` or less for a fixed baseline."""
+    season_seconds: float = 86400.0
+    """The period of the traffic's cycle (a day). While the automatic reference learns, it also
+    keeps one sketch per part of it (``season_buckets``); once a part was learnt (half a season
+    ago or more), a drift alert also needs the window unlike the parts it falls in and their
+    neighbours (``seasonal.py``): a daily cycle seen the day before raises nothing. 0: off."""
+    season_buckets: int = 24
+    """Parts of ``season_seconds`` sketched on their own (24: each hour of the day)."""
     learning_p_value: float = 1e-6
     """While the reference is still learning, a drift alert needs overwhelming evidence: a
     drifted column with a two-sample p-value at most this (instead of ``alert_p_value``)."""
@@ -101,6 +108,8 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
         raise ValueError(f"plugins.mlops.stattest: {parsed.stattest!r} is not one of {TESTS}")
     if parsed.scan_min_rows < 1:
         raise ValueError("plugins.mlops.scan_min_rows must be at least 1")
+    if parsed.season_seconds < 0 or parsed.season_buckets < 1:
+        raise ValueError("plugins.mlops.season_seconds must be >= 0, season_buckets >= 1")
     if parsed.window_seconds <= 0 or parsed.window_slots < 1:
         raise ValueError("plugins.mlops.window_seconds and window_slots must be positive")
     if not 0 < parsed.alert_p_value <= 1 or parsed.alert_distance_factor < 1:

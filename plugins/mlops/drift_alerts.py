@@ -114,6 +114,9 @@ def drift_alert(
                         "sampling_p_value": f.sampling_p_value,
                         "shift": f.shift,
                         "variation": f.variation,
+                        "seasonal_p_value": f.seasonal_p_value,
+                        "seasonal_shift": f.seasonal_shift,
+                        "seasonal_variation": f.seasonal_variation,
                     }
                     for f in top[:5]
                 ],

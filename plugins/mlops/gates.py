@@ -68,7 +68,8 @@ def _strong(
     distance_factor: float,
 ) -> list[FeatureDrift]:
     """The drifted columns beyond sampling noise at ``p_limit`` (stricter while the reference
-    learns) and beyond the variation of the reference's own windows."""
+    learns), beyond the variation of the reference's own windows, and unlike the same time of
+    day in the reference (``seasonal.py``; when a part of the season is learnt)."""
     if state.learned_until is not None:
         p_limit = min(p_limit, config.learning_p_value)
     factor = config.alert_variation_factor
@@ -77,9 +78,22 @@ def _strong(
         for f in columns
         if f.drifted
         and (f.sampling_p_value or 0.0) <= p_limit
-        and (f.shift or 0.0) > factor * (f.variation or 0.0)
+        and _beyond_variation(f, factor, p_limit)
         and (f.p_value is not None or (f.distance or 0.0) >= distance_factor * f.threshold)
     ]
+
+
+def _beyond_variation(f: FeatureDrift, factor: float, p_limit: float) -> bool:
+    """Beyond what the traffic's own variation explains. Where the column's time of day is
+    learnt (``seasonal.py``), against that part: beyond noise at ``p_limit`` and a shift above
+    ``factor`` times the variation within a time of day — the cycle is in the part, so the
+    day's variation (which holds the cycle's amplitude, and blunts a real drift by as much)
+    is not asked. Otherwise the shift against the reference above the day's variation."""
+    if f.seasonal_p_value is not None:
+        return f.seasonal_p_value <= p_limit and (f.seasonal_shift or 0.0) > factor * (
+            f.seasonal_variation or 0.0
+        )
+    return (f.shift or 0.0) > factor * (f.variation or 0.0)
 
 
 def start(
@@ -117,10 +131,11 @@ def kept(config: MLOpsConfig, verdict: WindowDrift, kind: str) -> bool:
     column is beyond noise and the reference's own variation (a daily cycle's drifted verdicts
     do not keep an alert raised while the reference was learning). With single-feature alerts
     on, one such feature keeps ``feature_drift`` (else it would resolve and start again, as
-    the dataset share comes and goes)."""
+    the dataset share comes and goes). Where the time of day's part of the reference is learnt,
+    the column must also differ from it beyond noise."""
     if kind == "prediction_drift":
         condition = verdict.prediction_drift
     else:
         condition = verdict.dataset_drift or config.feature_p_value > 0
     columns = columns_of(verdict, kind)
-    return condition and any(f.drifted and (f.shift or 0.0) > (f.variation or 0.0) for f in columns)
+    return condition and any(f.drifted and _beyond_variation(f, 1.0, 1.0) for f in columns)

@@ -25,6 +25,7 @@ from opstrata.plugins.mlops.gates import KINDS, columns_of, kept, scan_lengths, 
 from opstrata.plugins.mlops.records import Column, ModelRows
 from opstrata.plugins.mlops.results import FeatureDrift, ModelInfo, WindowDrift
 from opstrata.plugins.mlops.sampling import SamplingResult, sampling_test
+from opstrata.plugins.mlops.seasonal import learn, learn_rows, local_shift, seasonal_test
 from opstrata.plugins.mlops.sketch import (
     CategoricalSketch,
     NumericSketch,
@@ -101,6 +102,7 @@ class DriftMonitor:
                     col.reference = self._new_sketch(col.kind, reference=True)
                 col.reference.absorb(sketch)  # type: ignore[arg-type]
                 col.reference.pack()
+                learn(self.config, col, sketch, slot * step)  # the same slot, by time of day
         if learnt is not None:
             state.learned_until = max(learnt, (oldest + 1) * step)
             state.reference_rows = max(
@@ -114,6 +116,16 @@ class DriftMonitor:
             return
         if state.learned_until - state.first_ns >= self.config.reference_seconds * 1e9:
             state.learned_until = None
+            # The shifts of an alert still firing when learning ends count now: else a cycle
+            # that kept one alert firing to the end of the day left a variation of 0 for good.
+            for col in state.columns.values():
+                col.shifts = np.concatenate((col.shifts, col.pending))
+                col.pending = col.pending[:0]
+                if col.scan_pending.size:
+                    same = col.scan_shifts.shape[1:] == col.scan_pending.shape[1:]
+                    kept_rows = (col.scan_shifts,) if same else ()
+                    col.scan_shifts = np.concatenate((*kept_rows, col.scan_pending))
+                    col.scan_pending = col.scan_pending[:0]
 
     def _state(self, rows: ModelRows) -> ModelState | None:
         key = (rows.model, rows.version)
@@ -171,6 +183,7 @@ class DriftMonitor:
                     if col.reference is None:
                         col.reference = self._new_sketch(col.kind, reference=True)
                     _update(col.reference, column.values, into_ref)
+                    learn_rows(self.config, col, column.times[into_ref], _masked(column, into_ref))
                 keep &= ~into_ref
             if state.current_slot is not None:
                 late = keep & (slots <= state.current_slot - self.config.window_slots)
@@ -221,6 +234,9 @@ class DriftMonitor:
             col.pending = col.pending[:0]
             col.scan_shifts = col.scan_shifts[:0]
             col.scan_pending = col.scan_pending[:0]
+            col.season.clear()  # a dataset has no time of day; a posted reference is the standard
+            col.season_last.clear()
+            col.local_shifts = col.local_shifts[:0]
 
     # -- evaluating ---------------------------------------------------------------------------
 
@@ -269,6 +285,15 @@ class DriftMonitor:
                 result = drift_test(ref, current, config.stattest, config.threshold)
             except ValueError:
                 continue  # e.g. a forced numeric test on a categorical column
+            seasonal = None
+            if state.firing or (result.drifted and noise.p_value <= config.alert_p_value):
+                # Only where it can matter (an alert could start or is kept): a few more tests.
+                seasonal = seasonal_test(config, col, current, *_span(end_slot, slots, step))
+            if scan is None and not live and state.learned_until is not None:
+                local = local_shift(config, col, current, *_span(end_slot, slots, step))
+                if local is not None:
+                    limit = max(64, int(config.reference_seconds * 1e9) // step)
+                    col.local_shifts = np.append(col.local_shifts, np.float32(local))[-limit:]
             results.append(
                 FeatureDrift(
                     feature=name,
@@ -286,6 +311,9 @@ class DriftMonitor:
                     sampling_p_value=_finite(noise.p_value),
                     shift=_finite(noise.shift),
                     variation=col.variation if scan is None else col.scan_variation(scan),
+                    seasonal_p_value=None if seasonal is None else _finite(seasonal.p_value),
+                    seasonal_shift=None if seasonal is None else _finite(seasonal.shift),
+                    seasonal_variation=None if seasonal is None else col.local_variation,
                 )
             )
         if not results:
@@ -478,6 +506,17 @@ def _within_noise(
         shift=_finite(noise.shift),
         variation=col.scan_variation(scan),
     )
+
+
+def _span(end_slot: int, slots: int, step: int) -> tuple[int, int]:
+    """Event-time bounds ``[start, end)`` of the ``slots`` slots ending with ``end_slot``."""
+    return (end_slot - slots + 1) * step, (end_slot + 1) * step
+
+
+def _masked(column: Column, mask: np.ndarray) -> np.ndarray | pa.Array:
+    if column.kind == "numerical":
+        return np.asarray(column.values)[mask]
+    return column.values.filter(pa.array(mask))
 
 
 def _update(sketch: Sketch, values: np.ndarray | pa.Array, mask: np.ndarray) -> None:

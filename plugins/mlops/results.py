@@ -31,6 +31,16 @@ class FeatureDrift(msgspec.Struct, frozen=True, kw_only=True):
     what sampling reaches at ``alert_p_value``; 0 within the noise."""
     variation: float | None = None
     """The largest ``shift`` of the reference's own windows: an alert needs more."""
+    seasonal_p_value: float | None = None
+    """Two-sample p-value against the learnt part of the season (hour of the day) the window
+    looks most like (``seasonal.py``); None when not asked (the column could not alert anyway)
+    or no part is learnt yet."""
+    seasonal_shift: float | None = None
+    """The shift beyond noise against that part: with a part learnt, an alert needs it above
+    ``seasonal_variation`` (instead of ``shift`` above ``variation``)."""
+    seasonal_variation: float | None = None
+    """The largest (98th percentile) shift of the learning day's windows against their own time
+    of day learnt so far: the variation within a time of day."""
 
 
 class WindowDrift(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,13 @@ class ColumnState:
     than the window, so its own variation is measured at its own granularity. float16: a
     shift needs three digits, and this is the largest part of a column's state."""
     scan_pending: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float16))
+    season: dict[int, Sketch] = field(default_factory=dict)
+    """The learnt reference by part of the season (``seasonal.py``): part index -> sketch."""
+    season_last: dict[int, int] = field(default_factory=dict)
+    """Part index -> end (event time) of the newest slot it learnt."""
+    local_shifts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    """While the reference learns, each window's shift against its own time of day learnt so
+    far (``seasonal.local_shift``): the variation within a time of day."""
 
     def scan_variation(self, index: int) -> float:
         """What a suffix's shift must exceed (as :attr:`variation`); the window's variation
@@ -45,6 +52,14 @@ class ColumnState:
         if shifts.size < 50:
             return float(shifts.max())
         return float(np.quantile(shifts, 0.98))
+
+    @property
+    def local_variation(self) -> float:
+        """What a shift against the same time of day must exceed (as :attr:`variation`)."""
+        shifts = self.local_shifts
+        if shifts.size == 0:
+            return 0.0
+        return float(shifts.max() if shifts.size < 50 else np.quantile(shifts, 0.98))
 
     @property
     def variation(self) -> float:
@@ -102,6 +117,8 @@ def model_to_state(state: ModelState) -> dict[str, Any]:
                 "pending": c.pending.tolist(),
                 "scan_shifts": c.scan_shifts.astype(np.float32).tolist(),
                 "scan_pending": c.scan_pending.astype(np.float32).tolist(),
+                "local_shifts": c.local_shifts.tolist(),
+                "season": [[k, p.to_state(), c.season_last.get(k, 0)] for k, p in c.season.items()],
             }
             for name, c in state.columns.items()
         },
@@ -127,5 +144,9 @@ def model_from_state(m: dict[str, Any]) -> ModelState:
             rows = np.asarray(c.get(key, []), dtype=np.float16)
             empty = np.zeros((0, 0), dtype=np.float16)
             setattr(col, key, rows.reshape(rows.shape[0], -1) if rows.size else empty)
+        col.local_shifts = np.asarray(c.get("local_shifts", []), dtype=np.float32)
+        for index, part, last in c.get("season", []):  # absent in files saved before seasons
+            col.season[int(index)] = sketch_from_state(part)
+            col.season_last[int(index)] = int(last)
         state.columns[name] = col
     return state
