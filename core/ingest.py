@@ -264,7 +264,8 @@ class IngestPipeline:
             except OSError as exc:
                 raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
             # From here on the load releases the request's bytes: the backlog is bounded. It
-            # is held decoded (~2.5 times the protobuf of spans), so that is what it counts.
+            # is held decoded (~4 times the protobuf of spans, ~13 of metric points), so that is
+            # what it counts.
             extra = decoded.nbytes - nbytes
             if extra > 0:
                 self.admission.in_flight_bytes += extra

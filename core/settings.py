@@ -38,9 +38,10 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     max_request_bytes: int = 32 * 1024 * 1024
     """Largest request body accepted, measured after decompression (413 / RESOURCE_EXHAUSTED)."""
-    queue_bytes: int = 256 * 1024 * 1024
-    """Decompressed bytes of requests in flight (decoding or awaiting commit) before new ones get
-    503 / UNAVAILABLE with a retry hint."""
+    queue_bytes: int = 192 * 1024 * 1024
+    """Bytes of requests in flight (decoding, awaiting fsync, or acknowledged and not yet
+    loaded, counted as the memory their decoded batches hold) before new ones get 503 /
+    UNAVAILABLE with a retry hint. Part of the memory budget (docs/configuration.md)."""
     retry_after_seconds: int = 1
     max_attributes: int = 128
     max_value_chars: int = 16_384
@@ -64,7 +65,10 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retention_hours: float = 0
     """Delete telemetry older than this (by event time); 0 keeps everything."""
     duckdb_threads: int = 2
-    duckdb_memory_limit: str = "2GB"
+    duckdb_memory_limit: str = "256MB"
+    """DuckDB's buffer manager: it keeps the table blocks it writes cached up to this limit, so
+    under steady ingest it fills it (2GB let a bench run's server reach 1.6 GiB). Part of the
+    memory budget (docs/configuration.md); queries past it spill to ``opstrata.duckdb.tmp``."""
     duckdb_checkpoint_threshold: str = "256MB"
     """WAL size that triggers a checkpoint. DuckDB's 16 MB default re-compresses the newest row
     groups every few thousand rows; a larger WAL halves the cost of a commit (see

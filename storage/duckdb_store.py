@@ -137,7 +137,7 @@ class DuckDBStore:
         *,
         commit_max_rows: int = 200_000,
         threads: int = 2,
-        memory_limit: str = "2GB",
+        memory_limit: str = "256MB",
         checkpoint_threshold: str = "256MB",
         load_interval: float = 0.2,
         load_linger_rows: int = 1000,
