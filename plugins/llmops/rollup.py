@@ -131,8 +131,19 @@ def partial_rows(calls: pa.Table) -> pa.Table:
         "FirstSeen": times,
         "LastSeen": times,
     }
-    hours = _merge(pa.table(per_call, schema=_ROLLUP_SCHEMA), HOUR_NS)
-    return pa.concat_tables([hours, _merge(hours, DAY_NS)])
+    # Hours and days in one group-by (each Arrow group-by costs ~1 ms whatever its size): the
+    # calls twice, once with their hour and once with their day as the start.
+    hourly = pa.table(per_call, schema=_ROLLUP_SCHEMA)
+    daily = hourly.set_column(1, "Start", _floor(times, DAY_NS)).set_column(
+        0, "Grain", pa.array(np.full(n, DAY_NS, dtype=np.int64))
+    )
+    hourly = hourly.set_column(1, "Start", _floor(times, HOUR_NS))
+    return _merge(pa.concat_tables([hourly, daily]), None)
+
+
+def _floor(times: pa.Array | pa.ChunkedArray, grain: int) -> pa.Array | pa.ChunkedArray:
+    step = pa.scalar(grain, pa.int64())  # typed: a bare int costs a failed import per call
+    return pc.multiply(pc.divide(times, step), step)
 
 
 def _bins(ns: pa.Array) -> np.ndarray:
