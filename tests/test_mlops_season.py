@@ -194,3 +194,22 @@ def test_without_the_parts_the_days_variation_hides_the_shift(slots) -> None:
     assert after == [], [(e.kind, e.summary) for e in after]
     state = monitor.models[("checkout", "4")]
     assert state.learned_until is None and state.columns["amount"].variation > 0.2
+
+
+def test_the_parts_by_time_of_day_survive_a_restart(server, served) -> None:
+    def live() -> dict:
+        response = httpx.get(
+            server.api_base + "/api/v1/mlops/models/checkout/drift",
+            params={"version": "4"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return {f["feature"]: f for f in response.json()["live"][0]["features"]}
+
+    before = live()
+    assert before["amount"]["seasonal_p_value"] is not None  # the shifted alert still fires
+    assert server.stop() == 0
+    server.start()
+    after = live()
+    for key in ("seasonal_p_value", "seasonal_shift", "seasonal_variation"):
+        assert after["amount"][key] == before["amount"][key], key

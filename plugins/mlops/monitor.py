@@ -421,6 +421,7 @@ class DriftMonitor:
         for col in state.columns.values():
             size += col.reference.state_bytes() if col.reference else 0
             size += sum(s.state_bytes() for s in col.slots.values())
+            size += sum(p.state_bytes() for p in col.season.values())
         return ModelInfo(
             model=state.model,
             version=state.version,

@@ -45,7 +45,9 @@ def _bucket_ns(config: MLOpsConfig) -> int:
 
 
 def _bucket(config: MLOpsConfig, time_ns: int) -> int:
-    return (time_ns % int(config.season_seconds * 1e9)) // _bucket_ns(config)
+    # The last part takes the remainder when the season does not divide evenly.
+    index = (time_ns % int(config.season_seconds * 1e9)) // _bucket_ns(config)
+    return min(int(index), config.season_buckets - 1)
 
 
 def _part(config: MLOpsConfig, col: ColumnState, index: int) -> Sketch:
@@ -78,7 +80,7 @@ def learn_rows(
     if config.season_seconds <= 0 or config.season_buckets < 1 or times.size == 0:
         return
     season = int(config.season_seconds * 1e9)
-    indices = (times % season) // _bucket_ns(config)
+    indices = np.minimum((times % season) // _bucket_ns(config), config.season_buckets - 1)
     for index in np.unique(indices).tolist():
         mask = indices == index
         part = _part(config, col, index)
