@@ -72,6 +72,8 @@ class CallAlerts:
         self.judge = BucketJudge(settings, emit, resource_of, tuple(k for k, _ in _DIMENSIONS))
         self.spent: dict[tuple[int, str, int], int] = {}
         self.prompts = PromptVersions(settings, emit, resource_of)
+        self.names: list[str] = []  # service and model names, numbered as first seen
+        self.number_of: dict[str, int] = {}
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -91,6 +93,10 @@ class CallAlerts:
         asked = pc.fill_null(pc.not_equal(requested, ""), False)
         key = pc.if_else(asked, requested, calls.column("Model"))
         cols["ModelKey"] = key.to_numpy(zero_copy_only=False)
+        # Each dimension's names as numbers (few distinct names: encoded once per batch), so a
+        # closing bucket groups integers instead of sorting a string per call.
+        cols["ModelKeyNumber"] = self._numbers(key)
+        cols["ServiceNameNumber"] = self._numbers(calls.column("ServiceName"))
         cols["IsError"] = cols["IsError"].astype(bool)
         cols["cost"] = calls.column("CostPicoUsd").fill_null(0).to_numpy(zero_copy_only=False)
         cols["tokens"] = calls.column("TotalTokens").fill_null(0).to_numpy(zero_copy_only=False)
@@ -127,19 +133,45 @@ class CallAlerts:
     def _close(self, start: int, parts: list[dict[str, np.ndarray]]) -> None:
         cols = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
         # Services numbered once per bucket: each entity's calls count theirs by number.
-        services, cols["ServiceCode"] = np.unique(
-            cols["ServiceName"].astype(str), return_inverse=True
-        )
+        services, cols["ServiceCode"] = self._sorted(cols["ServiceNameNumber"])
         for kind, column in _DIMENSIONS:
             if column == "ServiceName":
                 names, codes = services, cols["ServiceCode"]
             else:
-                names, codes = np.unique(cols[column].astype(str), return_inverse=True)
+                names, codes = self._sorted(cols[column + "Number"])
             order = np.argsort(codes, kind="stable")
             ends = np.cumsum(np.bincount(codes, minlength=len(names)))
             for index, name in enumerate(names):
                 rows = order[(ends[index - 1] if index else 0) : ends[index]]
                 self.judge.judge(start, kind, str(name), bucket_calls(rows, cols, services))
+
+    def _numbers(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each value's number in :attr:`names` (new names are added)."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        encoded = pc.dictionary_encode(values, null_encoding="encode")
+        # str(): as the names were read before (a null is "None").
+        local = [self._number(str(name)) for name in encoded.dictionary.to_pylist()]
+        return np.asarray(local, dtype=np.int64)[
+            encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        ]
+
+    def _number(self, name: str) -> int:
+        number = self.number_of.get(name)
+        if number is None:
+            number = self.number_of[name] = len(self.names)
+            self.names.append(name)
+        return number
+
+    def _sorted(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct names of ``numbers``, sorted (a string array), and each call's index in
+        them: what ``np.unique`` of the names gave, from integers."""
+        distinct, inverse = np.unique(numbers, return_inverse=True)
+        names = np.array([self.names[n] for n in distinct], dtype=str)
+        order = np.argsort(names, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return names[order], rank[inverse.ravel()]
 
     # -- budgets --------------------------------------------------------------------------------
 
