@@ -135,6 +135,10 @@ class TopologyConsumer(Consumer):
     once; with the default 64 this consumer fell behind at every commit and read each batch
     back from the store. The batches are the decoded requests already in memory (shared with
     every other consumer), and ``consume_many`` empties the inbox in one pass."""
+    inbox_bytes: ClassVar[int] = 128 * 1024 * 1024
+    """One commit of a full backlog (``ingest.queue_bytes``, 192 MiB counted with the heap's
+    overhead) is some 1,300 requests of spans and ~115 MiB of buffers: the inbox takes a whole
+    commit, which it holds only until its next pass (docs/configuration.md, "Memory")."""
 
     def __init__(self, graph: TopologyGraph, index_capacity: int = 200_000) -> None:
         self.graph = graph
