@@ -1,5 +1,6 @@
 """The error ratio's sequential test (``_ratio_cusum`` in plugins/aiops/engine.py), on the
-detector itself: weak windows in a row add up to an alert as soon as the evidence is there,
+detector itself: weak windows in a row add up to an alert as soon as the evidence is there, a
+jump is caught in its second window,
 while binomial noise at the learnt ratio over weeks of windows does not, and the CUSUM's
 ``exp(-S)`` is a valid tail probability (the end-to-end path of error ratios, real server and
 SDK, is in test_aiops_counts.py)."""
@@ -52,10 +53,25 @@ def test_a_run_of_weak_windows_alerts_where_two_in_a_row_did_not() -> None:
     for mode, s in scores.items():
         assert s[:quiet].max() < THRESHOLD, mode  # nothing before
         assert s[quiet : quiet + 2].max() < THRESHOLD, mode  # nor one or two weak windows
-    # The CUSUM adds the windows up and alerts within eight; the rule it replaced (each of
+    # The CUSUMs add the windows up and alert within nine; the rule they replace (each of
     # two windows in a row p < 0.05, then pooled) never does.
-    assert (scores["cusum"][quiet : quiet + 8] >= THRESHOLD).any(), scores["cusum"][quiet:]
+    assert (scores["cusum"][quiet : quiet + 9] >= THRESHOLD).any(), scores["cusum"][quiet:]
     assert scores["pair"][quiet:].max() < THRESHOLD, scores["pair"][quiet:]
+
+
+def test_a_jump_alerts_in_its_second_window() -> None:
+    # A bad release at ~20 requests a minute, 1 % failing before: 5 of 26, then 6 of 14. The
+    # rise CUSUM (p1 = 7 %) alone gathers 12 nats — not enough; the jump CUSUM (p1 = 27 %)
+    # has the evidence of a jump, and no single window decides alone.
+    rng = np.random.default_rng(5)
+    quiet = 240
+    requests = rng.integers(14, 27, (quiet, 1))
+    errors = rng.binomial(requests, 0.01)
+    requests = np.vstack([requests, [[26], [14]]])
+    errors = np.vstack([errors, [[5], [6]]])
+    scores = _feed(_detector(1), errors, requests)[:, 0]
+    assert scores[:quiet].max() < THRESHOLD
+    assert scores[quiet] < THRESHOLD <= scores[quiet + 1], scores[quiet:]
 
 
 def test_noise_at_the_learnt_ratio_does_not_alert_and_exp_minus_s_is_a_tail() -> None:
