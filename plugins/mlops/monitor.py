@@ -32,7 +32,13 @@ from opstrata.plugins.mlops.sketch import (
     Sketch,
     sketch_from_state,
 )
-from opstrata.plugins.mlops.state import ColumnState, ModelState, model_from_state, model_to_state
+from opstrata.plugins.mlops.state import (
+    ColumnState,
+    ModelState,
+    learn_scan_shifts,
+    model_from_state,
+    model_to_state,
+)
 from opstrata.plugins.mlops.stattests import drift_test
 
 __all__ = ["DriftMonitor", "entity_name"]
@@ -116,16 +122,8 @@ class DriftMonitor:
             return
         if state.learned_until - state.first_ns >= self.config.reference_seconds * 1e9:
             state.learned_until = None
-            # The shifts of an alert still firing when learning ends count now: else a cycle
-            # that kept one alert firing to the end of the day left a variation of 0 for good.
             for col in state.columns.values():
-                col.shifts = np.concatenate((col.shifts, col.pending))
-                col.pending = col.pending[:0]
-                if col.scan_pending.size:
-                    same = col.scan_shifts.shape[1:] == col.scan_pending.shape[1:]
-                    kept_rows = (col.scan_shifts,) if same else ()
-                    col.scan_shifts = np.concatenate((*kept_rows, col.scan_pending))
-                    col.scan_pending = col.scan_pending[:0]
+                col.count_pending()
 
     def _state(self, rows: ModelRows) -> ModelState | None:
         key = (rows.model, rows.version)
@@ -383,7 +381,7 @@ class DriftMonitor:
             if not state.firing:
                 col.shifts = np.concatenate((col.shifts, col.pending))[:limit]
                 col.pending = col.pending[:0]
-        _learn_scan_shifts(state, scans, limit)
+        learn_scan_shifts(state, scans, limit)
 
     def live(self, model: str, version: str | None = None) -> list[WindowDrift]:
         """The open window of each version of ``model`` (or of one version), evaluated now."""
@@ -465,25 +463,6 @@ class DriftMonitor:
             for m in data.get("models", []):
                 state = model_from_state(m)
                 self.models[(state.model, state.version)] = state
-
-
-def _learn_scan_shifts(state: ModelState, scans: list[WindowDrift | None], limit: int) -> None:
-    """The newest slots' shifts at this close, one row per column (NaN: not tested), learnt as
-    the window's are (an alerting episode's once it is over)."""
-    shifts = {name: np.full(len(scans), np.nan, dtype=np.float16) for name in state.columns}
-    for i, suffix in enumerate(scans):
-        for f in suffix.features if suffix is not None else ():
-            shifts[f.feature][i] = f.shift or 0.0
-    for name, col in state.columns.items():
-        row = shifts[name][None, :]
-        if col.scan_pending.shape[1:] != row.shape[1:]:
-            col.scan_pending = row[:0]  # first close, or another number of suffixes
-        if col.scan_shifts.shape[1:] != row.shape[1:]:
-            col.scan_shifts = row[:0]
-        col.scan_pending = np.concatenate((col.scan_pending, row))
-        if not state.firing:
-            col.scan_shifts = np.concatenate((col.scan_shifts, col.scan_pending))[:limit]
-            col.scan_pending = col.scan_pending[:0]
 
 
 def _within_noise(

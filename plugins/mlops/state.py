@@ -7,9 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from opstrata.plugins.mlops.results import WindowDrift
 from opstrata.plugins.mlops.sketch import Sketch, sketch_from_state
 
-__all__ = ["ColumnState", "ModelState", "model_from_state", "model_to_state"]
+__all__ = [
+    "ColumnState",
+    "ModelState",
+    "learn_scan_shifts",
+    "model_from_state",
+    "model_to_state",
+]
 
 
 @dataclass
@@ -53,6 +60,17 @@ class ColumnState:
             return float(shifts.max())
         return float(np.quantile(shifts, 0.98))
 
+    def count_pending(self) -> None:
+        """Learning ends: the shifts of an alert still firing count now — else a cycle that
+        kept one alert firing to the end of the day left a variation of 0 for good."""
+        self.shifts = np.concatenate((self.shifts, self.pending))
+        self.pending = self.pending[:0]
+        if self.scan_pending.size:
+            same = self.scan_shifts.shape[1:] == self.scan_pending.shape[1:]
+            kept = (self.scan_shifts,) if same else ()
+            self.scan_shifts = np.concatenate((*kept, self.scan_pending))
+            self.scan_pending = self.scan_pending[:0]
+
     @property
     def local_variation(self) -> float:
         """What a shift against the same time of day must exceed (as :attr:`variation`)."""
@@ -91,6 +109,25 @@ class ModelState:
     columns: dict[str, ColumnState] = field(default_factory=dict)
     firing: set[str] = field(default_factory=set)
     last_verdict: bool | None = None
+
+
+def learn_scan_shifts(state: ModelState, scans: list[WindowDrift | None], limit: int) -> None:
+    """The newest slots' shifts at this close, one row per column (NaN: not tested), learnt as
+    the window's are (an alerting episode's once it is over)."""
+    shifts = {name: np.full(len(scans), np.nan, dtype=np.float16) for name in state.columns}
+    for i, suffix in enumerate(scans):
+        for f in suffix.features if suffix is not None else ():
+            shifts[f.feature][i] = f.shift or 0.0
+    for name, col in state.columns.items():
+        row = shifts[name][None, :]
+        if col.scan_pending.shape[1:] != row.shape[1:]:
+            col.scan_pending = row[:0]  # first close, or another number of suffixes
+        if col.scan_shifts.shape[1:] != row.shape[1:]:
+            col.scan_shifts = row[:0]
+        col.scan_pending = np.concatenate((col.scan_pending, row))
+        if not state.firing:
+            col.scan_shifts = np.concatenate((col.scan_shifts, col.scan_pending))[:limit]
+            col.scan_pending = col.scan_pending[:0]
 
 
 def model_to_state(state: ModelState) -> dict[str, Any]:
