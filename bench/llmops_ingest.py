@@ -168,11 +168,14 @@ async def _commit(store: DuckDBStore, decoded: list) -> list[int]:
 
 
 def run_once(
-    bodies: list[bytes], arm: tuple[type, type] = (LLMCalls, LLMOpsConfig), logs: bool = False
+    bodies: list[bytes],
+    arm: tuple[type, type] = (LLMCalls, LLMOpsConfig),
+    logs: bool = False,
+    threads: int = 2,
 ) -> tuple[float, float, int, float]:
     limits = DecodeLimits()
     with tempfile.TemporaryDirectory() as tmp:
-        store = DuckDBStore(Path(tmp))
+        store = DuckDBStore(Path(tmp), threads=threads)
         store.start()
         try:
             started = time.process_time()
@@ -317,6 +320,29 @@ def main_baseline(args: argparse.Namespace) -> None:
               f"now: {[round(x[1] / timed * 1e6, 2) for x in runs['now']]}")  # fmt: skip
 
 
+def main_threads(args: argparse.Namespace) -> None:
+    """The store's DuckDB with each of ``--duckdb-threads`` (a database-wide setting, shared by
+    the store's writer and the plugin's inserts), interleaved: ingest and LLMOps per arm."""
+    spans, timed = args.requests * PER_REQUEST, (args.requests - WARM_UP) * PER_REQUEST
+    arms = args.duckdb_threads
+    print(f"{spans} spans per run, {args.repeat} runs per arm interleaved, DuckDB threads {arms}")
+    print(f"{'LLM share':>9} {'threads':>7} {'ingest µs/span':>15} {'llmops µs/span':>15} "
+          f"{'added':>7}")  # fmt: skip
+    for share in args.share:
+        bodies = make_requests(share, args.requests)
+        runs: dict[int, list[tuple[float, float, int, float]]] = {t: [] for t in arms}
+        for r in range(args.repeat):
+            for t in arms if r % 2 == 0 else arms[::-1]:
+                runs[t].append(run_once(bodies, logs=share < 0, threads=t))
+        for t in arms:
+            ingest = statistics.median(x[0] for x in runs[t]) / spans * 1e6
+            cost = statistics.median(x[1] for x in runs[t]) / timed * 1e6
+            print(f"{_label(share):>9} {t:>7} {ingest:>15.2f} {cost:>15.2f} "
+                  f"{cost / ingest:>7.1%}", flush=True)  # fmt: skip
+            print(f"{'':>17} runs ingest: {[round(x[0] / spans * 1e6, 2) for x in runs[t]]}, "
+                  f"llmops: {[round(x[1] / timed * 1e6, 2) for x in runs[t]]}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -331,7 +357,16 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="a real server, over OTLP/HTTP")
     parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
     parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
+    parser.add_argument(
+        "--duckdb-threads",
+        type=int,
+        nargs="+",
+        help="run the store's DuckDB with each of these thread counts, interleaved",
+    )
     args = parser.parse_args()
+    if args.duckdb_threads:
+        main_threads(args)
+        return
     if args.server:
         main_server(args)
         return

@@ -98,9 +98,21 @@ def pick_spans(kept: list[Kept]) -> Picked | None:
     else:
         starts = np.cumsum([0] + [b.num_rows for b, _ in kept[:-1]])
         at = pa.array(row + starts[batch])
-        columns = [_one(table.column(c).take(at)) for c in SPAN_COLUMNS]
+        columns = [_take(table.column(c), at) for c in SPAN_COLUMNS]
     picked = pa.table(columns, names=SPAN_COLUMNS)
     return Picked(picked, batch, row, [b for b, _ in kept])
+
+
+def _take(values: pa.ChunkedArray, at: pa.Array) -> pa.Array:
+    """``values`` at ``at`` as one chunk. A list column (the span events) whose chunks hold no
+    item at all, as most spans' events, is made empty instead: a take of a nested column first
+    joins its chunks, ~1.3 ms for 290 batches, and counting their items costs ~0.1 ms."""
+    if pa.types.is_list(values.type) and not any(len(c.values) for c in values.chunks):
+        offsets = pa.array(np.zeros(len(at) + 1, dtype=np.int32))
+        return pa.ListArray.from_arrays(
+            offsets, pa.array([], values.type.value_type), type=values.type
+        )
+    return _one(values.take(at))
 
 
 def _one(values: pa.ChunkedArray) -> pa.Array:
