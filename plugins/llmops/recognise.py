@@ -420,7 +420,7 @@ def recognise(
             "ResponseModel": response_model,
             "Model": model,
             "Operation": operation,
-            "Source": pa.array(np.full(k, source, dtype=object), pa.string()),
+            "Source": pa.repeat(pa.scalar(source, pa.string()), k),  # not per call
             "Conventions": _CONVENTION_NAMES.take(pa.array(families[is_call])),
             "InputTokens": inp,
             "OutputTokens": out,

@@ -203,9 +203,12 @@ def message_table(
         drop = pa.array(slow_rows)
         masked = {c: pc.if_else(drop, pa.scalar(None, pa.string()), v) for c, v in masked.items()}
     order = sorted(slow)
-    normalised = np.full(k, None, dtype=object)
-    normalised[order] = [slow[i].to_json(policy) for i in order]
-    messages = pa.array(normalised, pa.string())
+    if order:
+        normalised = np.full(k, None, dtype=object)
+        normalised[order] = [slow[i].to_json(policy) for i in order]
+        messages = pa.array(normalised, pa.string())
+    else:  # the usual case: JSON attributes only (an object array costs ~0.2 µs a call)
+        messages = pa.nulls(k, pa.string())
     has = pc.is_valid(messages)
     for values in masked.values():
         has = pc.or_(has, pc.is_valid(values))
@@ -214,7 +217,7 @@ def message_table(
             "Timestamp": times,
             "TraceId": trace_ids,
             "SpanId": span_ids,
-            "Source": pa.array(np.full(k, source, dtype=object), pa.string()),
+            "Source": pa.repeat(pa.scalar(source, pa.string()), k),  # not per call
             "Messages": messages,
             **masked,
         },
