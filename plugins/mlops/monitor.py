@@ -69,31 +69,46 @@ class DriftMonitor:
             if state is None:
                 return
             state.rows += int(rows.times.size)
-            state.last_ns = max(state.last_ns, int(rows.times.max()))
             if rows.resource:
                 state.resource = rows.resource
             for name, column in rows.columns.items():
                 self._column(state, name, column)
             step = self.config.step_ns
-            newest = int(rows.times.max()) // step
             if state.baseline_until is not None:
                 state.reference_rows += int((rows.times < state.baseline_until).sum())
+            slots, which = np.unique(rows.times // step, return_inverse=True)
+            newest_in = np.full(slots.size, np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(newest_in, which, rows.times)
             if state.current_slot is None:
-                state.current_slot = newest
-                self._add(state, rows, step)
-            else:
-                old = state.current_slot
-                self._add(state, rows, step, upto=old)
-                if newest > old:
-                    self._close(state, old)
-                    state.current_slot = newest
-                    self._add(state, rows, step, after=old)
-                    self._retire(state, newest - self.config.window_slots)
-            if state.baseline_until is not None and state.last_ns >= state.baseline_until:
-                state.learned_until = state.baseline_until
-                state.baseline_until = None  # the baseline window is over
-                state.reference_source = "baseline"
-                self._check_learnt(state)
+                state.current_slot = int(slots[0])
+            # A batch spanning several slots (a replay, an exporter's long batch) is taken a
+            # slot at a time, as if each slot's rows had come alone: every slot it holds rows
+            # of is closed and tested, and the verdicts are those of the live stream. Empty
+            # slots between are not tested (nothing new to judge).
+            done = state.current_slot
+            self._add(state, rows, step, upto=done)  # the open slot's rows, and late ones
+            on_time = slots <= done
+            if on_time.any():
+                self._seen_until(state, int(newest_in[on_time].max()))
+            for slot, newest in zip(
+                slots[~on_time].tolist(), newest_in[~on_time].tolist(), strict=True
+            ):
+                state.last_ns = max(state.last_ns, newest)
+                self._close(state, done)
+                state.current_slot = slot
+                self._add(state, rows, step, upto=slot, after=done)
+                self._retire(state, slot - self.config.window_slots)
+                self._seen_until(state, newest)
+                done = slot
+
+    def _seen_until(self, state: ModelState, newest_ns: int) -> None:
+        """Rows up to ``newest_ns`` are in: the baseline ends once they reach its end."""
+        state.last_ns = max(state.last_ns, newest_ns)
+        if state.baseline_until is not None and state.last_ns >= state.baseline_until:
+            state.learned_until = state.baseline_until
+            state.baseline_until = None  # the baseline window is over
+            state.reference_source = "baseline"
+            self._check_learnt(state)
 
     def _retire(self, state: ModelState, oldest: int) -> None:
         """Slots at or before ``oldest`` leave the window; a learning reference takes them in."""
