@@ -401,7 +401,9 @@ class RobustSeasonalDetector:
         self.huber = float(params.get("huber", 3.0))
         self.rel_floor = float(params.get("rel_floor", 1e-6))
         self.young = float(params.get("young", 100.0))
-        self.ratio_test = str(params.get("ratio_test", "cusum"))
+        # The pair rule by default: the CUSUM learns its baseline during an incident, is slow to
+        # forget at low traffic and ignores the daily cycle (docs/aiops.md, Limits).
+        self.ratio_test = str(params.get("ratio_test", "pair"))
         if self.ratio_test not in ("pair", "cusum", "both"):
             raise ValueError(f"ratio_test: {self.ratio_test!r}; known: pair, cusum, both")
         self.default_mask = SEASONALITY_MASKS[str(params.get("seasonality", "auto"))]
