@@ -75,12 +75,16 @@ def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
 
 
 def _follows_deploy(alert: Alert, other: Alert) -> bool:
-    """A deploy corroborates only an alert of its own service (or one of its operations) that
-    starts within ``_DEPLOY_EXPLAINS_NS`` after it: a new version followed by its own errors
-    is the classic bad release, while a neighbour's blip is no sign of it and what began
-    before the deploy was not caused by it. Two deploys say nothing about each other."""
+    """A deploy corroborates only an alert of error severity or higher of its own service (or
+    one of its operations) that starts within ``_DEPLOY_EXPLAINS_NS`` after it: a new version
+    followed by its own errors is the classic bad release, while a neighbour's blip is no sign
+    of it and what began before the deploy was not caused by it. A warning (warm-up latency
+    after a rollout is normal) still needs another source or persistence. Two deploys say
+    nothing about each other."""
     deploy, symptom = (alert, other) if alert.kind == DEPLOYMENT else (other, alert)
     if symptom.kind == DEPLOYMENT:
+        return False
+    if SEVERITY_RANK[symptom.severity] < SEVERITY_RANK[Severity.ERROR]:
         return False
     lag = symptom.first_seen_unix_nano - deploy.first_seen_unix_nano
     if not 0 <= lag <= _DEPLOY_EXPLAINS_NS:
@@ -222,6 +226,11 @@ class TopologyCorrelator:
 
     def _note_source(self, alert: Alert) -> None:
         onset = alert.first_seen_unix_nano
+        if alert.kind == DEPLOYMENT:
+            # A change event is no flapping symptom: a service that deploys often keeps the
+            # corroboration (its alerts are keyed per version anyway; this covers any source).
+            self._weight[alert.id] = 1.0
+            return
         self._weight[alert.id] = self.history.weight(alert.key, onset)
         if self.history.chronic(alert.key, onset):
             self._chronic.add(alert.id)
@@ -319,9 +328,17 @@ class TopologyCorrelator:
         # An alert that ended stays in the pool for the join gap: the detectors of different
         # signals report at different paces (a host's CPU alert can end before the latency
         # alerts of the same minutes arrive), and it still corroborates what overlapped it.
+        # A deploy stays for its whole window (15 min after it), which its last report may not
+        # span: it corroborates what starts within that window, however late.
         horizon = now - self.join_gap_ns
         for alert_id in [
-            a.id for a in self._pending.values() if a.last_seen_unix_nano < horizon or a.incident_id
+            a.id
+            for a in self._pending.values()
+            if a.incident_id
+            or (
+                a.last_seen_unix_nano < horizon
+                and (a.kind != DEPLOYMENT or a.first_seen_unix_nano + _DEPLOY_EXPLAINS_NS < now)
+            )
         ]:
             del self._pending[alert_id]
 

@@ -1,11 +1,13 @@
 """Deploys as change events: a service's new ``service.version`` raises an info
 ``deployment`` alert (plugins/aiops/deploys.py), which lets the first errors of that service
-after it open an incident at once (core/correlation.py) — and nothing else."""
+after it open an incident at once (core/correlation.py) — and nothing else (not a warning)."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pytest
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk.resources import Resource
@@ -14,8 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from opstrata import AlertEvent
 from opstrata.alerts import Severity
 from opstrata.correlation import TopologyCorrelator
+from opstrata.plugins.aiops.deploys import DeployWatch
 from tests.otelsdk import send_log_records, span_exporter
 from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
@@ -56,7 +60,7 @@ def test_a_deploy_confirms_its_own_services_errors_only() -> None:
     assert incident.severity == Severity.ERROR
     # An operation of the deployed service counts as the service.
     engine = TopologyCorrelator(shop(), confirm_seconds=120)
-    op = alert("error_rate", ("operation", "checkout/POST /orders"), T0 + 60 * S)
+    op = _error("error_rate", ("operation", "checkout/POST /orders"), T0 + 60 * S)
     assert feed(engine, [_deploy("checkout", T0), op]) == ["opened"]
     # Not: a neighbour's alert (gateway calls checkout), what began before the deploy, what
     # comes long after it, another deploy, or a deploy on its own.
@@ -70,6 +74,85 @@ def test_a_deploy_confirms_its_own_services_errors_only() -> None:
         engine = TopologyCorrelator(shop(), confirm_seconds=120)
         assert feed(engine, [_deploy("checkout", T0), *others]) == [], others
         assert not engine.incidents
+
+
+def test_a_warning_after_a_deploy_still_needs_another_source() -> None:
+    # Warm-up latency after a rollout is normal: a deploy does not confirm a warning (of the
+    # service or of one of its operations); the warning waits as it would without the deploy.
+    for warning in (
+        alert("latency", ("service", "checkout"), T0 + 60 * S),
+        alert("error_rate", ("operation", "checkout/POST /orders"), T0 + 60 * S),
+    ):
+        assert warning.severity == Severity.WARNING
+        engine = TopologyCorrelator(shop(), confirm_seconds=120)
+        assert feed(engine, [_deploy("checkout", T0), warning]) == []
+        assert not engine.incidents
+        # Once it turns to an error (the same alert, escalated), the deploy confirms it.
+        warning.severity = Severity.ERROR
+        warning.last_seen_unix_nano += 30 * S
+        assert [c.change for c in engine.on_alert(warning, False)] == ["opened"]
+
+
+def test_a_deploy_confirms_errors_for_its_whole_window() -> None:
+    # The deploy's window is 15 minutes: an error starting 6..14 minutes after it, with nothing
+    # in between, is still confirmed by it (the pending pool keeps it that long); 16 is not.
+    for minutes in (6, 10, 14):
+        engine = TopologyCorrelator(shop(), confirm_seconds=120, join_gap_seconds=300)
+        template = _error("new_log_template", ("service", "checkout"), T0 + minutes * MINUTE)
+        assert feed(engine, [_deploy("checkout", T0), template]) == ["opened"], minutes
+    engine = TopologyCorrelator(shop(), confirm_seconds=120, join_gap_seconds=300)
+    late = _error("new_log_template", ("service", "checkout"), T0 + 16 * MINUTE)
+    assert feed(engine, [_deploy("checkout", T0), late]) == []
+
+
+def test_a_service_that_deploys_often_keeps_the_corroboration() -> None:
+    # Six deploys of checkout in a day, each followed by its own new ERROR template: every one
+    # opens its incident at once, even under one alert key (change events are never chronic).
+    engine = TopologyCorrelator(shop(), confirm_seconds=120, quiet_seconds=600)
+    for n in range(6):
+        at = T0 + n * 3 * 60 * MINUTE
+        deploy = _deploy("checkout", at)
+        deploy.key = "aiops/deployment/checkout"
+        template = _error("new_log_template", ("service", "checkout"), at + 40 * S)
+        changes = feed(engine, [deploy, template])
+        assert "opened" in changes, (n, changes)
+        assert deploy.incident_id == template.incident_id is not None
+
+
+def _spans(version: str, at: int) -> tuple[pa.Array, pa.Array, pa.Array]:
+    resources = pa.array(
+        [[("service.name", "checkout"), ("service.version", version)]],
+        type=pa.map_(pa.string(), pa.string()),
+    )
+    return pa.array(["checkout"]), resources, pa.array([at], pa.int64())
+
+
+def test_deploys_are_keyed_per_version_and_resolve_after_a_restart() -> None:
+    events: list[AlertEvent] = []
+    watch = DeployWatch(events.append)
+    watch.observe(*_spans("1.0", T0))
+    watch.observe(*_spans("1.1", T0 + 11 * MINUTE))
+    watch.observe(*_spans("1.2", T0 + 16 * MINUTE))  # a second deploy within the first's window
+    assert [(e.key, e.resolved) for e in events] == [
+        ("aiops/deployment/checkout/1.1", False),
+        ("aiops/deployment/checkout/1.2", False),
+    ]
+    # A restart while both are in their windows: the saved state (pickled, as the consumer
+    # saves it) brings them back, and each still gets its resolved event on its own key.
+    events.clear()
+    restored = DeployWatch(events.append)
+    restored.restore(pickle.loads(pickle.dumps(watch.state())))
+    restored.advance(T0 + 20 * MINUTE)
+    assert events == []
+    restored.advance(T0 + 26 * MINUTE)
+    assert [(e.key, e.resolved, e.time_unix_nano) for e in events] == [
+        ("aiops/deployment/checkout/1.1", True, T0 + 26 * MINUTE),
+    ]
+    restored.advance(T0 + 40 * MINUTE)
+    assert [(e.key, e.resolved) for e in events[1:]] == [("aiops/deployment/checkout/1.2", True)]
+    # A version seen before the restart is no new deploy after it.
+    restored.observe(*_spans("1.1", T0 + 41 * MINUTE))
+    assert len(events) == 2
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,13 @@
 The first question an SRE asks of a failing service is "what changed?" — a new version is the
 usual answer. Spans carry the version as a resource attribute, so a version a service has
 never run before, once the service has been seen for a while, is a deploy. It is raised as an
-``info`` alert of kind ``deployment`` (key ``aiops/deployment/<service>``): never an incident
-on its own, but the correlator lets it corroborate an alert of the same service that starts
-within ``DEPLOY_WINDOW_S`` after it (a new ERROR log template, an error ratio), and the
+``info`` alert of kind ``deployment`` (key ``aiops/deployment/<service>/<version>``: one
+alert per release, so a service that deploys often is not a flapping source and a second deploy
+within the window does not reuse the first's alert): never an incident on its own, but the
+correlator lets it corroborate an alert of error severity or higher of the same service that
+starts within ``DEPLOY_WINDOW_S`` after it (a new ERROR log template, an error ratio), and the
 ranking sees it as evidence on that service. It resolves ``DEPLOY_WINDOW_S`` of event time
-after the new version was first seen.
+after the new version was first seen — also across a restart (the open deploys are saved).
 
 Per batch the work is column-wise: one map look-up, the distinct (service, version) pairs, a
 set look-up of each; only a batch with a pair never seen before does more (a group-by).
@@ -45,7 +47,7 @@ class DeployWatch:
         """service -> version -> when it was first seen (event time, ns)."""
         self.first_seen: dict[str, int] = {}
         self.open: dict[str, tuple[int, AlertEvent]] = {}
-        """service -> (when its deploy resolves, the firing event)."""
+        """alert key -> (when that deploy resolves, the firing event)."""
         self.seen: set[str] = set()
         """``service NUL version`` of every pair seen (the fast path's look-up)."""
 
@@ -95,9 +97,10 @@ class DeployWatch:
 
     def advance(self, now: int) -> None:
         """Resolve the deploys whose window has passed by event time ``now``."""
-        for service, (until, event) in list(self.open.items()):
+        for key, (until, event) in list(self.open.items()):
             if now >= until:
-                del self.open[service]
+                del self.open[key]
+                service = event.entity.name
                 self.emit(
                     AlertEvent(
                         time_unix_nano=until,
@@ -131,15 +134,18 @@ class DeployWatch:
                 series=f"deployment|{service}",
                 details={"version": version, "previous_version": previous},
             ),
-            key=f"aiops/deployment/{service}",
+            key=f"aiops/deployment/{service}/{version}",
         )
-        self.open[service] = (t + DEPLOY_WINDOW_S * _NS, event)
+        self.open[event.key] = (t + DEPLOY_WINDOW_S * _NS, event)
         self.emit(event)
 
     def state(self) -> dict:
-        return {"versions": self.versions, "first_seen": self.first_seen}
+        # The open deploys too: one still in its window at a restart must get its resolved
+        # event afterwards, or it stays firing for ever.
+        return {"versions": self.versions, "first_seen": self.first_seen, "open": dict(self.open)}
 
     def restore(self, state: dict) -> None:
         self.versions = {s: dict(v) for s, v in state.get("versions", {}).items()}
         self.seen = {f"{s}\x00{v}" for s, versions in self.versions.items() for v in versions}
         self.first_seen = dict(state.get("first_seen", {}))
+        self.open = dict(state.get("open", {}))
