@@ -68,7 +68,9 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     duckdb_memory_limit: str = "256MB"
     """DuckDB's buffer manager: it keeps the table blocks it writes cached up to this limit, so
     under steady ingest it fills it (2GB let a bench run's server reach 1.6 GiB). Part of the
-    memory budget (docs/configuration.md); queries past it spill to ``opstrata.duckdb.tmp``."""
+    memory budget (docs/configuration.md). Joins, sorts and grouping past it spill to
+    ``opstrata.duckdb.tmp``; holistic aggregates (exact quantiles) cannot, which is why the
+    read queries' percentiles are approximate (t-digest, docs/api.md#services)."""
     duckdb_checkpoint_threshold: str = "256MB"
     """WAL size that triggers a checkpoint. DuckDB's 16 MB default re-compresses the newest row
     groups every few thousand rows; a larger WAL halves the cost of a commit (see

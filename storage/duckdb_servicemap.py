@@ -25,6 +25,8 @@ def _attr(key: str) -> str:
     return f"list_filter(\"SpanAttributes\", lambda e: e.key = '{key}')[1].value"
 
 
+# p99 is approx_quantile (t-digest, fixed-size state): exact quantile_cont keeps every value and
+# cannot spill, so it failed under the 256MB duckdb_memory_limit (docs/api.md#services).
 # Spans are joined on 64-bit hashes of their ids, not the hex strings: a hash join on integers
 # is ~3x faster here. Edges still compare the trace ids, so a collision cannot make one; a leaf
 # (a client span without children) could only be hidden by a 2^-64 collision.
@@ -40,7 +42,8 @@ p AS (
 ),
 span_edges AS (
     SELECT p."ServiceName" AS source, c."ServiceName" AS target, count(*) AS calls,
-           count(*) FILTER (WHERE c.err) AS errors, quantile_cont(c."Duration", 0.99) AS p99,
+           count(*) FILTER (WHERE c.err) AS errors,
+           approx_quantile(c."Duration"::DOUBLE, 0.99) AS p99,
            'span' AS via
     FROM c JOIN p ON c.pk = p.k
     WHERE c."TraceId" = p."TraceId" AND c."ServiceName" <> p."ServiceName"
@@ -64,7 +67,7 @@ peer_edges AS (
                     db || CASE WHEN coalesce(db_name, '') <> '' THEN '/' || db_name ELSE '' END
                 ELSE address END AS target,
            count(*) AS calls, count(*) FILTER (WHERE err) AS errors,
-           quantile_cont("Duration", 0.99) AS p99,
+           approx_quantile("Duration"::DOUBLE, 0.99) AS p99,
            CASE WHEN coalesce(peer, '') <> '' THEN 'peer.service'
                 WHEN coalesce(db, '') <> '' THEN 'db.system'
                 ELSE 'server.address' END AS via

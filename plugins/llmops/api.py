@@ -56,7 +56,8 @@ class UsageOut(msgspec.Struct, frozen=True):
     bucket_seconds: int | None
     rows: list[UsageRow]
     percentiles: str | None = None
-    """With ``latency``: ``sketch`` (per model over whole days, within ~4.4 %) or ``exact``."""
+    """With ``latency``: ``sketch`` (per model over whole days, within ~4.4 %) or ``approx``
+    (t-digest over the calls)."""
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -135,8 +136,9 @@ class ModelsOut(msgspec.Struct, frozen=True):
     models: list[ModelOut]
     unpriced_models: list[str]
     unpriced_calls: int
-    percentiles: str = "exact"
-    """``sketch`` (whole days: from the day sketches, within ~4.4 %) or ``exact``."""
+    percentiles: str = "approx"
+    """``sketch`` (whole days: from the day sketches, within ~4.4 %) or ``approx`` (t-digest
+    over the calls)."""
 
 
 class PromptVersion(msgspec.Struct, frozen=True):

@@ -53,8 +53,10 @@ _SUMS = """count(*) AS calls,
     coalesce(sum("TotalTokens"), 0) AS total_tokens,
     coalesce(sum("CostPicoUsd"), 0) AS cost_pico_usd,
     count(*) FILTER (WHERE "CostPicoUsd" IS NULL) AS unpriced_calls"""
-_LATENCY = """quantile_cont("Duration", [0.5, 0.95, 0.99]) AS latency,
-    quantile_cont("Ttft", [0.5, 0.95, 0.99]) AS ttft"""
+_LATENCY = """approx_quantile("Duration"::DOUBLE, [0.5, 0.95, 0.99]) AS latency,
+    approx_quantile("Ttft"::DOUBLE, [0.5, 0.95, 0.99]) AS ttft"""
+"""t-digest percentiles (``approx``): fixed-size state, where ``quantile_cont`` keeps every value
+and cannot spill (10M calls ran out of the 256MB ``duckdb_memory_limit``)."""
 _SUM_NAMES = (
     "calls",
     "errors",
@@ -143,7 +145,7 @@ def usage(
     prices: PriceTable | None = None,
     with_metrics: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Usage rows, and where percentiles came from (``sketch``, ``exact``; None without). Read
+    """Usage rows, and where percentiles came from (``sketch``, ``approx``; None without). Read
     from ``llmops_rollup`` (and ``llmops_sketch``) when the question allows: the same sums from
     hourly or daily rows instead of every call."""
     found = None
@@ -197,7 +199,7 @@ def usage(
             out["latency_ms"] = _ms(row.get("latency"))
             out["ttft_ms"] = _ms(row.get("ttft"))
         rows.append(out)
-    return rows, ("sketch" if sketches is not None else "exact") if latency else None
+    return rows, ("sketch" if sketches is not None else "approx") if latency else None
 
 
 def _with_metric_calls(
@@ -346,7 +348,7 @@ def call_detail(cursor: Any, trace_id: str, span_id: str) -> dict[str, Any] | No
 
 
 def models(cursor: Any, filters: Filters) -> tuple[list[dict[str, Any]], str]:
-    """Per model, and where the percentiles came from (``sketch`` or ``exact``)."""
+    """Per model, and where the percentiles came from (``sketch`` or ``approx``)."""
     found = rq.model_rows(cursor, filters.start, filters.end) if not filters.other else None
     if found is not None:
         return [_model(row, _pct(row["latency"]), _pct(row["ttft"])) for row in found], "sketch"
@@ -358,7 +360,7 @@ def models(cursor: Any, filters: Filters) -> tuple[list[dict[str, Any]], str]:
         filters.params,
     )
     rows = _fetch_dicts(result)
-    return [_model(row, _ms(row["latency"]), _ms(row["ttft"])) for row in rows], "exact"
+    return [_model(row, _ms(row["latency"]), _ms(row["ttft"])) for row in rows], "approx"
 
 
 def _model(row: dict[str, Any], latency: Any, ttft: Any) -> dict[str, Any]:
