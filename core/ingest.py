@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,6 +52,27 @@ _SIGNAL_CODES = {Signal.SPANS: 1, Signal.METRIC_POINTS: 2, Signal.LOG_RECORDS: 3
 _ENCODING_CODES = {Encoding.PROTOBUF: 1, Encoding.JSON: 2}
 _SIGNALS_BY_CODE = {code: signal for signal, code in _SIGNAL_CODES.items()}
 _ENCODINGS_BY_CODE = {code: encoding for encoding, code in _ENCODING_CODES.items()}
+
+# A load the store refuses is retried after 0.2, 0.4, ... s (at most 30 s apart); after this
+# many refusals the record is poison: kept in ``held/``, counted, and no longer blocks ingest.
+_RETRY_FIRST_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 30.0
+_POISON_ATTEMPTS = 6
+
+# The heap trimmer waits until the ingest backlog is at most this (docs/ingest.md, "Memory").
+_TRIM_BACKLOG_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Failing:
+    """An acknowledged request whose load the store refused: held until a retry loads it."""
+
+    signal: Signal
+    decoded: DecodedRequest
+    nbytes: int
+    held: bool
+    attempts: int = 1
+    timer: asyncio.TimerHandle | None = None
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -114,8 +136,16 @@ class IngestPipeline:
         """Bytes (as counted by admission) of logged requests queued for the store, not loaded."""
         self.backlog_requests = 0
         self.loads = 0
-        """Requests loaded so far (the heap trimmer runs while it moves)."""
-        self._trimmer = HeapTrimmer(lambda: self.loads)
+        """Requests loaded so far."""
+        # Trim only with the backlog (nearly) loaded: a trim stalls malloc for tens of ms.
+        self._trimmer = HeapTrimmer(
+            lambda: self.backlog_bytes <= _TRIM_BACKLOG_BYTES,
+            settings.heap_trim_mib * 1024 * 1024,
+        )
+        self._failing: dict[int, _Failing] = {}
+        """Acknowledged requests (by log position) whose load failed, awaiting a retry."""
+        self.poisoned = 0
+        """Requests the store refused every time: left in the log's ``held/`` directory."""
         self._load_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
             collections.deque()
         )
@@ -134,6 +164,14 @@ class IngestPipeline:
                 log.info("ingest log: loading %d logged requests the store lacks", len(pending))
             for record in pending:
                 self._replay(record)
+            for record in self.log.held():
+                self._replay_held(record)
+
+    @property
+    def healthy(self) -> bool:
+        """False while an acknowledged request's load is failing (being retried): ``/readyz``
+        says not ready and admission answers 503 / UNAVAILABLE until it loads."""
+        return not self._failing
 
     def _replay(self, record: LogRecord) -> None:
         signal = _SIGNALS_BY_CODE[record.signal]
@@ -154,6 +192,26 @@ class IngestPipeline:
         self.admission.in_flight_requests += 1
         self._idle.clear()
         self._load(signal, decoded, nbytes, record.end)
+
+    def _replay_held(self, record: LogRecord) -> None:
+        """Retry a held record (one the store refused before); it is loaded without a log
+        position, since the store's position has moved past it."""
+        assert self.log is not None
+        signal = _SIGNALS_BY_CODE[record.signal]
+        try:
+            decoded = decode_request(
+                signal, record.body, _ENCODINGS_BY_CODE[record.encoding], self.limits
+            )
+        except Exception:
+            log.exception("ingest log: held record %d no longer decodes; left held", record.end)
+            self.poisoned += 1
+            return
+        nbytes = max(len(record.body), decoded.nbytes)
+        self.admission.in_flight_bytes += nbytes
+        self.admission.in_flight_requests += 1
+        self._idle.clear()
+        self._failing[record.end] = _Failing(signal, decoded, nbytes, held=True, attempts=0)
+        self._retry(record.end)
 
     def _start_pool(self) -> None:
         if self.settings.decode_workers > 0:
@@ -177,6 +235,12 @@ class IngestPipeline:
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Refuse new requests, let those in flight commit, and stop the decode workers."""
         self._closing = True
+        # Failing loads are held on disk: the next start retries them, shutdown need not wait.
+        for position, failing in list(self._failing.items()):
+            if failing.timer is not None:
+                failing.timer.cancel()
+            del self._failing[position]
+            self._release(failing.nbytes)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         self._trimmer.stop()
@@ -228,6 +292,12 @@ class IngestPipeline:
         metrics = self.metrics
         if self._closing:
             raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
+        if self._failing:
+            metrics.throttled_requests.labels(signal.value).inc()
+            raise Unavailable(
+                "the store is failing to load acknowledged data; retrying it",
+                self.settings.retry_after_seconds,
+            )
         nbytes = len(body)
         admission = self.admission
         if not admission.try_acquire(nbytes):
@@ -321,20 +391,98 @@ class IngestPipeline:
         self.backlog_bytes -= nbytes
         self.backlog_requests -= 1
         self.loads += 1
+        assert self.log is not None
         try:
             seq = future.result()
         except Exception as exc:
-            # Acknowledged but refused by the store (it should not happen: the rows were
-            # decoded into the store's own schema). Counted and logged, never retried forever.
+            # Acknowledged but refused by the store. An ack means durable: copy the record to
+            # ``held/`` before anything can trim it (the store's position moves past it with
+            # the next commit), keep its bytes counted, and retry until it loads.
             log.error("loading the request at ingest log position %d failed: %s", position, exc)
-            self.metrics.rejected_items.labels(signal.value, "load_failed").inc(decoded.accepted)
+            held = self._hold(position)
+            self._failing[position] = _Failing(signal, decoded, nbytes, held=held)
+            self._schedule_retry(position)
         else:
             self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
             self._announce(seq, decoded)
+            self._release(nbytes)
         self._loaded_upto(position)
+        self._trim()
+
+    def _hold(self, position: int) -> bool:
         assert self.log is not None
-        self.log.trim(self.store.log_position())  # type: ignore[attr-defined]
-        self._release(nbytes)
+        try:
+            record = self.log.record_at(position)
+            if record is None:
+                log.error("ingest log: refused record %d not found in the log", position)
+                return False
+            self.log.hold(record)
+        except OSError as exc:
+            log.error("ingest log: cannot hold refused record %d: %s", position, exc)
+            return False
+        return True
+
+    def _trim(self) -> None:
+        """Trim the log up to the store's position, but never past a refused record not yet
+        copied to ``held/``."""
+        assert self.log is not None
+        limit = self.store.log_position()  # type: ignore[attr-defined]
+        for position, failing in self._failing.items():
+            if not failing.held:
+                limit = min(limit, position - 1)  # keeps the segment holding the record
+        self.log.trim(limit)
+
+    def _schedule_retry(self, position: int) -> None:
+        failing = self._failing[position]
+        delay = min(_RETRY_FIRST_SECONDS * 2 ** (failing.attempts - 1), _RETRY_MAX_SECONDS)
+        failing.timer = asyncio.get_running_loop().call_later(delay, self._retry, position)
+
+    def _retry(self, position: int) -> None:
+        failing = self._failing.get(position)
+        if failing is None or self._closing:
+            return
+        failing.timer = None
+        if not failing.held:
+            failing.held = self._hold(position)
+        try:
+            # No log position: the store's has moved past this record already.
+            future = self.store.enqueue(failing.decoded.batches, None)  # type: ignore[attr-defined]
+        except StoreError:
+            return  # shutting down: held (or still in the log) for the next start
+        future.add_done_callback(functools.partial(self._on_retried, position))
+
+    def _on_retried(self, position: int, future: asyncio.Future[int]) -> None:
+        failing = self._failing.get(position)
+        if failing is None:
+            return
+        assert self.log is not None
+        try:
+            seq = future.result()
+        except Exception as exc:
+            failing.attempts += 1
+            if failing.attempts < _POISON_ATTEMPTS or not failing.held:
+                log.warning("retrying the load of log position %d failed: %s", position, exc)
+                self._schedule_retry(position)
+                return
+            # Poison: kept in held/ (every start retries it), counted, reported; it no longer
+            # holds up ingest.
+            log.error(
+                "the store refused the request at log position %d %d times (%s); left in %s",
+                position, failing.attempts, exc, self.log.held_directory,
+            )  # fmt: skip
+            self.poisoned += 1
+            self.metrics.rejected_items.labels(failing.signal.value, "load_failed").inc(
+                failing.decoded.accepted
+            )
+        else:
+            log.info("the load of log position %d succeeded on retry", position)
+            self.metrics.committed_items.labels(failing.signal.value).inc(failing.decoded.accepted)
+            self._announce(seq, failing.decoded)
+            if failing.held:
+                self.log.release_held(position)
+        del self._failing[position]
+        self._trim()
+        self._release(failing.nbytes)
 
     def _loaded_upto(self, position: int) -> None:
         if position > self.loaded:

@@ -285,6 +285,69 @@ class IngestLog:
             else:
                 break
 
+    # -- held records (loads the store refused) --------------------------------------------------
+
+    def record_at(self, end: int) -> LogRecord | None:
+        """The record ending at ``end``, read back from its segment (None if trimmed away).
+        Only for the rare load the store refuses: it reads the whole segment."""
+        starts = [start for start in self._segments if start < end]
+        if not starts:
+            return None
+        start = starts[-1]
+        try:
+            data = (self.directory / _segment_name(start)).read_bytes()
+        except FileNotFoundError:
+            return None
+        for _, _, record in _records(data, start):
+            if record.end == end:
+                return record
+        return None
+
+    @property
+    def held_directory(self) -> Path:
+        return self.directory / "held"
+
+    def hold(self, record: LogRecord) -> Path:
+        """Copy a record the store refused to ``held/<end>.osl`` and fsync it, so trimming the
+        log (and the store's position moving past it) cannot lose it. Raises ``OSError``."""
+        directory = self.held_directory
+        directory.mkdir(exist_ok=True)
+        path = directory / f"{record.end:020d}.osl"
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(_header(record.body, record.signal, record.encoding))
+            handle.write(record.body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return path
+
+    def held(self) -> list[LogRecord]:
+        """The held records (in position order): loads refused before, to retry."""
+        directory = self.held_directory
+        if not directory.is_dir():
+            return []
+        found = []
+        for path in sorted(directory.glob("*.osl")):
+            if not path.stem.isdigit():
+                continue
+            for _, _, record in _records(path.read_bytes(), 0):
+                found.append(LogRecord(int(path.stem), record.signal, record.encoding, record.body))
+                break
+            else:
+                log.error("ingest log: held record %s is unreadable; left in place", path)
+        return found
+
+    def release_held(self, end: int) -> None:
+        """Delete a held record once the store has loaded it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.held_directory / f"{end:020d}.osl").unlink()
+
     # -- trimming and closing --------------------------------------------------------------------
 
     def trim(self, loaded: int) -> None:

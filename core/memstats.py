@@ -86,27 +86,33 @@ _MALLOC_TRIM = _malloc_trim()
 
 
 class HeapTrimmer:
-    """Gives the C heap's free pages back to the OS once a second while data flows.
+    """Gives the C heap's free pages back to the OS when a lot is free and ingest is quiet.
 
     The decoder's column buffers come from glibc's malloc on the event loop's thread and are
     freed, a request at a time, by whichever thread drops the last reference (the store's
     writer, a consumer). glibc returns freed memory to the OS only from the top of the heap,
     so a heap that held a backlog stays resident after it is loaded: 200-300 MiB "free" but
     resident in the bench's runs (docs/performance.md, "Ingest, sixth round").
-    ``malloc_trim(0)`` releases the free pages in every arena, in 15-60 ms here; ctypes drops
-    the GIL for the call, so the event loop is not held up.
+    ``malloc_trim(0)`` releases the free pages in every arena, in 15-60 ms here, holding each
+    arena's lock meanwhile: ctypes drops the GIL for the call, but a thread that calls malloc
+    with the GIL held (the event loop decoding a request) then blocks on that lock and every
+    Python thread with it. So it runs only when the heap keeps at least ``threshold_bytes``
+    free (``mallinfo2().fordblks``, checked once a second) and ``quiet()`` says the ingest
+    backlog is drained; 0 bytes turns it off (``ingest.heap_trim_mib``).
     """
 
-    def __init__(self, activity: Callable[[], int], interval: float = 1.0) -> None:
-        self._activity = activity
-        """A number that moves when data was loaded (nothing to trim when it stands still)."""
+    def __init__(
+        self, quiet: Callable[[], bool], threshold_bytes: int, interval: float = 1.0
+    ) -> None:
+        self._quiet = quiet
+        self.threshold_bytes = threshold_bytes
         self.interval = interval
         self.trims = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if _MALLOC_TRIM is None:
+        if _MALLOC_TRIM is None or _MALLINFO2 is None or self.threshold_bytes <= 0:
             return
         self._thread = threading.Thread(target=self._run, name="heap-trim", daemon=True)
         self._thread.start()
@@ -117,12 +123,14 @@ class HeapTrimmer:
             self._thread.join(5)
             self._thread = None
 
+    def due(self) -> bool:
+        """Whether a trim is worth its stall now."""
+        heap = malloc_bytes()
+        return heap is not None and heap[1] >= self.threshold_bytes and self._quiet()
+
     def _run(self) -> None:
-        seen = self._activity()
         while not self._stop.wait(self.interval):
-            now = self._activity()
-            if now != seen:
-                seen = now
+            if self.due():
                 _MALLOC_TRIM(0)
                 self.trims += 1
 

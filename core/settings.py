@@ -53,6 +53,10 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bearer_token: str = ""
     """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 /
     UNAUTHENTICATED otherwise). Empty: no check."""
+    heap_trim_mib: int = 64
+    """Give the C heap's free memory back to the OS (``malloc_trim``) when it keeps at least
+    this many MiB free and the ingest backlog is drained; 0: never. A trim stalls allocation
+    for 15-60 ms, so not after every load (docs/ingest.md, "Memory")."""
     log: bool = True
     """Acknowledge once a request is in the fsynced ingest log (``<data_dir>/ingest-log``) and
     load the store behind it; false acknowledges only after the store's own commit (slower)."""

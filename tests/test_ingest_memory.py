@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
 from opstrata.fanout import ConsumerRunner
-from opstrata.memstats import malloc_bytes
+from opstrata.memstats import HeapTrimmer, malloc_bytes
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal
@@ -143,3 +143,21 @@ def test_consumer_inbox_bounded_in_bytes_reads_the_rest_from_the_store(tmp_path:
     finally:
         runner.stop()
         store.shutdown()
+
+
+def test_heap_trimmer_trims_only_a_large_free_heap_when_ingest_is_quiet() -> None:
+    """``malloc_trim`` stalls every allocating thread: it is due only with at least the
+    threshold free in the C heap and the backlog drained; 0 turns it off."""
+    if malloc_bytes() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    free = malloc_bytes()[1]  # type: ignore[index]
+    quiet = True
+    trimmer = HeapTrimmer(lambda: quiet, threshold_bytes=max(1, free // 2))
+    assert trimmer.due()
+    quiet = False
+    assert not trimmer.due(), "a backlog being loaded is not the time"
+    quiet = True
+    assert not HeapTrimmer(lambda: True, threshold_bytes=free + (1 << 40)).due()
+    off = HeapTrimmer(lambda: True, threshold_bytes=0)
+    off.start()
+    assert off._thread is None, "0 turns the trimmer off"

@@ -24,6 +24,8 @@ class HealthController(Controller):
         """The store is open and every listener is bound: telemetry is accepted."""
         if not runtime.ready:
             raise HTTPException(status_code=503, detail="starting or stopping")
+        if not runtime.pipeline.healthy:
+            raise HTTPException(status_code=503, detail="the store is failing loads; retrying")
         return {"status": "ready"}
 
     @get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4")

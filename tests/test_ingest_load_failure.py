@@ -1,0 +1,133 @@
+"""An acknowledged request the store refuses is retried, never trimmed away (issue 2 review).
+
+The store's refusal is real: the target table is renamed away through the store's own reader
+cursor, so DuckDB fails the insert, and renamed back to let the retry succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from opstrata.errors import Unavailable
+from opstrata.ingest import IngestPipeline
+from opstrata.otlp.decoder import Encoding
+from opstrata.schema import Signal
+from opstrata.selfmetrics import SelfMetrics
+from opstrata.settings import IngestSettings
+from opstrata.storage.duckdb_store import DuckDBStore
+
+
+def _logs_request(service: str, count: int) -> bytes:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    attr = resource_logs.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", service
+    scope_logs = resource_logs.scope_logs.add()
+    for i in range(count):
+        record = scope_logs.log_records.add()
+        record.time_unix_nano = 1_700_000_000_000_000_000 + i
+        record.body.string_value = f"line {i}"
+    return request.SerializeToString()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def _rows(store: DuckDBStore, service: str) -> int:
+    row = (
+        store.reader()
+        .execute('SELECT count(*) FROM otel_logs WHERE "ServiceName" = ?', [service])
+        .fetchone()
+    )
+    return int(row[0]) if row else 0
+
+
+def _open(data: Path) -> tuple[DuckDBStore, IngestPipeline]:
+    store = DuckDBStore(data)
+    store.start()
+    pipeline = IngestPipeline(IngestSettings(), store, SelfMetrics(), log_dir=data / "ingest-log")
+    return store, pipeline
+
+
+async def _close(store: DuckDBStore, pipeline: IngestPipeline) -> None:
+    await pipeline.shutdown(timeout=5)
+    store.shutdown()
+
+
+def test_a_refused_load_is_retried_until_it_loads(tmp_path: Path) -> None:
+    async def run() -> None:
+        store, pipeline = _open(tmp_path / "data")
+        pipeline.start()
+        try:
+            store.reader().execute("ALTER TABLE otel_logs RENAME TO otel_logs_away")
+            await pipeline.ingest(Signal.LOG_RECORDS, _logs_request("kept", 30), Encoding.PROTOBUF)
+            await _until(lambda: not pipeline.healthy)
+            # While the acknowledged load fails, new requests are refused, not piled on.
+            with pytest.raises(Unavailable):
+                await pipeline.ingest(
+                    Signal.LOG_RECORDS, _logs_request("later", 1), Encoding.PROTOBUF
+                )
+            held = list((tmp_path / "data" / "ingest-log" / "held").glob("*.osl"))
+            assert len(held) == 1
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs")
+            await _until(lambda: pipeline.healthy)
+            assert _rows(store, "kept") == 30
+            assert not list((tmp_path / "data" / "ingest-log" / "held").glob("*.osl"))
+            assert pipeline.poisoned == 0
+        finally:
+            await _close(store, pipeline)
+
+    asyncio.run(run())
+
+
+def test_a_poison_record_is_held_and_loads_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def first() -> None:
+        store, pipeline = _open(data)
+        pipeline.start()
+        try:
+            store.reader().execute("ALTER TABLE otel_logs RENAME TO otel_logs_away")
+            await pipeline.ingest(
+                Signal.LOG_RECORDS, _logs_request("poison", 20), Encoding.PROTOBUF
+            )
+            # Refused every time: after a few retries it stops holding up ingest, counted.
+            await _until(lambda: pipeline.poisoned == 1)
+            assert pipeline.healthy
+            store.reader().execute("CREATE TABLE otel_logs AS FROM otel_logs_away LIMIT 0")
+            # Later requests commit and move the store's log position past the poison record.
+            for i in range(3):
+                await pipeline.ingest(
+                    Signal.LOG_RECORDS, _logs_request(f"after-{i}", 5), Encoding.PROTOBUF
+                )
+            assert await pipeline.wait_loaded(10)
+            await _until(lambda: _rows(store, "after-2") == 5)
+            assert _rows(store, "poison") == 0
+            store.reader().execute("DROP TABLE otel_logs")
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs")
+        finally:
+            await _close(store, pipeline)
+
+    async def second() -> None:
+        store, pipeline = _open(data)
+        pipeline.start()  # retries the held record
+        try:
+            await _until(lambda: pipeline.healthy and _rows(store, "poison") == 20)
+            assert not list((data / "ingest-log" / "held").glob("*.osl"))
+        finally:
+            await _close(store, pipeline)
+
+    asyncio.run(first())
+    held = list((data / "ingest-log" / "held").glob("*.osl"))
+    assert len(held) == 1, "the poison record must stay on disk"
+    asyncio.run(second())
