@@ -59,6 +59,12 @@ _RETRY_FIRST_SECONDS = 0.2
 _RETRY_MAX_SECONDS = 30.0
 _POISON_ATTEMPTS = 6
 
+# Admission charges a request its body's size times an expansion factor per (signal, encoding)
+# before decoding, then its true decoded size: protobuf measured ~4x for spans and ~13x for
+# metric points (docs/performance.md), so it starts above those and learns from each request.
+_INITIAL_EXPANSION = {Signal.SPANS: 6.0, Signal.METRIC_POINTS: 16.0, Signal.LOG_RECORDS: 6.0}
+_EXPANSION_BOUNDS = (1.0, 64.0)
+
 # The heap trimmer waits until the ingest backlog is at most this (docs/ingest.md, "Memory").
 _TRIM_BACKLOG_BYTES = 8 * 1024 * 1024
 
@@ -73,6 +79,8 @@ class _Failing:
     held: bool
     attempts: int = 1
     timer: asyncio.TimerHandle | None = None
+    retrying: bool = False
+    """A retry is queued in the store: its outcome must be seen (or the held copy duplicates)."""
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -119,6 +127,12 @@ class IngestPipeline:
             max_depth=settings.max_anyvalue_depth,
         )
         self.admission = Admission(settings.queue_bytes)
+        self.expansion: dict[tuple[Signal, Encoding], float] = {
+            (signal, encoding): factor
+            for signal, factor in _INITIAL_EXPANSION.items()
+            for encoding in Encoding
+        }
+        """Decoded bytes per body byte expected of a request, learnt (docs/ingest.md)."""
         self.on_commit: Callable[[int, list[tuple[Table, pa.RecordBatch]]], None] | None = None
         """Told of every commit (sequence number and batches), in order: the fan-out."""
         self._pool: ProcessPoolExecutor | None = None
@@ -237,6 +251,8 @@ class IngestPipeline:
         self._closing = True
         # Failing loads are held on disk: the next start retries them, shutdown need not wait.
         for position, failing in list(self._failing.items()):
+            if failing.retrying:
+                continue  # its outcome settles it (the store loads what was queued first)
             if failing.timer is not None:
                 failing.timer.cancel()
             del self._failing[position]
@@ -272,6 +288,7 @@ class IngestPipeline:
         """Raise ``Overloaded`` now if a request of about this size would not be admitted, so a
         receiver need not read (and decompress) a body only to refuse it."""
         admission = self.admission
+        expected_bytes = int(expected_bytes * self.expansion[signal, Encoding.PROTOBUF])
         if admission.in_flight_requests and (
             admission.in_flight_bytes + expected_bytes > admission.capacity_bytes
         ):
@@ -298,7 +315,9 @@ class IngestPipeline:
                 "the store is failing to load acknowledged data; retrying it",
                 self.settings.retry_after_seconds,
             )
-        nbytes = len(body)
+        # Charged at what it will hold decoded (estimated), so requests being decoded cannot
+        # overrun the bound; trued up to the real decoded size once decoded.
+        nbytes = self._charge(signal, encoding, len(body))
         admission = self.admission
         if not admission.try_acquire(nbytes):
             metrics.throttled_requests.labels(signal.value).inc()
@@ -323,6 +342,7 @@ class IngestPipeline:
             except InvalidRequest:
                 metrics.rejected_requests.labels(signal.value, "malformed").inc()
                 raise
+            nbytes = self._true_up(signal, encoding, len(body), nbytes, decoded)
             self._count_decoded(signal, decoded)
             if not decoded.batches:
                 return decoded
@@ -333,13 +353,7 @@ class IngestPipeline:
                 position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
             except OSError as exc:
                 raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
-            # From here on the load releases the request's bytes: the backlog is bounded. It
-            # is held decoded (~4 times the protobuf of spans, ~13 of metric points), so that is
-            # what it counts.
-            extra = decoded.nbytes - nbytes
-            if extra > 0:
-                self.admission.in_flight_bytes += extra
-                nbytes += extra
+            # From here on the load releases the request's bytes: the backlog is bounded.
             release = False
             self._load(signal, decoded, nbytes, position)
             try:
@@ -350,6 +364,32 @@ class IngestPipeline:
         finally:
             if release:
                 self._release(nbytes)
+
+    def _charge(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int:
+        return int(body_bytes * self.expansion[signal, encoding])
+
+    def _true_up(
+        self,
+        signal: Signal,
+        encoding: Encoding,
+        body_bytes: int,
+        charged: int,
+        decoded: DecodedRequest,
+    ) -> int:
+        """Charge a decoded request what it holds (at least its body), learn its expansion;
+        return the new charge."""
+        held = max(body_bytes, decoded.nbytes)
+        self.admission.in_flight_bytes += held - charged
+        self.metrics.queue_bytes.set(self.admission.in_flight_bytes)
+        if body_bytes >= 1024:  # tiny requests say little about big ones
+            key = (signal, encoding)
+            ratio = min(
+                max(decoded.nbytes / body_bytes, _EXPANSION_BOUNDS[0]), _EXPANSION_BOUNDS[1]
+            )
+            # Up at once, down slowly: an underestimate lets the bound slip, an overestimate
+            # only refuses early.
+            self.expansion[key] = max(ratio, 0.95 * self.expansion[key] + 0.05 * ratio)
+        return held
 
     async def _commit(self, signal: Signal, decoded: DecodedRequest) -> None:
         """Without a log: acknowledge after the store's commit."""
@@ -449,6 +489,7 @@ class IngestPipeline:
             future = self.store.enqueue(failing.decoded.batches, None)  # type: ignore[attr-defined]
         except StoreError:
             return  # shutting down: held (or still in the log) for the next start
+        failing.retrying = True
         future.add_done_callback(functools.partial(self._on_retried, position))
 
     def _on_retried(self, position: int, future: asyncio.Future[int]) -> None:
@@ -456,24 +497,21 @@ class IngestPipeline:
         if failing is None:
             return
         assert self.log is not None
+        failing.retrying = False
         try:
             seq = future.result()
         except Exception as exc:
             failing.attempts += 1
-            if failing.attempts < _POISON_ATTEMPTS or not failing.held:
+            if self._closing:
+                log.warning(
+                    "log position %d not loaded at shutdown: held for the next start", position
+                )
+            elif failing.attempts < _POISON_ATTEMPTS or not failing.held:
                 log.warning("retrying the load of log position %d failed: %s", position, exc)
                 self._schedule_retry(position)
                 return
-            # Poison: kept in held/ (every start retries it), counted, reported; it no longer
-            # holds up ingest.
-            log.error(
-                "the store refused the request at log position %d %d times (%s); left in %s",
-                position, failing.attempts, exc, self.log.held_directory,
-            )  # fmt: skip
-            self.poisoned += 1
-            self.metrics.rejected_items.labels(failing.signal.value, "load_failed").inc(
-                failing.decoded.accepted
-            )
+            else:
+                self._poison(position, failing, exc)
         else:
             log.info("the load of log position %d succeeded on retry", position)
             self.metrics.committed_items.labels(failing.signal.value).inc(failing.decoded.accepted)
@@ -483,6 +521,19 @@ class IngestPipeline:
         del self._failing[position]
         self._trim()
         self._release(failing.nbytes)
+
+    def _poison(self, position: int, failing: _Failing, exc: BaseException) -> None:
+        # Poison: kept in held/ (every start retries it), counted, reported; it no longer
+        # holds up ingest.
+        assert self.log is not None
+        log.error(
+            "the store refused the request at log position %d %d times (%s); left in %s",
+            position, failing.attempts, exc, self.log.held_directory,
+        )  # fmt: skip
+        self.poisoned += 1
+        self.metrics.rejected_items.labels(failing.signal.value, "load_failed").inc(
+            failing.decoded.accepted
+        )
 
     def _loaded_upto(self, position: int) -> None:
         if position > self.loaded:
