@@ -40,8 +40,10 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Largest request body accepted, measured after decompression (413 / RESOURCE_EXHAUSTED)."""
     queue_bytes: int = 192 * 1024 * 1024
     """Bytes of requests in flight (decoding, awaiting fsync, or acknowledged and not yet
-    loaded, counted as the memory their decoded batches hold) before new ones get 503 /
-    UNAVAILABLE with a retry hint. Part of the memory budget (docs/configuration.md)."""
+    loaded) before new ones get 503 / UNAVAILABLE with a retry hint. A request is charged the
+    memory its decoded batches hold: before decoding, its body size times a learnt per-signal
+    expansion; after, its decoded size (docs/ingest.md, "Backpressure"). Part of the memory
+    budget (docs/configuration.md)."""
     retry_after_seconds: int = 1
     max_attributes: int = 128
     max_value_chars: int = 16_384
