@@ -59,6 +59,16 @@ DEPLOYMENT = "deployment"
 _DEPLOY_EXPLAINS_NS = 900 * _SECOND
 
 
+_SAME_MEASUREMENT = {"log_rate": "log volume", "log_burst": "log volume"}
+"""Kinds that measure one thing two ways: a service's WARN-and-above log rate and its per-template
+counts rise together on the same burst of log lines (the aiops plugin), so one does not confirm
+the other — on a normal day each burst of rate-limit errors opened an incident on the pair alone."""
+
+
+def _measurement(kind: str) -> str:
+    return _SAME_MEASUREMENT.get(kind, kind)
+
+
 def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
     """Whether ``other`` is separate evidence for ``alert``: another kind of signal, or the same
     kind on another entity. A service's latency and its operation's latency are one
@@ -67,7 +77,7 @@ def _independent(alert: Alert, nodes: AlertNodes, other: Alert) -> bool:
         return False
     if DEPLOYMENT in (alert.kind, other.kind):
         return _follows_deploy(alert, other)
-    if other.kind != alert.kind:
+    if _measurement(other.kind) != _measurement(alert.kind):
         return True
     theirs = alert_nodes(other)
     mine = {nodes.primary} | ({nodes.owner} if nodes.owner else set())

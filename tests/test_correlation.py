@@ -297,6 +297,17 @@ def test_one_measurement_seen_twice_does_not_corroborate_itself() -> None:
     assert len(incident.alert_ids) == 3
 
 
+def test_a_log_burst_seen_as_rate_and_as_template_counts_is_one_measurement() -> None:
+    engine = TopologyCorrelator(shop(), confirm_seconds=120)
+    rate = alert("log_rate", ("service", "llm-gateway"), T0)
+    templates = alert("log_burst", ("service", "llm-gateway"), T0 + 2 * S)
+    # The same burst of log lines counted two ways: still a lone warning.
+    assert feed(engine, [rate, templates]) == [] and not engine.incidents
+    # Failing calls seen in the spans are separate evidence.
+    errors = alert("error_burst", ("service", "llm-gateway"), T0 + 5 * S)
+    assert feed(engine, [errors])[0] == "opened"
+
+
 def test_an_entity_alerting_again_rejoins_its_open_incident() -> None:
     engine = TopologyCorrelator(shop(), confirm_seconds=0, join_gap_seconds=120)
     node = {"k8s_node_name": "node-2"}
