@@ -20,6 +20,7 @@ its DuckDB file are compared with what was acked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import multiprocessing as mp
 import os
@@ -383,11 +384,11 @@ def rss_sampler(
         now = tree_rss(pid)
         if now > peak:
             peak[:] = now
-            try:
+            # The server may be stopping: then the gauges of the last peak seen are kept.
+            with contextlib.suppress(OSError):
+                gauges = memory_gauges(api)
                 at_peak.clear()
-                at_peak.update(memory_gauges(api))
-            except OSError:
-                pass
+                at_peak.update(gauges)
         if halt.wait(0.5):
             return
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -100,20 +101,12 @@ class DeployWatch:
         for key, (until, event) in list(self.open.items()):
             if now >= until:
                 del self.open[key]
-                service = event.entity.name
+                version = event.evidence.details["version"]
                 self.emit(
-                    AlertEvent(
+                    msgspec.structs.replace(
+                        event,
                         time_unix_nano=until,
-                        kind=event.kind,
-                        layer=event.layer,
-                        entity=event.entity,
-                        summary=f"{service}: deploy window of {event.evidence.details['version']}"
-                        " over",
-                        severity=Severity.INFO,
-                        score=event.score,
-                        resource=event.resource,
-                        evidence=event.evidence,
-                        key=event.key,
+                        summary=f"{event.entity.name}: deploy window of {version} over",
                         resolved=True,
                     )
                 )
