@@ -164,6 +164,12 @@ class IngestPipeline:
             collections.deque()
         )
         metrics.queue_capacity_bytes.set(settings.queue_bytes)
+        # Read at scrape time, not set per request: the counters' children are looked up once.
+        metrics.queue_bytes.set_function(lambda: self.admission.in_flight_bytes)
+        metrics.queue_requests.set_function(lambda: self.admission.in_flight_requests)
+        self._received = {s: metrics.received_items.labels(s.value) for s in Signal}
+        self._committed = {s: metrics.committed_items.labels(s.value) for s in Signal}
+        self._throttled = {s: metrics.throttled_requests.labels(s.value) for s in Signal}
 
     def start(self) -> None:
         """Start the decode workers, and open the ingest log: what a crash left unloaded is
@@ -292,11 +298,17 @@ class IngestPipeline:
         if admission.in_flight_requests and (
             admission.in_flight_bytes + expected_bytes > admission.capacity_bytes
         ):
-            self.metrics.throttled_requests.labels(signal.value).inc()
+            self._throttled[signal].inc()
             raise Overloaded(
                 f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
                 self.settings.retry_after_seconds,
             )
+
+    @property
+    def inline(self) -> bool:
+        """True when a request is decoded in this thread and acknowledged on the ingest log's
+        fsync: then :meth:`submit` does all of a request's work but the wait, without a task."""
+        return self._pool is None and self.log is not None
 
     async def ingest(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
         """Decode and durably store one request; return what was accepted and rejected.
@@ -306,30 +318,73 @@ class IngestPipeline:
         The work goes on if the caller is cancelled (a client's deadline): its bytes stay
         counted against the queue until it is really done, so retries cannot overfill it.
         """
-        metrics = self.metrics
+        if self.inline:
+            decoded, position = self.submit(signal, body, encoding)
+            if position:
+                assert self.log is not None
+                try:
+                    await self.log.wait_synced(position)
+                except OSError as exc:
+                    raise Unavailable(f"ingest log fsync failed: {exc}", 1) from exc
+            return decoded
+        nbytes = self._admit(signal, encoding, len(body))
+        work = asyncio.ensure_future(self._admitted(signal, body, encoding, nbytes))
+        return await asyncio.shield(work)
+
+    def submit(self, signal: Signal, body: bytes, encoding: Encoding) -> tuple[DecodedRequest, int]:
+        """For an :attr:`inline` pipeline: admit, decode, append to the ingest log and queue
+        the load, all before returning; return the decoded request and the log position whose
+        fsync the reply must wait for (``IngestLog.when_synced``; 0: nothing to wait for).
+
+        Raises like :meth:`ingest`. Nothing here awaits, so a cancelled caller cannot leave
+        work half done: once appended, the load owns the request's admission bytes.
+        """
+        nbytes = self._admit(signal, encoding, len(body))
+        release = True
+        try:
+            try:
+                decoded = decode_request(signal, body, encoding, self.limits)
+            except InvalidRequest:
+                self.metrics.rejected_requests.labels(signal.value, "malformed").inc()
+                raise
+            nbytes = self._true_up(signal, encoding, len(body), nbytes, decoded)
+            self._count_decoded(signal, decoded)
+            if not decoded.batches:
+                return decoded, 0
+            assert self.log is not None
+            try:
+                position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
+            except OSError as exc:
+                raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
+            release = False  # the load releases the request's bytes: the backlog is bounded
+            self._load(signal, decoded, nbytes, position)
+            return decoded, position
+        finally:
+            if release:
+                self._release(nbytes)
+
+    def _admit(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int:
+        """Charge a request against admission; return its charge. Raises ``Unavailable``."""
         if self._closing:
             raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
         if self._failing:
-            metrics.throttled_requests.labels(signal.value).inc()
+            self._throttled[signal].inc()
             raise Unavailable(
                 "the store is failing to load acknowledged data; retrying it",
                 self.settings.retry_after_seconds,
             )
         # Charged at what it will hold decoded (estimated), so requests being decoded cannot
         # overrun the bound; trued up to the real decoded size once decoded.
-        nbytes = self._charge(signal, encoding, len(body))
+        nbytes = self._charge(signal, encoding, body_bytes)
         admission = self.admission
         if not admission.try_acquire(nbytes):
-            metrics.throttled_requests.labels(signal.value).inc()
+            self._throttled[signal].inc()
             raise Overloaded(
                 f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
                 self.settings.retry_after_seconds,
             )
         self._idle.clear()
-        metrics.queue_bytes.set(admission.in_flight_bytes)
-        metrics.queue_requests.set(admission.in_flight_requests)
-        work = asyncio.ensure_future(self._admitted(signal, body, encoding, nbytes))
-        return await asyncio.shield(work)
+        return nbytes
 
     async def _admitted(
         self, signal: Signal, body: bytes, encoding: Encoding, nbytes: int
@@ -380,7 +435,6 @@ class IngestPipeline:
         return the new charge."""
         held = max(body_bytes, decoded.nbytes)
         self.admission.in_flight_bytes += held - charged
-        self.metrics.queue_bytes.set(self.admission.in_flight_bytes)
         if body_bytes >= 1024:  # tiny requests say little about big ones
             key = (signal, encoding)
             ratio = min(
@@ -398,7 +452,7 @@ class IngestPipeline:
         except StoreError as exc:
             self.metrics.rejected_items.labels(signal.value, "commit_failed").inc(decoded.accepted)
             raise Unavailable(f"commit failed: {exc}", 1) from exc
-        self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+        self._committed[signal].inc(decoded.accepted)
         self._announce(seq, decoded)
 
     def _load(self, signal: Signal, decoded: DecodedRequest, nbytes: int, position: int) -> None:
@@ -443,7 +497,7 @@ class IngestPipeline:
             self._failing[position] = _Failing(signal, decoded, nbytes, held=held)
             self._schedule_retry(position)
         else:
-            self.metrics.committed_items.labels(signal.value).inc(decoded.accepted)
+            self._committed[signal].inc(decoded.accepted)
             self._announce(seq, decoded)
             self._release(nbytes)
         self._loaded_upto(position)
@@ -562,10 +616,7 @@ class IngestPipeline:
 
     def _release(self, nbytes: int) -> None:
         admission = self.admission
-        metrics = self.metrics
         admission.release(nbytes)
-        metrics.queue_bytes.set(admission.in_flight_bytes)
-        metrics.queue_requests.set(admission.in_flight_requests)
         if admission.in_flight_requests == 0:
             self._idle.set()
 
@@ -581,7 +632,7 @@ class IngestPipeline:
 
     def _count_decoded(self, signal: Signal, decoded: DecodedRequest) -> None:
         metrics = self.metrics
-        metrics.received_items.labels(signal.value).inc(decoded.accepted + decoded.rejected)
+        self._received[signal].inc(decoded.accepted + decoded.rejected)
         if decoded.rejected:
             metrics.rejected_items.labels(signal.value, "invalid").inc(decoded.rejected)
         if decoded.dropped_attributes:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 _MAGIC = b"OSL1"
 _HEADER = struct.Struct("<4sIIBBxx")
 _SUFFIX = ".seg"
+_IOV_MAX = 1000  # parts per writev (Linux takes at most 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,15 @@ def _header(payload: bytes, signal: int, encoding: int) -> bytes:
     return _HEADER.pack(_MAGIC, crc, len(payload), signal, encoding)
 
 
+def _settle_future(future: asyncio.Future[None], error: OSError | None) -> None:
+    if future.done():  # the waiter was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _records(data: bytes, start: int) -> Iterator[tuple[int, int, LogRecord]]:
     """(offset in ``data``, end offset, record) of the whole records at the front of ``data``."""
     offset = 0
@@ -78,11 +89,15 @@ def _records(data: bytes, start: int) -> Iterator[tuple[int, int, LogRecord]]:
 
 
 class IngestLog:
-    """Append (event loop thread), group fsync (a syncer thread), replay and trim.
+    """Append (event loop thread), write and group fsync (a syncer thread), replay and trim.
 
-    ``append`` writes into the page cache at once — a ``kill -9`` after it loses nothing — and
-    ``synced`` waits for the fsync that covers a position, shared by every request appended
-    meanwhile, so durability against an OS crash costs one fsync per burst.
+    ``append`` only queues the body and hands out its position; the syncer thread computes the
+    records' CRCs, writes every record queued meanwhile with one ``writev`` and fsyncs them, so
+    the event loop pays neither the CRC (~20 µs for a 37 KiB request) nor a write syscall per
+    request (both release the GIL in the syncer). ``wait_synced`` / ``when_synced`` wait for
+    the fsync that covers a position, shared by every request appended meanwhile: durability
+    against an OS crash costs one write and one fsync per burst. Nothing is acknowledged before
+    its fsync, so a record still queued at a crash was never acknowledged.
     """
 
     def __init__(
@@ -104,12 +119,17 @@ class IngestLog:
         self._segments: collections.deque[int] = collections.deque()  # start positions
         self._fd: int | None = None
         self._segment_start = 0
+        self._written = 0  # position after the last record written (by the syncer)
+        self._queued: list[tuple[int, int, bytes]] = []  # (signal, encoding, body), not written
         self._dirty: list[int] = []  # fds written since the last fsync (the current one last)
         self._retired: list[int] = []  # fds of full segments, closed once fsynced
         self._new_segment = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appended, _queued
+        self._io_lock = threading.Lock()  # the files: fds, _segments, _written
         self._wake = threading.Condition(self._lock)
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._waiters: collections.deque[tuple[int, Callable[[OSError | None], None]]] = (
+            collections.deque()
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -153,7 +173,7 @@ class IngestLog:
         self._segments.extend(starts)
         # The store may have loaded past the log's end (the log's tail lost in an OS crash
         # after the store's own commit): never hand out a loaded position twice.
-        self.appended = self.synced = max(end, loaded)
+        self.appended = self.synced = self._written = max(end, loaded)
         self.trim(loaded)
         self._open_segment(self.appended)
         return pending
@@ -183,28 +203,13 @@ class IngestLog:
     # -- appending (event loop thread) -----------------------------------------------------------
 
     def append(self, signal: int, encoding: int, body: bytes) -> int:
-        """Write one record; return the position after it. Raises ``OSError`` when the disk
-        refuses (the request is then not acknowledged)."""
+        """Queue one record for the syncer to write; return the position after it. Raises
+        ``OSError`` once the disk has refused a write (the request is then not acknowledged)."""
         if self.error is not None:
             raise self.error
-        record = _header(body, signal, encoding)
         with self._lock:
-            if self.appended - self._segment_start >= self.segment_bytes:
-                assert self._fd is not None
-                self._retired.append(self._fd)
-                self._open_segment(self.appended)
-            fd = self._fd
-            assert fd is not None
-            written = os.writev(fd, [record, body])
-            if written != len(record) + len(body):
-                # A torn record (a full disk): what follows would not parse after a restart,
-                # so refuse this request and every later one; the next start cuts the tail.
-                self.error = OSError(f"ingest log: short write ({written} bytes)")
-                log.error("%s; refusing further requests", self.error)
-                raise self.error
-            self.appended += written
-            if not self._dirty or self._dirty[-1] != fd:
-                self._dirty.append(fd)
+            self._queued.append((signal, encoding, body))
+            self.appended += _HEADER.size + len(body)
             self._wake.notify()
             return self.appended
 
@@ -215,8 +220,63 @@ class IngestLog:
         if self.error is not None:
             raise self.error
         future = asyncio.get_running_loop().create_future()
-        self._waiters.append((position, future))
+        self._waiters.append((position, functools.partial(_settle_future, future)))
         await future
+
+    def when_synced(self, position: int, callback: Callable[[OSError | None], None]) -> None:
+        """Call ``callback(None)`` on the event loop once the log is fsynced up to
+        ``position`` (at once if it is), or ``callback(error)`` if the write or fsync failed:
+        ``wait_synced`` without a future and a task per request."""
+        if self.synced >= position:
+            callback(None)
+        elif self.error is not None:
+            callback(self.error)
+        else:
+            self._waiters.append((position, callback))
+
+    # -- writing (the syncer thread; ``record_at`` and ``close`` too, under ``_io_lock``) -------
+
+    def _write_queued(self) -> int:
+        """Write the queued records in order, starting a new segment where one is full; return
+        the position written up to. Raises ``OSError`` (also for a short write: what follows
+        would not parse)."""
+        with self._lock:
+            queued, self._queued = self._queued, []
+            upto = self.appended
+        if not queued:
+            return upto
+        with self._io_lock:
+            if self.error is not None:
+                raise self.error
+            parts: list[bytes] = []
+            for signal, encoding, body in queued:
+                if self._written - self._segment_start >= self.segment_bytes:
+                    self._flush(parts)
+                    assert self._fd is not None
+                    self._retired.append(self._fd)
+                    self._open_segment(self._written)
+                parts.append(_header(body, signal, encoding))
+                parts.append(body)
+                self._written += _HEADER.size + len(body)
+                if len(parts) >= _IOV_MAX:
+                    self._flush(parts)
+            self._flush(parts)
+        return upto
+
+    def _flush(self, parts: list[bytes]) -> None:
+        if not parts:
+            return
+        fd = self._fd
+        assert fd is not None
+        expected = sum(map(len, parts))
+        written = os.writev(fd, parts)
+        parts.clear()
+        if written != expected:
+            # A torn record (a full disk): refuse this request and every later one; the next
+            # start cuts the tail.
+            raise OSError(f"ingest log: short write ({written} of {expected} bytes)")
+        if not self._dirty or self._dirty[-1] != fd:
+            self._dirty.append(fd)
 
     # -- the syncer thread ---------------------------------------------------------------------
 
@@ -230,14 +290,18 @@ class IngestLog:
                     return
             delay = last_start + self.sync_interval - time.monotonic()
             if delay > 0 and not self._closing:
-                time.sleep(delay)  # more requests join this fsync meanwhile
+                time.sleep(delay)  # more requests join this write and fsync meanwhile
             last_start = time.monotonic()
-            with self._lock:
-                target = self.appended
+            error: OSError | None = None
+            target = self.synced
+            try:
+                target = self._write_queued()
+            except OSError as exc:
+                error = exc
+            with self._io_lock:
                 dirty, self._dirty = self._dirty, []
                 retired, self._retired = self._retired, []
                 new_segment, self._new_segment = self._new_segment, False
-            error: OSError | None = None
             try:
                 for fd in dirty:
                     os.fdatasync(fd)
@@ -249,12 +313,12 @@ class IngestLog:
                     finally:
                         os.close(dir_fd)
             except OSError as exc:
-                error = exc
+                error = error or exc
             for fd in retired:
                 os.close(fd)
             self.fsyncs += 1
             if error is not None:
-                log.error("ingest log: fsync failed: %s; refusing further requests", error)
+                log.error("ingest log: %s; refusing further requests", error)
                 self.error = error
             else:
                 self.synced = target
@@ -272,16 +336,15 @@ class IngestLog:
     def _settle(self) -> None:
         # Waiters are in append order, hence in position order.
         waiters = self._waiters
+        synced, error = self.synced, self.error
         while waiters:
-            position, future = waiters[0]
-            if position <= self.synced:
+            position, callback = waiters[0]
+            if position <= synced:
                 waiters.popleft()
-                if not future.done():
-                    future.set_result(None)
-            elif self.error is not None:
+                callback(None)
+            elif error is not None:
                 waiters.popleft()
-                if not future.done():
-                    future.set_exception(self.error)
+                callback(error)
             else:
                 break
 
@@ -290,6 +353,12 @@ class IngestLog:
     def record_at(self, end: int) -> LogRecord | None:
         """The record ending at ``end``, read back from its segment (None if trimmed away).
         Only for the rare load the store refuses: it reads the whole segment."""
+        with contextlib.suppress(OSError):  # the record may still be queued: write it now
+            self._write_queued()
+        with self._io_lock:
+            return self._record_at(end)
+
+    def _record_at(self, end: int) -> LogRecord | None:
         starts = [start for start in self._segments if start < end]
         if not starts:
             return None
@@ -352,10 +421,14 @@ class IngestLog:
 
     def trim(self, loaded: int) -> None:
         """Delete the segments the store has loaded completely (never the one being written)."""
-        while len(self._segments) > 1 and self._segments[1] <= loaded:
-            start = self._segments.popleft()
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / _segment_name(start)).unlink()
+        segments = self._segments
+        if len(segments) < 2 or segments[1] > loaded:
+            return  # the usual case, per load: nothing to delete, no lock taken
+        with self._io_lock:
+            while len(segments) > 1 and segments[1] <= loaded:
+                start = segments.popleft()
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / _segment_name(start)).unlink()
 
     def close(self) -> None:
         """fsync what is left and stop the syncer."""
@@ -365,6 +438,12 @@ class IngestLog:
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
+        if self._queued and self.error is None:
+            # Never started (or stopped early): what is queued still goes to the files.
+            with contextlib.suppress(OSError):
+                self._write_queued()
+                for fd in self._dirty:
+                    os.fdatasync(fd)
         for fd in self._retired:
             os.close(fd)
         self._retired = []

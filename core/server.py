@@ -27,7 +27,7 @@ from opstrata.memstats import MemoryCollector
 from opstrata.notifiers import NotifierRunner
 from opstrata.onset_history import OnsetHistory
 from opstrata.otlp.grpc_receiver import GrpcReceiver
-from opstrata.otlp.http_receiver import OtlpHttpApp
+from opstrata.otlp.http_receiver import OtlpHttpServer
 from opstrata.readafterack import ReadAfterAck
 from opstrata.runtime import Runtime
 from opstrata.selfmetrics import SelfMetrics
@@ -207,7 +207,7 @@ async def serve(settings: Settings) -> int:
     )
     http_sock = _listen(parse_address(settings.otlp_http, "otlp_http"))
     api_sock = _listen(parse_address(settings.api, "api"))
-    otlp_http = _uvicorn(OtlpHttpApp(pipeline, settings.ingest.max_request_bytes), "otlp-http")
+    otlp_http = OtlpHttpServer(pipeline, settings.ingest.max_request_bytes)
     api = _uvicorn(ReadAfterAck(create_app(runtime), pipeline), "api")
 
     stop = asyncio.Event()
@@ -216,12 +216,10 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     grpc_bound = await grpc_receiver.start()
-    tasks = [
-        asyncio.create_task(otlp_http.serve(sockets=[http_sock]), name="otlp-http"),
-        asyncio.create_task(api.serve(sockets=[api_sock]), name="api"),
-    ]
+    await otlp_http.start(http_sock)
+    tasks = [asyncio.create_task(api.serve(sockets=[api_sock]), name="api")]
     retention = asyncio.create_task(_retention(runtime), name="retention")
-    while not (otlp_http.started and api.started):
+    while not api.started:
         if any(task.done() for task in tasks):
             break
         await asyncio.sleep(0.01)
@@ -239,9 +237,10 @@ async def serve(settings: Settings) -> int:
     runtime.ready = False
     print("opstrata: stopping", flush=True)
     retention.cancel()
-    otlp_http.should_exit = True
+    otlp_http.close()
     await grpc_receiver.stop(grace=10.0)
     await pipeline.shutdown(timeout=30.0)
+    await otlp_http.wait_closed()
     api.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     for runner in runners:
