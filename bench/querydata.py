@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from opstrata.schema import Table
 from opstrata.storage.duckdb_ddl import SEQ_COLUMN, STORAGE_SCHEMAS, create_statements
+from opstrata.storage.duckdb_migrate import insert_view_rows
 
 __all__ = ["SERVICES", "create_store_file", "load_logs", "load_metrics", "load_spans"]
 
@@ -210,7 +211,7 @@ def load_spans(
     sample: list[str] = []
     for i in range(chunks):
         chunk = span_chunk(rng, start_ns + i * step, step, chunk_traces, i + 1)
-        con.execute(f"INSERT INTO {Table.TRACES} SELECT * FROM chunk")
+        insert_view_rows(con, Table.TRACES, "chunk")
         ids = chunk.column("TraceId")
         sample.extend(ids.take(pa.array(rng.integers(0, len(ids), 20))).to_pylist())
     return sample
@@ -278,7 +279,7 @@ def load_logs(
             SEQ_COLUMN: _seqs(chunk, first_seq + i * (chunk // ROWS_PER_SEQ)),
         }
         log_rows = _table(Table.LOGS, columns)  # noqa: F841
-        con.execute(f"INSERT INTO {Table.LOGS} SELECT * FROM log_rows")
+        insert_view_rows(con, Table.LOGS, "log_rows")
         picked = trace_ids.filter(pa.array(with_trace)).to_pylist()[:: max(1, chunk // 50)]
         sample.extend(picked[:20])
     return sample
@@ -369,4 +370,4 @@ def load_metrics(
                 columns["NegativeBucketCounts"] = _empty_lists(n, pa.uint64())
                 columns["ZeroThreshold"] = pa.array(np.zeros(n))
         data = _table(table, columns)  # noqa: F841
-        con.execute(f"INSERT INTO {table} SELECT * FROM data")
+        insert_view_rows(con, table, "data")

@@ -180,6 +180,11 @@ class IngestPipeline:
             self.loaded = self.store.log_position()  # type: ignore[attr-defined]
             pending = self.log.open(self.loaded)
             self.log.start(asyncio.get_running_loop())
+            on_refused = getattr(self.store, "on_refused", None)
+            if on_refused is not None:
+                # The store's writer holds a refused record itself, before its next commit
+                # records a log position past it (a crash in between would lose it).
+                on_refused(self._hold)
             if pending:
                 log.info("ingest log: loading %d logged requests the store lacks", len(pending))
             for record in pending:
@@ -493,7 +498,9 @@ class IngestPipeline:
             # ``held/`` before anything can trim it (the store's position moves past it with
             # the next commit), keep its bytes counted, and retry until it loads.
             log.error("loading the request at ingest log position %d failed: %s", position, exc)
-            held = self._hold(position)
+            held = getattr(exc, "held", False) or self._hold(position)
+            if held:
+                self._release_refused(position)
             self._failing[position] = _Failing(signal, decoded, nbytes, held=held)
             self._schedule_retry(position)
         else:
@@ -515,6 +522,12 @@ class IngestPipeline:
             log.error("ingest log: cannot hold refused record %d: %s", position, exc)
             return False
         return True
+
+    def _release_refused(self, position: int) -> None:
+        """The refused record is held: the store may record positions past it again."""
+        release = getattr(self.store, "release_refused", None)
+        if release is not None:
+            release(position)
 
     def _trim(self) -> None:
         """Trim the log up to the store's position, but never past a refused record not yet
@@ -538,6 +551,8 @@ class IngestPipeline:
         failing.timer = None
         if not failing.held:
             failing.held = self._hold(position)
+            if failing.held:
+                self._release_refused(position)
         try:
             # No log position: the store's has moved past this record already.
             future = self.store.enqueue(failing.decoded.batches, None)  # type: ignore[attr-defined]

@@ -10,18 +10,30 @@ __all__ = [
     "ALERTS_TABLE",
     "BATCH_LOG_TABLE",
     "INCIDENTS_TABLE",
+    "PHYSICAL_SCHEMAS",
+    "RESOURCES_TABLE",
+    "RESOURCE_COLUMN",
+    "ROW_ID",
     "SEQ_COLUMN",
     "STORAGE_SCHEMAS",
     "create_statements",
     "duckdb_type",
+    "physical",
+    "rows_source",
     "select_list",
     "storage_type",
+    "view_statement",
+    "with_resources",
 ]
 
 SEQ_COLUMN = "_Seq"
 """Added to every telemetry table: the sequence number of the write that committed the row."""
 BATCH_LOG_TABLE = "opstrata_batches"
 ALERTS_TABLE = "opstrata_alerts"
+RESOURCES_TABLE = "otel_resources"
+"""Each resource once: ``ResourceId`` (a hash of the attribute list) and ``ResourceAttributes``."""
+RESOURCE_COLUMN = "ResourceAttributes"
+ROWS_SUFFIX = "_rows"
 INCIDENTS_TABLE = "opstrata_incidents"
 
 _SCALARS = {
@@ -85,7 +97,22 @@ STORAGE_SCHEMAS: dict[Table, pa.Schema] = {
     )
     for table, schema in TABLES.items()
 }
-"""The Arrow schema of each table as inserted: storage types, plus the sequence column."""
+"""The Arrow schema of each table as the views show it: storage types, plus the sequence column."""
+
+PHYSICAL_SCHEMAS: dict[Table, pa.Schema] = {
+    table: pa.schema(
+        [pa.field("ResourceId", pa.uint64()) if f.name == RESOURCE_COLUMN else f for f in schema]
+    )
+    for table, schema in STORAGE_SCHEMAS.items()
+}
+"""The Arrow schema of each physical table as inserted: ``ResourceId`` in place of the
+resource's attributes (duckdb_resources)."""
+
+
+def physical(table: Table) -> str:
+    """The physical table behind the view ``table``: ``otel_traces`` -> ``otel_traces_rows``.
+    Its ``rowid`` is the row id (a view has none)."""
+    return f"{Table(table)}{ROWS_SUFFIX}"
 
 
 def _read_expression(ref: str, arrow_type: pa.DataType, depth: int = 0) -> str:
@@ -114,17 +141,67 @@ def select_list(table: Table) -> str:
     )
 
 
+def _joined(table: Table, extra: str = "") -> str:
+    columns = ", ".join(
+        f'r."{f.name}"' if f.name == RESOURCE_COLUMN else f't."{f.name}"'
+        for f in STORAGE_SCHEMAS[table]
+    )
+    return (
+        f"SELECT {columns}{extra} FROM {physical(table)} t "
+        f'JOIN {RESOURCES_TABLE} r ON r."ResourceId" = t."ResourceId"'
+    )
+
+
+def view_statement(table: Table) -> str:
+    """The view with the table's columns as before resources were stored once (the Collector's
+    ClickHouse exporter columns, then ``_Seq``): the physical rows joined to their resource.
+    Each ``ResourceId`` is in ``otel_resources`` once (its primary key; inserted in the
+    transaction of its first row), so the join neither drops nor repeats a row."""
+    return f"CREATE VIEW IF NOT EXISTS {table} AS {_joined(table)}"
+
+
+ROW_ID = "_RowId"
+"""The physical row id, as :func:`rows_source` names it."""
+
+
+def with_resources(table: Table, inner: str, extra: tuple[str, ...] = ()) -> str:
+    """A subquery with the view's columns (and ``extra`` ones of ``inner``) over ``inner``, a
+    query of the physical table's columns: the resources joined to the rows it selected, not to
+    the whole table (a top-N or a filter on the physical table runs first)."""
+    columns = ", ".join(
+        [
+            f'r."{f.name}"' if f.name == RESOURCE_COLUMN else f't."{f.name}"'
+            for f in STORAGE_SCHEMAS[table]
+        ]
+        + [f't."{name}"' for name in extra]
+    )
+    return (
+        f"(SELECT {columns} FROM ({inner}) t "
+        f'JOIN {RESOURCES_TABLE} r ON r."ResourceId" = t."ResourceId")'
+    )
+
+
+def rows_source(table: Table) -> str:
+    """A subquery with the view's columns and the physical table's ``rowid`` as ``_RowId`` (a
+    view has no rowid). DuckDB pushes a filter on ``_RowId`` down to the table scan."""
+    return f"({_joined(table, f', t.rowid AS {ROW_ID}')})"
+
+
 def create_statements() -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` for every telemetry table and the batch log."""
-    statements = []
-    for table, schema in STORAGE_SCHEMAS.items():
+    statements = [
+        f'CREATE TABLE IF NOT EXISTS {RESOURCES_TABLE} ("ResourceId" UBIGINT PRIMARY KEY, '
+        f'"{RESOURCE_COLUMN}" {duckdb_type(storage_type(pa.map_(pa.string(), pa.string())))})'
+    ]
+    for table, schema in PHYSICAL_SCHEMAS.items():
         columns = [
             f'"{f.name}" {duckdb_type(f.type)} NOT NULL'
-            if f.name == SEQ_COLUMN
+            if f.name in (SEQ_COLUMN, "ResourceId")
             else f'"{f.name}" {duckdb_type(f.type)}'
             for f in schema
         ]
-        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+        statements.append(f"CREATE TABLE IF NOT EXISTS {physical(table)} ({', '.join(columns)})")
+        statements.append(view_statement(table))
     statements.append(
         f"CREATE TABLE IF NOT EXISTS {BATCH_LOG_TABLE} ("
         '"Seq" UBIGINT NOT NULL, "Signal" VARCHAR NOT NULL, "Tables" VARCHAR[] NOT NULL, '

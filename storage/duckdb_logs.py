@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 
 from opstrata.schema import Table
-from opstrata.storage.duckdb_ddl import SEQ_COLUMN, select_list
+from opstrata.storage.duckdb_ddl import SEQ_COLUMN, physical, select_list, with_resources
 from opstrata.storage.duckdb_sql import Where, decode_cursor, encode_cursor, ts_param
 from opstrata.storage.query_types import LogFilter, LogPage
 
@@ -37,32 +37,33 @@ def search_logs(
     if f.trace_id is not None:
         where.add('"TraceId" = ?', f.trace_id.lower())
     where.attributes("LogAttributes", f.attributes)
-    where.attributes("ResourceAttributes", f.resource)
+    where.resources(f.resource)
     if cursor is not None:
         ts, row_hex = decode_cursor(cursor)
         row_id = int(row_hex, 16)
         where.add(f'"Timestamp" <= {ts_param()}', ts)
         where.add(f'("Timestamp" < {ts_param()} OR rowid < ?)', ts, row_id)
+    # The page is chosen on the physical table (its rowid breaks ties), then joined to the
+    # resources of its rows only.
+    rows = physical(Table.LOGS)
     if seq_ranges:
         parts = []
         params: list[object] = []
         for lo, hi in seq_ranges:
             parts.append(
-                f"SELECT *, rowid AS _row FROM {Table.LOGS} WHERE {where.sql()} "
+                f"SELECT *, rowid AS _row FROM {rows} WHERE {where.sql()} "
                 f'AND "{SEQ_COLUMN}" BETWEEN ? AND ?'
             )
             params += [*where.params, lo, hi]
-        source = f"({' UNION ALL '.join(parts)})"
-        source_params = params
-        row_expr = "_row"
+        source = " UNION ALL ".join(parts)
     else:
-        source = f"(SELECT *, rowid AS _row FROM {Table.LOGS} WHERE {where.sql()})"
-        source_params = where.params
-        row_expr = "_row"
+        source = f"SELECT *, rowid AS _row FROM {rows} WHERE {where.sql()}"
+        params = list(where.params)
+    order = 'ORDER BY "Timestamp" DESC, _row DESC'
+    page = with_resources(Table.LOGS, f"SELECT * FROM ({source}) {order} LIMIT ?", ("_row",))
     table = con.sql(
-        f"SELECT {select_list(Table.LOGS)}, {row_expr} AS _row FROM {source} "
-        f'ORDER BY "Timestamp" DESC, {row_expr} DESC LIMIT ?',
-        params=[*source_params, limit],
+        f"SELECT {select_list(Table.LOGS)}, _row FROM {page} {order}",
+        params=[*params, limit],
     ).to_arrow_table()
     next_cursor = None
     if table.num_rows == limit and limit > 0:

@@ -13,7 +13,15 @@ import pyarrow.compute as pc
 
 from opstrata.schema import Table
 from opstrata.storage import duckdb_logs, duckdb_metrics_queries, duckdb_servicemap
-from opstrata.storage.duckdb_ddl import SEQ_COLUMN, STORAGE_SCHEMAS, select_list
+from opstrata.storage.duckdb_ddl import (
+    ROW_ID,
+    SEQ_COLUMN,
+    STORAGE_SCHEMAS,
+    physical,
+    rows_source,
+    select_list,
+    with_resources,
+)
 from opstrata.storage.duckdb_sql import Where, decode_cursor, encode_cursor, ts_param
 from opstrata.storage.duckdb_trace_index import TraceIndex
 from opstrata.storage.query_types import (
@@ -41,6 +49,9 @@ _QUANTILES = 'approx_quantile("Duration"::DOUBLE, [0.5, 0.95, 0.99])'
 every value and cannot spill, so at the 256MB ``duckdb_memory_limit`` it ran out of memory on
 the design's 10M spans (docs/api.md gives the error). DOUBLE: on integers it would truncate."""
 _HOUR = 3600 * 10**9
+_SPANS = physical(Table.TRACES)
+"""What queries that need no resource attributes read: the physical table, without the view's
+join (resources stored once; a filter on them is a semi-join, ``Where.resources``)."""
 _PART = "_Part"
 """Which part of a trace read a row came from: 0 the indexed ranges, 1 the unindexed tail."""
 _STORED_COLUMNS = ", ".join(
@@ -78,7 +89,9 @@ class DuckDBQueries:
         """The newest event time stored in ``table`` (Unix ns), ``None`` when it is empty."""
         column = "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
         # fetchall, never fetchone: an unfinished result blocks the next query on this cursor.
-        rows = self._con.execute(f'SELECT epoch_ns(max("{column}")) FROM {table}').fetchall()
+        rows = self._con.execute(
+            f'SELECT epoch_ns(max("{column}")) FROM {physical(table)}'
+        ).fetchall()
         return None if not rows or rows[0][0] is None else int(rows[0][0])
 
     def window(self, start: int | None, end: int | None, table: Table = Table.TRACES) -> TimeWindow:
@@ -116,7 +129,7 @@ class DuckDBQueries:
         tail = None if where.tail_empty else where.tail
         if not where.row_ranges and tail is None:  # not in the index, nothing committed since
             return self._no_spans(columns)
-        table = self._read_ranges("rowid", where.row_ranges, tail, ids, columns)
+        table = self._read_ranges(ROW_ID, where.row_ranges, tail, ids, columns)
         found = pc.sum(pc.equal(table.column(_PART), 0)).as_py() or 0
         if found < where.expected_rows:  # row ids moved (or a key collision): read by _Seq
             seq = f'"{SEQ_COLUMN}"'
@@ -149,7 +162,7 @@ class DuckDBQueries:
         params: list[object] = []
         for lo, hi in ranges:
             parts.append(
-                f'SELECT 0 AS "{_PART}", {columns} FROM {Table.TRACES} '
+                f'SELECT 0 AS "{_PART}", {columns} FROM {rows_source(Table.TRACES)} '
                 f"WHERE {column} BETWEEN ? AND ? AND {match}"
             )
             params += [lo, hi, *ids]
@@ -168,9 +181,13 @@ class DuckDBQueries:
             # The first condition alone lets DuckDB skip row groups; the second breaks ties.
             where.add(f'"Timestamp" <= {ts_param()}', ts)
             where.add(f'("Timestamp" < {ts_param()} OR "SpanId" < ?)', ts, span_id)
+        order = 'ORDER BY "Timestamp" DESC, "SpanId" DESC'
+        page = with_resources(
+            Table.TRACES,
+            f"SELECT * FROM {_SPANS} WHERE {where.sql()} {order} LIMIT ?",
+        )
         table = self._con.sql(
-            f"SELECT {select_list(Table.TRACES)} FROM {Table.TRACES} WHERE {where.sql()} "
-            'ORDER BY "Timestamp" DESC, "SpanId" DESC LIMIT ?',
+            f"SELECT {select_list(Table.TRACES)} FROM {page} {order}",
             params=[*where.params, limit],
         ).to_arrow_table()
         next_cursor = None
@@ -184,7 +201,7 @@ class DuckDBQueries:
         """Ids of the traces with a span matching ``f``, the most recent first."""
         where = _span_where(f)
         rows = self._con.execute(
-            f'SELECT "TraceId", max("Timestamp") AS t FROM {Table.TRACES} WHERE {where.sql()} '
+            f'SELECT "TraceId", max("Timestamp") AS t FROM {_SPANS} WHERE {where.sql()} '
             'GROUP BY "TraceId" ORDER BY t DESC, "TraceId" LIMIT ?',
             [*where.params, limit],
         ).fetchall()
@@ -195,7 +212,7 @@ class DuckDBQueries:
     def service_names(self, start: int | None = None, end: int | None = None) -> list[str]:
         where = Where().window("Timestamp", start, end)
         rows = self._con.execute(
-            f'SELECT DISTINCT "ServiceName" FROM {Table.TRACES} WHERE {where.sql()} ORDER BY 1',
+            f'SELECT DISTINCT "ServiceName" FROM {_SPANS} WHERE {where.sql()} ORDER BY 1',
             where.params,
         ).fetchall()
         return [row[0] for row in rows]
@@ -209,7 +226,7 @@ class DuckDBQueries:
         rows = self._con.execute(
             f'SELECT "ServiceName", (epoch_ns("Timestamp") - ?) // ? AS b, count(*), '
             f"count(*) FILTER (WHERE \"StatusCode\" = 'Error'), {_QUANTILES} "
-            f"FROM {Table.TRACES} WHERE {where.sql()} AND {ENTRY_SPAN_SQL} "
+            f"FROM {_SPANS} WHERE {where.sql()} AND {ENTRY_SPAN_SQL} "
             'GROUP BY GROUPING SETS (("ServiceName"), ("ServiceName", b))',
             [window.start, step_ns, *where.params],
         ).fetchall()
@@ -248,7 +265,7 @@ class DuckDBQueries:
         where = Where().window("Timestamp", window.start, window.end)
         where.add('"ServiceName" = ?', service)
         rows = self._con.execute(
-            f"SELECT 1 FROM {Table.TRACES} WHERE {where.sql()} LIMIT 1", where.params
+            f"SELECT 1 FROM {_SPANS} WHERE {where.sql()} LIMIT 1", where.params
         ).fetchall()
         return bool(rows)
 
@@ -263,7 +280,7 @@ class DuckDBQueries:
         rows = self._con.execute(
             f'SELECT "SpanName", "SpanKind", count(*), '
             f"count(*) FILTER (WHERE \"StatusCode\" = 'Error'), {_QUANTILES} "
-            f"FROM {Table.TRACES} WHERE {where.sql()} GROUP BY 1, 2 ORDER BY 1, 2",
+            f"FROM {_SPANS} WHERE {where.sql()} GROUP BY 1, 2 ORDER BY 1, 2",
             where.params,
         ).fetchall()
         return [
@@ -314,5 +331,5 @@ def _span_where(f: SpanFilter) -> Where:
     if f.max_duration is not None:
         where.add('"Duration" <= ?', f.max_duration)
     where.attributes("SpanAttributes", f.attributes)
-    where.attributes("ResourceAttributes", f.resource)
+    where.resources(f.resource)
     return where

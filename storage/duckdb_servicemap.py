@@ -14,6 +14,7 @@ from __future__ import annotations
 import duckdb
 
 from opstrata.schema import Table
+from opstrata.storage.duckdb_ddl import physical
 from opstrata.storage.duckdb_sql import Where
 from opstrata.storage.query_types import MapEdge, MapNode, ServiceMap, TimeWindow
 
@@ -34,11 +35,11 @@ _SQL = f"""
 WITH c AS (
     SELECT hash("ParentSpanId") AS pk, "TraceId", "ServiceName", "Duration",
            "StatusCode" = 'Error' AS err
-    FROM {Table.TRACES} WHERE {{where}} AND "ParentSpanId" <> ''
+    FROM {physical(Table.TRACES)} WHERE {{where}} AND "ParentSpanId" <> ''
 ),
 p AS (
     SELECT hash("SpanId") AS k, "TraceId", "ServiceName"
-    FROM {Table.TRACES} WHERE {{where}}
+    FROM {physical(Table.TRACES)} WHERE {{where}}
 ),
 span_edges AS (
     SELECT p."ServiceName" AS source, c."ServiceName" AS target, count(*) AS calls,
@@ -52,7 +53,7 @@ span_edges AS (
 clients AS (
     SELECT hash("SpanId") AS k, "ServiceName", "Duration", "StatusCode" = 'Error' AS err,
            "SpanAttributes"
-    FROM {Table.TRACES} WHERE {{where}} AND "SpanKind" IN ('Client', 'Producer')
+    FROM {physical(Table.TRACES)} WHERE {{where}} AND "SpanKind" IN ('Client', 'Producer')
 ),
 leaves AS (
     SELECT "ServiceName", "Duration", err,
@@ -86,7 +87,7 @@ SELECT "ServiceName",
        count(*) FILTER (WHERE "SpanKind" IN ('Server', 'Consumer') OR "ParentSpanId" = ''),
        count(*) FILTER (WHERE ("SpanKind" IN ('Server', 'Consumer') OR "ParentSpanId" = '')
                         AND "StatusCode" = 'Error')
-FROM {Table.TRACES} WHERE {{where}} GROUP BY 1 ORDER BY 1
+FROM {physical(Table.TRACES)} WHERE {{where}} GROUP BY 1 ORDER BY 1
 """
 
 

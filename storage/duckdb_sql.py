@@ -44,6 +44,17 @@ class Where:
             self.add(f"list_contains(\"{column}\", {{'key': ?, 'value': ?}})", key, value)
         return self
 
+    def resources(self, pairs: dict[str, str]) -> Where:
+        """Rows whose resource has every pair: a semi-join on the few matching ``ResourceId``s
+        (resources are stored once, duckdb_resources), for queries of the physical tables."""
+        if pairs:
+            inner = Where().attributes("ResourceAttributes", pairs)
+            self.add(
+                f'"ResourceId" IN (SELECT "ResourceId" FROM otel_resources WHERE {inner.sql()})',
+                *inner.params,
+            )
+        return self
+
     def sql(self) -> str:
         return " AND ".join(self.parts) if self.parts else "TRUE"
 

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,19 @@ from opstrata.schema import TABLES, Signal, Table, signal_of
 from opstrata.storage.base import CommitStats, StoreClosed, StoreError
 from opstrata.storage.duckdb_ddl import (
     BATCH_LOG_TABLE,
+    PHYSICAL_SCHEMAS,
+    RESOURCE_COLUMN,
+    RESOURCES_TABLE,
     SEQ_COLUMN,
     STORAGE_SCHEMAS,
     create_statements,
+    physical,
     select_list,
+    with_resources,
 )
 from opstrata.storage.duckdb_events import AlertIncidentTables
+from opstrata.storage.duckdb_migrate import migrate
+from opstrata.storage.duckdb_resources import ResourceIds, resource_ids
 
 __all__ = ["DuckDBStore"]
 
@@ -51,18 +58,39 @@ _TIME_COLUMN = {
 }
 
 
-def _stored_table(table: Table, batches: list[pa.RecordBatch], seqs: list[np.ndarray]) -> pa.Table:
+def _stored_table(
+    table: Table,
+    batches: list[pa.RecordBatch],
+    seqs: list[np.ndarray],
+    resources: ResourceIds,
+    pending: set[int],
+    new_resources: list[pa.Array],
+) -> pa.Table:
     """The batches of one table with their ``_Seq`` column, as one chunk in storage types (a
-    zero-copy view: a map and a list of key/value structs share one memory layout). One chunk,
-    because DuckDB scans a table of many small chunks several times slower."""
+    zero-copy view: a map and a list of key/value structs share one memory layout), the
+    resource's attributes replaced by its ``ResourceId``. The first row of each resource not yet
+    stored goes to ``new_resources``. One chunk, because DuckDB scans a table of many small
+    chunks several times slower."""
     data = pa.Table.from_batches(batches)
     schema = STORAGE_SCHEMAS[table]
-    columns = [
-        pa.concat_arrays(column.chunks).view(field.type)
-        for column, field in zip(data.columns, schema, strict=False)  # schema adds _Seq
-    ]
+    columns = []
+    for column, field in zip(data.columns, schema, strict=False):  # schema adds _Seq
+        array = pa.concat_arrays(column.chunks).view(field.type)
+        if field.name == RESOURCE_COLUMN:
+            # Per request (one resource throughout, as a rule), before they are concatenated.
+            ids, starts, run_ids = resource_ids([chunk.view(field.type) for chunk in column.chunks])
+            rows = resources.new_rows(starts, run_ids, pending)
+            if rows:
+                new_resources.append(
+                    pa.StructArray.from_arrays(
+                        [pa.array(run_ids[np.searchsorted(starts, rows)]), array.take(rows)],
+                        ["ResourceId", RESOURCE_COLUMN],
+                    )
+                )
+            array = pa.array(ids)
+        columns.append(array)
     columns.append(pa.array(np.concatenate(seqs)))
-    return pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays(columns, schema=PHYSICAL_SCHEMAS[table])
 
 
 class _ArrowStream:
@@ -163,8 +191,14 @@ class DuckDBStore:
         self._thread: threading.Thread | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._readers = threading.local()
+        self._resources = ResourceIds()
         self._seq = 0
         self._log_position = 0
+        self._refused_hook: Callable[[int], bool] | None = None
+        # Refused log positions whose record is not yet held elsewhere -> the position the
+        # store had recorded before it: what every commit records meanwhile (writer thread
+        # writes, the event loop releases; dict operations are atomic under the GIL).
+        self._position_caps: dict[int, int] = {}
         self._closed = False
         self._lock = threading.Lock()
 
@@ -176,8 +210,11 @@ class DuckDBStore:
             self._con = duckdb.connect(str(self.path), config=self._config)
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        migrate(self._con)  # a data dir from before resources were stored once
         for statement in create_statements():
             self._con.execute(statement)
+        known = self._con.execute(f'SELECT "ResourceId" FROM {RESOURCES_TABLE}').fetchnumpy()
+        self._resources = ResourceIds(known["ResourceId"])
         row = self._con.execute(f'SELECT coalesce(max("Seq"), 0) FROM {BATCH_LOG_TABLE}').fetchone()
         self._seq = int(row[0]) if row else 0
         self._con.execute(
@@ -227,6 +264,42 @@ class DuckDBStore:
         future: asyncio.Future[int] = loop.create_future()
         self._queue.put(_PendingWrite(batches, loop, future, log_position))
         return future
+
+    def on_refused(self, hook: Callable[[int], bool]) -> None:
+        """Have ``hook(log_position)`` called in the writer thread when a write with that log
+        position is refused, before any later commit: it makes the refused record durable
+        elsewhere (the ingest log's ``held/``) and returns whether it did. Until it has, commits
+        record no log position past the refused record (see :meth:`release_refused`)."""
+        self._refused_hook = hook
+
+    def release_refused(self, log_position: int) -> None:
+        """The refused record at ``log_position`` is now held: later commits may record log
+        positions past it again."""
+        self._position_caps.pop(log_position, None)
+
+    def _refused(self, log_position: int) -> bool:
+        """A write with a log position was refused: hold its record (the hook) before the next
+        commit records a position past it; when that fails, cap the recorded position below
+        it. Without this a crash right after the next commit would leave an acknowledged record
+        behind the replay position, never loaded."""
+        held = False
+        if self._refused_hook is not None:
+            try:
+                held = bool(self._refused_hook(log_position))
+            except Exception:
+                log.exception("holding the refused log position %d failed", log_position)
+        if not held:
+            self._position_caps[log_position] = self._log_position
+        return held
+
+    def _recordable(self, positions: list[int]) -> int | None:
+        """The log position a commit of ``positions`` records: their highest, but never past a
+        refused record not yet held (a replay after a crash then loads it, and also loads
+        again what was committed after it: a duplicate, never a loss)."""
+        if not positions:
+            return None
+        caps = list(self._position_caps.values())
+        return min(max(positions), *caps) if caps else max(positions)
 
     def last_sequence(self) -> int:
         return self._seq
@@ -288,15 +361,20 @@ class DuckDBStore:
         except Exception as exc:
             if len(group) == 1:
                 log.warning("commit failed: %s", exc)
-                group[0].settle(None, StoreError(f"commit failed: {exc}"))
+                error = StoreError(f"commit failed: {exc}")
+                if group[0].log_position is not None:
+                    error.held = self._refused(group[0].log_position)  # type: ignore[attr-defined]
+                group[0].settle(None, error)
                 return
             for item in group:
                 self._commit_group([item])
             return
         self._seq = first_seq + len(group) - 1
-        positions = [item.log_position for item in group if item.log_position is not None]
-        if positions:
-            self._log_position = max(positions)
+        position = self._recordable(
+            [item.log_position for item in group if item.log_position is not None]
+        )
+        if position is not None:
+            self._log_position = position
         elapsed = time.perf_counter() - started
         stats = self.stats
         stats.commits += 1
@@ -336,23 +414,42 @@ class DuckDBStore:
                 }
             )
         )
+        new_ids: set[int] = set()
+        new_resources: list[pa.Array] = []
         pending = [
-            (table, _ArrowStream(_stored_table(table, batches, seqs[table])))
+            (
+                physical(table),
+                _ArrowStream(
+                    _stored_table(
+                        table, batches, seqs[table], self._resources, new_ids, new_resources
+                    )
+                ),
+            )
             for table, batches in per_table.items()
         ]
-        positions = [item.log_position for item in group if item.log_position is not None]
+        resource_rows = (  # noqa: F841 - DuckDB reads it by name
+            _ArrowStream(pa.Table.from_struct_array(pa.concat_arrays(new_resources)))
+            if new_resources
+            else None
+        )
+        position = self._recordable(
+            [item.log_position for item in group if item.log_position is not None]
+        )
         con.execute("BEGIN TRANSACTION")
         try:
+            if new_resources:
+                con.execute(f"INSERT INTO {RESOURCES_TABLE} SELECT * FROM resource_rows")
             for table, stream in pending:  # noqa: B007 - DuckDB reads `stream` by name
                 con.execute(f"INSERT INTO {table} SELECT * FROM stream")
             con.execute(f"INSERT INTO {BATCH_LOG_TABLE} SELECT * FROM batch_log")
-            if positions:
-                con.execute(f'UPDATE {LOG_POSITION_TABLE} SET "Position" = ?', [max(positions)])
+            if position is not None:
+                con.execute(f'UPDATE {LOG_POSITION_TABLE} SET "Position" = ?', [position])
             con.execute("COMMIT")
         except Exception:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+        self._resources.committed(new_ids)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -367,7 +464,7 @@ class DuckDBStore:
         return cursor
 
     def count(self, table: Table) -> int:
-        rows = self.reader().sql(f"SELECT count(*) FROM {Table(table)}").fetchall()
+        rows = self.reader().sql(f"SELECT count(*) FROM {physical(Table(table))}").fetchall()
         return int(rows[0][0])
 
     def trace(self, trace_id: str) -> pa.Table:
@@ -399,9 +496,15 @@ class DuckDBStore:
         tables = sorted({t for _, names in log_rows for t in names})
         per_seq: dict[int, list[tuple[Table, pa.RecordBatch]]] = {seq: [] for seq, _ in log_rows}
         for name in tables:
+            rows = with_resources(
+                Table(name),
+                f"SELECT *, rowid AS _row FROM {physical(Table(name))} "
+                f'WHERE "{SEQ_COLUMN}" BETWEEN ? AND ?',
+                ("_row",),
+            )
             data = cursor.sql(
-                f'SELECT {select_list(Table(name))}, "{SEQ_COLUMN}" FROM {Table(name)} '
-                f'WHERE "{SEQ_COLUMN}" BETWEEN ? AND ? ORDER BY "{SEQ_COLUMN}", rowid',
+                f'SELECT {select_list(Table(name))}, "{SEQ_COLUMN}" FROM {rows} '
+                f'ORDER BY "{SEQ_COLUMN}", _row',
                 params=[first, last],
             ).to_arrow_table()
             if data.num_rows == 0:
@@ -444,12 +547,15 @@ class DuckDBStore:
         return AlertIncidentTables.incident_logs(self.reader(), **query)
 
     def delete_before(self, cutoff_unix_nano: int) -> int:
+        """Delete rows older than the cutoff from every telemetry table (their resources stay
+        in ``otel_resources``: a resource is one row, and a returning service reuses it)."""
         cutoff = pa.scalar(cutoff_unix_nano, pa.timestamp("ns"))
         deleted = 0
         cursor = self.reader()
         for table in TABLES:
             rows = cursor.execute(
-                f'DELETE FROM {table} WHERE "{_TIME_COLUMN[table]}" < ?', [cutoff.as_py()]
+                f'DELETE FROM {physical(table)} WHERE "{_TIME_COLUMN[table]}" < ?',
+                [cutoff.as_py()],
             ).fetchall()
             deleted += int(rows[0][0]) if rows else 0
         return deleted

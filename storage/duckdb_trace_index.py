@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 import duckdb
 
 from opstrata.schema import Table
-from opstrata.storage.duckdb_ddl import SEQ_COLUMN
+from opstrata.storage.duckdb_ddl import SEQ_COLUMN, physical
 
 __all__ = ["INDEX_TABLE", "TraceIndex", "TraceLocation", "trace_key", "trace_key_sql"]
 
@@ -147,7 +147,7 @@ class TraceIndex:
                     f"INSERT INTO {INDEX_TABLE} "
                     f"SELECT {_ROW_KEY} AS k, ?, "
                     f'min("{SEQ_COLUMN}"), max("{SEQ_COLUMN}"), min(rowid), max(rowid), count(*) '
-                    f"FROM {table} "
+                    f"FROM {physical(table)} "  # its rowid; the view has none
                     f'WHERE "{SEQ_COLUMN}" > ? AND "{SEQ_COLUMN}" <= ? AND "TraceId" <> \'\' '
                     "GROUP BY k HAVING k IS NOT NULL",
                     [signal, done, upto],

@@ -1,18 +1,21 @@
 """An acknowledged request the store refuses is retried, never trimmed away (issue 2 review).
 
-The store's refusal is real: the target table is renamed away through the store's own reader
-cursor, so DuckDB fails the insert, and renamed back to let the retry succeed.
+The store's refusal is real: the target table (``otel_logs_rows``, the physical table behind the
+``otel_logs`` view) is renamed away through the store's own reader cursor, so DuckDB fails the
+insert, and renamed back to let the retry succeed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from opstrata.errors import Unavailable
 from opstrata.ingest import IngestPipeline
@@ -69,7 +72,7 @@ def test_a_refused_load_is_retried_until_it_loads(tmp_path: Path) -> None:
         store, pipeline = _open(tmp_path / "data")
         pipeline.start()
         try:
-            store.reader().execute("ALTER TABLE otel_logs RENAME TO otel_logs_away")
+            store.reader().execute("ALTER TABLE otel_logs_rows RENAME TO otel_logs_away")
             await pipeline.ingest(Signal.LOG_RECORDS, _logs_request("kept", 30), Encoding.PROTOBUF)
             await _until(lambda: not pipeline.healthy)
             # While the acknowledged load fails, new requests are refused, not piled on.
@@ -79,7 +82,7 @@ def test_a_refused_load_is_retried_until_it_loads(tmp_path: Path) -> None:
                 )
             held = list((tmp_path / "data" / "ingest-log" / "held").glob("*.osl"))
             assert len(held) == 1
-            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs")
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs_rows")
             await _until(lambda: pipeline.healthy)
             assert _rows(store, "kept") == 30
             assert not list((tmp_path / "data" / "ingest-log" / "held").glob("*.osl"))
@@ -97,14 +100,14 @@ def test_a_poison_record_is_held_and_loads_after_a_restart(tmp_path: Path) -> No
         store, pipeline = _open(data)
         pipeline.start()
         try:
-            store.reader().execute("ALTER TABLE otel_logs RENAME TO otel_logs_away")
+            store.reader().execute("ALTER TABLE otel_logs_rows RENAME TO otel_logs_away")
             await pipeline.ingest(
                 Signal.LOG_RECORDS, _logs_request("poison", 20), Encoding.PROTOBUF
             )
             # Refused every time: after a few retries it stops holding up ingest, counted.
             await _until(lambda: pipeline.poisoned == 1)
             assert pipeline.healthy
-            store.reader().execute("CREATE TABLE otel_logs AS FROM otel_logs_away LIMIT 0")
+            store.reader().execute("CREATE TABLE otel_logs_rows AS FROM otel_logs_away LIMIT 0")
             # Later requests commit and move the store's log position past the poison record.
             for i in range(3):
                 await pipeline.ingest(
@@ -113,8 +116,8 @@ def test_a_poison_record_is_held_and_loads_after_a_restart(tmp_path: Path) -> No
             assert await pipeline.wait_loaded(10)
             await _until(lambda: _rows(store, "after-2") == 5)
             assert _rows(store, "poison") == 0
-            store.reader().execute("DROP TABLE otel_logs")
-            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs")
+            store.reader().execute("DROP TABLE otel_logs_rows")
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs_rows")
         finally:
             await _close(store, pipeline)
 
@@ -131,3 +134,71 @@ def test_a_poison_record_is_held_and_loads_after_a_restart(tmp_path: Path) -> No
     held = list((data / "ingest-log" / "held").glob("*.osl"))
     assert len(held) == 1, "the poison record must stay on disk"
     asyncio.run(second())
+
+
+def _spans_request(service: str, count: int) -> bytes:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    attr = resource_spans.resource.attributes.add()
+    attr.key, attr.value.string_value = "service.name", service
+    scope_spans = resource_spans.scope_spans.add()
+    for i in range(count):
+        span = scope_spans.spans.add(trace_id=bytes(range(16)), span_id=(i + 1).to_bytes(8))
+        span.name = f"op {i}"
+        span.start_time_unix_nano = 1_700_000_000_000_000_000 + i
+        span.end_time_unix_nano = span.start_time_unix_nano + 1000
+    return request.SerializeToString()
+
+
+def test_a_refused_record_is_held_before_a_later_commit_moves_past_it(tmp_path: Path) -> None:
+    """The store's writer holds a refused record before its next commit records a log position
+    past it: a crash right after that commit (the event loop not yet told of the refusal)
+    still finds the record and loads it at the next start."""
+    data = tmp_path / "data"
+    crashed = tmp_path / "crashed"
+    later_position: list[int] = []
+
+    async def first() -> None:
+        store, pipeline = _open(data)
+        pipeline.start()
+        try:
+            store.reader().execute("ALTER TABLE otel_logs_rows RENAME TO otel_logs_away")
+            # Both queued without yielding to the event loop: the logs load is refused, the
+            # spans load after it commits and records its (later) log position.
+            _, refused = pipeline.submit(
+                Signal.LOG_RECORDS, _logs_request("refused", 12), Encoding.PROTOBUF
+            )
+            _, later = pipeline.submit(Signal.SPANS, _spans_request("later", 3), Encoding.PROTOBUF)
+            assert 0 < refused < later
+            later_position.append(later)
+            deadline = time.monotonic() + 20
+            while store.log_position() < later:  # the event loop is blocked meanwhile
+                assert time.monotonic() < deadline, "the spans load did not commit"
+                time.sleep(0.01)
+            held = list((data / "ingest-log" / "held").glob("*.osl"))
+            assert [int(path.stem) for path in held] == [refused]
+            # "Crash" here: a copy of the data dir as it is on disk at this moment.
+            shutil.copytree(data, crashed)
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs_rows")
+            await _until(lambda: pipeline.healthy and _rows(store, "refused") == 12)
+        finally:
+            await _close(store, pipeline)
+
+    async def after_crash() -> None:
+        store, pipeline = _open(crashed)
+        pipeline.start()
+        try:
+            assert store.log_position() >= later_position[0]
+            await _until(lambda: pipeline.healthy and _rows(store, "refused") == 12)
+            rows = (
+                store.reader()
+                .execute('SELECT count(*) FROM otel_traces WHERE "ServiceName" = ?', ["later"])
+                .fetchall()
+            )
+            assert rows[0][0] == 3  # loaded once: its position was recorded with its rows
+            assert not list((crashed / "ingest-log" / "held").glob("*.osl"))
+        finally:
+            await _close(store, pipeline)
+
+    asyncio.run(first())
+    asyncio.run(after_crash())

@@ -60,7 +60,8 @@ def test_index_finds_every_span_of_a_trace_sent_in_pieces(tmp_path: Path) -> Non
         assert queries.index.locate(Table.TRACES, [trace_id]).expected_rows == 6
         # Fewer rows than the index counted (one deleted): read again by _Seq, no row lost.
         gone = format(spans[0].context.span_id, "016x")
-        store.reader().execute('DELETE FROM otel_traces WHERE "SpanId" = ?', [gone])
+        # otel_traces is a view (resources stored once): delete from its physical table.
+        store.reader().execute('DELETE FROM otel_traces_rows WHERE "SpanId" = ?', [gone])
         store.reader().execute("CHECKPOINT")
         after = queries.trace(trace_id).column("SpanId").to_pylist()
         assert len(after) == 5 and gone not in after
