@@ -119,6 +119,8 @@ def _row_hash(rows: np.ndarray, keys: pa.Array, items: pa.Array, row: int) -> in
     disk refer to. ``_uniform_hash`` hashes the same bytes."""
     digest = hashlib.blake2b(digest_size=8, person=_PERSON)
     start, end = int(rows[row]), int(rows[row + 1])
+    if start == end:
+        return int.from_bytes(digest.digest(), "little")  # no attributes: as _uniform_hash
     for child in (keys, items):
         offsets = _int32s(child.buffers()[1], child.offset + start, end - start + 1)
         digest.update((offsets - offsets[0]).astype("<i4", copy=False).tobytes())
