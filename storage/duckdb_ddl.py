@@ -13,13 +13,11 @@ __all__ = [
     "PHYSICAL_SCHEMAS",
     "RESOURCES_TABLE",
     "RESOURCE_COLUMN",
-    "ROW_ID",
     "SEQ_COLUMN",
     "STORAGE_SCHEMAS",
     "create_statements",
     "duckdb_type",
     "physical",
-    "rows_source",
     "select_list",
     "storage_type",
     "view_statement",
@@ -141,13 +139,13 @@ def select_list(table: Table) -> str:
     )
 
 
-def _joined(table: Table, extra: str = "") -> str:
+def _joined(table: Table) -> str:
     columns = ", ".join(
         f'r."{f.name}"' if f.name == RESOURCE_COLUMN else f't."{f.name}"'
         for f in STORAGE_SCHEMAS[table]
     )
     return (
-        f"SELECT {columns}{extra} FROM {physical(table)} t "
+        f"SELECT {columns} FROM {physical(table)} t "
         f'JOIN {RESOURCES_TABLE} r ON r."ResourceId" = t."ResourceId"'
     )
 
@@ -160,14 +158,11 @@ def view_statement(table: Table) -> str:
     return f"CREATE VIEW IF NOT EXISTS {table} AS {_joined(table)}"
 
 
-ROW_ID = "_RowId"
-"""The physical row id, as :func:`rows_source` names it."""
-
-
 def with_resources(table: Table, inner: str, extra: tuple[str, ...] = ()) -> str:
     """A subquery with the view's columns (and ``extra`` ones of ``inner``) over ``inner``, a
     query of the physical table's columns: the resources joined to the rows it selected, not to
-    the whole table (a top-N or a filter on the physical table runs first)."""
+    the whole table (a top-N or a row-id range on the physical table runs first; a view has no
+    ``rowid``)."""
     columns = ", ".join(
         [
             f'r."{f.name}"' if f.name == RESOURCE_COLUMN else f't."{f.name}"'
@@ -179,12 +174,6 @@ def with_resources(table: Table, inner: str, extra: tuple[str, ...] = ()) -> str
         f"(SELECT {columns} FROM ({inner}) t "
         f'JOIN {RESOURCES_TABLE} r ON r."ResourceId" = t."ResourceId")'
     )
-
-
-def rows_source(table: Table) -> str:
-    """A subquery with the view's columns and the physical table's ``rowid`` as ``_RowId`` (a
-    view has no rowid). DuckDB pushes a filter on ``_RowId`` down to the table scan."""
-    return f"({_joined(table, f', t.rowid AS {ROW_ID}')})"
 
 
 def create_statements() -> list[str]:

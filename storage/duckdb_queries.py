@@ -14,11 +14,9 @@ import pyarrow.compute as pc
 from opstrata.schema import Table
 from opstrata.storage import duckdb_logs, duckdb_metrics_queries, duckdb_servicemap
 from opstrata.storage.duckdb_ddl import (
-    ROW_ID,
     SEQ_COLUMN,
     STORAGE_SCHEMAS,
     physical,
-    rows_source,
     select_list,
     with_resources,
 )
@@ -129,7 +127,7 @@ class DuckDBQueries:
         tail = None if where.tail_empty else where.tail
         if not where.row_ranges and tail is None:  # not in the index, nothing committed since
             return self._no_spans(columns)
-        table = self._read_ranges(ROW_ID, where.row_ranges, tail, ids, columns)
+        table = self._read_ranges("rowid", where.row_ranges, tail, ids, columns)
         found = pc.sum(pc.equal(table.column(_PART), 0)).as_py() or 0
         if found < where.expected_rows:  # row ids moved (or a key collision): read by _Seq
             seq = f'"{SEQ_COLUMN}"'
@@ -160,19 +158,25 @@ class DuckDBQueries:
         match = '"TraceId" = ?' if len(ids) == 1 else f'"TraceId" IN ({", ".join("?" * len(ids))})'
         parts = []
         params: list[object] = []
+        # Over the physical table (its rowid; filters reach the scan), resources joined after.
         for lo, hi in ranges:
             parts.append(
-                f'SELECT 0 AS "{_PART}", {columns} FROM {rows_source(Table.TRACES)} '
-                f"WHERE {column} BETWEEN ? AND ? AND {match}"
+                f'SELECT 0 AS "{_PART}", * FROM {_SPANS} WHERE {column} BETWEEN ? AND ? AND {match}'
             )
             params += [lo, hi, *ids]
         if tail is not None:
             parts.append(
-                f'SELECT 1 AS "{_PART}", {columns} FROM {Table.TRACES} '
-                f'WHERE "{SEQ_COLUMN}" >= ? AND {match}'
+                f'SELECT 1 AS "{_PART}", * FROM {_SPANS} WHERE "{SEQ_COLUMN}" >= ? AND {match}'
             )
             params += [tail, *ids]
-        return self._con.sql(" UNION ALL ".join(parts), params=params).to_arrow_table()
+        if not parts:
+            return self._con.sql(
+                f'SELECT 0 AS "{_PART}", {columns} FROM {Table.TRACES} LIMIT 0'
+            ).to_arrow_table()
+        rows = with_resources(Table.TRACES, " UNION ALL ".join(parts), (_PART,))
+        return self._con.sql(
+            f'SELECT "{_PART}", {columns} FROM {rows}', params=params
+        ).to_arrow_table()
 
     def search_spans(self, f: SpanFilter, limit: int, cursor: str | None = None) -> SpanPage:
         where = _span_where(f)
