@@ -32,9 +32,13 @@ def generate(n: int, data_dir: Path) -> None:
     con = duckdb.connect(str(data_dir / "opstrata.duckdb"), config={"memory_limit": "2GB"})
     for statement in create_statements():
         con.execute(statement)
+    # otel_traces is a view (resources stored once): rows go to its physical table, all under
+    # one empty resource.
+    con.execute("INSERT INTO otel_resources VALUES (0, [])")
     con.execute(
-        f"""INSERT INTO otel_traces ("Timestamp", "TraceId", "SpanId", "ParentSpanId", "SpanName",
-        "SpanKind", "ServiceName", "SpanAttributes", "Duration", "StatusCode", "_Seq")
+        f"""INSERT INTO otel_traces_rows ("Timestamp", "TraceId", "SpanId", "ParentSpanId",
+        "SpanName", "SpanKind", "ServiceName", "SpanAttributes", "Duration", "StatusCode", "_Seq",
+        "ResourceId")
         SELECT make_timestamp_ns({_T0} + CAST(i * ({_HOUR} / {n}) AS BIGINT)),
           printf('%032x', i // 6), printf('%016x', i),
           CASE WHEN i % 6 = 0 THEN '' WHEN i % 6 IN (1, 2) THEN printf('%016x', i - 1)
@@ -47,7 +51,7 @@ def generate(n: int, data_dir: Path) -> None:
                WHEN 4 THEN [{{'key': 'peer.service', 'value': 'ext'}}] ELSE [] END,
           CAST(exp(15 + 0.8 * sqrt(-2 * ln(random() + 1e-12)) * cos(6.283185 * random()))
                AS BIGINT),
-          CASE WHEN random() < 0.01 THEN 'Error' ELSE 'Ok' END, i
+          CASE WHEN random() < 0.01 THEN 'Error' ELSE 'Ok' END, i, 0
         FROM range({n}) r(i)"""
     )
     con.execute("CHECKPOINT")
