@@ -107,8 +107,10 @@ def metric_usage(
     only from GenAI metrics, in service-hours without span or event calls; with ``latency``,
     ``metric_latency`` / ``metric_ttft`` percentiles (ms) from the duration and time-to-first-
     chunk histograms, interpolated within their buckets."""
-    tables = cursor.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_TABLE]
+    tables = cursor.execute(  # a table, or since the store keeps resources apart a view
+        "SELECT (SELECT count(*) FROM duckdb_tables() WHERE table_name = ?) + "
+        "(SELECT count(*) FROM duckdb_views() WHERE view_name = ?)",
+        [_TABLE, _TABLE],
     ).fetchall()[0][0]
     if not tables:
         return []

@@ -1,4 +1,5 @@
-"""The SQL behind the API, over ``llmops_calls`` and ``llmops_messages``.
+"""The SQL behind the API, over ``llmops_calls`` and the stored messages (``llmops_messages``
+and ``llmops_message_blocks``).
 
 Every value from a request is a bound parameter; column names come only from the fixed
 ``DIMENSIONS`` table, never from the request text.
@@ -11,6 +12,7 @@ from typing import Any
 
 from opstrata.plugins.llmops import metrics
 from opstrata.plugins.llmops import rollup_queries as rq
+from opstrata.plugins.llmops.blocks import read_rows
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PICO, PriceTable
 from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
@@ -315,15 +317,17 @@ def calls(
 def call_detail(cursor: Any, trace_id: str, span_id: str) -> dict[str, Any] | None:
     found = _fetch_dicts(
         cursor.execute(
-            f'SELECT {_CALL_COLUMNS} FROM {CALLS_TABLE} WHERE "TraceId" = ? AND "SpanId" = ? '
-            "LIMIT 1",
+            f'SELECT {_CALL_COLUMNS}, "MessageBlock" FROM {CALLS_TABLE} '
+            'WHERE "TraceId" = ? AND "SpanId" = ? LIMIT 1',
             [trace_id, span_id],
         )
     )
     if not found:
         return None
     call = _call(found[0])
-    stored = cursor.execute(
+    block = found[0]["MessageBlock"]
+    stored = [] if block is None else read_rows(cursor, block, trace_id, span_id)
+    stored += cursor.execute(  # from log events, and from spans before blocks were stored
         f'SELECT "Source", "Messages", "System", "Input", "Output" FROM {MESSAGES_TABLE} '
         'WHERE "TraceId" = ? AND "SpanId" = ? ORDER BY "Source" DESC, "Timestamp"',
         [trace_id, span_id],

@@ -1,5 +1,6 @@
 """The plugin's own tables in the store's DuckDB database: ``llmops_calls`` (one row per call),
-``llmops_messages`` (the stored messages of calls that captured them), ``llmops_rollup`` and
+``llmops_message_blocks`` (the messages spans carried, compressed blocks: :mod:`.blocks`),
+``llmops_messages`` (messages from log events, and all of them before blocks), ``llmops_rollup`` and
 ``llmops_sketch`` (sums and sketches per hour and day, :mod:`.rollup`) and ``llmops_progress``
 (the last batch whose calls are stored), reached through the store's per-thread cursor."""
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from opstrata.plugins.llmops.blocks import blocks_ddl
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.rollup import (
     DAY_NS,
@@ -80,6 +82,11 @@ def ensure_tables(store: Any, cursor: Any) -> None:
     with _created:
         if store not in _ready:
             cursor.execute(_ddl(CALLS_TABLE, CALLS))
+            # The block holding the call's messages (set by the writer, not in CALLS).
+            cursor.execute(
+                f'ALTER TABLE {CALLS_TABLE} ADD COLUMN IF NOT EXISTS "MessageBlock" BIGINT'
+            )
+            cursor.execute(blocks_ddl())
             cursor.execute(_ddl(MESSAGES_TABLE, MESSAGES))
             for name in ("System", "Input", "Output"):  # a table from before raw JSON was kept
                 cursor.execute(

@@ -8,9 +8,11 @@ offset, which may be past batches whose calls were still buffered: the consumer 
 batches again from the store (``backfill``), and skips batches it has already stored, so every
 call is stored once.
 
-Each write appends its calls' partial sums to ``llmops_rollup`` and ``llmops_sketch``; the writer's
-thread merges the partial rows of the hours written lately every ``COMPACT_SECONDS`` (or sooner
-when many are waiting), and all of them once at start-up (:func:`.rollup.compact`).
+Messages taken from spans are stored as compressed blocks (:mod:`.blocks`), the calls noting
+their block; messages from log events as rows. Each write appends its calls' partial sums to
+``llmops_rollup`` and ``llmops_sketch``; the writer's thread merges the partial rows of the
+hours written lately every ``COMPACT_SECONDS`` (or sooner when many are waiting), and all of
+them once at start-up (:func:`.rollup.compact`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from opstrata.plugins.llmops.blocks import BLOCKS_TABLE, pack
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.store import (
@@ -38,6 +41,7 @@ from opstrata.plugins.llmops.store import (
 __all__ = ["COMPACT_ROWS", "COMPACT_SECONDS", "CallWriter"]
 
 log = logging.getLogger(__name__)
+_SPAN = pa.scalar("span", pa.string())
 
 COMPACT_SECONDS = 60.0
 """Partial rollup rows are merged this often (wall clock) ..."""
@@ -69,6 +73,7 @@ class CallWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stored_seq = self._read_progress()
+        self._next_block = self._read_last_block() + 1
         self._dirty_from: int | None = None  # earliest call time written since the last merge
         self._written = 0  # calls written since the last merge
         self._compacted_at = time.monotonic()
@@ -83,6 +88,14 @@ class CallWriter:
             .fetchall()
         )
         return int(rows[0][0]) if rows else None
+
+    def _read_last_block(self) -> int:
+        rows = (
+            cursor_of(self.store)
+            .execute(f'SELECT coalesce(max("Block"), 0) FROM {BLOCKS_TABLE}')
+            .fetchall()
+        )
+        return int(rows[0][0])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmops-writer", daemon=True)
@@ -163,16 +176,28 @@ class CallWriter:
             )
             seq = self._pending_seq
             cursor = cursor_of(self.store)
+            from_spans = pc.equal(messages.column("Source"), _SPAN)
+            if pc.all(from_spans).as_py() is not False:  # the usual case: no filter (~1 ms)
+                in_blocks, pending_rows = messages, MESSAGES.empty_table()
+            else:
+                in_blocks = messages.filter(from_spans)
+                pending_rows = messages.filter(pc.invert(from_spans)).combine_chunks()
+            pending_blocks, next_block = None, self._next_block
+            if in_blocks.num_rows:
+                pending_blocks, block_of = pack(in_blocks, calls, next_block)
+                next_block += pending_blocks.num_rows
+                calls = calls.append_column("MessageBlock", block_of)
             pending_calls = calls.combine_chunks()
-            pending_messages = messages.combine_chunks()  # noqa: F841
             cursor.execute("BEGIN TRANSACTION")
             try:
                 if calls.num_rows:
                     cursor.execute(f"INSERT INTO {CALLS_TABLE} BY NAME SELECT * FROM pending_calls")
                     roll_up(cursor, pending_calls)
-                if messages.num_rows:
+                if pending_blocks is not None:
+                    cursor.execute(f"INSERT INTO {BLOCKS_TABLE} SELECT * FROM pending_blocks")
+                if pending_rows.num_rows:
                     cursor.execute(
-                        f"INSERT INTO {MESSAGES_TABLE} BY NAME SELECT * FROM pending_messages"
+                        f"INSERT INTO {MESSAGES_TABLE} BY NAME SELECT * FROM pending_rows"
                     )
                 if self.stored_seq is None:
                     cursor.execute(
@@ -188,7 +213,7 @@ class CallWriter:
                 cursor.execute("ROLLBACK")
                 raise
             self._calls, self._messages, self._rows, self._first_at = [], [], 0, 0.0
-            self.stored_seq = seq
+            self.stored_seq, self._next_block = seq, next_block
             if calls.num_rows:
                 first = pc.min(pending_calls.column("Timestamp")).value
                 self._dirty_from = (
