@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from opstrata.schema import Table
 from opstrata.storage import metric_math as mm
+from opstrata.storage.duckdb_ddl import RESOURCES_TABLE, physical
 from opstrata.storage.duckdb_sql import Where, attr_value_sql
 from opstrata.storage.query_types import (
     Exemplar,
@@ -36,7 +37,9 @@ TYPES = {
     Table.METRICS_SUMMARY: "summary",
 }
 _TEMPORALITY = {1: "delta", 2: "cumulative"}
-_SERIES_KEY = 'hash("ServiceName", "ResourceAttributes", "Attributes")'
+_SERIES_KEY = 'hash("ServiceName", "ResourceId", "Attributes")'
+"""A series: service, resource and point attributes. Queries read the physical tables (no join
+with ``otel_resources``), where one ``ResourceId`` is one resource (duckdb_resources)."""
 _PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d{1,3})?)$")
 AGGREGATIONS = {
     "gauge": ("sum", "avg", "min", "max"),
@@ -67,7 +70,7 @@ def metric_names(
         rows = con.execute(
             f'SELECT "MetricName", any_value("MetricUnit"), any_value("MetricDescription"), '
             f"count(DISTINCT {_SERIES_KEY}), count(*), {temporality}, {monotonic} "
-            f"FROM {table} WHERE {where.sql()} GROUP BY 1",
+            f"FROM {physical(table)} WHERE {where.sql()} GROUP BY 1",
             where.params,
         ).fetchall()
         for name, unit, description, series, points, temp, mono in rows:
@@ -89,7 +92,10 @@ def metric_names(
 def _table_of(con: duckdb.DuckDBPyConnection, name: str) -> Table:
     for table in TYPES:
         # fetchall, never fetchone: an unfinished result blocks the next query on this cursor.
-        if con.execute(f'SELECT 1 FROM {table} WHERE "MetricName" = ? LIMIT 1', [name]).fetchall():
+        found = con.execute(
+            f'SELECT 1 FROM {physical(table)} WHERE "MetricName" = ? LIMIT 1', [name]
+        ).fetchall()
+        if found:
             return table
     raise MetricQueryError(f"no metric named {name!r}")
 
@@ -104,10 +110,14 @@ def metric_series(
 ) -> list[MetricSeries]:
     table = _table_of(con, name)
     where = Where().add('"MetricName" = ?', name).window("TimeUnix", start, end)
+    # Grouped on the physical table; each group's resource joined after.
     rows = con.execute(
-        f'SELECT "ServiceName", "Attributes", "ResourceAttributes", count(*), '
-        f'epoch_ns(min("TimeUnix")), epoch_ns(max("TimeUnix")) FROM {table} '
-        f"WHERE {where.sql()} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT ? OFFSET ?",
+        f'SELECT g.s, g.a, r."ResourceAttributes", g.n, g.first, g.last FROM ('
+        f'SELECT "ServiceName" AS s, "Attributes" AS a, "ResourceId", count(*) AS n, '
+        f'epoch_ns(min("TimeUnix")) AS first, epoch_ns(max("TimeUnix")) AS last '
+        f"FROM {physical(table)} WHERE {where.sql()} GROUP BY 1, 2, 3) g "
+        f'JOIN {RESOURCES_TABLE} r ON r."ResourceId" = g."ResourceId" '
+        "ORDER BY 1, 2, 3 LIMIT ? OFFSET ?",
         [*where.params, limit, offset],
     ).fetchall()
     return [
@@ -176,9 +186,12 @@ def metric_range(
         Table.METRICS_SUMMARY: '"Count", "Sum"',
     }[table]
     extra = "".join(", " + s for s in labels_sql)
+    source = physical(table)
+    if label_params:  # a label may come from the resource's attributes: join them
+        source = f'{source} JOIN {RESOURCES_TABLE} USING ("ResourceId")'
     data = con.sql(
         f'SELECT {_SERIES_KEY} AS sid, epoch_ns("TimeUnix") AS t, '
-        f'epoch_ns("StartTimeUnix") AS st, {columns}{extra} FROM {table} '
+        f'epoch_ns("StartTimeUnix") AS st, {columns}{extra} FROM {source} '
         f"WHERE {where.sql()} ORDER BY sid, t",
         params=[*label_params, *where.params],
     ).to_arrow_table()
@@ -378,7 +391,8 @@ def exemplars(
     where = Where().add('"MetricName" = ?', name).window("TimeUnix", window.start, window.end)
     where.attributes("Attributes", attributes)
     parts = [
-        f'SELECT "ServiceName" AS s, "Attributes" AS a, unnest("Exemplars") AS e FROM {table} '
+        f'SELECT "ServiceName" AS s, "Attributes" AS a, unnest("Exemplars") AS e '
+        f"FROM {physical(table)} "
         f"WHERE {where.sql()}"
         for table in (
             Table.METRICS_SUM,

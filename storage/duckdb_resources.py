@@ -20,6 +20,8 @@ import pyarrow as pa
 
 __all__ = ["ResourceIds", "resource_ids", "resource_runs"]
 
+_ENTRIES = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
+
 
 def _int32s(buffer: pa.Buffer, offset: int, count: int) -> np.ndarray:
     return np.frombuffer(buffer, np.int32, count, offset * 4)
@@ -198,21 +200,40 @@ def resource_ids(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 class ResourceIds:
-    """The resource ids already in ``otel_resources``, so each resource is inserted once; loaded
-    at start, grown only after the transaction that inserted new ones commits."""
+    """Which resources ``otel_resources`` holds, so that each is inserted once and always
+    referred to by one id; loaded at start, grown only after the transaction that inserted new
+    ones commits.
 
-    def __init__(self, known: np.ndarray | None = None) -> None:
-        self.known: set[int] = set() if known is None else {int(x) for x in known}
+    Rows that reached the table by SQL (an upgraded data dir: duckdb_migrate) carry DuckDB's
+    ``hash()`` as their id, not this module's: ``alias`` maps the id computed here to the one
+    stored, so a resource seen again keeps its id (a metric series stays one series)."""
 
-    def new_rows(self, starts: np.ndarray, run_ids: np.ndarray, pending: set[int]) -> list[int]:
-        """The rows (first of their run) whose resource is neither stored nor already taken
-        for this transaction (``pending``, which gains them)."""
-        taken = []
-        for row, rid in zip(starts.tolist(), run_ids.tolist(), strict=True):
+    def __init__(self, stored: pa.Table | None = None) -> None:
+        self.known: set[int] = set()
+        self.alias: dict[int, int] = {}
+        if stored is None or stored.num_rows == 0:
+            return
+        stored_ids = stored.column("ResourceId").to_numpy()
+        self.known = {int(x) for x in stored_ids}
+        column = stored.column("ResourceAttributes").combine_chunks().cast(_ENTRIES)
+        computed, _, _ = resource_ids([column])
+        for mine, theirs in zip(computed.tolist(), stored_ids.tolist(), strict=True):
+            if mine != theirs and mine not in self.known:
+                self.alias[mine] = min(theirs, self.alias.get(mine, theirs))
+
+    def assign(
+        self, starts: np.ndarray, run_ids: np.ndarray, pending: set[int]
+    ) -> tuple[np.ndarray, list[int]]:
+        """The stored id of each run, and the runs' first rows whose resource is neither stored
+        nor already taken for this transaction (``pending``, which gains their ids)."""
+        ids, taken = [], []
+        for row, computed in zip(starts.tolist(), run_ids.tolist(), strict=True):
+            rid = self.alias.get(computed, computed)
+            ids.append(rid)
             if rid not in self.known and rid not in pending:
                 pending.add(rid)
                 taken.append(row)
-        return taken
+        return np.array(ids, np.uint64), taken
 
     def committed(self, pending: set[int]) -> None:
         self.known |= pending

@@ -78,8 +78,8 @@ def _stored_table(
         array = pa.concat_arrays(column.chunks).view(field.type)
         if field.name == RESOURCE_COLUMN:
             # Per request (one resource throughout, as a rule), before they are concatenated.
-            ids, starts, run_ids = resource_ids([chunk.view(field.type) for chunk in column.chunks])
-            rows = resources.new_rows(starts, run_ids, pending)
+            _, starts, computed = resource_ids([chunk.view(field.type) for chunk in column.chunks])
+            run_ids, rows = resources.assign(starts, computed, pending)
             if rows:
                 new_resources.append(
                     pa.StructArray.from_arrays(
@@ -87,7 +87,7 @@ def _stored_table(
                         ["ResourceId", RESOURCE_COLUMN],
                     )
                 )
-            array = pa.array(ids)
+            array = pa.array(np.repeat(run_ids, np.diff(np.append(starts, len(array)))))
         columns.append(array)
     columns.append(pa.array(np.concatenate(seqs)))
     return pa.Table.from_arrays(columns, schema=PHYSICAL_SCHEMAS[table])
@@ -213,8 +213,11 @@ class DuckDBStore:
         migrate(self._con)  # a data dir from before resources were stored once
         for statement in create_statements():
             self._con.execute(statement)
-        known = self._con.execute(f'SELECT "ResourceId" FROM {RESOURCES_TABLE}').fetchnumpy()
-        self._resources = ResourceIds(known["ResourceId"])
+        self._resources = ResourceIds(
+            self._con.execute(
+                f'SELECT "ResourceId", "{RESOURCE_COLUMN}" FROM {RESOURCES_TABLE}'
+            ).to_arrow_table()
+        )
         row = self._con.execute(f'SELECT coalesce(max("Seq"), 0) FROM {BATCH_LOG_TABLE}').fetchone()
         self._seq = int(row[0]) if row else 0
         self._con.execute(

@@ -79,22 +79,19 @@ def test_two_resources_round_trip_and_are_stored_once_across_restarts(tmp_path: 
         assert _resource_rows(data) == 2
 
 
-def test_a_request_of_several_resources_keeps_each_rows_own(server: ServerProcess) -> None:
-    """One request with resources A, B, A (the writer's run detection, not the one-resource
-    path): each span keeps its own resource; A is stored once."""
+def _post_spans(server: ServerProcess, resources: list[list[tuple[str, str]]], per: int) -> None:
+    """One OTLP/HTTP request with ``per`` spans under each of ``resources``, in order."""
     request = ExportTraceServiceRequest()
-    names = ["alpha", "beta", "alpha"]
-    for n, name in enumerate(names):
+    for n, pairs in enumerate(resources):
         resource_spans = request.resource_spans.add()
-        for key, value in (("service.name", name), ("ab", "c") if n != 1 else ("a", "bc")):
+        for key, value in pairs:
             attr = resource_spans.resource.attributes.add()
             attr.key, attr.value.string_value = key, value
         scope = resource_spans.scope_spans.add()
-        for i in range(5):
-            span = scope.spans.add(
-                trace_id=bytes([n + 1] * 16), span_id=(10 * n + i + 1).to_bytes(8)
-            )
-            span.name = f"{name} {i}"
+        for i in range(per):
+            span_id = (100 * n + i + 1).to_bytes(8)
+            span = scope.spans.add(trace_id=bytes([n + 1] * 16), span_id=span_id)
+            span.name = f"{dict(pairs)['service.name']} {i}"
             span.start_time_unix_nano = 1_700_000_000_000_000_000 + i
             span.end_time_unix_nano = span.start_time_unix_nano + 10
     reply = httpx.post(
@@ -104,6 +101,14 @@ def test_a_request_of_several_resources_keeps_each_rows_own(server: ServerProces
         timeout=30,
     )
     assert reply.status_code == 200
+
+
+def test_a_request_of_several_resources_keeps_each_rows_own(server: ServerProcess) -> None:
+    """One request with resources A, B, A (the writer's run detection, not the one-resource
+    path): each span keeps its own resource; A is stored once."""
+    alpha = [("service.name", "alpha"), ("ab", "c")]
+    beta = [("service.name", "beta"), ("a", "bc")]
+    _post_spans(server, [alpha, beta, alpha], 5)
     data = server.data_dir
     assert server.stop() == 0
     rows = read_table(data, "otel_traces")
@@ -214,10 +219,12 @@ def test_a_data_dir_of_the_previous_layout_is_migrated_on_start(tmp_path: Path) 
             "h-old-b",
         }
         _send(server, "new-c", {"host.name": "h-new"}, 20)
+        # A resource the upgrade stored (under DuckDB's hash) keeps that id when seen again.
+        _post_spans(server, [[("service.name", "old-a"), ("host.name", "h-old-a")]], 4)
     finally:
         assert server.stop() == 0, "".join(server.output)
     rows = read_table(data, "otel_traces", 'ORDER BY "_Seq", "SpanId"')
-    assert len(rows) == n + 20
+    assert len(rows) == n + 24
     for row, expected in zip(rows[:n], service.tolist(), strict=True):
         assert row["ServiceName"] == expected
         assert row["ResourceAttributes"] == {"service.name": expected, "host.name": f"h-{expected}"}
