@@ -30,6 +30,8 @@ class CommittedBatch:
     tables: Mapping[Table, pa.RecordBatch]
     nbytes: int = 0
     """Bytes of the batches' buffers (what holding it in an inbox costs)."""
+    latest: int = -1
+    """:func:`latest_event_time` of the batch, worked out once by :meth:`of` (-1: not yet)."""
 
     @classmethod
     def of(cls, seq: int, batches: list[tuple[Table, pa.RecordBatch]]) -> CommittedBatch:
@@ -45,7 +47,10 @@ class CommittedBatch:
                 else Signal.METRIC_POINTS
             )
         nbytes = sum(batch.get_total_buffer_size() for batch in tables.values())
-        return cls(seq, signal, MappingProxyType(tables), nbytes)
+        # The fan-out asks every batch its event time on the ingest path, and consumers ask
+        # again (the topology consumer for every request): once here is once for all of them.
+        latest = _median_time(tables)
+        return cls(seq, signal, MappingProxyType(tables), nbytes, latest)
 
     @property
     def rows(self) -> int:
@@ -58,8 +63,12 @@ _TIME_COLUMN = {Table.TRACES: "Timestamp", Table.LOGS: "Timestamp"}
 def latest_event_time(batch: CommittedBatch) -> int:
     """The event time (Unix ns) a batch says it is: the median of its timestamps, so that one
     item from a skewed clock cannot move time far ahead; 0 when the batch is empty."""
+    return batch.latest if batch.latest >= 0 else _median_time(batch.tables)
+
+
+def _median_time(tables: Mapping[Table, pa.RecordBatch]) -> int:
     latest = 0
-    for table, records in batch.tables.items():
+    for table, records in tables.items():
         times = records.column(_TIME_COLUMN.get(table, "TimeUnix"))
         if times.null_count:
             times = times.drop_null()

@@ -102,6 +102,25 @@ class TopologyGraph:
         with self._lock:
             self._add(kind, source, target, time_unix_nano)
 
+    def add_many(self, kind: EdgeKind, edges: Iterable[tuple[Node, Node, int]]) -> None:
+        """:meth:`add` of many edges of one kind, ``(source, target, time_unix_nano)``, under
+        one hold of the lock."""
+        known = self._edges
+        with self._lock:
+            for source, target, time in edges:
+                source, target = canonical(source), canonical(target)
+                if source == target or not source[1] or not target[1]:
+                    continue
+                # An edge seen before, inline: this runs for every placement of every group of
+                # batches the topology consumer takes.
+                state = known.get((kind, source, target))
+                if state is None:
+                    self._add(kind, source, target, time)
+                elif time > state.last_seen:
+                    state.last_seen = time
+                elif time < state.first_seen:
+                    state.first_seen = time
+
     def _add(self, kind: EdgeKind, source: Node, target: Node, time: int) -> _EdgeState:
         key = (kind, source, target)
         state = self._edges.get(key)

@@ -24,8 +24,8 @@ from opstrata.topology import (
     PLACEMENT_KEYS,
     EdgeKind,
     TopologyGraph,
-    canonical,
 )
+from opstrata.topology_runs import resource_runs
 from opstrata.topology_spans import (
     Names,
     SpanKeyIndex,
@@ -41,8 +41,8 @@ __all__ = ["TopologyConsumer"]
 # ``dateutil`` is not installed, every conversion of a Python value (a list, or a literal passed
 # to a compute function) retries that import from disk, ~100 µs each here.
 _KEYS: dict[str, pa.Scalar] = {}
-_OUTBOUND_KINDS = pa.array(["Client", "Producer"])
-_INBOUND_KINDS = pa.array(["Server", "Consumer"])
+# Outbound kinds first, then inbound ones.
+_CALL_KINDS = pa.array(["Client", "Producer", "Server", "Consumer"])
 _EMPTY = pa.scalar("", pa.string())
 _ERROR = pa.scalar("Error", pa.string())
 _COLON = pa.scalar(":", pa.string())
@@ -55,24 +55,6 @@ def _key(key: str) -> pa.Scalar:
     return scalar
 
 
-def _placement_columns(records: pa.RecordBatch, time_column: str) -> tuple[pa.Array, ...]:
-    return (
-        records.column("ResourceAttributes"),
-        records.column("ServiceName"),
-        records.column(time_column),
-    )
-
-
-_SPAN_COLUMNS = (
-    "Timestamp",
-    "SpanId",
-    "ParentSpanId",
-    "SpanKind",
-    "ServiceName",
-    "SpanAttributes",
-    "Duration",
-    "StatusCode",
-)
 # Past this many interned names (services, peers, models) the consumer starts its names and
 # its pending-span indexes afresh, so that a flood of distinct peer addresses cannot grow them
 # without bound; codes must also stay below 2**31 to pack a (caller, peer) pair in one int64.
@@ -95,13 +77,6 @@ _PLACEMENT_KEY_ARRAY = pa.array([key for key, _ in PLACEMENT_KEYS])
 _LOW32 = np.int64(0xFFFFFFFF)
 
 
-def _concat(batches: list[pa.RecordBatch], names: tuple[str, ...]) -> dict[str, pa.Array]:
-    """The named columns of several batches, each as one array."""
-    if len(batches) == 1:
-        return {name: batches[0].column(name) for name in names}
-    return {name: pa.concat_arrays([b.column(name) for b in batches]) for name in names}
-
-
 def _first_in_rows(rows: np.ndarray, key_index: np.ndarray, low: int, high: int) -> np.ndarray:
     """Of ``first_values``' entries (sorted by row, then key), the first of each row whose key
     index is in ``[low, high)``: the first present of those keys, in their order."""
@@ -112,8 +87,45 @@ def _first_in_rows(rows: np.ndarray, key_index: np.ndarray, low: int, high: int)
     return within[np.concatenate(([True], chosen[1:] != chosen[:-1]))]
 
 
+def _time_column(table: Table) -> str:
+    return "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
+
+
+def _table(batches: list[pa.RecordBatch]) -> pa.Table:
+    """Batches of one table as one Arrow table, whose columns are then read once for all of
+    them: picking columns batch by batch made Python objects per column per request, a fixed
+    cost per request that was most of the consumer's cost per item."""
+    try:
+        return pa.Table.from_batches(batches)
+    except pa.ArrowInvalid:  # the same columns in another order (read back from a store)
+        names = batches[0].schema.names
+        return pa.Table.from_batches([batch.select(names) for batch in batches])
+
+
+def _int64s(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of 64-bit integers or timestamps as int64 numpy: copied chunk by chunk into
+    one array, which costs a quarter of combining the chunks into one Arrow array."""
+    if column.null_count == 0 and (
+        pa.types.is_int64(column.type) or pa.types.is_timestamp(column.type)
+    ):
+        return column.to_numpy().view(np.int64)
+    return int64s(column.combine_chunks())
+
+
 def _concat_arrays(arrays: list[pa.Array]) -> pa.Array:
     return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _first_of_runs(
+    resource: pa.MapArray, services: pa.Array, times: np.ndarray, starts: np.ndarray
+) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """The resource and service name of the first row of each run of one resource (runs that
+    begin at ``starts``), and the latest time of each run."""
+    latest = np.maximum.reduceat(times, starts)
+    if len(starts) == len(resource):
+        return resource, services, latest
+    at = pa.array(starts)
+    return resource.take(at), services.take(at), latest
 
 
 def _bools(array: pa.Array) -> np.ndarray:
@@ -161,41 +173,54 @@ class TopologyConsumer(Consumer):
 
     def consume_many(self, batches: list[CommittedBatch], ctx: ConsumerContext) -> None:
         """Learn from several committed batches (in sequence order) in one pass."""
-        # The logs and metrics tables are learned from together: each call has a fixed cost,
-        # and a request of metric points fills up to five tables.
-        spans: list[pa.RecordBatch] = []
-        placement: list[tuple[pa.Array, pa.Array, pa.Array]] = []
+        # Per request only the batches are sorted by table; every column is then read once per
+        # table for the whole group. Placement comes from every table (a request of metric
+        # points fills up to five), calls and models from spans.
+        tables: dict[Table, list[pa.RecordBatch]] = {}
+        latest = self._latest
         for batch in batches:
             for table, records in batch.tables.items():
-                if not records.num_rows:
-                    continue
-                if table is Table.TRACES:
-                    spans.append(records)
-                time_column = "TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp"
-                placement.append(_placement_columns(records, time_column))
-            self._latest = max(self._latest, latest_event_time(batch))
+                if records.num_rows:
+                    tables.setdefault(table, []).append(records)
+            latest = max(latest, latest_event_time(batch))
+        self._latest = latest
         if len(self._names) > _MAX_NAMES:
             self._names.clear()
             self._clients.clear()
             self._orphans.clear()
+        placement = []
+        spans = None
+        for table, records in tables.items():
+            data = _table(records)
+            services = data.column("ServiceName").combine_chunks()
+            times = _int64s(data.column(_time_column(table)))
+            resource = data.column("ResourceAttributes").combine_chunks()
+            starts = resource_runs(resource, services)
+            if table is Table.TRACES:
+                spans = (data, times, starts, sum(len(part[1]) for part in placement))
+            placement.append(_first_of_runs(resource, services, times, starts))
         if placement:
-            self._learn_placement(placement)
-        if spans:
-            self._learn_spans(_concat(spans, _SPAN_COLUMNS))
+            run_services = self._learn_placement(placement)
+            if spans is not None:
+                data, times, starts, first = spans
+                # ServiceName is one per run: the runs' service codes, repeated over their rows.
+                codes = run_services[first : first + len(starts)]
+                self._learn_spans(data, np.repeat(codes, np.diff(starts, append=len(times))), times)
         before = self._batches
         self._batches += len(batches)
         if self._batches // 200 != before // 200:
             self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
             self.graph.save(ctx.state_dir / "topology.json")
 
-    def _learn_placement(self, parts: list[tuple[pa.Array, pa.Array, pa.Array]]) -> None:
-        # Placement is a property of the resource: the placement keys of every row, in one
-        # pass over all the tables' resource keys, grouped by (service, host, pod, node) with
-        # the latest time of each. Finding runs of one resource per table instead cost more in
-        # fixed per-table work than this costs per row.
+    def _learn_placement(self, parts: list[tuple[pa.Array, pa.Array, np.ndarray]]) -> np.ndarray:
+        """Learn placement from the first rows of runs of one resource (``_first_of_runs``);
+        return the code of each one's service name."""
+        # Placement is a property of the resource: the placement keys of the first row of each
+        # run of one resource, grouped by (service, host, pod, node) with the latest
+        # time of each.
         resource = _concat_arrays([part[0] for part in parts])
         services = _concat_arrays([part[1] for part in parts])
-        times = np.concatenate([int64s(part[2]) for part in parts])
+        times = np.concatenate([part[2] for part in parts])
         names = self._names
         empty = names.code("")
         columns = [names.encode(services)]
@@ -209,41 +234,40 @@ class TopologyConsumer(Consumer):
         order, starts, first = group_rows(*columns)
         latest = np.maximum.reduceat(times[order], starts).tolist()
         found = [[names.names[code] for code in column[first].tolist()] for column in columns]
+        edges = []
         for service, host, pod, node, time in zip(*found, latest, strict=True):
             if pod and node:
-                self.graph.add(EdgeKind.RUNS_ON, ("pod", pod), ("host", node), time)
-            if not service:
-                continue
-            for kind, name in (("host", host), ("pod", pod), ("node", node)):
-                if name:
-                    place = canonical((kind, name))
-                    self.graph.add(EdgeKind.RUNS_ON, ("service", service), place, time)
+                edges.append((("pod", pod), ("host", node), time))
+            if service:
+                edges += [
+                    (("service", service), (kind, name), time)
+                    for kind, name in (("host", host), ("pod", pod), ("node", node))
+                    if name
+                ]
+        self.graph.add_many(EdgeKind.RUNS_ON, edges)
+        return columns[0]
 
-    def _learn_spans(self, spans: dict[str, pa.Array]) -> None:
-        services = spans["ServiceName"]
-        attributes = spans["SpanAttributes"]
+    def _learn_spans(self, spans: pa.Table, service_codes: np.ndarray, times: np.ndarray) -> None:
         names = self._names
-        times = int64s(spans["Timestamp"])
         latest = int(times.max())
-        service_codes = names.encode(services)
-        found = first_values(attributes, _SPAN_KEY_ARRAY)
+        found = first_values(spans.column("SpanAttributes").combine_chunks(), _SPAN_KEY_ARRAY)
         self._learn_models(service_codes, found, times)
 
-        kinds = spans["SpanKind"]
-        outbound = _bools(pc.is_in(kinds, _OUTBOUND_KINDS))
-        inbound = _bools(pc.is_in(kinds, _INBOUND_KINDS))
+        kinds = pc.index_in(spans.column("SpanKind"), value_set=_CALL_KINDS)
+        kinds = kinds.fill_null(-1).to_numpy()
+        outbound, inbound = (kinds >= 0) & (kinds < 2), kinds >= 2
         # The first of the peer keys (in their order) each span has, else "".
         rows, key_index, values = found
         peer = _first_in_rows(rows, key_index, 0, len(_PEER_KEYS))
-        peer_codes = np.full(len(services), names.code(""), np.int64)
+        peer_codes = np.full(len(service_codes), names.code(""), np.int64)
         if len(peer):
             peer_codes[rows[peer]] = names.encode(values.take(pa.array(peer)))
 
         # Calls leaving a service: per-minute statistics per (caller, peer).
         calls = outbound & (peer_codes != names.code(""))
         if calls.any():
-            errors = _bools(pc.equal(spans["StatusCode"], _ERROR))[calls].astype(np.int64)
-            durations = int64s(spans["Duration"])[calls]
+            errors = _bools(pc.equal(spans.column("StatusCode"), _ERROR))[calls].astype(np.int64)
+            durations = _int64s(spans.column("Duration"))[calls]
             callers, peers = service_codes[calls], peer_codes[calls]
             minutes = times[calls] // _MINUTE
             order, starts, first = group_rows(callers, peers, minutes)
@@ -271,13 +295,14 @@ class TopologyConsumer(Consumer):
 
         # Cross-service parent/child pairs: either side may arrive first, in this batch or in
         # an earlier one.
-        span_ids = span_keys(spans["SpanId"])
-        parent_ids = span_keys(spans["ParentSpanId"])
-        client_ids = span_ids[outbound]
+        # Only the ids a side of a call needs are read: the span ids of client spans, the
+        # parent ids of server spans.
+        client_ids = span_keys(spans.column("SpanId").combine_chunks(), outbound)
         client_callers, client_peers = service_codes[outbound], peer_codes[outbound]
         self._clients.add(client_ids, (client_callers << 32) | client_peers)
-        waiting = inbound & (parent_ids != 0)
-        parents, callees = parent_ids[waiting], service_codes[waiting]
+        parent_ids = span_keys(spans.column("ParentSpanId").combine_chunks(), inbound)
+        waiting = parent_ids != 0
+        parents, callees = parent_ids[waiting], service_codes[inbound][waiting]
         found, pairs = self._clients.find(parents)
         answered, answering = self._orphans.find(client_ids)
         self._orphans.add(parents[~found], callees[~found])
