@@ -160,7 +160,7 @@ def main() -> None:
                 for first in range(have, args.calls, step):
                     pending = generated(rng, first, min(step, args.calls - first), args.calls)
                     cursor.register("pending", pending)
-                    cursor.execute(f"INSERT INTO {CALLS_TABLE} SELECT * FROM pending")
+                    cursor.execute(f"INSERT INTO {CALLS_TABLE} BY NAME SELECT * FROM pending")
                     cursor.unregister("pending")
                     roll_up(cursor, pending)  # as the plugin's writer does with each write
                 cursor.execute("BEGIN TRANSACTION")

@@ -250,3 +250,59 @@ def test_metric_histogram_percentiles_interpolate_within_buckets() -> None:
     # The last bucket has no upper bound: its lower bound is the answer.
     assert _histogram_percentiles(bounds, np.array([0, 0, 0, 0, 4])) == [4000.0] * 3
     assert _histogram_percentiles(bounds, np.zeros(5, dtype=np.int64)) == [None] * 3
+
+
+def test_message_blocks_give_back_each_calls_rows() -> None:
+    """Span messages packed into blocks of ``BLOCK_ROWS`` (here three of them), stored in a
+    real DuckDB table: each call notes the block that holds its rows, calls without messages
+    note none, and reading a call's block gives back exactly its rows."""
+    from opstrata.plugins.llmops import blocks
+    from opstrata.plugins.llmops.span_parts import MESSAGES
+
+    rng = np.random.default_rng(3)
+    n = 3 * blocks.BLOCK_ROWS + 500
+    trace_ids = [f"{i:032x}" for i in rng.permutation(10**6)[:n]]
+    span_ids = [f"{i:016x}" for i in range(n)]
+    with_messages = rng.random(n) < 0.8
+    rows = np.flatnonzero(with_messages)
+    messages = pa.table(
+        {
+            "Timestamp": pa.array(rows * 1000, pa.timestamp("ns")),
+            "TraceId": [trace_ids[i] for i in rows],
+            "SpanId": [span_ids[i] for i in rows],
+            "Source": ["span"] * len(rows),
+            "Messages": pa.nulls(len(rows), pa.string()),
+            "System": pa.nulls(len(rows), pa.string()),
+            "Input": [json.dumps([{"role": "user", "content": f"question {i}"}]) for i in rows],
+            "Output": [f'[{{"role": "assistant", "content": "answer {i}"}}]' for i in rows],
+        },
+        schema=MESSAGES,
+    )
+    calls = pa.table({"TraceId": trace_ids, "SpanId": span_ids})
+    first = 41
+    packed, block_of = blocks.pack(messages, calls, first)
+    count = -(-len(rows) // blocks.BLOCK_ROWS)
+    assert count == 3
+    assert packed.column("Block").to_pylist() == [41, 42, 43]
+    assert sum(packed.column("Rows").to_pylist()) == len(rows)
+    cursor = duckdb.connect()
+    cursor.execute(blocks.blocks_ddl())
+    cursor.execute(f"INSERT INTO {blocks.BLOCKS_TABLE} SELECT * FROM packed")
+    block_of = block_of.to_pylist()
+    assert [b is None for b in block_of] == (~with_messages).tolist()
+    position = {int(call): k for k, call in enumerate(rows)}
+    for call in rng.choice(n, 40, replace=False).tolist():
+        if not with_messages[call]:
+            continue
+        assert block_of[call] == first + position[call] // blocks.BLOCK_ROWS
+        got = blocks.read_rows(cursor, block_of[call], trace_ids[call], span_ids[call])
+        assert got == [
+            (
+                "span",
+                None,
+                None,
+                json.dumps([{"role": "user", "content": f"question {call}"}]),
+                f'[{{"role": "assistant", "content": "answer {call}"}}]',
+            )
+        ]
+    assert blocks.read_rows(cursor, first, "0" * 32, "0" * 16) == []
