@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from types import MappingProxyType
 
 import uvicorn
 
@@ -33,6 +34,7 @@ from opstrata.otlp.grpc_receiver import GrpcReceiver
 from opstrata.otlp.http_receiver import OtlpHttpServer
 from opstrata.readafterack import ReadAfterAck
 from opstrata.runtime import Runtime
+from opstrata.schema import signal_of
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import Settings, parse_address
 from opstrata.storage.base import Store, StoreError
@@ -218,8 +220,14 @@ async def serve(settings: Settings) -> int:
     def observe_newest() -> None:
         alertbook.observe(latest_event_time(newest.pop()))
 
-    def fan_out(seq: int, batches: list) -> None:
-        committed = CommittedBatch.of(seq, batches)
+    def fan_out(seq: int, batches: list, nbytes: int | None) -> None:
+        if nbytes is None:
+            committed = CommittedBatch.of(seq, batches)
+        else:
+            # The pipeline has the buffers' size already (admission counted them): ``of``
+            # would measure them again, 20-100 µs per request on the event loop.
+            tables = MappingProxyType(dict(batches))
+            committed = CommittedBatch(seq, signal_of(batches[-1][0]), tables, nbytes)
         for runner in runners:
             runner.publish(committed)
         # The event-time clock moves once per pass of the event loop, to the newest commit's

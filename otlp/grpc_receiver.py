@@ -14,6 +14,7 @@ from grpc import aio
 
 from opstrata.auth import otlp_authenticator
 from opstrata.ingest import IngestPipeline
+from opstrata.otlp.decoded import DecodedRequest
 from opstrata.otlp.decoder import Encoding
 from opstrata.otlp.replies import error_reply, export_response
 from opstrata.schema import Signal
@@ -54,17 +55,24 @@ class GrpcReceiver:
         self._server: aio.Server | None = None
 
     def _handler(self, signal: Signal) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
+        # The reply to a request accepted in full is the same bytes every time.
+        accepted = export_response(signal, DecodedRequest(signal)).SerializeToString()
+        pipeline = self.pipeline
+        authenticate = self.authenticate
+
         async def export(body: bytes, context: aio.ServicerContext) -> bytes:
             try:
-                if self.authenticate is not None:
-                    self.authenticate(dict(context.invocation_metadata() or ()))
-                decoded = await self.pipeline.ingest(signal, body, Encoding.PROTOBUF)
+                if authenticate is not None:
+                    authenticate(dict(context.invocation_metadata() or ()))
+                decoded = await pipeline.ingest(signal, body, Encoding.PROTOBUF)
             except Exception as exc:
                 reply = error_reply(exc)
                 await context.abort(
                     reply.grpc_code, reply.status.message, trailing_metadata=reply.grpc_trailers()
                 )
-            return export_response(signal, decoded).SerializeToString()
+            if decoded.rejected or decoded.dropped_attributes or decoded.truncated_values:
+                return export_response(signal, decoded).SerializeToString()
+            return accepted
 
         return export
 
