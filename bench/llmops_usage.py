@@ -152,7 +152,7 @@ def main() -> None:
         store.start()
         try:
             cursor = cursor_of(store)
-            have = cursor.execute(f"SELECT count(*) FROM {CALLS_TABLE}").fetchone()[0]
+            have = cursor.execute(f"SELECT count(*) FROM {CALLS_TABLE}").fetchall()[0][0]
             if have < args.calls:
                 rng = np.random.default_rng(7)
                 started = time.perf_counter()
@@ -170,8 +170,8 @@ def main() -> None:
                 took = time.perf_counter() - started
                 print(f"inserted {args.calls - have:,} calls in {took:.1f} s")
             # (a database filled before llmops_rollup existed got it built by cursor_of)
-            rolled = cursor.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchone()[0]
-            total = cursor.execute(f"SELECT count(*) FROM {CALLS_TABLE}").fetchone()[0]
+            rolled = cursor.execute(f"SELECT count(*) FROM {ROLLUP_TABLE}").fetchall()[0][0]
+            total = cursor.execute(f"SELECT count(*) FROM {CALLS_TABLE}").fetchall()[0][0]
             print(f"{total:,} calls in {store.path}; {rolled:,} rollup rows")
             day = 86_400 * 10**9
             everything = Filters()
