@@ -214,7 +214,7 @@ class DuckDBStore:
         for statement in create_statements():
             self._con.execute(statement)
         self._resources = ResourceIds(
-            self._con.execute(
+            self._con.sql(
                 f'SELECT "ResourceId", "{RESOURCE_COLUMN}" FROM {RESOURCES_TABLE}'
             ).to_arrow_table()
         )
