@@ -104,6 +104,7 @@ class ConsumerRunner:
         # given every batch waiting in its inbox at once: its fixed cost per call, paid per
         # request of 100 items, was most of its cost.
         self._many = getattr(consumer, "consume_many", None)
+        self._linger = getattr(consumer, "linger_seconds", _LINGER_SECONDS)
 
     # -- called from the ingest side -------------------------------------------------------------
 
@@ -126,23 +127,34 @@ class ConsumerRunner:
         with self._cond:
             if batch.seq <= self.head:
                 return
+            wake = False
             if batch.seq != self.head + 1:
                 # A commit was never published (its request was cancelled): read from the store.
+                wake = not self.behind
                 self.behind = True
                 self._clear_inbox()
             self.head = batch.seq
-            if batch.signal not in self.consumer.signals or self.behind:
-                return
-            if (
-                len(self._inbox) >= self.consumer.inbox_size
-                or self._inbox_bytes + batch.nbytes > self._inbox_limit
-            ):
-                self.behind = True
-                self._clear_inbox()
-            else:
-                self._inbox.append(batch)
-                self._inbox_bytes += batch.nbytes
-            self._cond.notify()
+            if batch.signal in self.consumer.signals and not self.behind:
+                if (
+                    len(self._inbox) >= self.consumer.inbox_size
+                    or self._inbox_bytes + batch.nbytes > self._inbox_limit
+                ):
+                    self.behind = wake = True
+                    self._clear_inbox()
+                else:
+                    # The consumer's thread waits for a first batch, then lingers for more:
+                    # waking it for every batch would cut its linger short (and cost a thread
+                    # switch per request), so only the first and a full inbox wake it.
+                    wake = not self._inbox
+                    self._inbox.append(batch)
+                    self._inbox_bytes += batch.nbytes
+                    wake = wake or self._inbox_full()
+            if wake:
+                self._cond.notify()
+
+    def _inbox_full(self) -> bool:
+        """Enough waiting that lingering for more would risk the inbox's bounds."""
+        return len(self._inbox) >= _MANY_BATCHES or self._inbox_bytes * 2 > self._inbox_limit
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
@@ -184,11 +196,17 @@ class ConsumerRunner:
         while True:
             with self._cond:
                 if not (self._inbox or self.behind or self._stopping):
-                    # Idle: wait, then linger a moment so that one wake-up takes several
-                    # batches. Per-batch wake-ups of many consumer threads cost ingest GIL time.
+                    # Idle: wait, then linger so that one wake-up takes several batches.
+                    # Per-batch wake-ups of many consumer threads cost ingest GIL time, and a
+                    # ``consume_many``'s fixed cost per call is paid per wake-up.
                     while not (self._inbox or self.behind or self._stopping):
                         self._cond.wait()
-                    self._cond.wait(_LINGER_SECONDS)
+                    deadline = time.monotonic() + self._linger
+                    while not (self._stopping or self.behind or self._inbox_full()):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
                 if self._stopping:
                     break
                 if self.behind:
