@@ -202,3 +202,38 @@ def test_a_refused_record_is_held_before_a_later_commit_moves_past_it(tmp_path: 
 
     asyncio.run(first())
     asyncio.run(after_crash())
+
+
+def test_a_refused_record_that_cannot_be_held_keeps_the_position_below_it(tmp_path: Path) -> None:
+    """When the held copy cannot be written (here ``held`` is a file, so the directory cannot
+    be made), the store records no log position past the refused record; once a retry has
+    held it, positions move on and the record loads."""
+    data = tmp_path / "data"
+
+    async def run() -> None:
+        store, pipeline = _open(data)
+        pipeline.start()
+        blocker = data / "ingest-log" / "held"
+        try:
+            blocker.write_bytes(b"not a directory")
+            before = store.log_position()
+            store.reader().execute("ALTER TABLE otel_logs_rows RENAME TO otel_logs_away")
+            _, refused = pipeline.submit(
+                Signal.LOG_RECORDS, _logs_request("unheld", 7), Encoding.PROTOBUF
+            )
+            _, later = pipeline.submit(Signal.SPANS, _spans_request("after", 2), Encoding.PROTOBUF)
+            await _until(lambda: store.stats.commits >= 1 and not pipeline.healthy)
+            await _until(lambda: pipeline.loaded >= later)
+            # The spans committed, but the recorded position stays below the refused record.
+            assert store.log_position() < refused
+            assert store.log_position() >= before
+            blocker.unlink()
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs_rows")
+            await _until(lambda: pipeline.healthy and _rows(store, "unheld") == 7)
+            # Released: the next commit records positions past it again.
+            await pipeline.ingest(Signal.SPANS, _spans_request("next", 1), Encoding.PROTOBUF)
+            await _until(lambda: store.log_position() > later)
+        finally:
+            await _close(store, pipeline)
+
+    asyncio.run(run())
