@@ -130,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.paused = False
         self.closed = False
+        self.failed = False  # the parser gave up on this connection: ignore what follows
 
     # -- transport callbacks --------------------------------------------------------------------
 
@@ -143,6 +144,8 @@ class _Connection(asyncio.Protocol):
         self.requests.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.failed:
+            return
         self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
@@ -247,6 +250,9 @@ class _Connection(asyncio.Protocol):
             if not pipeline.inline:
                 # Decode workers, or acknowledge on the store's commit: the awaited path.
                 task = asyncio.ensure_future(pipeline.ingest(signal, body, encoding))
+                tasks = self.server.tasks  # the loop keeps only weak references to tasks
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
                 task.add_done_callback(functools.partial(self._ingested, request))
                 return
             decoded, position = pipeline.submit(signal, body, encoding)
@@ -320,6 +326,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         """A request that cannot be parsed: answer (after those before it) and close."""
+        self.failed = True
         self.current = None
         request = _Request(close=True)
         request.body = None
@@ -356,6 +363,7 @@ class OtlpHttpServer:
         )
         self.keep_alive_seconds = keep_alive_seconds
         self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Future[DecodedRequest]] = set()
         self.closing = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
