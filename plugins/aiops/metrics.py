@@ -225,7 +225,7 @@ class MetricSeries:
             bounds_col = records.column("ExplicitBounds").to_pylist()
         mins = records.column("Min").to_pylist()
         maxs = records.column("Max").to_pylist()
-        exemplars = records.column("Exemplars").to_pylist()
+        exemplars = _exemplar_trace_ids(records.column("Exemplars"))
         rows, quantiles, traces, buckets = [], [], [], []
         for row in range(records.num_rows):
             counts = np.asarray(counts_col[row] or [], np.float64)
@@ -259,7 +259,7 @@ class MetricSeries:
             buckets.append(edges)
             rows.append(row)
             quantiles.append(qs)
-            traces.append([e["TraceId"] for e in (exemplars[row] or []) if e.get("TraceId")])
+            traces.append([t for t in (exemplars[row] or []) if t])
         if not rows:
             return 0
         rows_a = np.array(rows)
@@ -420,3 +420,15 @@ def _exp_quantiles(counts: np.ndarray, scale: int, offset: int, zero: int) -> li
         return math.sqrt(lo * lo * base), lo, lo * base, i  # the bucket's geometric middle
 
     return _with_noise(at, total)
+
+
+def _exemplar_trace_ids(exemplars: pa.Array) -> list[list[str | None]]:
+    """Each row's exemplar trace ids. Only that field is converted: the whole struct's
+    ``to_pylist`` fails on nanosecond exemplar times (not representable as ``datetime``)."""
+    if isinstance(exemplars, pa.ChunkedArray):
+        exemplars = exemplars.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(exemplars), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    trace_ids = pc.struct_field(pc.list_flatten(exemplars), "TraceId")
+    return pa.ListArray.from_arrays(pa.array(offsets), trace_ids).to_pylist()
