@@ -33,6 +33,19 @@ system, all threads, from /proc) per span sent, from the first timed request unt
 are stored (the plugin looks and writes once a second, so its fixed costs are paid at the
 rate's pace, as in production). Medians of --repeat; the calls stored are checked through
 ``GET /api/v1/llmops/usage``.
+
+    python bench/llmops_ingest.py --full-rate [--seconds 8] [--clients 2] [--concurrency 32]
+
+The product's denominator: a real server at full ingest rate, fed like ``bench/ingest.py``
+(its sender processes and phase measurement are reused: --clients processes keep --concurrency
+requests in flight each, cycling 200 pre-encoded requests with --share LLM spans) with
+``llmops`` enabled and disabled (a fresh server per run; AIOps and MLOps disabled in both;
+arms alternate, --repeat runs each). Per run: an untimed 2 s warm-up phase, then a timed phase
+of --seconds; the server's CPU (process tree, user + system) from the phase's start until the
+store has loaded what was acknowledged, every consumer has finished every committed batch, and
+a further settling time the same in both arms (the plugin looks and writes on its own timer,
+every ``GROUP_SECONDS``/``WRITE_SECONDS``), per span stored. After each run with the plugin, the
+calls it stored are compared with the LLM spans in the server's DuckDB file.
 """
 
 from __future__ import annotations
@@ -286,6 +299,101 @@ def main_server(args: argparse.Namespace) -> None:
               f"with: {[round(c / spans * 1e6, 2) for c in runs[True]]}")  # fmt: skip
 
 
+SETTLE = 5.0  # > GROUP_SECONDS + WRITE_SECONDS: the plugin's last look and write are done
+
+
+def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace) -> dict:
+    """One fresh server at full rate: server CPU µs per stored span, spans/s, calls stored."""
+    import duckdb
+
+    sys.path.insert(0, str(Path(__file__).parent))  # bench/ingest.py's senders and measures
+    import ingest
+
+    disabled = ["aiops", "mlops"] + ([] if llmops else ["llmops"])
+    with tempfile.TemporaryDirectory(prefix="opstrata-llmbench-") as tmp:
+        server = ServerProcess(
+            Path(tmp), env={"OPSTRATA_DISABLED_PLUGINS": json.dumps(disabled)}
+        ).start()
+        assert server.proc is not None
+        pid, target = server.proc.pid, {"http": server.addresses["OTLP/HTTP"]}
+        target["api"] = server.addresses["API"]
+        try:
+            warm = argparse.Namespace(**{**vars(args), "seconds": 2.0})
+            ingest.run_phase("spans", "http", target, payloads, warm, pid)  # not timed
+            time.sleep(SETTLE)
+            before = ingest.committed(target["api"], "spans")
+            cpu = ingest.tree_cpu(pid)
+            started = time.time()
+            r = ingest.run_phase("spans", "http", target, payloads, args, pid)
+            time.sleep(SETTLE)  # the same in both arms
+            cpu = ingest.tree_cpu(pid) - cpu
+            stored = ingest.committed(target["api"], "spans") - before
+            elapsed = time.time() - started
+        finally:
+            server.stop()
+        calls = llm_spans = 0
+        con = duckdb.connect(str(Path(tmp) / "opstrata.duckdb"), read_only=True)
+        try:
+            llm_spans = con.sql(
+                "SELECT count(*) FROM otel_traces WHERE SpanName LIKE 'chat %'"
+            ).fetchall()[0][0]
+            if llmops:
+                calls = con.sql("SELECT count(*) FROM llmops_calls").fetchall()[0][0]
+        finally:
+            con.close()
+    if llmops and calls != llm_spans:
+        raise RuntimeError(f"{calls} calls stored for {llm_spans} LLM spans")
+    return {
+        "cpu_us": cpu / stored * 1e6,
+        "stored/s": r["stored/s"],
+        "cores": cpu / elapsed,
+        "drain": r["drain"],
+        "threads": r["threads"],
+        "load": os.getloadavg()[0],
+        "errors": {k: v for k, v in r.items() if k.startswith("error")},
+    }
+
+
+def main_full_rate(args: argparse.Namespace) -> None:
+    print(f"full rate: {args.clients} senders x {args.concurrency} in flight, {args.seconds} s "
+          f"timed per run, {args.repeat} runs per arm alternating; load "
+          f"{os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7} "
+          f"{'spread of added':>16}")  # fmt: skip
+    for share in args.share:
+        rnd = random.Random(7)
+        payloads = [make_request(rnd, share, n) for n in range(200)]
+        runs: dict[bool, list[dict]] = {False: [], True: []}
+        for r in range(args.repeat):
+            for llmops in (False, True) if r % 2 == 0 else (True, False):
+                runs[llmops].append(full_rate_once(payloads, llmops, args))
+        off = [x["cpu_us"] for x in runs[False]]
+        on = [x["cpu_us"] for x in runs[True]]
+        without, with_ = statistics.median(off), statistics.median(on)
+        # Spread: each with-run against the median without, and the extremes' pairing.
+        lo, hi = min(on) / max(off) - 1, max(on) / min(off) - 1
+        pairs = [b / a - 1 for a, b in zip(off, on, strict=True)]
+        print(f"{share:>9.0%} {without:>16.2f} {with_:>13.2f} {with_ / without - 1:>7.1%} "
+              f"{lo:>7.1%}..{hi:.1%}", flush=True)  # fmt: skip
+        paired = [f"{p:.1%}" for p in pairs]
+        print(f"{'':>9} runs without: {[round(x, 2) for x in off]}, with: "
+              f"{[round(x, 2) for x in on]}; paired (run r): {paired}")  # fmt: skip
+        for arm, label in ((False, "without"), (True, "with")):
+            rates = [round(x["stored/s"]) for x in runs[arm]]
+            loads = [round(x["load"], 1) for x in runs[arm]]
+            threads: dict[str, list[float]] = {}
+            for x in runs[arm]:
+                for name, us in x["threads"].items():
+                    threads.setdefault(name, []).append(us)
+            split = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in threads.items())
+            print(f"{'':>9} {label}: stored/s {rates}, load {loads}, drain "
+                  f"{[round(x['drain'], 1) for x in runs[arm]]} s; µs/span by thread "
+                  f"(median, phase only): {split}")  # fmt: skip
+            for x in runs[arm]:
+                for key, n in x["errors"].items():
+                    print(f"{'':>9}   {n} x {key}")
+
+
 def main_baseline(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(args.baseline.parent))
     name = args.baseline.name
@@ -358,6 +466,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
     parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
     parser.add_argument(
+        "--full-rate", action="store_true", help="a real server at full rate (bench/ingest.py)"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed phase (--full-rate)")
+    parser.add_argument("--clients", type=int, default=2, help="sender processes (--full-rate)")
+    parser.add_argument("--concurrency", type=int, default=32, help="in flight per sender")
+    parser.add_argument(
         "--duckdb-threads",
         type=int,
         nargs="+",
@@ -366,6 +480,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.duckdb_threads:
         main_threads(args)
+        return
+    if args.full_rate:
+        main_full_rate(args)
         return
     if args.server:
         main_server(args)
