@@ -7,7 +7,8 @@
   sequence (``_Seq`` in ``otel_logs``), its row within that commit and its ``Timestamp``.
 
 ``otel_logs`` itself is not touched. To join, number the rows of each commit in insertion
-order: ``row_number() OVER (PARTITION BY _Seq ORDER BY rowid) - 1 = Row`` (see docs/aiops.md).
+order: ``row_number() OVER (PARTITION BY _Seq ORDER BY rowid) - 1 = Row`` over
+``otel_logs_rows`` (see docs/aiops.md).
 Inserts are Arrow batches through the consumer thread's own cursor (``store.reader()``).
 """
 
