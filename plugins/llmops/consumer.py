@@ -39,6 +39,11 @@ transaction), so at moderate rates their cadence, not the spans, sets the plugin
 2 s rather than every second halves it, for calls showing in the API ~2 s later."""
 WRITE_SECONDS = 2.0
 """Calls found are buffered this long before they are written (see ``CallWriter``)."""
+HELD_ROWS = 4 * GROUP_ROWS
+"""Looks run on the writer's thread, so the consumer's thread only keeps batches and its inbox
+never fills behind a look (a full inbox makes the fan-out drop it and re-read the batches from
+DuckDB, which at full rate cost more than everything else the plugin does). Past this many
+waiting rows (the writer's thread is behind) the consumer's thread looks itself, and waits."""
 _MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
 # Typed scalars made once (see recognise._EMPTY).
 _SPAN, _TABLE = pa.scalar("span", pa.string()), pa.scalar("table", pa.string())
@@ -110,7 +115,8 @@ class LLMCalls(Consumer):
         self.alerts: CallAlerts | None = None
         self.writer: CallWriter | None = None
         self._checked_gap = False
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the kept batches: held for a few list operations
+        self._look_lock = threading.Lock()  # one look at a time, in sequence order
         self._pending_spans: list[Kept] = []
         self._pending_logs: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -210,29 +216,34 @@ class LLMCalls(Consumer):
             self._pending_seq = batch.seq
             if not self._pending_since:
                 self._pending_since = time.monotonic()
-            due = (
-                self._pending_rows >= GROUP_ROWS
-                or time.monotonic() - self._pending_since >= GROUP_SECONDS
-            )
-        if due:
-            self.flush_pending()
+            due = self._pending_rows >= GROUP_ROWS
+            behind = self._pending_rows >= HELD_ROWS
+        if behind:
+            self.flush_pending()  # the writer's thread is behind: look here, and wait
+        elif due and self.writer is not None:
+            self.writer.wake()  # the look runs on the writer's thread
 
     def _flush_if_due(self) -> None:
-        """The writer's timer: batches kept while none came after them are looked at too."""
+        """The writer's thread: look at the kept batches every ``GROUP_SECONDS``, or as soon as
+        ``GROUP_ROWS`` are waiting."""
         with self._lock:
-            since = self._pending_since
-        if since and time.monotonic() - since >= GROUP_SECONDS:
+            since, rows = self._pending_since, self._pending_rows
+        if since and (rows >= GROUP_ROWS or time.monotonic() - since >= GROUP_SECONDS):
             self.flush_pending()
 
     def flush_pending(self) -> None:
-        """Recognise the rows kept since the last time (also called by the writer's thread)."""
-        with self._lock:
-            if not self._pending_since:
-                return
-            spans, logs = self._pending_spans, _table(self._pending_logs)
-            seq = self._pending_seq
-            self._pending_spans, self._pending_logs = [], []
-            self._pending_rows, self._pending_since = 0, 0.0
+        """Recognise the rows kept since the last time (mostly on the writer's thread). The kept
+        batches are taken under the short lock, so the consumer's thread can keep more while
+        the look runs; the look lock keeps looks, and so the sequence numbers written, in
+        order."""
+        with self._look_lock:
+            with self._lock:
+                if not self._pending_since:
+                    return
+                spans, logs = self._pending_spans, _table(self._pending_logs)
+                seq = self._pending_seq
+                self._pending_spans, self._pending_logs = [], []
+                self._pending_rows, self._pending_since = 0, 0.0
             self._recognise(seq, spans, logs)
 
     def _recognise(self, seq: int, spans: list[Kept], logs: pa.Table | None) -> None:

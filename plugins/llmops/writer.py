@@ -71,6 +71,7 @@ class CallWriter:
         self._pending_seq = 0
         self._first_at = 0.0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a group is due: look now, not at the next tick
         self._thread: threading.Thread | None = None
         self.stored_seq = self._read_progress()
         self._next_block = self._read_last_block() + 1
@@ -101,8 +102,13 @@ class CallWriter:
         self._thread = threading.Thread(target=self._run, name="llmops-writer", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Have the thread call ``before_flush`` now (a group of batches is due)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
         self.flush()  # partial rollup rows left are merged at the next start
@@ -144,7 +150,11 @@ class CallWriter:
             self.flush()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds / 4):
+        while True:
+            self._wake.wait(self.flush_seconds / 4)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             if self.before_flush is not None:
                 try:
                     self.before_flush()
