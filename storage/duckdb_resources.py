@@ -20,8 +20,6 @@ import pyarrow as pa
 
 __all__ = ["ResourceIds", "resource_ids", "resource_runs"]
 
-_ENTRIES = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
-
 
 def _int32s(buffer: pa.Buffer, offset: int, count: int) -> np.ndarray:
     return np.frombuffer(buffer, np.int32, count, offset * 4)
@@ -111,19 +109,43 @@ def resource_runs(column: pa.Array) -> np.ndarray:
     return np.concatenate(([0], np.flatnonzero(~same) + 1))
 
 
-_PERSON = b"otel-resource"
+_PERSON = b"otel-resource-2"
+"""BLAKE2b's personalisation of the ids: ``-2`` since the entry count is hashed first (the ids of
+the first build of this layout, without it, are another family; docs/ingest.md)."""
+
+
+def _digest(count: int) -> hashlib._Hash:
+    """A hash primed with the list's entry count. The encoding that follows — each child's
+    offsets relative to the row's first (``count + 1`` of them), then its bytes (as many as the
+    last offset says) — is then injective: every length is known before the bytes it measures,
+    so two different lists never feed the same bytes (without the count, ``[("a\\0…", …)]``
+    and a longer list could)."""
+    digest = hashlib.blake2b(digest_size=8, person=_PERSON)
+    digest.update(count.to_bytes(8, "little"))
+    return digest
+
+
+def _validity(child: pa.Array, start: int, end: int) -> bytes:
+    """``b"\\0"`` when the child's strings ``start:end`` are all valid (always, as decoded),
+    else ``b"\\1"`` and one byte per string: a null and an empty string differ."""
+    if child.null_count == 0:
+        return b"\0"
+    valid = child.slice(start, end - start).is_valid().to_numpy(zero_copy_only=False)
+    return b"\0" if valid.all() else b"\1" + valid.astype(np.uint8).tobytes()
 
 
 def _row_hash(rows: np.ndarray, keys: pa.Array, items: pa.Array, row: int) -> int:
-    """A 64-bit hash of one row's attribute list: the strings' offsets relative to the row's
-    first, then their bytes, keys then values (so that ``{"ab": "c"}`` and ``{"a": "bc"}``
-    differ). The same list always gets the same id, in any process: the id is what the rows on
-    disk refer to. ``_uniform_hash`` hashes the same bytes."""
-    digest = hashlib.blake2b(digest_size=8, person=_PERSON)
+    """A 64-bit hash of one row's attribute list: its entry count, then per child (keys, then
+    values) its validity, the strings' offsets relative to the row's first and their bytes (so
+    that ``{"ab": "c"}`` and ``{"a": "bc"}`` differ). The same list always gets the same id, in
+    any process: the id is what the rows on disk refer to. ``_uniform_hash`` hashes the same
+    bytes."""
     start, end = int(rows[row]), int(rows[row + 1])
+    digest = _digest(end - start)
     if start == end:
         return int.from_bytes(digest.digest(), "little")  # no attributes: as _uniform_hash
     for child in (keys, items):
+        digest.update(_validity(child, start, end))
         offsets = _int32s(child.buffers()[1], child.offset + start, end - start + 1)
         digest.update((offsets - offsets[0]).astype("<i4", copy=False).tobytes())
         data = child.buffers()[2]
@@ -143,12 +165,14 @@ def _uniform_hash(column: pa.ListArray) -> int | None:
         n > 2 and per_row and not ((rows[1:] - rows[:-1]) == per_row).all()
     ):
         return None
-    digest = hashlib.blake2b(digest_size=8, person=_PERSON)
+    digest = _digest(per_row)
     if per_row == 0:
         return int.from_bytes(digest.digest(), "little")
     entries = column.values
     parts = []
     for child in (entries.field(0), entries.field(1)):
+        if child.null_count:
+            return None  # never as decoded; _row_hash tells a null from an empty string
         buffers = child.buffers()
         offsets = _int32s(buffers[1], child.offset + first, per_row * n + 1)
         start, end, width = int(offsets[0]), int(offsets[-1]), int(offsets[per_row] - offsets[0])
@@ -164,6 +188,7 @@ def _uniform_hash(column: pa.ListArray) -> int | None:
             return None
         parts.append((offsets[: per_row + 1] - start, data.slice(start, width)))
     for relative, data in parts:
+        digest.update(b"\0")  # all valid
         digest.update(relative.astype("<i4", copy=False).tobytes())
         digest.update(data)
     return int.from_bytes(digest.digest(), "little")
@@ -201,39 +226,90 @@ def resource_ids(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 class ResourceIds:
     """Which resources ``otel_resources`` holds, so that each is inserted once and always
-    referred to by one id; loaded at start, grown only after the transaction that inserted new
-    ones commits.
+    referred to by one id. Owned by the store's writer thread (retention's :meth:`forget` runs
+    under the store's lock, never during a commit).
+
+    The ids are a sorted uint64 array read straight from the table at start (no Python object
+    per resource: 1 M resources are 8 MB), plus a small sorted array of those added since,
+    merged in when it grows; grown only after the transaction that inserted them commits.
 
     Rows that reached the table by SQL (an upgraded data dir: duckdb_migrate) carry DuckDB's
-    ``hash()`` as their id, not this module's: ``alias`` maps the id computed here to the one
-    stored, so a resource seen again keeps its id (a metric series stays one series)."""
+    ``hash()`` as their id, not this module's. When the writer meets a resource it does not
+    know, the store looks it up under that id too (:meth:`unknown`, :meth:`adopt`): ``alias``
+    then maps the id computed here to the one stored, so a resource seen again keeps its id (a
+    metric series stays one series). Found on first sight, not at start: a start hashes
+    nothing."""
 
-    def __init__(self, stored: pa.Table | None = None) -> None:
-        self.known: set[int] = set()
+    def __init__(self, stored: np.ndarray | None = None) -> None:
+        self._ids = np.unique(stored.astype(np.uint64)) if stored is not None else _NONE
+        self._recent = _NONE
         self.alias: dict[int, int] = {}
-        if stored is None or stored.num_rows == 0:
-            return
-        stored_ids = stored.column("ResourceId").to_numpy()
-        self.known = {int(x) for x in stored_ids}
-        column = stored.column("ResourceAttributes").combine_chunks().cast(_ENTRIES)
-        computed, _, _ = resource_ids([column])
-        for mine, theirs in zip(computed.tolist(), stored_ids.tolist(), strict=True):
-            if mine != theirs and mine not in self.known:
-                self.alias[mine] = min(theirs, self.alias.get(mine, theirs))
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._recent)
+
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id is stored (a bool array)."""
+        ids = np.asarray(ids, np.uint64)
+        found = np.zeros(len(ids), bool)
+        for stored in (self._ids, self._recent):
+            if len(stored):
+                at = np.minimum(np.searchsorted(stored, ids), len(stored) - 1)
+                found |= stored[at] == ids
+        return found
+
+    def _stored_as(self, computed: np.ndarray) -> np.ndarray:
+        if not self.alias:
+            return computed
+        return np.fromiter(
+            (self.alias.get(c, c) for c in computed.tolist()), np.uint64, len(computed)
+        )
+
+    def unknown(self, computed: np.ndarray) -> np.ndarray:
+        """The positions of ``computed`` ids that are neither stored nor aliased: the runs to
+        look up under DuckDB's hash before :meth:`assign` takes them as new."""
+        return np.flatnonzero(~self.known(self._stored_as(computed)))
+
+    def adopt(self, computed: np.ndarray, stored: np.ndarray) -> None:
+        """Refer to the resources of ``computed`` ids by their ``stored`` ids from now on."""
+        for mine, theirs in zip(computed.tolist(), stored.tolist(), strict=True):
+            self.alias[mine] = theirs
 
     def assign(
         self, starts: np.ndarray, run_ids: np.ndarray, pending: set[int]
     ) -> tuple[np.ndarray, list[int]]:
         """The stored id of each run, and the runs' first rows whose resource is neither stored
         nor already taken for this transaction (``pending``, which gains their ids)."""
-        ids, taken = [], []
-        for row, computed in zip(starts.tolist(), run_ids.tolist(), strict=True):
-            rid = self.alias.get(computed, computed)
-            ids.append(rid)
-            if rid not in self.known and rid not in pending:
+        ids = self._stored_as(np.asarray(run_ids, np.uint64))
+        taken = []
+        new = np.flatnonzero(~self.known(ids))  # as a rule none: the loop below is for new ones
+        for position in new.tolist():
+            rid = int(ids[position])
+            if rid not in pending:
                 pending.add(rid)
-                taken.append(row)
-        return np.array(ids, np.uint64), taken
+                taken.append(int(starts[position]))
+        return ids, taken
 
     def committed(self, pending: set[int]) -> None:
-        self.known |= pending
+        """The transaction that inserted ``pending`` committed: they are stored."""
+        if not pending:
+            return
+        added = np.fromiter(pending, np.uint64, len(pending))
+        self._recent = np.union1d(self._recent, added)
+        if len(self._recent) > max(4096, len(self._ids) // 16):
+            self._ids = np.union1d(self._ids, self._recent)
+            self._recent = _NONE
+
+    def forget(self, deleted: np.ndarray) -> None:
+        """Retention deleted these resources: a resource seen again is inserted again."""
+        if not len(deleted):
+            return
+        deleted = np.asarray(deleted, np.uint64)
+        self._ids = self._ids[~np.isin(self._ids, deleted)]
+        self._recent = self._recent[~np.isin(self._recent, deleted)]
+        if self.alias:
+            gone = set(deleted.tolist())
+            self.alias = {k: v for k, v in self.alias.items() if v not in gone}
+
+
+_NONE = np.zeros(0, np.uint64)

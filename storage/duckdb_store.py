@@ -65,12 +65,14 @@ def _stored_table(
     resources: ResourceIds,
     pending: set[int],
     new_resources: list[pa.Array],
+    adopt_stored: Callable[[np.ndarray, pa.Array], None],
 ) -> pa.Table:
     """The batches of one table with their ``_Seq`` column, as one chunk in storage types (a
     zero-copy view: a map and a list of key/value structs share one memory layout), the
     resource's attributes replaced by its ``ResourceId``. The first row of each resource not yet
-    stored goes to ``new_resources``. One chunk, because DuckDB scans a table of many small
-    chunks several times slower."""
+    stored goes to ``new_resources``; resources the writer does not know are first looked up by
+    ``adopt_stored(computed_ids, attributes)`` (an upgraded data dir's). One chunk, because
+    DuckDB scans a table of many small chunks several times slower."""
     data = pa.Table.from_batches(batches)
     schema = STORAGE_SCHEMAS[table]
     columns = []
@@ -79,6 +81,9 @@ def _stored_table(
         if field.name == RESOURCE_COLUMN:
             # Per request (one resource throughout, as a rule), before they are concatenated.
             _, starts, computed = resource_ids([chunk.view(field.type) for chunk in column.chunks])
+            unknown = resources.unknown(computed)
+            if len(unknown):
+                adopt_stored(computed[unknown], array.take(starts[unknown]))
             run_ids, rows = resources.assign(starts, computed, pending)
             if rows:
                 new_resources.append(
@@ -192,6 +197,10 @@ class DuckDBStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._readers = threading.local()
         self._resources = ResourceIds()
+        # Held by the writer through each commit (its known resources, then the commit) and by
+        # retention while it deletes unreferenced resources: a commit never refers to a resource
+        # that retention deletes under it.
+        self._resources_lock = threading.Lock()
         self._seq = 0
         self._log_position = 0
         self._refused_hook: Callable[[int], bool] | None = None
@@ -213,10 +222,12 @@ class DuckDBStore:
         migrate(self._con)  # a data dir from before resources were stored once
         for statement in create_statements():
             self._con.execute(statement)
+        # The ids only, as one numpy array: no Python object (nor hash) per resource.
         self._resources = ResourceIds(
-            self._con.sql(
-                f'SELECT "ResourceId", "{RESOURCE_COLUMN}" FROM {RESOURCES_TABLE}'
-            ).to_arrow_table()
+            self._con.sql(f'SELECT "ResourceId" FROM {RESOURCES_TABLE}')
+            .to_arrow_table()
+            .column(0)
+            .to_numpy()
         )
         row = self._con.execute(f'SELECT coalesce(max("Seq"), 0) FROM {BATCH_LOG_TABLE}').fetchone()
         self._seq = int(row[0]) if row else 0
@@ -387,6 +398,30 @@ class DuckDBStore:
         _settle_all(group, first_seq)
 
     def _insert(self, group: list[_PendingWrite], first_seq: int) -> None:
+        with self._resources_lock:
+            self._insert_locked(group, first_seq)
+
+    def _adopt_stored(self, computed: np.ndarray, attributes: pa.Array) -> None:
+        """Resources the writer does not know by its own ids, looked up under the id an upgrade
+        gave them (DuckDB's ``hash()`` of the attribute list, duckdb_migrate) and, where stored
+        under it with equal attributes, referred to by that id from now on. One small query per
+        commit that meets new resources (rare once a deployment is running); a second, over the
+        resources table, only when one was stored that way."""
+        con = self._con
+        assert con is not None
+        candidates = pa.table({"Computed": pa.array(computed), "Attrs": attributes})
+        hashed = con.sql('SELECT hash("Attrs") FROM candidates').to_arrow_table()
+        hits = self._resources.known(hashed.column(0).to_numpy())
+        if not hits.any():
+            return
+        candidates = candidates.filter(pa.array(hits))
+        found = con.sql(
+            f'SELECT c."Computed", r."ResourceId" FROM {RESOURCES_TABLE} r JOIN candidates c '
+            f'ON r."ResourceId" = hash(c."Attrs") AND r."{RESOURCE_COLUMN}" = c."Attrs"'
+        ).fetchnumpy()
+        self._resources.adopt(found["Computed"], found["ResourceId"])
+
+    def _insert_locked(self, group: list[_PendingWrite], first_seq: int) -> None:
         con = self._con
         assert con is not None
         per_table: dict[Table, list[pa.RecordBatch]] = {}
@@ -424,7 +459,13 @@ class DuckDBStore:
                 physical(table),
                 _ArrowStream(
                     _stored_table(
-                        table, batches, seqs[table], self._resources, new_ids, new_resources
+                        table,
+                        batches,
+                        seqs[table],
+                        self._resources,
+                        new_ids,
+                        new_resources,
+                        self._adopt_stored,
                     )
                 ),
             )
@@ -550,8 +591,9 @@ class DuckDBStore:
         return AlertIncidentTables.incident_logs(self.reader(), **query)
 
     def delete_before(self, cutoff_unix_nano: int) -> int:
-        """Delete rows older than the cutoff from every telemetry table (their resources stay
-        in ``otel_resources``: a resource is one row, and a returning service reuses it)."""
+        """Delete rows older than the cutoff from every telemetry table, then the resources no
+        row refers to any more (pods and processes come and go: without this
+        ``otel_resources`` and the writer's known ids would grow for ever)."""
         cutoff = pa.scalar(cutoff_unix_nano, pa.timestamp("ns"))
         deleted = 0
         cursor = self.reader()
@@ -561,4 +603,35 @@ class DuckDBStore:
                 [cutoff.as_py()],
             ).fetchall()
             deleted += int(rows[0][0]) if rows else 0
+        if deleted:
+            self.delete_unreferenced_resources()
         return deleted
+
+    def delete_unreferenced_resources(self) -> int:
+        """Delete the resources that no row of any table refers to; returns how many.
+
+        Two steps, so that the writer waits only for the second: the unreferenced ids are found
+        beside the writer (a scan of every table's ``ResourceId``), then, under the writer's
+        lock, those still unreferenced by the rows committed since (``_Seq`` past the last
+        sequence number committed before the scan: zone maps skip the rest) are deleted and
+        dropped from the writer's known ids, so a resource seen again is inserted again."""
+        cursor = self.reader()
+        committed = self._seq  # every commit up to here is visible to the scan below
+        referenced = " UNION ALL ".join(f'SELECT "ResourceId" FROM {physical(t)}' for t in TABLES)
+        orphans = cursor.sql(
+            f'SELECT "ResourceId" FROM {RESOURCES_TABLE} WHERE "ResourceId" NOT IN ({referenced})'
+        ).to_arrow_table()
+        if orphans.num_rows == 0:
+            return 0
+        since = " UNION ALL ".join(
+            f'SELECT "ResourceId" FROM {physical(t)} WHERE "{SEQ_COLUMN}" > $seq' for t in TABLES
+        )
+        with self._resources_lock:
+            gone = cursor.execute(
+                f'DELETE FROM {RESOURCES_TABLE} WHERE "ResourceId" IN '
+                f'(SELECT "ResourceId" FROM orphans) AND "ResourceId" NOT IN ({since}) '
+                'RETURNING "ResourceId"',
+                {"seq": committed},
+            ).fetchnumpy()["ResourceId"]
+            self._resources.forget(gone)
+        return len(gone)
