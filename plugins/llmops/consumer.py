@@ -186,6 +186,13 @@ class LLMCalls(Consumer):
                 self._backfill(stored, batch.seq - 1, ctx)
         self._process(batch, ctx)
 
+    def consume_many(self, batches: list[CommittedBatch], ctx: ConsumerContext) -> None:
+        """All the batches waiting in the inbox in one call (the fan-out's wake-up and hand-over
+        once, not per batch: at full rate, per-batch hand-overs waiting for the GIL let the inbox
+        fill, and a full inbox is dropped and read back from DuckDB)."""
+        for batch in batches:
+            self.consume(batch, ctx)
+
     def _backfill(self, after: int, upto: int, ctx: ConsumerContext) -> None:
         """Batches the kernel had acknowledged while their calls were still buffered when the
         process died: read them again from the store."""
