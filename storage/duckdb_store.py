@@ -201,6 +201,8 @@ class DuckDBStore:
         # retention while it deletes unreferenced resources: a commit never refers to a resource
         # that retention deletes under it.
         self._resources_lock = threading.Lock()
+        self.resources_deleted = 0
+        """Resources deleted by retention since start (no row referred to them any more)."""
         self._seq = 0
         self._log_position = 0
         self._refused_hook: Callable[[int], bool] | None = None
@@ -594,13 +596,15 @@ class DuckDBStore:
         """Delete rows older than the cutoff from every telemetry table, then the resources no
         row refers to any more (pods and processes come and go: without this
         ``otel_resources`` and the writer's known ids would grow for ever)."""
-        cutoff = pa.scalar(cutoff_unix_nano, pa.timestamp("ns"))
         deleted = 0
         cursor = self.reader()
         for table in TABLES:
+            # The cutoff in nanoseconds as DuckDB's own TIMESTAMP_NS (a constant the scan's zone
+            # maps use): as a Python datetime, a cutoff off a microsecond raised without pandas.
             rows = cursor.execute(
-                f'DELETE FROM {physical(table)} WHERE "{_TIME_COLUMN[table]}" < ?',
-                [cutoff.as_py()],
+                f'DELETE FROM {physical(table)} WHERE "{_TIME_COLUMN[table]}" '
+                "< make_timestamp_ns(?::BIGINT)",
+                [int(cutoff_unix_nano)],
             ).fetchall()
             deleted += int(rows[0][0]) if rows else 0
         if deleted:
@@ -634,4 +638,5 @@ class DuckDBStore:
                 {"seq": committed},
             ).fetchnumpy()["ResourceId"]
             self._resources.forget(gone)
+            self.resources_deleted += len(gone)
         return len(gone)

@@ -4,7 +4,10 @@ restarts, and a data dir of the previous layout is migrated on start."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -16,7 +19,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from opstrata.schema import Table
+from opstrata.ingest import IngestPipeline
+from opstrata.otlp.decoder import Encoding
+from opstrata.schema import Signal, Table
+from opstrata.selfmetrics import SelfMetrics
+from opstrata.settings import IngestSettings
 from opstrata.storage.duckdb_ddl import (
     BATCH_LOG_TABLE,
     STORAGE_SCHEMAS,
@@ -24,6 +31,7 @@ from opstrata.storage.duckdb_ddl import (
     duckdb_type,
 )
 from opstrata.storage.duckdb_resources import resource_ids
+from opstrata.storage.duckdb_store import DuckDBStore
 from tests.otelsdk import resource, span_exporter
 from tests.serverproc import ServerProcess
 from tests.storeread import read_table
@@ -240,3 +248,258 @@ def test_a_data_dir_of_the_previous_layout_is_migrated_on_start(tmp_path: Path) 
     finally:
         con.close()
     assert kinds == {"otel_traces": "VIEW", "otel_logs": "VIEW", "otel_traces_rows": "BASE TABLE"}
+
+
+# -- review fixes: the hash's encoding, retention of resources, start-up ------------------------
+
+# Two attribute lists that fed the same bytes to the first version of the hash (no entry count):
+# one entry, whose key is the other list's second key offset and whose value holds the rest.
+_AMBIGUOUS_ONE = [("\x0b\0\0\0", "xyz\0\0\0\0\x01\0\0\0\x02\0\0\0pq")]
+_AMBIGUOUS_TWO = [("\0\0\0\0", "p"), ("\x11\0\0\0xyz", "q")]
+
+
+def test_lists_of_different_lengths_never_feed_the_hash_the_same_bytes() -> None:
+    """Each on its own (the one-resource path) and together (the runs path): two ids."""
+    column = _column([_AMBIGUOUS_ONE, _AMBIGUOUS_TWO])
+    together, _, _ = resource_ids([column])
+    one, _, _ = resource_ids([column.slice(0, 1)])
+    two, _, _ = resource_ids([column.slice(1, 1)])
+    assert together.tolist() == [one[0], two[0]]
+    assert one[0] != two[0]
+
+
+def _spans_body(resources: list[list[tuple[str, str]]], per: int, start_ns: int) -> bytes:
+    """An OTLP traces request: ``per`` spans from ``start_ns`` on under each resource; span names
+    say which resource (``r<index> <i>``)."""
+    request = ExportTraceServiceRequest()
+    for n, pairs in enumerate(resources):
+        resource_spans = request.resource_spans.add()
+        for key, value in pairs:
+            attr = resource_spans.resource.attributes.add()
+            attr.key, attr.value.string_value = key, value
+        scope = resource_spans.scope_spans.add()
+        for i in range(per):
+            span = scope.spans.add(
+                trace_id=bytes([n + 1] * 16), span_id=(n * 1000 + i + 1).to_bytes(8)
+            )
+            span.name = f"r{n} {i}"
+            span.start_time_unix_nano = start_ns + i
+            span.end_time_unix_nano = start_ns + i + 10
+    return request.SerializeToString()
+
+
+def _open_store(data: Path) -> tuple[DuckDBStore, IngestPipeline]:
+    store = DuckDBStore(data)
+    store.start()
+    pipeline = IngestPipeline(IngestSettings(), store, SelfMetrics(), log_dir=data / "ingest-log")
+    pipeline.start()
+    return store, pipeline
+
+
+async def _committed(store: DuckDBStore, requests: int) -> None:
+    """Wait until the store has committed ``requests`` requests (one sequence number each)."""
+    deadline = time.monotonic() + 30
+    while store.last_sequence() < requests:
+        assert time.monotonic() < deadline, "not loaded in time"
+        await asyncio.sleep(0.02)
+
+
+async def _ingest_and_wait(store: DuckDBStore, pipeline: IngestPipeline, body: bytes) -> None:
+    target = store.last_sequence() + 1
+    await pipeline.ingest(Signal.SPANS, body, Encoding.PROTOBUF)
+    await _committed(store, target)
+
+
+def _count(store: DuckDBStore, sql: str, params: list | None = None) -> int:
+    return int(store.reader().execute(sql, params or []).fetchall()[0][0])
+
+
+_DANGLING = (
+    "SELECT count(*) FROM otel_traces_rows t "
+    'WHERE NOT EXISTS (SELECT 1 FROM otel_resources r WHERE r."ResourceId" = t."ResourceId")'
+)
+
+
+def test_retention_deletes_resources_no_row_refers_to_and_a_returning_one_is_stored_again(
+    tmp_path: Path,
+) -> None:
+    old_ns = 1_600_000_000_000_000_000  # 2020: older than any cutoff below
+    now_ns = time.time_ns()
+    churned = [[("service.name", "batch"), ("process.pid", str(pid))] for pid in range(40)]
+    steady = [("service.name", "api"), ("k8s.pod.uid", "u-1")]
+
+    async def run() -> None:
+        store, pipeline = _open_store(tmp_path / "data")
+        try:
+            await _ingest_and_wait(store, pipeline, _spans_body(churned, 3, old_ns))
+            await _ingest_and_wait(store, pipeline, _spans_body([steady], 5, now_ns))
+            # The ambiguous pair of the hash's first version: two resources, each its own.
+            await _ingest_and_wait(
+                store, pipeline, _spans_body([_AMBIGUOUS_ONE, _AMBIGUOUS_TWO], 2, now_ns)
+            )
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 43
+            assert len(store._resources) == 43
+            deleted = store.delete_before(now_ns - 3_600_000_000_000)
+            assert deleted == 120
+            # Only the resources of the remaining rows are left, in the table and the writer.
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 3
+            assert len(store._resources) == 3
+            # A deleted resource seen again is stored again: its new rows read back whole.
+            await _ingest_and_wait(store, pipeline, _spans_body(churned[7:8], 4, now_ns))
+            assert _count(store, _DANGLING) == 0
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 4
+        finally:
+            await pipeline.shutdown(timeout=5)
+            store.shutdown()
+
+    asyncio.run(run())
+    rows = read_table(tmp_path / "data", "otel_traces", 'ORDER BY "Timestamp", "SpanName"')
+    assert len(rows) == 5 + 4 + 4
+    by_resource = {
+        "pid 7": {"service.name": "batch", "process.pid": "7"},
+        "steady": dict(steady),
+        "one": dict(_AMBIGUOUS_ONE),
+        "two": dict(_AMBIGUOUS_TWO),
+    }
+    for row in rows:
+        name = row["SpanName"].split()[0]
+        if row["ServiceName"] == "batch":
+            assert row["ResourceAttributes"] == by_resource["pid 7"]
+        elif row["ServiceName"] == "api":
+            assert row["ResourceAttributes"] == by_resource["steady"]
+        else:
+            assert row["ResourceAttributes"] == by_resource["one" if name == "r0" else "two"]
+    assert sum(row["ServiceName"] == "batch" for row in rows) == 4
+
+
+def test_retention_beside_a_busy_writer_leaves_no_row_without_its_resource(tmp_path: Path) -> None:
+    """Retention deleting every row and then the resources while the writer keeps committing
+    rows of the same few resources (deleted, seen again, inserted again, over and over): every
+    committed row keeps its resource, and the writer's known ids follow the table."""
+    pool = [[("service.name", "churn"), ("k8s.pod.uid", f"pod-{i}")] for i in range(6)]
+    now_ns = time.time_ns()
+
+    async def run() -> None:
+        store, pipeline = _open_store(tmp_path / "data")
+        stop = threading.Event()
+        passes = []
+
+        def retention() -> None:
+            while not stop.is_set():
+                passes.append(store.delete_before(now_ns + 10**15))  # every row
+
+        thread = threading.Thread(target=retention)
+        thread.start()
+        try:
+            for n in range(200):
+                body = _spans_body([pool[n % 6], pool[(n * 5 + 1) % 6]], 3, now_ns + n)
+                await pipeline.ingest(Signal.SPANS, body, Encoding.PROTOBUF)
+                await asyncio.sleep(0.005)
+            await _committed(store, 200)
+        finally:
+            stop.set()
+            thread.join()
+        try:
+            assert len(passes) > 3
+            assert store.resources_deleted > 6  # the same resources deleted again and again
+            assert _count(store, _DANGLING) == 0
+            kept = _count(store, "SELECT count(*) FROM otel_traces_rows")
+            assert kept == _count(store, "SELECT count(*) FROM otel_traces")
+            referenced = _count(store, 'SELECT count(DISTINCT "ResourceId") FROM otel_traces_rows')
+            store.delete_unreferenced_resources()
+            assert _count(store, "SELECT count(*) FROM otel_resources") == referenced
+            assert len(store._resources) == referenced
+            # Every resource once more: its rows read back through the view.
+            await _ingest_and_wait(store, pipeline, _spans_body(pool, 3, now_ns + 10**6))
+            assert _count(store, _DANGLING) == 0
+            assert _count(store, "SELECT count(*) FROM otel_traces") == kept + 18
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 6
+        finally:
+            await pipeline.shutdown(timeout=5)
+            store.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_store_of_many_resources_starts_knowing_each_of_them(tmp_path: Path) -> None:
+    """20,000 resources stored by the writer's hash and 5,000 by DuckDB's (an upgraded data
+    dir's): after a start, one of each seen again is referred to by its stored id (no new
+    resource row), and a new one is stored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    ours = _column([[("service.name", "s"), ("k8s.pod.uid", f"u-{i}")] for i in range(20_000)])
+    theirs = _column([[("service.name", "m"), ("k8s.pod.uid", f"m-{i}")] for i in range(5_000)])
+    ids, _, _ = resource_ids([ours])
+    con = duckdb.connect(str(data / "opstrata.duckdb"))
+    for statement in create_statements():
+        con.execute(statement)
+    mine = pa.table({"ResourceId": pa.array(ids), "ResourceAttributes": ours})  # noqa: F841
+    sql = pa.table({"ResourceAttributes": theirs})  # noqa: F841
+    con.execute("INSERT INTO otel_resources SELECT * FROM mine")
+    con.execute(
+        'INSERT INTO otel_resources SELECT hash("ResourceAttributes"), "ResourceAttributes" '
+        "FROM sql"
+    )
+    con.close()
+    now_ns = time.time_ns()
+
+    async def run() -> None:
+        store, pipeline = _open_store(data)
+        try:
+            assert len(store._resources) == 25_000
+            again = [
+                [("service.name", "s"), ("k8s.pod.uid", "u-12345")],
+                [("service.name", "m"), ("k8s.pod.uid", "m-4321")],
+            ]
+            await _ingest_and_wait(store, pipeline, _spans_body(again, 3, now_ns))
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 25_000
+            fresh = [[("service.name", "s"), ("k8s.pod.uid", "u-new")]]
+            await _ingest_and_wait(store, pipeline, _spans_body(fresh, 3, now_ns))
+            assert _count(store, "SELECT count(*) FROM otel_resources") == 25_001
+            got = (
+                store.reader()
+                .execute(
+                    'SELECT "SpanName", "ResourceAttributes" FROM otel_traces ORDER BY "SpanName"'
+                )
+                .fetchall()
+            )
+            assert len(got) == 9
+            # The DuckDB-hashed resource is referred to by its stored id.
+            stored_id = _count(
+                store,
+                'SELECT "ResourceId" FROM otel_resources WHERE "ResourceId" = '
+                '(SELECT DISTINCT "ResourceId" FROM otel_traces_rows WHERE "SpanName" = ?)',
+                ["r1 0"],
+            )
+            assert stored_id == _count(
+                store,
+                "SELECT hash(?::STRUCT(key VARCHAR, value VARCHAR)[])",
+                [
+                    [
+                        {"key": "service.name", "value": "m"},
+                        {"key": "k8s.pod.uid", "value": "m-4321"},
+                    ]
+                ],
+            )
+        finally:
+            await pipeline.shutdown(timeout=5)
+            store.shutdown()
+
+    asyncio.run(run())
+    rows = read_table(data, "otel_traces", 'ORDER BY "SpanName"')
+    expected = {
+        "r0": {"service.name": "s", "k8s.pod.uid": "u-12345"},
+        "r1": {"service.name": "m", "k8s.pod.uid": "m-4321"},
+    }
+    assert (
+        sum(
+            row["ResourceAttributes"] == {"service.name": "s", "k8s.pod.uid": "u-new"}
+            for row in rows
+        )
+        == 3
+    )
+    assert all(
+        row["ResourceAttributes"] == expected[row["SpanName"].split()[0]]
+        for row in rows
+        if row["ResourceAttributes"]["k8s.pod.uid"] != "u-new"
+    )
