@@ -240,28 +240,44 @@ class IngestLog:
         """Write the queued records in order, starting a new segment where one is full; return
         the position written up to. Raises ``OSError`` (also for a short write: what follows
         would not parse)."""
-        with self._lock:
-            queued, self._queued = self._queued, []
-            upto = self.appended
-        if not queued:
-            return upto
+        # The files' lock is taken before the queue is: a writer (the syncer, or ``record_at``
+        # in the store's writer thread) that has taken records off the queue writes them
+        # before any other writer can take the records queued after them. Swapping first and
+        # writing later let a second writer overtake the first, so records landed at positions
+        # other than those ``append`` handed out, and the syncer could fsync and acknowledge
+        # a position whose records another thread had yet to write. (``append`` takes only
+        # ``_lock``; nobody takes ``_io_lock`` while holding ``_lock``: no deadlock.)
         with self._io_lock:
             if self.error is not None:
                 raise self.error
-            parts: list[bytes] = []
-            for signal, encoding, body in queued:
-                if self._written - self._segment_start >= self.segment_bytes:
-                    self._flush(parts)
-                    assert self._fd is not None
-                    self._retired.append(self._fd)
-                    self._open_segment(self._written)
-                parts.append(_header(body, signal, encoding))
-                parts.append(body)
-                self._written += _HEADER.size + len(body)
-                if len(parts) >= _IOV_MAX:
-                    self._flush(parts)
-            self._flush(parts)
+            with self._lock:
+                queued, self._queued = self._queued, []
+                upto = self.appended
+            if not queued:
+                return upto
+            try:
+                self._write(queued)
+            except OSError as exc:
+                # The queue taken is lost with this write: no later write may follow it (its
+                # positions would be wrong) nor any fsync acknowledge it, in whichever thread.
+                self.error = self.error or exc
+                raise
         return upto
+
+    def _write(self, queued: list[tuple[int, int, bytes]]) -> None:
+        parts: list[bytes] = []
+        for signal, encoding, body in queued:
+            if self._written - self._segment_start >= self.segment_bytes:
+                self._flush(parts)
+                assert self._fd is not None
+                self._retired.append(self._fd)
+                self._open_segment(self._written)
+            parts.append(_header(body, signal, encoding))
+            parts.append(body)
+            self._written += _HEADER.size + len(body)
+            if len(parts) >= _IOV_MAX:
+                self._flush(parts)
+        self._flush(parts)
 
     def _flush(self, parts: list[bytes]) -> None:
         if not parts:
@@ -340,13 +356,18 @@ class IngestLog:
         while waiters:
             position, callback = waiters[0]
             if position <= synced:
-                waiters.popleft()
-                callback(None)
+                outcome = None
             elif error is not None:
-                waiters.popleft()
-                callback(error)
+                outcome = error
             else:
                 break
+            waiters.popleft()
+            try:
+                callback(outcome)
+            except Exception:
+                # One waiter's failure (a reply that cannot be sent) must not leave the
+                # others unsettled: nothing would settle them until the next fsync, if any.
+                log.exception("ingest log: a waiter for position %d failed", position)
 
     # -- held records (loads the store refused) --------------------------------------------------
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from opstrata.ingestlog import IngestLog
+from opstrata.ingestlog import IngestLog, LogRecord
 from tests.serverproc import ServerProcess
 from tests.test_durability import _request
 
@@ -181,3 +182,123 @@ def test_log_disabled_still_acknowledges_after_the_commit(tmp_path: Path) -> Non
         assert not (tmp_path / "data" / "ingest-log").exists()
     finally:
         assert server.stop() == 0
+
+
+def _reread(directory: Path, ends: list[int], bodies: list[bytes]) -> None:
+    """Every record is read back from disk at exactly the position ``append`` returned."""
+    reopened = IngestLog(directory)
+    records = reopened.open(0)
+    reopened.close()
+    assert [r.end for r in records] == ends
+    assert [r.body for r in records] == bodies
+
+
+def test_a_queue_taken_by_one_writer_cannot_be_overtaken_by_another(tmp_path: Path) -> None:
+    # The syncer and ``record_at`` (the store's writer thread) both write queued records. A
+    # writer that has taken the queue must write it before any later writer writes the records
+    # queued after it, or records land at positions other than those ``append`` handed out.
+    # Forced here: one writer waits for the files while the next one is already free to go.
+    ingest_log = IngestLog(tmp_path)
+    ingest_log.open(0)
+    bodies: list[bytes] = []
+    ends: list[int] = []
+    for round_ in range(8):
+        ingest_log._io_lock.acquire()
+        first = f"first {round_}".encode() * (round_ + 1)
+        ends.append(ingest_log.append(1, 1, first))
+        bodies.append(first)
+        early = threading.Thread(target=ingest_log._write_queued)
+        early.start()
+        deadline = time.monotonic() + 0.1
+        while ingest_log._queued and time.monotonic() < deadline:
+            time.sleep(0.001)  # (the early writer may take the queue before the files)
+        second = f"second {round_}".encode()
+        ends.append(ingest_log.append(1, 1, second))
+        bodies.append(second)
+        # Released and written at once by this thread, before the early one is scheduled.
+        ingest_log._io_lock.release()
+        ingest_log._write_queued()
+        early.join(10)
+        assert ingest_log._record_at(ends[-1]) == LogRecord(ends[-1], 1, 1, second)
+    ingest_log.close()
+    _reread(tmp_path, ends, bodies)
+
+
+def test_concurrent_writers_keep_every_record_at_its_position(tmp_path: Path) -> None:
+    # Appends from the event loop while the syncer writes and fsyncs and another thread asks
+    # ``record_at`` (as the store's writer does for a refused load), with thread switches
+    # forced as often as the interpreter allows.
+    ingest_log = IngestLog(tmp_path, segment_bytes=256 * 1024, sync_interval=0.0)
+    ingest_log.open(0)
+    bodies = [i.to_bytes(4, "little") * (1 + i % 7) for i in range(30_000)]
+    ends: list[int] = []
+    misread: list[tuple[int, LogRecord | None]] = []
+    stop = threading.Event()
+
+    def write() -> None:  # what ``record_at`` does first, as often as it can
+        while not stop.is_set():
+            ingest_log._write_queued()
+
+    def ask() -> None:
+        while not stop.is_set():
+            if ends:
+                end = ends[-1]
+                record = ingest_log.record_at(end)
+                if record is None or record.end != end:
+                    misread.append((end, record))
+
+    async def run() -> None:
+        ingest_log.start(asyncio.get_running_loop())
+        others = [threading.Thread(target=ask), threading.Thread(target=write)]
+        for thread in others:
+            thread.start()
+        try:
+            for index, body in enumerate(bodies):
+                ends.append(ingest_log.append(1, 1, body))
+                if index % 500 == 0:
+                    await asyncio.sleep(0)
+            await ingest_log.wait_synced(ends[-1])
+        finally:
+            stop.set()
+            for thread in others:
+                thread.join(30)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        asyncio.run(run())
+    finally:
+        sys.setswitchinterval(switch)
+    ingest_log.close()
+    assert not misread, misread[:3]
+    for end, body in zip(ends[:: len(ends) // 7], bodies[:: len(ends) // 7], strict=False):
+        again = IngestLog(tmp_path)
+        again.open(0)
+        assert again._record_at(end) == LogRecord(end, 1, 1, body)
+        again.close()
+    _reread(tmp_path, ends, bodies)
+
+
+def test_a_failing_fsync_callback_does_not_strand_the_others(tmp_path: Path) -> None:
+    ingest_log = IngestLog(tmp_path)
+    ingest_log.open(0)
+    settled: list[tuple[str, OSError | None]] = []
+
+    def failing(error: OSError | None) -> None:
+        settled.append(("failing", error))
+        raise RuntimeError("a receiver's reply could not be sent")
+
+    async def run() -> None:
+        ingest_log.start(asyncio.get_running_loop())
+        first = ingest_log.append(1, 1, b"one")
+        ingest_log.when_synced(first, failing)
+        second = ingest_log.append(1, 1, b"two")
+        ingest_log.when_synced(second, lambda error: settled.append(("second", error)))
+        third = ingest_log.append(1, 1, b"three")
+        # A future waiter behind them: settled in the same pass, not stranded.
+        await asyncio.wait_for(ingest_log.wait_synced(third), 10)
+
+    asyncio.run(run())
+    ingest_log.close()
+    assert settled == [("failing", None), ("second", None)]
+    assert not ingest_log._waiters
