@@ -34,7 +34,11 @@ class CommittedBatch:
     """:func:`latest_event_time` of the batch, worked out once by :meth:`of` (-1: not yet)."""
 
     @classmethod
-    def of(cls, seq: int, batches: list[tuple[Table, pa.RecordBatch]]) -> CommittedBatch:
+    def of(
+        cls, seq: int, batches: list[tuple[Table, pa.RecordBatch]], nbytes: int | None = None
+    ) -> CommittedBatch:
+        """The batch of one commit, with its event time; ``nbytes`` when the caller has
+        measured the buffers already (admission has: measuring again cost 20-100 µs)."""
         signal = Signal.SPANS
         tables: dict[Table, pa.RecordBatch] = {}
         for table, batch in batches:
@@ -46,9 +50,10 @@ class CommittedBatch:
                 if table is Table.LOGS
                 else Signal.METRIC_POINTS
             )
-        nbytes = sum(batch.get_total_buffer_size() for batch in tables.values())
-        # The fan-out asks every batch its event time on the ingest path, and consumers ask
-        # again (the topology consumer for every request): once here is once for all of them.
+        if nbytes is None:
+            nbytes = sum(batch.get_total_buffer_size() for batch in tables.values())
+        # The alert clock, the topology consumer and the AIOps consumers all ask every batch
+        # its event time: once here is once for all of them (~12 µs per 100-item request).
         latest = _median_time(tables)
         return cls(seq, signal, MappingProxyType(tables), nbytes, latest)
 
@@ -58,6 +63,7 @@ class CommittedBatch:
 
 
 _TIME_COLUMN = {Table.TRACES: "Timestamp", Table.LOGS: "Timestamp"}
+_INT64 = pa.int64()
 
 
 def latest_event_time(batch: CommittedBatch) -> int:
@@ -69,18 +75,24 @@ def latest_event_time(batch: CommittedBatch) -> int:
 def _median_time(tables: Mapping[Table, pa.RecordBatch]) -> int:
     latest = 0
     for table, records in tables.items():
-        times = records.column(_TIME_COLUMN.get(table, "TimeUnix"))
+        # By index: looking the column up by name cost more than the rest of the median.
+        name = _TIME_COLUMN.get(table, "TimeUnix")
+        times = records.column(records.schema.get_field_index(name))
         if times.null_count:
             times = times.drop_null()
-        if len(times):
+        count = len(times)
+        if count:
             # The exact median by numpy's partition of the timestamps' buffer: a few µs, where
             # pyarrow's approximate_median took ~40-100 µs — paid per request on the event loop
-            # (the fan-out) and per batch by consumers.
+            # (the fan-out).
             if times.type.bit_width != 64 or pa.types.is_floating(times.type):
-                times = times.cast(pa.int64())
-            values = np.frombuffer(times.buffers()[1], np.int64, len(times), times.offset * 8)
-            middle = len(values) // 2
-            latest = max(latest, int(np.partition(values, middle)[middle]))
+                times = times.cast(_INT64)
+            values = np.frombuffer(times.buffers()[1], np.int64, count, times.offset * 8).copy()
+            middle = count // 2
+            values.partition(middle)  # in place on a copy: cheaper than np.partition's own
+            median = int(values[middle])
+            if median > latest:
+                latest = median
     return latest
 
 
