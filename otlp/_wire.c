@@ -1108,15 +1108,16 @@ render_bytes(Dec *d, PairList *pl, Pair *pr, const uint8_t *s, size_t n)
     return 0;
 }
 
+#include "_wire_double.c"
+
 /* As anyvalue._float_text: NaN, +Inf, -Inf, integral values under 1e16 as integers, and
- * otherwise Python's repr(). */
+ * otherwise Python's repr() (fmt_double_repr: the same text, without Python). */
 static int
 render_double(PairList *pl, Pair *pr, double x)
 {
     char small[32];
     const char *s = small;
     size_t n;
-    char *repr = NULL;
     if (isnan(x)) {
         s = "NaN";
         n = 3;
@@ -1129,17 +1130,11 @@ render_double(PairList *pl, Pair *pr, double x)
         n = fmt_i64(small, (int64_t)x);
     }
     else {
-        repr = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        if (repr == NULL)
-            return -1;
-        s = repr;
-        n = strlen(repr);
+        n = fmt_double_repr(small, x);
     }
     pr->voff = pl->scratch.len;
     pr->vlen = n;
-    int rc = buf_put(&pl->scratch, s, n);
-    PyMem_Free(repr);
-    return rc;
+    return buf_put(&pl->scratch, s, n);
 }
 
 /* Array, map and strindex values: the Python callback parses the serialized KeyValue (so
