@@ -1,4 +1,4 @@
-"""Double attribute values rendered in C (``otlp/_wire_double.c``) are Python's ``repr``, byte for byte.
+"""Double attribute values rendered in C (``otlp/_wire_double.c``) are ``repr``, byte for byte.
 
 The C decoder stores a double attribute as ``anyvalue._float_text`` does: NaN/+Inf/-Inf, integral
 values under 1e16 as integers, everything else as ``repr(x)``. The last part no longer calls
