@@ -105,6 +105,11 @@ def price_calls(calls: pa.Table, prices: PriceTable) -> pa.Table:
 class LLMCalls(Consumer):
     name = "calls"
     signals = frozenset({Signal.SPANS, Signal.LOG_RECORDS})
+    # A full inbox is dropped and its batches read back from DuckDB, unmarked, which costs more
+    # per span than ingest itself: at full rate a consumer that once fell behind stayed behind.
+    # The plugin keeps up to GROUP_ROWS rows of these batches anyway (see HELD_ROWS).
+    inbox_size = 1024
+    inbox_bytes = 192 * 1024 * 1024
 
     def __init__(self, config: LLMOpsConfig) -> None:
         self.config = config
