@@ -348,6 +348,7 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
         "stored/s": r["stored/s"],
         "cores": cpu / elapsed,
         "drain": r["drain"],
+        "rss": r["rss"],
         "threads": r["threads"],
         "load": os.getloadavg()[0],
         "errors": {k: v for k, v in r.items() if k.startswith("error")},
@@ -387,7 +388,8 @@ def main_full_rate(args: argparse.Namespace) -> None:
                     threads.setdefault(name, []).append(us)
             split = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in threads.items())
             print(f"{'':>9} {label}: stored/s {rates}, load {loads}, drain "
-                  f"{[round(x['drain'], 1) for x in runs[arm]]} s; µs/span by thread "
+                  f"{[round(x['drain'], 1) for x in runs[arm]]} s; peak RSS "
+                  f"{[x['rss'] for x in runs[arm]]}; µs/span by thread "
                   f"(median, phase only): {split}")  # fmt: skip
             for x in runs[arm]:
                 for key, n in x["errors"].items():
