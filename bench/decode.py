@@ -1,13 +1,15 @@
 """Trace decoding throughput on one core: upb parsing, the Python walk, and the C wire decoder.
 
-    python bench/decode.py [--spans 100] [--requests 64] [--seconds 2]
+    python bench/decode.py [--spans 100] [--requests 64] [--seconds 2] [--doubles 0] [--c-only]
 
 Requests look like what an instrumented service exports: a resource with a dozen attributes,
 one scope, 100 spans of 8-12 attributes (HTTP, RPC and database conventions, with values that
 vary from span to span), an exception or log event on some spans, a link on a few. Each figure
 comes from timed rounds over the same set of serialized requests, in spans per second of CPU
 time of this (single) thread: the median round, and the best one (the least disturbed by
-whatever else the machine runs).
+whatever else the machine runs). ``--doubles N`` adds N random double attributes to every span
+(bench/ingest.py's spans carry one, ``app.queue_seconds``); ``--c-only`` times the C decoder
+alone, with its CPU per request.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _span_attributes(rnd: random.Random, kind: int) -> list[KeyValue]:
     return attrs + extra[: rnd.randint(0, 4)]
 
 
-def make_request(rnd: random.Random, spans: int) -> bytes:
+def make_request(rnd: random.Random, spans: int, doubles: int = 0) -> bytes:
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
     rs.resource.attributes.extend(
@@ -116,6 +118,7 @@ def make_request(rnd: random.Random, spans: int) -> bytes:
             flags=0x101,
         )
         span.attributes.extend(_span_attributes(rnd, kind))
+        span.attributes.extend(_kv(f"app.ratio_{j}", rnd.random()) for j in range(doubles))
         if rnd.random() < 0.2:
             event = span.events.add(time_unix_nano=start + 1000, name="exception")
             event.attributes.extend(
@@ -152,10 +155,12 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=100, help="spans per request")
     parser.add_argument("--requests", type=int, default=64, help="distinct requests")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--doubles", type=int, default=0, help="random double attrs per span")
+    parser.add_argument("--c-only", action="store_true", help="time the C decoder alone")
     args = parser.parse_args()
 
     rnd = random.Random(42)
-    payloads = [make_request(rnd, args.spans) for _ in range(args.requests)]
+    payloads = [make_request(rnd, args.spans, args.doubles) for _ in range(args.requests)]
     parse = ExportTraceServiceRequest.FromString
     renderer = AttributeRenderer(DecodeLimits())  # one per process, as in the server
     parsed = [parse(p) for p in payloads]
@@ -166,6 +171,16 @@ def main() -> None:
 
     size = sum(map(len, payloads)) / len(payloads)
     print(f"{args.requests} requests of {args.spans} spans, {size / 1024:.1f} KiB each")
+    if args.c_only:
+        median, best = _rate(
+            lambda p: decode_trace_bytes(p, renderer), payloads, args.spans, args.seconds
+        )
+        per_request = args.spans / median * 1e6
+        print(
+            f"decode_trace_bytes (C): {median:,.0f} spans/s median, {best:,.0f} best;"
+            f" {per_request:.1f} us CPU per request (median)"
+        )
+        return
     results = [
         ("upb ParseFromString alone", _rate(parse, payloads, args.spans, args.seconds)),
         (
