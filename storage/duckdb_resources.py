@@ -241,7 +241,7 @@ class ResourceIds:
     nothing."""
 
     def __init__(self, stored: np.ndarray | None = None) -> None:
-        self._ids = np.unique(stored.astype(np.uint64)) if stored is not None else _NONE
+        self._ids = _sorted_unique(stored) if stored is not None else _NONE
         self._recent = _NONE
         self.alias: dict[int, int] = {}
 
@@ -251,12 +251,7 @@ class ResourceIds:
     def known(self, ids: np.ndarray) -> np.ndarray:
         """Whether each id is stored (a bool array)."""
         ids = np.asarray(ids, np.uint64)
-        found = np.zeros(len(ids), bool)
-        for stored in (self._ids, self._recent):
-            if len(stored):
-                at = np.minimum(np.searchsorted(stored, ids), len(stored) - 1)
-                found |= stored[at] == ids
-        return found
+        return _member(self._ids, ids) | _member(self._recent, ids)
 
     def _stored_as(self, computed: np.ndarray) -> np.ndarray:
         if not self.alias:
@@ -295,21 +290,38 @@ class ResourceIds:
         if not pending:
             return
         added = np.fromiter(pending, np.uint64, len(pending))
-        self._recent = np.union1d(self._recent, added)
+        self._recent = _sorted_unique(np.concatenate((self._recent, added)))
         if len(self._recent) > max(4096, len(self._ids) // 16):
-            self._ids = np.union1d(self._ids, self._recent)
+            self._ids = _sorted_unique(np.concatenate((self._ids, self._recent)))
             self._recent = _NONE
 
     def forget(self, deleted: np.ndarray) -> None:
         """Retention deleted these resources: a resource seen again is inserted again."""
         if not len(deleted):
             return
-        deleted = np.asarray(deleted, np.uint64)
-        self._ids = self._ids[~np.isin(self._ids, deleted)]
-        self._recent = self._recent[~np.isin(self._recent, deleted)]
+        deleted = _sorted_unique(deleted)
+        self._ids = self._ids[~_member(deleted, self._ids)]
+        self._recent = self._recent[~_member(deleted, self._recent)]
         if self.alias:
             gone = set(deleted.tolist())
             self.alias = {k: v for k, v in self.alias.items() if v not in gone}
 
 
 _NONE = np.zeros(0, np.uint64)
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted, each once. Not ``np.unique``: numpy 2.4's takes 1.2 s CPU for 1 M ids
+    (a hash table), a sort 20 ms."""
+    ids = np.sort(np.asarray(ids, np.uint64))
+    if len(ids) < 2:
+        return ids
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+
+
+def _member(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Whether each of ``ids`` is in ``sorted_ids`` (sorted, unique)."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool)
+    at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return sorted_ids[at] == ids

@@ -52,6 +52,7 @@ _STOP = object()
 # the transaction that inserts the rows, so that a replay after a crash neither loses nor
 # repeats a request.
 LOG_POSITION_TABLE = "opstrata_ingest_log"
+_RESOURCE_DELETE_SLICE = 10_000
 _TIME_COLUMN = {
     table: ("TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp")
     for table in TABLES
@@ -622,21 +623,27 @@ class DuckDBStore:
         cursor = self.reader()
         committed = self._seq  # every commit up to here is visible to the scan below
         referenced = " UNION ALL ".join(f'SELECT "ResourceId" FROM {physical(t)}' for t in TABLES)
-        orphans = cursor.sql(
+        unreferenced = cursor.sql(
             f'SELECT "ResourceId" FROM {RESOURCES_TABLE} WHERE "ResourceId" NOT IN ({referenced})'
         ).to_arrow_table()
-        if orphans.num_rows == 0:
+        if unreferenced.num_rows == 0:
             return 0
         since = " UNION ALL ".join(
             f'SELECT "ResourceId" FROM {physical(t)} WHERE "{SEQ_COLUMN}" > $seq' for t in TABLES
         )
-        with self._resources_lock:
-            gone = cursor.execute(
-                f'DELETE FROM {RESOURCES_TABLE} WHERE "ResourceId" IN '
-                f'(SELECT "ResourceId" FROM orphans) AND "ResourceId" NOT IN ({since}) '
-                'RETURNING "ResourceId"',
-                {"seq": committed},
-            ).fetchnumpy()["ResourceId"]
-            self._resources.forget(gone)
-            self.resources_deleted += len(gone)
-        return len(gone)
+        deleted = 0
+        # In slices: the writer waits for one slice at a time (~0.1-0.2 s for 10,000 on a busy
+        # machine), not for a first pass over a large backlog.
+        for start in range(0, unreferenced.num_rows, _RESOURCE_DELETE_SLICE):
+            orphans = unreferenced.slice(start, _RESOURCE_DELETE_SLICE)  # noqa: F841 - by name
+            with self._resources_lock:
+                gone = cursor.execute(
+                    f'DELETE FROM {RESOURCES_TABLE} WHERE "ResourceId" IN '
+                    f'(SELECT "ResourceId" FROM orphans) AND "ResourceId" NOT IN ({since}) '
+                    'RETURNING "ResourceId"',
+                    {"seq": committed},
+                ).fetchnumpy()["ResourceId"]
+                self._resources.forget(gone)
+                self.resources_deleted += len(gone)
+            deleted += len(gone)
+        return deleted
