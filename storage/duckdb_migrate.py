@@ -4,8 +4,10 @@ resources were stored once.
 The writer finds each row's ``ResourceId`` from the Arrow buffers (duckdb_resources). Rows that
 are already in DuckDB — an old data dir's tables, or a benchmark's generated tables — get theirs
 from DuckDB's own ``hash()`` of the attribute list instead: the id only has to name one resource
-in ``otel_resources``. The same resource may then be stored under two ids (one from each way),
-which costs one row of ``otel_resources`` and changes no query.
+in ``otel_resources``. The writer finds such a resource by that id when it meets it again (the
+store's ``_adopt_stored``), so it keeps one id; only a resource first met under a different
+DuckDB ``hash()`` (another DuckDB version) would be stored under two ids, which costs one row of
+``otel_resources`` and changes no query.
 """
 
 from __future__ import annotations
