@@ -413,12 +413,14 @@ class DuckDBStore:
         con = self._con
         assert con is not None
         candidates = pa.table({"Computed": pa.array(computed), "Attrs": attributes})
-        hashed = con.sql('SELECT hash("Attrs") FROM candidates').to_arrow_table()
-        hits = self._resources.known(hashed.column(0).to_numpy())
+        # execute(), not sql(): the writer's connection may hold a ROLLBACK's unread result,
+        # which sql() refuses to run beside ("Resource In Use") and execute() discards.
+        hashed = con.execute('SELECT hash("Attrs") AS h FROM candidates').fetchnumpy()["h"]
+        hits = self._resources.known(np.asarray(hashed, np.uint64))
         if not hits.any():
             return
         candidates = candidates.filter(pa.array(hits))
-        found = con.sql(
+        found = con.execute(
             f'SELECT c."Computed", r."ResourceId" FROM {RESOURCES_TABLE} r JOIN candidates c '
             f'ON r."ResourceId" = hash(c."Attrs") AND r."{RESOURCE_COLUMN}" = c."Attrs"'
         ).fetchnumpy()
