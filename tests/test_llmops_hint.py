@@ -181,3 +181,47 @@ def test_byte_scan_in_pieces_flags_what_a_scan_of_the_whole_column_flags(
     split = textscan.scan(pa.array(["abc 1234", "567 def", "x 1234567"]))
     assert split.digits.tolist() == [2]
     assert len(whole[1].keys) and len(whole[1].digits) and len(whole[1].at)
+
+
+def test_a_failing_batch_does_not_cost_the_others_of_its_hand_over(tmp_path) -> None:
+    """``consume_many`` gets every waiting batch at once; one that raises (here a corrupt LLM
+    mark) is reported, and the calls of the batches after it in the hand-over are still stored
+    (the fan-out moves the consumer's offset past all of them)."""
+    import asyncio
+    from pathlib import Path
+
+    from opstrata.consumers import CommittedBatch, ConsumerContext
+    from opstrata.plugins.llmops.config import LLMOpsConfig
+    from opstrata.plugins.llmops.consumer import LLMCalls
+    from opstrata.storage.duckdb_store import DuckDBStore
+
+    rnd = random.Random(11)
+    decoded = [
+        decode_request(Signal.SPANS, _request(rnd, 1.0, 50), Encoding.PROTOBUF, DecodeLimits())
+        for _ in range(4)
+    ]
+    store = DuckDBStore(Path(tmp_path))
+    store.start()
+    try:
+        seqs = [asyncio.run(store.write(d.batches)) for d in decoded]
+        batches = [CommittedBatch.of(s, d.batches) for s, d in zip(seqs, decoded, strict=True)]
+        table, spans = decoded[1].batches[0]
+        corrupt = spans.replace_schema_metadata({LLM_ROWS: b"abc"})  # not whole int32s
+        batches[1] = CommittedBatch.of(batches[1].seq, [(table, corrupt)])
+        consumer = LLMCalls(LLMOpsConfig())
+        ctx = ConsumerContext("llmops", "calls", Path(tmp_path), lambda *_: None, store, {})
+        consumer.start(ctx)
+        with pytest.raises(ValueError):
+            consumer.consume_many(batches, ctx)
+        consumer.stop(ctx)
+        stored = store.reader().execute("SELECT count(*) FROM llmops_calls").fetchall()[0][0]
+        expected = 0
+        for i in (0, 2, 3):
+            rows = hinted_rows(decoded[i].batches[0][1])
+            picked = pick_spans([(decoded[i].batches[0][1], rows)])
+            found = recognise(SpanColumns.of_spans(picked.columns), consumer.policy)
+            expected += 0 if found is None else found.calls.num_rows
+        assert expected > 0
+        assert stored == expected
+    finally:
+        store.shutdown()

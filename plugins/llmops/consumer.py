@@ -39,11 +39,13 @@ transaction), so at moderate rates their cadence, not the spans, sets the plugin
 2 s rather than every second halves it, for calls showing in the API ~2 s later."""
 WRITE_SECONDS = 2.0
 """Calls found are buffered this long before they are written (see ``CallWriter``)."""
-HELD_ROWS = 4 * GROUP_ROWS
+HELD_BYTES = 64 * 1024 * 1024
 """Looks run on the writer's thread, so the consumer's thread only keeps batches and its inbox
 never fills behind a look (a full inbox makes the fan-out drop it and re-read the batches from
 DuckDB, which at full rate cost more than everything else the plugin does). Past this many
-waiting rows (the writer's thread is behind) the consumer's thread looks itself, and waits."""
+bytes of kept batches (the writer's thread is behind) the consumer's thread looks itself, and
+waits. Bounded in bytes, not rows: kept batches are whole requests (~750 B a span), outside the
+admission bound, and count against the server's memory budget (docs/configuration.md)."""
 _MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
 # Typed scalars made once (see recognise._EMPTY).
 _SPAN, _TABLE = pa.scalar("span", pa.string()), pa.scalar("table", pa.string())
@@ -107,7 +109,7 @@ class LLMCalls(Consumer):
     signals = frozenset({Signal.SPANS, Signal.LOG_RECORDS})
     # A full inbox is dropped and its batches read back from DuckDB, unmarked, which costs more
     # per span than ingest itself: at full rate a consumer that once fell behind stayed behind.
-    # The plugin keeps up to GROUP_ROWS rows of these batches anyway (see HELD_ROWS).
+    # The plugin keeps up to HELD_BYTES of these batches anyway (see HELD_BYTES).
     inbox_size = 1024
     inbox_bytes = 192 * 1024 * 1024
 
@@ -125,6 +127,8 @@ class LLMCalls(Consumer):
         self._pending_spans: list[Kept] = []
         self._pending_logs: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
+        self._look_error: Exception | None = None  # a look on the writer's thread that failed
         self._pending_seq = 0
         self._pending_since = 0.0
 
@@ -190,13 +194,23 @@ class LLMCalls(Consumer):
             if stored is not None and batch.seq > stored + 1:
                 self._backfill(stored, batch.seq - 1, ctx)
         self._process(batch, ctx)
+        failed, self._look_error = self._look_error, None
+        if failed is not None:  # raised here so that the fan-out counts it as this consumer's
+            raise failed
 
     def consume_many(self, batches: list[CommittedBatch], ctx: ConsumerContext) -> None:
         """All the batches waiting in the inbox in one call (the fan-out's wake-up and hand-over
         once, not per batch: at full rate, per-batch hand-overs waiting for the GIL let the inbox
         fill, and a full inbox is dropped and read back from DuckDB)."""
+        failed: Exception | None = None
         for batch in batches:
-            self.consume(batch, ctx)
+            try:
+                self.consume(batch, ctx)
+            except Exception as exc:  # the others are still kept; the first error is counted
+                log.exception("llmops: batch %d failed", batch.seq)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _backfill(self, after: int, upto: int, ctx: ConsumerContext) -> None:
         """Batches the kernel had acknowledged while their calls were still buffered when the
@@ -222,14 +236,16 @@ class LLMCalls(Consumer):
                 if rows is None or len(rows):  # else marked by the decoder: no LLM key at all
                     self._pending_spans.append((spans, rows))
                     self._pending_rows += spans.num_rows
+                    self._pending_bytes += spans.get_total_buffer_size()
             if logs is not None and logs.num_rows:
                 self._pending_logs.append(logs)
                 self._pending_rows += logs.num_rows
+                self._pending_bytes += logs.get_total_buffer_size()
             self._pending_seq = batch.seq
             if not self._pending_since:
                 self._pending_since = time.monotonic()
             due = self._pending_rows >= GROUP_ROWS
-            behind = self._pending_rows >= HELD_ROWS
+            behind = self._pending_bytes >= HELD_BYTES
         if behind:
             self.flush_pending()  # the writer's thread is behind: look here, and wait
         elif due and self.writer is not None:
@@ -241,7 +257,11 @@ class LLMCalls(Consumer):
         with self._lock:
             since, rows = self._pending_since, self._pending_rows
         if since and (rows >= GROUP_ROWS or time.monotonic() - since >= GROUP_SECONDS):
-            self.flush_pending()
+            try:
+                self.flush_pending()
+            except Exception as exc:  # its batches are lost: the consumer's thread reports it
+                self._look_error = exc
+                raise
 
     def flush_pending(self) -> None:
         """Recognise the rows kept since the last time (mostly on the writer's thread). The kept
@@ -256,6 +276,7 @@ class LLMCalls(Consumer):
                 seq = self._pending_seq
                 self._pending_spans, self._pending_logs = [], []
                 self._pending_rows, self._pending_since = 0, 0.0
+                self._pending_bytes = 0
             self._recognise(seq, spans, logs)
 
     def _recognise(self, seq: int, spans: list[Kept], logs: pa.Table | None) -> None:

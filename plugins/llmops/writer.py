@@ -158,7 +158,7 @@ class CallWriter:
             if self.before_flush is not None:
                 try:
                     self.before_flush()
-                except Exception:  # the consumer's own thread meets it again and counts it
+                except Exception:  # the consumer raises it on its next batch: counted there
                     log.exception("llmops: recognising waiting calls failed")
             with self._lock:
                 due = self._first_at and time.monotonic() - self._first_at >= self.flush_seconds
