@@ -306,3 +306,50 @@ def test_message_blocks_give_back_each_calls_rows() -> None:
             )
         ]
     assert blocks.read_rows(cursor, first, "0" * 32, "0" * 16) == []
+
+
+def test_long_messages_make_small_blocks_and_each_call_reads_back_its_own() -> None:
+    """Blocks are bounded by their text too: opening one call never unpacks more than about
+    ``BLOCK_BYTES`` of other calls' messages (a row longer than that is a block of its own)."""
+    from opstrata.plugins.llmops import blocks
+    from opstrata.plugins.llmops.span_parts import MESSAGES
+
+    rng = np.random.default_rng(5)
+    n = 120
+    sizes = rng.integers(10_000, 300_000, n)
+    sizes[7] = 3 * blocks.BLOCK_BYTES  # one message longer than a whole block
+    trace_ids = [f"{i:032x}" for i in range(n)]
+    span_ids = [f"{i:016x}" for i in range(n)]
+    inputs = ["x" * int(size - 20) + f"{i:020d}" for i, size in enumerate(sizes)]
+    messages = pa.table(
+        {
+            "Timestamp": pa.array(np.arange(n) * 1000, pa.timestamp("ns")),
+            "TraceId": trace_ids,
+            "SpanId": span_ids,
+            "Source": ["span"] * n,
+            "Messages": pa.nulls(n, pa.string()),
+            "System": pa.nulls(n, pa.string()),
+            "Input": inputs,
+            "Output": pa.nulls(n, pa.string()),
+        },
+        schema=MESSAGES,
+    )
+    calls = pa.table({"TraceId": trace_ids, "SpanId": span_ids})
+    packed, block_of = blocks.pack(messages, calls, 0)
+    per_block = packed.column("Rows").to_pylist()
+    assert sum(per_block) == n
+    assert len(per_block) >= sizes.sum() // blocks.BLOCK_BYTES
+    block_of = block_of.to_pylist()
+    assert block_of == sorted(block_of)  # rows keep their order, blocks their numbers
+    start = 0
+    for block, rows in enumerate(per_block):
+        text = int(sizes[start : start + rows].sum())
+        assert rows == 1 or text <= blocks.BLOCK_BYTES, (block, rows, text)
+        assert block_of[start : start + rows] == [block] * rows
+        start += rows
+    cursor = duckdb.connect()
+    cursor.execute(blocks.blocks_ddl())
+    cursor.execute(f"INSERT INTO {blocks.BLOCKS_TABLE} SELECT * FROM packed")
+    for call in [0, 7, 8, n - 1, *rng.choice(n, 10, replace=False).tolist()]:
+        got = blocks.read_rows(cursor, block_of[call], trace_ids[call], span_ids[call])
+        assert got == [("span", None, None, inputs[call], None)]

@@ -2,17 +2,20 @@
 
 A write's messages taken from spans (``Source`` "span": the GenAI JSON attributes, masked, and
 the normalised forms) are stored as Arrow IPC streams compressed with zstd, up to
-``BLOCK_ROWS`` rows a block, one BLOB per block, and each call row notes its block
-(``llmops_calls.MessageBlock``). DuckDB's insert and commit of the same rows cost ~5 µs a call
-(eight columns appended, then written again to the WAL); a block costs ~0.6 µs a call to
-compress and ~1/5 of the bytes to insert. Messages are only read one call at a time (the
-``calls/{trace}/{span}`` detail), which then reads and unpacks one block (~1 ms for 4,096
-rows). Messages from log events (``Source`` "event") stay rows of ``llmops_messages``: they may
-belong to a call written earlier, whose block is already stored.
+``BLOCK_ROWS`` rows and about ``BLOCK_BYTES`` of text a block, one BLOB per block, and each
+call row notes its block (``llmops_calls.MessageBlock``). DuckDB's insert and commit of the
+same rows cost ~5 µs a call (eight columns appended, then written again to the WAL); a block
+costs ~0.6 µs a call to compress and ~1/5 of the bytes to insert. Messages are only read one
+call at a time (the ``calls/{trace}/{span}`` detail), which then reads and unpacks one block:
+~1 ms for 4,096 short rows; the byte bound keeps long messages from making it slow (4,096 calls
+of ~8 KB messages made one 109 MB block, 280-500 ms to open one call). Messages from log events
+(``Source`` "event") stay rows of ``llmops_messages``: they may belong to a call written
+earlier, whose block is already stored.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -20,11 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-__all__ = ["BLOCKS_TABLE", "BLOCK_ROWS", "blocks_ddl", "pack", "read_rows"]
+__all__ = ["BLOCKS_TABLE", "BLOCK_BYTES", "BLOCK_ROWS", "blocks_ddl", "pack", "read_rows"]
 
 BLOCKS_TABLE = "llmops_message_blocks"
 BLOCK_ROWS = 4096
-"""Rows per block: reading one call's messages unpacks its whole block."""
+"""Rows per block at most: reading one call's messages unpacks its whole block."""
+BLOCK_BYTES = 2 * 1024 * 1024
+"""Text per block at most (a row longer than this is a block of its own)."""
+_TEXT_COLUMNS = ("Messages", "System", "Input", "Output")
 _OPTIONS = ipc.IpcWriteOptions(compression="zstd")
 _BLOCKS = pa.schema([("Block", pa.int64()), ("Rows", pa.int64()), ("Data", pa.binary())])
 _NO_BLOCK = pa.scalar(None, pa.int64())
@@ -46,8 +52,9 @@ def pack(messages: pa.Table, calls: pa.Table, first: int) -> tuple[pa.Table, pa.
     # that buffer and the streams' ends as offsets (no bytes object per block).
     sink = pa.BufferOutputStream()
     ends = [0]
-    for start in range(0, messages.num_rows, BLOCK_ROWS):
-        part = messages.slice(start, BLOCK_ROWS)
+    starts = _block_starts(messages)
+    for start, stop in itertools.pairwise(starts):
+        part = messages.slice(start, stop - start)
         with ipc.new_stream(sink, part.schema, options=_OPTIONS) as writer:
             writer.write_table(part)
         ends.append(sink.tell())
@@ -55,7 +62,7 @@ def pack(messages: pa.Table, calls: pa.Table, first: int) -> tuple[pa.Table, pa.
     data = pa.Array.from_buffers(
         pa.binary(), count, [None, pa.py_buffer(np.array(ends, np.int32)), sink.getvalue()]
     )
-    rows = np.minimum(BLOCK_ROWS, messages.num_rows - np.arange(count) * BLOCK_ROWS)
+    rows = np.diff(starts)
     table = pa.table(
         {
             "Block": pa.array(np.arange(first, first + count, dtype=np.int64)),
@@ -65,8 +72,28 @@ def pack(messages: pa.Table, calls: pa.Table, first: int) -> tuple[pa.Table, pa.
         schema=_BLOCKS,
     )
     at = pc.index_in(_key(calls), value_set=_key(messages).combine_chunks())
-    block = pc.add(pc.divide(at, pa.scalar(BLOCK_ROWS, pa.int32())), pa.scalar(first, pa.int64()))
-    return table, pc.if_else(pc.is_valid(at), pc.cast(block, pa.int64()), _NO_BLOCK)
+    found = at.is_valid().to_numpy(zero_copy_only=False)
+    index = at.fill_null(0).to_numpy(zero_copy_only=False)
+    block = first + np.searchsorted(starts, index, side="right") - 1
+    return table, pa.array(block.astype(np.int64), mask=~found)
+
+
+def _block_starts(messages: pa.Table) -> np.ndarray:
+    """Where each block starts, and the end: at most ``BLOCK_ROWS`` rows and, unless one row is
+    longer, ``BLOCK_BYTES`` of text a block."""
+    rows = messages.num_rows
+    size = np.zeros(rows, np.int64)
+    for name in _TEXT_COLUMNS:
+        if name in messages.column_names:
+            lengths = pc.binary_length(messages.column(name)).fill_null(0)
+            size += lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+    before = np.concatenate(([0], np.cumsum(size)))  # text before each row, and in all
+    starts = [0]
+    while starts[-1] < rows:
+        start = starts[-1]
+        by_bytes = int(np.searchsorted(before, before[start] + BLOCK_BYTES, side="right")) - 1
+        starts.append(min(start + BLOCK_ROWS, rows, max(by_bytes, start + 1)))
+    return np.array(starts, np.int64)
 
 
 def read_rows(cursor: Any, block: int, trace_id: str, span_id: str) -> list[tuple]:
