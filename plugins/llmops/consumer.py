@@ -236,11 +236,11 @@ class LLMCalls(Consumer):
                 if rows is None or len(rows):  # else marked by the decoder: no LLM key at all
                     self._pending_spans.append((spans, rows))
                     self._pending_rows += spans.num_rows
-                    self._pending_bytes += spans.get_total_buffer_size()
+                    self._pending_bytes += batch.nbytes  # measured once, by the fan-out
             if logs is not None and logs.num_rows:
                 self._pending_logs.append(logs)
                 self._pending_rows += logs.num_rows
-                self._pending_bytes += logs.get_total_buffer_size()
+                self._pending_bytes += batch.nbytes
             self._pending_seq = batch.seq
             if not self._pending_since:
                 self._pending_since = time.monotonic()
