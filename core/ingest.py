@@ -383,11 +383,7 @@ class IngestPipeline:
             self._count_decoded(signal, decoded)
             if not decoded.batches:
                 return decoded, 0
-            assert self.log is not None
-            try:
-                position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
-            except OSError as exc:
-                raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
+            position = self._append(signal, encoding, body)
             release = False  # the load releases the request's bytes: the backlog is bounded
             self._load(signal, decoded, nbytes, position, buffers)
             return decoded, position
@@ -436,12 +432,8 @@ class IngestPipeline:
             if self.log is None:
                 await self._commit(signal, decoded)
                 return decoded
-            try:
-                position = self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
-            except OSError as exc:
-                raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
-            # From here on the load releases the request's bytes: the backlog is bounded.
-            release = False
+            position = self._append(signal, encoding, body)
+            release = False  # the load releases the request's bytes: the backlog is bounded
             self._load(signal, decoded, nbytes, position, buffers)
             try:
                 await self.log.wait_synced(position)
@@ -451,6 +443,15 @@ class IngestPipeline:
         finally:
             if release:
                 self._release(nbytes)
+
+    def _append(self, signal: Signal, encoding: Encoding, body: bytes) -> int:
+        """Append a request to the ingest log; return its position (``Unavailable`` if the
+        write fails)."""
+        assert self.log is not None
+        try:
+            return self.log.append(_SIGNAL_CODES[signal], _ENCODING_CODES[encoding], body)
+        except OSError as exc:
+            raise Unavailable(f"ingest log write failed: {exc}", 1) from exc
 
     def _charge(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int:
         return int(body_bytes * self.expansion[signal, encoding])
