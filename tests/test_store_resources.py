@@ -88,23 +88,12 @@ def test_two_resources_round_trip_and_are_stored_once_across_restarts(tmp_path: 
 
 
 def _post_spans(server: ServerProcess, resources: list[list[tuple[str, str]]], per: int) -> None:
-    """One OTLP/HTTP request with ``per`` spans under each of ``resources``, in order."""
-    request = ExportTraceServiceRequest()
-    for n, pairs in enumerate(resources):
-        resource_spans = request.resource_spans.add()
-        for key, value in pairs:
-            attr = resource_spans.resource.attributes.add()
-            attr.key, attr.value.string_value = key, value
-        scope = resource_spans.scope_spans.add()
-        for i in range(per):
-            span_id = (100 * n + i + 1).to_bytes(8)
-            span = scope.spans.add(trace_id=bytes([n + 1] * 16), span_id=span_id)
-            span.name = f"{dict(pairs)['service.name']} {i}"
-            span.start_time_unix_nano = 1_700_000_000_000_000_000 + i
-            span.end_time_unix_nano = span.start_time_unix_nano + 10
+    """One OTLP/HTTP request with ``per`` spans under each of ``resources``, in order; span
+    names start with their resource's service name."""
+    body = _spans_body(resources, per, 1_700_000_000_000_000_000, named_by_service=True)
     reply = httpx.post(
         server.http_base + "/v1/traces",
-        content=request.SerializeToString(),
+        content=body,
         headers={"Content-Type": "application/x-protobuf"},
         timeout=30,
     )
@@ -268,9 +257,11 @@ def test_lists_of_different_lengths_never_feed_the_hash_the_same_bytes() -> None
     assert one[0] != two[0]
 
 
-def _spans_body(resources: list[list[tuple[str, str]]], per: int, start_ns: int) -> bytes:
+def _spans_body(
+    resources: list[list[tuple[str, str]]], per: int, start_ns: int, named_by_service: bool = False
+) -> bytes:
     """An OTLP traces request: ``per`` spans from ``start_ns`` on under each resource; span names
-    say which resource (``r<index> <i>``)."""
+    say which resource (``r<index> <i>``, or ``<service.name> <i>``)."""
     request = ExportTraceServiceRequest()
     for n, pairs in enumerate(resources):
         resource_spans = request.resource_spans.add()
@@ -282,7 +273,7 @@ def _spans_body(resources: list[list[tuple[str, str]]], per: int, start_ns: int)
             span = scope.spans.add(
                 trace_id=bytes([n + 1] * 16), span_id=(n * 1000 + i + 1).to_bytes(8)
             )
-            span.name = f"r{n} {i}"
+            span.name = f"{dict(pairs)['service.name'] if named_by_service else f'r{n}'} {i}"
             span.start_time_unix_nano = start_ns + i
             span.end_time_unix_nano = start_ns + i + 10
     return request.SerializeToString()
