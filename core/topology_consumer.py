@@ -152,10 +152,6 @@ class TopologyConsumer(Consumer):
     overhead) is some 1,300 requests of spans and ~115 MiB of buffers: the inbox takes a whole
     commit, which it holds only until its next pass (docs/configuration.md, "Memory")."""
 
-    linger_seconds: ClassVar[float] = 0.25
-    """The graph serves the incident engine, which works in minutes: a quarter of a second
-    more per pass lets one pass take a few hundred requests under load, where each pass has a
-    fixed cost (some hundred Arrow and numpy calls, and as many times taking the GIL back)."""
 
     def __init__(self, graph: TopologyGraph, index_capacity: int = 200_000) -> None:
         self.graph = graph

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tests.otelsdk import log_exporter, make_logs, resource, span_exporter
-from tests.pluginsupport import Webhook, plugin_env, wait_for
+from tests.pluginsupport import Webhook, plugin_env, topology_rows_consumed, wait_for
 from tests.serverproc import ServerProcess
 
 S = 1_000_000_000
@@ -146,7 +146,10 @@ def test_cascade_is_one_incident_ranked_at_the_database_and_unrelated_fault_is_a
     for i in range(120):
         checkout_trace(services, T0 + i * 10 * S, db_ms=5)
         mail(services, T0 + i * 10 * S + S, flagged=False)
-    send(server, services.take())
+    quiet = services.take()
+    send(server, quiet)
+    # The topology consumer takes batches every ~0.25 s: the graph is learnt before the fault.
+    wait_for(lambda: topology_rows_consumed(server) >= len(quiet), what="the call graph learnt")
     fault = T0 + 20 * 60 * S
     # The database slows down tenfold; every service on the path turns anomalous (the sample
     # plugin alerts on flagged spans, standing in for detectors), the deepest one first. The
