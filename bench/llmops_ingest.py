@@ -59,7 +59,9 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -275,6 +277,7 @@ def serve_once(bodies: list[bytes], llm_calls: int, llmops: bool, rate: float) -
 
 def main_server(args: argparse.Namespace) -> None:
     spans = (args.requests - WARM_UP) * PER_REQUEST
+    args.rate = args.rate or 5000.0
     print(f"server, {spans} timed spans per run at {args.rate:.0f} spans/s, {args.repeat} runs")
     print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7}")
     for share in args.share:
@@ -302,8 +305,65 @@ def main_server(args: argparse.Namespace) -> None:
 SETTLE = 5.0  # > GROUP_SECONDS + WRITE_SECONDS: the plugin's last look and write are done
 
 
+def paced_phase(target: dict, payloads: list[bytes], rate: float, seconds: float) -> dict:
+    """Send ``payloads`` (cycling) at ``rate`` spans/s for ``seconds`` over OTLP/HTTP: request
+    n leaves at ``n * 100 / rate`` s, from one of ``PACED_SENDERS`` keep-alive connections (a
+    request due while all are busy leaves late, counted; the rate is not made up later)."""
+    import http.client
+
+    host, port = target["http"].rsplit(":", 1)
+    step, lock = PER_REQUEST / rate, threading.Lock()
+    state = {"next": 0, "acked": 0, "late": 0, "errors": Counter()}
+    started = time.monotonic() + 0.2
+    stop = started + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        headers = {"Content-Type": "application/x-protobuf"}
+        while True:
+            with lock:
+                n = state["next"]
+                state["next"] += 1
+            due = started + n * step
+            if due >= stop:
+                break
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            late = wait < -0.05
+            try:
+                conn.request("POST", "/v1/traces", payloads[n % len(payloads)], headers)
+                reply = conn.getresponse()
+                reply.read()
+                status = str(reply.status)
+            except (OSError, http.client.HTTPException) as exc:
+                status = type(exc).__name__
+                conn.close()
+            with lock:
+                state["late"] += late
+                if status == "200":
+                    state["acked"] += PER_REQUEST
+                else:
+                    state["errors"][f"error {status}"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(PACED_SENDERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return state
+
+
+PACED_SENDERS = 64
+"""Connections of the paced mode: a request is acknowledged once durably committed (tens of ms,
+up to a few hundred under load), so at 20,000 spans/s (200 requests/s) tens are busy at once;
+the rest absorb slow replies without the schedule slipping."""
+
+
 def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace) -> dict:
-    """One fresh server at full rate: server CPU µs per stored span, spans/s, calls stored."""
+    """One fresh server at full rate (or at ``args.rate`` spans/s, paced): server CPU µs per
+    stored span, spans/s, calls stored."""
     import duckdb
 
     sys.path.insert(0, str(Path(__file__).parent))  # bench/ingest.py's senders and measures
@@ -319,16 +379,32 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
         target["api"] = server.addresses["API"]
         try:
             warm = argparse.Namespace(**{**vars(args), "seconds": 2.0})
-            ingest.run_phase("spans", "http", target, payloads, warm, pid)  # not timed
+            if args.rate:
+                paced_phase(target, payloads, args.rate, 2.0)  # not timed
+            else:
+                ingest.run_phase("spans", "http", target, payloads, warm, pid)  # not timed
             time.sleep(SETTLE)
             before = ingest.committed(target["api"], "spans")
             cpu = ingest.tree_cpu(pid)
+            names = ingest.python_thread_names(pid)
+            threads_before = ingest.thread_cpu(pid, names)
             started = time.time()
-            r = ingest.run_phase("spans", "http", target, payloads, args, pid)
+            if args.rate:
+                sent = paced_phase(target, payloads, args.rate, args.seconds)
+                drain = ingest.wait_consumers(target["api"], "spans")
+                r = {"stored/s": 0.0, "drain": drain, "rss": "-", "late": sent["late"]}
+                r |= {k: v for k, v in sent["errors"].items()}
+            else:
+                r = ingest.run_phase("spans", "http", target, payloads, args, pid)
             time.sleep(SETTLE)  # the same in both arms
             cpu = ingest.tree_cpu(pid) - cpu
             stored = ingest.committed(target["api"], "spans") - before
             elapsed = time.time() - started
+            if args.rate:  # by thread over the whole window (phase, drain, settling)
+                r["stored/s"] = stored / args.seconds  # what was sent in the phase, stored
+                split = ingest.thread_cpu(pid, names)
+                split.subtract(threads_before)
+                r["threads"] = {k: v / stored * 1e6 for k, v in split.most_common(9)}
         finally:
             server.stop()
         calls = llm_spans = 0
@@ -351,14 +427,18 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
         "rss": r["rss"],
         "threads": r["threads"],
         "load": os.getloadavg()[0],
+        "late": r.get("late", 0),
         "errors": {k: v for k, v in r.items() if k.startswith("error")},
     }
 
 
 def main_full_rate(args: argparse.Namespace) -> None:
-    print(f"full rate: {args.clients} senders x {args.concurrency} in flight, {args.seconds} s "
-          f"timed per run, {args.repeat} runs per arm alternating; load "
-          f"{os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    if args.rate:
+        feed = f"paced at {args.rate:,.0f} spans/s over {PACED_SENDERS} connections"
+    else:
+        feed = f"full rate: {args.clients} senders x {args.concurrency} in flight"
+    print(f"{feed}, {args.seconds} s timed per run, {args.repeat} runs per arm alternating; "
+          f"load {os.getloadavg()[0]:.1f} at start")  # fmt: skip
     print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7} "
           f"{'spread of added':>16}")  # fmt: skip
     for share in args.share:
@@ -387,10 +467,12 @@ def main_full_rate(args: argparse.Namespace) -> None:
                 for name, us in x["threads"].items():
                     threads.setdefault(name, []).append(us)
             split = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in threads.items())
-            print(f"{'':>9} {label}: stored/s {rates}, load {loads}, drain "
+            late = [x["late"] for x in runs[arm]] if args.rate else "-"
+            window = "whole window" if args.rate else "phase only"
+            print(f"{'':>9} {label}: stored/s {rates}, late requests {late}, load {loads}, drain "
                   f"{[round(x['drain'], 1) for x in runs[arm]]} s; peak RSS "
                   f"{[x['rss'] for x in runs[arm]]}; µs/span by thread "
-                  f"(median, phase only): {split}")  # fmt: skip
+                  f"(median, {window}): {split}")  # fmt: skip
             for x in runs[arm]:
                 for key, n in x["errors"].items():
                     print(f"{'':>9}   {n} x {key}")
@@ -465,7 +547,11 @@ def main() -> None:
         help="shares of LLM spans; -1: ordinary log records instead of spans",
     )
     parser.add_argument("--server", action="store_true", help="a real server, over OTLP/HTTP")
-    parser.add_argument("--rate", type=float, default=5000.0, help="spans/s (--server)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="spans/s offered: --server (default 5000); --full-rate: paced at this rate instead",
+    )
     parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
     parser.add_argument(
         "--full-rate", action="store_true", help="a real server at full rate (bench/ingest.py)"
