@@ -41,7 +41,7 @@ from opstrata.storage.duckdb_ddl import (
 )
 from opstrata.storage.duckdb_events import AlertIncidentTables
 from opstrata.storage.duckdb_migrate import migrate
-from opstrata.storage.duckdb_resources import ResourceIds, resource_ids
+from opstrata.storage.duckdb_resources import ResourceIds, request_resource_ids
 
 __all__ = ["DuckDBStore"]
 
@@ -62,41 +62,49 @@ _TIME_COLUMN = {
 def _stored_table(
     table: Table,
     batches: list[pa.RecordBatch],
-    seqs: list[np.ndarray],
+    seqs: list[int],
     resources: ResourceIds,
     pending: set[int],
     new_resources: list[pa.Array],
     adopt_stored: Callable[[np.ndarray, pa.Array], None],
 ) -> pa.Table:
-    """The batches of one table with their ``_Seq`` column, as one chunk in storage types (a
-    zero-copy view: a map and a list of key/value structs share one memory layout), the
-    resource's attributes replaced by its ``ResourceId``. The first row of each resource not yet
-    stored goes to ``new_resources``; resources the writer does not know are first looked up by
-    ``adopt_stored(computed_ids, attributes)`` (an upgraded data dir's). One chunk, because
-    DuckDB scans a table of many small chunks several times slower."""
-    data = pa.Table.from_batches(batches)
-    schema = STORAGE_SCHEMAS[table]
+    """The batches of one table (one per request) with their ``_Seq`` column (``seqs``, one per
+    batch), as one chunk in storage types (a zero-copy view: a map and a list of key/value
+    structs share one memory layout), the resource's attributes replaced by its ``ResourceId``.
+    The first row of each resource not yet stored goes to ``new_resources``; resources the
+    writer does not know are first looked up by ``adopt_stored(computed_ids, attributes)`` (an
+    upgraded data dir's). One chunk, because DuckDB scans a table of many small chunks several
+    times slower; every column concatenated in one call, and the resource ids of all requests
+    found in one pass over the concatenated column."""
+    lengths = [batch.num_rows for batch in batches]
+    data = pa.Table.from_batches(batches).combine_chunks()
+    rows = data.num_rows
     columns = []
-    for column, field in zip(data.columns, schema, strict=False):  # schema adds _Seq
-        array = pa.concat_arrays(column.chunks).view(field.type)
+    for column, field in zip(data.columns, STORAGE_SCHEMAS[table], strict=False):  # adds _Seq
+        array = _one_chunk(column).view(field.type)
         if field.name == RESOURCE_COLUMN:
-            # Per request (one resource throughout, as a rule), before they are concatenated.
-            _, starts, computed = resource_ids([chunk.view(field.type) for chunk in column.chunks])
+            starts, computed = request_resource_ids(array, lengths)
             unknown = resources.unknown(computed)
             if len(unknown):
                 adopt_stored(computed[unknown], array.take(starts[unknown]))
-            run_ids, rows = resources.assign(starts, computed, pending)
-            if rows:
+            run_ids, firsts = resources.assign(starts, computed, pending)
+            if firsts:
                 new_resources.append(
                     pa.StructArray.from_arrays(
-                        [pa.array(run_ids[np.searchsorted(starts, rows)]), array.take(rows)],
+                        [pa.array(run_ids[np.searchsorted(starts, firsts)]), array.take(firsts)],
                         ["ResourceId", RESOURCE_COLUMN],
                     )
                 )
-            array = pa.array(np.repeat(run_ids, np.diff(np.append(starts, len(array)))))
+            array = pa.array(np.repeat(run_ids, np.diff(np.append(starts, rows))))
         columns.append(array)
-    columns.append(pa.array(np.concatenate(seqs)))
+    columns.append(pa.array(np.repeat(np.asarray(seqs, np.uint64), lengths)))
     return pa.Table.from_arrays(columns, schema=PHYSICAL_SCHEMAS[table])
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.nulls(0, column.type)
 
 
 class _ArrowStream:
@@ -430,7 +438,7 @@ class DuckDBStore:
         con = self._con
         assert con is not None
         per_table: dict[Table, list[pa.RecordBatch]] = {}
-        seqs: dict[Table, list[np.ndarray]] = {}
+        seqs: dict[Table, list[int]] = {}
         log_signal: list[str] = []
         log_tables: list[list[str]] = []
         log_rows: list[int] = []
@@ -440,7 +448,7 @@ class DuckDBStore:
             signal = Signal.SPANS
             for table, batch in item.batches:
                 per_table.setdefault(table, []).append(batch)
-                seqs.setdefault(table, []).append(np.full(batch.num_rows, seq, dtype=np.uint64))
+                seqs.setdefault(table, []).append(seq)
                 tables.append(table.value)
                 signal = signal_of(table)
             log_signal.append(signal.value)

@@ -30,7 +30,7 @@ from opstrata.storage.duckdb_ddl import (
     create_statements,
     duckdb_type,
 )
-from opstrata.storage.duckdb_resources import resource_ids
+from opstrata.storage.duckdb_resources import request_resource_ids, resource_ids
 from opstrata.storage.duckdb_store import DuckDBStore
 from tests.otelsdk import resource, span_exporter
 from tests.serverproc import ServerProcess
@@ -163,6 +163,49 @@ def test_resource_ids_match_a_row_by_row_reading() -> None:
         # Run starts: every row whose resource differs from the row before, and chunk starts.
         changes = {0} | {i for i in range(1, len(reference)) if ids[i] != ids[i - 1]}
         assert changes <= set(starts.tolist())
+
+
+def test_request_ids_of_a_group_commit_column_match_each_row_hashed_alone() -> None:
+    """The writer's pass over a group commit's concatenated column (requests of one resource
+    checked by memcmp, the rest by runs; a sliced column too) gives every row the id of its own
+    attribute list hashed alone. Rows that agree in their strings' lengths but not their bytes,
+    or in their bytes but not where the strings are cut, must not share a request's id."""
+    rnd = random.Random(11)
+    pool = [
+        [],
+        [("a", "bc")],
+        [("ab", "c")],
+        [("a", "b"), ("c", "d")],
+        [("a", "b"), ("c", "e")],  # the lengths of the one before, other bytes
+        [("ab", ""), ("c", "d")],  # the bytes of [("a", "b"), ...] cut elsewhere
+        [("service.name", "x"), ("host.name", "h1")],
+        [("host.name", "h1"), ("service.name", "x")],
+        [("k", "")],
+        [("", "k")],
+        [("x", "1")] * 3,
+    ]
+    alone = [resource_ids([_column([entry])])[0][0] for entry in pool]
+    assert len(set(alone)) == len(pool)
+    for _ in range(200):
+        requests = []
+        for _ in range(rnd.randint(1, 8)):
+            kind = rnd.random()
+            if kind < 0.5:
+                rows = [rnd.randrange(len(pool))] * rnd.randint(0, 12)
+            else:  # one odd row in a request, or any rows
+                rows = [rnd.randrange(len(pool))] * rnd.randint(1, 12)
+                rows[rnd.randrange(len(rows))] = rnd.randrange(len(pool))
+                if kind > 0.8:
+                    rows = [rnd.randrange(len(pool)) for _ in rows]
+            requests.append(rows)
+        flat = [i for rows in requests for i in rows]
+        column = pa.concat_arrays([_column([pool[0], pool[3]]), _column([pool[i] for i in flat])])
+        column = column.slice(2)  # not at offset 0, as a slice of a larger buffer
+        starts, run_ids = request_resource_ids(column, [len(rows) for rows in requests])
+        ids = np.repeat(run_ids, np.diff(np.append(starts, len(flat))))
+        assert ids.tolist() == [alone[i] for i in flat]
+        bounds = np.cumsum([0] + [len(rows) for rows in requests])[:-1]
+        assert set(bounds[bounds < len(flat)].tolist()) <= set(starts.tolist())
 
 
 def _old_layout(con: duckdb.DuckDBPyConnection, last_seq: int) -> None:
