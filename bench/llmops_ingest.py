@@ -91,8 +91,10 @@ def _kvs(attrs: dict[str, object]) -> list[KeyValue]:
     return [KeyValue(key=k, value=AnyValue(**{ANY[type(v)]: v})) for k, v in attrs.items()]
 
 
-def make_request(rnd: random.Random, share: float, serial: int) -> bytes:
-    """One request of 100 spans, half a second of traffic after the previous one."""
+def make_request(
+    rnd: random.Random, share: float, serial: int, step_ns: int = 500_000_000
+) -> bytes:
+    """One request of 100 spans, ``step_ns`` of traffic (event time) after the previous one."""
     req = trace_service_pb2.ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     service = rnd.choice(SERVICES)
@@ -104,7 +106,7 @@ def make_request(rnd: random.Random, share: float, serial: int) -> bytes:
     ss = rs.scope_spans.add()
     ss.scope.name = "opentelemetry.instrumentation.openai_v2"
     for i in range(PER_REQUEST):
-        start = T0 + serial * 500_000_000 + rnd.randrange(500_000_000)
+        start = T0 + serial * step_ns + rnd.randrange(step_ns)
         span = ss.spans.add(trace_id=rnd.randbytes(16), span_id=rnd.randbytes(8))
         span.start_time_unix_nano = start
         span.end_time_unix_nano = start + rnd.randrange(10**7, 3 * 10**9)
@@ -305,10 +307,13 @@ def main_server(args: argparse.Namespace) -> None:
 SETTLE = 5.0  # > GROUP_SECONDS + WRITE_SECONDS: the plugin's last look and write are done
 
 
-def paced_phase(target: dict, payloads: list[bytes], rate: float, seconds: float) -> dict:
-    """Send ``payloads`` (cycling) at ``rate`` spans/s for ``seconds`` over OTLP/HTTP: request
-    n leaves at ``n * 100 / rate`` s, from one of ``PACED_SENDERS`` keep-alive connections (a
-    request due while all are busy leaves late, counted; the rate is not made up later)."""
+def paced_phase(
+    target: dict, payloads: list[bytes], rate: float, seconds: float, first: int = 0
+) -> dict:
+    """Send ``payloads`` from ``first`` on (cycling) at ``rate`` spans/s for ``seconds`` over
+    OTLP/HTTP: request n leaves at ``n * 100 / rate`` s, from one of ``PACED_SENDERS``
+    keep-alive connections (a request due while all are busy leaves late, counted; the rate is
+    not made up later)."""
     import http.client
 
     host, port = target["http"].rsplit(":", 1)
@@ -332,7 +337,7 @@ def paced_phase(target: dict, payloads: list[bytes], rate: float, seconds: float
                 time.sleep(wait)
             late = wait < -0.05
             try:
-                conn.request("POST", "/v1/traces", payloads[n % len(payloads)], headers)
+                conn.request("POST", "/v1/traces", payloads[(first + n) % len(payloads)], headers)
                 reply = conn.getresponse()
                 reply.read()
                 status = str(reply.status)
@@ -390,7 +395,8 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
             threads_before = ingest.thread_cpu(pid, names)
             started = time.time()
             if args.rate:
-                sent = paced_phase(target, payloads, args.rate, args.seconds)
+                warm_requests = int(2.0 * args.rate / PER_REQUEST)
+                sent = paced_phase(target, payloads, args.rate, args.seconds, warm_requests)
                 drain = ingest.wait_consumers(target["api"], "spans")
                 r = {"stored/s": 0.0, "drain": drain, "rss": "-", "late": sent["late"]}
                 r |= {k: v for k, v in sent["errors"].items()}
@@ -400,6 +406,8 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
             cpu = ingest.tree_cpu(pid) - cpu
             stored = ingest.committed(target["api"], "spans") - before
             elapsed = time.time() - started
+            if not stored:
+                raise RuntimeError(f"nothing stored: {r}\n" + "".join(server.output[-20:]))
             if args.rate:  # by thread over the whole window (phase, drain, settling)
                 r["stored/s"] = stored / args.seconds  # what was sent in the phase, stored
                 split = ingest.thread_cpu(pid, names)
@@ -443,7 +451,17 @@ def main_full_rate(args: argparse.Namespace) -> None:
           f"{'spread of added':>16}")  # fmt: skip
     for share in args.share:
         rnd = random.Random(7)
-        payloads = [make_request(rnd, share, n) for n in range(200)]
+        if args.rate:
+            # Event time advancing as the offered rate does (as in production): with the
+            # full-rate pool's 0.5 s a request and 200 requests cycled, event time ran 100 times
+            # faster than the wall clock and jumped back every 200 requests, so alert buckets
+            # closed ~100 times as often per span, and out of order. Distinct requests for the
+            # whole warm-up and phase (~3 s to make at 20,000 spans/s).
+            step = round(PER_REQUEST / args.rate * 1e9)
+            count = int((2.0 + args.seconds) * args.rate / PER_REQUEST) + 1
+            payloads = [make_request(rnd, share, n, step) for n in range(count)]
+        else:
+            payloads = [make_request(rnd, share, n) for n in range(200)]
         runs: dict[bool, list[dict]] = {False: [], True: []}
         for r in range(args.repeat):
             for llmops in (False, True) if r % 2 == 0 else (True, False):
