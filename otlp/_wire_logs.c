@@ -44,6 +44,15 @@ typedef struct {
     size_t rows;
 } LogDec;
 
+/* The columns are one run of Bufs (num, then str's two each, then map's five each), so the
+ * size hints (hints_presize in _wire.c) walk them as an array. */
+#define LOG_BUFS (LN_NUM + 2 * LS_NUM + 5 * LA_NUM)
+_Static_assert(offsetof(LogDec, map) + sizeof(((LogDec *)0)->map) ==
+                   offsetof(LogDec, num) + LOG_BUFS * sizeof(Buf),
+               "LogDec's columns are not one run of Bufs");
+static size_t log_hints[LOG_BUFS];
+static size_t log_hint_input;
+
 static int
 logdec_init(LogDec *L, size_t input_len, Py_ssize_t max_attributes, Py_ssize_t max_value_chars,
             PyObject *render)
@@ -51,7 +60,16 @@ logdec_init(LogDec *L, size_t input_len, Py_ssize_t max_attributes, Py_ssize_t m
     memset(L, 0, sizeof *L);
     if (dec_init_shared(&L->d, max_attributes, max_value_chars, render) < 0)
         return -1;
-    /* A guess of one record per 200 bytes of request, so that the columns seldom grow. */
+    if (hints_presize(log_hints, log_hint_input, L->num, LOG_BUFS, input_len)) {
+        for (int i = 0; i < LS_NUM; i++)
+            if (strcol_init(&L->str[i]) < 0)
+                return -1;
+        for (int i = 0; i < LA_NUM; i++)
+            if (mapcol_init(&L->map[i]) < 0)
+                return -1;
+        return 0;
+    }
+    /* Else a guess of one record per 200 bytes of request, so that the columns seldom grow. */
     size_t rows = input_len / 200 + 1;
     if (buf_reserve(&L->num[LN_TIMESTAMP], 8 * rows) < 0 ||
         buf_reserve(&L->num[LN_OBSERVED], 8 * rows) < 0 ||
@@ -352,6 +370,7 @@ wire_decode_logs(PyObject *self, PyObject *args)
     if (logdec_init(L, (size_t)view.len, max_attributes, max_value_chars, render) == 0) {
         const uint8_t *p = view.buf;
         if (dec_logs_request(L, p, p + view.len) == 0) {
+            hints_learn(log_hints, &log_hint_input, L->num, LOG_BUFS, (size_t)view.len);
             Dec *d = &L->d;
             PyObject *batch;
             void *address = NULL;

@@ -101,16 +101,27 @@ typedef struct {
 static const int OFFSET_BUFS[] = {MN_EX_OFFSETS,  MN_BUCKET_OFFSETS, MN_BOUND_OFFSETS,
                                   MN_POS_OFFSETS, MN_NEG_OFFSETS,    MN_Q_OFFSETS};
 
+/* A table's columns are one run of Bufs (num, then str's two each, then map's five each), so
+ * the size hints (hints_presize in _wire.c) walk them as an array. */
+#define TABLE_BUFS (MN_NUM + 2 * MS_NUM + 5 * MA_NUM)
+_Static_assert(offsetof(MetricTable, map) + sizeof(((MetricTable *)0)->map) ==
+                   offsetof(MetricTable, num) + TABLE_BUFS * sizeof(Buf),
+               "MetricTable's columns are not one run of Bufs");
+static size_t metric_hints[T_NUM][TABLE_BUFS];
+static size_t metric_hint_input;
+
 static int
 table_ready(MetricDec *M, MetricTable *t)
 {
     if (t->ready)
         return 0;
     t->ready = 1;
-    /* A guess of one point per 100 bytes of request for the common columns. */
+    /* Else a guess of one point per 100 bytes of request for the common columns. */
     size_t rows = M->input_len / 100 + 1;
-    if (buf_reserve(&t->num[MN_START], 8 * rows) < 0 ||
-        buf_reserve(&t->num[MN_TIME], 8 * rows) < 0)
+    if (!hints_presize(metric_hints[t - M->t], metric_hint_input, t->num, TABLE_BUFS,
+                       M->input_len) &&
+        (buf_reserve(&t->num[MN_START], 8 * rows) < 0 ||
+         buf_reserve(&t->num[MN_TIME], 8 * rows) < 0))
         return -1;
     for (size_t i = 0; i < sizeof OFFSET_BUFS / sizeof OFFSET_BUFS[0]; i++)
         if (buf_put_i32(&t->num[OFFSET_BUFS[i]], 0) < 0)
@@ -937,6 +948,8 @@ wire_decode_metrics(PyObject *self, PyObject *args)
     const uint8_t *p = view.buf;
     if (dec_metrics_request(M, p, p + view.len) < 0)
         goto done;
+    for (int k = 0; k < T_NUM; k++)
+        hints_learn(metric_hints[k], &metric_hint_input, M->t[k].num, TABLE_BUFS, M->input_len);
     if ((tables = PyList_New(0)) == NULL)
         goto done;
     for (int k = 0; k < T_NUM; k++) {

@@ -1,0 +1,112 @@
+"""The C decoders reserve each column at what the previous request of the same kind needed,
+scaled to the new request's size (``hints_presize`` in ``otlp/_wire.c``). That state outlives a
+call: a request of about the same size but another shape must decode exactly as the reference
+does, whatever came before it.
+
+Requests of every signal are decoded in an order that keeps neighbours within a factor of two in
+size (so that the hints apply) while their shapes differ, then from the largest to the smallest
+and back, and interleaved with crafted pairs of one size and opposite shapes (a few long values
+against many short items).
+"""
+
+from __future__ import annotations
+
+import random
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from opstrata.otlp.limits import DecodeLimits
+from tests import test_wire_decoder as spans
+from tests import test_wire_decoder_logs as logs
+from tests import test_wire_decoder_metrics as metrics
+
+
+def _by_size(module, seeds: range) -> list[bytes]:
+    bodies = [module.random_request(random.Random(s)).SerializeToString() for s in seeds]
+    return sorted((b for b in bodies if b), key=len)
+
+
+def _decode_in_orders(module, bodies: list[bytes]) -> int:
+    """Every body after its neighbour in size, then the other way round, then far apart."""
+    limits = DecodeLimits()
+    accepted = 0
+    order = (
+        bodies + bodies[::-1] + [b for pair in zip(bodies, bodies[::-1], strict=True) for b in pair]
+    )
+    for body in order:
+        accepted += module.assert_same(body, limits)
+    return accepted
+
+
+def test_spans_after_spans_of_other_shapes() -> None:
+    bodies = _by_size(spans, range(150))
+    assert len(bodies) > 100
+    assert _decode_in_orders(spans, bodies) == 4 * len(bodies)
+
+
+def test_logs_after_logs_of_other_shapes() -> None:
+    bodies = _by_size(logs, range(150))
+    assert len(bodies) > 100
+    assert _decode_in_orders(logs, bodies) == 4 * len(bodies)
+
+
+def test_metrics_after_metrics_of_other_shapes() -> None:
+    bodies = _by_size(metrics, range(150))
+    assert len(bodies) > 100
+    assert _decode_in_orders(metrics, bodies) == 4 * len(bodies)
+
+
+def _text_kv(key: str, text: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=text))
+
+
+def test_one_size_opposite_shapes() -> None:
+    """Same byte size, opposite shapes: one item of long values, then hundreds of short items
+    (the hinted columns are far too big for some and far too small for others), and back."""
+    limits = DecodeLimits()
+    wide = ExportLogsServiceRequest()
+    record = wide.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=1)
+    record.body.string_value = "x" * 20_000
+    record.attributes.append(_text_kv("k", "v" * 2_000))
+    many = ExportLogsServiceRequest()
+    scope_logs = many.resource_logs.add().scope_logs.add()
+    while many.ByteSize() < wide.ByteSize():
+        scope_logs.log_records.add(time_unix_nano=2, body=AnyValue(string_value="hi"))
+
+    long_span = ExportTraceServiceRequest()
+    span = (
+        long_span.resource_spans.add()
+        .scope_spans.add()
+        .spans.add(trace_id=b"t" * 16, span_id=b"s" * 8, name="n" * 20_000)
+    )
+    span.attributes.append(_text_kv("k", "v" * 2_000))
+    short_spans = ExportTraceServiceRequest()
+    scope_spans = short_spans.resource_spans.add().scope_spans.add()
+    while short_spans.ByteSize() < long_span.ByteSize():
+        scope_spans.spans.add(trace_id=b"t" * 16, span_id=b"s" * 8, name="n")
+
+    one_point = ExportMetricsServiceRequest()
+    gauge = one_point.resource_metrics.add().scope_metrics.add().metrics.add(name="g" * 20_000)
+    gauge.gauge.data_points.add(time_unix_nano=1, as_double=1.5)
+    many_points = ExportMetricsServiceRequest()
+    metric = many_points.resource_metrics.add().scope_metrics.add().metrics.add(name="h")
+    while many_points.ByteSize() < one_point.ByteSize():
+        point = metric.histogram.data_points.add(time_unix_nano=1, count=3)
+        point.bucket_counts[:] = [1, 2]
+        point.explicit_bounds[:] = [0.5]
+
+    cases = [
+        (logs, wide, many),
+        (spans, long_span, short_spans),
+        (metrics, one_point, many_points),
+    ]
+    for module, first, second in cases:
+        a, b = first.SerializeToString(), second.SerializeToString()
+        assert len(b) // 2 <= len(a) <= 2 * len(b)  # close enough in size to be hinted
+        for body in (a, b, a, b, b, a):
+            assert module.assert_same(body, limits)
