@@ -190,13 +190,16 @@ def sketch_rows(calls: pa.Table) -> pa.Table:
     return _histograms(day // DAY_NS * DAY_NS, calls.column("Model").combine_chunks(), bins)
 
 
-def roll_up(cursor: Any, calls: pa.Table) -> None:
+def roll_up(cursor: Any, calls: pa.Table) -> int:
     """Append the partial rollup rows and day sketches of ``calls`` (an Arrow table of
-    ``llmops_calls`` rows): plain inserts, no upsert (see the module's docstring)."""
+    ``llmops_calls`` rows): plain inserts, no upsert (see the module's docstring). Returns how
+    many rows it appended (both tables)."""
     if calls.num_rows == 0:
-        return
-    _append(cursor, ROLLUP_TABLE, partial_rows(calls))
-    _append(cursor, SKETCH_TABLE, sketch_rows(calls))
+        return 0
+    rows, sketches = partial_rows(calls), sketch_rows(calls)
+    _append(cursor, ROLLUP_TABLE, rows)
+    _append(cursor, SKETCH_TABLE, sketches)
+    return rows.num_rows + sketches.num_rows
 
 
 def _append(cursor: Any, table: str, rows: pa.Table) -> None:
