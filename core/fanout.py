@@ -231,6 +231,10 @@ class ConsumerRunner:
                     self.behind = True
                     self._clear_inbox()
                     self._cond.wait(_RETRY_SECONDS)
+            # The batches are let go here, outside the lock: when this consumer holds the last
+            # reference, freeing their buffers (~0.3 µs a span, ~0.6 a metric point) would
+            # otherwise keep ``publish`` on the event loop waiting for the lock.
+            batches = None
         try:
             self.consumer.stop(self.ctx)
         except Exception as exc:

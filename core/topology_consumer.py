@@ -9,6 +9,7 @@ numpy calls, whatever the number of spans; the span-pair join and grouping primi
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import ClassVar
 
 import numpy as np
@@ -75,6 +76,10 @@ _LLM_FIRST = _ML_NAME + 2
 _SPAN_KEY_ARRAY = pa.array(_SPAN_KEYS)
 _PLACEMENT_KEY_ARRAY = pa.array([key for key, _ in PLACEMENT_KEYS])
 _LOW32 = np.int64(0xFFFFFFFF)
+# The graph is saved (and edges not seen for a week forgotten) every this many batches, at most
+# once per this many seconds (a restart after ``kill -9`` relearns that much; a clean stop saves).
+_SAVE_BATCHES = 200
+_SAVE_SECONDS = 5.0
 
 
 def _first_in_rows(rows: np.ndarray, key_index: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -112,8 +117,15 @@ def _int64s(column: pa.ChunkedArray) -> np.ndarray:
     return int64s(column.combine_chunks())
 
 
-def _concat_arrays(arrays: list[pa.Array]) -> pa.Array:
-    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+def _combine(chunks: list[pa.Array]) -> pa.Array:
+    """Chunks of one column, of one or several tables, as one array. Tables read back from a
+    store may spell a map's field names differently: those chunks are cast to the first's."""
+    if len(chunks) == 1:
+        return chunks[0]
+    kind = chunks[0].type
+    if any(chunk.type != kind for chunk in chunks):
+        chunks = [chunk if chunk.type == kind else chunk.cast(kind) for chunk in chunks]
+    return pa.chunked_array(chunks, kind).combine_chunks()
 
 
 def _first_of_runs(
@@ -161,6 +173,8 @@ class TopologyConsumer(Consumer):
         self._orphans = SpanKeyIndex(index_capacity)
         """parent span id of server/consumer spans whose parent was not seen yet → callee code"""
         self._batches = 0
+        self._save_at = _SAVE_BATCHES
+        self._save_after = 0.0
         self._latest = 0
 
     def start(self, ctx: ConsumerContext) -> None:
@@ -189,39 +203,56 @@ class TopologyConsumer(Consumer):
             self._names.clear()
             self._clients.clear()
             self._orphans.clear()
-        placement = []
+        # The resources of every table in one pass (one combine, one run search): a metrics
+        # request fills three or more tables, and each Arrow call costs the most in the server,
+        # where it gives up the GIL and waits to take it back. A run never crosses from one
+        # table into the next (``breaks``), so the span rows' runs are their own.
+        resources: list[pa.Array] = []
+        names: list[pa.Array] = []
+        times: list[np.ndarray] = []
+        breaks = [0]
         spans = None
         for table, records in tables.items():
             data = _table(records)
-            services = data.column("ServiceName").combine_chunks()
-            times = _int64s(data.column(_time_column(table)))
-            resource = data.column("ResourceAttributes").combine_chunks()
-            starts = resource_runs(resource, services)
             if table is Table.TRACES:
-                spans = (data, times, starts, sum(len(part[1]) for part in placement))
-            placement.append(_first_of_runs(resource, services, times, starts))
-        if placement:
-            run_services = self._learn_placement(placement)
+                spans = (data, breaks[-1])
+            resources += data.column("ResourceAttributes").chunks
+            names += data.column("ServiceName").chunks
+            times.append(_int64s(data.column(_time_column(table))))
+            breaks.append(breaks[-1] + data.num_rows)
+        if len(breaks) > 1:
+            resource, services = _combine(resources), _combine(names)
+            all_times = times[0] if len(times) == 1 else np.concatenate(times)
+            starts = resource_runs(resource, services, np.array(breaks[1:-1], np.int64))
+            run_services = self._learn_placement(
+                _first_of_runs(resource, services, all_times, starts)
+            )
             if spans is not None:
-                data, times, starts, first = spans
+                data, first = spans
+                end = first + data.num_rows
+                runs = np.flatnonzero((starts >= first) & (starts < end))
                 # ServiceName is one per run: the runs' service codes, repeated over their rows.
-                codes = run_services[first : first + len(starts)]
-                self._learn_spans(data, np.repeat(codes, np.diff(starts, append=len(times))), times)
-        before = self._batches
+                lengths = np.diff(starts[runs], append=end)
+                self._learn_spans(
+                    data, np.repeat(run_services[runs], lengths), all_times[first:end]
+                )
         self._batches += len(batches)
-        if self._batches // 200 != before // 200:
+        if self._batches >= self._save_at and monotonic() >= self._save_after:
+            # Every 200 batches, but no more than once per ``_SAVE_SECONDS``: under load 200
+            # batches come every ~0.4 s, and each save encodes the whole graph (every call
+            # edge's per-minute statistics), its cost growing with the graph, not the rate.
+            self._save_at = self._batches + _SAVE_BATCHES
+            self._save_after = monotonic() + _SAVE_SECONDS
             self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
             self.graph.save(ctx.state_dir / "topology.json")
 
-    def _learn_placement(self, parts: list[tuple[pa.Array, pa.Array, np.ndarray]]) -> np.ndarray:
+    def _learn_placement(self, runs: tuple[pa.Array, pa.Array, np.ndarray]) -> np.ndarray:
         """Learn placement from the first rows of runs of one resource (``_first_of_runs``);
         return the code of each one's service name."""
         # Placement is a property of the resource: the placement keys of the first row of each
         # run of one resource, grouped by (service, host, pod, node) with the latest
         # time of each.
-        resource = _concat_arrays([part[0] for part in parts])
-        services = _concat_arrays([part[1] for part in parts])
-        times = np.concatenate([part[2] for part in parts])
+        resource, services, times = runs
         names = self._names
         empty = names.code("")
         columns = [names.encode(services)]

@@ -42,14 +42,24 @@ def _same_as_previous(rows: pa.Array) -> pa.Array:
     return pc.equal(rows.slice(1), rows.slice(0, len(rows) - 1))
 
 
-def resource_runs(resource: pa.MapArray, services: pa.Array) -> np.ndarray:
+def resource_runs(
+    resource: pa.MapArray, services: pa.Array, breaks: np.ndarray | None = None
+) -> np.ndarray:
     """The rows where a run of one resource and service name starts: row 0 and every row whose
     ``ResourceAttributes`` (keys, values and their order) or ``ServiceName`` differ from the
-    previous row's. Rows whose sameness is not established here (null maps, null or non-string
+    previous row's, and every row in ``breaks`` (where one table's rows end and the next's
+    begin). Rows whose sameness is not established here (null maps, null or non-string
     entries) start runs of their own."""
     n = len(resource)
     if n < 2:
         return np.arange(n, dtype=np.int64)
+    starts = _runs(resource, services, n)
+    if breaks is None or not len(breaks):
+        return starts
+    return np.union1d(starts, breaks[(breaks > 0) & (breaks < n)]).astype(np.int64)
+
+
+def _runs(resource: pa.MapArray, services: pa.Array, n: int) -> np.ndarray:
     entries = resource.offsets.to_numpy()
     # The entries of these rows only (the children of a sliced map hold others too).
     first, count = int(entries[0]), int(entries[-1] - entries[0])
