@@ -393,12 +393,16 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
             cpu = ingest.tree_cpu(pid)
             names = ingest.python_thread_names(pid)
             threads_before = ingest.thread_cpu(pid, names)
+            commits_before = ingest.commit_stats(target["api"])
             started = time.time()
             if args.rate:
                 warm_requests = int(2.0 * args.rate / PER_REQUEST)
                 sent = paced_phase(target, payloads, args.rate, args.seconds, warm_requests)
                 drain = ingest.wait_consumers(target["api"], "spans")
+                commits = [a - b for a, b in zip(ingest.commit_stats(target["api"]),
+                                                 commits_before, strict=True)]  # fmt: skip
                 r = {"stored/s": 0.0, "drain": drain, "rss": "-", "late": sent["late"]}
+                r["rows/commit"] = commits[1] / commits[0] if commits[0] else 0.0
                 r |= {k: v for k, v in sent["errors"].items()}
             else:
                 r = ingest.run_phase("spans", "http", target, payloads, args, pid)
@@ -436,6 +440,7 @@ def full_rate_once(payloads: list[bytes], llmops: bool, args: argparse.Namespace
         "threads": r["threads"],
         "load": os.getloadavg()[0],
         "late": r.get("late", 0),
+        "rows/commit": r.get("rows/commit", 0.0),
         "errors": {k: v for k, v in r.items() if k.startswith("error")},
     }
 
@@ -486,8 +491,10 @@ def main_full_rate(args: argparse.Namespace) -> None:
                     threads.setdefault(name, []).append(us)
             split = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in threads.items())
             late = [x["late"] for x in runs[arm]] if args.rate else "-"
+            per_commit = [round(x["rows/commit"]) for x in runs[arm]]
             window = "whole window" if args.rate else "phase only"
-            print(f"{'':>9} {label}: stored/s {rates}, late requests {late}, load {loads}, drain "
+            print(f"{'':>9} {label}: stored/s {rates}, late requests {late}, rows per commit "
+                  f"{per_commit}, load {loads}, drain "
                   f"{[round(x['drain'], 1) for x in runs[arm]]} s; peak RSS "
                   f"{[x['rss'] for x in runs[arm]]}; µs/span by thread "
                   f"(median, {window}): {split}")  # fmt: skip
