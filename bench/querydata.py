@@ -211,7 +211,7 @@ def load_spans(
     sample: list[str] = []
     for i in range(chunks):
         chunk = span_chunk(rng, start_ns + i * step, step, chunk_traces, i + 1)
-        insert_view_rows(con, Table.TRACES, "chunk")
+        insert_view_rows(con, Table.TRACES, chunk)
         ids = chunk.column("TraceId")
         sample.extend(ids.take(pa.array(rng.integers(0, len(ids), 20))).to_pylist())
     return sample
@@ -278,8 +278,8 @@ def load_logs(
             "EventName": pa.array(np.full(chunk, "")),
             SEQ_COLUMN: _seqs(chunk, first_seq + i * (chunk // ROWS_PER_SEQ)),
         }
-        log_rows = _table(Table.LOGS, columns)  # noqa: F841
-        insert_view_rows(con, Table.LOGS, "log_rows")
+        log_rows = _table(Table.LOGS, columns)
+        insert_view_rows(con, Table.LOGS, log_rows)
         picked = trace_ids.filter(pa.array(with_trace)).to_pylist()[:: max(1, chunk // 50)]
         sample.extend(picked[:20])
     return sample
@@ -369,5 +369,5 @@ def load_metrics(
                 columns["NegativeOffset"] = pa.array(np.zeros(n, dtype=np.int32))
                 columns["NegativeBucketCounts"] = _empty_lists(n, pa.uint64())
                 columns["ZeroThreshold"] = pa.array(np.zeros(n))
-        data = _table(table, columns)  # noqa: F841
-        insert_view_rows(con, table, "data")
+        data = _table(table, columns)
+        insert_view_rows(con, table, data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import duckdb
+import pyarrow as pa
 
 from opstrata.schema import TABLES, Table
 from opstrata.storage.duckdb_ddl import (
@@ -31,10 +32,20 @@ __all__ = ["insert_view_rows", "migrate"]
 log = logging.getLogger(__name__)
 
 
-def insert_view_rows(con: duckdb.DuckDBPyConnection, table: Table, source: str) -> None:
-    """Insert the rows of ``source`` (a table or view name, in the view's columns and storage
-    types) into ``table``'s physical table, and their resources not yet stored into
-    ``otel_resources``. Run it inside a transaction when the two inserts must land together."""
+def insert_view_rows(con: duckdb.DuckDBPyConnection, table: Table, source: str | pa.Table) -> None:
+    """Insert the rows of ``source`` (a table or view name, or an Arrow table, in the view's
+    columns and storage types) into ``table``'s physical table, and their resources not yet
+    stored into ``otel_resources``. Run it inside a transaction when the two inserts must land
+    together."""
+    if not isinstance(source, str):
+        # Registered by name: DuckDB 2.0's replacement scan looks for Python variables in the
+        # calling frame only, not in this function's caller.
+        con.register("_opstrata_view_rows", source)
+        try:
+            insert_view_rows(con, table, "_opstrata_view_rows")
+        finally:
+            con.unregister("_opstrata_view_rows")
+        return
     con.execute(
         f'INSERT INTO {RESOURCES_TABLE} SELECT "ResourceId", any_value(a) FROM '
         f'(SELECT hash("{RESOURCE_COLUMN}") AS "ResourceId", "{RESOURCE_COLUMN}" AS a '
