@@ -70,7 +70,12 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Rows one group commit takes at most; batches waiting beyond it go in the next commit."""
     retention_hours: float = 0
     """Delete telemetry older than this (by event time); 0 keeps everything."""
-    duckdb_threads: int = 2
+    duckdb_threads: int = 1
+    """DuckDB's threads, for the whole database (the API's queries too: DuckDB 2.0 cannot give
+    one connection fewer). With more than one, every INSERT is planned as a parallel batch
+    insert that appends each commit's rows twice (a local copy, then merged): 4.2 against 2.0
+    µs of CPU per stored span, ~12-15 % of the store's CPU per row (docs/performance.md, "Ingest,
+    eighth round: the store's CPU per item"). 2 makes large scans faster on an idle machine."""
     duckdb_memory_limit: str = "256MB"
     """DuckDB's buffer manager: it keeps the table blocks it writes cached up to this limit, so
     under steady ingest it fills it (2GB let a bench run's server reach 1.6 GiB). Part of the

@@ -178,7 +178,7 @@ class DuckDBStore:
         data_dir: Path,
         *,
         commit_max_rows: int = 200_000,
-        threads: int = 2,
+        threads: int = 1,
         memory_limit: str = "256MB",
         checkpoint_threshold: str = "256MB",
         load_interval: float = 0.2,
