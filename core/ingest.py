@@ -90,8 +90,11 @@ _FIXED_COSTS = _fixed_costs()
 
 
 def decoded_sizes(decoded: DecodedRequest) -> tuple[int, int]:
-    """(``decoded.nbytes``, the batches' buffer bytes), from one pass over the buffers."""
-    buffers = sum(batch.get_total_buffer_size() for _, batch in decoded.batches)
+    """(``decoded.nbytes``, the batches' buffer bytes), from one pass over the buffers (none
+    when the decoder counted them)."""
+    buffers = decoded.buffer_bytes
+    if buffers < 0:
+        buffers = sum(batch.get_total_buffer_size() for _, batch in decoded.batches)
     return buffers + sum(_FIXED_COSTS[table] for table, _ in decoded.batches), buffers
 
 

@@ -1874,6 +1874,9 @@ struct ArrowArray {
 typedef struct {
     int refs;
     int n_nodes, n_links, n_slots, n_owned;
+    /* Bytes of the exported buffers as Arrow's import sizes them (what get_total_buffer_size
+     * then counts): the Python side reads this instead of walking the batch again. */
+    int64_t bytes;
     struct ArrowArray nodes[MAX_NODES];
     struct ArrowArray *links[MAX_LINKS];
     const void *slots[MAX_SLOTS];
@@ -1945,6 +1948,7 @@ take(Holder *h, Buf *b)
             b->p = p;
     }
     h->owned[h->n_owned++] = b->p;
+    h->bytes += (int64_t)b->len; /* each column's length is its Arrow length's exact size */
     b->p = NULL;
     b->len = b->cap = 0;
     return h->owned[h->n_owned - 1];
@@ -2067,17 +2071,28 @@ export_batch(Dec *d)
     return capsule;
 }
 
+/* The buffer bytes of an exported batch (see Holder.bytes). */
+static Py_ssize_t
+capsule_bytes(PyObject *capsule)
+{
+    struct ArrowArray *root = PyCapsule_GetPointer(capsule, "arrow_array");
+    return root == NULL ? 0 : (Py_ssize_t)((Holder *)root->private_data)->bytes;
+}
+
 static PyObject *
 build_result(Dec *d)
 {
     PyObject *batch;
     void *address = NULL;
+    Py_ssize_t nbytes = 0;
     if (d->num[N_TIMESTAMP].len == 0)
         batch = Py_NewRef(Py_None);
     else if ((batch = export_batch(d)) == NULL)
         return NULL;
-    else
+    else {
         address = PyCapsule_GetPointer(batch, "arrow_array");
+        nbytes = capsule_bytes(batch);
+    }
     PyObject *llm_rows = d->llm_rows.len
                              ? PyBytes_FromStringAndSize(d->llm_rows.p, (Py_ssize_t)d->llm_rows.len)
                              : Py_NewRef(Py_None);
@@ -2085,9 +2100,9 @@ build_result(Dec *d)
         Py_DECREF(batch);
         return NULL;
     }
-    return Py_BuildValue("(nnnnNNN)", d->rejected, (Py_ssize_t)d->first_reason,
+    return Py_BuildValue("(nnnnNNNn)", d->rejected, (Py_ssize_t)d->first_reason,
                          d->dropped_attributes, d->truncated_values, batch,
-                         PyLong_FromVoidPtr(address), llm_rows);
+                         PyLong_FromVoidPtr(address), llm_rows, nbytes);
 }
 
 /* Logs and metrics, in files of their own (one translation unit: the helpers stay static). */
@@ -2100,13 +2115,14 @@ PyDoc_STRVAR(decode_traces_doc,
 "--\n\n"
 "Decode a serialized ExportTraceServiceRequest into otel_traces columns.\n\n"
 "Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
-"llm_rows):\n"
+"llm_rows, nbytes):\n"
 "first_reason is the index of the first rejected span's reason (-1 if none); batch is\n"
 "None when no span was accepted, else a PyCapsule \"arrow_array\" holding an Arrow C data\n"
 "interface struct array with the columns of opstrata.schema.TRACES, in its order, and\n"
 "address is that ArrowArray's address (for pyarrow's RecordBatch._import_from_c), or 0.\n"
 "llm_rows: the rows of spans with a gen_ai./llm./openinference./traceloop. attribute key,\n"
-"as native int32 bytes, or None.\n"
+"as native int32 bytes, or None. nbytes: the batch's buffer bytes as pyarrow's\n"
+"get_total_buffer_size counts them (0 without a batch).\n"
 "render_complex(serialized KeyValue) -> (rendered value, values cut) renders array, map\n"
 "and strindex values. Raises DecodeError when the bytes are not a valid request.");
 

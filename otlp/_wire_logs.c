@@ -348,8 +348,8 @@ PyDoc_STRVAR(decode_logs_doc,
 "decode_logs(data, max_attributes, max_value_chars, render_complex)\n"
 "--\n\n"
 "Decode a serialized ExportLogsServiceRequest into otel_logs columns.\n\n"
-"Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address) as\n"
-"decode_traces does, with the columns of opstrata.schema.LOGS.");
+"Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
+"nbytes) as decode_traces does, with the columns of opstrata.schema.LOGS.");
 
 static PyObject *
 wire_decode_logs(PyObject *self, PyObject *args)
@@ -374,16 +374,19 @@ wire_decode_logs(PyObject *self, PyObject *args)
             Dec *d = &L->d;
             PyObject *batch;
             void *address = NULL;
+            Py_ssize_t nbytes = 0;
             if (L->rows == 0)
                 batch = Py_NewRef(Py_None);
             else
                 batch = export_logs(L);
             if (batch != NULL) {
-                if (batch != Py_None)
+                if (batch != Py_None) {
                     address = PyCapsule_GetPointer(batch, "arrow_array");
-                result = Py_BuildValue("(nnnnNN)", d->rejected, (Py_ssize_t)d->first_reason,
+                    nbytes = capsule_bytes(batch);
+                }
+                result = Py_BuildValue("(nnnnNNn)", d->rejected, (Py_ssize_t)d->first_reason,
                                        d->dropped_attributes, d->truncated_values, batch,
-                                       PyLong_FromVoidPtr(address));
+                                       PyLong_FromVoidPtr(address), nbytes);
             }
         }
     }

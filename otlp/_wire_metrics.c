@@ -765,6 +765,7 @@ pack_bits(Holder *h, Buf *bytes, size_t rows, int nulls_only, int64_t *zeros)
         if (bytes->p[i])
             bits[i / 8] |= (uint8_t)(1u << (i % 8));
     h->owned[h->n_owned++] = bits;
+    h->bytes += (int64_t)((rows + 7) / 8); /* what Arrow sizes a bitmap of `rows` bits */
     return bits;
 }
 
@@ -926,9 +927,10 @@ PyDoc_STRVAR(decode_metrics_doc,
 "--\n\n"
 "Decode a serialized ExportMetricsServiceRequest into the otel_metrics_* columns.\n\n"
 "Returns (rejected, dropped_attributes, truncated_values, tables): tables is a list of\n"
-"(table index, capsule, address) for each table that received points, in the order gauge (0),\n"
+"(table index, capsule, address, nbytes) for each table that received points, in the order gauge (0),\n"
 "sum (1), histogram (2), exponential histogram (3), summary (4); each capsule holds a struct\n"
-"array with the columns of that table's opstrata.schema.METRICS_* schema.");
+"array with the columns of that table's opstrata.schema.METRICS_* schema, and nbytes is\n"
+"its buffer bytes as pyarrow's get_total_buffer_size counts them.");
 
 static PyObject *
 wire_decode_metrics(PyObject *self, PyObject *args)
@@ -963,7 +965,9 @@ wire_decode_metrics(PyObject *self, PyObject *args)
         if (capsule == NULL)
             goto done;
         void *address = PyCapsule_GetPointer(capsule, "arrow_array");
-        PyObject *item = Py_BuildValue("(iNN)", k, capsule, PyLong_FromVoidPtr(address));
+        Py_ssize_t nbytes = capsule_bytes(capsule);
+        PyObject *item =
+            Py_BuildValue("(iNNn)", k, capsule, PyLong_FromVoidPtr(address), nbytes);
         if (item == NULL || PyList_Append(tables, item) < 0) {
             Py_XDECREF(item);
             goto done;

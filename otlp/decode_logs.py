@@ -156,7 +156,7 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address = _wire.decode_logs(
+        rejected, reason, dropped, truncated, capsule, address, nbytes = _wire.decode_logs(
             data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
@@ -166,6 +166,7 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         rejected=rejected,
         dropped_attributes=dropped,
         truncated_values=truncated,
+        buffer_bytes=nbytes,
     )
     if reason >= 0:
         out.message = f"{rejected} log record(s) rejected: {_REASONS[reason]}"

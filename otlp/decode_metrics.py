@@ -265,13 +265,15 @@ def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest
         rejected=rejected,
         dropped_attributes=dropped,
         truncated_values=truncated,
+        buffer_bytes=0,
     )
     if rejected:
         out.message = f"{rejected} data point(s) rejected: timestamp out of range"
-    for index, _capsule, address in tables:
+    for index, _capsule, address, nbytes in tables:
         table, schema = _TABLES[index]
         # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
         batch = _import_batch(address, schema)
         out.accepted += batch.num_rows
+        out.buffer_bytes += nbytes
         out.batches.append((table, batch))
     return out

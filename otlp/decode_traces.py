@@ -251,13 +251,17 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address, hint = _wire.decode_traces(
+        rejected, reason, dropped, truncated, capsule, address, hint, nbytes = _wire.decode_traces(
             data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None
     out = DecodedRequest(
-        Signal.SPANS, rejected=rejected, dropped_attributes=dropped, truncated_values=truncated
+        Signal.SPANS,
+        rejected=rejected,
+        dropped_attributes=dropped,
+        truncated_values=truncated,
+        buffer_bytes=nbytes,
     )
     if reason >= 0:
         out.message = f"{rejected} span(s) rejected: {_REASONS[reason]}"

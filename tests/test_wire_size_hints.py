@@ -1,7 +1,7 @@
-"""The C decoders reserve each column at what the previous request of the same kind needed,
-scaled to the new request's size (``hints_presize`` in ``otlp/_wire.c``). That state outlives a
-call: a request of about the same size but another shape must decode exactly as the reference
-does, whatever came before it.
+"""The C decoders' own sizes. They reserve each column at what the previous request of the
+same kind needed, scaled to the new request's size (``hints_presize`` in ``otlp/_wire.c``). That
+state outlives a call: a request of about the same size but another shape must decode exactly as
+the reference does, whatever came before it. And they count the bytes they export.
 
 Requests of every signal are decoded in an order that keeps neighbours within a factor of two in
 size (so that the hints apply) while their shapes differ, then from the largest to the smallest
@@ -20,6 +20,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from opstrata.otlp.anyvalue import AttributeRenderer
+from opstrata.otlp.decode_logs import decode_log_bytes
+from opstrata.otlp.decode_metrics import decode_metric_bytes
+from opstrata.otlp.decode_traces import decode_trace_bytes
 from opstrata.otlp.limits import DecodeLimits
 from tests import test_wire_decoder as spans
 from tests import test_wire_decoder_logs as logs
@@ -110,3 +114,25 @@ def test_one_size_opposite_shapes() -> None:
         assert len(b) // 2 <= len(a) <= 2 * len(b)  # close enough in size to be hinted
         for body in (a, b, a, b, b, a):
             assert module.assert_same(body, limits)
+
+
+def test_buffer_bytes_as_arrow_counts_them() -> None:
+    """The C decoders count the bytes of the buffers they export (``buffer_bytes``, what
+    admission and the fan-out's inboxes count): exactly what pyarrow's
+    ``get_total_buffer_size`` finds in the imported batches, for every table and shape (null
+    bitmaps, packed booleans, empty columns, lists of structs)."""
+    renderer = AttributeRenderer(DecodeLimits())
+    decoders = [
+        (spans, decode_trace_bytes),
+        (logs, decode_log_bytes),
+        (metrics, decode_metric_bytes),
+    ]
+    tables = set()
+    for module, decode in decoders:
+        for seed in range(200):
+            body = module.random_request(random.Random(seed)).SerializeToString()
+            decoded = decode(body, renderer)
+            counted = sum(batch.get_total_buffer_size() for _, batch in decoded.batches)
+            assert decoded.buffer_bytes == counted
+            tables.update(table for table, _ in decoded.batches)
+    assert len(tables) == 7  # every table, of the three signals, was decoded and counted
