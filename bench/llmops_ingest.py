@@ -46,6 +46,14 @@ store has loaded what was acknowledged, every consumer has finished every commit
 a further settling time the same in both arms (the plugin looks and writes on its own timer,
 every ``GROUP_SECONDS``/``WRITE_SECONDS``), per span stored. After each run with the plugin, the
 calls it stored are compared with the LLM spans in the server's DuckDB file.
+
+    python bench/llmops_ingest.py --full-rate --rate 20000 [--seconds 8] [--repeat 3]
+
+The same at a fixed offered rate instead: requests leave on a schedule (64 keep-alive
+connections; late ones are counted), so both arms store the same spans at the same rate (at full
+rate each run reaches the rate the machine's other load leaves it, and a server's CPU per span
+moves with it). Requests are distinct for the whole run, their event time advancing at the
+offered rate as in production. CPU by thread is over the whole measured window.
 """
 
 from __future__ import annotations
