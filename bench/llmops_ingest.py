@@ -196,11 +196,12 @@ def run_once(
     bodies: list[bytes],
     arm: tuple[type, type] = (LLMCalls, LLMOpsConfig),
     logs: bool = False,
-    threads: int = 2,
+    threads: int | None = None,
 ) -> tuple[float, float, int, float]:
     limits = DecodeLimits()
     with tempfile.TemporaryDirectory() as tmp:
-        store = DuckDBStore(Path(tmp), threads=threads)
+        # The store's own default unless --duckdb-threads sets it (the server's setting).
+        store = DuckDBStore(Path(tmp), **({} if threads is None else {"threads": threads}))
         store.start()
         try:
             started = time.process_time()
