@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from opstrata.settings import StorageSettings
 from opstrata.storage.duckdb_ddl import create_statements
 from opstrata.storage.duckdb_queries import DuckDBQueries
 from opstrata.storage.duckdb_store import DuckDBStore
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=10_000_000)
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--memory-limit", default="256MB")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=StorageSettings().duckdb_threads)
     args = parser.parse_args()
     if not (args.dir / "opstrata.duckdb").exists():
         t = time.time()

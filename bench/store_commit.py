@@ -1,7 +1,7 @@
 """Group-commit cost of the DuckDB store, alone and with a busy Python thread beside it.
 
     python bench/store_commit.py [--requests-per-commit 12] [--commits 20] [--signal spans]
-        [--duckdb-threads 2]
+        [--duckdb-threads 1]
 
 Inserts realistic batches (spans; logs or metric points with ``--signal``), decoded by the
 server's own decoder, through ``DuckDBStore`` in groups, the way the writer thread does, and
@@ -26,6 +26,7 @@ from opstrata.otlp.decode_traces import decode_trace_bytes
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal
+from opstrata.settings import StorageSettings
 from opstrata.storage.duckdb_store import DuckDBStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,7 +70,12 @@ def main() -> None:
         default="spans",
         help="logs and metrics use bench/ingest.py's requests (100 items each)",
     )
-    parser.add_argument("--duckdb-threads", type=int, default=2, help="storage.duckdb_threads")
+    parser.add_argument(
+        "--duckdb-threads",
+        type=int,
+        default=StorageSettings().duckdb_threads,
+        help="storage.duckdb_threads",
+    )
     args = parser.parse_args()
     rnd = random.Random(7)
     renderer = AttributeRenderer(DecodeLimits())

@@ -30,7 +30,12 @@ from opstrata.storage.duckdb_ddl import (
     create_statements,
     duckdb_type,
 )
-from opstrata.storage.duckdb_resources import request_resource_ids, resource_ids
+from opstrata.storage.duckdb_resources import (
+    _entries,
+    _row_hash,
+    request_resource_ids,
+    resource_ids,
+)
 from opstrata.storage.duckdb_store import DuckDBStore
 from tests.otelsdk import resource, span_exporter
 from tests.serverproc import ServerProcess
@@ -165,6 +170,22 @@ def test_resource_ids_match_a_row_by_row_reading() -> None:
         assert changes <= set(starts.tolist())
 
 
+def test_resource_ids_are_pinned() -> None:
+    """The ids are on disk (``ResourceId`` in every row): a change of the hash would make a
+    resource seen again after an upgrade a new one, and split its metric series. These values
+    were computed by the first release of the hash (6c308a4) and must never change."""
+    pinned = {
+        (("service.name", "x"), ("host.name", "h1")): 14427306251307848774,
+        (): 10624631074406812274,
+    }
+    for entry, expected in pinned.items():
+        column = _column([list(entry)])
+        assert _row_hash(*_entries(column), 0) == expected
+        assert int(resource_ids([column])[0][0]) == expected
+        starts, run_ids = request_resource_ids(_column([list(entry)] * 3), [3])
+        assert starts.tolist() == [0] and run_ids.tolist() == [expected]
+
+
 def test_request_ids_of_a_group_commit_column_match_each_row_hashed_alone() -> None:
     """The writer's pass over a group commit's concatenated column (requests of one resource
     checked by memcmp, the rest by runs; a sliced column too) gives every row the id of its own
@@ -184,7 +205,8 @@ def test_request_ids_of_a_group_commit_column_match_each_row_hashed_alone() -> N
         [("", "k")],
         [("x", "1")] * 3,
     ]
-    alone = [resource_ids([_column([entry])])[0][0] for entry in pool]
+    # Each row hashed alone by the per-row reference (not by the pass under test).
+    alone = [_row_hash(*_entries(_column([entry])), 0) for entry in pool]
     assert len(set(alone)) == len(pool)
     for _ in range(200):
         requests = []
