@@ -8,13 +8,13 @@ requests of 100 items per signal, then runs one timed phase per signal and trans
 sender processes keep --concurrency requests in flight each, and back off briefly and retry on
 503 / UNAVAILABLE. Per phase: acknowledged items/s, stored items/s (committed counter on /metrics),
 latency of the acknowledged attempt, throttled requests, peak RSS of the server's process tree
-(sampled every 0.5 s), and the ratio to the upb parse rate of the same requests on one core (the
-ceiling), and the server's CPU time per stored item and cores used (the figure to compare on a
-shared machine, where rates follow the neighbours' load). That CPU time runs until the store has
-loaded what was acknowledged and every consumer has finished every committed batch ("consumers
-done N s after the phase"): a consumer that lags does its work after the senders stop, and that
-work is part of the items' cost. After the server stops, the rows in
-its DuckDB file are compared with what was acked.
+(read from /proc every 0.25 s; the memory gauges scraped at most every 2 s), and the ratio to
+the upb parse rate of the same requests on one core (the ceiling), and the server's CPU time
+per stored item and cores used (the figure to compare on a shared machine, where rates follow
+the neighbours' load). That CPU time runs until the store has loaded what was acknowledged and
+every consumer has finished every committed batch ("consumers done N s after the phase"): a
+consumer that lags does its work after the senders stop, and that work is part of the items'
+cost. After the server stops, the rows in its DuckDB file are compared with what was acked.
 """
 
 from __future__ import annotations
@@ -259,8 +259,14 @@ def sender(signal, transport, address, payloads, concurrency, first, stride, out
     out.put((dict(stats), latencies))
 
 
-def committed(api: str, label: str) -> float:
-    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+def scrape(api: str) -> str:
+    """The server's ``/metrics`` text. Every scrape runs the memory gauges (``duckdb_memory()``
+    among them) on the server's serving thread, CPU the phase would count: scrape sparingly."""
+    return urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+
+
+def committed(api: str, label: str, text: str | None = None) -> float:
+    text = scrape(api) if text is None else text
     found = re.search(rf'^opstrata_committed_items_total\{{signal="{label}"\}} (\S+)$', text, re.M)
     return float(found[1]) if found else 0.0
 
@@ -321,17 +327,17 @@ def thread_cpu(pid: int, names: dict[str, str]) -> Counter:
     return total
 
 
-def commit_stats(api: str) -> tuple[float, float]:
+def commit_stats(api: str, text: str | None = None) -> tuple[float, float]:
     """(group commits, rows committed) so far, from /metrics."""
-    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    text = scrape(api) if text is None else text
     commits = re.search(r"^opstrata_commits_total (\S+)$", text, re.M)
     rows = re.search(r"^opstrata_commit_rows_total (\S+)$", text, re.M)
     return (float(commits[1]) if commits else 0.0, float(rows[1]) if rows else 0.0)
 
 
-def consumer_lag(api: str) -> float:
+def consumer_lag(api: str, text: str | None = None) -> float:
     """Committed batches the server's consumers have not finished yet, summed, from /metrics."""
-    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    text = scrape(api) if text is None else text
     return sum(
         float(v) for v in re.findall(r"^opstrata_consumer_lag_batches\{[^}]*\} (\S+)$", text, re.M)
     )
@@ -343,11 +349,12 @@ def wait_consumers(api: str, label: str, timeout: float = 120.0) -> float:
     after the senders stop, and that work belongs to the items of the phase."""
     started, last = time.time(), -1.0
     while time.time() - started < timeout:
-        now = committed(api, label)
+        text = scrape(api)  # one scrape a poll (was three: each ran the memory gauges)
+        now = committed(api, label, text)
         if (
             now == last
-            and consumer_lag(api) == 0
-            and memory_gauges(api).get("ingest_backlog_bytes", 0.0) == 0
+            and consumer_lag(api, text) == 0
+            and memory_gauges(api, text).get("ingest_backlog_bytes", 0.0) == 0
         ):
             break
         last = now
@@ -363,9 +370,9 @@ MEMORY_GAUGES = re.compile(
 )
 
 
-def memory_gauges(api: str) -> dict[str, float]:
+def memory_gauges(api: str, text: str | None = None) -> dict[str, float]:
     """The server's memory gauges by holder (docs/ingest.md, "Memory"), from /metrics."""
-    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
+    text = scrape(api) if text is None else text
     found: dict[str, float] = {}
     for name, labels, value in MEMORY_GAUGES.findall(text):
         if name == "duckdb_memory_bytes":
@@ -376,20 +383,33 @@ def memory_gauges(api: str) -> dict[str, float]:
     return found
 
 
+# The peak RSS is read from /proc (free for the server) every RSS_EVERY s; the memory gauges,
+# a scrape that runs ``duckdb_memory()`` on the serving thread, at most every GAUGES_EVERY s.
+# Scraping at every new peak (up to twice a second while RSS grows) put 5-14 % on the serving
+# thread's CPU per item (docs/performance.md, "Ingest, ninth round").
+RSS_EVERY, GAUGES_EVERY = 0.25, 2.0
+
+
 def rss_sampler(
     pid: int, peak: list[int], halt: threading.Event, api: str, at_peak: dict[str, float]
 ) -> None:
-    """Peak RSS of the server's process tree, and the memory gauges when it was reached."""
+    """Peak RSS of the server's process tree, and the memory gauges near it: scraped at the
+    first new peak at least GAUGES_EVERY s after the last scrape."""
+    scraped = time.monotonic()  # the phase's first scrape waits GAUGES_EVERY s too
+    stale = False  # a peak since the last scrape
     while True:
         now = tree_rss(pid)
         if now > peak:
             peak[:] = now
+            stale = True
+        if stale and time.monotonic() - scraped >= GAUGES_EVERY:
+            scraped, stale = time.monotonic(), False
             # The server may be stopping: then the gauges of the last peak seen are kept.
             with contextlib.suppress(OSError):
                 gauges = memory_gauges(api)
                 at_peak.clear()
                 at_peak.update(gauges)
-        if halt.wait(0.5):
+        if halt.wait(RSS_EVERY):
             return
 
 
