@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from opstrata.allocator import pool_settings
 
 __all__ = ["HeapTrimmer", "MemoryCollector", "malloc_bytes", "resident_bytes"]
 
@@ -156,6 +158,7 @@ class MemoryCollector(Collector):
         self._pipeline = pipeline
         self._store = store
         self._runners = runners
+        self._pool = pool_settings()  # fixed when the process started
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -164,6 +167,11 @@ class MemoryCollector(Collector):
             value=resident_bytes(),
         )
         pool = pa.default_memory_pool()
+        yield InfoMetricFamily(
+            "opstrata_arrow_memory_pool",
+            "Arrow's memory pool and the settings it runs with (docs/configuration.md, Memory).",
+            value=self._pool,
+        )
         yield GaugeMetricFamily(
             "opstrata_arrow_allocated_bytes",
             "Bytes allocated from Arrow's memory pool (decoded batches and their copies).",
