@@ -127,18 +127,25 @@ buf_free(Buf *b)
     b->len = b->cap = 0;
 }
 
-/* What each column of the previous request of one kind took, and that request's size. A
- * request of about the same size reserves every column once, at what it will likely need,
- * instead of growing it from 256 bytes by doubling: a realloc and a copy per step were a fifth
- * of the metrics decoder's time and an eighth of the logs decoder's (docs/performance.md,
+/* What each column of the last request of one kind that stored rows took, and that request's
+ * size. A request of about the same size reserves every column once, at what it will likely
+ * need, instead of growing it from 256 bytes by doubling: a realloc and a copy per step were a
+ * fifth of the metrics decoder's time and an eighth of the logs decoder's (docs/performance.md,
  * "Ingest, eighth round"). Only a hint: a column that outgrows it grows as before, and take()
  * gives back slack past 4 KiB; a request more than twice or under half the size of the last
  * is not hinted (its columns need not scale with it). Module state without a lock: the
- * decoders run holding the GIL, one at a time. */
+ * decoders run holding the GIL, one at a time.
+ *
+ * Both keyed on `row_buf`, a column with a value per row (the time): a request that stored no
+ * rows (every item rejected, or for metrics none of one table) says nothing of the next one's
+ * sizes, so it is not learnt from; and without a row hinted, hints_presize reports "not hinted"
+ * so that the caller's own guesses per row apply (else every column grew from 256 bytes: 10-30 %
+ * slower decodes after such a request, docs/performance.md, "Ingest, ninth round"). */
 static int
-hints_presize(const size_t *hint, size_t hint_input, Buf *bufs, size_t n, size_t input)
+hints_presize(const size_t *hint, size_t hint_input, Buf *bufs, size_t n, size_t row_buf,
+              size_t input)
 {
-    if (hint_input == 0 || input / 2 > hint_input || hint_input / 2 > input)
+    if (hint_input == 0 || hint[row_buf] == 0 || input / 2 > hint_input || hint_input / 2 > input)
         return 0;
     for (size_t i = 0; i < n; i++) {
         if (hint[i] == 0)
@@ -158,8 +165,11 @@ hints_presize(const size_t *hint, size_t hint_input, Buf *bufs, size_t n, size_t
 }
 
 static void
-hints_learn(size_t *hint, size_t *hint_input, const Buf *bufs, size_t n, size_t input)
+hints_learn(size_t *hint, size_t *hint_input, const Buf *bufs, size_t n, size_t row_buf,
+            size_t input)
 {
+    if (bufs[row_buf].len == 0)
+        return;
     for (size_t i = 0; i < n; i++)
         hint[i] = bufs[i].len;
     *hint_input = input;
@@ -1795,7 +1805,7 @@ dec_init(Dec *d, size_t input_len)
 {
     memset(d, 0, sizeof *d);
     d->first_reason = -1;
-    if (!hints_presize(span_hints, span_hint_input, d->num, SPAN_BUFS, input_len) &&
+    if (!hints_presize(span_hints, span_hint_input, d->num, SPAN_BUFS, N_TIMESTAMP, input_len) &&
         dec_reserve(d, input_len) < 0)
         return -1;
     if (buf_put_i32(&d->num[N_EVENT_OFFSETS], 0) < 0 ||
@@ -2154,7 +2164,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
         d.render_complex = render;
         const uint8_t *p = view.buf;
         if (dec_request(&d, p, p + view.len) == 0) {
-            hints_learn(span_hints, &span_hint_input, d.num, SPAN_BUFS, (size_t)view.len);
+            hints_learn(span_hints, &span_hint_input, d.num, SPAN_BUFS, N_TIMESTAMP,
+                        (size_t)view.len);
             result = build_result(&d);
         }
     }

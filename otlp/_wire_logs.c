@@ -60,7 +60,7 @@ logdec_init(LogDec *L, size_t input_len, Py_ssize_t max_attributes, Py_ssize_t m
     memset(L, 0, sizeof *L);
     if (dec_init_shared(&L->d, max_attributes, max_value_chars, render) < 0)
         return -1;
-    if (hints_presize(log_hints, log_hint_input, L->num, LOG_BUFS, input_len)) {
+    if (hints_presize(log_hints, log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP, input_len)) {
         for (int i = 0; i < LS_NUM; i++)
             if (strcol_init(&L->str[i]) < 0)
                 return -1;
@@ -370,7 +370,8 @@ wire_decode_logs(PyObject *self, PyObject *args)
     if (logdec_init(L, (size_t)view.len, max_attributes, max_value_chars, render) == 0) {
         const uint8_t *p = view.buf;
         if (dec_logs_request(L, p, p + view.len) == 0) {
-            hints_learn(log_hints, &log_hint_input, L->num, LOG_BUFS, (size_t)view.len);
+            hints_learn(log_hints, &log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP,
+                        (size_t)view.len);
             Dec *d = &L->d;
             PyObject *batch;
             void *address = NULL;

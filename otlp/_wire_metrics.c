@@ -108,7 +108,7 @@ _Static_assert(offsetof(MetricTable, map) + sizeof(((MetricTable *)0)->map) ==
                    offsetof(MetricTable, num) + TABLE_BUFS * sizeof(Buf),
                "MetricTable's columns are not one run of Bufs");
 static size_t metric_hints[T_NUM][TABLE_BUFS];
-static size_t metric_hint_input;
+static size_t metric_hint_input[T_NUM];
 
 static int
 table_ready(MetricDec *M, MetricTable *t)
@@ -118,7 +118,8 @@ table_ready(MetricDec *M, MetricTable *t)
     t->ready = 1;
     /* Else a guess of one point per 100 bytes of request for the common columns. */
     size_t rows = M->input_len / 100 + 1;
-    if (!hints_presize(metric_hints[t - M->t], metric_hint_input, t->num, TABLE_BUFS,
+    size_t k = (size_t)(t - M->t);
+    if (!hints_presize(metric_hints[k], metric_hint_input[k], t->num, TABLE_BUFS, MN_TIME,
                        M->input_len) &&
         (buf_reserve(&t->num[MN_START], 8 * rows) < 0 ||
          buf_reserve(&t->num[MN_TIME], 8 * rows) < 0))
@@ -955,7 +956,8 @@ wire_decode_metrics(PyObject *self, PyObject *args)
     if (dec_metrics_request(M, p, p + view.len) < 0)
         goto done;
     for (int k = 0; k < T_NUM; k++)
-        hints_learn(metric_hints[k], &metric_hint_input, M->t[k].num, TABLE_BUFS, M->input_len);
+        hints_learn(metric_hints[k], &metric_hint_input[k], M->t[k].num, TABLE_BUFS, MN_TIME,
+                    M->input_len);
     if ((tables = PyList_New(0)) == NULL)
         goto done;
     for (int k = 0; k < T_NUM; k++) {

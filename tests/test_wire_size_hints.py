@@ -11,6 +11,7 @@ against many short items).
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -136,3 +137,71 @@ def test_buffer_bytes_as_arrow_counts_them() -> None:
             assert decoded.buffer_bytes == counted
             tables.update(table for table, _ in decoded.batches)
     assert len(tables) == 7  # every table, of the three signals, was decoded and counted
+
+
+def _reject_all(module, request):
+    """The request with every item invalid (so that it stores no rows), about as large."""
+    request = type(request).FromString(request.SerializeToString())
+    if module is spans:
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    span.trace_id = bytes(16)
+    elif module is logs:
+        for rl in request.resource_logs:
+            for sl in rl.scope_logs:
+                for record in sl.log_records:
+                    record.trace_id = b"short"
+    else:
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points if kind else []:
+                        point.time_unix_nano = 2**64 - 1
+    return request
+
+
+def test_after_a_request_that_stored_nothing() -> None:
+    """A request that stored no rows (every item rejected) leaves the sizes learnt before it:
+    the next requests, of about its size and of other shapes, decode as the reference does."""
+    limits = DecodeLimits()
+    renderer = AttributeRenderer(limits)
+    decoders = [
+        (spans, decode_trace_bytes),
+        (logs, decode_log_bytes),
+        (metrics, decode_metric_bytes),
+    ]
+    for module, decode in decoders:
+        requests = [module.random_request(random.Random(s)) for s in range(60)]
+        requests = [r for r in requests if r.ByteSize() > 200]
+        rejected_seen = 0
+        for before, after in itertools.pairwise(requests):
+            empty = _reject_all(module, before).SerializeToString()
+            decoded = decode(empty, renderer)
+            assert decoded.accepted == 0 and not decoded.batches
+            rejected_seen += decoded.rejected > 0
+            assert module.assert_same(before.SerializeToString(), limits)
+            assert module.assert_same(empty, limits)
+            assert module.assert_same(after.SerializeToString(), limits)
+            assert module.assert_same(empty, limits)
+            assert module.assert_same(before.SerializeToString(), limits)
+        assert rejected_seen > len(requests) // 2
+
+
+def test_metrics_after_requests_without_some_tables() -> None:
+    """A metrics request fills one table and not the others (whose sizes it then does not
+    learn); the next request fills those others, at about the same size, as the reference."""
+    limits = DecodeLimits()
+    renderer = AttributeRenderer(limits)
+    by_table: dict[frozenset, list[bytes]] = {}
+    for seed in range(300):
+        body = metrics.random_request(random.Random(seed)).SerializeToString()
+        tables = frozenset(t for t, _ in decode_metric_bytes(body, renderer).batches)
+        if len(tables) == 1 and len(body) > 200:
+            by_table.setdefault(tables, []).append(body)
+    assert len(by_table) >= 3  # requests of one table each, of several tables
+    singles = [bodies[:8] for bodies in by_table.values()]
+    order = [body for group in zip(*singles, strict=False) for body in group]
+    for body in order + order[::-1]:
+        assert metrics.assert_same(body, limits)
