@@ -286,19 +286,23 @@ def tree_rss(pid: int) -> list[int]:
     return [total * 1024, count]
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
-    total, todo, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+def tree_counters(pid: int) -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, minor page faults) so far of ``pid`` and its live descendants.
+    System time and page faults are where an allocator that hands pages back to the OS too
+    soon shows: every fresh page is faulted in and zeroed by the kernel."""
+    user, system, faults, todo, tick = 0.0, 0.0, 0, [pid], os.sysconf("SC_CLK_TCK")
     while todo:
         pid = todo.pop()
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
+            faults += int(fields[7])
             for children in glob(f"/proc/{pid}/task/*/children"):
                 todo.extend(int(c) for c in Path(children).read_text().split())
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return user, system, faults
 
 
 def python_thread_names(pid: int) -> dict[str, str]:
@@ -443,7 +447,8 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     at_peak: dict[str, float] = {}
     before = committed(target["api"], label)
     commits_before = commit_stats(target["api"])
-    cpu_before = tree_cpu(pid) if pid is not None else 0.0
+    counters_before = tree_counters(pid) if pid is not None else (0.0, 0.0, 0)
+    cpu_before = sum(counters_before[:2])
     names = python_thread_names(pid) if pid is not None else {}
     threads_before = thread_cpu(pid, names) if pid is not None else Counter()
     window[0], window[1] = time.time(), time.time() + args.seconds
@@ -460,7 +465,9 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
     drain = wait_consumers(target["api"], label)
     drained = committed(target["api"], label) - before
     settled = memory_gauges(target["api"])  # what is still held once everything is loaded
-    cpu = tree_cpu(pid) - cpu_before if pid is not None else float("nan")
+    counters = tree_counters(pid) if pid is not None else (float("nan"),) * 3
+    cpu = sum(counters[:2]) - cpu_before
+    system, faults = counters[1] - counters_before[1], counters[2] - counters_before[2]
     threads = thread_cpu(pid, names) if pid is not None else Counter()
     threads.subtract(threads_before)
     commits_after = commit_stats(target["api"])
@@ -486,6 +493,8 @@ def run_phase(signal: str, transport: str, target: dict, payloads: list, args, p
         # per stored item varies much less, so it is what to compare between versions.
         "cpu_us": cpu / drained * 1e6 if drained else float("nan"),
         "cores": cpu / elapsed,
+        "system_us": system / drained * 1e6 if drained else float("nan"),
+        "faults": faults / drained if drained else float("nan"),
         "threads": {name: t / drained * 1e6 for name, t in threads.most_common(8) if drained},
         "rows/commit": rows_per_commit,
         "drain": drain,
@@ -521,6 +530,10 @@ def run_all(args, target: dict, payloads: dict, ceiling: dict, pid: int | None) 
             print(
                 f"    {r['rows/commit']:,.0f} rows per commit; consumers done {r['drain']:.1f} s"
                 f" after the phase; CPU us/item by thread: {split}"
+            )
+            print(
+                f"    of the server's CPU per item, system time {r['system_us']:.2f} us;"
+                f" minor page faults {r['faults']:.2f} per item"
             )
             for when in ("at_peak", "settled"):
                 held = ", ".join(
