@@ -158,3 +158,12 @@ class Consumer(ABC):
 
     def stop(self, ctx: ConsumerContext) -> None:  # noqa: B027 - optional hook
         """Called once in the consumer's thread at shutdown (save state here)."""
+
+    def durable_upto(self) -> int | None:
+        """For a consumer that saves its state now and then, not per batch: the sequence number
+        of the last batch its saved state includes (below the first batch it was given: nothing
+        saved since it started). The kernel's saved offset never goes past it, so after a
+        ``kill -9`` the batches learnt since the last save are delivered again (from the store)
+        and learnt again, not lost. ``None`` (the default): a batch is done when ``consume``
+        returns."""
+        return None

@@ -93,6 +93,7 @@ class ConsumerRunner:
         self._errors_seen: set[str] = set()
         self.head = 0
         self.offset = 0
+        self._start_offset = 0
         self.behind = False
         self.batches = 0
         self.rows = 0
@@ -113,6 +114,7 @@ class ConsumerRunner:
         saved = self.offsets.load()
         # A consumer seen for the first time starts at the head: it is not fed all history.
         self.offset = head if saved is None else min(saved, head)
+        self._start_offset = self.offset
         if saved is None:
             self.offsets.save(self.offset)
         self.head = head
@@ -237,6 +239,7 @@ class ConsumerRunner:
             batches = None
         try:
             self.consumer.stop(self.ctx)
+            self._save_offset(self.offset)  # what stop() saved may let the offset move on
         except Exception as exc:
             self._count_error(exc)
         self.offsets.close()
@@ -256,7 +259,7 @@ class ConsumerRunner:
         with self._cond:
             if self.offset < target:
                 self.offset = target
-                self.offsets.save(target)
+                self._save_offset(target)
             # Anything still queued at or below the target has just been handled from the store.
             while self._inbox and self._inbox[0].seq <= self.offset:
                 self._inbox_bytes -= self._inbox.popleft().nbytes
@@ -281,7 +284,7 @@ class ConsumerRunner:
         self.batches += len(batches)
         self.rows += sum(batch.rows for batch in batches)
         self.offset = batches[-1].seq
-        self.offsets.save(self.offset)
+        self._save_offset(self.offset)
 
     def _process(self, batch: CommittedBatch) -> None:
         started = time.perf_counter()
@@ -293,7 +296,15 @@ class ConsumerRunner:
         self.batches += 1
         self.rows += batch.rows
         self.offset = batch.seq
-        self.offsets.save(batch.seq)
+        self._save_offset(batch.seq)
+
+    def _save_offset(self, seq: int) -> None:
+        """Save ``seq`` as the offset, but never past what the consumer's saved state includes
+        (``Consumer.durable_upto``): a restart after ``kill -9`` delivers those batches again."""
+        upto = self.consumer.durable_upto()
+        if upto is not None:
+            seq = min(seq, max(upto, self._start_offset))
+        self.offsets.save(seq)
 
     def _count_error(self, exc: Exception) -> None:
         self.errors += 1

@@ -77,9 +77,11 @@ _SPAN_KEY_ARRAY = pa.array(_SPAN_KEYS)
 _PLACEMENT_KEY_ARRAY = pa.array([key for key, _ in PLACEMENT_KEYS])
 _LOW32 = np.int64(0xFFFFFFFF)
 # The graph is saved (and edges not seen for a week forgotten) every this many batches, at most
-# once per this many seconds (a restart after ``kill -9`` relearns that much; a clean stop saves).
+# once per this many seconds; a clean stop saves. ``durable_upto`` holds the kernel's saved
+# offset at the last save, so a restart after ``kill -9`` is given the batches since again.
 _SAVE_BATCHES = 200
 _SAVE_SECONDS = 5.0
+_SAVE_MAX_SECONDS = 60.0
 
 
 def _first_in_rows(rows: np.ndarray, key_index: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -164,7 +166,6 @@ class TopologyConsumer(Consumer):
     overhead) is some 1,300 requests of spans and ~115 MiB of buffers: the inbox takes a whole
     commit, which it holds only until its next pass (docs/configuration.md, "Memory")."""
 
-
     def __init__(self, graph: TopologyGraph, index_capacity: int = 200_000) -> None:
         self.graph = graph
         self._names = Names()
@@ -175,13 +176,20 @@ class TopologyConsumer(Consumer):
         self._batches = 0
         self._save_at = _SAVE_BATCHES
         self._save_after = 0.0
+        self._save_by = monotonic() + _SAVE_MAX_SECONDS
         self._latest = 0
+        self._seen_seq = -1
+        self._saved_seq = -1
 
     def start(self, ctx: ConsumerContext) -> None:
         self.graph.load(ctx.state_dir / "topology.json")
 
     def stop(self, ctx: ConsumerContext) -> None:
         self.graph.save(ctx.state_dir / "topology.json")
+        self._saved_seq = self._seen_seq
+
+    def durable_upto(self) -> int | None:
+        return self._saved_seq
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
         self.consume_many([batch], ctx)
@@ -237,14 +245,21 @@ class TopologyConsumer(Consumer):
                     data, np.repeat(run_services[runs], lengths), all_times[first:end]
                 )
         self._batches += len(batches)
-        if self._batches >= self._save_at and monotonic() >= self._save_after:
+        if batches:
+            self._seen_seq = batches[-1].seq
+        now = monotonic()
+        if (self._batches >= self._save_at or now >= self._save_by) and now >= self._save_after:
             # Every 200 batches, but no more than once per ``_SAVE_SECONDS``: under load 200
             # batches come every ~0.4 s, and each save encodes the whole graph (every call
             # edge's per-minute statistics), its cost growing with the graph, not the rate.
+            # At a trickle, at least every ``_SAVE_MAX_SECONDS``: what a restart after
+            # ``kill -9`` has to read back from the store stays bounded.
             self._save_at = self._batches + _SAVE_BATCHES
-            self._save_after = monotonic() + _SAVE_SECONDS
+            self._save_after = now + _SAVE_SECONDS
+            self._save_by = now + _SAVE_MAX_SECONDS
             self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
             self.graph.save(ctx.state_dir / "topology.json")
+            self._saved_seq = self._seen_seq
 
     def _learn_placement(self, runs: tuple[pa.Array, pa.Array, np.ndarray]) -> np.ndarray:
         """Learn placement from the first rows of runs of one resource (``_first_of_runs``);
