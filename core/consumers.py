@@ -54,7 +54,11 @@ class CommittedBatch:
             nbytes = sum(batch.get_total_buffer_size() for batch in tables.values())
         # The alert clock, the topology consumer and the AIOps consumers all ask every batch
         # its event time: once here is once for all of them (~12 µs per 100-item request).
-        latest = _median_time(tables)
+        # The C decoders hand it over with the batches (``otlp.decoded.Batches.event_time``,
+        # the same value), so the fan-out on the event loop need not work it out at all.
+        latest = getattr(batches, "event_time", -1)
+        if latest < 0:
+            latest = _median_time(tables)
         return cls(seq, signal, MappingProxyType(tables), nbytes, latest)
 
     @property

@@ -2081,6 +2081,75 @@ export_batch(Dec *d)
     return capsule;
 }
 
+/* A table's event time as opstrata.consumers._median_time works it out from the timestamp
+ * column: the value at index n / 2 of the sorted values (of an even count, the upper middle
+ * one), so that one item from a skewed clock cannot move time far ahead. Worked out here, from
+ * the column before it is exported, as the fan-out would (it cost ~10 µs per table of the event
+ * loop, through numpy: docs/performance.md, "Ingest, ninth round"). Quickselect with a median
+ * of three pivot on a copy; past a budget of rounds (a hostile order of timestamps) the range
+ * left is sorted, so that no request costs more than n log n. -1 when it cannot (no memory):
+ * the fan-out works it out then. */
+static int
+cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int64_t
+median_time(const Buf *times)
+{
+    ptrdiff_t n = (ptrdiff_t)(times->len / sizeof(int64_t));
+    if (n == 0)
+        return 0;
+    int64_t stack[256];
+    int64_t *v = n <= (ptrdiff_t)(sizeof stack / sizeof stack[0]) ? stack : malloc(n * sizeof *v);
+    if (v == NULL)
+        return -1;
+    memcpy(v, times->p, (size_t)n * sizeof *v);
+    ptrdiff_t k = n / 2, lo = 0, hi = n - 1;
+    for (int budget = 64; lo < hi; budget--) {
+        if (budget == 0) {
+            qsort(v + lo, (size_t)(hi - lo + 1), sizeof *v, cmp_i64);
+            break;
+        }
+        /* the median of the first, middle and last values as the pivot, by value */
+        ptrdiff_t mid = lo + (hi - lo) / 2;
+        int64_t a = v[lo], b = v[mid], c = v[hi];
+        int64_t pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        /* Hoare's partition; the pivot's value is in the range, so the scans stop in it */
+        ptrdiff_t i = lo, j = hi;
+        for (;;) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i >= j)
+                break;
+            int64_t t = v[i];
+            v[i] = v[j];
+            v[j] = t;
+            i++;
+            j--;
+        }
+        if (i == j) { /* v[i] is the pivot, with no greater value left of it nor smaller right */
+            i++;
+            j--;
+        }
+        /* [lo, j] <= pivot <= [i, hi], and the values between (j, i) equal the pivot */
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break; /* v[k] is the pivot */
+    }
+    int64_t median = v[k];
+    if (v != stack)
+        free(v);
+    return median;
+}
+
 /* The buffer bytes of an exported batch (see Holder.bytes). */
 static Py_ssize_t
 capsule_bytes(PyObject *capsule)
@@ -2095,6 +2164,7 @@ build_result(Dec *d)
     PyObject *batch;
     void *address = NULL;
     Py_ssize_t nbytes = 0;
+    long long event_time = median_time(&d->num[N_TIMESTAMP]); /* before export moves it */
     if (d->num[N_TIMESTAMP].len == 0)
         batch = Py_NewRef(Py_None);
     else if ((batch = export_batch(d)) == NULL)
@@ -2110,9 +2180,9 @@ build_result(Dec *d)
         Py_DECREF(batch);
         return NULL;
     }
-    return Py_BuildValue("(nnnnNNNn)", d->rejected, (Py_ssize_t)d->first_reason,
+    return Py_BuildValue("(nnnnNNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
                          d->dropped_attributes, d->truncated_values, batch,
-                         PyLong_FromVoidPtr(address), llm_rows, nbytes);
+                         PyLong_FromVoidPtr(address), llm_rows, nbytes, event_time);
 }
 
 /* Logs and metrics, in files of their own (one translation unit: the helpers stay static). */
@@ -2125,14 +2195,15 @@ PyDoc_STRVAR(decode_traces_doc,
 "--\n\n"
 "Decode a serialized ExportTraceServiceRequest into otel_traces columns.\n\n"
 "Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
-"llm_rows, nbytes):\n"
+"llm_rows, nbytes, event_time):\n"
 "first_reason is the index of the first rejected span's reason (-1 if none); batch is\n"
 "None when no span was accepted, else a PyCapsule \"arrow_array\" holding an Arrow C data\n"
 "interface struct array with the columns of opstrata.schema.TRACES, in its order, and\n"
 "address is that ArrowArray's address (for pyarrow's RecordBatch._import_from_c), or 0.\n"
 "llm_rows: the rows of spans with a gen_ai./llm./openinference./traceloop. attribute key,\n"
 "as native int32 bytes, or None. nbytes: the batch's buffer bytes as pyarrow's\n"
-"get_total_buffer_size counts them (0 without a batch).\n"
+"get_total_buffer_size counts them (0 without a batch). event_time: the median timestamp\n"
+"(the value at index rows // 2 of the sorted column; 0 without a batch, -1 if not worked out).\n"
 "render_complex(serialized KeyValue) -> (rendered value, values cut) renders array, map\n"
 "and strindex values. Raises DecodeError when the bytes are not a valid request.");
 

@@ -349,7 +349,7 @@ PyDoc_STRVAR(decode_logs_doc,
 "--\n\n"
 "Decode a serialized ExportLogsServiceRequest into otel_logs columns.\n\n"
 "Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
-"nbytes) as decode_traces does, with the columns of opstrata.schema.LOGS.");
+"nbytes, event_time) as decode_traces does, with the columns of opstrata.schema.LOGS.");
 
 static PyObject *
 wire_decode_logs(PyObject *self, PyObject *args)
@@ -376,6 +376,7 @@ wire_decode_logs(PyObject *self, PyObject *args)
             PyObject *batch;
             void *address = NULL;
             Py_ssize_t nbytes = 0;
+            long long event_time = median_time(&L->num[LN_TIMESTAMP]); /* before the export */
             if (L->rows == 0)
                 batch = Py_NewRef(Py_None);
             else
@@ -385,9 +386,9 @@ wire_decode_logs(PyObject *self, PyObject *args)
                     address = PyCapsule_GetPointer(batch, "arrow_array");
                     nbytes = capsule_bytes(batch);
                 }
-                result = Py_BuildValue("(nnnnNNn)", d->rejected, (Py_ssize_t)d->first_reason,
+                result = Py_BuildValue("(nnnnNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
                                        d->dropped_attributes, d->truncated_values, batch,
-                                       PyLong_FromVoidPtr(address), nbytes);
+                                       PyLong_FromVoidPtr(address), nbytes, event_time);
             }
         }
     }

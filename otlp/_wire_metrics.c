@@ -928,10 +928,11 @@ PyDoc_STRVAR(decode_metrics_doc,
 "--\n\n"
 "Decode a serialized ExportMetricsServiceRequest into the otel_metrics_* columns.\n\n"
 "Returns (rejected, dropped_attributes, truncated_values, tables): tables is a list of\n"
-"(table index, capsule, address, nbytes) for each table that received points, in the order gauge (0),\n"
-"sum (1), histogram (2), exponential histogram (3), summary (4); each capsule holds a struct\n"
-"array with the columns of that table's opstrata.schema.METRICS_* schema, and nbytes is\n"
-"its buffer bytes as pyarrow's get_total_buffer_size counts them.");
+"(table index, capsule, address, nbytes, event_time) for each table that received points, in\n"
+"the order gauge (0), sum (1), histogram (2), exponential histogram (3), summary (4); each\n"
+"capsule holds a struct array with the columns of that table's opstrata.schema.METRICS_*\n"
+"schema, nbytes is its buffer bytes as pyarrow's get_total_buffer_size counts them, and\n"
+"event_time the median of its TimeUnix column as decode_traces says (-1: not worked out).");
 
 static PyObject *
 wire_decode_metrics(PyObject *self, PyObject *args)
@@ -963,13 +964,14 @@ wire_decode_metrics(PyObject *self, PyObject *args)
     for (int k = 0; k < T_NUM; k++) {
         if (M->t[k].rows == 0)
             continue;
+        long long event_time = median_time(&M->t[k].num[MN_TIME]); /* before the export */
         PyObject *capsule = export_metric_table(&M->t[k], k);
         if (capsule == NULL)
             goto done;
         void *address = PyCapsule_GetPointer(capsule, "arrow_array");
         Py_ssize_t nbytes = capsule_bytes(capsule);
         PyObject *item =
-            Py_BuildValue("(iNNn)", k, capsule, PyLong_FromVoidPtr(address), nbytes);
+            Py_BuildValue("(iNNnL)", k, capsule, PyLong_FromVoidPtr(address), nbytes, event_time);
         if (item == NULL || PyList_Append(tables, item) < 0) {
             Py_XDECREF(item);
             goto done;

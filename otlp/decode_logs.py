@@ -156,8 +156,10 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address, nbytes = _wire.decode_logs(
-            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+        rejected, reason, dropped, truncated, capsule, address, nbytes, event_time = (
+            _wire.decode_logs(
+                data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+            )
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportLogsServiceRequest: {exc}") from None
@@ -174,4 +176,5 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         batch = _import_batch(address, LOGS)  # moves the arrays out; ``capsule`` frees the rest
         out.accepted = batch.num_rows
         out.batches.append((Table.LOGS, batch))
+    out.batches.event_time = event_time  # type: ignore[attr-defined]
     return out

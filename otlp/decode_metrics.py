@@ -269,11 +269,14 @@ def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest
     )
     if rejected:
         out.message = f"{rejected} data point(s) rejected: timestamp out of range"
-    for index, _capsule, address, nbytes in tables:
+    event_time = 0  # as consumers.latest_event_time: the greatest of the tables' medians
+    for index, _capsule, address, nbytes, median in tables:
         table, schema = _TABLES[index]
         # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
         batch = _import_batch(address, schema)
         out.accepted += batch.num_rows
         out.buffer_bytes += nbytes
         out.batches.append((table, batch))
+        event_time = -1 if median < 0 or event_time < 0 else max(event_time, median)
+    out.batches.event_time = event_time  # type: ignore[attr-defined]
     return out

@@ -251,8 +251,10 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address, hint, nbytes = _wire.decode_traces(
-            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+        rejected, reason, dropped, truncated, capsule, address, hint, nbytes, event_time = (
+            _wire.decode_traces(
+                data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+            )
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None
@@ -269,4 +271,5 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         batch = _import_batch(address, _HINTED)  # moves the arrays out; ``capsule`` frees the rest
         out.accepted = batch.num_rows
         out.batches.append((Table.TRACES, _hinted(batch, hint)))
+    out.batches.event_time = event_time  # type: ignore[attr-defined]
     return out
