@@ -659,6 +659,9 @@ class IngestPipeline:
         target = self.log.appended
         if self.loaded >= target:
             return True
+        commit_soon = getattr(self.store, "commit_soon", None)
+        if commit_soon is not None:
+            commit_soon()  # the store may be holding loads back to gather a larger commit
         future = asyncio.get_running_loop().create_future()
         self._load_waiters.append((target, future))
         try:
