@@ -125,13 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.handler is _serve:
-        # Arrow's pool reads its settings from the environment when pyarrow loads, which
-        # ``import opstrata`` has done already: run again with them (opstrata.allocator). Only
-        # for the command line: a caller's own process (``main([...])``) is left alone.
-        from opstrata.allocator import reexec_with_pool_env
-
-        reexec_with_pool_env()
     return args.handler(args)
 
 

@@ -22,8 +22,6 @@ import pyarrow as pa
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from opstrata.allocator import pool_settings
-
 __all__ = ["HeapTrimmer", "MemoryCollector", "malloc_bytes", "resident_bytes"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +69,21 @@ def malloc_bytes() -> tuple[int, int] | None:
         return None
     info = _MALLINFO2()
     return info.uordblks + info.hblkhd, info.fordblks
+
+
+def pool_settings() -> dict[str, str]:
+    """Arrow's default pool and the setting that matters for it, for ``/metrics``: its backend
+    and, for mimalloc, the purge delay in ms from the environment (``default``: mimalloc's own,
+    10 ms; ``n/a`` for another backend). mimalloc reads it once, when pyarrow loads, so the
+    environment the process started with is what it runs with (docs/configuration.md, Memory).
+    """
+    backend = pa.default_memory_pool().backend_name
+    delay = "n/a"
+    if backend == "mimalloc":
+        # mimalloc before 2.1 called the option reset_delay; it still reads the old name.
+        names = ("MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY")
+        delay = next((os.environ[name] for name in names if name in os.environ), "default")
+    return {"backend": backend, "purge_delay_ms": delay}
 
 
 def _malloc_trim() -> Any:
