@@ -63,6 +63,8 @@ class _EdgeState(msgspec.Struct):
 class _Saved(msgspec.Struct):
     edges: list[tuple[str, str, str, str, str, _EdgeState]]
     aliases: dict[str, str]
+    seq: int = -1
+    """The sequence number of the last committed batch the graph includes (-1: not said)."""
 
 
 def canonical(node: Node) -> Node:
@@ -273,7 +275,8 @@ class TopologyGraph:
 
     # -- persistence -------------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, seq: int = -1) -> None:
+        """Write the graph to ``path`` atomically, with ``seq``: the last batch it includes."""
         with self._lock:
             saved = _Saved(
                 edges=[
@@ -281,19 +284,21 @@ class TopologyGraph:
                     for (kind, s, t), state in self._edges.items()
                 ],
                 aliases=dict(self._aliases),
+                seq=seq,
             )
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(saved))
         tmp.replace(path)
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path) -> int:
+        """Add the graph saved at ``path``; return the last batch it includes (-1: none said)."""
         try:
             saved = msgspec.json.decode(path.read_bytes(), type=_Saved)
         except FileNotFoundError:
-            return
+            return -1
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("unreadable topology file %s: learning it afresh", path)
-            return
+            return -1
         with self._lock:
             self._aliases.update(saved.aliases)
             for kind, s_kind, s_name, t_kind, t_name, state in saved.edges:
@@ -302,3 +307,4 @@ class TopologyGraph:
                 )
                 edge.last_seen = max(edge.last_seen, state.last_seen)
                 edge.minutes.update(state.minutes)
+        return saved.seq

@@ -180,12 +180,17 @@ class TopologyConsumer(Consumer):
         self._latest = 0
         self._seen_seq = -1
         self._saved_seq = -1
+        self._loaded_seq = -1
 
     def start(self, ctx: ConsumerContext) -> None:
-        self.graph.load(ctx.state_dir / "topology.json")
+        # Batches up to the saved graph's ``seq`` are in it: given again (the offset file may
+        # lag the graph by one write after a ``kill -9``), they are skipped, not learnt twice.
+        self._saved_seq = self._seen_seq = self._loaded_seq = self.graph.load(
+            ctx.state_dir / "topology.json"
+        )
 
     def stop(self, ctx: ConsumerContext) -> None:
-        self.graph.save(ctx.state_dir / "topology.json")
+        self.graph.save(ctx.state_dir / "topology.json", self._seen_seq)
         self._saved_seq = self._seen_seq
 
     def durable_upto(self) -> int | None:
@@ -196,6 +201,12 @@ class TopologyConsumer(Consumer):
 
     def consume_many(self, batches: list[CommittedBatch], ctx: ConsumerContext) -> None:
         """Learn from several committed batches (in sequence order) in one pass."""
+        if batches and batches[0].seq <= self._loaded_seq:
+            batches = [batch for batch in batches if batch.seq > self._loaded_seq]
+        if not batches:
+            return
+        # Seen even if learning them fails below: the batches count as done either way.
+        self._seen_seq = batches[-1].seq
         # Per request only the batches are sorted by table; every column is then read once per
         # table for the whole group. Placement comes from every table (a request of metric
         # points fills up to five), calls and models from spans.
@@ -245,8 +256,6 @@ class TopologyConsumer(Consumer):
                     data, np.repeat(run_services[runs], lengths), all_times[first:end]
                 )
         self._batches += len(batches)
-        if batches:
-            self._seen_seq = batches[-1].seq
         now = monotonic()
         if (self._batches >= self._save_at or now >= self._save_by) and now >= self._save_after:
             # Every 200 batches, but no more than once per ``_SAVE_SECONDS``: under load 200
@@ -258,7 +267,7 @@ class TopologyConsumer(Consumer):
             self._save_after = now + _SAVE_SECONDS
             self._save_by = now + _SAVE_MAX_SECONDS
             self.graph.forget_before(self._latest - _FORGET_AFTER_NS)
-            self.graph.save(ctx.state_dir / "topology.json")
+            self.graph.save(ctx.state_dir / "topology.json", self._seen_seq)
             self._saved_seq = self._seen_seq
 
     def _learn_placement(self, runs: tuple[pa.Array, pa.Array, np.ndarray]) -> np.ndarray:

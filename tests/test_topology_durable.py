@@ -14,8 +14,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from opstrata.consumers import ConsumerContext
+from opstrata.topology import TopologyGraph
+from opstrata.topology_consumer import TopologyConsumer
 from tests.pluginsupport import topology_rows_consumed, wait_for
 from tests.serverproc import ServerProcess
+from tests.test_topology_spans import _batch, _calls, _calls_of, _scatter
 
 _REQUESTS = 300
 _T0 = int(time.time() * 1e9) - 600 * 10**9
@@ -84,3 +88,24 @@ def test_calls_learnt_before_a_kill_are_in_the_graph_after_a_restart(tmp_path: P
     finally:
         server.stop()
     assert _calls_saved(graph) == _REQUESTS
+
+
+def test_batches_in_the_saved_graph_given_again_are_not_learnt_twice(tmp_path: Path) -> None:
+    """A ``kill -9`` between the graph's save and the offset's leaves the offset behind the
+    graph: the batches given again that the saved graph includes (its ``seq``) are skipped."""
+    rnd = random.Random(11)
+    batches = [_batch(seq + 1, rows) for seq, rows in enumerate(_scatter(rnd, _calls(rnd, 200), 8))]
+    ctx = ConsumerContext("opstrata", "topology", tmp_path, lambda *_: None, None, {})
+    once = TopologyConsumer(TopologyGraph())
+    once.consume_many(batches, ctx)
+
+    first = TopologyConsumer(TopologyGraph())
+    first.start(ctx)
+    first.consume_many(batches[:5], ctx)
+    first.stop(ctx)  # the graph saved with seq 5
+    assert first.durable_upto() == batches[4].seq
+    again = TopologyConsumer(TopologyGraph())
+    again.start(ctx)
+    again.consume_many(batches[2:5], ctx)  # an offset file two batches behind: given again
+    again.consume_many(batches[5:], ctx)
+    assert _calls_of(again.graph) == _calls_of(once.graph)
