@@ -194,6 +194,7 @@ class DuckDBStore:
         An idle store commits at once; a write that is awaited (``log_position`` None) and
         :meth:`commit_soon` (a reader waiting for what was acknowledged) cut the wait short."""
         self._last_commit = 0.0
+        self._now_queued = False  # a commit_soon marker is in the queue, not yet taken
         self._config = {
             "threads": threads,
             "memory_limit": memory_limit,
@@ -291,8 +292,12 @@ class DuckDBStore:
 
     def commit_soon(self) -> None:
         """Commit the loads queued so far without waiting out ``load_interval``: a reader waits
-        for them (read-after-ack)."""
-        if not self._closed:
+        for them (read-after-ack). Only loads queued before the call are hurried (the ingest
+        path queues a request's load in the same event-loop step that acknowledges it, so
+        everything acknowledged before a reader asks is). Readers asking while a marker is
+        still queued share it: a burst of API requests costs one commit, not one each."""
+        if not self._closed and not self._now_queued:
+            self._now_queued = True
             self._queue.put(_NOW)
 
     def on_refused(self, hook: Callable[[int], bool]) -> None:
@@ -345,6 +350,7 @@ class DuckDBStore:
             if item is _STOP:
                 break
             if item is _NOW:
+                self._now_queued = False
                 continue  # nothing queued before it: nothing to commit
             group = [item]
             stopping, now = self._gather(group, 0.0)
@@ -383,6 +389,7 @@ class DuckDBStore:
             if more is _STOP:
                 return True, now
             if more is _NOW:
+                self._now_queued = False
                 deadline, now = 0.0, True  # a reader waits for what is queued: commit now
                 continue
             group.append(more)
