@@ -345,15 +345,20 @@ class DuckDBStore:
 
     def _run(self) -> None:
         stopping = False
+        hurry = False
         while not stopping:
             item = self._queue.get()
             if item is _STOP:
                 break
             if item is _NOW:
+                # Nothing queued before it; but a reader that found this marker still queued
+                # relied on it for loads queued since: the next group commits at once.
                 self._now_queued = False
-                continue  # nothing queued before it: nothing to commit
+                hurry = True
+                continue
             group = [item]
             stopping, now = self._gather(group, 0.0)
+            now, hurry = now or hurry, False
             # Already-acknowledged loads: one commit per load_interval at most, unless someone
             # waits (an awaited write, commit_soon). The first write after a quiet spell
             # commits at once (its deadline has passed).
