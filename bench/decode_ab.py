@@ -21,12 +21,14 @@ the capsules' addresses differs between versions).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import importlib.util
 import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -67,38 +69,74 @@ def _import_all(signal: str, result: tuple) -> None:
             return
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str, rounds: int, requests: int) -> argparse.Namespace:
+    """The arguments every interleaved decoder bench takes: builds, rounds, requests, signals."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("builds", nargs="+", help="paths of _wire shared objects")
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--signal", nargs="+", default=list(_FUNCTIONS), choices=_FUNCTIONS)
-    args = parser.parse_args()
-    builds = {f"{i}:{Path(path).parent.name}": load(path) for i, path in enumerate(args.builds)}
-    limits = DecodeLimits()
-    render = complex_renderer(limits)
+    return parser.parse_args()
+
+
+def load_builds(paths: list[str]) -> dict[str, ModuleType]:
+    """Each build by a label (its index and directory), loaded side by side."""
+    return {f"{i}:{Path(path).parent.name}": load(path) for i, path in enumerate(paths)}
+
+
+def interleaved(
+    builds: dict[str, ModuleType], rounds: int, measure: Callable[[ModuleType], float]
+) -> dict[str, list[float]]:
+    """``measure(build)`` of every build each round, the order reversed every other round (a
+    busy machine's load falls on all of them alike); each build's figures by round."""
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    order = list(builds.items())
+    for r in range(rounds):
+        for name, module in order if r % 2 == 0 else order[::-1]:
+            times[name].append(measure(module))
+    return times
+
+
+def report(signal: str, label: str, times: dict[str, list[float]], width: int = 8) -> None:
+    cells = "  ".join(
+        f"{name} {statistics.median(t):6.1f} (best {min(t):6.1f})" for name, t in times.items()
+    )
+    print(f"{signal:<8} {label:<{width}} us/request: {cells}", flush=True)
+
+
+_LIMITS = DecodeLimits()
+_RENDER = complex_renderer(_LIMITS)
+
+
+def decode_args() -> tuple[int, int, object]:
+    """What the server passes the C decoder beside a request: its limits and renderer."""
+    return _LIMITS.max_attributes, _LIMITS.max_value_chars, _RENDER
+
+
+def _decode_time(
+    module: ModuleType, signal: str, payloads: list[bytes], with_import: bool
+) -> float:
+    """µs of this thread's CPU per request decoding ``payloads`` (and importing the tables)."""
+    decode, extra = getattr(module, _FUNCTIONS[signal]), decode_args()
+    t0 = time.thread_time()
+    for payload in payloads:
+        result = decode(payload, *extra)
+        if with_import:
+            _import_all(signal, result)
+    return (time.thread_time() - t0) / len(payloads) * 1e6
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], rounds=21, requests=200)
+    builds = load_builds(args.builds)
     for signal in args.signal:
         rnd = random.Random(signal)
         payloads = [bench_ingest.SIGNALS[signal].make(rnd) for _ in range(args.requests)]
         for label, with_import in (("decode", False), ("+import", True)):
-            times: dict[str, list[float]] = {name: [] for name in builds}
-            for r in range(args.rounds):
-                order = list(builds.items())
-                for name, module in order if r % 2 == 0 else order[::-1]:
-                    decode = getattr(module, _FUNCTIONS[signal])
-                    t0 = time.thread_time()
-                    for payload in payloads:
-                        result = decode(
-                            payload, limits.max_attributes, limits.max_value_chars, render
-                        )
-                        if with_import:
-                            _import_all(signal, result)
-                    times[name].append((time.thread_time() - t0) / len(payloads) * 1e6)
-            cells = "  ".join(
-                f"{name} {statistics.median(t):6.1f} (best {min(t):6.1f})"
-                for name, t in times.items()
+            measure = functools.partial(
+                _decode_time, signal=signal, payloads=payloads, with_import=with_import
             )
-            print(f"{signal:<8} {label:<8} us/request: {cells}", flush=True)
+            report(signal, label, interleaved(builds, args.rounds, measure))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ thread's CPU per measured decode (the decoder alone, its result dropped), median
 
 from __future__ import annotations
 
-import argparse
+import functools
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -26,12 +26,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from opstrata.otlp.decode_traces import complex_renderer
-from opstrata.otlp.limits import DecodeLimits
-
 sys.path.insert(0, str(Path(__file__).parent))
 import ingest as bench_ingest  # bench/ingest.py: its request generators
-from decode_ab import _FUNCTIONS, load
+from decode_ab import _FUNCTIONS, decode_args, interleaved, load_builds, parse_args, report
 
 
 def rejected_spans(body: bytes) -> bytes:
@@ -87,38 +84,33 @@ PRIORS = {
 }
 
 
+def _after_time(
+    module: ModuleType, signal: str, priors: list[bytes], payloads: list[bytes]
+) -> float:
+    """µs of this thread's CPU per request decoding each of ``payloads`` right after its prior
+    (the prior's decode untimed)."""
+    decode, extra = getattr(module, _FUNCTIONS[signal]), decode_args()
+    spent = 0.0
+    for prior, payload in zip(priors, payloads, strict=True):
+        decode(prior, *extra)
+        t0 = time.thread_time()
+        decode(payload, *extra)
+        spent += time.thread_time() - t0
+    return spent / len(payloads) * 1e6
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("builds", nargs="+", help="paths of _wire shared objects")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--signal", nargs="+", default=list(_FUNCTIONS), choices=_FUNCTIONS)
-    args = parser.parse_args()
-    builds = {f"{i}:{Path(path).parent.name}": load(path) for i, path in enumerate(args.builds)}
-    limits = DecodeLimits()
-    render = complex_renderer(limits)
+    args = parse_args(__doc__.splitlines()[0], rounds=15, requests=100)
+    builds = load_builds(args.builds)
     for signal in args.signal:
         rnd = random.Random(signal)
         payloads = [bench_ingest.SIGNALS[signal].make(rnd) for _ in range(args.requests)]
         for label, make_prior in [("after itself", None), *PRIORS[signal]]:
             priors = [make_prior(p) if make_prior else p for p in payloads]
-            times: dict[str, list[float]] = {name: [] for name in builds}
-            for r in range(args.rounds):
-                order = list(builds.items())
-                for name, module in order if r % 2 == 0 else order[::-1]:
-                    decode = getattr(module, _FUNCTIONS[signal])
-                    spent = 0.0
-                    for prior, payload in zip(priors, payloads, strict=True):
-                        decode(prior, limits.max_attributes, limits.max_value_chars, render)
-                        t0 = time.thread_time()
-                        decode(payload, limits.max_attributes, limits.max_value_chars, render)
-                        spent += time.thread_time() - t0
-                    times[name].append(spent / len(payloads) * 1e6)
-            cells = "  ".join(
-                f"{name} {statistics.median(t):6.1f} (best {min(t):6.1f})"
-                for name, t in times.items()
+            measure = functools.partial(
+                _after_time, signal=signal, priors=priors, payloads=payloads
             )
-            print(f"{signal:<8} {label:<13} us/request: {cells}", flush=True)
+            report(signal, label, interleaved(builds, args.rounds, measure), width=13)
 
 
 if __name__ == "__main__":
