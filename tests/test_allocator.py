@@ -22,6 +22,16 @@ MIMALLOC = pa.default_memory_pool().backend_name == "mimalloc"
 POOL_VARIABLES = ("MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY", "ARROW_DEFAULT_MEMORY_POOL")
 
 
+def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **pool: str) -> ServerProcess:
+    """A server whose environment holds exactly ``pool`` of the pool variables, and has
+    mimalloc report the options it reads."""
+    for name in POOL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**pool, "MIMALLOC_VERBOSE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    return ServerProcess(tmp_path / "data").start()
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
@@ -61,11 +71,7 @@ def _store_spans(server: ServerProcess) -> None:
 def test_a_users_purge_delay_reaches_the_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in POOL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
-    monkeypatch.setenv("MIMALLOC_VERBOSE", "1")
-    server = ServerProcess(tmp_path / "data").start()
+    server = _start(tmp_path, monkeypatch, MIMALLOC_PURGE_DELAY="250")
     try:
         assert _environ(server.proc.pid)["MIMALLOC_PURGE_DELAY"] == "250"
         info = _pool_info(server)
@@ -81,10 +87,7 @@ def test_a_users_purge_delay_reaches_the_pool(
 def test_without_a_setting_the_pool_keeps_its_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in POOL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MIMALLOC_VERBOSE", "1")
-    server = ServerProcess(tmp_path / "data").start()
+    server = _start(tmp_path, monkeypatch)
     try:
         info = _pool_info(server)
         assert info["backend"] == pa.default_memory_pool().backend_name
