@@ -31,6 +31,7 @@
 #include <Python.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,10 +48,69 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_SGROUP = 3, WT_EGROUP = 4, WT_I
 
 static PyObject *DecodeError;
 
+/* ------------------------------------------------------------------------------------------ */
+/* The GIL                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A decoder parses without the GIL (the event loop's thread decodes inline, and holding the GIL
+ * for the whole parse kept every other thread of the server waiting: docs/performance.md,
+ * "Ingest, tenth round"); the export at the end, which makes Python objects, holds it again.
+ * The parse writes only into malloc'd buffers; what needs Python there is rare (an error, no
+ * memory, the render_complex callback), and takes the GIL back through gil_take() first, so that
+ * error paths stay as they were: whoever sets an exception holds the GIL, and the decoder's
+ * entry point takes it back (a no-op if an error path already did) before it returns.
+ *
+ * The thread state saved while this thread's parse runs without the GIL; NULL while it holds
+ * it. Per thread, as decoders may now run in several threads at once. */
+static _Thread_local PyThreadState *gil_saved;
+
+static inline void
+gil_release(void)
+{
+    gil_saved = PyEval_SaveThread();
+}
+
+/* Takes the GIL back if this thread's parse released it; a no-op while held. */
+static inline void
+gil_take(void)
+{
+    PyThreadState *t = gil_saved;
+    if (t != NULL) {
+        gil_saved = NULL;
+        PyEval_RestoreThread(t);
+    }
+}
+
+/* Only input that nobody can change while the parse runs without the GIL is parsed so: bytes
+ * (the decode_*_bytes wrappers hand nothing else). A bytearray's buffer export keeps it from
+ * being resized, but another thread could still write into it between a check and a copy
+ * (a string validated as UTF-8 and stored as something else); such input keeps the GIL.
+ * Requests under GIL_MIN_INPUT bytes keep it too: their parse is shorter than taking the GIL
+ * back may take. */
+#define GIL_MIN_INPUT 2048
+
+static inline int
+gil_release_for(const Py_buffer *view)
+{
+    if (view->obj == NULL || !PyBytes_Check(view->obj) || view->len < GIL_MIN_INPUT)
+        return 0;
+    gil_release();
+    return 1;
+}
+
 static int
 fail(const char *msg)
 {
+    gil_take();
     PyErr_SetString(DecodeError, msg);
+    return -1;
+}
+
+static int
+no_memory(void)
+{
+    gil_take();
+    PyErr_NoMemory();
     return -1;
 }
 
@@ -59,7 +119,8 @@ fail(const char *msg)
 /* ------------------------------------------------------------------------------------------ */
 
 /* Column buffers are allocated with malloc, not PyMem: they end up owned by the exported Arrow
- * arrays, whose release callback may run on any thread without the GIL. */
+ * arrays, whose release callback may run on any thread without the GIL, and the parse that
+ * grows them runs without it. */
 typedef struct {
     char *p;
     size_t len, cap;
@@ -68,10 +129,8 @@ typedef struct {
 static int
 buf_grow(Buf *b, size_t need)
 {
-    if (need > (size_t)PY_SSIZE_T_MAX - b->len) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (need > (size_t)PY_SSIZE_T_MAX - b->len)
+        return no_memory();
     size_t cap = b->cap ? b->cap : 256;
     while (cap - b->len < need) {
         if (cap > (size_t)PY_SSIZE_T_MAX / 2) {
@@ -81,10 +140,8 @@ buf_grow(Buf *b, size_t need)
         cap *= 2;
     }
     char *p = realloc(b->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (p == NULL)
+        return no_memory();
     b->p = p;
     b->cap = cap;
     return 0;
@@ -133,18 +190,29 @@ buf_free(Buf *b)
  * fifth of the metrics decoder's time and an eighth of the logs decoder's (docs/performance.md,
  * "Ingest, eighth round"). Only a hint: a column that outgrows it grows as before, and take()
  * gives back slack past 4 KiB; a request more than twice or under half the size of the last
- * is not hinted (its columns need not scale with it). Module state without a lock: the
- * decoders run holding the GIL, one at a time.
+ * is not hinted (its columns need not scale with it). Module state, read and written under
+ * hints_lock: decoders parse without the GIL, so several may run at once (a lock taken twice a
+ * request, uncontended but for that).
  *
  * Both keyed on `row_buf`, a column with a value per row (the time): a request that stored no
  * rows (every item rejected, or for metrics none of one table) says nothing of the next one's
  * sizes, so it is not learnt from; and without a row hinted, hints_presize reports "not hinted"
  * so that the caller's own guesses per row apply (else every column grew from 256 bytes: 10-30 %
  * slower decodes after such a request, docs/performance.md, "Ingest, ninth round"). */
+static pthread_mutex_t hints_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The most Bufs a hinted run holds (a metrics table's; _Static_asserts check each run). */
+#define MAX_HINTED_BUFS 96
+
 static int
-hints_presize(const size_t *hint, size_t hint_input, Buf *bufs, size_t n, size_t row_buf,
-              size_t input)
+hints_presize(const size_t *shared_hint, const size_t *shared_hint_input, Buf *bufs, size_t n,
+              size_t row_buf, size_t input)
 {
+    size_t hint[MAX_HINTED_BUFS]; /* a copy, so that the reallocs below run without the lock */
+    pthread_mutex_lock(&hints_lock);
+    size_t hint_input = *shared_hint_input;
+    memcpy(hint, shared_hint, n * sizeof *hint);
+    pthread_mutex_unlock(&hints_lock);
     if (hint_input == 0 || hint[row_buf] == 0 || input / 2 > hint_input || hint_input / 2 > input)
         return 0;
     for (size_t i = 0; i < n; i++) {
@@ -170,9 +238,11 @@ hints_learn(size_t *hint, size_t *hint_input, const Buf *bufs, size_t n, size_t 
 {
     if (bufs[row_buf].len == 0)
         return;
+    pthread_mutex_lock(&hints_lock);
     for (size_t i = 0; i < n; i++)
         hint[i] = bufs[i].len;
     *hint_input = input;
+    pthread_mutex_unlock(&hints_lock);
 }
 
 /* An Arrow string column: int32 offsets (starting with one 0) and the UTF-8 data. */
@@ -866,9 +936,9 @@ pairs_push(PairList *pl)
 {
     if (pl->n == pl->cap) {
         size_t cap = pl->cap ? pl->cap * 2 : 16;
-        Pair *items = PyMem_Realloc(pl->items, cap * sizeof(Pair));
+        Pair *items = realloc(pl->items, cap * sizeof(Pair)); /* no PyMem: runs without the GIL */
         if (items == NULL) {
-            PyErr_NoMemory();
+            no_memory();
             return NULL;
         }
         pl->items = items;
@@ -929,11 +999,9 @@ pairs_dedupe(PairList *pl)
     size_t size = 64;
     while (size < 2 * n)
         size *= 2;
-    size_t *slots = PyMem_Calloc(size, sizeof(size_t)); /* index + 1; 0 is empty */
-    if (slots == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    size_t *slots = calloc(size, sizeof(size_t)); /* index + 1; 0 is empty */
+    if (slots == NULL)
+        return no_memory();
     for (size_t j = 0; j < n; j++) {
         size_t h = (size_t)hash_bytes(it[j].k, it[j].klen) & (size - 1);
         while (slots[h] && !same_key(&it[slots[h] - 1], &it[j]))
@@ -949,7 +1017,7 @@ pairs_dedupe(PairList *pl)
             slots[h] = ++out;
         }
     }
-    PyMem_Free(slots);
+    free(slots);
     pl->n = out;
     return 0;
 }
@@ -972,7 +1040,7 @@ pairs_to_row(PairList *pl, MapCol *m)
 static void
 pairs_free(PairList *pl)
 {
-    PyMem_Free(pl->items);
+    free(pl->items);
     pl->items = NULL;
     buf_free(&pl->scratch);
 }
@@ -1205,10 +1273,14 @@ render_double(PairList *pl, Pair *pr, double x)
 }
 
 /* Array, map and strindex values: the Python callback parses the serialized KeyValue (so
- * upb's merge rules apply) and renders it with render_anyvalue. */
+ * upb's merge rules apply) and renders it with render_anyvalue. Holds the GIL for the call if
+ * the parse runs without it, and gives it up again after (not after an error: that unwinds to
+ * the entry point, which wants it held). */
 static int
 render_complex(Dec *d, PairList *pl, Pair *pr, const uint8_t *kv, size_t n)
 {
+    int released = gil_saved != NULL;
+    gil_take();
     PyObject *raw = PyBytes_FromStringAndSize((const char *)kv, (Py_ssize_t)n);
     if (raw == NULL)
         return -1;
@@ -1237,6 +1309,8 @@ render_complex(Dec *d, PairList *pl, Pair *pr, const uint8_t *kv, size_t n)
     rc = 0;
 done:
     Py_DECREF(res);
+    if (rc == 0 && released)
+        gil_release();
     return rc;
 }
 
@@ -1797,6 +1871,7 @@ dec_reserve(Dec *d, size_t input_len)
 _Static_assert(offsetof(Dec, map) + sizeof(((Dec *)0)->map) ==
                    offsetof(Dec, num) + SPAN_BUFS * sizeof(Buf),
                "Dec's columns are not one run of Bufs");
+_Static_assert(SPAN_BUFS <= MAX_HINTED_BUFS, "raise MAX_HINTED_BUFS");
 static size_t span_hints[SPAN_BUFS];
 static size_t span_hint_input;
 
@@ -1805,7 +1880,7 @@ dec_init(Dec *d, size_t input_len)
 {
     memset(d, 0, sizeof *d);
     d->first_reason = -1;
-    if (!hints_presize(span_hints, span_hint_input, d->num, SPAN_BUFS, N_TIMESTAMP, input_len) &&
+    if (!hints_presize(span_hints, &span_hint_input, d->num, SPAN_BUFS, N_TIMESTAMP, input_len) &&
         dec_reserve(d, input_len) < 0)
         return -1;
     if (buf_put_i32(&d->num[N_EVENT_OFFSETS], 0) < 0 ||
@@ -2229,17 +2304,21 @@ wire_decode_traces(PyObject *self, PyObject *args)
     }
     Dec d;
     PyObject *result = NULL;
+    int parsed = -1;
+    gil_release_for(&view);
     if (dec_init(&d, (size_t)view.len) == 0) {
         d.max_attributes = (size_t)max_attributes;
         d.max_value_chars = (size_t)max_value_chars;
         d.render_complex = render;
         const uint8_t *p = view.buf;
-        if (dec_request(&d, p, p + view.len) == 0) {
+        parsed = dec_request(&d, p, p + view.len);
+        if (parsed == 0)
             hints_learn(span_hints, &span_hint_input, d.num, SPAN_BUFS, N_TIMESTAMP,
                         (size_t)view.len);
-            result = build_result(&d);
-        }
     }
+    gil_take(); /* error paths took it back already, with their exception */
+    if (parsed == 0)
+        result = build_result(&d);
     dec_free(&d);
     PyBuffer_Release(&view);
     return result;

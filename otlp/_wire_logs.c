@@ -50,6 +50,7 @@ typedef struct {
 _Static_assert(offsetof(LogDec, map) + sizeof(((LogDec *)0)->map) ==
                    offsetof(LogDec, num) + LOG_BUFS * sizeof(Buf),
                "LogDec's columns are not one run of Bufs");
+_Static_assert(LOG_BUFS <= MAX_HINTED_BUFS, "raise MAX_HINTED_BUFS");
 static size_t log_hints[LOG_BUFS];
 static size_t log_hint_input;
 
@@ -60,7 +61,7 @@ logdec_init(LogDec *L, size_t input_len, Py_ssize_t max_attributes, Py_ssize_t m
     memset(L, 0, sizeof *L);
     if (dec_init_shared(&L->d, max_attributes, max_value_chars, render) < 0)
         return -1;
-    if (hints_presize(log_hints, log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP, input_len)) {
+    if (hints_presize(log_hints, &log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP, input_len)) {
         for (int i = 0; i < LS_NUM; i++)
             if (strcol_init(&L->str[i]) < 0)
                 return -1;
@@ -367,29 +368,34 @@ wire_decode_logs(PyObject *self, PyObject *args)
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
+    int parsed = -1;
+    gil_release_for(&view); /* the parse runs without the GIL (gil_take in _wire.c) */
     if (logdec_init(L, (size_t)view.len, max_attributes, max_value_chars, render) == 0) {
         const uint8_t *p = view.buf;
-        if (dec_logs_request(L, p, p + view.len) == 0) {
+        parsed = dec_logs_request(L, p, p + view.len);
+        if (parsed == 0)
             hints_learn(log_hints, &log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP,
                         (size_t)view.len);
-            Dec *d = &L->d;
-            PyObject *batch;
-            void *address = NULL;
-            Py_ssize_t nbytes = 0;
-            long long event_time = median_time(&L->num[LN_TIMESTAMP]); /* before the export */
-            if (L->rows == 0)
-                batch = Py_NewRef(Py_None);
-            else
-                batch = export_logs(L);
-            if (batch != NULL) {
-                if (batch != Py_None) {
-                    address = PyCapsule_GetPointer(batch, "arrow_array");
-                    nbytes = capsule_bytes(batch);
-                }
-                result = Py_BuildValue("(nnnnNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
-                                       d->dropped_attributes, d->truncated_values, batch,
-                                       PyLong_FromVoidPtr(address), nbytes, event_time);
+    }
+    gil_take(); /* error paths took it back already, with their exception */
+    if (parsed == 0) {
+        Dec *d = &L->d;
+        PyObject *batch;
+        void *address = NULL;
+        Py_ssize_t nbytes = 0;
+        long long event_time = median_time(&L->num[LN_TIMESTAMP]); /* before the export */
+        if (L->rows == 0)
+            batch = Py_NewRef(Py_None);
+        else
+            batch = export_logs(L);
+        if (batch != NULL) {
+            if (batch != Py_None) {
+                address = PyCapsule_GetPointer(batch, "arrow_array");
+                nbytes = capsule_bytes(batch);
             }
+            result = Py_BuildValue("(nnnnNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
+                                   d->dropped_attributes, d->truncated_values, batch,
+                                   PyLong_FromVoidPtr(address), nbytes, event_time);
         }
     }
     logdec_free(L);

@@ -107,6 +107,7 @@ static const int OFFSET_BUFS[] = {MN_EX_OFFSETS,  MN_BUCKET_OFFSETS, MN_BOUND_OF
 _Static_assert(offsetof(MetricTable, map) + sizeof(((MetricTable *)0)->map) ==
                    offsetof(MetricTable, num) + TABLE_BUFS * sizeof(Buf),
                "MetricTable's columns are not one run of Bufs");
+_Static_assert(TABLE_BUFS <= MAX_HINTED_BUFS, "raise MAX_HINTED_BUFS");
 static size_t metric_hints[T_NUM][TABLE_BUFS];
 static size_t metric_hint_input[T_NUM];
 
@@ -119,7 +120,7 @@ table_ready(MetricDec *M, MetricTable *t)
     /* Else a guess of one point per 100 bytes of request for the common columns. */
     size_t rows = M->input_len / 100 + 1;
     size_t k = (size_t)(t - M->t);
-    if (!hints_presize(metric_hints[k], metric_hint_input[k], t->num, TABLE_BUFS, MN_TIME,
+    if (!hints_presize(metric_hints[k], &metric_hint_input[k], t->num, TABLE_BUFS, MN_TIME,
                        M->input_len) &&
         (buf_reserve(&t->num[MN_START], 8 * rows) < 0 ||
          buf_reserve(&t->num[MN_TIME], 8 * rows) < 0))
@@ -954,11 +955,15 @@ wire_decode_metrics(PyObject *self, PyObject *args)
     if (dec_init_shared(&M->d, max_attributes, max_value_chars, render) < 0)
         goto done;
     const uint8_t *p = view.buf;
-    if (dec_metrics_request(M, p, p + view.len) < 0)
+    gil_release_for(&view); /* the parse runs without the GIL (gil_take in _wire.c) */
+    int parsed = dec_metrics_request(M, p, p + view.len);
+    if (parsed == 0)
+        for (int k = 0; k < T_NUM; k++)
+            hints_learn(metric_hints[k], &metric_hint_input[k], M->t[k].num, TABLE_BUFS, MN_TIME,
+                        M->input_len);
+    gil_take(); /* error paths took it back already, with their exception */
+    if (parsed < 0)
         goto done;
-    for (int k = 0; k < T_NUM; k++)
-        hints_learn(metric_hints[k], &metric_hint_input[k], M->t[k].num, TABLE_BUFS, MN_TIME,
-                    M->input_len);
     if ((tables = PyList_New(0)) == NULL)
         goto done;
     for (int k = 0; k < T_NUM; k++) {
