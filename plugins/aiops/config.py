@@ -61,6 +61,12 @@ class AiopsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A service whose logs stop for this many windows after a steady rate raises log_silence."""
     silence_min_rate: float = 5.0
     """Typical logs per window a service needs before its silence is noticed."""
+    save_seconds: float = 60.0
+    """Each consumer saves its state (series, detectors, templates, windows) at least this
+    often (wall time) while batches come; after a ``kill -9`` the batches since are read again
+    from the store and learnt again."""
+    save_batches: int = 5000
+    """... or after this many batches, but no more often than every 5 s (under load)."""
 
     def settings_for(self, *names: str) -> tuple[float, str, bool]:
         """(score threshold, seasonality, excluded) of a series known by ``names`` (its name,
@@ -102,6 +108,8 @@ def parse_config(config: dict[str, Any]) -> AiopsConfig:
     for override in parsed.overrides:
         if override.sensitivity is not None and not 0.0 <= override.sensitivity <= 1.0:
             raise ValueError(f"plugins.aiops.overrides: sensitivity of {override.match!r}")
+    if parsed.save_seconds <= 0 or parsed.save_batches < 1:
+        raise ValueError("plugins.aiops.save_seconds and save_batches must be positive")
     if parsed.interval_seconds <= 0:
         raise ValueError("plugins.aiops.interval_seconds: must be positive")
     return parsed

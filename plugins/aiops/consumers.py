@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from opstrata.plugins.aiops.metrics import MetricSeries
 from opstrata.plugins.aiops.scorer import SeriesScorer
 from opstrata.plugins.aiops.spans import RedSeries
 from opstrata.plugins.aiops.tables import SideTables
+from opstrata.statefile import ProgressMark, StateFile
 
 __all__ = ["DETECTORS", "FAMILIES", "LogsConsumer", "MetricsConsumer", "SpansConsumer"]
 
@@ -39,6 +41,12 @@ LOCK = threading.Lock()
 
 
 class _AiopsConsumer(Consumer):
+    """What the three consumers share: the scorer, the side tables, and keeping what they learnt
+    across a ``kill -9`` (``opstrata.statefile``): the state is saved every ``save_seconds``
+    (or ``save_batches``) and the offset held at the last save, so the batches since are given
+    again after a crash and learnt again; their side rows and alerts, done before the crash
+    (``aiops_progress``), are not done twice."""
+
     family: ClassVar[str] = ""
 
     def __init__(self, config: AiopsConfig) -> None:
@@ -46,6 +54,7 @@ class _AiopsConsumer(Consumer):
         self.other_signal_lag_ns = int(
             config.other_signal_lateness_windows * config.interval_seconds * 1e9
         )
+        self.state_file: StateFile | None = None
 
     def start(self, ctx: ConsumerContext) -> None:
         params = {
@@ -53,23 +62,36 @@ class _AiopsConsumer(Consumer):
             "seasonality": self.config.seasonality,
             **self.config.detector_params,
         }
+        self.mark = ProgressMark(ctx.store, "aiops_progress", self.family)
         self.scorer = SeriesScorer(
             self.config,
             DETECTORS[self.config.detector](params),
-            ctx.emit,
+            self.mark.emitter(ctx.emit),
             keep_points=self.config.store_points,
         )
         self.tables = SideTables(ctx.store)
         self.setup(ctx)
-        self.state_file = ctx.state_dir / f"{self.family}.state"
-        if self.state_file.exists():
-            try:
-                with self.state_file.open("rb") as handle:
-                    self.restore(pickle.load(handle))
-            except Exception:  # a state we cannot read costs a warm-up, never the consumer
-                log.exception("aiops: cannot restore %s; series warm up again", self.state_file)
+        self.state_file = StateFile(
+            ctx.state_dir / f"{self.family}.state",
+            every_seconds=self.config.save_seconds,
+            every_batches=self.config.save_batches,
+        )
+        try:
+            data = self.state_file.load()
+            if data is not None:
+                self.restore(pickle.loads(data))
+        except Exception:  # a state we cannot read costs a warm-up, never the consumer
+            log.exception("aiops: cannot restore %s; series warm up again", self.state_file.path)
+        self.mark.load()
+        if not self.state_file.exists():
+            # Saved at once: a restart after a crash before the first periodic save starts
+            # the replay from this state (template ids continuing after the stored ones).
+            self.save_state()
         with LOCK:
             FAMILIES[self.family] = self.scorer
+
+    def durable_upto(self) -> int | None:
+        return None if self.state_file is None else self.state_file.saved_seq
 
     def restore(self, state: dict) -> None:
         self.scorer.restore(state["scorer"])
@@ -77,21 +99,49 @@ class _AiopsConsumer(Consumer):
     def save(self) -> dict:
         return {"scorer": self.scorer.state()}
 
+    def save_state(self) -> None:
+        assert self.state_file is not None
+        self.state_file.save(pickle.dumps(self.save(), protocol=pickle.HIGHEST_PROTOCOL))
+
     def stop(self, ctx: ConsumerContext) -> None:
         """Save series, detector and alert state (our own files, in the plugin's state dir)."""
-        partial = self.state_file.with_suffix(".partial")
-        with partial.open("wb") as handle:
-            pickle.dump(self.save(), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        partial.replace(self.state_file)
+        self.save_state()
 
     def setup(self, ctx: ConsumerContext) -> None:
         pass
 
-    def after(self) -> None:
-        """Store what this batch added: new series and scored points."""
+    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+        assert self.state_file is not None
+        if not self.state_file.fresh(batch.seq):
+            return  # in the state loaded at start (the offset file lagged its save)
+        self.mark.begin(batch.seq)
+        extra = self.learn(batch)
+        self.after(batch.seq, extra)
+        if self.state_file.seen(batch.seq):
+            self.save_state()
+
+    def learn(self, batch: CommittedBatch) -> Callable[[], None] | None:
+        """Learn from one batch; may return more side rows to write with its points."""
+        raise NotImplementedError
+
+    def after(self, seq: int, extra: Callable[[], None] | None = None) -> None:
+        """Store what batch ``seq`` added (new series, scored points, ``extra``) with the
+        progress mark, in one transaction; nothing for a batch given again after a crash."""
+        new_series = self.scorer.take_new_series()
+        points = self.scorer.take_points()
+        if self.mark.replaying:
+            return  # stored before the crash
+
+        def write() -> bool:
+            self.tables.series(self.family, new_series)
+            self.tables.points(self.family, points)
+            if extra is not None:
+                extra()
+            return self.tables.enabled
+
+        pending = bool(new_series or points or extra)
         try:
-            self.tables.series(self.family, self.scorer.take_new_series())
-            self.tables.points(self.family, self.scorer.take_points())
+            self.mark.commit(seq, write if pending else None)
         except Exception:  # the side tables are evidence, never a reason to stop detecting
             log.exception("aiops: cannot write side tables")
 
@@ -124,9 +174,8 @@ class MetricsConsumer(_AiopsConsumer):
         counters["hist_prev"] = series.hist_prev
         return {**super().save(), "counters": counters}
 
-    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+    def learn(self, batch: CommittedBatch) -> None:
         self.series.consume(dict(batch.tables))
-        self.after()
 
 
 class SpansConsumer(_AiopsConsumer):
@@ -168,14 +217,13 @@ class SpansConsumer(_AiopsConsumer):
             },
         }
 
-    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+    def learn(self, batch: CommittedBatch) -> None:
         spans = batch.tables.get(Table.TRACES)
         if spans is not None:
             self.red.consume(spans)
         else:
             self.red.clock.advance(latest_event_time(batch) - self.other_signal_lag_ns)
             self.red.flush()
-        self.after()
 
 
 class LogsConsumer(_AiopsConsumer):
@@ -186,7 +234,7 @@ class LogsConsumer(_AiopsConsumer):
     signals = frozenset(Signal)
 
     def setup(self, ctx: ConsumerContext) -> None:
-        self.logs = LogSeries(self.scorer, self.config, ctx.emit)
+        self.logs = LogSeries(self.scorer, self.config, self.scorer.tracker.emit)
         self.first_seen: dict[int, int] = {}
         with LOCK:
             MINERS["logs"] = self.logs.miner
@@ -216,6 +264,7 @@ class LogsConsumer(_AiopsConsumer):
                 if name in logs:  # state saved before first_seen existed lacks it
                     setattr(self.logs, name, logs[name])
             self.logs.clock.now = logs["now"]
+        self.first_seen = state.get("template_first_seen", self.first_seen)
 
     def save(self) -> dict:
         logs = self.logs
@@ -234,37 +283,34 @@ class LogsConsumer(_AiopsConsumer):
         return {
             **super().save(),
             "logs": {"miner": logs.miner.state(), "now": logs.clock.now, **saved},
+            "template_first_seen": self.first_seen,
         }
 
-    def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
+    def learn(self, batch: CommittedBatch) -> Callable[[], None] | None:
         records = batch.tables.get(Table.LOGS)
         if records is None:
             self.logs.clock.advance(latest_event_time(batch) - self.other_signal_lag_ns)
             self.logs.flush()
-            self.after()
-            return
+            return None
         templates = self.logs.consume(records)
-        if templates is not None and self.tables.enabled:
-            times = (
-                records.column("Timestamp")
-                .cast("int64")
-                .fill_null(0)
-                .to_numpy(zero_copy_only=False)
+        if templates is None or not self.tables.enabled:
+            return None
+        times = (
+            records.column("Timestamp").cast("int64").fill_null(0).to_numpy(zero_copy_only=False)
+        )
+        for cid in self.logs.miner.last_new:
+            rows = np.flatnonzero(templates == cid)
+            self.first_seen[cid] = int(times[rows[0]]) if rows.size else 0
+        changed = [
+            (cid, self.logs.miner.template(cid), self.first_seen.get(cid, 0))
+            for cid in sorted(self.logs.miner.take_changed())
+        ]
+        seq = batch.seq
+
+        def write() -> None:
+            self.tables.templates(changed)
+            self.tables.template_of(
+                seq, records.column("Timestamp"), records.column("ServiceName"), templates
             )
-            for cid in self.logs.miner.last_new:
-                rows = np.flatnonzero(templates == cid)
-                self.first_seen[cid] = int(times[rows[0]]) if rows.size else 0
-            changed = self.logs.miner.take_changed()
-            try:
-                self.tables.templates(
-                    [
-                        (cid, self.logs.miner.template(cid), self.first_seen.get(cid, 0))
-                        for cid in sorted(changed)
-                    ]
-                )
-                self.tables.template_of(
-                    batch.seq, records.column("Timestamp"), records.column("ServiceName"), templates
-                )
-            except Exception:
-                log.exception("aiops: cannot write log templates")
-        self.after()
+
+        return write

@@ -93,6 +93,12 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Model name -> ``classification`` or ``regression`` (inferred when absent)."""
     positive_label: str = ""
     """Positive class of binary classifiers (default ``1``/``true``/``yes``, else the larger)."""
+    save_seconds: float = 60.0
+    """The drift state (references, windows, learnt variation) is saved at least this often
+    (wall time) while model telemetry comes; after a ``kill -9`` the batches since are read
+    again from the store and learnt again."""
+    save_batches: int = 5000
+    """... or after this many batches with model rows, but no more often than every 5 s."""
 
     @property
     def step_ns(self) -> int:
@@ -110,6 +116,8 @@ def parse_config(config: dict[str, Any]) -> MLOpsConfig:
         raise ValueError("plugins.mlops.scan_min_rows must be at least 1")
     if parsed.season_seconds < 0 or parsed.season_buckets < 1:
         raise ValueError("plugins.mlops.season_seconds must be >= 0, season_buckets >= 1")
+    if parsed.save_seconds <= 0 or parsed.save_batches < 1:
+        raise ValueError("plugins.mlops.save_seconds and save_batches must be positive")
     if parsed.window_seconds <= 0 or parsed.window_slots < 1:
         raise ValueError("plugins.mlops.window_seconds and window_slots must be positive")
     if not 0 < parsed.alert_p_value <= 1 or parsed.alert_distance_factor < 1:

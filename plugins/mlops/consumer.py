@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -15,9 +16,10 @@ from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
 from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.monitor import DriftMonitor
 from opstrata.plugins.mlops.quality import QualityTracker
-from opstrata.plugins.mlops.records import Extractor, Labels
+from opstrata.plugins.mlops.records import Extractor, Labels, Records
 from opstrata.plugins.mlops.results import WindowDrift
 from opstrata.schema import Signal, Table
+from opstrata.statefile import ProgressMark, StateFile
 
 __all__ = ["MLOps", "ModelTelemetry"]
 
@@ -42,56 +44,124 @@ class MLOps:
         self.ctx: ConsumerContext | None = None
         self.ready = threading.Event()
         self._encode = msgspec.json.Encoder().encode
+        self.state_file: StateFile | None = None
+        self.mark: ProgressMark | None = None
+        self.batch_lock = threading.Lock()
+        """Held while a batch is learnt and while the state is saved: a save from the API
+        (a posted reference) never catches a batch half learnt."""
+        self._thread: threading.Thread | None = None
+        self._gated: Callable[[AlertEvent], None] = lambda event: None
 
     def _emit(self, event: AlertEvent) -> None:
-        if self.ctx is not None:
-            self.ctx.emit(event)
+        if self.ctx is None:
+            return
+        if threading.current_thread() is self._thread:
+            self._gated(event)  # nothing again for a batch given again after a crash
+        else:
+            self.ctx.emit(event)  # labels posted through the API
 
     def start(self, ctx: ConsumerContext) -> None:
         self.ctx = ctx
         self.store = ctx.store
+        self._thread = threading.current_thread()
+        self.mark = ProgressMark(ctx.store, "mlops_progress", "models")
+        self._gated = self.mark.emitter(ctx.emit)
         reader = getattr(ctx.store, "reader", None)
         if reader is not None:
             reader().execute(_DRIFT_DDL)
             self.quality = QualityTracker(self.config, reader, self._emit, self.monitor.resource_of)
-        path = ctx.state_dir / _STATE_FILE
-        if path.exists():
-            try:
-                self.monitor.load_state(json.loads(path.read_text()))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("mlops: cannot read %s (%s); starting without drift state", path, exc)
+        self.state_file = StateFile(
+            ctx.state_dir / _STATE_FILE,
+            every_seconds=self.config.save_seconds,
+            every_batches=self.config.save_batches,
+        )
+        try:
+            data = self.state_file.load()
+            if data is not None:
+                state = json.loads(data)
+                self.monitor.load_state(state)
+                if self.quality is not None:
+                    self.quality.firing = {tuple(key) for key in state.get("quality_firing", [])}
+        except (ValueError, KeyError, TypeError) as exc:
+            path = self.state_file.path
+            log.warning("mlops: cannot read %s (%s); starting without drift state", path, exc)
+        self.mark.load()
         self.ready.set()
 
+    def durable_upto(self) -> int | None:
+        return None if self.state_file is None else self.state_file.saved_seq
+
+    def save_state(self) -> None:
+        """Save the drift state (and which models' quality alerts fire) up to the last batch
+        learnt; the caller holds ``batch_lock`` (or is the consumer's thread)."""
+        if self.state_file is None:
+            return
+        state = self.monitor.to_state()
+        if self.quality is not None:
+            with self.quality.lock:  # labels posted through the API change it
+                state["quality_firing"] = sorted(self.quality.firing)
+        self.state_file.save(json.dumps(state).encode())
+
+    def save_now(self) -> None:
+        """Save at once (a reference posted through the API must survive a crash too)."""
+        with self.batch_lock:
+            self.save_state()
+
     def stop(self, ctx: ConsumerContext) -> None:
-        path = ctx.state_dir / _STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.monitor.to_state()))
-        tmp.replace(path)
+        with self.batch_lock:
+            self.save_state()
 
-    def handle(self, table: Table, batch: pa.RecordBatch) -> None:
-        records = self.extractor.extract(table, batch)
-        for rows in records.models:
-            self.monitor.observe(rows)
-            if self.quality is not None:
-                self.quality.add_predictions(rows)
-        if records.labels:
-            self.add_labels(records.labels)
-        self.save_history()
+    def consume(self, batch: CommittedBatch) -> None:
+        """Learn from one committed batch; its rows (predictions, labels, closed windows) are
+        stored with the progress mark in one transaction."""
+        assert self.state_file is not None
+        if not self.state_file.fresh(batch.seq):
+            return  # in the state loaded at start (the offset file lagged its save)
+        found = [
+            self.extractor.extract(table, records)
+            for table, records in batch.tables.items()
+            if table in (Table.TRACES, Table.LOGS)
+        ]
+        if not any(records.models or records.labels for records in found):
+            # Nothing of a model: nothing learnt, but the offset may move on past it.
+            with self.batch_lock:
+                if self.state_file.unchanged(batch.seq):
+                    self.save_state()
+            return
+        with self.batch_lock:
+            if self.mark.begin(batch.seq):
+                self.mark.commit(batch.seq, lambda: self._learn(found, store=True))
+            else:
+                self._learn(found, store=False)
+            if self.state_file.seen(batch.seq):
+                self.save_state()
 
-    def add_labels(self, labels: list[Labels]) -> int:
+    def _learn(self, found: list[Records], store: bool) -> bool:
+        for records in found:
+            for rows in records.models:
+                self.monitor.observe(rows)
+                if self.quality is not None:
+                    self.quality.add_predictions(rows, store=store)
+            if records.labels:
+                self.add_labels(records.labels, store=store)
+        history = self.monitor.take_history()
+        if store:
+            self.save_history(history)
+        return True
+
+    def add_labels(self, labels: list[Labels], store: bool = True) -> int:
         if self.quality is None:
             return 0
         touched: set[tuple[str, str]] = set()
         count = 0
         for part in labels:
             count += len(part.ids)
-            touched.update(self.quality.add_labels(part))
+            touched.update(self.quality.add_labels(part, store=store))
         for model, version in sorted(touched):
             self.quality.check_decay(model, version)
         return count
 
-    def save_history(self) -> None:
-        history = self.monitor.take_history()
+    def save_history(self, history: list[WindowDrift]) -> None:
         if not history or self.store is None or not hasattr(self.store, "reader"):
             return
         table = pa.table(
@@ -140,9 +210,10 @@ class ModelTelemetry(Consumer):
         self.mlops.start(ctx)
 
     def consume(self, batch: CommittedBatch, ctx: ConsumerContext) -> None:
-        for table, records in batch.tables.items():
-            if table in (Table.TRACES, Table.LOGS):
-                self.mlops.handle(table, records)
+        self.mlops.consume(batch)
+
+    def durable_upto(self) -> int | None:
+        return self.mlops.durable_upto()
 
     def stop(self, ctx: ConsumerContext) -> None:
         self.mlops.stop(ctx)

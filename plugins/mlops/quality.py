@@ -72,8 +72,13 @@ class QualityTracker:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def add_predictions(self, rows: ModelRows) -> None:
+    def add_predictions(self, rows: ModelRows, store: bool = True) -> None:
+        """Store predictions (``store`` False: a batch given again after a crash, its rows
+        stored before it; only event time moves)."""
         if rows.prediction_ids is None or rows.predictions is None:
+            return
+        if not store:
+            self.latest_ns = max(self.latest_ns, int(rows.times.max()))
             return
         ids = rows.prediction_ids
         valid = pc.and_(pc.is_valid(ids), pc.is_valid(rows.predictions))
@@ -95,8 +100,9 @@ class QualityTracker:
         self._insert("mlops_predictions", table)
         self.latest_ns = max(self.latest_ns, int(rows.times.max()))
 
-    def add_labels(self, labels: Labels) -> list[tuple[str, str]]:
-        """Store labels; returns the model versions whose predictions they label."""
+    def add_labels(self, labels: Labels, store: bool = True) -> list[tuple[str, str]]:
+        """Store labels (``store`` False: stored before a crash); returns the model versions
+        whose predictions they label."""
         table = pa.table(
             [
                 labels.ids.cast(pa.string()),
@@ -107,7 +113,8 @@ class QualityTracker:
         )
         if table.num_rows == 0:
             return []
-        self._insert("mlops_labels", table)
+        if store:
+            self._insert("mlops_labels", table)
         cur = self.cursor()
         cur.register("mlops_new_labels", table)
         try:

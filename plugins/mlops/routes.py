@@ -158,6 +158,7 @@ def build_routes(mlops: MLOps) -> list[object]:
                 raise ClientException(detail=str(exc)) from exc
             model_name, model_version, source = model, version, "dataset"
         updated = mlops.monitor.set_reference(model_name, model_version, source, columns)
+        mlops.save_now()  # a posted reference is no batch: nothing would bring it back
         return ReferenceInstalled(
             model=model_name,
             version=model_version,
