@@ -151,7 +151,7 @@ def _in_threads(work: list[object], run: object) -> list[list[tuple[int, object]
             start.wait()
             for i in order:
                 results[n].append((i, run(work[i])))  # type: ignore[operator]
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+        except BaseException as exc:  # reported by the test below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
