@@ -103,9 +103,16 @@ def _send_logs(server: ServerProcess, lines: list[str], at: int, service: str = 
 
 
 def _tick(server: ServerProcess, n: int) -> None:
-    """A batch of each signal the consumers see: a save that is due happens on it."""
+    """Something new for every consumer (a metric point; a log record of another model): a
+    save that is due happens on it. (A consumer whose batches change nothing has nothing to
+    save: its file would not move.)"""
     _send_metrics(server, [_gauge("tests.tick", np.array([T0 + n * NS]), np.array([1.0]))])
-    _send_logs(server, [f"tick {n}"], T0, service="ticker")
+    record = {
+        "timestamp": T_MODEL + n * NS,
+        "body": f"tick {n}",
+        "attributes": {"ml.model.name": "ticker", "ml.feature.n": n},
+    }
+    send_log_records(server, {"service.name": "ticker"}, [record])
 
 
 def _series(server: ServerProcess) -> list[dict]:
