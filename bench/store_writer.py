@@ -1,7 +1,7 @@
 """CPU per stored row of the store's writer, by part, on ``bench/ingest.py``'s requests.
 
     python bench/store_writer.py [--signal spans|logs|metrics|all] [--requests-per-commit 400]
-        [--commits 6] [--rounds 4] [--duckdb-threads 1 2]
+        [--commits 6] [--rounds 4] [--duckdb-threads 1 2] [--row-group-size 122880 16384]
 
 Decodes ``bench/ingest.py``'s requests with the server's decoder, then loads them into a fresh
 ``DuckDBStore`` per run the way its writer thread does under load (``_insert`` of one group of
@@ -9,8 +9,11 @@ requests per commit, called from this thread so that its CPU is the writer's), t
 ``CHECKPOINT``. Prints, per row, the process CPU of the load (insert and commit, DuckDB's worker
 threads included), the calling thread's share ("writer"), the part spent building the tables
 before DuckDB sees them ("glue": ``_stored_table``, the resource ids, the concatenation), and
-the load with the checkpoint. With several ``--duckdb-threads`` values the runs alternate
-(medians over ``--rounds``). The machine's load moves these figures: compare CPU, in one run.
+the load with the checkpoint. With several ``--duckdb-threads`` or ``--row-group-size`` values
+the runs alternate (medians over ``--rounds``); the figures of a row group size include the
+store's other DuckDB settings of today (no vacuum at the checkpoint), so 122880 is DuckDB's
+default size under them, not the store before the tenth round. The machine's load moves these
+figures: compare CPU, in one run.
 """
 
 from __future__ import annotations
@@ -69,14 +72,18 @@ def _timed_glue(spent: list[float]) -> Callable[..., pa.Table]:
     return glue
 
 
-def run(requests: list, per_commit: int, commits: int, threads: int) -> dict[str, float]:
+def run(
+    requests: list, per_commit: int, commits: int, threads: int, row_group_size: int
+) -> dict[str, float]:
     """One fresh store loaded with ``commits`` groups: µs of CPU per row by part."""
     spent = [0.0]
     original = duckdb_store._stored_table
     duckdb_store._stored_table = _timed_glue(spent)
     try:
         with tempfile.TemporaryDirectory(prefix="opstrata-writer-") as data_dir:
-            store = duckdb_store.DuckDBStore(Path(data_dir), threads=threads)
+            store = duckdb_store.DuckDBStore(
+                Path(data_dir), threads=threads, row_group_size=row_group_size
+            )
             store.start()
             groups = [
                 [_Group(requests[(c * per_commit + i) % len(requests)]) for i in range(per_commit)]
@@ -109,7 +116,11 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duckdb-threads", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--row-group-size", type=int, nargs="+", default=[duckdb_store.ROW_GROUP_SIZE]
+    )
     args = parser.parse_args()
+    arms = [(t, g) for t in args.duckdb_threads for g in args.row_group_size]
     print(f"load average {os.getloadavg()[0]:.1f}; {args.requests_per_commit} requests per commit")
     for name in _SIGNALS if args.signal == "all" else [args.signal]:
         make, signal = _SIGNALS[name]
@@ -118,18 +129,17 @@ def main() -> None:
             decode_request(signal, make(rnd), Encoding.PROTOBUF, DecodeLimits()).batches
             for _ in range(200)
         ]
-        results: dict[int, list[dict[str, float]]] = {t: [] for t in args.duckdb_threads}
+        results: dict[tuple[int, int], list[dict[str, float]]] = {arm: [] for arm in arms}
         for r in range(args.rounds):
-            order = args.duckdb_threads if r % 2 == 0 else args.duckdb_threads[::-1]
-            for threads in order:
-                results[threads].append(
-                    run(requests, args.requests_per_commit, args.commits, threads)
+            for threads, size in arms if r % 2 == 0 else arms[::-1]:
+                results[threads, size].append(
+                    run(requests, args.requests_per_commit, args.commits, threads, size)
                 )
-        for threads, runs in results.items():
+        for (threads, size), runs in results.items():
             parts = ", ".join(
                 f"{part} {statistics.median(r[part] for r in runs):.2f}" for part in runs[0]
             )
-            print(f"{name:8s} duckdb_threads={threads}: µs per row: {parts}")
+            print(f"{name:8s} duckdb_threads={threads} row_group_size={size}: µs per row: {parts}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ def _open(settings: Settings) -> DuckDBStore:
         threads=settings.storage.duckdb_threads,
         memory_limit=settings.storage.duckdb_memory_limit,
         checkpoint_threshold=settings.storage.duckdb_checkpoint_threshold,
+        row_group_size=settings.storage.duckdb_row_group_size,
     )
 
 

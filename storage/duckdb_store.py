@@ -53,6 +53,16 @@ _NOW = object()  # commit_soon(): a reader waits for the loads queued so far
 # the transaction that inserts the rows, so that a replay after a crash neither loses nor
 # repeats a request.
 LOG_POSITION_TABLE = "opstrata_ingest_log"
+DATABASE = "opstrata"
+"""The store's database as attached to its connection (the file's name, as before)."""
+ROW_GROUP_SIZE = 16_384
+"""Rows of a DuckDB row group in this store (DuckDB's default is 122,880). A transaction that
+appends at least a row group to a table has DuckDB write that table's rows compressed straight
+to the file ("optimistic writes"): they skip DuckDB's WAL, which commit serialises row by row,
+and the checkpoint's re-compression. Our ingest log already makes acknowledged loads durable,
+so the WAL is a second copy. Under load a commit holds tens of thousands of rows: with
+122,880-row groups most of them went through the WAL (docs/performance.md, "Ingest, tenth
+round")."""
 _RESOURCE_DELETE_SLICE = 10_000
 _TIME_COLUMN = {
     table: ("TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp")
@@ -100,6 +110,11 @@ def _stored_table(
         columns.append(array)
     columns.append(pa.array(np.repeat(np.asarray(seqs, np.uint64), lengths)))
     return pa.Table.from_arrays(columns, schema=PHYSICAL_SCHEMAS[table])
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal (ATTACH takes no parameters; the path is ours, not a request's)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -154,6 +169,14 @@ class _PendingWrite:
             self.loop.call_soon_threadsafe(_set)
 
 
+def _table_rows(group: list[_PendingWrite]) -> dict[Table, int]:
+    counts: dict[Table, int] = {}
+    for pending in group:
+        for table, batch in pending.batches:
+            counts[table] = counts.get(table, 0) + batch.num_rows
+    return counts
+
+
 def _settle_all(group: list[_PendingWrite], first_seq: int) -> None:
     """Settle a committed group with one wake-up of each event loop, not one per request (a
     commit of the ingest log's backlog holds thousands)."""
@@ -183,6 +206,8 @@ class DuckDBStore:
         memory_limit: str = "256MB",
         checkpoint_threshold: str = "256MB",
         load_interval: float = 0.2,
+        row_group_size: int = ROW_GROUP_SIZE,
+        fill_wait: float = 1.0,
     ) -> None:
         self.path = Path(data_dir) / "opstrata.duckdb"
         self.commit_max_rows = commit_max_rows
@@ -193,12 +218,25 @@ class DuckDBStore:
         (at 5,000 spans/s, committing every request or two cost ~75 µs of writer CPU a span).
         An idle store commits at once; a write that is awaited (``log_position`` None) and
         :meth:`commit_soon` (a reader waiting for what was acknowledged) cut the wait short."""
+        self.row_group_size = row_group_size
+        self.fill_wait = fill_wait
+        """Longest a commit of already-acknowledged loads waits (since the previous commit
+        started) for one of its tables to fill a row group, when the rate says it will: a
+        commit of at least ``row_group_size`` rows of a table skips the WAL for them. Below
+        that rate loads commit every ``load_interval`` as before."""
         self._last_commit = 0.0
         self._now_queued = False  # a commit_soon marker is in the queue, not yet taken
         self._config = {
             "threads": threads,
             "memory_limit": memory_limit,
             "checkpoint_threshold": checkpoint_threshold,
+            # A commit of a few row groups leaves its last one part full. A checkpoint's vacuum
+            # would merge such row groups with their neighbours, re-compressing them all (as
+            # much CPU as the WAL it saved); row groups emptied by retention are still dropped.
+            "max_vacuum_tasks": 0,
+            # Where joins and sorts spill: beside the file, as for a database opened directly
+            # (the connection's own database is in memory; the file is attached to it).
+            "temp_directory": f"{self.path}.tmp",
         }
         self.stats = CommitStats()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -227,7 +265,14 @@ class DuckDBStore:
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(str(self.path), config=self._config)
+            # Attached rather than opened: the row group size is an option of ATTACH only (and
+            # not kept in the file: every start states it).
+            self._con = duckdb.connect(":memory:", config=self._config)
+            self._con.execute(
+                f"ATTACH {_sql_string(str(self.path))} AS {DATABASE} "
+                f"(ROW_GROUP_SIZE {int(self.row_group_size)})"
+            )
+            self._con.execute(f"USE {DATABASE}")
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         migrate(self._con)  # a data dir from before resources were stored once
@@ -367,7 +412,9 @@ class DuckDBStore:
                 and not now
                 and all(pending.log_position is not None for pending in group)
             ):
-                stopping, _ = self._gather(group, self._last_commit + self.load_interval)
+                stopping, now = self._gather(group, self._last_commit + self.load_interval)
+                if not stopping and not now:
+                    stopping = self._fill(group)
             self._last_commit = time.monotonic()
             self._commit_group(group)  # type: ignore[arg-type]
         # Whatever queued behind the stop marker is refused, not silently dropped.
@@ -379,10 +426,29 @@ class DuckDBStore:
             if isinstance(item, _PendingWrite):
                 item.settle(None, StoreClosed("store is shut down"))
 
-    def _gather(self, group: list, deadline: float) -> tuple[bool, bool]:
+    def _fill(self, group: list[_PendingWrite]) -> bool:
+        """Under load, let ``group`` grow until one of its tables fills a row group, when at
+        the rate the group has gathered since the previous commit started it will within
+        ``fill_wait`` of that start (a transaction's row groups then skip DuckDB's WAL: see
+        ``ROW_GROUP_SIZE``). Below that rate, or once a reader or an awaited write asks,
+        the group commits as it is. Returns whether the stop marker was met."""
+        counts = _table_rows(group)
+        biggest = max(counts.values(), default=0)
+        elapsed = time.monotonic() - self._last_commit
+        if biggest >= self.row_group_size or biggest * self.fill_wait < (
+            self.row_group_size * elapsed
+        ):
+            return False
+        stopping, _ = self._gather(group, self._last_commit + self.fill_wait, counts)
+        return stopping
+
+    def _gather(
+        self, group: list, deadline: float, fill: dict[Table, int] | None = None
+    ) -> tuple[bool, bool]:
         """Add queued writes to ``group`` until ``commit_max_rows``, waiting for more until
-        ``deadline`` (monotonic; none when past) unless one is awaited. Returns (the stop
-        marker was met, someone waits: commit now)."""
+        ``deadline`` (monotonic; none when past) unless one is awaited; with ``fill`` (the
+        group's rows per table), also until a table holds ``row_group_size`` rows. Returns
+        (the stop marker was met, someone waits: commit now)."""
         rows = sum(pending.rows for pending in group)
         now = False
         while rows < self.commit_max_rows:
@@ -401,6 +467,11 @@ class DuckDBStore:
             rows += more.rows  # type: ignore[attr-defined]
             if more.log_position is None:  # type: ignore[attr-defined]
                 deadline, now = 0.0, True  # someone waits for this one: commit now
+            elif fill is not None:
+                for table, batch in more.batches:  # type: ignore[attr-defined]
+                    fill[table] = fill.get(table, 0) + batch.num_rows
+                    if fill[table] >= self.row_group_size:
+                        deadline = 0.0  # a row group's worth: take what is queued, commit
         return False, now
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
@@ -542,6 +613,7 @@ class DuckDBStore:
             if self._con is None:
                 raise StoreClosed("store is not started")
             cursor = self._con.cursor()
+            cursor.execute(f"USE {DATABASE}")  # a cursor starts in the connection's default
             self._readers.cursor = cursor
         return cursor
 
