@@ -13,6 +13,7 @@ or alert is duplicated.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,16 @@ from pathlib import Path
 import duckdb
 import numpy as np
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from opstrata.consumers import CommittedBatch, ConsumerContext
+from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
+from opstrata.plugins.aiops.config import AiopsConfig
+from opstrata.plugins.aiops.consumers import LogsConsumer
+from opstrata.schema import Signal
+from opstrata.storage.duckdb_store import DuckDBStore
 from tests.otelsdk import send_log_records
 from tests.pluginsupport import wait_for
 from tests.serverproc import ServerProcess
@@ -238,3 +248,94 @@ def test_learnt_state_survives_kill_9_without_duplicated_rows_or_alerts(tmp_path
         "mlops_drift": [],
         "mlops_predictions": [],
     }
+
+
+def _log_request(lines: list[str], at: int) -> bytes:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.append(
+        KeyValue(key="service.name", value=AnyValue(string_value="logsvc"))
+    )
+    records = resource_logs.scope_logs.add().log_records
+    for i, line in enumerate(lines):
+        record = records.add(time_unix_nano=at + i * NS, severity_number=9)
+        record.body.string_value = line
+    return request.SerializeToString()
+
+
+def test_batches_given_again_are_learnt_but_not_written_twice(tmp_path: Path) -> None:
+    """In process, the logs consumer and a real store: a state saved after batch 3, rows and the
+    progress mark written up to batch 6, then a crash. Given batches 2-6 again (an offset file
+    lagging the save), it skips 2-3 (in its state), learns 4-6 without writing them, and goes on
+    with batch 7 as the consumer that never crashed would: the same template ids, every log
+    record's template stored once."""
+    requests = [
+        [f"user {i} logged in from 10.0.0.{i}" for i in range(4)],
+        [f"cache miss for key k{i}" for i in range(3)],
+        [f"user {i} logged out" for i in range(3)],
+        [f"disk quota exceeded on /var/{i}" for i in range(2)],
+        [f"cache miss for key z{i}" for i in range(2)],
+        [f"job {i} finished in {i} ms" for i in range(3)],
+        [f"connection reset by peer 10.1.{i}.1" for i in range(2)],
+    ]
+    decoded = [
+        decode_request(
+            Signal.LOG_RECORDS,
+            _log_request(lines, T0 + n * MINUTE),
+            Encoding.PROTOBUF,
+            DecodeLimits(),
+        )
+        for n, lines in enumerate(requests)
+    ]
+    store = DuckDBStore(tmp_path / "db")
+    store.start()
+    try:
+        seqs = [asyncio.run(store.write(d.batches)) for d in decoded]
+        batches = [CommittedBatch.of(s, d.batches) for s, d in zip(seqs, decoded, strict=True)]
+        events: list = []
+        state = tmp_path / "state"
+        state.mkdir()
+        ctx = ConsumerContext("aiops", "logs", state, lambda _, e: events.append(e), store, {})
+        first = LogsConsumer(AiopsConfig(save_seconds=3600))
+        first.start(ctx)
+        for batch in batches[:3]:
+            first.consume(batch, ctx)
+        first.save_state()  # a periodic save
+        for batch in batches[3:6]:
+            first.consume(batch, ctx)
+        assert first.durable_upto() == seqs[2]
+        # kill -9: no stop(); a new consumer on the same state directory and store.
+        again = LogsConsumer(AiopsConfig(save_seconds=3600))
+        again.start(ctx)
+        assert again.durable_upto() == seqs[2]
+        given = store.read_batches(seqs[0], seqs[5], frozenset(Signal), 64)
+        assert [b.seq for b in given] == seqs[1:6]
+        for batch in [*given, batches[6]]:
+            again.consume(batch, ctx)
+
+        alone = LogsConsumer(AiopsConfig(save_seconds=3600))
+        alone_ctx = ConsumerContext("aiops", "logs", tmp_path / "alone", lambda *_: None, None, {})
+        (tmp_path / "alone").mkdir()
+        alone.start(alone_ctx)
+        for batch in batches:
+            alone.consume(batch, alone_ctx)
+        assert again.logs.miner.templates() == alone.logs.miner.templates()
+        assert again.logs.miner.sizes == alone.logs.miner.sizes  # no record counted twice
+        assert len(again.logs.miner.templates()) == 6
+
+        cursor = store.reader()
+        stored = cursor.execute(
+            'SELECT "_Seq", "Row", "TemplateId" FROM aiops_log_template_of ORDER BY 1, 2'
+        ).fetchall()
+        assert len(stored) == sum(len(lines) for lines in requests)  # each record once
+        assert len(set((s, r) for s, r, _ in stored)) == len(stored)
+        texts = dict(
+            cursor.execute('SELECT "TemplateId", "Template" FROM aiops_log_templates').fetchall()
+        )
+        assert texts == alone.logs.miner.templates()
+        [[mark]] = cursor.execute(
+            "SELECT seq FROM aiops_progress WHERE consumer = 'logs'"
+        ).fetchall()
+        assert mark == seqs[6]
+    finally:
+        store.shutdown()
