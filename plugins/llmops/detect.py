@@ -90,9 +90,8 @@ class CallAlerts:
         # The model the call asked for: a failed call has no response model, and must count
         # with the calls that succeeded (else a model's failures form an entity of their own).
         requested = calls.column("RequestModel")
-        asked = pc.fill_null(pc.not_equal(requested, ""), False)
+        asked = pc.fill_null(pc.not_equal(requested, _EMPTY), False)
         key = pc.if_else(asked, requested, calls.column("Model"))
-        cols["ModelKey"] = key.to_numpy(zero_copy_only=False)
         # Each dimension's names as numbers (few distinct names: encoded once per batch), so a
         # closing bucket groups integers instead of sorting a string per call.
         cols["ModelKeyNumber"] = self._numbers(key)
