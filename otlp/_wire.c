@@ -25,6 +25,8 @@
  * Errors: every function returns 0 on success and -1 with a Python exception set. All reads
  * are bounds-checked against the end of the enclosing field; recursion is bounded by depth
  * (MAX_DEPTH levels, as upb), so hostile input cannot overflow the C stack.
+ *
+ * The GIL: the parse and the export's C part run without it; see "The GIL" below.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -2095,10 +2097,24 @@ capsule_release(PyObject *capsule)
     free(a);
 }
 
-/* The accepted spans as an otel_traces record batch (a struct array, columns in the order of
- * opstrata.schema.TRACES) in an "arrow_array" capsule. */
+/* Wraps an exported root array in its "arrow_array" capsule (the root freed if that fails).
+ * Holds the GIL; the export before it runs without. */
 static PyObject *
-export_batch(Dec *d)
+root_capsule(struct ArrowArray *root)
+{
+    PyObject *capsule = PyCapsule_New(root, "arrow_array", capsule_release);
+    if (capsule == NULL) {
+        release_array(root);
+        free(root);
+    }
+    return capsule;
+}
+
+/* The accepted spans as an otel_traces record batch (a struct array, columns in the order of
+ * opstrata.schema.TRACES), for root_capsule. Plain C, run without the GIL; NULL when out of
+ * memory (with the exception set and the GIL taken, as no_memory does). */
+static struct ArrowArray *
+export_spans(Dec *d)
 {
     size_t n = d->num[N_TIMESTAMP].len / sizeof(int64_t);
     size_t events = strcol_rows(&d->str[S_EVENT_NAME]);
@@ -2108,7 +2124,8 @@ export_batch(Dec *d)
     if (root == NULL || h == NULL) {
         free(root);
         free(h);
-        return PyErr_NoMemory();
+        no_memory();
+        return NULL;
     }
     StrCol *s = d->str;
     MapCol *m = d->map;
@@ -2148,12 +2165,7 @@ export_batch(Dec *d)
     new_array(h, root, n, 1, n_columns);
     for (int i = 0; i < n_columns; i++)
         root->children[i] = columns[i];
-    PyObject *capsule = PyCapsule_New(root, "arrow_array", capsule_release);
-    if (capsule == NULL) {
-        release_array(root);
-        free(root);
-    }
-    return capsule;
+    return root;
 }
 
 /* A table's event time as opstrata.consumers._median_time works it out from the timestamp
@@ -2233,19 +2245,19 @@ capsule_bytes(PyObject *capsule)
     return root == NULL ? 0 : (Py_ssize_t)((Holder *)root->private_data)->bytes;
 }
 
+/* The result tuple, from the exported batch (NULL: no span accepted) and its event time. */
 static PyObject *
-build_result(Dec *d)
+build_result(Dec *d, struct ArrowArray *root, long long event_time)
 {
     PyObject *batch;
     void *address = NULL;
     Py_ssize_t nbytes = 0;
-    long long event_time = median_time(&d->num[N_TIMESTAMP]); /* before export moves it */
-    if (d->num[N_TIMESTAMP].len == 0)
+    if (root == NULL)
         batch = Py_NewRef(Py_None);
-    else if ((batch = export_batch(d)) == NULL)
+    else if ((batch = root_capsule(root)) == NULL)
         return NULL;
     else {
-        address = PyCapsule_GetPointer(batch, "arrow_array");
+        address = root;
         nbytes = capsule_bytes(batch);
     }
     PyObject *llm_rows = d->llm_rows.len
@@ -2305,6 +2317,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
     Dec d;
     PyObject *result = NULL;
     int parsed = -1;
+    struct ArrowArray *root = NULL;
+    long long event_time = 0;
     gil_release_for(&view);
     if (dec_init(&d, (size_t)view.len) == 0) {
         d.max_attributes = (size_t)max_attributes;
@@ -2312,13 +2326,18 @@ wire_decode_traces(PyObject *self, PyObject *args)
         d.render_complex = render;
         const uint8_t *p = view.buf;
         parsed = dec_request(&d, p, p + view.len);
-        if (parsed == 0)
+        if (parsed == 0) {
             hints_learn(span_hints, &span_hint_input, d.num, SPAN_BUFS, N_TIMESTAMP,
                         (size_t)view.len);
+            /* The export is plain C too: only its capsule and tuple need the GIL. */
+            event_time = median_time(&d.num[N_TIMESTAMP]); /* before the export moves it */
+            if (d.num[N_TIMESTAMP].len != 0 && (root = export_spans(&d)) == NULL)
+                parsed = -1;
+        }
     }
     gil_take(); /* error paths took it back already, with their exception */
     if (parsed == 0)
-        result = build_result(&d);
+        result = build_result(&d, root, event_time);
     dec_free(&d);
     PyBuffer_Release(&view);
     return result;

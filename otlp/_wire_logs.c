@@ -305,8 +305,8 @@ dec_logs_request(LogDec *L, const uint8_t *p, const uint8_t *end)
 }
 
 /* The stored records as an otel_logs record batch (columns in the order of
- * opstrata.schema.LOGS) in an "arrow_array" capsule. */
-static PyObject *
+ * opstrata.schema.LOGS), for root_capsule; without the GIL, as export_spans. */
+static struct ArrowArray *
 export_logs(LogDec *L)
 {
     size_t n = L->rows;
@@ -315,7 +315,8 @@ export_logs(LogDec *L)
     if (root == NULL || h == NULL) {
         free(root);
         free(h);
-        return PyErr_NoMemory();
+        no_memory();
+        return NULL;
     }
     StrCol *s = L->str;
     MapCol *m = L->map;
@@ -342,7 +343,7 @@ export_logs(LogDec *L)
     new_array(h, root, n, 1, n_columns);
     for (int i = 0; i < n_columns; i++)
         root->children[i] = columns[i];
-    return root_capsule(root);
+    return root;
 }
 
 PyDoc_STRVAR(decode_logs_doc,
@@ -369,33 +370,29 @@ wire_decode_logs(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     int parsed = -1;
+    struct ArrowArray *root = NULL;
+    long long event_time = 0;
     gil_release_for(&view); /* the parse runs without the GIL (gil_take in _wire.c) */
     if (logdec_init(L, (size_t)view.len, max_attributes, max_value_chars, render) == 0) {
         const uint8_t *p = view.buf;
         parsed = dec_logs_request(L, p, p + view.len);
-        if (parsed == 0)
+        if (parsed == 0) {
             hints_learn(log_hints, &log_hint_input, L->num, LOG_BUFS, LN_TIMESTAMP,
                         (size_t)view.len);
+            event_time = median_time(&L->num[LN_TIMESTAMP]); /* before the export moves it */
+            if (L->rows != 0 && (root = export_logs(L)) == NULL)
+                parsed = -1;
+        }
     }
     gil_take(); /* error paths took it back already, with their exception */
     if (parsed == 0) {
         Dec *d = &L->d;
-        PyObject *batch;
-        void *address = NULL;
-        Py_ssize_t nbytes = 0;
-        long long event_time = median_time(&L->num[LN_TIMESTAMP]); /* before the export */
-        if (L->rows == 0)
-            batch = Py_NewRef(Py_None);
-        else
-            batch = export_logs(L);
+        PyObject *batch = root == NULL ? Py_NewRef(Py_None) : root_capsule(root);
         if (batch != NULL) {
-            if (batch != Py_None) {
-                address = PyCapsule_GetPointer(batch, "arrow_array");
-                nbytes = capsule_bytes(batch);
-            }
+            Py_ssize_t nbytes = root == NULL ? 0 : capsule_bytes(batch);
             result = Py_BuildValue("(nnnnNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
                                    d->dropped_attributes, d->truncated_values, batch,
-                                   PyLong_FromVoidPtr(address), nbytes, event_time);
+                                   PyLong_FromVoidPtr(root), nbytes, event_time);
         }
     }
     logdec_free(L);

@@ -762,7 +762,7 @@ pack_bits(Holder *h, Buf *bytes, size_t rows, int nulls_only, int64_t *zeros)
         return NULL;
     uint8_t *bits = calloc((rows + 7) / 8 + 1, 1);
     if (bits == NULL)
-        return NULL; /* reported by the caller through PyErr_NoMemory */
+        return NULL; /* reported by the caller through no_memory */
     for (size_t i = 0; i < rows; i++)
         if (bytes->p[i])
             bits[i / 8] |= (uint8_t)(1u << (i % 8));
@@ -811,8 +811,9 @@ list_array(Holder *h, Buf *offsets, size_t rows, Buf *child, size_t items)
     return a;
 }
 
-/* The table's columns in the order of its opstrata.schema.METRICS_* schema. */
-static PyObject *
+/* The table's columns in the order of its opstrata.schema.METRICS_* schema, for root_capsule;
+ * without the GIL, as export_spans. */
+static struct ArrowArray *
 export_metric_table(MetricTable *t, int k)
 {
     size_t rows = t->rows;
@@ -821,7 +822,8 @@ export_metric_table(MetricTable *t, int k)
     if (root == NULL || h == NULL) {
         free(root);
         free(h);
-        return PyErr_NoMemory();
+        no_memory();
+        return NULL;
     }
     Buf *n = t->num;
     StrCol *s = t->str;
@@ -919,9 +921,10 @@ export_metric_table(MetricTable *t, int k)
     if (oom) {
         release_array(root);
         free(root);
-        return PyErr_NoMemory();
+        no_memory();
+        return NULL;
     }
-    return root_capsule(root);
+    return root;
 }
 
 PyDoc_STRVAR(decode_metrics_doc,
@@ -951,32 +954,43 @@ wire_decode_metrics(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     PyObject *result = NULL, *tables = NULL;
+    struct ArrowArray *roots[T_NUM] = {NULL};
+    long long event_times[T_NUM] = {0};
     M->input_len = (size_t)view.len;
     if (dec_init_shared(&M->d, max_attributes, max_value_chars, render) < 0)
         goto done;
     const uint8_t *p = view.buf;
     gil_release_for(&view); /* the parse runs without the GIL (gil_take in _wire.c) */
     int parsed = dec_metrics_request(M, p, p + view.len);
-    if (parsed == 0)
+    if (parsed == 0) {
         for (int k = 0; k < T_NUM; k++)
             hints_learn(metric_hints[k], &metric_hint_input[k], M->t[k].num, TABLE_BUFS, MN_TIME,
                         M->input_len);
+        /* The export is plain C too: only the capsules and tuples need the GIL. */
+        for (int k = 0; k < T_NUM && parsed == 0; k++) {
+            if (M->t[k].rows == 0)
+                continue;
+            event_times[k] = median_time(&M->t[k].num[MN_TIME]); /* before the export */
+            if ((roots[k] = export_metric_table(&M->t[k], k)) == NULL)
+                parsed = -1;
+        }
+    }
     gil_take(); /* error paths took it back already, with their exception */
     if (parsed < 0)
         goto done;
     if ((tables = PyList_New(0)) == NULL)
         goto done;
     for (int k = 0; k < T_NUM; k++) {
-        if (M->t[k].rows == 0)
+        if (roots[k] == NULL)
             continue;
-        long long event_time = median_time(&M->t[k].num[MN_TIME]); /* before the export */
-        PyObject *capsule = export_metric_table(&M->t[k], k);
+        struct ArrowArray *root = roots[k];
+        roots[k] = NULL; /* the capsule owns it now, or root_capsule freed it */
+        PyObject *capsule = root_capsule(root);
         if (capsule == NULL)
             goto done;
-        void *address = PyCapsule_GetPointer(capsule, "arrow_array");
         Py_ssize_t nbytes = capsule_bytes(capsule);
-        PyObject *item =
-            Py_BuildValue("(iNNnL)", k, capsule, PyLong_FromVoidPtr(address), nbytes, event_time);
+        PyObject *item = Py_BuildValue("(iNNnL)", k, capsule, PyLong_FromVoidPtr(root), nbytes,
+                                       event_times[k]);
         if (item == NULL || PyList_Append(tables, item) < 0) {
             Py_XDECREF(item);
             goto done;
@@ -986,6 +1000,11 @@ wire_decode_metrics(PyObject *self, PyObject *args)
     result = Py_BuildValue("(nnnO)", M->d.rejected, M->d.dropped_attributes,
                            M->d.truncated_values, tables);
 done:
+    for (int k = 0; k < T_NUM; k++)
+        if (roots[k] != NULL) {
+            release_array(roots[k]);
+            free(roots[k]);
+        }
     Py_XDECREF(tables);
     metricdec_free(M);
     PyMem_Free(M);

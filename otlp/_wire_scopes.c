@@ -174,15 +174,3 @@ parse_decode_args(PyObject *args, const char *format, Py_buffer *view, Py_ssize_
     }
     return 0;
 }
-
-/* Wraps an exported root array in its capsule; returns (capsule, address) into `out`. */
-static PyObject *
-root_capsule(struct ArrowArray *root)
-{
-    PyObject *capsule = PyCapsule_New(root, "arrow_array", capsule_release);
-    if (capsule == NULL) {
-        release_array(root);
-        free(root);
-    }
-    return capsule;
-}
