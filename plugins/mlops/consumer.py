@@ -100,7 +100,8 @@ class MLOps:
         if self.quality is not None:
             with self.quality.lock:  # labels posted through the API change it
                 state["quality_firing"] = sorted(self.quality.firing)
-        self.state_file.save(json.dumps(state).encode())
+        # msgspec encodes it 3-5 times faster than json.dumps (the sketches' lists of floats).
+        self.state_file.save(self._encode(state))
 
     def save_now(self) -> None:
         """Save at once (a reference posted through the API must survive a crash too)."""

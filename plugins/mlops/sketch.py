@@ -275,7 +275,10 @@ class NumericSketch:
             "m2": self.m2,
             "lo": self.lo if self.n else None,
             "hi": self.hi if self.n else None,
-            "small": None if self.small is None else [[k, v] for k, v in self.small.items()],
+            # Values and counts as two lists, not pairs: building a pair per value was most of
+            # a periodic save's time (thousands of window slots of a few dozen values each).
+            "small_values": None if self.small is None else list(self.small),
+            "small_counts": None if self.small is None else list(self.small.values()),
         }
 
     @classmethod
@@ -289,8 +292,15 @@ class NumericSketch:
         out.m2 = float(state["m2"])
         out.lo = math.inf if state["lo"] is None else float(state["lo"])
         out.hi = -math.inf if state["hi"] is None else float(state["hi"])
-        small = state["small"]
-        out.small = None if small is None else {float(k): int(v) for k, v in small}
+        if "small_values" in state:
+            values, counts = state["small_values"], state["small_counts"]
+            if values is None:
+                out.small = None
+            else:
+                out.small = dict(zip(map(float, values), counts, strict=True))
+        else:  # saved as pairs before
+            small = state["small"]
+            out.small = None if small is None else {float(k): int(v) for k, v in small}
         return out
 
 
