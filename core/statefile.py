@@ -71,7 +71,7 @@ class StateFile:
         self,
         path: Path,
         every_seconds: float = 60.0,
-        every_batches: int = 5000,
+        every_batches: int = 20000,
         min_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -65,7 +65,7 @@ class AiopsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Each consumer saves its state (series, detectors, templates, windows) at least this
     often (wall time) while batches come; after a ``kill -9`` the batches since are read again
     from the store and learnt again."""
-    save_batches: int = 5000
+    save_batches: int = 20000
     """... or after this many batches, but no more often than every 5 s (under load)."""
 
     def settings_for(self, *names: str) -> tuple[float, str, bool]:

@@ -97,7 +97,7 @@ class MLOpsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The drift state (references, windows, learnt variation) is saved at least this often
     (wall time) while model telemetry comes; after a ``kill -9`` the batches since are read
     again from the store and learnt again."""
-    save_batches: int = 5000
+    save_batches: int = 20000
     """... or after this many batches with model rows, but no more often than every 5 s."""
 
     @property
