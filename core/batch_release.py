@@ -75,7 +75,12 @@ def release(batches: list[CommittedBatch]) -> None:
         # Should an export fail, what it did not export is dropped (and freed) the ordinary way.
         batches.clear()
         # The streams hold the buffers: dropping the Python objects only decremented counts.
-        for stream in streams:
-            callback = ctypes.c_void_p.from_buffer(stream, _RELEASE_AT).value
-            if callback:
-                _RELEASE(callback)(ctypes.addressof(stream))
+        _release_streams(streams)
+
+
+def _release_streams(streams: list[ctypes.Array]) -> None:
+    """Call each stream's ``release`` with the GIL let go (what frees the buffers)."""
+    for stream in streams:
+        callback = ctypes.c_void_p.from_buffer(stream, _RELEASE_AT).value
+        if callback:
+            _RELEASE(callback)(ctypes.addressof(stream))
