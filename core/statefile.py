@@ -88,7 +88,7 @@ class StateFile:
         self._batches = 0
         self._last = clock()
         self.saves = 0
-        self.save_seconds = 0.0
+        self.last_save_seconds = 0.0
         """Wall time of the last save (encoding not included)."""
         self.save_bytes = 0
 
@@ -108,6 +108,13 @@ class StateFile:
         seq = int(header[len(_MAGIC) :])
         self.loaded_seq = self.saved_seq = self.seen_seq = seq
         return payload
+
+    def durable_upto(self) -> int | None:
+        """What the consumer's ``durable_upto`` returns: the last save's seq while something
+        learnt is not saved; None (the offset may move freely) when every batch given so far is
+        in the saved state — else a consumer whose signal stopped coming (a metrics consumer on
+        a server that receives only spans) would hold its offset back for ever."""
+        return None if self.seen_seq == self.saved_seq else self.saved_seq
 
     def fresh(self, seq: int) -> bool:
         """Whether batch ``seq`` is not in the loaded state yet (else: skip it)."""
@@ -144,7 +151,7 @@ class StateFile:
         self._batches = 0
         self._last = self.clock()
         self.saves += 1
-        self.save_seconds = time.perf_counter() - started
+        self.last_save_seconds = time.perf_counter() - started
         self.save_bytes = len(payload)
 
 

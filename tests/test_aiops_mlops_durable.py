@@ -307,11 +307,13 @@ def test_batches_given_again_are_learnt_but_not_written_twice(tmp_path: Path) ->
         # kill -9: no stop(); a new consumer on the same state directory and store.
         again = LogsConsumer(AiopsConfig(save_seconds=3600))
         again.start(ctx)
-        assert again.durable_upto() == seqs[2]
+        assert again.state_file is not None and again.state_file.loaded_seq == seqs[2]
+        assert again.durable_upto() is None  # nothing learnt since its state was saved
         given = store.read_batches(seqs[0], seqs[5], frozenset(Signal), 64)
         assert [b.seq for b in given] == seqs[1:6]
         for batch in [*given, batches[6]]:
             again.consume(batch, ctx)
+        assert again.durable_upto() == seqs[2]  # 4-7 learnt, not saved
 
         alone = LogsConsumer(AiopsConfig(save_seconds=3600))
         alone_ctx = ConsumerContext("aiops", "logs", tmp_path / "alone", lambda *_: None, None, {})

@@ -91,7 +91,7 @@ class _AiopsConsumer(Consumer):
             FAMILIES[self.family] = self.scorer
 
     def durable_upto(self) -> int | None:
-        return None if self.state_file is None else self.state_file.saved_seq
+        return None if self.state_file is None else self.state_file.durable_upto()
 
     def restore(self, state: dict) -> None:
         self.scorer.restore(state["scorer"])

@@ -89,7 +89,7 @@ class MLOps:
         self.ready.set()
 
     def durable_upto(self) -> int | None:
-        return None if self.state_file is None else self.state_file.saved_seq
+        return None if self.state_file is None else self.state_file.durable_upto()
 
     def save_state(self) -> None:
         """Save the drift state (and which models' quality alerts fire) up to the last batch
