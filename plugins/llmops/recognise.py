@@ -93,6 +93,8 @@ for _index, (_field, _keys) in enumerate(FIELDS.items()):
     for _priority, _key in enumerate(_keys):
         assert _FIELD_OF[_KEY_ID[_key]] < 0, f"{_key} is in two fields"
         _FIELD_OF[_KEY_ID[_key]], _PRIORITY_OF[_KEY_ID[_key]] = _index, _priority
+_FIELD_OF_ID = np.r_[-1, _FIELD_OF]
+"""``_FIELD_OF`` by key id + 1, so that an unknown key (id -1) needs no mask first."""
 _MESSAGE_FIELDS = ("system_instructions", "input_messages", "output_messages")
 _FAMILIES = ("genai", "openinference", "traceloop", "vllm")
 _CONVENTION_NAMES = pa.array(
@@ -243,17 +245,18 @@ def candidates(
 def _best_entries(key_ids: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
     """Per field and row, the position of the entry with the field's best key (-1: none), as a
     (fields, rows) array: scattered priority by priority, worst first, so the best key wins."""
-    known = np.flatnonzero(key_ids >= 0)
-    ids = key_ids[known]
-    fields = _FIELD_OF[ids]
-    useful = fields >= 0
-    positions, fields, ids = known[useful], fields[useful], ids[useful]
-    slot = fields * n + owner[positions]
-    priority = _PRIORITY_OF[ids]
+    fields = _FIELD_OF_ID[key_ids + 1]  # one gather over the entries (unknown keys: -1)
+    positions = np.flatnonzero(fields >= 0)
+    slot = fields[positions] * n + owner[positions]
+    priority = _PRIORITY_OF[key_ids[positions]]
     index = np.full(len(_FIELD_NAMES) * n, -1, dtype=np.int64)
-    for level in range(int(priority.max(initial=0)), -1, -1):
-        at = priority == level
-        index[slot[at]] = positions[at]
+    top = int(priority.max(initial=0))
+    if top == 0:  # only each field's best key present (the usual case): nothing to rank
+        index[slot] = positions
+    else:
+        for level in range(top, -1, -1):
+            at = priority == level
+            index[slot[at]] = positions[at]
     return index.reshape(len(_FIELD_NAMES), n)
 
 
@@ -294,7 +297,9 @@ def recognise(
         return None
     # Candidate rows (from here on numbered 0..n-1) and their entries, found from the few
     # marked entries: nothing more is computed per entry of the whole group.
-    cand = np.unique(np.searchsorted(starts, marked, side="right") - 1)
+    # ``marked`` is sorted, so are its rows: their distinct values without np.unique's sort.
+    owners = np.searchsorted(starts, marked, side="right") - 1
+    cand = owners[np.r_[True, owners[1:] != owners[:-1]]]
     n = len(cand)
     counts = starts[cand + 1] - starts[cand]
     owner = np.repeat(np.arange(n), counts)
