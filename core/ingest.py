@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +124,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _stop_pool(pool: ProcessPoolExecutor, timeout: float) -> None:
+def _stop_pool(pool: Executor, timeout: float) -> None:
     """Stop the decode workers within ``timeout``: a stuck or dead worker must not hang the
     server's shutdown (``ProcessPoolExecutor.shutdown(wait=True)`` can)."""
     processes = list(getattr(pool, "_processes", {}).values())
@@ -165,7 +165,7 @@ class IngestPipeline:
         self.on_commit: OnCommit | None = None
         """Told of every commit (sequence number, batches, their buffer bytes when known), in
         order: the fan-out."""
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -269,16 +269,23 @@ class IngestPipeline:
         self._retry(record.end)
 
     def _start_pool(self) -> None:
-        if self.settings.decode_workers > 0:
+        workers = self.settings.decode_workers or self.settings.decode_threads
+        if workers > 0:
             self._pool = self._new_pool()
             # Start the workers now, so that the first request does not pay for it.
             for future in [
                 self._pool.submit(decode_request, Signal.SPANS, b"", Encoding.PROTOBUF, self.limits)
-                for _ in range(self.settings.decode_workers)
+                for _ in range(workers)
             ]:
                 future.result()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self) -> Executor:
+        if not self.settings.decode_workers:
+            # Threads of this process: the C decoders parse without the GIL, so a request's
+            # parse runs beside the event loop (docs/ingest.md, "Decoding and committing").
+            return ThreadPoolExecutor(
+                max_workers=self.settings.decode_threads, thread_name_prefix="decode"
+            )
         # spawn, not fork: the gRPC core's threads do not survive a fork.
         return ProcessPoolExecutor(
             max_workers=self.settings.decode_workers,

@@ -52,6 +52,10 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Processes that decode requests besides the main one (0 decodes in the main process).
     0 is the default: handing a request to a worker and its batches back cost the server more
     than decoding them itself (docs/performance.md)."""
+    decode_threads: int = 0
+    """Threads of the server that decode requests, so that the event loop goes on serving while
+    a request is parsed (the C decoders parse without the GIL); 0 decodes on the event loop.
+    Ignored when ``decode_workers`` is set (docs/performance.md, "Ingest, tenth round")."""
     bearer_token: str = ""
     """When set, OTLP requests must carry ``Authorization: Bearer <token>`` (401 /
     UNAUTHENTICATED otherwise). Empty: no check."""
