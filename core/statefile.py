@@ -91,6 +91,13 @@ class StateFile:
         self.last_save_seconds = 0.0
         """Wall time of the last save (encoding not included)."""
         self.save_bytes = 0
+        self.save_failures = 0
+        """Saves that could not be written (disk full, state directory gone), in all."""
+        self.failing = 0
+        """Saves failed in a row since the last one written (0: the last save was written)."""
+        self.last_save_error = ""
+        self._retry_in: float | None = None
+        """While saves fail: seconds from the last attempt to the next (doubling)."""
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -128,6 +135,10 @@ class StateFile:
         # often than every ``min_seconds``: a save encodes the whole state, its cost growing
         # with the state, not with the rate. At a trickle, every ``every_seconds``.
         since = self.clock() - self._last
+        if self._retry_in is not None:
+            # A save that fails is tried again after a backoff, not on every batch: each
+            # attempt encodes the whole state (GIL held) before the write fails again.
+            return since >= self._retry_in
         if self._batches >= self.every_batches:
             return since >= self.min_seconds
         return since >= self.every_seconds
@@ -141,18 +152,63 @@ class StateFile:
             self.seen_seq = self.saved_seq = seq
             return False
         self.seen_seq = seq
-        return self.clock() - self._last >= self.every_seconds
+        wait = self.every_seconds if self._retry_in is None else self._retry_in
+        return self.clock() - self._last >= wait
 
-    def save(self, payload: bytes) -> None:
-        """Save ``payload`` as the state up to the last batch :meth:`seen`."""
+    def save(self, payload: bytes) -> bool:
+        """Save ``payload`` as the state up to the last batch :meth:`seen`; returns whether it
+        was written. A write that fails (disk full, the state directory gone) does not raise:
+        the offset stays held at the last save written (:meth:`durable_upto`), the failure is
+        logged once per streak and counted (:attr:`save_failures`), and the next attempt is
+        due ``min_seconds`` later, then twice that, up to ``every_seconds``."""
         started = time.perf_counter()
-        write_atomically(self.path, b"%s%d\n%s" % (_MAGIC, self.seen_seq, payload))
+        try:
+            write_atomically(self.path, b"%s%d\n%s" % (_MAGIC, self.seen_seq, payload))
+        except OSError as exc:
+            self._failed(exc)
+            return False
         self.saved_seq = self.seen_seq
         self._batches = 0
         self._last = self.clock()
         self.saves += 1
         self.last_save_seconds = time.perf_counter() - started
         self.save_bytes = len(payload)
+        if self.failing:
+            log.warning("state saved to %s again after %d failed saves", self.path, self.failing)
+        self.failing = 0
+        self._retry_in = None
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        self._last = self.clock()
+        self.save_failures += 1
+        self.failing += 1
+        self.last_save_error = f"{type(exc).__name__}: {exc}"
+        if self._retry_in is None:
+            self._retry_in = self.min_seconds
+            log.warning(
+                "cannot save state to %s (%s); the offset stays at seq %d, retrying every %g-%g s",
+                self.path,
+                self.last_save_error,
+                self.saved_seq,
+                self.min_seconds,
+                self.every_seconds,
+            )
+        else:
+            self._retry_in = min(self._retry_in * 2, self.every_seconds)
+
+    def status(self) -> dict[str, Any]:
+        """What the plugins' ``/saves`` routes show: the saves written and failed."""
+        return {
+            "saved_seq": self.saved_seq,
+            "seen_seq": self.seen_seq,
+            "saves": self.saves,
+            "save_failures": self.save_failures,
+            "failing": self.failing,
+            "last_save_error": self.last_save_error,
+            "last_save_seconds": self.last_save_seconds,
+            "save_bytes": self.save_bytes,
+        }
 
 
 class ProgressMark:

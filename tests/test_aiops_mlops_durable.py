@@ -201,6 +201,10 @@ def test_learnt_state_survives_kill_9_without_duplicated_rows_or_alerts(tmp_path
 
         wait_for(saved_after_tick, timeout=45, what="a save of every consumer")
         saved = _saved(data)
+        saves = server.api("/api/v1/aiops/saves").json()
+        saves["models"] = server.api("/api/v1/mlops/saves").json()["models"]
+        assert sorted(saves) == ["logs", "metrics", "models", "spans"]
+        assert all(s["saves"] >= 1 and s["save_failures"] == 0 for s in saves.values()), saves
 
         # Learnt after the save: a spike that alerts and resolves, a new template, more windows.
         _send_metrics(

@@ -37,6 +37,8 @@ DETECTORS = {
 FAMILIES: dict[str, SeriesScorer] = {}
 """Family name (``metrics``, ``spans``, ``logs``) -> its running scorer, for the API."""
 MINERS: dict[str, object] = {}
+STATE_FILES: dict[str, StateFile] = {}
+"""Family name -> its consumer's state file, for ``/api/v1/aiops/saves``."""
 LOCK = threading.Lock()
 
 
@@ -89,6 +91,7 @@ class _AiopsConsumer(Consumer):
             self.save_state()
         with LOCK:
             FAMILIES[self.family] = self.scorer
+            STATE_FILES[self.family] = self.state_file
 
     def durable_upto(self) -> int | None:
         return None if self.state_file is None else self.state_file.durable_upto()

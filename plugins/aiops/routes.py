@@ -181,4 +181,12 @@ def log_templates(
     return json.loads(json.dumps(result[:limit]))
 
 
-ROUTES = [series, points, anomalies, log_templates]
+@get("/saves", sync_to_thread=False)
+def saves() -> dict[str, dict[str, Any]]:
+    """Per consumer: the state saves written and failed (a failing save holds the offset)."""
+    with consumers.LOCK:
+        files = dict(consumers.STATE_FILES)
+    return {family: files[family].status() for family in sorted(files)}
+
+
+ROUTES = [series, points, anomalies, log_templates, saves]

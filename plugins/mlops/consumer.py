@@ -103,6 +103,10 @@ class MLOps:
         # msgspec encodes it 3-5 times faster than json.dumps (the sketches' lists of floats).
         self.state_file.save(self._encode(state))
 
+    def saves_status(self) -> dict[str, Any]:
+        """For ``/api/v1/mlops/saves``: the state file's saves written and failed."""
+        return {} if self.state_file is None else {"models": self.state_file.status()}
+
     def save_now(self) -> None:
         """Save at once (a reference posted through the API must survive a crash too)."""
         with self.batch_lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -168,7 +168,12 @@ def build_routes(mlops: MLOps) -> list[object]:
             model_versions_updated=updated,
         )
 
-    return [models, drift, performance, labels, reference]
+    @get("/saves", sync_to_thread=False)
+    def saves() -> dict[str, Any]:
+        """The drift state's saves written and failed (a failing save holds the offset)."""
+        return mlops.saves_status()
+
+    return [models, drift, performance, labels, reference, saves]
 
 
 def _names(text: str) -> list[str]:
