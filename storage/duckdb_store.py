@@ -263,6 +263,11 @@ class DuckDBStore:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.row_group_size < 2048 or self.row_group_size % 2048:
+            raise StoreError(  # DuckDB's own message would not name the setting
+                "storage.duckdb_row_group_size must be a positive multiple of 2048 (DuckDB's "
+                f"vector size), not {self.row_group_size}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # Attached rather than opened: the row group size is an option of ATTACH only (and

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal, Table
+from opstrata.storage.base import StoreError
 from opstrata.storage.duckdb_store import DuckDBStore
 from tests.serverproc import ServerProcess
 from tests.storeread import read_table
@@ -118,3 +120,9 @@ def test_a_reader_cuts_the_wait_for_a_full_row_group_short(tmp_path: Path) -> No
         assert store.count(Table.TRACES) == 5 * 100
     finally:
         store.shutdown()
+
+
+def test_a_row_group_size_duckdb_cannot_use_is_refused_by_name(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path, row_group_size=3000)
+    with pytest.raises(StoreError, match=r"storage\.duckdb_row_group_size"):
+        store.start()
