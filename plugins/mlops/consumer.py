@@ -15,6 +15,7 @@ from opstrata.alerts import AlertEvent
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
 from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.monitor import DriftMonitor
+from opstrata.plugins.mlops.pending import PendingRows
 from opstrata.plugins.mlops.quality import QualityTracker
 from opstrata.plugins.mlops.records import Extractor, Labels, Records
 from opstrata.plugins.mlops.results import WindowDrift
@@ -51,6 +52,10 @@ class MLOps:
         (a posted reference) never catches a batch half learnt."""
         self._thread: threading.Thread | None = None
         self._gated: Callable[[AlertEvent], None] = lambda event: None
+        self.pending = PendingRows()
+        """Rows of batches learnt whose transaction has not committed yet."""
+        self.write_failures = 0
+        self.last_write_error = ""
 
     def _emit(self, event: AlertEvent) -> None:
         if self.ctx is None:
@@ -93,8 +98,13 @@ class MLOps:
 
     def save_state(self) -> None:
         """Save the drift state (and which models' quality alerts fire) up to the last batch
-        learnt; the caller holds ``batch_lock`` (or is the consumer's thread)."""
+        learnt; the caller holds ``batch_lock`` (or is the consumer's thread). Not while a
+        batch's rows are unwritten: the state would include batches whose rows are not
+        stored, and after a crash they would not be given again."""
         if self.state_file is None:
+            return
+        if self.pending and not self._write_pending():
+            log.warning("mlops: state not saved: %d batches' rows unwritten", self.pending.batches)
             return
         state = self.monitor.to_state()
         if self.quality is not None:
@@ -105,7 +115,18 @@ class MLOps:
 
     def saves_status(self) -> dict[str, Any]:
         """For ``/api/v1/mlops/saves``: the state file's saves written and failed."""
-        return {} if self.state_file is None else {"models": self.state_file.status()}
+        if self.state_file is None:
+            return {}
+        return {
+            "models": {
+                **self.state_file.status(),
+                "write_failures": self.write_failures,
+                "last_write_error": self.last_write_error,
+                "pending_batches": self.pending.batches,
+                "pending_rows": self.pending.rows,
+                "dropped_rows": self.pending.dropped,
+            }
+        }
 
     def save_now(self) -> None:
         """Save at once (a reference posted through the API must survive a crash too)."""
@@ -134,34 +155,88 @@ class MLOps:
                     self.save_state()
             return
         with self.batch_lock:
-            if self.mark.begin(batch.seq):
-                self.mark.commit(batch.seq, lambda: self._learn(found, store=True))
-            else:
-                self._learn(found, store=False)
-            if self.state_file.seen(batch.seq):
+            fresh = self.mark.begin(batch.seq)
+            predictions, labels, history = self._learn(found)
+            if fresh:
+                # Learnt first, written after in a short transaction: a failing write (a
+                # conflict, a full disk) loses neither the rows nor the closed windows.
+                if predictions or labels or history or self.mark.emitted:
+                    self.pending.add(batch.seq, predictions, labels, history)
+                if self.pending:
+                    self._write_pending()
+            elif labels and self.quality is not None:
+                for model, version in self._touched(labels):
+                    self.quality.check_decay(model, version)
+            if self.state_file.seen(batch.seq) and not self.pending:
                 self.save_state()
 
-    def _learn(self, found: list[Records], store: bool) -> bool:
+    def _learn(
+        self, found: list[Records]
+    ) -> tuple[list[pa.Table], list[pa.Table], list[WindowDrift]]:
+        """Learn a batch; returns its rows to store: predictions, labels, closed windows."""
+        predictions: list[pa.Table] = []
+        labels: list[pa.Table] = []
         for records in found:
             for rows in records.models:
                 self.monitor.observe(rows)
                 if self.quality is not None:
-                    self.quality.add_predictions(rows, store=store)
-            if records.labels:
-                self.add_labels(records.labels, store=store)
-        history = self.monitor.take_history()
-        if store:
-            self.save_history(history)
+                    table = self.quality.prediction_rows(rows)
+                    if table is not None:
+                        predictions.append(table)
+            if self.quality is not None:
+                for part in records.labels:
+                    table = self.quality.label_rows(part)
+                    if table.num_rows:
+                        labels.append(table)
+        return predictions, labels, self.monitor.take_history()
+
+    def _write_pending(self) -> bool:
+        """Write the pending rows with the progress mark in one transaction; then check the
+        quality of the model versions their labels touch. Returns whether they are written."""
+        assert self.mark is not None
+        pending = self.pending
+
+        def write() -> bool:
+            if self.quality is not None:
+                if pending.predictions:
+                    self.quality.insert("mlops_predictions", pa.concat_tables(pending.predictions))
+                if pending.labels:
+                    self.quality.insert("mlops_labels", pa.concat_tables(pending.labels))
+            self.save_history(pending.history)
+            return True
+
+        try:
+            self.mark.commit(pending.seq, write)
+        except Exception as exc:  # the rows wait for the next batch's transaction
+            self.write_failures += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+            if pending.batches == 1:  # once per streak of failed writes
+                log.warning("mlops: rows not written, kept for the next batch", exc_info=True)
+            return False
+        labels = pending.labels
+        if pending.batches > 1:
+            log.warning("mlops: rows of %d batches written after failed writes", pending.batches)
+        pending.clear()
+        if self.quality is not None:
+            self.quality.wrote()
+            if labels:
+                for model, version in self._touched(labels):
+                    self.quality.check_decay(model, version)
         return True
 
-    def add_labels(self, labels: list[Labels], store: bool = True) -> int:
+    def _touched(self, labels: list[pa.Table]) -> list[tuple[str, str]]:
+        assert self.quality is not None
+        return sorted(self.quality.touched(pa.concat_tables(labels)))
+
+    def add_labels(self, labels: list[Labels]) -> int:
+        """Labels posted through the API: stored at once (they are no batch), quality checked."""
         if self.quality is None:
             return 0
         touched: set[tuple[str, str]] = set()
         count = 0
         for part in labels:
             count += len(part.ids)
-            touched.update(self.quality.add_labels(part, store=store))
+            touched.update(self.quality.add_labels(part))
         for model, version in sorted(touched):
             self.quality.check_decay(model, version)
         return count

@@ -11,11 +11,13 @@ Predictions older than ``label_horizon_seconds`` (event time) are deleted as tim
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,6 +52,8 @@ _LABELS = pa.schema(
 )
 _POSITIVE = ("1", "true", "yes", "positive")
 
+log = logging.getLogger(__name__)
+
 
 class QualityTracker:
     def __init__(
@@ -72,21 +76,18 @@ class QualityTracker:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def add_predictions(self, rows: ModelRows, store: bool = True) -> None:
-        """Store predictions (``store`` False: a batch given again after a crash, its rows
-        stored before it; only event time moves)."""
+    def prediction_rows(self, rows: ModelRows) -> pa.Table | None:
+        """The predictions of ``rows`` to store (None: none with an id); moves event time."""
         if rows.prediction_ids is None or rows.predictions is None:
-            return
-        if not store:
-            self.latest_ns = max(self.latest_ns, int(rows.times.max()))
-            return
+            return None
+        self.latest_ns = max(self.latest_ns, int(rows.times.max()))
         ids = rows.prediction_ids
         valid = pc.and_(pc.is_valid(ids), pc.is_valid(rows.predictions))
         if not pc.any(valid).as_py():
-            return
+            return None
         n = len(ids)
         scores = rows.scores if rows.scores is not None else pa.nulls(n, pa.string())
-        table = pa.table(
+        return pa.table(
             [
                 pa.array([rows.model] * n, pa.string()),
                 pa.array([rows.version] * n, pa.string()),
@@ -97,13 +98,10 @@ class QualityTracker:
             ],
             schema=_PREDICTIONS,
         ).filter(valid)
-        self._insert("mlops_predictions", table)
-        self.latest_ns = max(self.latest_ns, int(rows.times.max()))
 
-    def add_labels(self, labels: Labels, store: bool = True) -> list[tuple[str, str]]:
-        """Store labels (``store`` False: stored before a crash); returns the model versions
-        whose predictions they label."""
-        table = pa.table(
+    @staticmethod
+    def label_rows(labels: Labels) -> pa.Table:
+        return pa.table(
             [
                 labels.ids.cast(pa.string()),
                 labels.labels.cast(pa.string()),
@@ -111,12 +109,28 @@ class QualityTracker:
             ],
             schema=_LABELS,
         )
+
+    def add_predictions(self, rows: ModelRows) -> None:
+        """Store predictions at once (outside a batch's transaction)."""
+        table = self.prediction_rows(rows)
+        if table is not None:
+            self.insert("mlops_predictions", table)
+            self.wrote()
+
+    def add_labels(self, labels: Labels) -> list[tuple[str, str]]:
+        """Store labels at once (posted through the API); returns the model versions whose
+        predictions they label."""
+        table = self.label_rows(labels)
         if table.num_rows == 0:
             return []
-        if store:
-            self._insert("mlops_labels", table)
+        self.insert("mlops_labels", table)
+        self.wrote()
+        return self.touched(table)
+
+    def touched(self, labels: pa.Table) -> list[tuple[str, str]]:
+        """The model versions whose stored predictions ``labels`` label."""
         cur = self.cursor()
-        cur.register("mlops_new_labels", table)
+        cur.register("mlops_new_labels", labels)
         try:
             rows = cur.execute(
                 "SELECT DISTINCT p.model, p.version FROM mlops_predictions p "
@@ -126,7 +140,8 @@ class QualityTracker:
             cur.unregister("mlops_new_labels")
         return [(m, v) for m, v in rows]
 
-    def _insert(self, name: str, table: pa.Table) -> None:
+    def insert(self, name: str, table: pa.Table) -> None:
+        """Insert through this thread's cursor (in its transaction, if one is open)."""
         cur = self.cursor()
         view = f"{name}_batch"
         cur.register(view, table)
@@ -134,17 +149,26 @@ class QualityTracker:
             cur.execute(f"INSERT INTO {name} SELECT * FROM {view}")
         finally:
             cur.unregister(view)
+
+    def wrote(self) -> None:
+        """A write is committed: every 256, old predictions and labels go. Never inside a
+        batch's transaction: a DELETE there could conflict with one from another thread and
+        roll the batch's rows back."""
         self._writes += 1
         if self._writes % 256 == 0:
             self.prune()
 
     def prune(self) -> None:
         cutoff = self.latest_ns - int(self.config.label_horizon_seconds * 1e9)
-        if cutoff > 0:
+        if cutoff <= 0:
+            return
+        try:
             self.cursor().execute(
                 "DELETE FROM mlops_predictions WHERE time_unix_nano < ?", [cutoff]
             )
             self.cursor().execute("DELETE FROM mlops_labels WHERE time_unix_nano < ?", [cutoff])
+        except duckdb.Error as exc:  # a conflict with a prune on another thread: next time
+            log.info("mlops: old predictions not pruned this time (%s)", exc)
 
     # -- reading ------------------------------------------------------------------------------
 
