@@ -55,6 +55,8 @@ class MLOps:
         self.pending = PendingRows()
         """Rows of batches learnt whose transaction has not committed yet."""
         self.write_failures = 0
+        self.replayed: set[tuple[str, str]] = set()
+        """Model versions whose labels were given again after a crash, checked at the end."""
         self.last_write_error = ""
 
     def _emit(self, event: AlertEvent) -> None:
@@ -148,6 +150,9 @@ class MLOps:
             for table, records in batch.tables.items()
             if table in (Table.TRACES, Table.LOGS)
         ]
+        if self.replayed and batch.seq > self.mark.seq:
+            with self.batch_lock:  # the batch that would have ended the replay is gone
+                self._settle_quality()
         if not any(records.models or records.labels for records in found):
             # Nothing of a model: nothing learnt, but the offset may move on past it.
             with self.batch_lock:
@@ -165,10 +170,25 @@ class MLOps:
                 if self.pending:
                     self._write_pending()
             elif labels and self.quality is not None:
-                for model, version in self._touched(labels):
-                    self.quality.check_decay(model, version)
+                # Given again after a crash: DuckDB holds the rows up to the mark, newer than
+                # this batch, so its checks would not be those made before the crash. The
+                # models it touches are checked once at the end of the replay instead.
+                self.replayed.update(self._touched(labels))
+            if self.replayed and batch.seq >= self.mark.seq:
+                self._settle_quality()
             if self.state_file.seen(batch.seq) and not self.pending:
                 self.save_state()
+
+    def _settle_quality(self) -> None:
+        """End of a replay: each model version whose labels were given again is checked on
+        what DuckDB holds now (what the last check before the crash saw), and its alert
+        emitted either way — firing (folded into the open alert) or resolved (closes one left
+        open, e.g. by a crash between a batch's commit and its check; nothing if none is)."""
+        assert self.mark is not None and self.quality is not None
+        touched, self.replayed = sorted(self.replayed), set()
+        self.mark.replaying = False
+        for model, version in touched:
+            self.quality.check_decay(model, version, settle=True)
 
     def _learn(
         self, found: list[Records]

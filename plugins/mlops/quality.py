@@ -240,8 +240,10 @@ class QualityTracker:
                 )
         return out
 
-    def check_decay(self, model: str, version: str) -> None:
-        """Alert (or resolve) on the latest window with enough labels."""
+    def check_decay(self, model: str, version: str, settle: bool = False) -> None:
+        """Alert (or resolve) on the latest window with enough labels. ``settle``: emit the
+        verdict even when :attr:`firing` says it is unchanged (after a replay, when what was
+        emitted before the crash is not known)."""
         with self.lock:
             windows = [
                 w for w in self.performance(model, version) if w.labelled >= self.config.min_labels
@@ -254,7 +256,7 @@ class QualityTracker:
             observed, expected = getattr(latest, metric), getattr(first, metric)
             if latest.decayed:
                 self.firing.add(key)
-            elif key in self.firing:
+            elif key in self.firing or settle:
                 self.firing.discard(key)
             else:
                 return
