@@ -163,6 +163,7 @@ class TraceIndex:
         cursor = self.store.reader()
         cursor.execute("BEGIN TRANSACTION")
         try:
+            indexed = 0
             for table, signal in due:
                 cursor.execute(
                     f"INSERT INTO {INDEX_TABLE} "
@@ -177,10 +178,21 @@ class TraceIndex:
                     f"GROUP BY k HAVING min({_ROW_KEY}) IS NOT NULL",
                     [signal, done[table], upto],
                 )
-                cursor.execute(
-                    f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?)", [signal, upto]
-                )
-            cursor.execute("COMMIT")
+                row = cursor.fetchone()
+                indexed += int(row[0]) if row else 0
+            if indexed:
+                for _, signal in due:
+                    cursor.execute(
+                        f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?)", [signal, upto]
+                    )
+                cursor.execute("COMMIT")
+            else:
+                # Nothing to index (a phase of metrics only: the sequence moves, no span or log
+                # row with a trace id comes): no commit, which would cost a WAL write and fsync
+                # every second for nothing. Only this object's view moves on, so lookups skip
+                # the empty tail; the table's lags, and after a restart that range is scanned
+                # again and found empty again.
+                cursor.execute("ROLLBACK")
         except Exception:
             with contextlib.suppress(duckdb.Error):
                 cursor.execute("ROLLBACK")
