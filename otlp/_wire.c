@@ -58,9 +58,10 @@ static PyObject *DecodeError;
  * for the whole parse kept every other thread of the server waiting: docs/performance.md,
  * "Ingest, tenth round"); the export at the end, which makes Python objects, holds it again.
  * The parse writes only into malloc'd buffers; what needs Python there is rare (an error, no
- * memory, the render_complex callback), and takes the GIL back through gil_take() first, so that
- * error paths stay as they were: whoever sets an exception holds the GIL, and the decoder's
- * entry point takes it back (a no-op if an error path already did) before it returns.
+ * memory, the render_complex callback, after which the parse keeps the GIL), and takes the GIL
+ * back through gil_take() first, so that error paths stay as they were: whoever sets an
+ * exception holds the GIL, and the decoder's entry point takes it back (a no-op if an error path
+ * or a callback already did) before it returns.
  *
  * The thread state saved while this thread's parse runs without the GIL; NULL while it holds
  * it. Per thread, as decoders may now run in several threads at once. */
@@ -1275,13 +1276,13 @@ render_double(PairList *pl, Pair *pr, double x)
 }
 
 /* Array, map and strindex values: the Python callback parses the serialized KeyValue (so
- * upb's merge rules apply) and renders it with render_anyvalue. Holds the GIL for the call if
- * the parse runs without it, and gives it up again after (not after an error: that unwinds to
- * the entry point, which wants it held). */
+ * upb's merge rules apply) and renders it with render_anyvalue. Takes the GIL for the call if
+ * the parse runs without it, and keeps it for the rest of the parse: under load each take waits
+ * for whichever thread took the GIL (up to a switch interval), and a request with an array
+ * value on every item would wait once per item. */
 static int
 render_complex(Dec *d, PairList *pl, Pair *pr, const uint8_t *kv, size_t n)
 {
-    int released = gil_saved != NULL;
     gil_take();
     PyObject *raw = PyBytes_FromStringAndSize((const char *)kv, (Py_ssize_t)n);
     if (raw == NULL)
@@ -1311,8 +1312,6 @@ render_complex(Dec *d, PairList *pl, Pair *pr, const uint8_t *kv, size_t n)
     rc = 0;
 done:
     Py_DECREF(res);
-    if (rc == 0 && released)
-        gil_release();
     return rc;
 }
 

@@ -2,10 +2,11 @@
 
 Each decoder gives up the GIL for its parse (bytes input of at least ``GIL_MIN_INPUT`` bytes)
 and takes it back for anything that needs Python: an error, the ``render_complex`` callback for
-array/map/strindex values, the export at the end. Here threads decode a mix of requests of every
-signal at once, over and over: generated ones (with array and map values, so the callback runs
-between stretches without the GIL), malformed ones that raise part way through the parse (after
-such a callback), and ones whose callback itself raises. Each result must equal the
+array/map/strindex values (the parse keeps it from there), the capsules at the end. Here threads
+decode a mix of requests of every signal at once, over and over: generated ones (some with array
+and map values, so the callback takes the GIL part way through the parse), malformed ones that
+raise part way through the parse (after such a callback, or without one), and ones whose
+callback itself raises. Each result must equal the
 single-threaded decode of the same bytes, down to the Arrow batches' bytes and the llmops row
 marks (the schema's metadata).
 """
@@ -65,8 +66,8 @@ def _array_attribute() -> KeyValue:
 
 
 def _with_complex_first(signal: str, seed: int) -> bytes:
-    """A large request whose first resource carries an array attribute, so the callback runs
-    early in the parse and the rest of it runs without the GIL again."""
+    """A large request whose first resource carries an array attribute, so the callback takes
+    the GIL early in the parse and the rest of it runs holding it."""
     request = {
         "spans": ExportTraceServiceRequest,
         "logs": ExportLogsServiceRequest,
