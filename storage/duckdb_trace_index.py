@@ -9,7 +9,8 @@ back to ``_Seq`` — which grows in append order, so DuckDB's per-row-group min/
 still skips every row group but one or two.
 
 It is built *beside* ingest, not on it: a thread runs :meth:`TraceIndex.catch_up` every second
-and indexes what was committed since its last run with one ``INSERT … SELECT … GROUP BY``. Rows
+and indexes what was committed since its last run with one ``INSERT … SELECT … GROUP BY`` per
+signal, both in one transaction (none when there is nothing to index). Rows
 committed after the last run are found by also scanning the unindexed tail (``_Seq >``
 high-water mark), so answers never wait for the index. Nothing on the write path changes.
 
