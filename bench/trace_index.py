@@ -1,7 +1,7 @@
 """The trace index's catch-up alone: CPU per indexed row, against a git revision, interleaved.
 
     python bench/trace_index.py [--signal spans|logs] [--rounds 3] [--steps 4]
-        [--baseline REV]
+        [--baseline REV] [--checkpoint-threshold 256MB] [--per-step]
 
 Makes ``bench/ingest.py``'s requests (distinct ones: every trace id new, as in real traffic),
 decodes them with the server's decoder, commits 400 of them per step through ``DuckDBStore``,
@@ -53,10 +53,15 @@ def load_revision(rev: str) -> types.ModuleType:
     return module
 
 
-def run(module: types.ModuleType, requests: list, steps: int) -> tuple[float, list]:
-    """CPU µs per committed row of the catch-ups, and the index table's rows."""
+def run(
+    module: types.ModuleType, requests: list, steps: int, threshold: str = "256MB", verbose=False
+) -> tuple[float, list]:
+    """CPU µs per committed row of the catch-ups, and the index table's rows. ``verbose``
+    prints each step's catch-up and the WAL's size around it: a catch-up whose commit takes the
+    WAL past ``threshold`` runs DuckDB's checkpoint on the index's thread."""
     with tempfile.TemporaryDirectory(prefix="opstrata-trace-index-") as data_dir:
-        store = DuckDBStore(Path(data_dir))
+        store = DuckDBStore(Path(data_dir), checkpoint_threshold=threshold)
+        wal = Path(data_dir) / "opstrata.duckdb.wal"
         store.start()
         index = module.TraceIndex(store)
         index.ensure_tables()
@@ -68,10 +73,21 @@ def run(module: types.ModuleType, requests: list, steps: int) -> tuple[float, li
 
         for step in range(steps):
             asyncio.run(commit(step * _PER_STEP))
-            rows += sum(b.num_rows for r in requests[step * _PER_STEP :][:_PER_STEP] for _, b in r)
+            step_rows = sum(
+                b.num_rows for r in requests[step * _PER_STEP :][:_PER_STEP] for _, b in r
+            )
+            rows += step_rows
+            wal_before = wal.stat().st_size if wal.exists() else 0
             started = time.process_time()
             index.catch_up()
-            cpu += time.process_time() - started
+            spent = time.process_time() - started
+            cpu += spent
+            if verbose:
+                wal_after = wal.stat().st_size if wal.exists() else 0
+                print(
+                    f"    step {step}: catch-up {spent / step_rows * 1e6:.2f} µs/row, "
+                    f"WAL {wal_before >> 20} -> {wal_after >> 20} MiB"
+                )
         table = module.INDEX_TABLE
         held = store.reader().execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
         store.shutdown()
@@ -84,6 +100,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--baseline", help="a git revision to compare with, interleaved")
+    parser.add_argument(
+        "--checkpoint-threshold",
+        default="256MB",
+        help="DuckDB's checkpoint_threshold (a small one shows the checkpoint a catch-up's "
+        "commit may run)",
+    )
+    parser.add_argument("--per-step", action="store_true", help="print every step's catch-up")
     args = parser.parse_args()
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     rnd = random.Random(args.signal)
@@ -101,7 +124,9 @@ def main() -> None:
     held = {}
     for _ in range(args.rounds):
         for arm, module in arms.items():
-            cost, held[arm] = run(module, requests, args.steps)
+            cost, held[arm] = run(
+                module, requests, args.steps, args.checkpoint_threshold, args.per_step
+            )
             per_row[arm].append(cost)
     for arm, values in per_row.items():
         rounds = " ".join(f"{v:.2f}" for v in values)
