@@ -64,6 +64,8 @@ so the WAL is a second copy. Under load a commit holds tens of thousands of rows
 122,880-row groups most of them went through the WAL (docs/performance.md, "Ingest, tenth
 round")."""
 _RESOURCE_DELETE_SLICE = 10_000
+_DUCKDB_VACUUM_TASKS = 100
+"""DuckDB's default ``max_vacuum_tasks``: what retention turns the vacuum back on with."""
 _TIME_COLUMN = {
     table: ("TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp")
     for table in TABLES
@@ -248,6 +250,7 @@ class DuckDBStore:
         # retention while it deletes unreferenced resources: a commit never refers to a resource
         # that retention deletes under it.
         self._resources_lock = threading.Lock()
+        self._retention_lock = threading.Lock()
         self.resources_deleted = 0
         """Resources deleted by retention since start (no row referred to them any more)."""
         self._seq = 0
@@ -711,17 +714,39 @@ class DuckDBStore:
         ``otel_resources`` and the writer's known ids would grow for ever)."""
         deleted = 0
         cursor = self.reader()
-        for table in TABLES:
-            # The cutoff in nanoseconds as DuckDB's own TIMESTAMP_NS (a constant the scan's zone
-            # maps use): as a Python datetime, a cutoff off a microsecond raised without pandas.
-            rows = cursor.execute(
-                f'DELETE FROM {physical(table)} WHERE "{_TIME_COLUMN[table]}" '
-                "< make_timestamp_ns(?::BIGINT)",
-                [int(cutoff_unix_nano)],
-            ).fetchall()
-            deleted += int(rows[0][0]) if rows else 0
-        if deleted:
-            self.delete_unreferenced_resources()
+        with self._retention_lock:  # one run at a time: each sets the vacuum back at its end
+            # The store runs with DuckDB's vacuum off (``_config``), which also keeps row groups
+            # that retention leaves part deleted: a few far-future rows (a client's broken
+            # clock) would pin every row group for good. So the vacuum is on from before the
+            # DELETEs until the CHECKPOINT that follows them (on only afterwards, it reclaimed
+            # nothing: review of the tenth round). A global setting: a checkpoint of the
+            # writer's in this window vacuums too, once, which is fine.
+            cursor.execute(f"SET GLOBAL max_vacuum_tasks = {_DUCKDB_VACUUM_TASKS}")
+            try:
+                for table in TABLES:
+                    # The cutoff in nanoseconds as DuckDB's own TIMESTAMP_NS (a constant the
+                    # scan's zone maps use): as a Python datetime, a cutoff off a microsecond
+                    # raised without pandas.
+                    rows = cursor.execute(
+                        f'DELETE FROM {physical(table)} WHERE "{_TIME_COLUMN[table]}" '
+                        "< make_timestamp_ns(?::BIGINT)",
+                        [int(cutoff_unix_nano)],
+                    ).fetchall()
+                    deleted += int(rows[0][0]) if rows else 0
+                if deleted:
+                    self.delete_unreferenced_resources()
+                    # Now, not at the next checkpoint: with whole row groups written straight
+                    # to the file the WAL rarely reaches the threshold, and the freed blocks
+                    # are reused only once a checkpoint has written the deletes. Under the
+                    # writer's lock: beside an open write transaction DuckDB's CHECKPOINT
+                    # returns without checkpointing (and so reclaims nothing).
+                    with self._resources_lock:
+                        try:
+                            cursor.execute("CHECKPOINT")
+                        except duckdb.Error as exc:  # the deletes stand; a later one reclaims
+                            log.warning("checkpoint after retention failed: %s", exc)
+            finally:
+                cursor.execute("SET GLOBAL max_vacuum_tasks = 0")
         return deleted
 
     def delete_unreferenced_resources(self) -> int:
