@@ -341,6 +341,7 @@ class IngestPipeline:
             admission.in_flight_bytes + expected_bytes > admission.capacity_bytes
         ):
             self._throttled[signal].inc()
+            self._end_fill()
             raise Overloaded(
                 f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
                 self.settings.retry_after_seconds,
@@ -417,6 +418,7 @@ class IngestPipeline:
         admission = self.admission
         if not admission.try_acquire(nbytes):
             self._throttled[signal].inc()
+            self._end_fill()
             raise Overloaded(
                 f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
                 self.settings.retry_after_seconds,
@@ -508,6 +510,8 @@ class IngestPipeline:
         """Queue a logged request's batches for the store; its completion is handled in order."""
         self.backlog_bytes += nbytes
         self.backlog_requests += 1
+        if 2 * self.backlog_bytes > self.admission.capacity_bytes:
+            self._end_fill()  # before admission refuses anyone
         try:
             future = self.store.enqueue(decoded.batches, position)  # type: ignore[attr-defined]
         except StoreError:
@@ -648,6 +652,14 @@ class IngestPipeline:
         self.metrics.rejected_items.labels(failing.signal.value, "load_failed").inc(
             failing.decoded.accepted
         )
+
+    def _end_fill(self) -> None:
+        """Admission is short of room: the store may be holding acknowledged loads back to
+        fill a row group (``DuckDBStore.fill_wait``), and admission counts them as in flight,
+        so clients would be refused while its writer sleeps. Have it commit them."""
+        end_fill = getattr(self.store, "end_fill", None)
+        if end_fill is not None:
+            end_fill()
 
     def _loaded_upto(self, position: int) -> None:
         if position > self.loaded:

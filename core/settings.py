@@ -95,6 +95,10 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     with at least this many rows of a table writes them compressed straight to the file,
     skipping DuckDB's WAL and the checkpoint's re-compression: under load ~30 % less store CPU
     per row, for files ~20 % larger (docs/performance.md, "Ingest, tenth round")."""
+    duckdb_fill_wait_seconds: float = 1.0
+    """Under load, longest a commit of acknowledged loads waits (from the previous commit's
+    start) for a table to fill a row group; 0 turns the wait off. Cut short when ingest
+    admission runs short of room (``ingest.queue_bytes``): see docs/configuration.md."""
 
 
 class IncidentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -17,6 +17,7 @@ def _open(settings: Settings) -> DuckDBStore:
         memory_limit=settings.storage.duckdb_memory_limit,
         checkpoint_threshold=settings.storage.duckdb_checkpoint_threshold,
         row_group_size=settings.storage.duckdb_row_group_size,
+        fill_wait=settings.storage.duckdb_fill_wait_seconds,
     )
 
 

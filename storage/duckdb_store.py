@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 _NOW = object()  # commit_soon(): a reader waits for the loads queued so far
+_END_FILL = object()  # end_fill(): admission is short of room, stop waiting for a row group
 # The ingest log position the store has loaded up to (core/ingestlog.py): one row, updated in
 # the transaction that inserts the rows, so that a replay after a crash neither loses nor
 # repeats a request.
@@ -225,7 +226,9 @@ class DuckDBStore:
         """Longest a commit of already-acknowledged loads waits (since the previous commit
         started) for one of its tables to fill a row group, when the rate says it will: a
         commit of at least ``row_group_size`` rows of a table skips the WAL for them. Below
-        that rate loads commit every ``load_interval`` as before."""
+        that rate loads commit every ``load_interval`` as before; 0 never waits. Cut short by
+        :meth:`end_fill` (ingest admission short of room)."""
+        self._fill_ended = False  # end_fill() since the last commit (set by the event loop)
         self._last_commit = 0.0
         self._now_queued = False  # a commit_soon marker is in the queue, not yet taken
         self._config = {
@@ -353,6 +356,15 @@ class DuckDBStore:
             self._now_queued = True
             self._queue.put(_NOW)
 
+    def end_fill(self) -> None:
+        """Commit the loads queued so far without waiting to fill a row group (``fill_wait``),
+        but still no sooner than ``load_interval`` after the previous commit: ingest admission
+        is short of room (it counts the held loads as in flight), and holding them would
+        refuse clients while the writer sleeps. Cheap to call often: one marker per commit."""
+        if not self._closed and not self._fill_ended:
+            self._fill_ended = True
+            self._queue.put(_END_FILL)
+
     def on_refused(self, hook: Callable[[int], bool]) -> None:
         """Have ``hook(log_position)`` called in the writer thread when a write with that log
         position is refused, before any later commit: it makes the refused record durable
@@ -409,6 +421,8 @@ class DuckDBStore:
                 self._now_queued = False
                 hurry = True
                 continue
+            if item is _END_FILL:
+                continue  # _fill_ended stays set: the next group does not wait to fill
             group = [item]
             stopping, now = self._gather(group, 0.0)
             now, hurry = now or hurry, False
@@ -424,6 +438,8 @@ class DuckDBStore:
                 if not stopping and not now:
                     stopping = self._fill(group)
             self._last_commit = time.monotonic()
+            # An end_fill() from here on is about the loads queued after this group.
+            self._fill_ended = False
             self._commit_group(group)  # type: ignore[arg-type]
         # Whatever queued behind the stop marker is refused, not silently dropped.
         while True:
@@ -440,6 +456,8 @@ class DuckDBStore:
         ``fill_wait`` of that start (a transaction's row groups then skip DuckDB's WAL: see
         ``ROW_GROUP_SIZE``). Below that rate, or once a reader or an awaited write asks,
         the group commits as it is. Returns whether the stop marker was met."""
+        if self.fill_wait <= 0 or self._fill_ended:
+            return False
         counts = _table_rows(group)
         biggest = max(counts.values(), default=0)
         elapsed = time.monotonic() - self._last_commit
@@ -471,6 +489,10 @@ class DuckDBStore:
                 self._now_queued = False
                 deadline, now = 0.0, True  # a reader waits for what is queued: commit now
                 continue
+            if more is _END_FILL:
+                if fill is not None:
+                    deadline = 0.0  # admission is short of room: take what is queued, commit
+                continue  # while gathering for load_interval: _fill will not start
             group.append(more)
             rows += more.rows  # type: ignore[attr-defined]
             if more.log_position is None:  # type: ignore[attr-defined]
