@@ -110,13 +110,6 @@ class QualityTracker:
             schema=_LABELS,
         )
 
-    def add_predictions(self, rows: ModelRows) -> None:
-        """Store predictions at once (outside a batch's transaction)."""
-        table = self.prediction_rows(rows)
-        if table is not None:
-            self.insert("mlops_predictions", table)
-            self.wrote()
-
     def add_labels(self, labels: Labels) -> list[tuple[str, str]]:
         """Store labels at once (posted through the API); returns the model versions whose
         predictions they label."""
