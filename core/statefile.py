@@ -21,6 +21,7 @@ Used by the ``aiops`` and ``mlops`` consumers (docs/plugins.md, "State saved now
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -45,13 +46,20 @@ def write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+    except BaseException:
+        # A half-written state is of no use, and on a full disk it holds the space a later
+        # save (or the store) needs.
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     # The rename is durable only once the directory is: fsync it too.
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

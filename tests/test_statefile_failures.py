@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,38 @@ def test_a_state_directory_gone_at_start_does_not_stop_the_consumer(tmp_path: Pa
     consumer.consume(_batch(1), ctx)
     assert consumer.durable_upto() == -1
     assert consumer.logs.miner.templates()  # learnt
+
+
+def test_a_failed_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A write that fails (here the rename: a directory stands at the target; and the write
+    itself: past the file size limit, as a full disk) raises and leaves no ``.partial`` file
+    holding disk space."""
+    target = tmp_path / "state.json"
+    target.mkdir()
+    (target / "inside").write_text("x")  # a non-empty directory: the rename fails
+    with pytest.raises(OSError):
+        statefile.write_atomically(target, b"x" * 100_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+    # The write itself fails midway (EFBIG past RLIMIT_FSIZE), in a child process: the limit
+    # and the ignored SIGXFSZ must not touch this one.
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from opstrata.statefile import write_atomically\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+        "try:\n"
+        "    write_atomically(Path(sys.argv[1]), b'y' * 1_000_000)\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "big.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "OSError"  # EFBIG: File too large
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
