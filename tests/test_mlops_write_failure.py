@@ -7,10 +7,12 @@ rows are unwritten (after a crash those batches are given again)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -145,3 +147,87 @@ def test_a_failed_write_loses_no_rows_and_no_drift_window(tmp_path: Path) -> Non
     assert seen["mark"] == [(seen["last_seq"],)]
     assert mlops.state_file is not None and mlops.state_file.saved_seq == seen["last_seq"]
     assert [w.labelled for w in perf] == [w.labelled for w in alone_perf]
+
+
+def _plain_request() -> bytes:
+    """A log record of no model (most traffic)."""
+    request = ExportLogsServiceRequest()
+    record = request.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=T0)
+    record.body.string_value = "GET /"
+    return request.SerializeToString()
+
+
+def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the write keeps failing, neither a batch of a model nor one without (whose save
+    comes due) retries it each time: each attempt inserts every pending row and rolls back.
+    Attempts back off from 1 s, doubling up to ``save_seconds``; one warning per streak."""
+    store = DuckDBStore(tmp_path / "db")
+    store.start()
+    (tmp_path / "state").mkdir()
+    release, holding = threading.Event(), threading.Event()
+
+    def conflicting() -> None:
+        cursor = store.reader()
+        cursor.begin()
+        cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
+        holding.set()
+        release.wait(60)
+        cursor.rollback()
+
+    blocker = threading.Thread(target=conflicting)
+    try:
+        ctx = ConsumerContext("mlops", "models", tmp_path / "state", lambda *_: None, store, {})
+        mlops = MLOps(MLOpsConfig(**{**CONFIG, "save_seconds": 8}))
+        mlops.start(ctx)
+        assert mlops.state_file is not None
+        now = [mlops.state_file.clock()]
+        mlops.state_file.clock = lambda: now[0]  # the schedule's clock, moved by the test
+
+        def feed(payload: bytes) -> int:
+            decoded = decode_request(
+                Signal.LOG_RECORDS, payload, Encoding.PROTOBUF, DecodeLimits()
+            )
+            seq = asyncio.run(store.write(decoded.batches))
+            mlops.consume(CommittedBatch.of(seq, decoded.batches))
+            return seq
+
+        feed(_request(0))
+        assert mlops.write_failures == 0 and not mlops.pending
+        blocker.start()
+        assert holding.wait(10)
+        caplog.set_level(logging.WARNING, logger="opstrata.plugins.mlops")
+        for slot in range(1, 21):  # a model batch a second
+            now[0] += 1.0
+            last_model = feed(_request(slot))
+        # Attempts at 1, 2, 4, 8 and 16 s (not 20): the next is due at 24 s.
+        assert mlops.write_failures == 5
+        assert mlops.pending.batches == 20
+        for _ in range(21, 41):  # then only batches of no model; the save is due meanwhile
+            now[0] += 1.0
+            feed(_plain_request())
+        assert mlops.write_failures == 8  # at 24, 32 and 40 s (not 20 more)
+        assert mlops.durable_upto() is not None  # the offset held: nothing saved past the rows
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and "rows not written" in warned[0]
+
+        release.set()
+        blocker.join()
+        now[0] += 1.0
+        feed(_plain_request())  # at 41 s: not due yet (48 s)
+        assert mlops.pending.batches == 20 and mlops.write_failures == 8
+        now[0] += 7.0
+        last = feed(_plain_request())  # at 48 s: written, then the state saved
+        assert not mlops.pending and mlops.write_failures == 8
+        cursor = store.reader()
+        assert cursor.execute(
+            "SELECT count(*), count(DISTINCT prediction_id) FROM mlops_predictions"
+        ).fetchall() == [(21 * 40, 21 * 40)]
+        assert cursor.execute("SELECT seq FROM mlops_progress").fetchall() == [(last_model,)]
+        assert mlops.state_file.saved_seq == last and mlops.durable_upto() is None
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 2 and "rows of 20 batches written" in warned[1]
+    finally:
+        release.set()
+        store.shutdown()

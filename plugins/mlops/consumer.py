@@ -58,6 +58,12 @@ class MLOps:
         self.replayed: set[tuple[str, str]] = set()
         """Model versions whose labels were given again after a crash, checked at the end."""
         self.last_write_error = ""
+        self._write_failing = False
+        """A streak of failed writes is on (logged once, at its first failure)."""
+        self._retry_in: float | None = None
+        self._retry_at = 0.0
+        """While writes fail: the next attempt is due at ``_retry_at`` (the state file's clock),
+        ``_retry_in`` after the last, doubling from 1 s up to ``save_seconds``."""
 
     def _emit(self, event: AlertEvent) -> None:
         if self.ctx is None:
@@ -98,15 +104,16 @@ class MLOps:
     def durable_upto(self) -> int | None:
         return None if self.state_file is None else self.state_file.durable_upto()
 
-    def save_state(self) -> None:
+    def save_state(self, force: bool = False) -> None:
         """Save the drift state (and which models' quality alerts fire) up to the last batch
         learnt; the caller holds ``batch_lock`` (or is the consumer's thread). Not while a
         batch's rows are unwritten: the state would include batches whose rows are not
-        stored, and after a crash they would not be given again."""
+        stored, and after a crash they would not be given again. Unwritten rows are written
+        first when their retry is due (or ``force``: at stop, on a save asked for through the
+        API); else it returns quietly (the failed write was logged)."""
         if self.state_file is None:
             return
-        if self.pending and not self._write_pending():
-            log.warning("mlops: state not saved: %d batches' rows unwritten", self.pending.batches)
+        if self.pending and not ((force or self._write_due()) and self._write_pending()):
             return
         state = self.monitor.to_state()
         if self.quality is not None:
@@ -133,11 +140,11 @@ class MLOps:
     def save_now(self) -> None:
         """Save at once (a reference posted through the API must survive a crash too)."""
         with self.batch_lock:
-            self.save_state()
+            self.save_state(force=True)
 
     def stop(self, ctx: ConsumerContext) -> None:
         with self.batch_lock:
-            self.save_state()
+            self.save_state(force=True)
 
     def consume(self, batch: CommittedBatch) -> None:
         """Learn from one committed batch; its rows (predictions, labels, closed windows) are
@@ -167,7 +174,7 @@ class MLOps:
                 # conflict, a full disk) loses neither the rows nor the closed windows.
                 if predictions or labels or history or self.mark.emitted:
                     self.pending.add(batch.seq, predictions, labels, history)
-                if self.pending:
+                if self.pending and self._write_due():
                     self._write_pending()
             elif labels and self.quality is not None:
                 # Given again after a crash: DuckDB holds the rows up to the mark, newer than
@@ -210,6 +217,13 @@ class MLOps:
                         labels.append(table)
         return predictions, labels, self.monitor.take_history()
 
+    def _write_due(self) -> bool:
+        """Whether pending rows may be written now: at once, unless writes fail; then after a
+        backoff, not on every batch — each attempt inserts all rows pending (up to the caps)
+        before it rolls back, so retrying per batch would cost quadratically over a streak."""
+        assert self.state_file is not None
+        return self._retry_in is None or self.state_file.clock() >= self._retry_at
+
     def _write_pending(self) -> bool:
         """Write the pending rows with the progress mark in one transaction; then check the
         quality of the model versions their labels touch. Returns whether they are written."""
@@ -227,15 +241,16 @@ class MLOps:
 
         try:
             self.mark.commit(pending.seq, write)
-        except Exception as exc:  # the rows wait for the next batch's transaction
+        except Exception as exc:  # the rows wait for a later batch's transaction
             self.write_failures += 1
             self.last_write_error = f"{type(exc).__name__}: {exc}"
-            if pending.batches == 1:  # once per streak of failed writes
-                log.warning("mlops: rows not written, kept for the next batch", exc_info=True)
+            self._failed_write()
             return False
         labels = pending.labels
-        if pending.batches > 1:
+        if self._write_failing:
             log.warning("mlops: rows of %d batches written after failed writes", pending.batches)
+        self._write_failing = False
+        self._retry_in = None
         pending.clear()
         if self.quality is not None:
             self.quality.wrote()
@@ -243,6 +258,23 @@ class MLOps:
                 for model, version in self._touched(labels):
                     self.quality.check_decay(model, version)
         return True
+
+    def _failed_write(self) -> None:
+        assert self.state_file is not None
+        limit = self.config.save_seconds
+        if self._retry_in is None:
+            self._retry_in = min(1.0, limit)
+        else:
+            self._retry_in = min(self._retry_in * 2, limit)
+        self._retry_at = self.state_file.clock() + self._retry_in
+        if not self._write_failing:  # once per streak of failed writes
+            self._write_failing = True
+            log.warning(
+                "mlops: rows not written, kept and retried every %g-%g s",
+                self._retry_in,
+                limit,
+                exc_info=True,
+            )
 
     def _touched(self, labels: list[pa.Table]) -> list[tuple[str, str]]:
         assert self.quality is not None
