@@ -7,6 +7,7 @@ left open by a crash right after the batch that recovered it (its rows committed
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -121,4 +122,113 @@ def test_a_quality_alert_open_at_a_crash_is_settled_at_the_end_of_the_replay(
         rows = store.reader().execute("SELECT count(*) FROM mlops_labels").fetchall()
         assert rows == [(240,)]  # nothing written twice
     finally:
+        store.shutdown()
+
+
+def _other_predictions(window: int) -> bytes:
+    """Predictions of another model only: no labels, nothing of 'scorer'."""
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for i in range(5):
+        record = records.add(time_unix_nano=T0 + window * WINDOW + i * NS)
+        record.attributes.extend(
+            KeyValue(key=k, value=_value(v))
+            for k, v in {
+                "ml.model.name": "other",
+                "ml.feature.x": 1.0,
+                "ml.prediction": 1,
+                "ml.prediction.id": f"o{i}",
+            }.items()
+        )
+    return request.SerializeToString()
+
+
+def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> None:
+    """The replay's checks wait for its end; a state saved before it (periodically, at a stop,
+    a reference posted) holds the batches whose labels asked for them, so they are saved with it:
+    after a second crash the rest of the replay settles them, and the alert left open by the
+    first crash is resolved, not open for good."""
+    store = DuckDBStore(tmp_path / "db")
+    store.start()
+    release, holding = threading.Event(), threading.Event()
+
+    def conflicting() -> None:
+        cursor = store.reader()
+        cursor.begin()
+        cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
+        holding.set()
+        release.wait(60)
+        cursor.rollback()
+
+    blocker = threading.Thread(target=conflicting)
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        config = MLOpsConfig(window_seconds=120, baseline_seconds=0, save_seconds=3600)
+        before: list[AlertEvent] = []
+
+        def emit(plugin: str, event: AlertEvent) -> None:
+            if event.kind == "quality_decay" and event.resolved:
+                raise Crash  # dies right after the commit that recovered the model
+            before.append(event)
+
+        first = MLOps(config)
+        first.start(ConsumerContext("mlops", "models", state, emit, store, {}))
+        assert first.state_file is not None
+        now = [first.state_file.clock()]
+        first.state_file.clock = lambda: now[0]
+        payloads = [_request(w) for w in range(4)] + [_other_predictions(4)]
+        seqs = []
+        for i, payload in enumerate(payloads):
+            decoded = decode_request(Signal.LOG_RECORDS, payload, Encoding.PROTOBUF, DecodeLimits())
+            seqs.append(asyncio.run(store.write(decoded.batches)))
+            batch = CommittedBatch.of(seqs[-1], decoded.batches)
+            if i == 3:  # window 3's write fails: its rows go with batch 4's
+                blocker.start()
+                assert holding.wait(10)
+                first.consume(batch)
+                assert first.pending.batches == 1
+                release.set()
+                blocker.join()
+                continue
+            if i == 4:
+                now[0] += 1.0  # the retry is due
+                try:
+                    first.consume(batch)
+                except Crash:
+                    break
+                raise AssertionError("the recovering write resolved nothing")
+            first.consume(batch)
+            if i == 1:
+                first.save_state()
+        assert _quality(before) == [("scorer:2", False)]  # open at the crash
+
+        def restart(events: list[AlertEvent]) -> MLOps:
+            mlops = MLOps(config)
+            ctx = ConsumerContext(
+                "mlops", "models", state, lambda _, e: events.append(e), store, {}
+            )
+            mlops.start(ctx)
+            return mlops
+
+        once: list[AlertEvent] = []
+        again = restart(once)
+        assert again.state_file is not None and again.state_file.loaded_seq == seqs[1]
+        assert again.mark is not None and again.mark.seq == seqs[4]
+        for batch in store.read_batches(seqs[1], seqs[3], frozenset(Signal), 64):
+            again.consume(batch)  # windows 2 and 3 given again: checks wait for the end
+        assert again.replayed == {("scorer", "2")} and _quality(once) == []
+        again.save_now()  # a reference posted, say; then a second crash (no stop)
+
+        twice: list[AlertEvent] = []
+        third = restart(twice)
+        assert third.state_file is not None and third.state_file.loaded_seq == seqs[3]
+        assert third.replayed == {("scorer", "2")}  # the saved state holds them
+        for batch in store.read_batches(seqs[3], seqs[4], frozenset(Signal), 64):
+            third.consume(batch)  # batch 4 alone: nothing of scorer, the end of the replay
+        assert _quality(twice) == [("scorer:2", True)]
+        assert third.replayed == set() and third.quality is not None
+        assert third.quality.firing == set()
+    finally:
+        release.set()
         store.shutdown()
