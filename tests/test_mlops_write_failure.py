@@ -186,9 +186,7 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
         mlops.state_file.clock = lambda: now[0]  # the schedule's clock, moved by the test
 
         def feed(payload: bytes) -> int:
-            decoded = decode_request(
-                Signal.LOG_RECORDS, payload, Encoding.PROTOBUF, DecodeLimits()
-            )
+            decoded = decode_request(Signal.LOG_RECORDS, payload, Encoding.PROTOBUF, DecodeLimits())
             seq = asyncio.run(store.write(decoded.batches))
             mlops.consume(CommittedBatch.of(seq, decoded.batches))
             return seq
@@ -204,6 +202,8 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
         # Attempts at 1, 2, 4, 8 and 16 s (not 20): the next is due at 24 s.
         assert mlops.write_failures == 5
         assert mlops.pending.batches == 20
+        status = mlops.saves_status()["models"]
+        assert status["pending_rows"] == 20 * 80 and status["pending_bytes"] > 0
         for _ in range(21, 41):  # then only batches of no model; the save is due meanwhile
             now[0] += 1.0
             feed(_plain_request())

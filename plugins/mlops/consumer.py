@@ -141,6 +141,7 @@ class MLOps:
                 "last_write_error": self.last_write_error,
                 "pending_batches": self.pending.batches,
                 "pending_rows": self.pending.rows,
+                "pending_bytes": self.pending.nbytes,
                 "dropped_rows": self.pending.dropped,
             }
         }
@@ -171,6 +172,8 @@ class MLOps:
         if not any(records.models or records.labels for records in found):
             # Nothing of a model: nothing learnt, but the offset may move on past it.
             with self.batch_lock:
+                if self.pending and self._write_due():
+                    self._write_pending()  # a retry due: not only when a save is due too
                 if self.state_file.unchanged(batch.seq):
                     self.save_state()
             return
