@@ -65,3 +65,35 @@ def test_retention_reclaims_row_groups_that_a_few_new_rows_would_pin(tmp_path: P
         assert setting == (0,)
     finally:
         store.shutdown()
+
+
+async def _retention_beside_loads(store: DuckDBStore) -> int:
+    """Retention in a thread while the event loop keeps loading (new rows, kept)."""
+    new = _batches(500, _FUTURE)
+    retention = asyncio.create_task(asyncio.to_thread(store.delete_before, _OLD + 10**15))
+    position = 1000
+    while not retention.done():
+        position += 1
+        await asyncio.wait_for(store.enqueue(new, log_position=position), 30)
+    deleted = await asyncio.wait_for(retention, 60)
+    for _ in range(3):  # and after it
+        position += 1
+        await asyncio.wait_for(store.enqueue(new, log_position=position), 30)
+    return deleted
+
+
+def test_retention_beside_a_loading_writer_neither_fails_nor_blocks_it(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path, row_group_size=2048, load_interval=0.0)
+    store.start()
+    try:
+        asyncio.run(_load(store))
+        before = store.count(Table.TRACES)
+        deleted = asyncio.run(_retention_beside_loads(store))
+        assert deleted == _COMMITS * 2 * _SPANS
+        loads = store.log_position() - 1000
+        assert loads >= 3
+        assert store.count(Table.TRACES) == before - deleted + loads * 500
+        setting = store.reader().execute("SELECT current_setting('max_vacuum_tasks')").fetchone()
+        assert setting == (0,)
+    finally:
+        store.shutdown()
