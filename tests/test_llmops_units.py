@@ -16,7 +16,7 @@ from opstrata.plugins.llmops import columns
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.queries import Filters, _usage_from_calls
-from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.recognise import CALLS, SpanColumns, recognise
 from opstrata.plugins.llmops.rollup import (
     DAY_NS,
     ROLLUP_TABLE,
@@ -28,6 +28,7 @@ from opstrata.plugins.llmops.rollup import (
 )
 from opstrata.plugins.llmops.rollup_queries import sketch_percentiles, usage_rows
 from opstrata.plugins.llmops.span_parts import message_table, normalise_error
+from opstrata.schema import EVENT_TYPE
 
 TEXTS = [
     "mail jane@example.com now",
@@ -110,6 +111,109 @@ def test_conversions_match_python() -> None:
     assert columns.error_class(pa.array(errors, pa.string())).to_pylist() == [
         normalise_error(e) for e in errors
     ]
+
+
+def _recognised(attributes: list[list[tuple[str, str | None]]]) -> list[dict]:
+    """The calls the real recognition finds in spans with these attribute maps (in order)."""
+    n = len(attributes)
+    spans = pa.table(
+        {
+            "Timestamp": pa.array(
+                [1_700_000_000_000_000_000 + 1000 * i for i in range(n)], pa.timestamp("ns")
+            ),
+            "TraceId": ["a" * 32] * n,
+            "SpanId": [f"{i:016x}" for i in range(n)],
+            "ServiceName": ["svc"] * n,
+            "SpanAttributes": pa.array(attributes, pa.map_(pa.string(), pa.string())),
+            "Duration": pa.array([5] * n, pa.int64()),
+            "StatusCode": ["Ok"] * n,
+            "StatusMessage": [""] * n,
+            "Events": pa.array([[]] * n, pa.list_(EVENT_TYPE)),
+        }
+    )
+    found = recognise(SpanColumns.of_spans(spans), ContentPolicy("full"))
+    assert found is not None
+    assert found.rows.tolist() == list(range(n)), "every span here is a call"
+    return found.calls.to_pylist()
+
+
+def test_an_empty_preferred_key_does_not_hide_another_conventions_value() -> None:
+    system = ("gen_ai.system", "openai")
+    calls = _recognised(
+        [
+            # The GenAI names written empty (unset) beside OpenInference / Traceloop values.
+            [system, ("gen_ai.request.model", ""), ("llm.request.model", "gpt-4o"),
+             ("gen_ai.usage.input_tokens", ""), ("llm.token_count.prompt", "12"),
+             ("gen_ai.usage.output_tokens", "n/a"), ("llm.usage.completion_tokens", "7")],
+            # Both empty: empty text and null counts, as before; still a call (a model key).
+            [system, ("gen_ai.request.model", ""), ("llm.request.model", ""),
+             ("gen_ai.usage.input_tokens", ""), ("llm.token_count.prompt", "")],
+            # Both valued: the preferred key wins, as before.
+            [system, ("gen_ai.request.model", "a"), ("llm.request.model", "b"),
+             ("gen_ai.usage.input_tokens", "3"), ("llm.token_count.prompt", "4")],
+            # A repeated key: the last value, unless it is empty.
+            [system, ("gen_ai.request.model", "a"), ("gen_ai.request.model", "b")],
+            [system, ("gen_ai.request.model", "a"), ("gen_ai.request.model", "")],
+            # The fallback given first in the map, the empty preferred key after it.
+            [system, ("llm.model_name", "resp"), ("gen_ai.response.model", ""),
+             ("gen_ai.usage.total_tokens", None), ("llm.token_count.total", "30")],
+        ]
+    )  # fmt: skip
+    got = [(c["RequestModel"], c["Model"], c["InputTokens"], c["OutputTokens"]) for c in calls]
+    assert got == [
+        ("gpt-4o", "gpt-4o", 12, 7),
+        ("", "", None, None),
+        ("a", "a", 3, None),
+        ("b", "b", None, None),
+        ("a", "a", None, None),
+        ("", "resp", None, None),
+    ]
+    assert calls[5]["ResponseModel"] == "resp"
+    assert calls[5]["TotalTokens"] == 30
+
+
+def test_best_key_picking_matches_a_python_reference() -> None:
+    """Random maps with several keys of two fields (and empty, null, non-number values) against
+    the rule written plainly: among a field's keys, one with a value beats one without, then the
+    better key, then the later entry."""
+    rng = np.random.default_rng(7)
+    model_keys = ["gen_ai.request.model", "llm.request.model"]
+    input_keys = [
+        "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
+        "llm.token_count.prompt", "llm.usage.prompt_tokens",
+    ]  # fmt: skip
+    models = ["", None, "gpt-4o", "claude"]
+    counts = ["", None, "12", "7", "x", "3.0", "nan"]
+
+    def number(v: str | None) -> int | None:
+        try:
+            f = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return round(f) if math.isfinite(f) else None
+
+    def pick(entries: list[tuple[str, str | None]], keys: list[str], usable) -> str | None:
+        mine = [(i, k, v) for i, (k, v) in enumerate(entries) if k in keys]
+        if not mine:
+            return None
+        best = min(mine, key=lambda e: (not usable(e[2]), keys.index(e[1]), -e[0]))
+        return best[2]
+
+    rows, want = [], []
+    for _ in range(400):
+        entries: list[tuple[str, str | None]] = [("gen_ai.response.model", "r")]
+        for _ in range(rng.integers(0, 4)):
+            entries.append((str(rng.choice(model_keys)), models[rng.integers(len(models))]))
+        for _ in range(rng.integers(0, 5)):
+            entries.append((str(rng.choice(input_keys)), counts[rng.integers(len(counts))]))
+        entries = [entries[i] for i in rng.permutation(len(entries))]
+        rows.append(entries)
+        model = pick(entries, model_keys, lambda v: bool(v))
+        tokens = pick(entries, input_keys, lambda v: number(v) is not None)
+        want.append((model or "", number(tokens)))
+    calls = _recognised(rows)
+    assert [(c["RequestModel"], c["InputTokens"]) for c in calls] == want
+    assert any(w[0] == "" for w in want) and any(w[1] is None for w in want)
 
 
 def _calls(rng: np.random.Generator, n: int) -> pa.Table:

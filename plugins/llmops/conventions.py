@@ -3,7 +3,8 @@
 Every field lists its keys best first: the OpenTelemetry GenAI semantic conventions (current,
 then deprecated names), OpenInference, Traceloop / OpenLLMetry (which now writes the GenAI names
 and used to write ``llm.usage.*`` and ``gen_ai.prompt.N.*``), vLLM's server spans. A span that
-carries two conventions is still one call: the first key present wins, field by field.
+carries two conventions is still one call: the first key present with a value wins, field by
+field (an empty value, or a number field's value that is not a number, counts as absent).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "MESSAGE_EVENTS",
     "MESSAGE_PREFIXES",
     "NON_CALL_OPERATIONS",
+    "NUMBER_FIELDS",
     "OPERATION_DETAILS_EVENT",
     "TTFT_EVENTS",
 ]
@@ -111,6 +113,24 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "system_instructions": ("gen_ai.system_instructions",),
     "event_name": ("event.name",),
 }
+
+NUMBER_FIELDS = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cost",
+        "cost_input",
+        "cost_output",
+        "ttft_seconds",
+        "e2e_seconds",
+    }
+)
+"""Fields read as numbers: a key whose value is not one does not hide a later key (the other
+fields' keys are passed over when their value is empty)."""
 
 MARKER_KEYS = frozenset(
     {

@@ -23,6 +23,7 @@ from opstrata.plugins.llmops.conventions import (
     FIELDS,
     MARKER_KEYS,
     NON_CALL_OPERATIONS,
+    NUMBER_FIELDS,
 )
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.span_parts import (
@@ -95,6 +96,9 @@ for _index, (_field, _keys) in enumerate(FIELDS.items()):
         _FIELD_OF[_KEY_ID[_key]], _PRIORITY_OF[_KEY_ID[_key]] = _index, _priority
 _FIELD_OF_ID = np.r_[-1, _FIELD_OF]
 """``_FIELD_OF`` by key id + 1, so that an unknown key (id -1) needs no mask first."""
+_IS_NUMBER = np.array([name in NUMBER_FIELDS for name in _FIELD_NAMES], dtype=bool)
+_BLANK_RANK = max(len(keys) for keys in FIELDS.values())
+"""Added to a blank entry's priority: worse than any key with a value."""
 _MESSAGE_FIELDS = ("system_instructions", "input_messages", "output_messages")
 _FAMILIES = ("genai", "openinference", "traceloop", "vllm")
 _CONVENTION_NAMES = pa.array(
@@ -242,22 +246,44 @@ def candidates(
     return rows, pa.table([_one(table.column(c).take(at)) for c in columns], names=columns)
 
 
-def _best_entries(key_ids: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+def _best_entries(key_ids: np.ndarray, owner: np.ndarray, n: int, items: pa.Array) -> np.ndarray:
     """Per field and row, the position of the entry with the field's best key (-1: none), as a
-    (fields, rows) array: scattered priority by priority, worst first, so the best key wins."""
+    (fields, rows) array. Where a row has several keys of one field, a key with a value beats
+    a better key without one (:func:`_blank`), then the better key wins. A field whose every
+    key is blank keeps its best blank entry (as before: ``""`` or null, never a guess)."""
     fields = _FIELD_OF_ID[key_ids + 1]  # one gather over the entries (unknown keys: -1)
     positions = np.flatnonzero(fields >= 0)
     slot = fields[positions] * n + owner[positions]
-    priority = _PRIORITY_OF[key_ids[positions]]
     index = np.full(len(_FIELD_NAMES) * n, -1, dtype=np.int64)
-    top = int(priority.max(initial=0))
-    if top == 0:  # only each field's best key present (the usual case): nothing to rank
-        index[slot] = positions
-    else:
-        for level in range(top, -1, -1):
-            at = priority == level
-            index[slot[at]] = positions[at]
+    index[slot] = positions
+    lost = index[slot] != positions  # entries overwritten by another of their slot
+    if lost.any():  # rows with two keys of one field (two conventions): rank only those slots
+        contested = np.zeros(len(index), dtype=bool)
+        contested[slot[lost]] = True
+        shared = np.flatnonzero(contested[slot])
+        at = positions[shared]
+        rank = _PRIORITY_OF[key_ids[at]] + _blank(items, at, fields[at]) * _BLANK_RANK
+        # By slot, then best rank, then the later entry (a repeated key: the last one, as
+        # the plain scatter above gives); the first of each slot wins. Sorted, not scattered
+        # worst first: numpy does not promise which of repeated indices an assignment keeps.
+        order = np.lexsort((-at, rank, slot[shared]))
+        ranked = slot[shared][order]
+        first = np.r_[True, ranked[1:] != ranked[:-1]]
+        index[ranked[first]] = at[order][first]
     return index.reshape(len(_FIELD_NAMES), n)
+
+
+def _blank(items: pa.Array, at: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    """Which entries ``at`` (of fields ``fields``) hold nothing usable: null or ``""`` (an
+    instrumentation's unset field), or, for a number field, text that is not a finite number.
+    Such an entry must not hide another convention's key with a value."""
+    values = items.take(pa.array(at, pa.int64()))
+    blank = pc.fill_null(pc.equal(values, _EMPTY), True).to_numpy(zero_copy_only=False)
+    numbers = np.flatnonzero(_IS_NUMBER[fields] & ~blank)
+    if len(numbers):
+        parsed = col.floats(values.take(pa.array(numbers, pa.int64())))
+        blank[numbers] = ~pc.fill_null(pc.is_finite(parsed), False).to_numpy(zero_copy_only=False)
+    return blank
 
 
 def _take(items: pa.Array, index: np.ndarray, names: list[str]) -> dict[str, pa.Array]:
@@ -316,7 +342,7 @@ def recognise(
     bits, known_owner = _FAMILY_BIT[key_ids[known]], owner[known]
     for bit in _FAMILY_BITS:  # a scatter per family: ``np.bitwise_or.at`` costs ~1 µs an entry
         families[known_owner[(bits & bit) != 0]] |= bit
-    best = _best_entries(key_ids, owner, n)
+    best = _best_entries(key_ids, owner, n, items)
 
     # Which rows are calls, from the few fields that decide it.
     f = _take(items, best, _FIELD_NAMES)
