@@ -90,7 +90,7 @@ def test_column_masking_stores_what_masking_each_message_stores(mode: str, text:
 
 
 def test_conversions_match_python() -> None:
-    values = ["12", " 7 ", "12.5", "13.5", "x", None, "1e3", "-4", ""]
+    values = ["12", " 7 ", "12.5", "13.5", "x", None, "1e3", "-4", "", "nan", "inf", "-inf", "1e30"]
 
     def py_int(v: str | None) -> int | None:
         if v is None:
@@ -99,9 +99,10 @@ def test_conversions_match_python() -> None:
             return int(v)
         except ValueError:
             try:
-                return round(float(v))
-            except ValueError:
+                number = round(float(v))
+            except (ValueError, OverflowError):  # nan, infinities: not a count
                 return None
+            return number if -(2**63) < number < 2**63 else None
 
     assert columns.ints(pa.array(values, pa.string())).to_pylist() == [py_int(v) for v in values]
     errors = [

@@ -61,6 +61,9 @@ def ints(values: pa.Array) -> pa.Array:
     other = pc.and_(pc.is_valid(values), pc.invert(ok))
     if pc.any(other).as_py():
         rounded = pc.round(floats(_none(other, values)), round_mode="half_to_even")
+        # NaN, infinities and values past int64 would cast to garbage (NaN to -2**63): null.
+        fits = pc.and_(pc.is_finite(rounded), pc.less(pc.abs(rounded), 2.0**63))
+        rounded = pc.if_else(fits, rounded, pa.scalar(None, rounded.type))
         out = pc.coalesce(out, pc.cast(rounded, pa.int64(), safe=False))
     return out
 
