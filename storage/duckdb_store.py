@@ -65,8 +65,14 @@ so the WAL is a second copy. Under load a commit holds tens of thousands of rows
 122,880-row groups most of them went through the WAL (docs/performance.md, "Ingest, tenth
 round")."""
 _RESOURCE_DELETE_SLICE = 10_000
-_DUCKDB_VACUUM_TASKS = 100
-"""DuckDB's default ``max_vacuum_tasks``: what retention turns the vacuum back on with."""
+_RETENTION_VACUUM_TASKS = 10
+"""``max_vacuum_tasks`` while retention checkpoints. DuckDB's default (100) merges up to 100
+tasks' worth of the part-full row groups every commit leaves, per table with deletes, under the
+writer's lock: 1.5 s a table on the real store (review of the tenth round); 10 took 0.3 s for
+two tables and reclaims pinned row groups over a few runs."""
+_RECLAIM_RETRIES = 3
+"""Retention runs that checkpoint again, deletes or not, after a checkpoint freed no block
+(another cursor's open transaction makes DuckDB's CHECKPOINT return without reclaiming)."""
 _TIME_COLUMN = {
     table: ("TimeUnix" if table.value.startswith("otel_metrics") else "Timestamp")
     for table in TABLES
@@ -254,6 +260,7 @@ class DuckDBStore:
         # that retention deletes under it.
         self._resources_lock = threading.Lock()
         self._retention_lock = threading.Lock()
+        self._reclaim_retries = 0  # retention runs left that checkpoint again (see delete_before)
         self.resources_deleted = 0
         """Resources deleted by retention since start (no row referred to them any more)."""
         self._seq = 0
@@ -743,7 +750,7 @@ class DuckDBStore:
             # DELETEs until the CHECKPOINT that follows them (on only afterwards, it reclaimed
             # nothing: review of the tenth round). A global setting: a checkpoint of the
             # writer's in this window vacuums too, once, which is fine.
-            cursor.execute(f"SET GLOBAL max_vacuum_tasks = {_DUCKDB_VACUUM_TASKS}")
+            cursor.execute(f"SET GLOBAL max_vacuum_tasks = {_RETENTION_VACUUM_TASKS}")
             try:
                 for table in TABLES:
                     # The cutoff in nanoseconds as DuckDB's own TIMESTAMP_NS (a constant the
@@ -757,19 +764,35 @@ class DuckDBStore:
                     deleted += int(rows[0][0]) if rows else 0
                 if deleted:
                     self.delete_unreferenced_resources()
-                    # Now, not at the next checkpoint: with whole row groups written straight
-                    # to the file the WAL rarely reaches the threshold, and the freed blocks
-                    # are reused only once a checkpoint has written the deletes. Under the
-                    # writer's lock: beside an open write transaction DuckDB's CHECKPOINT
-                    # returns without checkpointing (and so reclaims nothing).
-                    with self._resources_lock:
-                        try:
-                            cursor.execute("CHECKPOINT")
-                        except duckdb.Error as exc:  # the deletes stand; a later one reclaims
-                            log.warning("checkpoint after retention failed: %s", exc)
+                    self._reclaim_retries = _RECLAIM_RETRIES
+                if self._reclaim_retries:
+                    self._reclaim(cursor)
             finally:
                 cursor.execute("SET GLOBAL max_vacuum_tasks = 0")
         return deleted
+
+    def _reclaim(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        """Checkpoint now, not at the next automatic checkpoint: with whole row groups written
+        straight to the file the WAL rarely reaches the threshold, and deleted rows' blocks are
+        reused only once a checkpoint has written the deletes. Under the writer's lock: beside
+        an open write transaction DuckDB's CHECKPOINT returns without checkpointing. Another
+        cursor's open transaction (a plugin's write, a query) does the same, silently, so a
+        checkpoint that freed no block is tried again at the next few runs."""
+        used = self._used_blocks(cursor)
+        with self._resources_lock:
+            try:
+                cursor.execute("CHECKPOINT")
+            except duckdb.Error as exc:  # the deletes stand; a later run reclaims
+                log.warning("checkpoint after retention failed: %s", exc)
+        freed = used is not None and (self._used_blocks(cursor) or 0) < used
+        self._reclaim_retries = 0 if freed else self._reclaim_retries - 1
+
+    @staticmethod
+    def _used_blocks(cursor: duckdb.DuckDBPyConnection) -> int | None:
+        row = cursor.execute(
+            "SELECT used_blocks FROM pragma_database_size() WHERE database_name = ?", [DATABASE]
+        ).fetchall()
+        return int(row[0][0]) if row else None
 
     def delete_unreferenced_resources(self) -> int:
         """Delete the resources that no row of any table refers to; returns how many.

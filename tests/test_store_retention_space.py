@@ -6,6 +6,7 @@ deleting 600,000 of 600,030 spans)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from opstrata.otlp.decoder import Encoding, decode_request
@@ -95,5 +96,47 @@ def test_retention_beside_a_loading_writer_neither_fails_nor_blocks_it(tmp_path:
         assert store.count(Table.TRACES) == before - deleted + loads * 500
         setting = store.reader().execute("SELECT current_setting('max_vacuum_tasks')").fetchone()
         assert setting == (0,)
+    finally:
+        store.shutdown()
+
+
+async def _load_new(store: DuckDBStore) -> None:
+    await asyncio.wait_for(store.enqueue(_batches(10, _FUTURE), log_position=10_000), 30)
+
+
+def test_space_held_by_another_open_transaction_is_reclaimed_at_a_later_run(
+    tmp_path: Path,
+) -> None:
+    """Another cursor's open transaction (a query, a plugin's catch-up) makes DuckDB's
+    CHECKPOINT return without reclaiming anything: the next retention run checkpoints again,
+    though it deletes nothing itself."""
+    store = DuckDBStore(tmp_path, row_group_size=2048, load_interval=0.0)
+    store.start()
+    try:
+        asyncio.run(_load(store))
+        store.reader().execute("CHECKPOINT")
+        before = _used_blocks(store)
+        began, release = threading.Event(), threading.Event()
+
+        def hold_a_transaction() -> None:
+            cursor = store.reader()
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT count(*) FROM otel_logs").fetchall()
+            began.set()
+            release.wait(30)
+            cursor.execute("COMMIT")
+
+        holder = threading.Thread(target=hold_a_transaction)
+        holder.start()
+        assert began.wait(30)
+        assert store.delete_before(_OLD + 10**15) == _COMMITS * 2 * _SPANS
+        held = _used_blocks(store)
+        release.set()
+        holder.join(30)
+        assert held > before // 4, f"nothing held the space back: {before} -> {held}"
+        asyncio.run(_load_new(store))  # the writer goes on meanwhile
+        assert store.delete_before(_OLD + 10**15) == 0  # nothing left to delete ...
+        after = _used_blocks(store)
+        assert after <= before // 4, f"used blocks {before} -> {held} -> {after}"  # ... reclaimed
     finally:
         store.shutdown()
