@@ -32,6 +32,11 @@ class CommittedBatch:
     """Bytes of the batches' buffers (what holding it in an inbox costs)."""
     latest: int = -1
     """:func:`latest_event_time` of the batch, worked out once by :meth:`of` (-1: not yet)."""
+    resource_starts: Mapping[Table, np.ndarray] | None = None
+    """Per table, the rows where each of the request's resources starts (ascending, the first
+    0), as the decoder walked them (``otlp.decoded.Batches.resource_starts``); None when not
+    known (a reference decoder's batches, batches read back from the store). Runs may repeat:
+    two consecutive resources with equal attributes are two runs."""
 
     @classmethod
     def of(
@@ -59,7 +64,10 @@ class CommittedBatch:
         latest = getattr(batches, "event_time", -1)
         if latest < 0:
             latest = _median_time(tables)
-        return cls(seq, signal, MappingProxyType(tables), nbytes, latest)
+        starts = getattr(batches, "resource_starts", None)
+        if starts is not None and starts.keys() != tables.keys():
+            starts = None  # a list changed after decoding: not known
+        return cls(seq, signal, MappingProxyType(tables), nbytes, latest, starts)
 
     @property
     def rows(self) -> int:

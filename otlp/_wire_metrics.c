@@ -92,6 +92,10 @@ typedef struct {
     PairList point_pairs, ex_pairs;
     Bytes resource_url, scope_url, name, description, unit;
     uint32_t scope_dropped;
+    /* Per table, the row where each ResourceMetrics' points start (int32, ascending; only
+     * resources that put points in that table), so that the store and the topology consumer
+     * need not find the runs of one resource again by comparing rows. */
+    Buf resource_starts[T_NUM];
     /* The enclosing Sum/Histogram/ExponentialHistogram's fields, for each of its points. */
     int32_t temporality;
     uint8_t monotonic;
@@ -176,6 +180,8 @@ metricdec_free(MetricDec *M)
         for (int i = 0; i < MA_NUM; i++)
             mapcol_free(&t->map[i]);
     }
+    for (int k = 0; k < T_NUM; k++)
+        buf_free(&M->resource_starts[k]);
     pairs_free(&M->point_pairs);
     pairs_free(&M->ex_pairs);
 }
@@ -724,6 +730,9 @@ dec_resource_metrics(MetricDec *M, const uint8_t *p, const uint8_t *end, int dep
 {
     if (read_resource_x(&M->d, p, end, depth, &M->resource_url) < 0)
         return -1;
+    size_t before[T_NUM];
+    for (int k = 0; k < T_NUM; k++)
+        before[k] = M->t[k].rows;
     Field f;
     while (p < end) {
         if (next_field(&p, end, &f, depth) < 0)
@@ -731,6 +740,11 @@ dec_resource_metrics(MetricDec *M, const uint8_t *p, const uint8_t *end, int dep
         if (f.num == 2 && f.wt == WT_LEN && dec_scope_metrics(M, f.p, f.p + f.n, depth + 1) < 0)
             return -1;
     }
+    /* Rejected points are undone, so a resource whose points were all rejected starts no run. */
+    for (int k = 0; k < T_NUM; k++)
+        if (M->t[k].rows > before[k] && before[k] <= INT32_MAX &&
+            buf_put_i32(&M->resource_starts[k], (int32_t)before[k]) < 0)
+            return -1;
     return 0;
 }
 
@@ -932,11 +946,13 @@ PyDoc_STRVAR(decode_metrics_doc,
 "--\n\n"
 "Decode a serialized ExportMetricsServiceRequest into the otel_metrics_* columns.\n\n"
 "Returns (rejected, dropped_attributes, truncated_values, tables): tables is a list of\n"
-"(table index, capsule, address, nbytes, event_time) for each table that received points, in\n"
+"(table index, capsule, address, nbytes, event_time, resource_starts) for each table that\n"
+"received points, in\n"
 "the order gauge (0), sum (1), histogram (2), exponential histogram (3), summary (4); each\n"
 "capsule holds a struct array with the columns of that table's opstrata.schema.METRICS_*\n"
 "schema, nbytes is its buffer bytes as pyarrow's get_total_buffer_size counts them, and\n"
-"event_time the median of its TimeUnix column as decode_traces says (-1: not worked out).");
+"event_time the median of its TimeUnix column as decode_traces says (-1: not worked out),\n"
+"resource_starts the rows where each ResourceMetrics' points start (native int32 bytes).");
 
 static PyObject *
 wire_decode_metrics(PyObject *self, PyObject *args)
@@ -989,8 +1005,10 @@ wire_decode_metrics(PyObject *self, PyObject *args)
         if (capsule == NULL)
             goto done;
         Py_ssize_t nbytes = capsule_bytes(capsule);
-        PyObject *item = Py_BuildValue("(iNNnL)", k, capsule, PyLong_FromVoidPtr(root), nbytes,
-                                       event_times[k]);
+        Buf *starts = &M->resource_starts[k];
+        PyObject *item = Py_BuildValue("(iNNnLy#)", k, capsule, PyLong_FromVoidPtr(root), nbytes,
+                                       event_times[k], starts->p ? starts->p : "",
+                                       (Py_ssize_t)starts->len);
         if (item == NULL || PyList_Append(tables, item) < 0) {
             Py_XDECREF(item);
             goto done;

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -270,8 +271,10 @@ def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest
     if rejected:
         out.message = f"{rejected} data point(s) rejected: timestamp out of range"
     event_time = 0  # as consumers.latest_event_time: the greatest of the tables' medians
-    for index, _capsule, address, nbytes, median in tables:
+    starts = out.batches.resource_starts = {}  # type: ignore[attr-defined]
+    for index, _capsule, address, nbytes, median, resource_starts in tables:
         table, schema = _TABLES[index]
+        starts[table] = np.frombuffer(resource_starts, np.int32)
         # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
         batch = _import_batch(address, schema)
         out.accepted += batch.num_rows

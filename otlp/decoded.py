@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from opstrata.otlp.limits import Tally
@@ -46,6 +47,11 @@ class Batches(list[tuple[Table, pa.RecordBatch]]):
     """
 
     event_time: int = -1
+    resource_starts: dict[Table, np.ndarray] | None = None
+    """Per table, the rows where each ``Resource*`` of the request starts (int32, ascending,
+    the first 0), as the C decoders walk them; None when not known (the reference decoders,
+    JSON). Two consecutive resources with equal attributes are two starts: users take runs as
+    "may repeat". A list changed afterwards must reset it to None."""
 
 
 class InvalidRequest(ValueError):
