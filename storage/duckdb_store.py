@@ -327,10 +327,18 @@ class DuckDBStore:
                 # Still inside a commit: closing under it would be worse than not closing.
                 log.error("store writer did not finish within %.0f s; not closing", timeout)
                 return
-        if self._con is not None:
-            with contextlib.suppress(duckdb.Error):
-                self._con.execute("CHECKPOINT")
-            self._con.close()
+        # A retention run in its thread (the server cancels the task, not the thread) must not
+        # have the connection closed under its DELETEs and checkpoint.
+        if not self._retention_lock.acquire(timeout=timeout):
+            log.error("retention did not finish within %.0f s; not closing", timeout)
+            return
+        try:
+            if self._con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.execute("CHECKPOINT")
+                self._con.close()
+        finally:
+            self._retention_lock.release()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -742,8 +750,10 @@ class DuckDBStore:
         row refers to any more (pods and processes come and go: without this
         ``otel_resources`` and the writer's known ids would grow for ever)."""
         deleted = 0
-        cursor = self.reader()
         with self._retention_lock:  # one run at a time: each sets the vacuum back at its end
+            if self._closed:  # shut down while this run waited for the lock
+                return 0
+            cursor = self.reader()
             # The store runs with DuckDB's vacuum off (``_config``), which also keeps row groups
             # that retention leaves part deleted: a few far-future rows (a client's broken
             # clock) would pin every row group for good. So the vacuum is on from before the

@@ -140,3 +140,21 @@ def test_space_held_by_another_open_transaction_is_reclaimed_at_a_later_run(
         assert after <= before // 4, f"used blocks {before} -> {held} -> {after}"  # ... reclaimed
     finally:
         store.shutdown()
+
+
+def test_shutdown_waits_for_a_retention_run_before_closing(tmp_path: Path) -> None:
+    """The server cancels its retention task at shutdown, not the thread running it: the store
+    must not close the connection under a run's DELETEs and checkpoint."""
+    store = DuckDBStore(tmp_path, row_group_size=2048, load_interval=0.0)
+    store.start()
+    asyncio.run(_load(store))
+    stopped = threading.Event()
+    shutdown = threading.Thread(target=lambda: (store.shutdown(), stopped.set()))
+    with store._retention_lock:  # a retention run in progress, as its thread holds it
+        shutdown.start()
+        assert not stopped.wait(0.5), "closed under a running retention"
+        # The run can still use the store (the writer has stopped, the connection is open).
+        assert store.count(Table.TRACES) == _COMMITS * (2 * _SPANS + 1)
+    shutdown.join(30)
+    assert stopped.is_set()
+    assert store.delete_before(_OLD + 10**15) == 0  # a run after shutdown does nothing
