@@ -375,7 +375,9 @@ class DuckDBStore:
         """Commit the loads queued so far without waiting to fill a row group (``fill_wait``),
         but still no sooner than ``load_interval`` after the previous commit: ingest admission
         is short of room (it counts the held loads as in flight), and holding them would
-        refuse clients while the writer sleeps. Cheap to call often: one marker per commit."""
+        refuse clients while the writer sleeps. Cheap to call often: a marker at most per
+        commit, or two when one lands between the fill's end and the commit (that stale one
+        may then cut the next group's fill short once: one commit through the WAL)."""
         if not self._closed and not self._fill_ended:
             self._fill_ended = True
             self._queue.put(_END_FILL)
