@@ -1098,6 +1098,10 @@ typedef struct {
     Py_ssize_t rejected, dropped_attributes, truncated_values;
     int first_reason;
     Buf llm_rows; /* int32 rows of spans with an LLM-convention key: see mark_llm_span */
+    /* int32 rows where each ResourceSpans' / ResourceLogs' rows start (only resources with
+     * rows), so that the store and the topology consumer need not find the runs of one
+     * resource again by comparing rows (the metrics decoder keeps its own, one per table). */
+    Buf resource_starts;
 } Dec;
 
 /* ---- AnyValue rendering ---- */
@@ -1787,6 +1791,17 @@ dec_scope_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
     return 0;
 }
 
+/* Records that the resource just read put rows `before` to `after` (exclusive) in the table. */
+static int
+put_resource_start(Dec *d, size_t before, size_t after)
+{
+    if (after == before)
+        return 0;
+    if (before > INT32_MAX)
+        return fail("too many rows");
+    return buf_put_i32(&d->resource_starts, (int32_t)before);
+}
+
 static int
 dec_resource_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
 {
@@ -1796,6 +1811,7 @@ dec_resource_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
         return -1;
 
     /* Second pass: the scopes and their spans. */
+    size_t before = d->num[N_TIMESTAMP].len / 8; /* rows so far (rejected spans are undone) */
     Field f;
     while (p < end) {
         if (next_field(&p, end, &f, depth) < 0)
@@ -1803,7 +1819,7 @@ dec_resource_spans(Dec *d, const uint8_t *p, const uint8_t *end, int depth)
         if (f.num == 2 && f.wt == WT_LEN && dec_scope_spans(d, f.p, f.p + f.n, depth + 1) < 0)
             return -1;
     }
-    return 0;
+    return put_resource_start(d, before, d->num[N_TIMESTAMP].len / 8);
 }
 
 static int
@@ -1919,6 +1935,7 @@ dec_free(Dec *d)
     strcol_free(&d->scope_values);
     buf_free(&d->service_name);
     buf_free(&d->llm_rows);
+    buf_free(&d->resource_starts);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2266,9 +2283,11 @@ build_result(Dec *d, struct ArrowArray *root, long long event_time)
         Py_DECREF(batch);
         return NULL;
     }
-    return Py_BuildValue("(nnnnNNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
+    return Py_BuildValue("(nnnnNNNnLy#)", d->rejected, (Py_ssize_t)d->first_reason,
                          d->dropped_attributes, d->truncated_values, batch,
-                         PyLong_FromVoidPtr(address), llm_rows, nbytes, event_time);
+                         PyLong_FromVoidPtr(address), llm_rows, nbytes, event_time,
+                         d->resource_starts.p ? d->resource_starts.p : "",
+                         (Py_ssize_t)d->resource_starts.len);
 }
 
 /* Logs and metrics, in files of their own (one translation unit: the helpers stay static). */

@@ -281,6 +281,7 @@ dec_resource_logs(LogDec *L, const uint8_t *p, const uint8_t *end, int depth)
 {
     if (read_resource_x(&L->d, p, end, depth, &L->resource_url) < 0)
         return -1;
+    size_t before = L->rows;
     Field f;
     while (p < end) {
         if (next_field(&p, end, &f, depth) < 0)
@@ -288,7 +289,7 @@ dec_resource_logs(LogDec *L, const uint8_t *p, const uint8_t *end, int depth)
         if (f.num == 2 && f.wt == WT_LEN && dec_scope_logs(L, f.p, f.p + f.n, depth + 1) < 0)
             return -1;
     }
-    return 0;
+    return put_resource_start(&L->d, before, L->rows);
 }
 
 static int
@@ -390,9 +391,11 @@ wire_decode_logs(PyObject *self, PyObject *args)
         PyObject *batch = root == NULL ? Py_NewRef(Py_None) : root_capsule(root);
         if (batch != NULL) {
             Py_ssize_t nbytes = root == NULL ? 0 : capsule_bytes(batch);
-            result = Py_BuildValue("(nnnnNNnL)", d->rejected, (Py_ssize_t)d->first_reason,
+            result = Py_BuildValue("(nnnnNNnLy#)", d->rejected, (Py_ssize_t)d->first_reason,
                                    d->dropped_attributes, d->truncated_values, batch,
-                                   PyLong_FromVoidPtr(root), nbytes, event_time);
+                                   PyLong_FromVoidPtr(root), nbytes, event_time,
+                                   d->resource_starts.p ? d->resource_starts.p : "",
+                                   (Py_ssize_t)d->resource_starts.len);
         }
     }
     logdec_free(L);

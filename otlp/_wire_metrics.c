@@ -742,8 +742,9 @@ dec_resource_metrics(MetricDec *M, const uint8_t *p, const uint8_t *end, int dep
     }
     /* Rejected points are undone, so a resource whose points were all rejected starts no run. */
     for (int k = 0; k < T_NUM; k++)
-        if (M->t[k].rows > before[k] && before[k] <= INT32_MAX &&
-            buf_put_i32(&M->resource_starts[k], (int32_t)before[k]) < 0)
+        if (M->t[k].rows > before[k] &&
+            (before[k] > INT32_MAX ? fail("too many rows")
+                                   : buf_put_i32(&M->resource_starts[k], (int32_t)before[k])) < 0)
             return -1;
     return 0;
 }

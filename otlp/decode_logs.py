@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -156,7 +157,7 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address, nbytes, event_time = (
+        rejected, reason, dropped, truncated, capsule, address, nbytes, event_time, starts = (
             _wire.decode_logs(
                 data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
             )
@@ -177,4 +178,7 @@ def decode_log_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         out.accepted = batch.num_rows
         out.batches.append((Table.LOGS, batch))
     out.batches.event_time = event_time  # type: ignore[attr-defined]
+    out.batches.resource_starts = (  # type: ignore[attr-defined]
+        {Table.LOGS: np.frombuffer(starts, np.int32)} if capsule is not None else {}
+    )
     return out

@@ -251,10 +251,19 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     if not isinstance(data, bytes):
         data = bytes(data)  # an immutable copy: the C code keeps pointers into it
     try:
-        rejected, reason, dropped, truncated, capsule, address, hint, nbytes, event_time = (
-            _wire.decode_traces(
-                data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
-            )
+        (
+            rejected,
+            reason,
+            dropped,
+            truncated,
+            capsule,
+            address,
+            hint,
+            nbytes,
+            event_time,
+            starts,
+        ) = _wire.decode_traces(
+            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None
@@ -272,4 +281,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
         out.accepted = batch.num_rows
         out.batches.append((Table.TRACES, _hinted(batch, hint)))
     out.batches.event_time = event_time  # type: ignore[attr-defined]
+    out.batches.resource_starts = (  # type: ignore[attr-defined]
+        {Table.TRACES: np.frombuffer(starts, np.int32)} if capsule is not None else {}
+    )
     return out
