@@ -19,7 +19,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["ResourceIds", "request_resource_ids", "resource_ids", "resource_runs"]
+__all__ = ["ResourceIds", "decoded_runs", "request_resource_ids", "resource_ids", "resource_runs"]
 
 
 def _int32s(buffer: pa.Buffer, offset: int, count: int) -> np.ndarray:
@@ -169,7 +169,9 @@ def resource_ids(chunks: list[pa.Array]) -> tuple[np.ndarray, np.ndarray, np.nda
 _LIST = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
 
 
-def request_resource_ids(column: pa.ListArray, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def request_resource_ids(
+    column: pa.ListArray, lengths: list[int], runs_known: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``(run_starts, run_ids)`` of a list-of-``{key, value}`` column made of consecutive
     requests of ``lengths`` rows each (a group commit's column, concatenated): the first row of
     each run of one resource and that run's id (:func:`_row_hash` of the run's first row).
@@ -180,7 +182,11 @@ def request_resource_ids(column: pa.ListArray, lengths: list[int]) -> tuple[np.n
     themselves shifted by one row), and only each request's first row is hashed. A request
     whose rows differ takes the general path (:func:`resource_runs`). A group commit holds
     hundreds of requests per table; per request in numpy calls this cost ~100 µs (~1 µs a span,
-    ~3 µs a metric point, whose request fills three tables)."""
+    ~3 µs a metric point, whose request fills three tables).
+
+    ``runs_known``: ``lengths`` are runs of one resource already (the decoder's
+    ``resource_starts``: it copies one resource's attributes onto each of its rows), so no row
+    is compared; only each run's first row is hashed. Equal neighbouring runs get equal ids."""
     n = len(column)
     sizes = np.asarray(lengths, np.int64)
     if n == 0:
@@ -193,9 +199,10 @@ def request_resource_ids(column: pa.ListArray, lengths: list[int]) -> tuple[np.n
     entries = column.values
     keys, items = entries.field(0), entries.field(1)
     uniform = np.ones(len(starts), bool)
-    # Requests with a row whose entry count is not the first row's.
-    uneven = np.flatnonzero(counts != np.repeat(per_row, sizes))
-    uniform[np.searchsorted(starts, uneven, "right") - 1] = False
+    if not runs_known:
+        # Requests with a row whose entry count is not the first row's.
+        uneven = np.flatnonzero(counts != np.repeat(per_row, sizes))
+        uniform[np.searchsorted(starts, uneven, "right") - 1] = False
     if keys.null_count or items.null_count:
         uniform[:] = False  # never as decoded; _row_hash tells a null from an empty string
     # Entries from the column's first on (``rows[0]``, not 0, for a sliced column).
@@ -232,7 +239,7 @@ def request_resource_ids(column: pa.ListArray, lengths: list[int]) -> tuple[np.n
     for c, (start, size, per, ok) in enumerate(
         zip(starts.tolist(), sizes.tolist(), per_row.tolist(), uniform.tolist(), strict=True)
     ):
-        if ok and size > 1 and per:
+        if ok and size > 1 and per and not runs_known:
             a, b = 4 * firsts[c], 4 * lasts[c]
             shift = 4 * per
             for lengths_bytes, _, data, begin, width, end in children:
@@ -259,6 +266,29 @@ def request_resource_ids(column: pa.ListArray, lengths: list[int]) -> tuple[np.n
         run_ids.extend(_row_hash(chunk_rows, chunk_keys, chunk_items, int(r)) for r in runs)
     first = np.fromiter((s for part in run_starts for s in part), np.int64)
     return first, np.array(run_ids, np.uint64)
+
+
+def decoded_runs(starts: list[np.ndarray | None], lengths: list[int]) -> list[int] | None:
+    """The lengths of the runs of one resource in batches of ``lengths`` rows laid end to end,
+    from each batch's ``resource_starts`` as the decoder handed them over; None when a batch
+    came without them, or they do not fit its rows (then the rows are compared instead)."""
+    if not starts or any(part is None for part in starts):
+        return None
+    sizes = np.asarray(lengths, np.int64)
+    counts = np.array([len(part) for part in starts], np.int64)  # type: ignore[arg-type]
+    if not sizes.sum() or not np.array_equal(counts > 0, sizes > 0):
+        return None
+    offsets = np.cumsum(sizes) - sizes
+    found = np.concatenate(starts).astype(np.int64) + np.repeat(offsets, counts)
+    # Each batch's first start is its first row, its starts ascend and stay inside it.
+    filled = counts > 0
+    if (
+        (found[(np.cumsum(counts) - counts)[filled]] != offsets[filled]).any()
+        or (found >= np.repeat(offsets + sizes, counts)).any()
+        or (np.diff(found) <= 0).any()
+    ):
+        return None
+    return np.diff(np.append(found, offsets[-1] + sizes[-1])).tolist()
 
 
 class ResourceIds:

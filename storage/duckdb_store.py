@@ -41,7 +41,7 @@ from opstrata.storage.duckdb_ddl import (
 )
 from opstrata.storage.duckdb_events import AlertIncidentTables
 from opstrata.storage.duckdb_migrate import migrate
-from opstrata.storage.duckdb_resources import ResourceIds, request_resource_ids
+from opstrata.storage.duckdb_resources import ResourceIds, decoded_runs, request_resource_ids
 
 __all__ = ["DuckDBStore"]
 
@@ -87,6 +87,7 @@ def _stored_table(
     pending: set[int],
     new_resources: list[pa.Array],
     adopt_stored: Callable[[np.ndarray, pa.Array], None],
+    resource_starts: list[np.ndarray | None] | None = None,
 ) -> pa.Table:
     """The batches of one table (one per request) with their ``_Seq`` column (``seqs``, one per
     batch), as one chunk in storage types (a zero-copy view: a map and a list of key/value
@@ -103,7 +104,13 @@ def _stored_table(
     for column, field in zip(data.columns, STORAGE_SCHEMAS[table], strict=False):  # adds _Seq
         array = _one_chunk(column).view(field.type)
         if field.name == RESOURCE_COLUMN:
-            starts, computed = request_resource_ids(array, lengths)
+            # The decoder's runs of one resource (``resource_starts``, one per batch) spare
+            # comparing the rows: ~0.05 µs a span or log record, ~0.09 a metric point.
+            runs = decoded_runs(resource_starts, lengths) if resource_starts else None
+            if runs is None:
+                starts, computed = request_resource_ids(array, lengths)
+            else:
+                starts, computed = request_resource_ids(array, runs, runs_known=True)
             unknown = resources.unknown(computed)
             if len(unknown):
                 adopt_stored(computed[unknown], array.take(starts[unknown]))
@@ -582,6 +589,7 @@ class DuckDBStore:
         assert con is not None
         per_table: dict[Table, list[pa.RecordBatch]] = {}
         seqs: dict[Table, list[int]] = {}
+        starts: dict[Table, list[np.ndarray | None]] = {}
         log_signal: list[str] = []
         log_tables: list[list[str]] = []
         log_rows: list[int] = []
@@ -589,9 +597,11 @@ class DuckDBStore:
             seq = first_seq + offset
             tables = []
             signal = Signal.SPANS
+            known = getattr(item.batches, "resource_starts", None)  # the C decoders' runs
             for table, batch in item.batches:
                 per_table.setdefault(table, []).append(batch)
                 seqs.setdefault(table, []).append(seq)
+                starts.setdefault(table, []).append(None if known is None else known.get(table))
                 tables.append(table.value)
                 signal = signal_of(table)
             log_signal.append(signal.value)
@@ -622,6 +632,7 @@ class DuckDBStore:
                         new_ids,
                         new_resources,
                         self._adopt_stored,
+                        starts[table],
                     )
                 ),
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -26,6 +27,8 @@ from opstrata.otlp.decode_traces import decode_traces
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal, Table
+from opstrata.storage.duckdb_ddl import RESOURCE_COLUMN, STORAGE_SCHEMAS
+from opstrata.storage.duckdb_resources import decoded_runs, request_resource_ids
 from tests import test_wire_decoder as spans
 from tests import test_wire_decoder_logs as logs
 from tests import test_wire_decoder_metrics as metrics
@@ -163,3 +166,64 @@ def test_topology_learns_the_same_with_and_without_starts(tmp_path) -> None:
         graphs[name] = sorted(consumer.graph.edges(), key=repr)
     assert len(graphs["starts"]) > 5
     assert graphs["starts"] == graphs["compared"]
+
+
+def _store_ids(column: pa.Array, lengths: list[int], runs: list[int] | None) -> np.ndarray:
+    """Every row's ``ResourceId`` as the store's writer finds them, comparing rows (``runs``
+    None) or from the decoder's runs."""
+    if runs is None:
+        starts, ids = request_resource_ids(column, lengths)
+    else:
+        starts, ids = request_resource_ids(column, runs, runs_known=True)
+    return np.repeat(ids, np.diff(np.append(starts, len(column))))
+
+
+@pytest.mark.parametrize("signal", list(SIGNALS), ids=lambda signal: signal.value)
+def test_store_ids_from_the_decoder_runs_equal_the_compared_ones(signal: Signal) -> None:
+    _, field, _, module = SIGNALS[signal]
+    rnd = random.Random(53)
+    grouped = 0
+    for _ in range(12):  # group commits of up to 40 requests
+        per_table: dict[Table, list[tuple[pa.RecordBatch, np.ndarray]]] = {}
+        for _ in range(rnd.randint(1, 40)):
+            request = module.random_request(rnd)
+            resources = getattr(request, field)
+            if resources and rnd.random() < 0.4:  # equal neighbours: two runs, one id
+                resources.add().CopyFrom(resources[-1])
+            decoded = decode_request(signal, request.SerializeToString(), Encoding.PROTOBUF, LIMITS)
+            for table, batch in decoded.batches:
+                per_table.setdefault(table, []).append(
+                    (batch, decoded.batches.resource_starts[table])  # type: ignore[attr-defined]
+                )
+        for table, items in per_table.items():
+            batches = [batch for batch, _ in items]
+            lengths = [batch.num_rows for batch in batches]
+            data = pa.Table.from_batches(batches).combine_chunks()
+            column = (
+                data.column(RESOURCE_COLUMN)
+                .chunk(0)
+                .view(STORAGE_SCHEMAS[table].field(RESOURCE_COLUMN).type)
+            )
+            runs = decoded_runs([starts for _, starts in items], lengths)
+            assert runs is not None and sum(runs) == len(column)
+            assert len(runs) == sum(len(starts) for _, starts in items)
+            want = _store_ids(column, lengths, None)
+            assert (_store_ids(column, lengths, runs) == want).all()
+            grouped += len(items) > 1
+    assert grouped > 10
+
+
+def test_decoded_runs_refuse_starts_that_do_not_fit() -> None:
+    def runs(starts: list[list[int] | None], lengths: list[int]) -> list[int] | None:
+        return decoded_runs(
+            [None if part is None else np.array(part, np.int32) for part in starts], lengths
+        )
+
+    assert runs([[0, 2], [0]], [5, 3]) == [2, 3, 3]
+    assert runs([[0], [], [0, 1]], [4, 0, 2]) == [4, 1, 1]
+    assert runs([[0], None], [4, 2]) is None  # a batch without
+    assert runs([[1], [0]], [4, 2]) is None  # not from the batch's first row
+    assert runs([[0, 4], [0]], [4, 2]) is None  # past the batch's rows
+    assert runs([[0, 2, 2], [0]], [4, 2]) is None  # not ascending
+    assert runs([[0], []], [4, 2]) is None  # a batch with rows and no start
+    assert runs([], []) is None
