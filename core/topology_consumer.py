@@ -285,13 +285,12 @@ class TopologyConsumer(Consumer):
             breaks.append(breaks[-1] + data.num_rows)
         if len(breaks) > 1:
             all_times = times[0] if len(times) == 1 else np.concatenate(times)
+            resource, services = _placed_columns(placed)
             if decoded is None:
-                resource, services = _placed_columns(placed)
                 starts = resource_runs(resource, services, np.array(breaks[1:-1], np.int64))
                 runs = _first_of_runs(resource, services, all_times, starts)
             else:
                 starts = known_starts[0] if len(known_starts) == 1 else np.concatenate(known_starts)
-                resource, services = _placed_columns(placed)
                 runs = (resource, services, np.maximum.reduceat(all_times, starts))
             run_services = self._learn_placement(runs)
             if spans is not None:
