@@ -124,19 +124,7 @@ class TraceIndex:
     def indexed_upto(self, table: Table) -> int:
         """The sequence number ``table`` is indexed up to, as this object last saw it."""
         known = self._upto.get(table)
-        return known if known is not None else self._stored_upto(table)
-
-    def _stored_upto(self, table: Table) -> int:
-        self.ensure_tables()
-        rows = (
-            self.store.reader()
-            .execute(f'SELECT "UpTo" FROM {STATE_TABLE} WHERE "Signal" = ?', [_SIGNALS[table]])
-            .fetchall()
-        )
-        upto = int(rows[0][0]) if rows else 0
-        with self._lock:
-            self._upto[table] = max(upto, self._upto.get(table, 0))
-        return upto
+        return known if known is not None else self._stored_uptos()[table]
 
     def _stored_uptos(self) -> dict[Table, int]:
         """How far each signal is indexed, from the table (one query for both)."""
