@@ -42,7 +42,7 @@ def _kv(key: str, value: str | float) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(double_value=value))
 
 
-def _metrics(series: int, step: int, rng_seed: int) -> bytes:
+def _metrics(series: int, step: int) -> bytes:
     """One point of each of ``series`` gauge series (one request)."""
     request = ExportMetricsServiceRequest()
     rm = request.resource_metrics.add()
@@ -100,7 +100,7 @@ def main() -> None:
         consumer.start(ctx)
         for step in range(args.points):
             decoded = decode_request(
-                Signal.METRIC_POINTS, _metrics(args.series, step, 1), Encoding.PROTOBUF, limits
+                Signal.METRIC_POINTS, _metrics(args.series, step), Encoding.PROTOBUF, limits
             )
             consumer.consume(CommittedBatch.of(step + 1, decoded.batches), ctx)
         took = _time(consumer.save_state, args.repeat)
