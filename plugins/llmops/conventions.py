@@ -19,6 +19,7 @@ __all__ = [
     "NON_CALL_OPERATIONS",
     "NUMBER_FIELDS",
     "OPERATION_DETAILS_EVENT",
+    "TOKEN_FIELDS",
     "TTFT_EVENTS",
 ]
 
@@ -114,14 +115,18 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "event_name": ("event.name",),
 }
 
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
 NUMBER_FIELDS = frozenset(
     {
-        "input_tokens",
-        "output_tokens",
-        "total_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
+        *TOKEN_FIELDS,
         "cost",
         "cost_input",
         "cost_output",

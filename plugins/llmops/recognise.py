@@ -24,6 +24,7 @@ from opstrata.plugins.llmops.conventions import (
     MARKER_KEYS,
     NON_CALL_OPERATIONS,
     NUMBER_FIELDS,
+    TOKEN_FIELDS,
 )
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.span_parts import (
@@ -112,14 +113,6 @@ for _key, _id in _KEY_ID.items():
         if _key.startswith(_prefix):
             _FAMILY_BIT[_id] = 1 << _FAMILIES.index(_family)
             break
-_TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 _OPERATIONS = {
     "completion": "text_completion",
     "embedding": "embeddings",
@@ -347,7 +340,7 @@ def recognise(
     # Which rows are calls, from the few fields that decide it.
     f = _take(items, best, _FIELD_NAMES)
     has_model = pc.or_(pc.is_valid(f["request_model"]), pc.is_valid(f["response_model"]))
-    tokens = {name: col.ints(f[name]) for name in _TOKEN_FIELDS}
+    tokens = {name: col.ints(f[name]) for name in TOKEN_FIELDS}
     has_tokens = pc.or_(pc.is_valid(tokens["input_tokens"]), pc.is_valid(tokens["output_tokens"]))
     oi_llm = pc.is_in(f["oi_kind"], value_set=_CALL_KINDS)
     oi_ok = pc.or_(oi_llm, pc.is_null(f["oi_kind"]))
