@@ -25,16 +25,16 @@ import time
 import types
 from pathlib import Path
 
+from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
+from opstrata.schema import Signal
+from opstrata.storage import duckdb_trace_index
+from opstrata.storage.duckdb_store import DuckDBStore
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import SIGNALS  # noqa: E402
-
-from opstrata.otlp.decoder import Encoding, decode_request  # noqa: E402
-from opstrata.otlp.limits import DecodeLimits  # noqa: E402
-from opstrata.schema import Signal  # noqa: E402
-from opstrata.storage import duckdb_trace_index  # noqa: E402
-from opstrata.storage.duckdb_store import DuckDBStore  # noqa: E402
+from ingest import SIGNALS  # noqa: E402 - bench/ingest.py, importable once bench/ is on the path
 
 _SIGNAL = {"spans": Signal.SPANS, "logs": Signal.LOG_RECORDS}
 _PER_STEP = 400
