@@ -1,5 +1,6 @@
 """What tests of plugins share: the sample plugin's source, an environment that finds it once
-pip-installed, waiting for a condition, and a local webhook receiver."""
+pip-installed, waiting for a condition, a local webhook receiver, and a transaction holding the
+mlops progress row."""
 
 from __future__ import annotations
 
@@ -63,3 +64,32 @@ def topology_rows_consumed(server: Any) -> float:
         r'^opstrata_consumer_rows_total\{consumer="[^"]*topology"\} (\S+)$', text, re.M
     )
     return float(found.group(1)) if found else 0.0
+
+
+class ProgressRowHeld:
+    """Another cursor's open transaction that changed the mlops progress row (as a prune on the
+    API thread can hold one): the consumer's UPDATE of it conflicts until ``release``."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._release, self._holding = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        cursor = self._store.reader()
+        cursor.begin()
+        cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
+        self._holding.set()
+        self._release.wait(60)
+        cursor.rollback()
+
+    def hold(self) -> None:
+        """Start the transaction; return once it holds the row."""
+        self._thread.start()
+        assert self._holding.wait(10)
+
+    def release(self) -> None:
+        """End the transaction (harmless when it was never started or is already over)."""
+        self._release.set()
+        if self._thread.is_alive():
+            self._thread.join()

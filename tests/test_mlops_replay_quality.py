@@ -7,7 +7,6 @@ left open by a crash right after the batch that recovered it (its rows committed
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -21,6 +20,7 @@ from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.consumer import MLOps
 from opstrata.schema import Signal
 from opstrata.storage.duckdb_store import DuckDBStore
+from tests.pluginsupport import ProgressRowHeld
 from tests.test_mlops_write_failure import T0, _value
 
 NS = 10**9
@@ -150,17 +150,7 @@ def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> No
     first crash is resolved, not open for good."""
     store = DuckDBStore(tmp_path / "db")
     store.start()
-    release, holding = threading.Event(), threading.Event()
-
-    def conflicting() -> None:
-        cursor = store.reader()
-        cursor.begin()
-        cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
-        holding.set()
-        release.wait(60)
-        cursor.rollback()
-
-    blocker = threading.Thread(target=conflicting)
+    blocker = ProgressRowHeld(store)
     try:
         state = tmp_path / "state"
         state.mkdir()
@@ -184,12 +174,10 @@ def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> No
             seqs.append(asyncio.run(store.write(decoded.batches)))
             batch = CommittedBatch.of(seqs[-1], decoded.batches)
             if i == 3:  # window 3's write fails: its rows go with batch 4's
-                blocker.start()
-                assert holding.wait(10)
+                blocker.hold()
                 first.consume(batch)
                 assert first.pending.batches == 1
-                release.set()
-                blocker.join()
+                blocker.release()
                 continue
             if i == 4:
                 now[0] += 1.0  # the retry is due
@@ -230,5 +218,5 @@ def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> No
         assert third.replayed == set() and third.quality is not None
         assert third.quality.firing == set()
     finally:
-        release.set()
+        blocker.release()
         store.shutdown()

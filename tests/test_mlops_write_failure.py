@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from opstrata.plugins.mlops.config import MLOpsConfig
 from opstrata.plugins.mlops.consumer import MLOps
 from opstrata.schema import Signal
 from opstrata.storage.duckdb_store import DuckDBStore
+from tests.pluginsupport import ProgressRowHeld
 
 NS = 10**9
 SLOT = 30 * NS
@@ -82,24 +82,11 @@ def _run(tmp: Path, slots: int, blocked: range | None) -> tuple[MLOps, dict, lis
         (tmp / "state").mkdir()
         mlops = MLOps(MLOpsConfig(**CONFIG))
         mlops.start(ctx)
-        release, holding = threading.Event(), threading.Event()
-
-        def conflicting() -> None:
-            # Another thread's open transaction that changed the mark's row: the consumer's
-            # UPDATE of it conflicts until this one ends.
-            cursor = store.reader()
-            cursor.begin()
-            cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
-            holding.set()
-            release.wait(60)
-            cursor.rollback()
-
-        blocker = threading.Thread(target=conflicting)
+        blocker = ProgressRowHeld(store)
         seen: dict = {"saved_while_blocked": set(), "pending_history": 0}
         for slot in range(slots):
             if blocked is not None and slot == blocked.start:
-                blocker.start()
-                assert holding.wait(10)
+                blocker.hold()
             decoded = decode_request(
                 Signal.LOG_RECORDS, _request(slot), Encoding.PROTOBUF, DecodeLimits()
             )
@@ -110,8 +97,7 @@ def _run(tmp: Path, slots: int, blocked: range | None) -> tuple[MLOps, dict, lis
                 seen["saved_while_blocked"].add(mlops.state_file.saved_seq)
                 seen["pending_history"] = max(seen["pending_history"], len(mlops.pending.history))
             if blocked is not None and slot == blocked.stop - 1:
-                release.set()
-                blocker.join()
+                blocker.release()
         cursor = store.reader()
         seen["drift"] = cursor.execute(
             "SELECT model, version, start_unix_nano, end_unix_nano, dataset_drift "
@@ -166,17 +152,7 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
     store = DuckDBStore(tmp_path / "db")
     store.start()
     (tmp_path / "state").mkdir()
-    release, holding = threading.Event(), threading.Event()
-
-    def conflicting() -> None:
-        cursor = store.reader()
-        cursor.begin()
-        cursor.execute("UPDATE mlops_progress SET seq = seq WHERE consumer = 'models'")
-        holding.set()
-        release.wait(60)
-        cursor.rollback()
-
-    blocker = threading.Thread(target=conflicting)
+    blocker = ProgressRowHeld(store)
     try:
         ctx = ConsumerContext("mlops", "models", tmp_path / "state", lambda *_: None, store, {})
         mlops = MLOps(MLOpsConfig(**{**CONFIG, "save_seconds": 8}))
@@ -193,8 +169,7 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
 
         feed(_request(0))
         assert mlops.write_failures == 0 and not mlops.pending
-        blocker.start()
-        assert holding.wait(10)
+        blocker.hold()
         caplog.set_level(logging.WARNING, logger="opstrata.plugins.mlops")
         for slot in range(1, 21):  # a model batch a second
             now[0] += 1.0
@@ -212,8 +187,7 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
         warned = [r.getMessage() for r in caplog.records]
         assert len(warned) == 1 and "rows not written" in warned[0]
 
-        release.set()
-        blocker.join()
+        blocker.release()
         now[0] += 1.0
         feed(_plain_request())  # at 41 s: not due yet (48 s)
         assert mlops.pending.batches == 20 and mlops.write_failures == 8
@@ -229,5 +203,5 @@ def test_failing_writes_are_retried_after_a_backoff_and_logged_once(
         warned = [r.getMessage() for r in caplog.records]
         assert len(warned) == 2 and "rows of 20 batches written" in warned[1]
     finally:
-        release.set()
+        blocker.release()
         store.shutdown()
