@@ -185,11 +185,15 @@ class _PendingWrite:
             self.loop.call_soon_threadsafe(_set)
 
 
+def _add_rows(counts: dict[Table, int], pending: _PendingWrite) -> None:
+    for table, batch in pending.batches:
+        counts[table] = counts.get(table, 0) + batch.num_rows
+
+
 def _table_rows(group: list[_PendingWrite]) -> dict[Table, int]:
     counts: dict[Table, int] = {}
     for pending in group:
-        for table, batch in pending.batches:
-            counts[table] = counts.get(table, 0) + batch.num_rows
+        _add_rows(counts, pending)
     return counts
 
 
@@ -522,10 +526,9 @@ class DuckDBStore:
             if more.log_position is None:  # type: ignore[attr-defined]
                 deadline, now = 0.0, True  # someone waits for this one: commit now
             elif fill is not None:
-                for table, batch in more.batches:  # type: ignore[attr-defined]
-                    fill[table] = fill.get(table, 0) + batch.num_rows
-                    if fill[table] >= self.row_group_size:
-                        deadline = 0.0  # a row group's worth: take what is queued, commit
+                _add_rows(fill, more)  # type: ignore[arg-type]
+                if max(fill.values(), default=0) >= self.row_group_size:
+                    deadline = 0.0  # a row group's worth: take what is queued, commit
         return False, now
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
