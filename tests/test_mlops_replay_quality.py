@@ -7,6 +7,7 @@ left open by a crash right after the batch that recovered it (its rows committed
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -72,6 +73,25 @@ def _quality(events: list[AlertEvent]) -> list[tuple[str, bool]]:
     return [(e.entity.name, e.resolved) for e in events if e.kind == "quality_decay"]
 
 
+def _start(store: DuckDBStore, state: Path, emit: Callable[[str, AlertEvent], None]) -> MLOps:
+    mlops = MLOps(MLOpsConfig(window_seconds=120, baseline_seconds=0, save_seconds=3600))
+    mlops.start(ConsumerContext("mlops", "models", state, emit, store, {}))
+    return mlops
+
+
+def _start_dying_at_resolve(store: DuckDBStore, state: Path) -> tuple[MLOps, list[AlertEvent]]:
+    """A consumer whose process dies right after the commit that recovered the model (its
+    quality alert resolving); the alerts emitted before."""
+    before: list[AlertEvent] = []
+
+    def emit(plugin: str, event: AlertEvent) -> None:
+        if event.kind == "quality_decay" and event.resolved:
+            raise Crash
+        before.append(event)
+
+    return _start(store, state, emit), before
+
+
 def test_a_quality_alert_open_at_a_crash_is_settled_at_the_end_of_the_replay(
     tmp_path: Path,
 ) -> None:
@@ -80,16 +100,7 @@ def test_a_quality_alert_open_at_a_crash_is_settled_at_the_end_of_the_replay(
     try:
         state = tmp_path / "state"
         state.mkdir()
-        config = MLOpsConfig(window_seconds=120, baseline_seconds=0, save_seconds=3600)
-        before: list[AlertEvent] = []
-
-        def emit(plugin: str, event: AlertEvent) -> None:
-            if event.kind == "quality_decay" and event.resolved:
-                raise Crash  # dies right after the recovering batch's commit
-            before.append(event)
-
-        first = MLOps(config)
-        first.start(ConsumerContext("mlops", "models", state, emit, store, {}))
+        first, before = _start_dying_at_resolve(store, state)
         seqs = []
         for window in range(4):
             decoded = decode_request(
@@ -109,9 +120,7 @@ def test_a_quality_alert_open_at_a_crash_is_settled_at_the_end_of_the_replay(
         assert _quality(before) == [("scorer:2", False)]  # window 2 decayed: open
 
         after: list[AlertEvent] = []
-        again = MLOps(config)
-        ctx = ConsumerContext("mlops", "models", state, lambda _, e: after.append(e), store, {})
-        again.start(ctx)
+        again = _start(store, state, lambda _, e: after.append(e))
         assert again.state_file is not None and again.state_file.loaded_seq == seqs[1]
         assert again.mark is not None and again.mark.seq == seqs[3]  # window 3's rows are in
         for batch in store.read_batches(seqs[1], seqs[3], frozenset(Signal), 64):
@@ -154,16 +163,7 @@ def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> No
     try:
         state = tmp_path / "state"
         state.mkdir()
-        config = MLOpsConfig(window_seconds=120, baseline_seconds=0, save_seconds=3600)
-        before: list[AlertEvent] = []
-
-        def emit(plugin: str, event: AlertEvent) -> None:
-            if event.kind == "quality_decay" and event.resolved:
-                raise Crash  # dies right after the commit that recovered the model
-            before.append(event)
-
-        first = MLOps(config)
-        first.start(ConsumerContext("mlops", "models", state, emit, store, {}))
+        first, before = _start_dying_at_resolve(store, state)
         assert first.state_file is not None
         now = [first.state_file.clock()]
         first.state_file.clock = lambda: now[0]
@@ -192,12 +192,7 @@ def test_a_save_in_the_middle_of_a_replay_keeps_its_checks(tmp_path: Path) -> No
         assert _quality(before) == [("scorer:2", False)]  # open at the crash
 
         def restart(events: list[AlertEvent]) -> MLOps:
-            mlops = MLOps(config)
-            ctx = ConsumerContext(
-                "mlops", "models", state, lambda _, e: events.append(e), store, {}
-            )
-            mlops.start(ctx)
-            return mlops
+            return _start(store, state, lambda _, e: events.append(e))
 
         once: list[AlertEvent] = []
         again = restart(once)
