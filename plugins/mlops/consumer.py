@@ -240,13 +240,14 @@ class MLOps:
         quality of the model versions their labels touch. Returns whether they are written."""
         assert self.mark is not None
         pending = self.pending
+        predictions, labels = pending.predictions, pending.labels
 
         def write() -> bool:
             if self.quality is not None:
-                if pending.predictions:
-                    self.quality.insert("mlops_predictions", pa.concat_tables(pending.predictions))
-                if pending.labels:
-                    self.quality.insert("mlops_labels", pa.concat_tables(pending.labels))
+                if predictions:
+                    self.quality.insert("mlops_predictions", pa.concat_tables(predictions))
+                if labels:
+                    self.quality.insert("mlops_labels", pa.concat_tables(labels))
             self.save_history(pending.history)
             return True
 
@@ -257,7 +258,6 @@ class MLOps:
             self.last_write_error = f"{type(exc).__name__}: {exc}"
             self._failed_write()
             return False
-        labels = pending.labels
         if self._write_failing:
             log.warning("mlops: rows of %d batches written after failed writes", pending.batches)
         self._write_failing = False
