@@ -28,6 +28,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pyarrow as pa
 
@@ -155,7 +156,7 @@ class IngestPipeline:
             max_value_chars=settings.max_value_chars,
             max_depth=settings.max_anyvalue_depth,
         )
-        self.admission = Admission(settings.queue_bytes)
+        self.admission = Admission(settings.queue_bytes, settings.admission_wait_bytes)
         self.expansion: dict[tuple[Signal, Encoding], float] = {
             (signal, encoding): factor
             for signal, factor in _INITIAL_EXPANSION.items()
@@ -333,19 +334,15 @@ class IngestPipeline:
             raise Unavailable("decoder process failed") from exc
 
     def refuse_if_full(self, signal: Signal, expected_bytes: int = 0) -> None:
-        """Raise ``Overloaded`` now if a request of about this size would not be admitted, so a
-        receiver need not read (and decompress) a body only to refuse it."""
+        """Raise ``Overloaded`` now if a request of about this size would be neither admitted nor
+        let wait for room, so a receiver need not read (and decompress) a body only to refuse
+        it."""
         admission = self.admission
-        expected_bytes = int(expected_bytes * self.expansion[signal, Encoding.PROTOBUF])
-        if admission.in_flight_requests and (
-            admission.in_flight_bytes + expected_bytes > admission.capacity_bytes
-        ):
-            self._throttled[signal].inc()
-            self._end_fill()
-            raise Overloaded(
-                f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
-                self.settings.retry_after_seconds,
-            )
+        charge = int(expected_bytes * self.expansion[signal, Encoding.PROTOBUF])
+        if admission.waiting_requests == 0 and admission.fits(charge):
+            return
+        if not (self._may_wait and admission.can_wait(expected_bytes)):
+            self._refuse(signal)
 
     @property
     def inline(self) -> bool:
@@ -361,8 +358,11 @@ class IngestPipeline:
         The work goes on if the caller is cancelled (a client's deadline): its bytes stay
         counted against the queue until it is really done, so retries cannot overfill it.
         """
+        nbytes = self.try_admit(signal, encoding, len(body))
+        if nbytes is None:
+            nbytes = await self._wait_for_room(signal, encoding, len(body))
         if self.inline:
-            decoded, position = self.submit(signal, body, encoding)
+            decoded, position = self.submit(signal, body, encoding, nbytes)
             if position:
                 assert self.log is not None
                 try:
@@ -370,19 +370,25 @@ class IngestPipeline:
                 except OSError as exc:
                     raise Unavailable(f"ingest log fsync failed: {exc}", 1) from exc
             return decoded
-        nbytes = self._admit(signal, encoding, len(body))
         work = asyncio.ensure_future(self._admitted(signal, body, encoding, nbytes))
         return await asyncio.shield(work)
 
-    def submit(self, signal: Signal, body: bytes, encoding: Encoding) -> tuple[DecodedRequest, int]:
+    def submit(
+        self, signal: Signal, body: bytes, encoding: Encoding, nbytes: int | None = None
+    ) -> tuple[DecodedRequest, int]:
         """For an :attr:`inline` pipeline: admit, decode, append to the ingest log and queue
         the load, all before returning; return the decoded request and the log position whose
         fsync the reply must wait for (``IngestLog.when_synced``; 0: nothing to wait for).
 
-        Raises like :meth:`ingest`. Nothing here awaits, so a cancelled caller cannot leave
-        work half done: once appended, the load owns the request's admission bytes.
+        ``nbytes``: the charge :meth:`try_admit` already took for it; without it the request is
+        admitted here or refused (it does not wait). Raises like :meth:`ingest`. Nothing here
+        awaits, so a cancelled caller cannot leave work half done: once appended, the load owns
+        the request's admission bytes.
         """
-        nbytes = self._admit(signal, encoding, len(body))
+        if nbytes is None:
+            nbytes = self.try_admit(signal, encoding, len(body))
+            if nbytes is None:
+                self._refuse(signal)
         release = True
         try:
             try:
@@ -402,8 +408,10 @@ class IngestPipeline:
             if release:
                 self._release(nbytes)
 
-    def _admit(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int:
-        """Charge a request against admission; return its charge. Raises ``Unavailable``."""
+    def try_admit(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int | None:
+        """Charge a request against admission now and return its charge; None when there is no
+        room now but the request may wait for it (:meth:`ingest` waits). Raises ``Unavailable``
+        (``Overloaded`` when it may not wait either)."""
         if self._closing:
             raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
         if self._failing:
@@ -415,16 +423,40 @@ class IngestPipeline:
         # Charged at what it will hold decoded (estimated), so requests being decoded cannot
         # overrun the bound; trued up to the real decoded size once decoded.
         nbytes = self._charge(signal, encoding, body_bytes)
-        admission = self.admission
-        if not admission.try_acquire(nbytes):
-            self._throttled[signal].inc()
-            self._end_fill()
-            raise Overloaded(
-                f"ingest queue full ({admission.in_flight_bytes} bytes in flight)",
-                self.settings.retry_after_seconds,
-            )
+        if self.admission.try_acquire(nbytes):
+            self._idle.clear()
+            return nbytes
+        self._end_fill()
+        if self._may_wait and self.admission.can_wait(body_bytes):
+            return None
+        self._refuse(signal)
+
+    async def _wait_for_room(self, signal: Signal, encoding: Encoding, body_bytes: int) -> int:
+        """For a request :meth:`try_admit` let wait: wait (at most ``admission_wait_seconds``)
+        for room and return its charge. Raises ``Unavailable``."""
+        nbytes = self._charge(signal, encoding, body_bytes)
+        wait = self.settings.admission_wait_seconds
+        if not await self.admission.wait(nbytes, body_bytes, wait):
+            self._refuse(signal)
         self._idle.clear()
+        if self._closing:
+            self._release(nbytes)
+            raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
         return nbytes
+
+    @property
+    def _may_wait(self) -> bool:
+        return self.settings.admission_wait_seconds > 0 and not self._closing
+
+    def _refuse(self, signal: Signal) -> NoReturn:
+        self._throttled[signal].inc()
+        self._end_fill()
+        admission = self.admission
+        raise Overloaded(
+            f"ingest queue full ({admission.in_flight_bytes} bytes in flight, "
+            f"{admission.waiting_requests} requests waiting for room)",
+            self.settings.retry_after_seconds,
+        )
 
     async def _admitted(
         self, signal: Signal, body: bytes, encoding: Encoding, nbytes: int

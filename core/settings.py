@@ -44,6 +44,15 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     memory its decoded batches hold: before decoding, its body size times a learnt per-signal
     expansion; after, its decoded size (docs/ingest.md, "Backpressure"). Part of the memory
     budget (docs/configuration.md)."""
+    admission_wait_seconds: float = 1.0
+    """Longest a request that finds the queue full waits for room, in arrival order, before
+    503 / UNAVAILABLE; the bodies waiting are bounded by ``admission_wait_bytes`` (beyond,
+    refused at once). 0: refuse at once. A burst larger than the queue is then taken as fast as the
+    store drains it, instead of every client of it retrying in step a retry hint later."""
+    admission_wait_bytes: int | None = None
+    """Bound on the body bytes of the requests waiting for room (not decoded yet); beyond it a
+    request that finds the queue full is refused at once. Default: a quarter of
+    ``queue_bytes``, which the memory budget has room for (docs/configuration.md)."""
     retry_after_seconds: int = 1
     max_attributes: int = 128
     max_value_chars: int = 16_384
@@ -200,4 +209,8 @@ def load_settings(
         parse_address(getattr(settings, key), key)
     if settings.ingest.queue_bytes < settings.ingest.max_request_bytes:
         raise SettingsError("ingest.queue_bytes must be at least ingest.max_request_bytes")
+    if settings.ingest.admission_wait_seconds < 0:
+        raise SettingsError("ingest.admission_wait_seconds must be 0 or more")
+    if (settings.ingest.admission_wait_bytes or 0) < 0:
+        raise SettingsError("ingest.admission_wait_bytes must be 0 or more")
     return settings

@@ -439,15 +439,17 @@ class _Connection(asyncio.Protocol):
         try:
             content_encoding = self.headers.get("content-encoding", "")
             body = decompress(raw, content_encoding, self.server.max_request_bytes)
-            if not pipeline.inline:
-                # Decode workers, or acknowledge on the store's commit: the awaited path.
+            # Decode workers, acknowledging on the store's commit, or a request that must wait
+            # for room in the queue: the awaited path.
+            nbytes = pipeline.try_admit(signal, encoding, len(body)) if pipeline.inline else None
+            if nbytes is None:
                 task = asyncio.ensure_future(pipeline.ingest(signal, body, encoding))
                 tasks = self.server.tasks  # the loop keeps only weak references to tasks
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(functools.partial(self._ingested, request))
                 return
-            decoded, position = pipeline.submit(signal, body, encoding)
+            decoded, position = pipeline.submit(signal, body, encoding, nbytes)
         except Exception as exc:
             self._answer(request, _error(exc, encoding, request.connection))
             return

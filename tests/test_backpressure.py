@@ -80,7 +80,10 @@ def test_full_queue_is_503_and_unavailable_with_retry_hints(tmp_path: Path) -> N
 
 
 def test_retrying_sdk_clients_lose_nothing_under_backpressure(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", env=LIMITS).start()
+    # A queue of a few of these requests (decoded, ~4 times their ~80 KB), and a waiting room
+    # (a quarter of it) of about three bodies: twelve at once overflow both.
+    limits = {**LIMITS, "OPSTRATA_INGEST__QUEUE_BYTES": "1000000"}
+    server = ServerProcess(tmp_path / "data", env=limits).start()
     batches = []
     for i in range(12):
 

@@ -55,7 +55,10 @@ def test_requests_being_decoded_are_charged_their_decoded_size(tmp_path: Path) -
     async def run() -> None:
         store = DuckDBStore(tmp_path / "data")
         store.start()
-        settings = IngestSettings(queue_bytes=capacity, max_request_bytes=len(body))
+        # No wait for room: what is refused at once shows what was charged.
+        settings = IngestSettings(
+            queue_bytes=capacity, max_request_bytes=len(body), admission_wait_seconds=0
+        )
         pipeline = IngestPipeline(settings, store, SelfMetrics(), log_dir=tmp_path / "data" / "log")
         pipeline.start()
         try:
