@@ -37,6 +37,11 @@ class CommittedBatch:
     0), as the decoder walked them (``otlp.decoded.Batches.resource_starts``); None when not
     known (a reference decoder's batches, batches read back from the store). Runs may repeat:
     two consecutive resources with equal attributes are two runs."""
+    llm_spans: object | None = None
+    """The span decoder's side batch of LLM spans (``otlp.decoded.Batches.llm_spans``: a
+    capsule or a record batch, see ``otlp.decode_traces.join_llm_spans``) when it made one;
+    None otherwise (also when it marked no span)."""
+    llm_spans_nbytes: int = 0
 
     @classmethod
     def of(
@@ -67,7 +72,9 @@ class CommittedBatch:
         starts = getattr(batches, "resource_starts", None)
         if starts is not None and starts.keys() != tables.keys():
             starts = None  # a list changed after decoding: not known
-        return cls(seq, signal, MappingProxyType(tables), nbytes, latest, starts)
+        side = getattr(batches, "llm_spans", None)
+        side_nbytes = getattr(batches, "llm_spans_nbytes", 0) if side is not None else 0
+        return cls(seq, signal, MappingProxyType(tables), nbytes, latest, starts, side, side_nbytes)
 
     @property
     def rows(self) -> int:

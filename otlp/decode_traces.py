@@ -22,12 +22,17 @@ from opstrata.schema import EVENT_TYPE, LINK_TYPE, TRACES, TS, Signal, Table
 __all__ = [
     "LLM_PREFIXES",
     "LLM_ROWS",
+    "LLM_SIDE_KEYS",
+    "LLM_SPANS",
     "SPAN_KINDS",
     "STATUS_CODES",
     "complex_renderer",
     "decode_trace_bytes",
     "decode_traces",
+    "hand_over_llm_spans",
+    "join_llm_spans",
     "llm_rows",
+    "llm_spans_of",
 ]
 
 # The strings the Collector's ClickHouse exporter stores
@@ -66,6 +71,62 @@ def llm_rows(keys: list[str], offsets: list[int]) -> bytes:
 
 def _hinted(batch: pa.RecordBatch, rows: bytes | None) -> pa.RecordBatch:
     return batch.replace_schema_metadata({LLM_ROWS: rows}) if rows else batch
+
+
+LLM_SPANS = pa.schema(
+    [TRACES.field(name) for name in (
+        "Timestamp", "TraceId", "SpanId", "ServiceName", "SpanAttributes", "Duration",
+        "StatusCode", "StatusMessage", "Events", "ResourceAttributes",
+    )]
+)  # fmt: skip
+"""The llmops side batch of a request (``Batches.llm_spans``): the marked rows (:data:`LLM_ROWS`)
+only, the columns the plugin reads, and of ``SpanAttributes`` only the keys under
+:data:`LLM_PREFIXES` and :data:`LLM_SIDE_KEYS` (in their order). Made by the decoder while the
+spans are in hand, so that the plugin keeps these small batches instead of whole requests and
+takes no rows out of them (``_wire.c``'s ``side_add``)."""
+LLM_SIDE_KEYS = frozenset({"session.id", "user.id", "enduser.id", "error.type", "event.name"})
+"""Keys outside :data:`LLM_PREFIXES` that the side batch keeps (``_wire.c``'s ``SIDE_KEYS``)."""
+_llm_spans = False
+
+
+def hand_over_llm_spans(on: bool) -> None:
+    """Whether the span decoders make the side batch (:data:`LLM_SPANS`) from now on: the
+    llmops plugin turns it on when it starts; without the plugin nobody reads it."""
+    global _llm_spans
+    _llm_spans = on
+
+
+def join_llm_spans(sides: list[object]) -> pa.Table | None:
+    """Side batches of a group of requests (``Batches.llm_spans``: the C decoder's capsules,
+    or record batches of the Python walk) as one table; ``None`` for none. The capsules are
+    joined in C into one batch and imported once (an import costs ~13 µs, as much for a
+    request's few rows as for a group's thousands)."""
+    if not sides:
+        return None
+    capsules = [s for s in sides if not isinstance(s, pa.RecordBatch)]
+    batches = [s for s in sides if isinstance(s, pa.RecordBatch)]
+    if capsules:
+        capsule, address, _ = _wire.join_llm_spans(capsules)
+        batches.insert(0, _import_batch(address, LLM_SPANS))
+        del capsule  # the import moved the arrays out
+    return pa.Table.from_batches(batches, LLM_SPANS)
+
+
+def _side_key(key: str) -> bool:
+    return key.startswith(LLM_PREFIXES) or key in LLM_SIDE_KEYS
+
+
+def llm_spans_of(batch: pa.RecordBatch, rows: np.ndarray) -> pa.RecordBatch | None:
+    """The side batch of ``batch``'s marked ``rows`` (``None`` without any), in Python: the
+    reference for the C decoder's, and what the Python walk hands over."""
+    if not len(rows):
+        return None
+    at = pa.array(np.asarray(rows, dtype=np.int64))
+    columns = [batch.column(name).take(at) for name in LLM_SPANS.names]
+    index = LLM_SPANS.get_field_index("SpanAttributes")
+    kept = [[(k, v) for k, v in pairs if _side_key(k)] for pairs in columns[index].to_pylist()]
+    columns[index] = pa.array(kept, LLM_SPANS.field(index).type)
+    return pa.RecordBatch.from_arrays(columns, schema=LLM_SPANS)
 
 
 # Why a span is rejected; ``_wire`` reports the index of one of these.
@@ -219,6 +280,12 @@ def decode_traces(request: ExportTraceServiceRequest, attrs: AttributeRenderer) 
     )
     hint = llm_rows(span_attrs.keys, span_attrs.offsets)
     out.batches.append((Table.TRACES, _hinted(batch, hint)))
+    if _llm_spans:
+        side = llm_spans_of(batch, np.frombuffer(hint, np.int32))
+        out.batches.llm_spans = side  # type: ignore[attr-defined]
+        out.batches.llm_spans_nbytes = (  # type: ignore[attr-defined]
+            side.get_total_buffer_size() if side is not None else 0
+        )
     return out
 
 
@@ -262,8 +329,15 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
             nbytes,
             event_time,
             starts,
+            side,
+            _side_address,
+            side_nbytes,
         ) = _wire.decode_traces(
-            data, limits.max_attributes, limits.max_value_chars, complex_renderer(limits)
+            data,
+            limits.max_attributes,
+            limits.max_value_chars,
+            complex_renderer(limits),
+            _llm_spans,
         )
     except (_wire.DecodeError, ProtobufDecodeError) as exc:
         raise InvalidRequest(f"cannot parse protobuf ExportTraceServiceRequest: {exc}") from None
@@ -284,4 +358,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     out.batches.resource_starts = (  # type: ignore[attr-defined]
         {Table.TRACES: np.frombuffer(starts, np.int32)} if capsule is not None else {}
     )
+    if side is not None:  # left a capsule: imported with the others of its group at once
+        out.batches.llm_spans = side  # type: ignore[attr-defined]
+        out.batches.llm_spans_nbytes = side_nbytes  # type: ignore[attr-defined]
     return out

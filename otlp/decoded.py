@@ -33,6 +33,8 @@ def _buffers(table: Table) -> int:
 
 
 _BUFFERS = {table: _buffers(table) for table in TABLES}
+_SIDE_BUFFERS = 31
+"""Buffers of the llmops side batch (``decode_traces.LLM_SPANS``; a test counts them)."""
 
 
 class Batches(list[tuple[Table, pa.RecordBatch]]):
@@ -52,6 +54,12 @@ class Batches(list[tuple[Table, pa.RecordBatch]]):
     the first 0), as the C decoders walk them; None when not known (the reference decoders,
     JSON). Two consecutive resources with equal attributes are two starts: users take runs as
     "may repeat". A list changed afterwards must reset it to None."""
+    llm_spans: object | None = None
+    """The LLM spans' side batch (``otlp.decode_traces.LLM_SPANS``) when the span decoder was
+    asked for it and marked any span: a capsule of the C decoder's (imported by
+    ``decode_traces.join_llm_spans``) or a record batch; its buffers' bytes in
+    ``llm_spans_nbytes``."""
+    llm_spans_nbytes: int = 0
 
 
 class InvalidRequest(ValueError):
@@ -94,6 +102,8 @@ class DecodedRequest:
         nor sliced) and a fixed cost per buffer. ``RecordBatch.nbytes`` works out referenced
         byte ranges column by column, ~65 µs per request of 100 spans on the event loop."""
         overhead = sum(BUFFER_OVERHEAD * _BUFFERS[table] for table, _ in self.batches)
+        side = getattr(self.batches, "llm_spans_nbytes", 0)  # the llmops side batch
+        overhead += side + (BUFFER_OVERHEAD * _SIDE_BUFFERS if side else 0)
         if self.buffer_bytes >= 0:
             return self.buffer_bytes + overhead
         return sum(batch.get_total_buffer_size() for _, batch in self.batches) + overhead

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from opstrata.consumers import CommittedBatch, Consumer, ConsumerContext
+from opstrata.otlp.decode_traces import hand_over_llm_spans, join_llm_spans
 from opstrata.plugins.llmops.config import LLMOpsConfig
 from opstrata.plugins.llmops.conventions import MESSAGE_EVENTS
 from opstrata.plugins.llmops.detect import CallAlerts
@@ -125,6 +126,7 @@ class LLMCalls(Consumer):
         self._lock = threading.Lock()  # the kept batches: held for a few list operations
         self._look_lock = threading.Lock()  # one look at a time, in sequence order
         self._pending_spans: list[Kept] = []
+        self._pending_side: list[object] = []  # the decoder's LLM side batches
         self._pending_logs: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._pending_bytes = 0
@@ -133,6 +135,11 @@ class LLMCalls(Consumer):
         self._pending_since = 0.0
 
     def start(self, ctx: ConsumerContext) -> None:
+        # The span decoders copy the marked spans' columns the plugin reads into a small side
+        # batch (``CommittedBatch.llm_spans``): kept instead of whole requests, and no rows to
+        # take out of them. Batches decoded before this (or read back from the store) have
+        # none and are scanned as before.
+        hand_over_llm_spans(True)
         self.writer = CallWriter(
             ctx.store, ctx.consumer, flush_seconds=WRITE_SECONDS, before_flush=self._flush_if_due
         )
@@ -144,6 +151,7 @@ class LLMCalls(Consumer):
             )
 
     def stop(self, ctx: ConsumerContext) -> None:
+        hand_over_llm_spans(False)
         self.flush_pending()
         if self.writer is not None:
             self.writer.stop()
@@ -233,7 +241,12 @@ class LLMCalls(Consumer):
         with self._lock:
             if spans is not None and spans.num_rows:
                 rows = hinted_rows(spans)
-                if rows is None or len(rows):  # else marked by the decoder: no LLM key at all
+                side = batch.llm_spans
+                if rows is not None and side is not None:  # the usual case: the decoder's rows
+                    self._pending_side.append(side)
+                    self._pending_rows += len(rows)  # the side batch's rows
+                    self._pending_bytes += batch.llm_spans_nbytes
+                elif rows is None or len(rows):  # else marked by the decoder: no LLM key at all
                     self._pending_spans.append((spans, rows))
                     self._pending_rows += spans.num_rows
                     self._pending_bytes += batch.nbytes  # measured once, by the fan-out
@@ -273,16 +286,29 @@ class LLMCalls(Consumer):
                 if not self._pending_since:
                     return
                 spans, logs = self._pending_spans, _table(self._pending_logs)
+                side = self._pending_side
                 seq = self._pending_seq
-                self._pending_spans, self._pending_logs = [], []
+                self._pending_spans, self._pending_logs, self._pending_side = [], [], []
                 self._pending_rows, self._pending_since = 0, 0.0
                 self._pending_bytes = 0
-            self._recognise(seq, spans, logs)
+            self._recognise(seq, spans, side, logs)
 
-    def _recognise(self, seq: int, spans: list[Kept], logs: pa.Table | None) -> None:
+    def _recognise(
+        self, seq: int, spans: list[Kept], sides: list[object], logs: pa.Table | None
+    ) -> None:
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
+        side = join_llm_spans(sides)
+        if side is not None:  # every row a marked span, with the columns recognition reads
+            found = recognise(SpanColumns.of_spans(side), self.policy)
+            if found is not None:
+                self._remember_resources(
+                    found.calls.column("ServiceName").combine_chunks(),
+                    self._resource_in(side, found.rows),
+                )
+                calls.append(found.calls)
+                messages.append(found.messages)
         picked = pick_spans(spans)
         if picked is not None:  # else the common case: no LLM span in the group
             found = recognise(SpanColumns.of_spans(picked.columns), self.policy)
