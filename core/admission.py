@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 
 __all__ = ["Admission"]
 
@@ -28,6 +29,7 @@ class Admission:
         "capacity_bytes",
         "in_flight_bytes",
         "in_flight_requests",
+        "on_empty",
         "waiting_bytes",
         "waiting_capacity_bytes",
     )
@@ -44,6 +46,8 @@ class Admission:
         self.waiting_bytes = 0
         """Body bytes of the requests waiting for room (held by the receivers meanwhile)."""
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        self.on_empty: Callable[[], None] | None = None
+        """Called when a release leaves nothing in flight (shutdown waits for that)."""
 
     @property
     def waiting_requests(self) -> int:
@@ -90,6 +94,14 @@ class Admission:
         self.in_flight_bytes -= nbytes
         self.in_flight_requests -= 1
         if self._waiters:
+            self._admit_waiters()
+        if self.in_flight_requests == 0 and self.on_empty is not None:
+            self.on_empty()
+
+    def adjust(self, delta: int) -> None:
+        """Change the bytes an admitted request holds (its charge trued up once decoded)."""
+        self.in_flight_bytes += delta
+        if delta < 0 and self._waiters:
             self._admit_waiters()
 
     def _take(self, nbytes: int) -> None:

@@ -170,6 +170,7 @@ class IngestPipeline:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.admission.on_empty = self._idle.set
         if log_dir is not None and not hasattr(store, "enqueue"):
             # A store without queued loads (``enqueue``, ``log_position``): ack on its commit.
             log.warning("store %s cannot load an ingest log; acknowledging on commit", store)
@@ -412,14 +413,7 @@ class IngestPipeline:
         """Charge a request against admission now and return its charge; None when there is no
         room now but the request may wait for it (:meth:`ingest` waits). Raises ``Unavailable``
         (``Overloaded`` when it may not wait either)."""
-        if self._closing:
-            raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
-        if self._failing:
-            self._throttled[signal].inc()
-            raise Unavailable(
-                "the store is failing to load acknowledged data; retrying it",
-                self.settings.retry_after_seconds,
-            )
+        self._refuse_if_closed(signal)
         # Charged at what it will hold decoded (estimated), so requests being decoded cannot
         # overrun the bound; trued up to the real decoded size once decoded.
         nbytes = self._charge(signal, encoding, body_bytes)
@@ -439,10 +433,22 @@ class IngestPipeline:
         if not await self.admission.wait(nbytes, body_bytes, wait):
             self._refuse(signal)
         self._idle.clear()
-        if self._closing:
+        try:
+            self._refuse_if_closed(signal)  # it may have started while this request waited
+        except Unavailable:
             self._release(nbytes)
-            raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
+            raise
         return nbytes
+
+    def _refuse_if_closed(self, signal: Signal) -> None:
+        if self._closing:
+            raise ShuttingDown("server is shutting down", self.settings.retry_after_seconds)
+        if self._failing:
+            self._throttled[signal].inc()
+            raise Unavailable(
+                "the store is failing to load acknowledged data; retrying it",
+                self.settings.retry_after_seconds,
+            )
 
     @property
     def _may_wait(self) -> bool:
@@ -512,7 +518,7 @@ class IngestPipeline:
         return the new charge and the batches' buffer bytes."""
         decoded_bytes, buffers = decoded_sizes(decoded)
         held = max(body_bytes, decoded_bytes)
-        self.admission.in_flight_bytes += held - charged
+        self.admission.adjust(held - charged)
         if body_bytes >= 1024:  # tiny requests say little about big ones
             key = (signal, encoding)
             ratio = min(max(decoded_bytes / body_bytes, _EXPANSION_BOUNDS[0]), _EXPANSION_BOUNDS[1])
@@ -542,8 +548,11 @@ class IngestPipeline:
         """Queue a logged request's batches for the store; its completion is handled in order."""
         self.backlog_bytes += nbytes
         self.backlog_requests += 1
-        if 2 * self.backlog_bytes > self.admission.capacity_bytes:
-            self._end_fill()  # before admission refuses anyone
+        admission = self.admission
+        if 2 * self.backlog_bytes > admission.capacity_bytes or admission.waiting_requests:
+            # Before admission refuses anyone; and requests waiting for room wait for this
+            # load's release, which the store's fill wait would hold back up to a second.
+            self._end_fill()
         try:
             future = self.store.enqueue(decoded.batches, position)  # type: ignore[attr-defined]
         except StoreError:
@@ -722,10 +731,7 @@ class IngestPipeline:
         return True
 
     def _release(self, nbytes: int) -> None:
-        admission = self.admission
-        admission.release(nbytes)
-        if admission.in_flight_requests == 0:
-            self._idle.set()
+        self.admission.release(nbytes)  # sets ``_idle`` when nothing is left in flight
 
     def _announce(self, seq: int, decoded: DecodedRequest, buffers: int | None = None) -> None:
         # The data is durable now: whatever happens here must not turn the reply into a

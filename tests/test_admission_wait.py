@@ -16,14 +16,16 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from opstrata.admission import Admission
-from opstrata.errors import Overloaded
+from opstrata.errors import Overloaded, Unavailable
 from opstrata.ingest import IngestPipeline
-from opstrata.otlp.decoder import Encoding
+from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import IngestSettings, SettingsError, load_settings
 from opstrata.storage.duckdb_store import DuckDBStore
 from tests.storeread import read_table
+from tests.test_bad_input import _spans
 
 
 def test_waiters_are_admitted_in_arrival_order_as_room_comes() -> None:
@@ -115,7 +117,9 @@ def test_a_burst_past_the_queue_waits_instead_of_being_refused(
     bodies = [_logs_request(tag, 300) for tag in tags]
 
     async def run() -> list[object]:
-        store = DuckDBStore(tmp_path / "data")
+        # A fill wait far past the admission wait: the waiters' own loads must not be held
+        # back to fill a row group while they wait for those loads' release.
+        store = DuckDBStore(tmp_path / "data", fill_wait=30.0)
         store.start()
         settings = IngestSettings(
             queue_bytes=len(bodies[0]) * 4,  # charged ~6 bodies before decoding, ~2 after
@@ -145,6 +149,70 @@ def test_a_burst_past_the_queue_waits_instead_of_being_refused(
         assert services == set(tags)
     else:
         assert len(refused) >= 6, "a queue of about one request refuses the rest of a burst"
+
+
+def test_a_waiter_is_refused_when_the_store_fails_while_it_waits(tmp_path: Path) -> None:
+    """Everyone gets 503 / UNAVAILABLE while an acknowledged load is failing (``healthy`` is
+    False); a request that was waiting for room when it began must not be let in either."""
+    failing = _logs_request("failing", 20)
+    small = _spans(3)
+    waiter = _spans(400, attrs={"k": "v" * 20})
+
+    def decoded_size(signal: Signal, body: bytes) -> int:
+        decoded = decode_request(signal, body, Encoding.PROTOBUF, DecodeLimits())
+        return max(len(body), decoded.nbytes)
+
+    # The waiter fits beside the failing load alone, not beside it and the small one.
+    queue = (
+        decoded_size(Signal.LOG_RECORDS, failing)
+        + decoded_size(Signal.SPANS, small)
+        + int(len(waiter) * 6.0)  # its charge before decoding
+        - 1
+    )
+
+    async def run() -> list[object]:
+        store = DuckDBStore(tmp_path / "data")
+        store.start()
+        settings = IngestSettings(
+            queue_bytes=queue, max_request_bytes=len(waiter), admission_wait_seconds=5.0
+        )
+        pipeline = IngestPipeline(settings, store, SelfMetrics(), log_dir=tmp_path / "data" / "log")
+        pipeline.start()
+        store.reader().execute("ALTER TABLE otel_logs_rows RENAME TO otel_logs_away")
+        try:
+            requests = [
+                asyncio.ensure_future(pipeline.ingest(signal, body, Encoding.PROTOBUF))
+                for signal, body in [
+                    (Signal.LOG_RECORDS, failing),
+                    (Signal.SPANS, small),
+                    (Signal.SPANS, waiter),
+                ]
+            ]
+            await asyncio.sleep(0.005)
+            assert pipeline.admission.waiting_requests == 1
+            return await asyncio.gather(*requests, return_exceptions=True)
+        finally:
+            store.reader().execute("ALTER TABLE otel_logs_away RENAME TO otel_logs_rows")
+            await pipeline.shutdown(timeout=5)
+            store.shutdown()
+
+    outcomes = asyncio.run(run())
+    assert [type(o).__name__ for o in outcomes[:2]] == ["DecodedRequest", "DecodedRequest"]
+    assert isinstance(outcomes[2], Unavailable) and "failing" in str(outcomes[2])
+
+
+def test_a_release_that_empties_the_queue_is_told() -> None:
+    """Shutdown waits for nothing in flight: every release that gets there, including one that
+    hands back a cancelled waiter's bytes, must say so."""
+    admission = Admission(100)
+    emptied: list[int] = []
+    admission.on_empty = lambda: emptied.append(admission.in_flight_requests)
+    assert admission.try_acquire(60) and admission.try_acquire(40)
+    admission.release(60)
+    assert emptied == []
+    admission.adjust(-10)
+    admission.release(30)
+    assert emptied == [0] and admission.in_flight_bytes == 0
 
 
 @pytest.mark.parametrize("key", ["ADMISSION_WAIT_SECONDS", "ADMISSION_WAIT_BYTES"])
