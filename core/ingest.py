@@ -176,6 +176,9 @@ class IngestPipeline:
             log.warning("store %s cannot load an ingest log; acknowledging on commit", store)
             log_dir = None
         self.log = IngestLog(log_dir) if log_dir is not None else None
+        self._exported = bool(getattr(store, "takes_exported_tables", False))
+        """Metric tables stay exported (not imported into pyarrow) until the store's commit
+        concatenates them (``otlp.exported_tables``)."""
         self.loaded = 0
         """Ingest log position up to which every record's load has finished (in order)."""
         self.backlog_bytes = 0
@@ -234,7 +237,11 @@ class IngestPipeline:
         signal = _SIGNALS_BY_CODE[record.signal]
         try:
             decoded = decode_request(
-                signal, record.body, _ENCODINGS_BY_CODE[record.encoding], self.limits
+                signal,
+                record.body,
+                _ENCODINGS_BY_CODE[record.encoding],
+                self.limits,
+                self._exported,
             )
         except Exception:
             log.exception("ingest log: a logged %s request no longer decodes; skipped", signal)
@@ -257,7 +264,11 @@ class IngestPipeline:
         signal = _SIGNALS_BY_CODE[record.signal]
         try:
             decoded = decode_request(
-                signal, record.body, _ENCODINGS_BY_CODE[record.encoding], self.limits
+                signal,
+                record.body,
+                _ENCODINGS_BY_CODE[record.encoding],
+                self.limits,
+                self._exported,
             )
         except Exception:
             log.exception("ingest log: held record %d no longer decodes; left held", record.end)
@@ -319,11 +330,13 @@ class IngestPipeline:
     async def _decode(self, signal: Signal, body: bytes, encoding: Encoding) -> DecodedRequest:
         pool = self._pool
         if pool is None:
-            return decode_request(signal, body, encoding, self.limits)
+            return decode_request(signal, body, encoding, self.limits, self._exported)
         loop = asyncio.get_running_loop()
+        # A worker process hands its result back pickled: exported tables would go as batches.
+        exported = self._exported and not self.settings.decode_workers
         try:
             return await loop.run_in_executor(
-                pool, decode_request, signal, body, encoding, self.limits
+                pool, decode_request, signal, body, encoding, self.limits, exported
             )
         except BrokenProcessPool as exc:
             # A dead worker breaks the whole pool for good: replace it, once, and let the
@@ -393,7 +406,7 @@ class IngestPipeline:
         release = True
         try:
             try:
-                decoded = decode_request(signal, body, encoding, self.limits)
+                decoded = decode_request(signal, body, encoding, self.limits, self._exported)
             except InvalidRequest:
                 self.metrics.rejected_requests.labels(signal.value, "malformed").inc()
                 raise
@@ -535,7 +548,8 @@ class IngestPipeline:
             self.metrics.rejected_items.labels(signal.value, "commit_failed").inc(decoded.accepted)
             raise Unavailable(f"commit failed: {exc}", 1) from exc
         self._committed[signal].inc(decoded.accepted)
-        self._announce(seq, decoded)
+        buffers = decoded.buffer_bytes  # the batches may be slices of a whole commit's table now
+        self._announce(seq, decoded, buffers if buffers >= 0 else None)
 
     def _load(
         self,
@@ -674,7 +688,9 @@ class IngestPipeline:
         else:
             log.info("the load of log position %d succeeded on retry", position)
             self.metrics.committed_items.labels(failing.signal.value).inc(failing.decoded.accepted)
-            self._announce(seq, failing.decoded)
+            # Known buffer bytes: the batches may be slices of a whole commit's table now.
+            buffers = failing.decoded.buffer_bytes
+            self._announce(seq, failing.decoded, buffers if buffers >= 0 else None)
             if failing.held:
                 self.log.release_held(position)
         del self._failing[position]

@@ -2716,6 +2716,8 @@ static PyMethodDef wire_methods[] = {
     {"join_llm_spans", wire_join_llm_spans, METH_O, join_llm_spans_doc},
     {"decode_logs", wire_decode_logs, METH_VARARGS, decode_logs_doc},
     {"decode_metrics", wire_decode_metrics, METH_VARARGS, decode_metrics_doc},
+    {"concat_tables", wire_concat_tables, METH_VARARGS, concat_tables_doc},
+    {"release_tables", wire_release_tables, METH_VARARGS, release_tables_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1030,3 +1030,341 @@ done:
     PyBuffer_Release(&view);
     return result;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Concatenation of exported tables: the store's commit                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The store commits hundreds of requests of a table at once. Importing each request's arrays
+ * into pyarrow and concatenating them there costs per Arrow node (an ArrayData, its vectors,
+ * a Buffer and a control block per buffer, allocated at import and again by the concatenation,
+ * freed with the GIL held): ~115 nodes per metrics request, more than the rows' bytes cost.
+ * Here the still-exported arrays of many requests are concatenated directly, without the GIL,
+ * into one exported tree, which is then imported once. The layout string names each node's
+ * kind in pre-order (the types' physical layouts, from the table's schema):
+ * 'S' struct, 'L' list or map (int32 offsets, one child), 'U' utf8 (int32 offsets, data),
+ * 'B' boolean (a bitmap), '1' '2' '4' '8' fixed width of that many bytes. */
+
+typedef struct {
+    const struct ArrowArray *a;
+    int64_t start; /* logical, before a->offset is added */
+    int64_t count;
+} CatPart;
+
+typedef struct {
+    Holder *h;
+    const char *layout;
+    int oom;
+    int bad; /* the arrays do not have the layout's shape */
+} CatState;
+
+/* A buffer of the output, owned by the holder; EMPTY_BUFFER (never written) when out of
+ * memory or empty. */
+static void *
+cat_own(CatState *s, size_t bytes)
+{
+    if (bytes == 0)
+        return (void *)EMPTY_BUFFER;
+    if (s->h->n_owned >= MAX_OWNED) {
+        s->bad = 1;
+        return (void *)EMPTY_BUFFER;
+    }
+    void *p = malloc(bytes);
+    if (p == NULL) {
+        s->oom = 1;
+        return (void *)EMPTY_BUFFER;
+    }
+    s->h->owned[s->h->n_owned++] = p;
+    return p;
+}
+
+static inline int
+cat_bit(const uint8_t *bits, int64_t i)
+{
+    return (bits[i >> 3] >> (i & 7)) & 1;
+}
+
+/* Copies the parts' bits (a validity bitmap, or a boolean's values) into one bitmap; a part
+ * without a bitmap (NULL: all valid) contributes ones. Returns the zero bits written. */
+static int64_t
+cat_bits(uint8_t *out, const CatPart *parts, Py_ssize_t n, int buffer)
+{
+    int64_t at = 0, zeros = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *bits = parts[i].a->buffers[buffer];
+        int64_t first = parts[i].a->offset + parts[i].start;
+        for (int64_t j = 0; j < parts[i].count; j++, at++) {
+            int bit = bits == NULL ? 1 : cat_bit(bits, first + j);
+            if (bit)
+                out[at >> 3] |= (uint8_t)(1u << (at & 7));
+            else
+                zeros++;
+        }
+    }
+    return zeros;
+}
+
+/* Offsets (int32) of the parts rebased into one buffer; each part's child range goes to
+ * child_parts (when given). Returns the child items in all, or -1 past int32. */
+static int64_t
+cat_offsets(int32_t *out, const CatPart *parts, Py_ssize_t n, CatPart *child_parts,
+            int child)
+{
+    int64_t at = 0, base = 0;
+    out[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int32_t *offs = parts[i].a->buffers[1];
+        int64_t first = parts[i].a->offset + parts[i].start;
+        int64_t from = parts[i].count ? offs[first] : 0;
+        for (int64_t j = 1; j <= parts[i].count; j++) {
+            int64_t value = base + (offs[first + j] - from);
+            if (value > INT32_MAX)
+                return -1;
+            out[++at] = (int32_t)value;
+        }
+        int64_t items = parts[i].count ? offs[first + parts[i].count] - from : 0;
+        if (child_parts != NULL) {
+            child_parts[i].a = parts[i].a->children[child];
+            child_parts[i].start = from;
+            child_parts[i].count = items;
+        }
+        base += items;
+    }
+    return base;
+}
+
+static int
+cat_width(char kind)
+{
+    return kind == '1' ? 1 : kind == '2' ? 2 : kind == '4' ? 4 : kind == '8' ? 8 : 0;
+}
+
+/* One node (and its children) of the output, from the same node of every part. */
+static struct ArrowArray *
+cat_node(CatState *s, const CatPart *parts, Py_ssize_t n, struct ArrowArray *into)
+{
+    char kind = *s->layout++;
+    int width = cat_width(kind);
+    int n_buffers = kind == 'S' ? 1 : kind == 'U' ? 3 : 2;
+    int64_t n_children = parts[0].a->n_children;
+    int64_t total = 0;
+    int nullable = 0;
+    if ((kind != 'S' && kind != 'L' && kind != 'U' && kind != 'B' && width == 0) ||
+        (kind == 'L' && n_children != 1) || (kind != 'S' && kind != 'L' && n_children != 0)) {
+        s->bad = 1;
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const struct ArrowArray *a = parts[i].a;
+        if (a->n_buffers != n_buffers || a->n_children != n_children || a->release == NULL) {
+            s->bad = 1;
+            return NULL;
+        }
+        total += parts[i].count;
+        if (a->buffers[0] != NULL && a->null_count != 0)
+            nullable = 1;
+    }
+    struct ArrowArray *out = new_array(s->h, into, (size_t)total, n_buffers, (int)n_children);
+    if (nullable) {
+        uint8_t *bits = cat_own(s, (size_t)(total + 7) / 8);
+        if (!s->oom && !s->bad) {
+            memset(bits, 0, (size_t)(total + 7) / 8);
+            out->buffers[0] = bits;
+            out->null_count = cat_bits(bits, parts, n, 0);
+        }
+    }
+    if (width) {
+        char *data = cat_own(s, (size_t)total * (size_t)width);
+        out->buffers[1] = data;
+        if (!s->oom && !s->bad)
+            for (Py_ssize_t i = 0, at = 0; i < n; i++) {
+                const char *from = parts[i].a->buffers[1];
+                size_t bytes = (size_t)parts[i].count * (size_t)width;
+                if (bytes)
+                    memcpy(data + at, from + (parts[i].a->offset + parts[i].start) * width,
+                           bytes);
+                at += (Py_ssize_t)bytes;
+            }
+    } else if (kind == 'B') {
+        uint8_t *bits = cat_own(s, (size_t)(total + 7) / 8);
+        out->buffers[1] = bits;
+        if (!s->oom && !s->bad) {
+            memset(bits, 0, (size_t)(total + 7) / 8);
+            cat_bits(bits, parts, n, 1);
+        }
+    } else if (kind == 'U' || kind == 'L') {
+        int32_t *offs = cat_own(s, (size_t)(total + 1) * sizeof(int32_t));
+        out->buffers[1] = offs;
+        CatPart *child_parts = NULL;
+        if (kind == 'L' && (child_parts = malloc((size_t)n * sizeof *child_parts)) == NULL)
+            s->oom = 1;
+        int64_t items = 0;
+        if (!s->oom && !s->bad && (items = cat_offsets(offs, parts, n, child_parts, 0)) < 0)
+            s->bad = 1;
+        if (kind == 'U') {
+            char *data = cat_own(s, (size_t)items);
+            out->buffers[2] = data;
+            if (!s->oom && !s->bad)
+                for (Py_ssize_t i = 0, at = 0; i < n; i++) {
+                    const int32_t *o = parts[i].a->buffers[1];
+                    int64_t first = parts[i].a->offset + parts[i].start;
+                    if (parts[i].count == 0)
+                        continue;
+                    size_t bytes = (size_t)(o[first + parts[i].count] - o[first]);
+                    if (bytes)
+                        memcpy(data + at, (const char *)parts[i].a->buffers[2] + o[first], bytes);
+                    at += (Py_ssize_t)bytes;
+                }
+        } else {
+            if (child_parts == NULL || s->oom || s->bad) {
+                free(child_parts);
+                return NULL;
+            }
+            out->children[0] = cat_node(s, child_parts, n, NULL);
+            free(child_parts);
+            if (out->children[0] == NULL)
+                return NULL;
+        }
+    }
+    if (kind == 'S') {
+        CatPart *child_parts = malloc((size_t)n * sizeof *child_parts);
+        if (child_parts == NULL) {
+            s->oom = 1;
+            return NULL;
+        }
+        for (int64_t c = 0; c < n_children; c++) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                child_parts[i].a = parts[i].a->children[c];
+                child_parts[i].start = parts[i].a->offset + parts[i].start;
+                child_parts[i].count = parts[i].count;
+            }
+            if ((out->children[c] = cat_node(s, child_parts, n, NULL)) == NULL) {
+                free(child_parts);
+                return NULL;
+            }
+        }
+        free(child_parts);
+    }
+    return out;
+}
+
+/* Fills every child link a failed concatenation left unset with an empty array, so that the
+ * partial tree can be released as a whole. */
+static void
+cat_patch(Holder *h, struct ArrowArray *a)
+{
+    for (int64_t i = 0; i < a->n_children; i++) {
+        if (a->children[i] == NULL)
+            a->children[i] = new_array(h, NULL, 0, 1, 0);
+        else
+            cat_patch(h, a->children[i]);
+    }
+}
+
+PyDoc_STRVAR(concat_tables_doc,
+"concat_tables(layout, capsules)\n"
+"--\n\n"
+"Concatenate exported struct arrays of one table (\"arrow_array\" capsules as decode_metrics\n"
+"returns them, not yet imported) into one, copying their buffers without the GIL. layout\n"
+"names each node's physical kind in pre-order (S struct, L list or map, U utf8, B boolean,\n"
+"1/2/4/8 fixed width). The capsules are left as they were. Returns (capsule, address) of the\n"
+"result, as decode_metrics does. Raises ValueError when an array does not have the layout's\n"
+"shape or was imported already.");
+
+static PyObject *
+wire_concat_tables(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *layout;
+    Py_ssize_t layout_len;
+    PyObject *capsules;
+    if (!PyArg_ParseTuple(args, "y#O!:concat_tables", &layout, &layout_len, &PyList_Type,
+                          &capsules))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(capsules);
+    if (n == 0 || layout_len == 0 || layout[0] != 'S') {
+        PyErr_SetString(PyExc_ValueError, "concat_tables needs capsules and a struct layout");
+        return NULL;
+    }
+    CatPart *parts = PyMem_Malloc((size_t)n * sizeof *parts);
+    if (parts == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct ArrowArray *a = PyCapsule_GetPointer(PyList_GET_ITEM(capsules, i), "arrow_array");
+        if (a == NULL) {
+            PyMem_Free(parts);
+            return NULL;
+        }
+        parts[i].a = a;
+        parts[i].start = 0;
+        parts[i].count = a->length;
+    }
+    struct ArrowArray *root = calloc(1, sizeof *root); /* release NULL until built */
+    Holder *h = calloc(1, sizeof *h);
+    if (root == NULL || h == NULL) {
+        free(root);
+        free(h);
+        PyMem_Free(parts);
+        return PyErr_NoMemory();
+    }
+    CatState s = {h, layout, 0, 0};
+    /* The capsules stay referenced by the caller's list, which holds them for the call. */
+    Py_BEGIN_ALLOW_THREADS
+    h->refs = 1; /* held until the tree is whole, so that no release frees it early */
+    struct ArrowArray *done = cat_node(&s, parts, n, root);
+    if (done == NULL || s.oom || s.bad || *s.layout != '\0') {
+        if (done == NULL && root->release == NULL)
+            new_array(h, root, 0, 1, 0);
+        cat_patch(h, root);
+        s.bad = s.bad || (!s.oom && done != NULL);
+        release_array(root);
+        root->release = NULL;
+    }
+    holder_unref(h);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(parts);
+    if (root->release == NULL) {
+        free(root);
+        if (s.oom)
+            return PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, "arrays do not have the layout's shape");
+        return NULL;
+    }
+    PyObject *capsule = root_capsule(root);
+    if (capsule == NULL)
+        return NULL;
+    return Py_BuildValue("(NN)", capsule, PyLong_FromVoidPtr(root));
+}
+
+PyDoc_STRVAR(release_tables_doc,
+"release_tables(capsules)\n"
+"--\n\n"
+"Free the buffers of exported arrays (\"arrow_array\" capsules) now, without the GIL; the\n"
+"capsules stay valid and free nothing more. Arrays already imported are skipped.");
+
+static PyObject *
+wire_release_tables(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *capsules;
+    if (!PyArg_ParseTuple(args, "O!:release_tables", &PyList_Type, &capsules))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(capsules);
+    struct ArrowArray **roots = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *roots);
+    if (roots == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        roots[i] = PyCapsule_GetPointer(PyList_GET_ITEM(capsules, i), "arrow_array");
+        if (roots[i] == NULL) {
+            PyMem_Free(roots);
+            return NULL;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (roots[i]->release != NULL)
+            roots[i]->release(roots[i]);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(roots);
+    Py_RETURN_NONE;
+}

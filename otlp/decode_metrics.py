@@ -29,6 +29,7 @@ from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.columns import StringMapColumn, hex_or_empty, list_column
 from opstrata.otlp.decode_traces import complex_renderer
 from opstrata.otlp.decoded import MAX_TIMESTAMP_NS, DecodedRequest, InvalidRequest
+from opstrata.otlp.exported_tables import ExportedTable, layout_of
 from opstrata.otlp.limits import Tally
 from opstrata.otlp.metric_kinds import KINDS, MetricKind
 from opstrata.otlp.scopes import ScopeColumns
@@ -244,13 +245,18 @@ def decode_metrics(
 _import_batch = pa.RecordBatch._import_from_c
 # ``_wire`` numbers the tables in this order.
 _TABLES = [(kind.table, kind.schema) for kind in KINDS]
+_LAYOUTS = [layout_of(kind.schema) for kind in KINDS]
 
 
-def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
+def decode_metric_bytes(
+    data: bytes, attrs: AttributeRenderer, exported: bool = False
+) -> DecodedRequest:
     """Decode a serialized ``ExportMetricsServiceRequest`` without building protobuf objects.
 
     The result equals ``decode_metrics(ExportMetricsServiceRequest.FromString(data), attrs)``;
     bytes that upb would refuse raise :class:`InvalidRequest`. ``attrs`` supplies the limits.
+    With ``exported`` the batches are :class:`ExportedTable` objects, not imported into pyarrow
+    (for the DuckDB store, which imports a commit's worth at once).
     """
     limits = attrs.limits
     if not isinstance(data, bytes):
@@ -275,8 +281,11 @@ def decode_metric_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest
     for index, _capsule, address, nbytes, median, resource_starts in tables:
         table, schema = _TABLES[index]
         starts[table] = np.frombuffer(resource_starts, np.int32)
-        # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
-        batch = _import_batch(address, schema)
+        if exported:
+            batch = ExportedTable(_capsule, address, schema, _LAYOUTS[index])
+        else:
+            # Moves the arrays out; ``_capsule`` (alive until the loop moves on) frees the rest.
+            batch = _import_batch(address, schema)
         out.accepted += batch.num_rows
         out.buffer_bytes += nbytes
         out.batches.append((table, batch))

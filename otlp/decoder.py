@@ -74,9 +74,15 @@ def _refuse_other_signal(body: bytes, signal: Signal) -> None:
 
 
 def decode_request(
-    signal: Signal, body: bytes, encoding: Encoding, limits: DecodeLimits
+    signal: Signal,
+    body: bytes,
+    encoding: Encoding,
+    limits: DecodeLimits,
+    exported: bool = False,
 ) -> DecodedRequest:
-    """Parse and walk one export request; raises ``InvalidRequest`` when it cannot be read."""
+    """Parse and walk one export request; raises ``InvalidRequest`` when it cannot be read.
+    With ``exported``, metric tables stay exported (``otlp.exported_tables``) for a store that
+    takes them."""
     renderer = _renderers.get(limits)
     if renderer is None:
         renderer = _renderers[limits] = AttributeRenderer(limits)
@@ -86,4 +92,6 @@ def decode_request(
             _refuse_other_signal(body, signal)
         # Re-encoding is cheap next to walking items in Python: one decoder for both.
         body = message.SerializeToString()
+    if exported and signal is Signal.METRIC_POINTS:
+        return decode_metric_bytes(body, renderer, exported=True)
     return _FROM_BYTES[signal](body, renderer)

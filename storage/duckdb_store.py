@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from opstrata.alerts import Alert, Incident
 from opstrata.consumers import CommittedBatch
+from opstrata.otlp.exported_tables import ExportedTable, concat_exported, release_exported
 from opstrata.schema import TABLES, Signal, Table, signal_of
 from opstrata.storage.base import CommitStats, StoreClosed, StoreError
 from opstrata.storage.duckdb_ddl import (
@@ -79,9 +80,21 @@ _TIME_COLUMN = {
 }
 
 
+def _combined(batches: list[pa.RecordBatch | ExportedTable]) -> tuple[pa.Table, bool]:
+    """The batches of one table as one chunk, and whether it was concatenated from exported
+    tables (then each request's slice of it is what consumers get: :meth:`DuckDBStore.
+    _hand_over`). Exported tables are concatenated in C without the GIL and imported once;
+    with any other batch among them, every one is imported and pyarrow concatenates."""
+    if all(isinstance(b, ExportedTable) and not b.imported for b in batches):
+        return pa.Table.from_batches([concat_exported(batches)]), True  # type: ignore[arg-type]
+    plain = [b.to_batch() if isinstance(b, ExportedTable) else b for b in batches]
+    return pa.Table.from_batches(plain).combine_chunks(), False
+
+
 def _stored_table(
     table: Table,
-    batches: list[pa.RecordBatch],
+    data: pa.Table,
+    lengths: list[int],
     seqs: list[int],
     resources: ResourceIds,
     pending: set[int],
@@ -89,16 +102,14 @@ def _stored_table(
     adopt_stored: Callable[[np.ndarray, pa.Array], None],
     resource_starts: list[np.ndarray | None] | None = None,
 ) -> pa.Table:
-    """The batches of one table (one per request) with their ``_Seq`` column (``seqs``, one per
-    batch), as one chunk in storage types (a zero-copy view: a map and a list of key/value
-    structs share one memory layout), the resource's attributes replaced by its ``ResourceId``.
-    The first row of each resource not yet stored goes to ``new_resources``; resources the
-    writer does not know are first looked up by ``adopt_stored(computed_ids, attributes)`` (an
-    upgraded data dir's). One chunk, because DuckDB scans a table of many small chunks several
-    times slower; every column concatenated in one call, and the resource ids of all requests
-    found in one pass over the concatenated column."""
-    lengths = [batch.num_rows for batch in batches]
-    data = pa.Table.from_batches(batches).combine_chunks()
+    """The rows of one table (``data``, one chunk: the requests' batches of ``lengths`` rows
+    concatenated, see :func:`_combined`) with their ``_Seq`` column (``seqs``, one per batch),
+    in storage types (a zero-copy view: a map and a list of key/value structs share one memory
+    layout), the resource's attributes replaced by its ``ResourceId``. The first row of each
+    resource not yet stored goes to ``new_resources``; resources the writer does not know are
+    first looked up by ``adopt_stored(computed_ids, attributes)`` (an upgraded data dir's). One
+    chunk, because DuckDB scans a table of many small chunks several times slower; the resource
+    ids of all requests found in one pass over the concatenated column."""
     rows = data.num_rows
     columns = []
     for column, field in zip(data.columns, STORAGE_SCHEMAS[table], strict=False):  # adds _Seq
@@ -216,6 +227,10 @@ def _settle_all(group: list[_PendingWrite], first_seq: int) -> None:
 
 class DuckDBStore:
     """``Store`` on a DuckDB file in ``data_dir``."""
+
+    takes_exported_tables = True
+    """Writes may hold ``ExportedTable`` objects (metric tables not yet imported into pyarrow):
+    the writer concatenates them in C and hands consumers record batches (:meth:`_hand_over`)."""
 
     def __init__(
         self,
@@ -535,7 +550,7 @@ class DuckDBStore:
         started = time.perf_counter()
         first_seq = self._seq + 1
         try:
-            self._insert(group, first_seq)
+            concatenated = self._insert(group, first_seq)
         except Exception as exc:
             if len(group) == 1:
                 log.warning("commit failed: %s", exc)
@@ -548,6 +563,15 @@ class DuckDBStore:
                 self._commit_group([item])
             return
         self._seq = first_seq + len(group) - 1
+        try:
+            self._hand_over(group, concatenated)
+        except Exception:  # committed: it must not be retried (that would store it twice)
+            log.exception("handing over the batches of commit %d failed", first_seq)
+            for item in group:  # consumers take record batches: import what is left
+                for i, (table, batch) in enumerate(item.batches):
+                    if isinstance(batch, ExportedTable):
+                        with contextlib.suppress(Exception):
+                            item.batches[i] = (table, batch.to_batch())  # type: ignore[index]
         position = self._recordable(
             [item.log_position for item in group if item.log_position is not None]
         )
@@ -561,9 +585,35 @@ class DuckDBStore:
         stats.last_commit_seconds = elapsed
         _settle_all(group, first_seq)
 
-    def _insert(self, group: list[_PendingWrite], first_seq: int) -> None:
+    def _insert(self, group: list[_PendingWrite], first_seq: int) -> dict[Table, pa.RecordBatch]:
+        """Commit the group; returns the tables concatenated from exported tables (for
+        :meth:`_hand_over`)."""
         with self._resources_lock:
-            self._insert_locked(group, first_seq)
+            return self._insert_locked(group, first_seq)
+
+    @staticmethod
+    def _hand_over(group: list[_PendingWrite], concatenated: dict[Table, pa.RecordBatch]) -> None:
+        """After the commit, replace each request's exported tables (``ExportedTable``) in its
+        batches by record batches, as consumers take them: a zero-copy slice of the table the
+        commit concatenated, or the table imported on its own; then free the exported buffers,
+        without the GIL. The event loop reads the batches only once the write's future is set,
+        after this. Raises nothing that could make a committed group look failed."""
+        offsets = dict.fromkeys(concatenated, 0)
+        copied: list[ExportedTable] = []
+        for item in group:
+            batches = item.batches
+            for i, (table, batch) in enumerate(batches):
+                if not isinstance(batch, ExportedTable):
+                    continue
+                whole = concatenated.get(table)
+                if whole is None:
+                    batches[i] = (table, batch.to_batch())  # type: ignore[index]
+                    continue
+                offset = offsets[table]
+                batches[i] = (table, whole.slice(offset, batch.num_rows))  # type: ignore[index]
+                offsets[table] = offset + batch.num_rows
+                copied.append(batch)
+        release_exported(copied)
 
     def _adopt_stored(self, computed: np.ndarray, attributes: pa.Array) -> None:
         """Resources the writer does not know by its own ids, looked up under the id an upgrade
@@ -587,7 +637,9 @@ class DuckDBStore:
         ).fetchnumpy()
         self._resources.adopt(found["Computed"], found["ResourceId"])
 
-    def _insert_locked(self, group: list[_PendingWrite], first_seq: int) -> None:
+    def _insert_locked(
+        self, group: list[_PendingWrite], first_seq: int
+    ) -> dict[Table, pa.RecordBatch]:
         con = self._con
         assert con is not None
         per_table: dict[Table, list[pa.RecordBatch]] = {}
@@ -623,24 +675,24 @@ class DuckDBStore:
         )
         new_ids: set[int] = set()
         new_resources: list[pa.Array] = []
-        pending = [
-            (
-                physical(table),
-                _ArrowStream(
-                    _stored_table(
-                        table,
-                        batches,
-                        seqs[table],
-                        self._resources,
-                        new_ids,
-                        new_resources,
-                        self._adopt_stored,
-                        starts[table],
-                    )
-                ),
+        pending = []
+        concatenated: dict[Table, pa.RecordBatch] = {}
+        for table, batches in per_table.items():
+            data, exported = _combined(batches)
+            if exported:
+                concatenated[table] = data.to_batches()[0]
+            stored = _stored_table(
+                table,
+                data,
+                [batch.num_rows for batch in batches],
+                seqs[table],
+                self._resources,
+                new_ids,
+                new_resources,
+                self._adopt_stored,
+                starts[table],
             )
-            for table, batches in per_table.items()
-        ]
+            pending.append((physical(table), _ArrowStream(stored)))
         resource_rows = (  # noqa: F841 - DuckDB reads it by name
             _ArrowStream(pa.Table.from_struct_array(pa.concat_arrays(new_resources)))
             if new_resources
@@ -664,6 +716,7 @@ class DuckDBStore:
                 con.execute("ROLLBACK")
             raise
         self._resources.committed(new_ids)
+        return concatenated
 
     # -- reading -------------------------------------------------------------------------------
 
