@@ -17,7 +17,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from opstrata.otlp.decode_traces import LLM_ROWS
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
-from opstrata.plugins.llmops import privacy
+from opstrata.plugins.llmops import privacy, textscan
 from opstrata.plugins.llmops.pick import hinted_rows, pick_spans
 from opstrata.plugins.llmops.privacy import ContentPolicy
 from opstrata.plugins.llmops.recognise import SpanColumns, recognise
@@ -143,6 +143,9 @@ def test_masking_prefilter_changes_nothing(extra: tuple[str, ...], max_chars: in
         texts = pa.array(values, pa.string())
         if len(texts) > 2 and rnd.random() < 0.3:
             texts = texts.slice(1, len(texts) - 2)  # an offset into shared buffers
+        flags, reference = textscan.scan(texts), textscan.scan_numpy(texts)
+        for name in ("at", "keys", "digits"):
+            assert np.array_equal(getattr(flags, name), getattr(reference, name)), name
         masked, exact = policy.apply_json(texts)
         want_masked, want_exact = _reference(policy, texts)
         assert masked.to_pylist() == want_masked
@@ -152,12 +155,10 @@ def test_masking_prefilter_changes_nothing(extra: tuple[str, ...], max_chars: in
 def test_byte_scan_in_pieces_flags_what_a_scan_of_the_whole_column_flags(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The masking pre-filter searches the column's bytes a piece at a time: key prefixes and
-    digit runs that cross a piece's end, and digit runs that cross from one text into the
-    next, are flagged as when the column is searched as one piece (and by the text's own
-    digits only)."""
-    from opstrata.plugins.llmops import textscan
-
+    """The masking pre-filter's numpy scan searches the column's bytes a piece at a time: key
+    prefixes and digit runs that cross a piece's end, and digit runs that cross from one text
+    into the next, are flagged as when the column is searched as one piece (and by the text's
+    own digits only); and the C scan flags the same texts."""
     rnd = random.Random(5)
     alphabet = "ab-_AKIzskhfgxoreB 0123456789@().+\\["
     extras = ["sk-abc", "AKIA", "AIza", "ghp_", "xoxb-", "hf_", "Bearer", "bEaReR", "1234567",
@@ -174,12 +175,15 @@ def test_byte_scan_in_pieces_flags_what_a_scan_of_the_whole_column_flags(
     for piece in (5, 16, 61):
         monkeypatch.setattr(textscan, "_PIECE", piece)
         for expected, texts_ in zip(whole, (column.slice(1), column), strict=True):
-            got = textscan.scan(texts_)
+            got = textscan.scan_numpy(texts_)
             for name in ("at", "keys", "digits"):
                 assert np.array_equal(getattr(got, name), getattr(expected, name)), (piece, name)
     # Digits split across two texts are two short runs, not one of 7.
-    split = textscan.scan(pa.array(["abc 1234", "567 def", "x 1234567"]))
-    assert split.digits.tolist() == [2]
+    for scan in (textscan.scan, textscan.scan_numpy):
+        split = scan(pa.array(["abc 1234", "567 def", "x 1234567"]))
+        assert split.digits.tolist() == [2]
+        # A key prefix found across the end of its text, as the block search does.
+        assert scan(pa.array(["a s", "k-x", "gh", "p_", "AKI", "A"])).keys.tolist() == [0, 2, 4]
     assert len(whole[1].keys) and len(whole[1].digits) and len(whole[1].at)
 
 
