@@ -186,3 +186,25 @@ def test_calls_from_side_batches_equal_those_of_the_batches(policy: str) -> None
         side.column("SpanId").take(pa.array(found.rows)).to_numpy(zero_copy_only=False),
         picked.columns.column("SpanId").take(pa.array(want.rows)).to_numpy(zero_copy_only=False),
     )
+
+
+def test_blocks_of_calls_in_message_order_are_those_found_by_key(monkeypatch) -> None:
+    """``pack`` skips the key lookup when the messages are the calls' rows in order; each
+    call's block is the one the lookup finds (small blocks, so that there are several)."""
+    from opstrata.plugins.llmops import blocks
+
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 7)
+    rnd = random.Random(4)
+    with _side_batches():
+        requests = [_decode(_request(rnd, 1.0, 2)) for _ in range(4)]
+    side = dt.join_llm_spans([d.batches.llm_spans for d in requests if d.batches.llm_spans])
+    found = recognise(SpanColumns.of_spans(side), ContentPolicy("keep"))
+    calls, messages = found.calls, found.messages
+    assert messages.num_rows == calls.num_rows > 20
+    assert blocks._same_calls(messages, calls)
+    _, fast = blocks.pack(messages, calls, 5)
+    monkeypatch.setattr(blocks, "_same_calls", lambda *_: False)
+    _, by_key = blocks.pack(messages, calls, 5)
+    assert fast.equals(by_key) and len(set(fast.to_pylist())) > 3
+    twice = pa.concat_tables([calls, calls.slice(0, 1)])  # a span sent twice: by key
+    assert not blocks._same_calls(pa.concat_tables([messages, messages.slice(0, 1)]), twice)

@@ -71,11 +71,29 @@ def pack(messages: pa.Table, calls: pa.Table, first: int) -> tuple[pa.Table, pa.
         },
         schema=_BLOCKS,
     )
-    at = pc.index_in(_key(calls), value_set=_key(messages).combine_chunks())
-    found = at.is_valid().to_numpy(zero_copy_only=False)
-    index = at.fill_null(0).to_numpy(zero_copy_only=False)
+    if _same_calls(messages, calls):  # the usual case: a message row per call, in order
+        index, found = np.arange(calls.num_rows), np.ones(calls.num_rows, dtype=bool)
+    else:
+        at = pc.index_in(_key(calls), value_set=_key(messages).combine_chunks())
+        found = at.is_valid().to_numpy(zero_copy_only=False)
+        index = at.fill_null(0).to_numpy(zero_copy_only=False)
     block = first + np.searchsorted(starts, index, side="right") - 1
     return table, pa.array(block.astype(np.int64), mask=~found)
+
+
+def _same_calls(messages: pa.Table, calls: pa.Table) -> bool:
+    """Whether row i of ``messages`` is call i's (then no key lookup: ~0.5 ms a write). A span
+    sent twice in one write is two calls with one key; its rows are then matched by key, as
+    before, so that both name the first one's block."""
+    if messages.num_rows != calls.num_rows:
+        return False
+    span_ids = calls.column("SpanId")
+    if not (
+        span_ids.equals(messages.column("SpanId"))
+        and calls.column("TraceId").equals(messages.column("TraceId"))
+    ):
+        return False
+    return pc.count_distinct(span_ids).as_py() == calls.num_rows
 
 
 def _block_starts(messages: pa.Table) -> np.ndarray:
