@@ -74,6 +74,8 @@ class CommittedBatch:
             starts = None  # a list changed after decoding: not known
         side = getattr(batches, "llm_spans", None)
         side_nbytes = getattr(batches, "llm_spans_nbytes", 0) if side is not None else 0
+        # The side batch is held as long as the batch: inbox bounds and gauges count it too.
+        nbytes += side_nbytes
         return cls(seq, signal, MappingProxyType(tables), nbytes, latest, starts, side, side_nbytes)
 
     @property

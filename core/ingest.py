@@ -36,7 +36,7 @@ from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.ingestlog import IngestLog, LogRecord
 from opstrata.memstats import HeapTrimmer
-from opstrata.otlp.decoded import DecodedRequest, InvalidRequest
+from opstrata.otlp.decoded import DecodedRequest, InvalidRequest, side_batch_bytes
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import TABLES, Signal, Table
@@ -96,7 +96,8 @@ def decoded_sizes(decoded: DecodedRequest) -> tuple[int, int]:
     buffers = decoded.buffer_bytes
     if buffers < 0:
         buffers = sum(batch.get_total_buffer_size() for _, batch in decoded.batches)
-    return buffers + sum(_FIXED_COSTS[table] for table, _ in decoded.batches), buffers
+    held = buffers + sum(_FIXED_COSTS[table] for table, _ in decoded.batches)
+    return held + side_batch_bytes(decoded.batches), buffers
 
 
 @dataclass(slots=True)

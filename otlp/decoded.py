@@ -10,7 +10,13 @@ import pyarrow as pa
 from opstrata.otlp.limits import Tally
 from opstrata.schema import TABLES, Signal, Table
 
-__all__ = ["MAX_TIMESTAMP_NS", "Batches", "DecodedRequest", "InvalidRequest"]
+__all__ = [
+    "MAX_TIMESTAMP_NS",
+    "Batches",
+    "DecodedRequest",
+    "InvalidRequest",
+    "side_batch_bytes",
+]
 
 # Arrow and DuckDB keep nanosecond timestamps as signed 64-bit numbers.
 MAX_TIMESTAMP_NS = 2**63 - 1
@@ -35,6 +41,13 @@ def _buffers(table: Table) -> int:
 _BUFFERS = {table: _buffers(table) for table in TABLES}
 _SIDE_BUFFERS = 31
 """Buffers of the llmops side batch (``decode_traces.LLM_SPANS``; a test counts them)."""
+
+
+def side_batch_bytes(batches: object) -> int:
+    """Memory held by the llmops side batch a span decoder made beside ``batches`` (0: none),
+    counted like :attr:`DecodedRequest.nbytes` counts the batches."""
+    side = getattr(batches, "llm_spans_nbytes", 0)
+    return side + BUFFER_OVERHEAD * _SIDE_BUFFERS if side else 0
 
 
 class Batches(list[tuple[Table, pa.RecordBatch]]):
@@ -102,8 +115,7 @@ class DecodedRequest:
         nor sliced) and a fixed cost per buffer. ``RecordBatch.nbytes`` works out referenced
         byte ranges column by column, ~65 µs per request of 100 spans on the event loop."""
         overhead = sum(BUFFER_OVERHEAD * _BUFFERS[table] for table, _ in self.batches)
-        side = getattr(self.batches, "llm_spans_nbytes", 0)  # the llmops side batch
-        overhead += side + (BUFFER_OVERHEAD * _SIDE_BUFFERS if side else 0)
+        overhead += side_batch_bytes(self.batches)
         if self.buffer_bytes >= 0:
             return self.buffer_bytes + overhead
         return sum(batch.get_total_buffer_size() for _, batch in self.batches) + overhead

@@ -8,15 +8,20 @@ past the bound. Here several concurrent requests reach admission before any is d
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from opstrata.consumers import CommittedBatch
 from opstrata.errors import Overloaded
-from opstrata.ingest import IngestPipeline
+from opstrata.ingest import IngestPipeline, decoded_sizes
+from opstrata.otlp.decode_traces import hand_over_llm_spans
 from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal
 from opstrata.selfmetrics import SelfMetrics
 from opstrata.settings import IngestSettings
@@ -85,3 +90,34 @@ def test_requests_being_decoded_are_charged_their_decoded_size(tmp_path: Path) -
             store.shutdown()
 
     asyncio.run(run())
+
+
+def test_a_span_request_is_charged_its_llmops_side_batch_too() -> None:
+    """The span decoder copies LLM spans into a side batch for the llmops plugin; admission
+    (``decoded_sizes``) and the consumers' inbox bounds (``CommittedBatch.nbytes``) must count
+    it as ``DecodedRequest.nbytes`` does, or they undercharge LLM-heavy requests."""
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for i in range(50):
+        span = scope.spans.add()
+        span.trace_id, span.span_id = random.randbytes(16), random.randbytes(8)
+        span.name, span.start_time_unix_nano = "chat", 1_700_000_000_000_000_000 + i
+        for key, value in [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.request.model", "gpt-4o"),
+            ("gen_ai.input.messages", "m" * 2000),
+        ]:
+            kv = span.attributes.add()
+            kv.key, kv.value.string_value = key, value
+    body = request.SerializeToString()
+    hand_over_llm_spans(True)
+    try:
+        decoded = decode_request(Signal.SPANS, body, Encoding.PROTOBUF, DecodeLimits())
+    finally:
+        hand_over_llm_spans(False)
+    side = decoded.batches.llm_spans_nbytes  # type: ignore[attr-defined]
+    assert side > 50 * 2000, "the side batch holds the messages"
+    held, buffers = decoded_sizes(decoded)
+    assert held == decoded.nbytes
+    committed = CommittedBatch.of(1, decoded.batches, buffers)
+    assert committed.nbytes == buffers + side
