@@ -2134,6 +2134,10 @@ typedef struct {
     /* Bytes of the exported buffers as Arrow's import sizes them (what get_total_buffer_size
      * then counts): the Python side reads this instead of walking the batch again. */
     int64_t bytes;
+    /* When set (the metrics export), buffers are copied into this one block, owned like the
+     * others, and their own memory freed at once (see take). */
+    char *arena;
+    size_t arena_used, arena_cap;
     struct ArrowArray nodes[MAX_NODES];
     struct ArrowArray *links[MAX_LINKS];
     const void *slots[MAX_SLOTS];
@@ -2199,6 +2203,15 @@ take(Holder *h, Buf *b)
 {
     if (b->p == NULL || b->len == 0)
         return EMPTY_BUFFER;
+    size_t room = (b->len + 63) & ~(size_t)63; /* each buffer 64-byte aligned in the block */
+    if (h->arena != NULL && room <= h->arena_cap - h->arena_used) {
+        char *p = h->arena + h->arena_used;
+        memcpy(p, b->p, b->len);
+        h->arena_used += room;
+        h->bytes += (int64_t)b->len;
+        buf_free(b);
+        return p;
+    }
     if (b->cap - b->len > 4096) {
         char *p = realloc(b->p, b->len);
         if (p != NULL)
