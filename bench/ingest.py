@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import multiprocessing as mp
 import os
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -191,6 +191,61 @@ SIGNALS = {
 }  # fmt: skip
 
 
+class RawHttp:
+    """A keep-alive HTTP/1.1 connection that sends whole pre-built requests (head and body in
+    one ``sendall``) and reads each reply's status line and ``content-length`` only. The
+    senders share the server's two cores: ``http.client`` (its header building and its
+    ``email``-based reply parsing, under 32 threads a process) cost them ~1.8 µs of CPU a
+    metric point, time the server's threads then lacked (docs/performance.md, "Ingest,
+    eleventh round: metric points")."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.address, self.timeout = (host, port), timeout
+        self.sock: socket.socket | None = None
+        self.pending = b""  # bytes read past the previous reply
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection(self.address, self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def post(self, request: bytes) -> tuple[int, bytes]:
+        """Send one pre-built request; its reply's (status, body)."""
+        if self.sock is None:
+            self.connect()
+        sock = self.sock
+        assert sock is not None
+        sock.sendall(request)
+        data = self.pending
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += self._recv(sock)
+        head = data[:end].lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            line_end = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+        total = end + 4 + length
+        while len(data) < total:
+            data += self._recv(sock)
+        self.pending = data[total:]
+        if b"\r\nconnection: close" in head:
+            self.close()
+        return int(head[9:12]), data[end + 4 : total]
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        return chunk
+
+
 def sender(signal, transport, address, payloads, concurrency, first, stride, out, go, window):
     """One sender process: ``concurrency`` threads, each keeping one request in flight."""
     sig = SIGNALS[signal]
@@ -200,26 +255,30 @@ def sender(signal, transport, address, payloads, concurrency, first, stride, out
         export = channel.unary_unary(sig.grpc_method)  # no serializers: raw bytes both ways
     host, port = address.rsplit(":", 1)
     stats, latencies, lock = Counter(), [], threading.Lock()
+    if transport == "http":  # each request whole, built once: head and body
+        head = (
+            f"POST {sig.path} HTTP/1.1\r\nHost: {address}\r\n"
+            "Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n"
+        )
+        payloads = [head.format(len(body)).encode() + body for body in payloads]
 
-    def send(conn: http.client.HTTPConnection, body: bytes) -> tuple[str, bytes | str]:
+    def send(conn: RawHttp, body: bytes) -> tuple[str, bytes | str]:
         if transport == "grpc":
             try:
                 return "OK", export(body, timeout=60)
             except grpc.RpcError as exc:
                 return exc.code().name, exc.details() or ""
-        conn.request("POST", sig.path, body, {"Content-Type": "application/x-protobuf"})
-        reply = conn.getresponse()
-        data = reply.read()
-        if reply.status == 200:
+        status, data = conn.post(body)
+        if status == 200:
             return "OK", data
         try:
-            return str(reply.status), status_pb2.Status.FromString(data).message
+            return str(status), status_pb2.Status.FromString(data).message
         except Exception:  # not a google.rpc.Status body
-            return str(reply.status), data[:200].decode("latin-1")
+            return str(status), data[:200].decode("latin-1")
 
     def worker(k: int) -> None:
         rnd, local, lat = random.Random(k), Counter(), []
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)  # keep-alive
+        conn = RawHttp(host, int(port), timeout=60)  # keep-alive
         if transport == "http":
             conn.connect()
         go.wait()
@@ -230,7 +289,7 @@ def sender(signal, transport, address, payloads, concurrency, first, stride, out
                 t0 = time.perf_counter()
                 try:
                     status, data = send(conn, body)
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, ValueError) as exc:
                     status, data = type(exc).__name__, str(exc)
                     conn.close()  # reconnects on the next request
                 if status not in THROTTLED:
