@@ -36,8 +36,14 @@ from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.ingestlog import IngestLog, LogRecord
 from opstrata.memstats import HeapTrimmer
-from opstrata.otlp.decoded import DecodedRequest, InvalidRequest, side_batch_bytes
+from opstrata.otlp.decoded import (
+    EXPORTED_OVERHEAD,
+    DecodedRequest,
+    InvalidRequest,
+    side_batch_bytes,
+)
 from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.exported_tables import ExportedTable
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import TABLES, Signal, Table
 from opstrata.selfmetrics import SelfMetrics
@@ -96,7 +102,10 @@ def decoded_sizes(decoded: DecodedRequest) -> tuple[int, int]:
     buffers = decoded.buffer_bytes
     if buffers < 0:
         buffers = sum(batch.get_total_buffer_size() for _, batch in decoded.batches)
-    held = buffers + sum(_FIXED_COSTS[table] for table, _ in decoded.batches)
+    held = buffers + sum(
+        EXPORTED_OVERHEAD if isinstance(batch, ExportedTable) else _FIXED_COSTS[table]
+        for table, batch in decoded.batches
+    )
     return held + side_batch_bytes(decoded.batches), buffers
 
 

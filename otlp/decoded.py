@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from opstrata.otlp.exported_tables import ExportedTable
 from opstrata.otlp.limits import Tally
 from opstrata.schema import TABLES, Signal, Table
 
@@ -28,6 +29,12 @@ MAX_TIMESTAMP_NS = 2**63 - 1
 # (docs/performance.md, "Ingest, sixth round"): 1.0 KiB per buffer for spans and for metric
 # points alike; without it a held metrics request counted a third of its real size.
 BUFFER_OVERHEAD = 1024
+EXPORTED_OVERHEAD = 12 * 1024
+"""What holding one metrics table still exported (``otlp.exported_tables``) costs beyond its
+buffers: they sit in one block, and the C holder of its Arrow tree is ~7.7 KiB; no C++ object
+exists until the store's commit. ``mallinfo2`` over 500 held bench requests: 91.4 KiB a request
+of three tables against 63.4 KiB of buffers (docs/performance.md, "Ingest, eleventh round:
+metric points"), where the per-buffer cost charged 217 KiB."""
 
 
 def _buffers(table: Table) -> int:
@@ -48,6 +55,13 @@ def side_batch_bytes(batches: object) -> int:
     counted like :attr:`DecodedRequest.nbytes` counts the batches."""
     side = getattr(batches, "llm_spans_nbytes", 0)
     return side + BUFFER_OVERHEAD * _SIDE_BUFFERS if side else 0
+
+
+def fixed_cost(table: Table, batch: object) -> int:
+    """What holding ``batch`` of ``table`` costs beyond its buffers' bytes."""
+    if isinstance(batch, ExportedTable):
+        return EXPORTED_OVERHEAD
+    return BUFFER_OVERHEAD * _BUFFERS[table]
 
 
 class Batches(list[tuple[Table, pa.RecordBatch]]):
@@ -114,7 +128,7 @@ class DecodedRequest:
         """Memory held by the batches: their whole buffers (the decoder's own, neither shared
         nor sliced) and a fixed cost per buffer. ``RecordBatch.nbytes`` works out referenced
         byte ranges column by column, ~65 µs per request of 100 spans on the event loop."""
-        overhead = sum(BUFFER_OVERHEAD * _BUFFERS[table] for table, _ in self.batches)
+        overhead = sum(fixed_cost(table, batch) for table, batch in self.batches)
         overhead += side_batch_bytes(self.batches)
         if self.buffer_bytes >= 0:
             return self.buffer_bytes + overhead
