@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.ingest import make_metrics
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import Signal, Table
@@ -95,6 +96,43 @@ def test_under_load_a_commit_fills_a_row_group(tmp_path: Path) -> None:
         assert store.count(Table.TRACES) == 100 * 100
         # Every commit but the first and the last (the rest when loads stop) is full.
         assert stats.commits <= 2 + (100 * 100 - 100) // _ROW_GROUP
+    finally:
+        store.shutdown()
+
+
+def _metric_batches(rnd: random.Random) -> list:
+    """bench/ingest.py's metrics request: 40 sum, 40 histogram and 20 gauge points, kept
+    exported as the server decodes them."""
+    body = make_metrics(rnd)
+    limits = DecodeLimits()
+    return decode_request(Signal.METRIC_POINTS, body, Encoding.PROTOBUF, limits, True).batches
+
+
+async def _steady_metrics(store: DuckDBStore, requests: int, pause: float) -> None:
+    rnd = random.Random(5)
+    futures = []
+    for position in range(1, requests + 1):
+        futures.append(store.enqueue(_metric_batches(rnd), log_position=position))
+        await asyncio.sleep(pause)
+    await asyncio.wait_for(asyncio.gather(*futures), 30)
+
+
+def test_under_load_a_commit_fills_a_row_group_of_every_table_that_fills_in_time(
+    tmp_path: Path,
+) -> None:
+    """Metric requests fill three tables at different rates: the commit waits until the
+    slowest one that fills within the fill wait (the gauge table, a fifth of the points) holds
+    a row group too, not only until the first does (then every gauge row went through the
+    WAL). 250 requests: 5,000 gauge rows, two row groups' worth."""
+    store = DuckDBStore(tmp_path, row_group_size=_ROW_GROUP, load_interval=0.05, fill_wait=5.0)
+    store.start()
+    try:
+        asyncio.run(_steady_metrics(store, requests=250, pause=0.004))
+        assert store.count(Table.METRICS_GAUGE) == 250 * 20
+        assert store.count(Table.METRICS_SUM) == store.count(Table.METRICS_HISTOGRAM) == 250 * 40
+        # The first (after a quiet spell: at once), two of a gauge row group each, the rest.
+        # Stopping at the first table's row group (the sums, at 52 requests) made 5 or more.
+        assert store.stats.commits <= 2 + (250 * 20) // _ROW_GROUP
     finally:
         store.shutdown()
 
