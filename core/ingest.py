@@ -265,7 +265,10 @@ class IngestPipeline:
         self.admission.in_flight_bytes += nbytes
         self.admission.in_flight_requests += 1
         self._idle.clear()
-        self._load(signal, decoded, nbytes, record.end)
+        # The decoder's buffer bytes, as a live load passes them: measured again, a metrics
+        # request's batches (slices of its commit's tables) would count the whole tables.
+        buffers = decoded.buffer_bytes if decoded.buffer_bytes >= 0 else None
+        self._load(signal, decoded, nbytes, record.end, buffers)
 
     def _replay_held(self, record: LogRecord) -> None:
         """Retry a held record (one the store refused before); it is loaded without a log

@@ -1210,8 +1210,10 @@ cat_node(CatState *s, const CatPart *parts, Py_ssize_t n, struct ArrowArray *int
         if (kind == 'L' && (child_parts = malloc((size_t)n * sizeof *child_parts)) == NULL)
             s->oom = 1;
         int64_t items = 0;
-        if (!s->oom && !s->bad && (items = cat_offsets(offs, parts, n, child_parts, 0)) < 0)
-            s->bad = 1;
+        if (!s->oom && !s->bad && (items = cat_offsets(offs, parts, n, child_parts, 0)) < 0) {
+            s->bad = 1; /* offsets past int32: no block of (size_t)-1 bytes to ask for */
+            items = 0;
+        }
         if (kind == 'U') {
             char *data = cat_own(s, (size_t)items);
             out->buffers[2] = data;
