@@ -1110,8 +1110,10 @@ typedef struct {
      * rows), so that the store and the topology consumer need not find the runs of one
      * resource again by comparing rows (the metrics decoder keeps its own, one per table). */
     Buf resource_starts;
-    /* The llmops side batch (see "The LLM side batch"): only when asked for. */
-    int side_on;
+    /* The llmops side batch (see "The LLM side batch"): only when asked for, and set up at the
+     * first marked span (side_ready). */
+    int side_on, side_ready;
+    size_t input_len;
     Buf side_num[SN_NUM];
     StrCol side_str[SS_NUM];
     MapCol side_map[SA_NUM];
@@ -1725,6 +1727,16 @@ side_free(Dec *d)
         mapcol_free(&d->side_map[i]);
 }
 
+/* The side columns are one run of Bufs too, hinted as the span columns are (hints_presize):
+ * grown from 256 bytes by doubling, a request's ~30 of them cost ~200 reallocs. */
+#define SIDE_BUFS (SN_NUM + 2 * SS_NUM + 5 * SA_NUM)
+_Static_assert(offsetof(Dec, side_map) + sizeof(((Dec *)0)->side_map) ==
+                   offsetof(Dec, side_num) + SIDE_BUFS * sizeof(Buf),
+               "Dec's side columns are not one run of Bufs");
+_Static_assert(SIDE_BUFS <= MAX_HINTED_BUFS, "raise MAX_HINTED_BUFS");
+static size_t side_hints[SIDE_BUFS];
+static size_t side_hint_input;
+
 static inline size_t
 side_rows(const Dec *d)
 {
@@ -1736,6 +1748,13 @@ side_rows(const Dec *d)
 static int
 side_add(Dec *d, const PairList *pl, size_t first_event)
 {
+    if (!d->side_ready) { /* the request's first marked span */
+        if (side_init(d) < 0)
+            return -1;
+        hints_presize(side_hints, &side_hint_input, d->side_num, SIDE_BUFS, SN_TIMESTAMP,
+                      d->input_len);
+        d->side_ready = 1;
+    }
     size_t row = d->num[N_TIMESTAMP].len / sizeof(int64_t) - 1;
     size_t events = d->num[N_EVENT_TIME].len / sizeof(int64_t);
     const StrCol *s = d->str;
@@ -2744,8 +2763,9 @@ wire_decode_traces(PyObject *self, PyObject *args)
     struct ArrowArray *root = NULL, *side = NULL;
     long long event_time = 0;
     gil_release_for(&view);
-    if (dec_init(&d, (size_t)view.len) == 0 && (!llm_spans || side_init(&d) == 0)) {
+    if (dec_init(&d, (size_t)view.len) == 0) {
         d.side_on = llm_spans;
+        d.input_len = (size_t)view.len;
         d.max_attributes = (size_t)max_attributes;
         d.max_value_chars = (size_t)max_value_chars;
         d.render_complex = render;
@@ -2754,6 +2774,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
         if (parsed == 0) {
             hints_learn(span_hints, &span_hint_input, d.num, SPAN_BUFS, N_TIMESTAMP,
                         (size_t)view.len);
+            hints_learn(side_hints, &side_hint_input, d.side_num, SIDE_BUFS, SN_TIMESTAMP,
+                        (size_t)view.len); /* learns only from a request with a side batch */
             /* The export is plain C too: only its capsule and tuple need the GIL. */
             event_time = median_time(&d.num[N_TIMESTAMP]); /* before the export moves it */
             if (d.num[N_TIMESTAMP].len != 0 && (root = export_spans(&d)) == NULL)
