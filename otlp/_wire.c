@@ -1737,6 +1737,63 @@ _Static_assert(SIDE_BUFS <= MAX_HINTED_BUFS, "raise MAX_HINTED_BUFS");
 static size_t side_hints[SIDE_BUFS];
 static size_t side_hint_input;
 
+#define SIDE_KEEP_BYTES (1 << 20) /* a scratch buffer larger than this is given back */
+
+/* The side columns as one run of Bufs, in Dec's order (side_num, side_str, side_map). */
+typedef struct {
+    Buf num[SN_NUM];
+    StrCol str[SS_NUM];
+    MapCol map[SA_NUM];
+} SideCols;
+_Static_assert(sizeof(SideCols) == SIDE_BUFS * sizeof(Buf), "SideCols is not a run of Bufs");
+
+static _Thread_local SideCols side_scratch;
+
+static inline Buf *
+side_run(Dec *d)
+{
+    return d->side_num;
+}
+
+/* Takes the thread's scratch buffers as d's side columns (emptied). */
+static void
+side_take_scratch(Dec *d)
+{
+    Buf *run = side_run(d), *keep = (Buf *)&side_scratch;
+    for (int i = 0; i < SIDE_BUFS; i++) {
+        run[i] = keep[i];
+        run[i].len = 0;
+        keep[i].p = NULL;
+        keep[i].len = keep[i].cap = 0;
+    }
+}
+
+/* Gives d's side columns back to the thread's scratch (the big ones are freed). */
+static void
+side_keep_scratch(Dec *d)
+{
+    Buf *run = side_run(d), *keep = (Buf *)&side_scratch;
+    for (int i = 0; i < SIDE_BUFS; i++) {
+        if (keep[i].p == NULL && run[i].cap <= SIDE_KEEP_BYTES) {
+            keep[i] = run[i];
+            keep[i].len = 0;
+        }
+        else
+            free(run[i].p);
+        run[i].p = NULL;
+        run[i].len = run[i].cap = 0;
+    }
+}
+
+/* A request's side columns as they leave the decoder (see "Handing side batches over"). */
+#define SIDE_CAPSULE "opstrata.otlp.llm_side"
+
+typedef struct {
+    size_t rows, bytes;
+    size_t off[SIDE_BUFS], len[SIDE_BUFS];
+    char data[]; /* each buffer at an 8-byte aligned offset */
+} SideBlock;
+
 static inline size_t
 side_rows(const Dec *d)
 {
@@ -1749,6 +1806,7 @@ static int
 side_add(Dec *d, const PairList *pl, size_t first_event)
 {
     if (!d->side_ready) { /* the request's first marked span */
+        side_take_scratch(d);
         if (side_init(d) < 0)
             return -1;
         hints_presize(side_hints, &side_hint_input, d->side_num, SIDE_BUFS, SN_TIMESTAMP,
@@ -2490,25 +2548,25 @@ capsule_bytes(PyObject *capsule)
 }
 
 /* The result tuple, from the exported batch (NULL: no span accepted) and its event time. */
+static void side_block_free(PyObject *capsule);
+
 static PyObject *
-build_result(Dec *d, struct ArrowArray *root, struct ArrowArray *side, long long event_time)
+build_result(Dec *d, struct ArrowArray *root, SideBlock *side, long long event_time)
 {
     PyObject *side_batch;
-    void *side_address = NULL;
     Py_ssize_t side_bytes = 0;
     if (side == NULL)
         side_batch = Py_NewRef(Py_None);
-    else if ((side_batch = root_capsule(side)) == NULL) {
+    else if ((side_batch = PyCapsule_New(side, SIDE_CAPSULE, side_block_free)) == NULL) {
+        free(side);
         if (root != NULL) {
             release_array(root);
             free(root);
         }
         return NULL;
     }
-    else {
-        side_address = side;
-        side_bytes = capsule_bytes(side_batch);
-    }
+    else
+        side_bytes = (Py_ssize_t)side->bytes;
     PyObject *batch;
     void *address = NULL;
     Py_ssize_t nbytes = 0;
@@ -2530,129 +2588,89 @@ build_result(Dec *d, struct ArrowArray *root, struct ArrowArray *side, long long
         Py_DECREF(side_batch);
         return NULL;
     }
-    return Py_BuildValue("(nnnnNNNnLy#NNn)", d->rejected, (Py_ssize_t)d->first_reason,
+    return Py_BuildValue("(nnnnNNNnLy#Nn)", d->rejected, (Py_ssize_t)d->first_reason,
                          d->dropped_attributes, d->truncated_values, batch,
                          PyLong_FromVoidPtr(address), llm_rows, nbytes, event_time,
                          d->resource_starts.p ? d->resource_starts.p : "",
-                         (Py_ssize_t)d->resource_starts.len, side_batch,
-                         PyLong_FromVoidPtr(side_address), side_bytes);
+                         (Py_ssize_t)d->resource_starts.len, side_batch, side_bytes);
 }
 
-/* ---- Joining side batches ----
+/* ---- Handing side batches over, and joining them ----
  *
- * The plugin keeps a side batch per request and looks at a group of them every few seconds.
- * Importing each into pyarrow cost ~13 µs a request (~25 arrays to build), more than making it,
- * and Arrow then joins the group's chunks column by column at 20-50 µs a kernel call. So the
- * side batches stay capsules until the look, and join_llm_spans copies their buffers into one
- * batch here (a memcpy per column and batch, offsets rebased): one import a look. */
+ * A request's side columns leave as one malloc'd block (SideBlock: every buffer copied in, a
+ * few KB), in a capsule of its own, not as an exported Arrow batch: the plugin keeps them for
+ * seconds, and ~30 buffers a request (plus the export's holder), allocated on the event loop's
+ * thread and freed seconds later on the plugin's, made the event loop's malloc ~10 % of its
+ * time (consolidating and unlinking fragments; perf, docs/performance.md "LLMOps, eleventh
+ * round"); an import a request would cost ~13 µs more. The columns themselves are the decoding
+ * thread's, kept for its next request (side_scratch). join_llm_spans then copies a look's
+ * blocks into one batch, exported and imported once. */
 
-static StrCol
-view_str(const struct ArrowArray *a)
-{
-    StrCol c;
-    memset(&c, 0, sizeof c);
-    c.offs.p = (char *)a->buffers[1];
-    c.offs.len = ((size_t)a->length + 1) * sizeof(int32_t);
-    c.data.p = (char *)a->buffers[2];
-    c.data.len = (size_t)((const int32_t *)a->buffers[1])[a->length];
-    return c;
-}
-
-static MapCol
-view_map(const struct ArrowArray *a)
-{
-    MapCol m;
-    memset(&m, 0, sizeof m);
-    m.offs.p = (char *)a->buffers[1];
-    m.offs.len = ((size_t)a->length + 1) * sizeof(int32_t);
-    m.k = view_str(a->children[0]->children[0]);
-    m.v = view_str(a->children[0]->children[1]);
-    return m;
-}
-
-/* Reserves d's side columns for all of `roots` at once: grown by doubling, the buffers of a
- * look's few MB were copied a dozen times (and their fresh pages touched each time). */
 static void
-str_need(size_t *need, const struct ArrowArray *a)
+side_block_free(PyObject *capsule)
 {
-    need[0] += (size_t)a->length * sizeof(int32_t);
-    need[1] += (size_t)((const int32_t *)a->buffers[1])[a->length];
+    free(PyCapsule_GetPointer(capsule, SIDE_CAPSULE));
 }
 
-static int
-side_reserve(Dec *d, struct ArrowArray *const *roots, Py_ssize_t count)
+/* d's side columns copied into one block; NULL when out of memory (GIL taken, error set). */
+static SideBlock *
+side_pack(Dec *d)
 {
-    size_t rows = 0, events = 0, str[SS_NUM][2] = {{0}}, map[SA_NUM][5] = {{0}};
-    static const int strings[][2] = {{1, SS_TRACE_ID}, {2, SS_SPAN_ID}, {3, SS_SERVICE_NAME},
-                                     {6, SS_STATUS_CODE}, {7, SS_STATUS_MESSAGE}};
-    for (Py_ssize_t r = 0; r < count; r++) {
-        struct ArrowArray *const *c = roots[r]->children;
-        const struct ArrowArray *item = c[8]->children[0];
-        const struct ArrowArray *maps[SA_NUM] = {[SA_SPAN] = c[4], [SA_RESOURCE] = c[9],
-                                                 [SA_EVENT] = item->children[2]};
-        rows += (size_t)roots[r]->length;
-        events += (size_t)item->length;
-        for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++)
-            str_need(str[strings[i][1]], c[strings[i][0]]);
-        str_need(str[SS_EVENT_NAME], item->children[1]);
-        for (int i = 0; i < SA_NUM; i++) {
-            map[i][0] += (size_t)maps[i]->length * sizeof(int32_t);
-            str_need(&map[i][1], maps[i]->children[0]->children[0]);
-            str_need(&map[i][3], maps[i]->children[0]->children[1]);
-        }
+    const Buf *run = side_run(d);
+    size_t size = sizeof(SideBlock);
+    for (int i = 0; i < SIDE_BUFS; i++)
+        size += (run[i].len + 7) & ~(size_t)7;
+    SideBlock *b = malloc(size);
+    if (b == NULL) {
+        no_memory();
+        return NULL;
     }
-    Buf *b = d->side_num;
-    if (buf_reserve(&b[SN_TIMESTAMP], 8 * rows) < 0 || buf_reserve(&b[SN_DURATION], 8 * rows) < 0 ||
-        buf_reserve(&b[SN_EVENT_OFFSETS], 4 * rows) < 0 ||
-        buf_reserve(&b[SN_EVENT_TIME], 8 * events) < 0)
+    b->rows = side_rows(d);
+    b->bytes = size;
+    size_t at = 0;
+    for (int i = 0; i < SIDE_BUFS; i++) {
+        b->off[i] = at;
+        b->len[i] = run[i].len;
+        if (run[i].len)
+            memcpy(b->data + at, run[i].p, run[i].len);
+        at += (run[i].len + 7) & ~(size_t)7;
+    }
+    return b;
+}
+
+/* A block's buffers as side columns to read from (not owned). */
+static void
+side_view(const SideBlock *b, SideCols *v)
+{
+    Buf *run = (Buf *)v;
+    for (int i = 0; i < SIDE_BUFS; i++) {
+        run[i].p = (char *)b->data + b->off[i];
+        run[i].len = run[i].cap = b->len[i];
+    }
+}
+
+/* Appends one block's rows to d's side columns. */
+static int
+side_append(Dec *d, const SideBlock *b)
+{
+    SideCols v;
+    side_view(b, &v);
+    size_t n = b->rows, events = strcol_rows(&v.str[SS_EVENT_NAME]);
+    size_t base = strcol_rows(&d->side_str[SS_EVENT_NAME]);
+    Buf *num = d->side_num;
+    if (buf_put(&num[SN_TIMESTAMP], v.num[SN_TIMESTAMP].p, 8 * n) < 0 ||
+        buf_put(&num[SN_DURATION], v.num[SN_DURATION].p, 8 * n) < 0 ||
+        buf_put(&num[SN_EVENT_TIME], v.num[SN_EVENT_TIME].p, 8 * events) < 0)
         return -1;
     for (int i = 0; i < SS_NUM; i++)
-        if (buf_reserve(&d->side_str[i].offs, str[i][0]) < 0 ||
-            buf_reserve(&d->side_str[i].data, str[i][1]) < 0)
+        if (strcol_copy_rows(&d->side_str[i], &v.str[i], 0, i == SS_EVENT_NAME ? events : n) < 0)
             return -1;
-    for (int i = 0; i < SA_NUM; i++) {
-        MapCol *m = &d->side_map[i];
-        if (buf_reserve(&m->offs, map[i][0]) < 0 || buf_reserve(&m->k.offs, map[i][1]) < 0 ||
-            buf_reserve(&m->k.data, map[i][2]) < 0 || buf_reserve(&m->v.offs, map[i][3]) < 0 ||
-            buf_reserve(&m->v.data, map[i][4]) < 0)
+    for (int i = 0; i < SA_NUM; i++)
+        if (mapcol_copy_rows(&d->side_map[i], &v.map[i], 0, i == SA_EVENT ? events : n) < 0)
             return -1;
-    }
-    return 0;
-}
-
-/* Appends one exported side batch (export_side's shape) to d's side columns. */
-static int
-side_append(Dec *d, const struct ArrowArray *root)
-{
-    struct ArrowArray *const *c = root->children;
-    size_t n = (size_t)root->length;
-    StrCol *o = d->side_str;
-    MapCol *m = d->side_map;
-    static const int strings[][2] = {{1, SS_TRACE_ID}, {2, SS_SPAN_ID}, {3, SS_SERVICE_NAME},
-                                     {6, SS_STATUS_CODE}, {7, SS_STATUS_MESSAGE}};
-    if (buf_put(&d->side_num[SN_TIMESTAMP], c[0]->buffers[1], 8 * n) < 0 ||
-        buf_put(&d->side_num[SN_DURATION], c[5]->buffers[1], 8 * n) < 0)
-        return -1;
-    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
-        StrCol v = view_str(c[strings[i][0]]);
-        if (strcol_copy_rows(&o[strings[i][1]], &v, 0, n) < 0)
-            return -1;
-    }
-    MapCol attrs = view_map(c[4]), resource = view_map(c[9]);
-    if (mapcol_copy_rows(&m[SA_SPAN], &attrs, 0, n) < 0 ||
-        mapcol_copy_rows(&m[SA_RESOURCE], &resource, 0, n) < 0)
-        return -1;
-    const struct ArrowArray *item = c[8]->children[0];
-    size_t events = (size_t)item->length, base = strcol_rows(&o[SS_EVENT_NAME]);
-    StrCol names = view_str(item->children[1]);
-    MapCol event_attrs = view_map(item->children[2]);
-    if (buf_put(&d->side_num[SN_EVENT_TIME], item->children[0]->buffers[1], 8 * events) < 0 ||
-        strcol_copy_rows(&o[SS_EVENT_NAME], &names, 0, events) < 0 ||
-        mapcol_copy_rows(&m[SA_EVENT], &event_attrs, 0, events) < 0)
-        return -1;
-    const int32_t *lo = c[8]->buffers[1];
+    const int32_t *lo = (const int32_t *)v.num[SN_EVENT_OFFSETS].p;
     for (size_t i = 1; i <= n; i++)
-        if (put_offset(&d->side_num[SN_EVENT_OFFSETS], base + (size_t)lo[i]) < 0)
+        if (put_offset(&num[SN_EVENT_OFFSETS], base + (size_t)lo[i]) < 0)
             return -1;
     return 0;
 }
@@ -2660,8 +2678,9 @@ side_append(Dec *d, const struct ArrowArray *root)
 PyDoc_STRVAR(join_llm_spans_doc,
 "join_llm_spans(sides) -> (side, side_address, side_nbytes)\n"
 "--\n\n"
-"The side batches of decode_traces (their capsules, in order) joined into one, returned as\n"
-"decode_traces returns one; the capsules are left as they were.");
+"The side batches of decode_traces (their capsules, in order) joined into one, returned as an\n"
+"Arrow C data interface capsule \"arrow_array\" of opstrata.otlp.decode_traces.LLM_SPANS, its\n"
+"ArrowArray's address and its buffer bytes; the capsules are left as they were.");
 
 static PyObject *
 wire_join_llm_spans(PyObject *self, PyObject *sides)
@@ -2671,36 +2690,41 @@ wire_join_llm_spans(PyObject *self, PyObject *sides)
     if (seq == NULL)
         return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    struct ArrowArray **roots = malloc((size_t)(count ? count : 1) * sizeof *roots);
-    if (roots == NULL) {
+    const SideBlock **blocks = malloc((size_t)(count ? count : 1) * sizeof *blocks);
+    if (blocks == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
+    size_t need[SIDE_BUFS] = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *capsule = PySequence_Fast_GET_ITEM(seq, i);
-        roots[i] = PyCapsule_IsValid(capsule, "arrow_array")
-                       ? PyCapsule_GetPointer(capsule, "arrow_array")
-                       : NULL;
-        /* Only this module's side batches, whole: the layout below is export_side's. */
-        if (roots[i] == NULL || roots[i]->release != release_array || roots[i]->n_children != 10) {
-            free(roots);
+        blocks[i] = PyCapsule_IsValid(capsule, SIDE_CAPSULE)
+                        ? PyCapsule_GetPointer(capsule, SIDE_CAPSULE)
+                        : NULL;
+        if (blocks[i] == NULL) {
+            free(blocks);
             Py_DECREF(seq);
             PyErr_SetString(PyExc_TypeError, "join_llm_spans: not a side batch of decode_traces");
             return NULL;
         }
+        for (int j = 0; j < SIDE_BUFS; j++)
+            need[j] += blocks[i]->len[j];
     }
     Dec d;
     memset(&d, 0, sizeof d);
     struct ArrowArray *side = NULL;
     int ok = side_init(&d) == 0;
-    gil_release(); /* the capsules are held by `seq`, and nothing changes their buffers */
-    ok = ok && side_reserve(&d, roots, count) == 0;
+    gil_release(); /* the capsules are held by `seq`, and nothing changes their blocks */
+    /* Each column reserved once for the whole group: grown by doubling, a look's few MB were
+     * copied a dozen times (and their fresh pages touched each time). */
+    for (int j = 0; ok && j < SIDE_BUFS; j++)
+        ok = buf_reserve(&side_run(&d)[j], need[j]) == 0;
     for (Py_ssize_t i = 0; ok && i < count; i++)
-        ok = side_append(&d, roots[i]) == 0;
+        ok = side_append(&d, blocks[i]) == 0;
     if (ok && (side = export_side(&d)) == NULL)
         ok = 0;
     gil_take();
-    free(roots);
+    free(blocks);
     Py_DECREF(seq);
     side_free(&d);
     if (!ok)
@@ -2721,7 +2745,7 @@ PyDoc_STRVAR(decode_traces_doc,
 "--\n\n"
 "Decode a serialized ExportTraceServiceRequest into otel_traces columns.\n\n"
 "Returns (rejected, first_reason, dropped_attributes, truncated_values, batch, address,\n"
-"llm_rows, nbytes, event_time, resource_starts, side, side_address, side_nbytes):\n"
+"llm_rows, nbytes, event_time, resource_starts, side, side_nbytes):\n"
 "first_reason is the index of the first rejected span's reason (-1 if none); batch is\n"
 "None when no span was accepted, else a PyCapsule \"arrow_array\" holding an Arrow C data\n"
 "interface struct array with the columns of opstrata.schema.TRACES, in its order, and\n"
@@ -2731,9 +2755,9 @@ PyDoc_STRVAR(decode_traces_doc,
 "get_total_buffer_size counts them (0 without a batch). event_time: the median timestamp\n"
 "(the value at index rows // 2 of the sorted column; 0 without a batch, -1 if not worked out).\n"
 "render_complex(serialized KeyValue) -> (rendered value, values cut) renders array, map\n"
-"and strindex values. With llm_spans true, side (a capsule as batch, or None without marked\n"
-"rows), side_address and side_nbytes are the marked spans' columns of\n"
-"opstrata.otlp.decode_traces.LLM_SPANS (else None, 0, 0).\n"
+"and strindex values. With llm_spans true, side is the marked spans' columns of\n"
+"opstrata.otlp.decode_traces.LLM_SPANS in a capsule for join_llm_spans, and side_nbytes its\n"
+"size (else, or without a marked span, None and 0).\n"
 "Raises DecodeError when the bytes are not a valid request.");
 
 static PyObject *
@@ -2760,7 +2784,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
     Dec d;
     PyObject *result = NULL;
     int parsed = -1;
-    struct ArrowArray *root = NULL, *side = NULL;
+    struct ArrowArray *root = NULL;
+    SideBlock *side = NULL;
     long long event_time = 0;
     gil_release_for(&view);
     if (dec_init(&d, (size_t)view.len) == 0) {
@@ -2780,7 +2805,7 @@ wire_decode_traces(PyObject *self, PyObject *args)
             event_time = median_time(&d.num[N_TIMESTAMP]); /* before the export moves it */
             if (d.num[N_TIMESTAMP].len != 0 && (root = export_spans(&d)) == NULL)
                 parsed = -1;
-            else if (side_rows(&d) != 0 && (side = export_side(&d)) == NULL) {
+            else if (side_rows(&d) != 0 && (side = side_pack(&d)) == NULL) {
                 parsed = -1;
                 if (root != NULL) {
                     release_array(root);
@@ -2789,6 +2814,8 @@ wire_decode_traces(PyObject *self, PyObject *args)
             }
         }
     }
+    if (d.side_ready)
+        side_keep_scratch(&d); /* for this thread's next request */
     gil_take(); /* error paths took it back already, with their exception */
     if (parsed == 0)
         result = build_result(&d, root, side, event_time);

@@ -330,7 +330,6 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
             event_time,
             starts,
             side,
-            _side_address,
             side_nbytes,
         ) = _wire.decode_traces(
             data,
@@ -358,7 +357,7 @@ def decode_trace_bytes(data: bytes, attrs: AttributeRenderer) -> DecodedRequest:
     out.batches.resource_starts = (  # type: ignore[attr-defined]
         {Table.TRACES: np.frombuffer(starts, np.int32)} if capsule is not None else {}
     )
-    if side is not None:  # left a capsule: imported with the others of its group at once
+    if side is not None:  # a capsule: joined with the others of its group and imported once
         out.batches.llm_spans = side  # type: ignore[attr-defined]
         out.batches.llm_spans_nbytes = side_nbytes  # type: ignore[attr-defined]
     return out

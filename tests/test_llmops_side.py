@@ -113,7 +113,9 @@ def test_side_batch_is_the_marked_rows_llm_columns(share: float) -> None:
                 continue
             side = dt.join_llm_spans([got.batches.llm_spans])
             assert side is not None and side.equals(pa.Table.from_batches([ref]))
-            assert got.batches.llm_spans_nbytes == side.get_total_buffer_size()
+            # The block holds the buffers (each padded to 8 bytes) and a header.
+            size = got.batches.llm_spans_nbytes
+            assert side.get_total_buffer_size() <= size <= side.get_total_buffer_size() + 1024
             assert python.batches.llm_spans.equals(ref)
             keys = {k for pairs in side.column("SpanAttributes").to_pylist() for k, _ in pairs}
             assert keys and all(
