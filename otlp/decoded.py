@@ -46,8 +46,9 @@ def _buffers(table: Table) -> int:
 
 
 _BUFFERS = {table: _buffers(table) for table in TABLES}
-_SIDE_BUFFERS = 31
-"""Buffers of the llmops side batch (``decode_traces.LLM_SPANS``; a test counts them)."""
+_SIDE_BUFFERS = 1
+"""Allocations of a request's llmops side batch: the C decoder hands it over as one block
+(``_wire.c``, "Handing side batches over"), ``llm_spans_nbytes`` its whole size."""
 
 
 def side_batch_bytes(batches: object) -> int:
