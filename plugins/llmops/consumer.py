@@ -262,19 +262,25 @@ class LLMCalls(Consumer):
             self._pending_seq = batch.seq
             if not self._pending_since:
                 self._pending_since = time.monotonic()
-            due = self._pending_rows >= GROUP_ROWS or self._pending_bytes >= HELD_BYTES // 2
+            due = self._group_due()
             behind = self._pending_bytes >= HELD_BYTES
         if behind:
             self.flush_pending()  # the writer's thread is behind: look here, and wait
         elif due and self.writer is not None:
             self.writer.wake()  # the look runs on the writer's thread
 
+    def _group_due(self) -> bool:
+        """Whether the kept batches are a group to look at before ``GROUP_SECONDS`` (under
+        ``_lock``): ``GROUP_ROWS`` rows, or half of ``HELD_BYTES``, so that the writer's thread
+        looks well before the consumer's thread has to."""
+        return self._pending_rows >= GROUP_ROWS or self._pending_bytes >= HELD_BYTES // 2
+
     def _flush_if_due(self) -> None:
         """The writer's thread: look at the kept batches every ``GROUP_SECONDS``, or as soon as
-        ``GROUP_ROWS`` are waiting."""
+        they are a group (:meth:`_group_due`)."""
         with self._lock:
-            since, rows = self._pending_since, self._pending_rows
-        if since and (rows >= GROUP_ROWS or time.monotonic() - since >= GROUP_SECONDS):
+            since, due = self._pending_since, self._group_due()
+        if since and (due or time.monotonic() - since >= GROUP_SECONDS):
             try:
                 self.flush_pending()
             except Exception as exc:  # its batches are lost: the consumer's thread reports it
