@@ -80,7 +80,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from opstrata.consumers import CommittedBatch, ConsumerContext
-from opstrata.otlp.decode_traces import hand_over_llm_spans
+from opstrata.otlp.decode_traces import hand_over_llm_spans, llm_spans_wanted
 from opstrata.otlp.decoder import Encoding, decode_request
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.plugins.llmops.config import LLMOpsConfig
@@ -197,12 +197,14 @@ def decoder_extra(bodies: list[bytes], signal: Signal, rounds: int = 3) -> float
         extra = 0
         for n, body in enumerate(bodies):
             for on in (True, False) if (n + r) % 2 == 0 else (False, True):
-                hand_over_llm_spans(on)
+                if on:
+                    hand_over_llm_spans(True)
                 started = time.thread_time_ns()
                 decode_request(signal, body, Encoding.PROTOBUF, limits)
                 extra += (time.thread_time_ns() - started) * (1 if on else -1)
+                if on:
+                    hand_over_llm_spans(False)
         best.append(extra)
-    hand_over_llm_spans(False)
     return statistics.median(best) / 1e9
 
 
@@ -228,7 +230,7 @@ def run_once(
         try:
             started = time.process_time()
             signal = Signal.LOG_RECORDS if logs else Signal.SPANS
-            hand_over_llm_spans(False)  # ingest without the plugin: no side batch
+            assert not llm_spans_wanted()  # ingest without the plugin: no side batch
             decoded = [decode_request(signal, body, Encoding.PROTOBUF, limits) for body in bodies]
             seqs = asyncio.run(_commit(store, decoded))
             ingest = time.process_time() - started
@@ -236,6 +238,7 @@ def run_once(
             if arm[0] is LLMCalls:  # this tree's plugin reads the decoder's side batch
                 hand_over_llm_spans(True)
                 with_side = [decode_request(signal, b, Encoding.PROTOBUF, limits) for b in bodies]
+                hand_over_llm_spans(False)
                 for d, s in zip(decoded, with_side, strict=True):
                     d.batches.llm_spans = s.batches.llm_spans
                     d.batches.llm_spans_nbytes = s.batches.llm_spans_nbytes

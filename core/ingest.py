@@ -36,13 +36,14 @@ from opstrata.admission import Admission
 from opstrata.errors import Overloaded, ShuttingDown, Unavailable
 from opstrata.ingestlog import IngestLog, LogRecord
 from opstrata.memstats import HeapTrimmer
+from opstrata.otlp.decode_traces import llm_spans_wanted
 from opstrata.otlp.decoded import (
     EXPORTED_OVERHEAD,
     DecodedRequest,
     InvalidRequest,
     side_batch_bytes,
 )
-from opstrata.otlp.decoder import Encoding, decode_request
+from opstrata.otlp.decoder import Encoding, decode_in_worker, decode_request
 from opstrata.otlp.exported_tables import ExportedTable
 from opstrata.otlp.limits import DecodeLimits
 from opstrata.schema import TABLES, Signal, Table
@@ -345,11 +346,15 @@ class IngestPipeline:
         if pool is None:
             return decode_request(signal, body, encoding, self.limits, self._exported)
         loop = asyncio.get_running_loop()
-        # A worker process hands its result back pickled: exported tables would go as batches.
-        exported = self._exported and not self.settings.decode_workers
         try:
+            if self.settings.decode_workers:
+                # A worker process hands its result back pickled: no exported tables, and it is
+                # told whether to make the llmops side batch (its own flag is never set).
+                return await loop.run_in_executor(
+                    pool, decode_in_worker, signal, body, encoding, self.limits, llm_spans_wanted()
+                )
             return await loop.run_in_executor(
-                pool, decode_request, signal, body, encoding, self.limits, exported
+                pool, decode_request, signal, body, encoding, self.limits, self._exported
             )
         except BrokenProcessPool as exc:
             # A dead worker breaks the whole pool for good: replace it, once, and let the

@@ -33,6 +33,7 @@ __all__ = [
     "join_llm_spans",
     "llm_rows",
     "llm_spans_of",
+    "llm_spans_wanted",
 ]
 
 # The strings the Collector's ClickHouse exporter stores
@@ -86,14 +87,29 @@ spans are in hand, so that the plugin keeps these small batches instead of whole
 takes no rows out of them (``_wire.c``'s ``side_add``)."""
 LLM_SIDE_KEYS = frozenset({"session.id", "user.id", "enduser.id", "error.type", "event.name"})
 """Keys outside :data:`LLM_PREFIXES` that the side batch keeps (``_wire.c``'s ``SIDE_KEYS``)."""
+_llm_readers = 0
+"""How many llmops consumers of this process asked for side batches (two servers in one
+process, as in tests, each start and stop their own)."""
 _llm_spans = False
 
 
 def hand_over_llm_spans(on: bool) -> None:
-    """Whether the span decoders make the side batch (:data:`LLM_SPANS`) from now on: the
-    llmops plugin turns it on when it starts; without the plugin nobody reads it."""
-    global _llm_spans
-    _llm_spans = on
+    """One more (``on``) or one fewer reader of the side batch (:data:`LLM_SPANS`): the span
+    decoders of this process make it while there is any. The llmops plugin asks for it when it
+    starts and withdraws when it stops; without the plugin nobody reads it. The flag is per
+    process: a server without the plugin beside one with it makes side batches it never reads
+    (correct, only slower), and decode workers are told per request (``decoder.decode_in_worker``).
+    """
+    global _llm_readers, _llm_spans
+    if not on and _llm_readers == 0:
+        raise RuntimeError("hand_over_llm_spans(False) without a reader")
+    _llm_readers += 1 if on else -1
+    _llm_spans = _llm_readers > 0
+
+
+def llm_spans_wanted() -> bool:
+    """Whether the span decoders of this process make side batches now."""
+    return _llm_spans
 
 
 def join_llm_spans(sides: list[object]) -> pa.Table | None:

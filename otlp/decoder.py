@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 import msgspec
+import pyarrow as pa
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -16,6 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from opstrata.otlp import decode_traces
 from opstrata.otlp.anyvalue import AttributeRenderer
 from opstrata.otlp.decode_logs import decode_log_bytes
 from opstrata.otlp.decode_metrics import decode_metric_bytes
@@ -25,7 +27,7 @@ from opstrata.otlp.limits import DecodeLimits
 from opstrata.otlp.otlp_json import parse_json_request
 from opstrata.schema import Signal
 
-__all__ = ["REQUEST_TYPES", "Encoding", "decode_request"]
+__all__ = ["REQUEST_TYPES", "Encoding", "decode_in_worker", "decode_request"]
 
 
 class Encoding(StrEnum):
@@ -95,3 +97,24 @@ def decode_request(
     if exported and signal is Signal.METRIC_POINTS:
         return decode_metric_bytes(body, renderer, exported=True)
     return _FROM_BYTES[signal](body, renderer)
+
+
+def decode_in_worker(
+    signal: Signal, body: bytes, encoding: Encoding, limits: DecodeLimits, llm_spans: bool
+) -> DecodedRequest:
+    """:func:`decode_request` in a decode worker process. ``llm_spans``: whether the server's
+    process wants the llmops side batch (``decode_traces.llm_spans_wanted`` there; the worker's
+    own flag is never set by a plugin). The result goes back pickled, and the C decoder's
+    capsule does not pickle: the side batch goes as a record batch."""
+    if llm_spans != decode_traces.llm_spans_wanted():
+        decode_traces.hand_over_llm_spans(llm_spans)  # this process's only reader: 0 <-> 1
+    decoded = decode_request(signal, body, encoding, limits)
+    batches = decoded.batches
+    side = getattr(batches, "llm_spans", None)
+    if side is not None and not isinstance(side, pa.RecordBatch):
+        joined = decode_traces.join_llm_spans([side])
+        assert joined is not None
+        batch = joined.combine_chunks().to_batches()[0]
+        batches.llm_spans = batch  # type: ignore[attr-defined]
+        batches.llm_spans_nbytes = batch.get_total_buffer_size()  # type: ignore[attr-defined]
+    return decoded

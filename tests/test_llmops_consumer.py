@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -110,3 +112,33 @@ def test_half_the_held_bytes_start_a_look_on_the_writers_thread(tmp_path, monkey
         assert consumer._pending_bytes == 0
         stored = store.reader().execute("SELECT count(*) FROM llmops_calls").fetchall()[0][0]
         assert stored == kept
+
+
+def test_each_consumer_asks_for_side_batches_until_it_stops(tmp_path) -> None:
+    """Two servers in one process (two consumers): the first to stop leaves the other's side
+    batches on; a consumer whose start failed asks for none and takes none back."""
+    assert not dt.llm_spans_wanted()
+    with _consumer(tmp_path / "a"):
+        with _consumer(tmp_path / "b"):
+            assert dt.llm_spans_wanted()
+        assert dt.llm_spans_wanted()
+        assert _decode_with_flag(_request(random.Random(1), 3)).batches.llm_spans is not None
+    assert not dt.llm_spans_wanted()
+    assert _decode_with_flag(_request(random.Random(1), 3)).batches.llm_spans is None
+    store = DuckDBStore(tmp_path / "c")
+    store.start()
+    store.shutdown()
+    consumer = LLMCalls(LLMOpsConfig())
+    ctx = ConsumerContext("llmops", "calls", tmp_path / "c", lambda *_: None, store, {})
+    with pytest.raises(duckdb.ConnectionException):
+        consumer.start(ctx)
+    assert not dt.llm_spans_wanted()
+    consumer.stop(ctx)
+    assert not dt.llm_spans_wanted()
+    with pytest.raises(RuntimeError):
+        dt.hand_over_llm_spans(False)
+
+
+def _decode_with_flag(body: bytes) -> DecodedRequest:
+    """Decoded as the server's decoders do: with the side batch while anyone asks for it."""
+    return decode_request(Signal.SPANS, body, Encoding.PROTOBUF, DecodeLimits())

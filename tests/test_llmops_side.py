@@ -203,3 +203,45 @@ def test_blocks_of_calls_in_message_order_are_those_found_by_key(monkeypatch) ->
     assert fast.equals(by_key) and len(set(fast.to_pylist())) > 3
     twice = pa.concat_tables([calls, calls.slice(0, 1)])  # a span sent twice: by key
     assert not blocks._same_calls(pa.concat_tables([messages, messages.slice(0, 1)]), twice)
+
+
+def test_decode_workers_hand_the_side_batch_over_as_a_record_batch(tmp_path) -> None:
+    """With ``decode_workers``, a worker process is told per request whether the server's
+    process wants side batches (its own flag is never set), and hands the side batch back as a
+    record batch (the C decoder's capsule does not pickle)."""
+    import asyncio
+
+    from opstrata.ingest import IngestPipeline
+    from opstrata.selfmetrics import SelfMetrics
+    from opstrata.settings import IngestSettings
+    from opstrata.storage.duckdb_store import DuckDBStore
+
+    rnd = random.Random(21)
+    bodies = [_request(rnd, 0.5, 3) for _ in range(4)]
+    with _side_batches():
+        local = [_decode(b).batches.llm_spans for b in bodies]
+    assert all(s is not None for s in local)
+
+    async def run() -> tuple[list[decoded.DecodedRequest], list[decoded.DecodedRequest]]:
+        store = DuckDBStore(tmp_path)
+        store.start()
+        pipeline = IngestPipeline(
+            IngestSettings(decode_workers=1), store, SelfMetrics(), log_dir=tmp_path / "log"
+        )
+        pipeline.start()
+        try:
+            with _side_batches():
+                wanted = [await pipeline.ingest(Signal.SPANS, b, Encoding.PROTOBUF) for b in bodies]
+            unwanted = [await pipeline.ingest(Signal.SPANS, b, Encoding.PROTOBUF) for b in bodies]
+            return wanted, unwanted
+        finally:
+            await pipeline.shutdown(timeout=5)
+            store.shutdown()
+
+    wanted, unwanted = asyncio.run(run())
+    for got, side in zip(wanted, local, strict=True):
+        batch = got.batches.llm_spans
+        assert isinstance(batch, pa.RecordBatch)
+        assert got.batches.llm_spans_nbytes == batch.get_total_buffer_size()
+        assert pa.Table.from_batches([batch]).equals(dt.join_llm_spans([side]))
+    assert all(got.batches.llm_spans is None for got in unwanted)

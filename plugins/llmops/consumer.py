@@ -128,6 +128,7 @@ class LLMCalls(Consumer):
         self.alerts: CallAlerts | None = None
         self.writer: CallWriter | None = None
         self._checked_gap = False
+        self._reading_side = False  # asked the span decoders for side batches
         self._lock = threading.Lock()  # the kept batches: held for a few list operations
         self._look_lock = threading.Lock()  # one look at a time, in sequence order
         self._pending_spans: list[Kept] = []
@@ -140,11 +141,6 @@ class LLMCalls(Consumer):
         self._pending_since = 0.0
 
     def start(self, ctx: ConsumerContext) -> None:
-        # The span decoders copy the marked spans' columns the plugin reads into a small side
-        # batch (``CommittedBatch.llm_spans``): kept instead of whole requests, and no rows to
-        # take out of them. Batches decoded before this (or read back from the store) have
-        # none and are scanned as before.
-        hand_over_llm_spans(True)
         self.writer = CallWriter(
             ctx.store, ctx.consumer, flush_seconds=WRITE_SECONDS, before_flush=self._flush_if_due
         )
@@ -154,9 +150,18 @@ class LLMCalls(Consumer):
             self.alerts = CallAlerts(
                 self.config.alerts, self.config.budgets, ctx.emit, self._resource_of
             )
+        # The span decoders copy the marked spans' columns the plugin reads into a small side
+        # batch (``CommittedBatch.llm_spans``): kept instead of whole requests, and no rows to
+        # take out of them. Batches decoded before this (or read back from the store) have
+        # none and are scanned as before. Asked for last: a start that failed asks nothing.
+        if not self._reading_side:
+            hand_over_llm_spans(True)
+            self._reading_side = True
 
     def stop(self, ctx: ConsumerContext) -> None:
-        hand_over_llm_spans(False)
+        if self._reading_side:
+            hand_over_llm_spans(False)
+            self._reading_side = False
         self.flush_pending()
         if self.writer is not None:
             self.writer.stop()
