@@ -142,3 +142,24 @@ def test_each_consumer_asks_for_side_batches_until_it_stops(tmp_path) -> None:
 def _decode_with_flag(body: bytes) -> DecodedRequest:
     """Decoded as the server's decoders do: with the side batch while anyone asks for it."""
     return decode_request(Signal.SPANS, body, Encoding.PROTOBUF, DecodeLimits())
+
+
+def test_a_look_finds_calls_in_the_order_their_batches_came(tmp_path, monkeypatch) -> None:
+    """A look over side batches and whole batches (without one: decoded before the plugin
+    started, or read back from the store) finds the calls in sequence order: the first
+    resource of a service is the first one that came, and calls are written in order."""
+    monkeypatch.setattr(llm_consumer, "GROUP_SECONDS", 3600.0)  # one look, at stop
+    rnd = random.Random(8)
+    whole = [_decode(_request(rnd, 4, host=f"old{n}"), False) for n in range(2)]
+    side = _decode(_request(rnd, 4, host="new"), True)
+    assert side.batches.llm_spans is not None
+    order = [whole[0], side, whole[1]]
+    with _consumer(tmp_path) as (consumer, ctx, store):
+        committed = [_committed(store, d) for d in order]
+        assert [c.llm_spans is not None for c in committed] == [False, True, False]
+        consumer.consume_many(committed, ctx)
+        consumer.flush_pending()
+        assert consumer.resources["svc"]["host.name"] == "old0"
+        stored = store.reader().execute('SELECT "SpanId" FROM llmops_calls ORDER BY rowid')
+        spans = [row[0] for row in stored.fetchall()]
+    assert spans == [s for d in order for s in d.batches[0][1].column("SpanId").to_pylist()]

@@ -131,8 +131,10 @@ class LLMCalls(Consumer):
         self._reading_side = False  # asked the span decoders for side batches
         self._lock = threading.Lock()  # the kept batches: held for a few list operations
         self._look_lock = threading.Lock()  # one look at a time, in sequence order
-        self._pending_spans: list[Kept] = []
-        self._pending_side: list[object] = []  # the decoder's LLM side batches
+        # Kept span batches in sequence order, as runs of the decoder's side batches (True)
+        # or of whole batches without one (False: decoded before the plugin started, read
+        # back from the store), so that a look finds calls in the order they came.
+        self._pending_runs: list[tuple[bool, list]] = []
         self._pending_logs: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._pending_bytes = 0
@@ -253,11 +255,11 @@ class LLMCalls(Consumer):
                 rows = hinted_rows(spans)
                 side = batch.llm_spans
                 if rows is not None and side is not None:  # the usual case: the decoder's rows
-                    self._pending_side.append(side)
+                    self._keep(True, side)
                     self._pending_rows += len(rows)  # the side batch's rows
                     self._pending_bytes += batch.llm_spans_nbytes
                 elif rows is None or len(rows):  # else marked by the decoder: no LLM key at all
-                    self._pending_spans.append((spans, rows))
+                    self._keep(False, (spans, rows))
                     self._pending_rows += spans.num_rows
                     self._pending_bytes += batch.nbytes  # measured once, by the fan-out
             if logs is not None and logs.num_rows:
@@ -273,6 +275,14 @@ class LLMCalls(Consumer):
             self.flush_pending()  # the writer's thread is behind: look here, and wait
         elif due and self.writer is not None:
             self.writer.wake()  # the look runs on the writer's thread
+
+    def _keep(self, side: bool, kept: object) -> None:
+        """Keep a side batch or a whole batch after the others (under ``_lock``)."""
+        runs = self._pending_runs
+        if runs and runs[-1][0] is side:
+            runs[-1][1].append(kept)
+        else:
+            runs.append((side, [kept]))
 
     def _group_due(self) -> bool:
         """Whether the kept batches are a group to look at before ``GROUP_SECONDS`` (under
@@ -301,45 +311,22 @@ class LLMCalls(Consumer):
             with self._lock:
                 if not self._pending_since:
                     return
-                spans, logs = self._pending_spans, _table(self._pending_logs)
-                side = self._pending_side
+                runs, logs = self._pending_runs, _table(self._pending_logs)
                 seq = self._pending_seq
-                self._pending_spans, self._pending_logs, self._pending_side = [], [], []
+                self._pending_runs, self._pending_logs = [], []
                 self._pending_rows, self._pending_since = 0, 0.0
                 self._pending_bytes = 0
-            self._recognise(seq, spans, side, logs)
+            self._recognise(seq, runs, logs)
 
-    def _recognise(
-        self, seq: int, spans: list[Kept], sides: list[object], logs: pa.Table | None
-    ) -> None:
+    def _recognise(self, seq: int, runs: list[tuple[bool, list]], logs: pa.Table | None) -> None:
         assert self.writer is not None
         calls: list[pa.Table] = []
         messages: list[pa.Table] = []
-        side = join_llm_spans(sides)
-        if side is not None:  # every row a marked span, with the columns recognition reads
-            found = recognise(SpanColumns.of_spans(side), self.policy)
-            if found is not None:
-                self._remember_resources(
-                    found.calls.column("ServiceName").combine_chunks(),
-                    self._resource_in(side, found.rows),
-                )
-                calls.append(found.calls)
-                messages.append(found.messages)
-        picked = pick_spans(spans)
-        if picked is not None:  # else the common case: no LLM span in the group
-            found = recognise(SpanColumns.of_spans(picked.columns), self.policy)
-            if found is not None:
-                batch, row = picked.batch[found.rows], picked.row[found.rows]
-
-                def resource_of(i: int) -> list | None:
-                    source = picked.batches[int(batch[i])]
-                    return source.column("ResourceAttributes")[int(row[i])].as_py()
-
-                self._remember_resources(
-                    found.calls.column("ServiceName").combine_chunks(), resource_of
-                )
-                calls.append(found.calls)
-                messages.append(found.messages)
+        for side, kept in runs:  # in sequence order: usually one run of side batches
+            if side:
+                self._recognise_side(kept, calls, messages)
+            else:
+                self._recognise_spans(kept, calls, messages)
         if logs is not None and logs.num_rows:
             self._logs(logs, calls, messages)
         if not calls and not messages:
@@ -356,6 +343,42 @@ class LLMCalls(Consumer):
             log.exception("llmops: writing calls failed")
         if self.alerts is not None:
             self.alerts.add(all_calls)
+
+    def _recognise_side(
+        self, sides: list[object], calls: list[pa.Table], messages: list[pa.Table]
+    ) -> None:
+        """Calls of a run of side batches: every row a marked span, with the columns
+        recognition reads."""
+        side = join_llm_spans(sides)
+        found = None if side is None else recognise(SpanColumns.of_spans(side), self.policy)
+        if found is not None:
+            assert side is not None
+            self._remember_resources(
+                found.calls.column("ServiceName").combine_chunks(),
+                self._resource_in(side, found.rows),
+            )
+            calls.append(found.calls)
+            messages.append(found.messages)
+
+    def _recognise_spans(
+        self, spans: list[Kept], calls: list[pa.Table], messages: list[pa.Table]
+    ) -> None:
+        """Calls of a run of whole span batches (their marked rows, or all rows scanned)."""
+        picked = pick_spans(spans)
+        if picked is None:  # the common case: no LLM span in them
+            return
+        found = recognise(SpanColumns.of_spans(picked.columns), self.policy)
+        if found is None:
+            return
+        batch, row = picked.batch[found.rows], picked.row[found.rows]
+
+        def resource_of(i: int) -> list | None:
+            source = picked.batches[int(batch[i])]
+            return source.column("ResourceAttributes")[int(row[i])].as_py()
+
+        self._remember_resources(found.calls.column("ServiceName").combine_chunks(), resource_of)
+        calls.append(found.calls)
+        messages.append(found.messages)
 
     def _logs(self, logs: pa.Table, calls: list[pa.Table], messages: list[pa.Table]) -> None:
         """GenAI log events: ``gen_ai.client.inference.operation.details`` (a whole call; it is
