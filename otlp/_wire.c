@@ -2686,10 +2686,12 @@ static PyObject *
 wire_join_llm_spans(PyObject *self, PyObject *sides)
 {
     (void)self;
-    PyObject *seq = PySequence_Fast(sides, "join_llm_spans wants a sequence of capsules");
+    /* A tuple of its own (PySequence_Fast hands a list back as itself): the blocks are read
+     * without the GIL, and another thread emptying the caller's list would free them. */
+    PyObject *seq = PySequence_Tuple(sides);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
     const SideBlock **blocks = malloc((size_t)(count ? count : 1) * sizeof *blocks);
     if (blocks == NULL) {
         Py_DECREF(seq);
@@ -2697,7 +2699,7 @@ wire_join_llm_spans(PyObject *self, PyObject *sides)
     }
     size_t need[SIDE_BUFS] = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *capsule = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *capsule = PyTuple_GET_ITEM(seq, i);
         blocks[i] = PyCapsule_IsValid(capsule, SIDE_CAPSULE)
                         ? PyCapsule_GetPointer(capsule, SIDE_CAPSULE)
                         : NULL;
