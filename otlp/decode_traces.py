@@ -114,9 +114,9 @@ def llm_spans_wanted() -> bool:
 
 def join_llm_spans(sides: list[object]) -> pa.Table | None:
     """Side batches of a group of requests (``Batches.llm_spans``: the C decoder's capsules,
-    or record batches of the Python walk) as one table; ``None`` for none. The capsules are
-    joined in C into one batch and imported once (an import costs ~13 µs, as much for a
-    request's few rows as for a group's thousands)."""
+    or record batches of the Python walk and of decode workers) as one table; ``None`` for
+    none. The capsules are joined in C into one batch and imported once (an import costs
+    ~13 µs, as much for a request's few rows as for a group's thousands)."""
     if not sides:
         return None
     capsules = [s for s in sides if not isinstance(s, pa.RecordBatch)]

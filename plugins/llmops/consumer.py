@@ -50,8 +50,10 @@ HELD_BYTES = 64 * 1024 * 1024
 never fills behind a look (a full inbox makes the fan-out drop it and re-read the batches from
 DuckDB, which at full rate cost more than everything else the plugin does). Past this many
 bytes of kept batches (the writer's thread is behind) the consumer's thread looks itself, and
-waits. Bounded in bytes, not rows: kept batches are whole requests (~750 B a span), outside the
-admission bound, and count against the server's memory budget (docs/configuration.md)."""
+waits. Bounded in bytes, not rows: kept batches are mostly the decoder's side batches (~1.2-3
+KB an LLM span, with its messages; whole requests, ~750 B a span, only without one), outside
+the admission bound, and count against the server's memory budget (docs/configuration.md).
+Half of it kept is a group the writer's thread looks at at once."""
 _MESSAGE_EVENT_NAMES = pa.array(sorted(MESSAGE_EVENTS), pa.string())
 # Typed scalars made once (see recognise._EMPTY).
 _SPAN, _TABLE = pa.scalar("span", pa.string()), pa.scalar("table", pa.string())
