@@ -229,3 +229,27 @@ def test_a_failing_batch_does_not_cost_the_others_of_its_hand_over(tmp_path) -> 
         assert stored == expected
     finally:
         store.shutdown()
+
+
+_EMAIL_BITS = ["a", "Z", "0", ".", "-", "_", "%", "+", "@", "@", " ", "\\", '"', "é", "co", "x.y"]
+
+
+def test_email_replacement_around_each_at_is_the_replacement_of_whole_texts() -> None:
+    """RE2's e-mail replacement run on the windows around each "@" and spliced back equals it
+    run over the whole texts: on texts dense in "@" and in local-part and domain bytes, where
+    windows overlap, touch and hold several addresses."""
+    rnd = random.Random(17)
+    for _ in range(2000):
+        values = [
+            "".join(rnd.choice(_EMAIL_BITS) for _ in range(rnd.randrange(0, 40)))
+            for _ in range(rnd.randrange(1, 20))
+        ]
+        texts = pa.array(values, pa.string())
+        want = pc.replace_substring_regex(texts, privacy._RE2_EMAIL, "[EMAIL]")
+        assert privacy._mask_emails(texts).equals(want), values
+    texts = pa.array(["x@a.com@b.org", "a@b.co@c.de@e.fg", "a@.com", "é@x.com", "", "a@b"])
+    assert privacy._mask_emails(texts).to_pylist() == [
+        "[EMAIL]@b.org", "[EMAIL]@[EMAIL]", "a@.com", "é@x.com", "", "a@b",
+    ]  # fmt: skip
+    with_nulls = pa.array(["a@b.co", None, "c@d.ef"]).slice(1)  # the whole texts' way
+    assert privacy._mask_emails(with_nulls).to_pylist() == [None, "[EMAIL]"]

@@ -164,8 +164,226 @@ done:
     return result;
 }
 
+/* --- E-mail windows: RE2's e-mail replacement run on the bytes around each "@" only ---------- */
+
+/* Bytes of privacy's e-mail pattern: the local part's, and the domain's (letters, digits, "-"
+ * and "."). Neither has "@": a match holds one "@", its local part within the run of local
+ * bytes right before it and its domain within the run of domain bytes right after it. */
+static uint8_t local_byte[256], domain_byte[256];
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+} Bytes;
+
+static int
+bytes_put(Bytes *b, const void *src, size_t len)
+{
+    if (b->n + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + len)
+            cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (p == NULL)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (len)
+        memcpy(b->p + b->n, src, len);
+    b->n += len;
+    return 0;
+}
+
+static int
+check_offsets(const Py_buffer *ov, const Py_buffer *dv, size_t *rows)
+{
+    const int32_t *off = ov->buf;
+    size_t n_offsets = (size_t)ov->len / sizeof(int32_t);
+    if (n_offsets == 0 || ov->len % sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be int32, at least one");
+        return -1;
+    }
+    *rows = n_offsets - 1;
+    for (size_t r = 0; r < *rows; r++)
+        if (off[r] < 0 || off[r + 1] < off[r]) {
+            PyErr_SetString(PyExc_ValueError, "offsets must not decrease");
+            return -1;
+        }
+    if ((size_t)off[*rows] > (size_t)dv->len) {
+        PyErr_SetString(PyExc_ValueError, "offsets out of the data's range");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(email_windows_doc,
+"email_windows(offsets, data) -> (spans, window_offsets, window_data)\n"
+"--\n\n"
+"The parts of a string array's texts where privacy's e-mail pattern can match: around each\n"
+"\"@\", the run of local-part bytes before it and of domain bytes after it, kept when both\n"
+"are there and the domain run has a \".\", and joined with the windows they overlap or touch\n"
+"(within a text). spans: native int64 (start, end) byte positions into data, in order;\n"
+"window_offsets / window_data: the windows as int32 offsets and bytes of a string array.\n"
+"A replacement run over the windows and spliced back (splice) is the replacement run over\n"
+"the whole texts: every match lies within the window of its \"@\", and windows that could\n"
+"share a match's bytes are one window.");
+
+static PyObject *
+textscan_email_windows(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer ov, dv;
+    if (!PyArg_ParseTuple(args, "y*y*:email_windows", &ov, &dv))
+        return NULL;
+    PyObject *result = NULL;
+    Bytes spans = {0}, woff = {0}, wdata = {0};
+    size_t rows;
+    int failed = 0;
+    if (check_offsets(&ov, &dv, &rows) < 0)
+        goto done;
+    const int32_t *off = ov.buf;
+    const uint8_t *d = dv.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int32_t zero = 0;
+    failed = bytes_put(&woff, &zero, sizeof zero);
+    for (size_t r = 0; r < rows && !failed; r++) {
+        size_t begin = (size_t)off[r], stop = (size_t)off[r + 1];
+        int64_t open_start = -1, open_end = -1; /* the window being joined */
+        const uint8_t *at = begin < stop ? memchr(d + begin, '@', stop - begin) : NULL;
+        while (at != NULL && !failed) {
+            size_t i = (size_t)(at - d), lo = i, hi = i + 1;
+            int dot = 0;
+            while (lo > begin && local_byte[d[lo - 1]])
+                lo--;
+            while (hi < stop && domain_byte[d[hi]]) {
+                dot |= d[hi] == '.';
+                hi++;
+            }
+            if (lo < i && dot) {
+                if (open_start >= 0 && (int64_t)lo <= open_end)
+                    open_end = (int64_t)hi > open_end ? (int64_t)hi : open_end;
+                else {
+                    if (open_start >= 0) {
+                        int64_t pair[2] = {open_start, open_end};
+                        int32_t o = (int32_t)(wdata.n + (size_t)(open_end - open_start));
+                        failed = bytes_put(&spans, pair, sizeof pair) ||
+                                 bytes_put(&wdata, d + open_start, (size_t)(open_end - open_start)) ||
+                                 bytes_put(&woff, &o, sizeof o);
+                    }
+                    open_start = (int64_t)lo;
+                    open_end = (int64_t)hi;
+                }
+            }
+            at = i + 1 < stop ? memchr(d + i + 1, '@', stop - i - 1) : NULL;
+        }
+        if (open_start >= 0 && !failed) {
+            int64_t pair[2] = {open_start, open_end};
+            int32_t o = (int32_t)(wdata.n + (size_t)(open_end - open_start));
+            failed = bytes_put(&spans, pair, sizeof pair) ||
+                     bytes_put(&wdata, d + open_start, (size_t)(open_end - open_start)) ||
+                     bytes_put(&woff, &o, sizeof o);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed)
+        PyErr_NoMemory();
+    else
+        result = Py_BuildValue("(y#y#y#)", spans.p ? (char *)spans.p : "", (Py_ssize_t)spans.n,
+                               woff.p, (Py_ssize_t)woff.n, wdata.p ? (char *)wdata.p : "",
+                               (Py_ssize_t)wdata.n);
+done:
+    free(spans.p);
+    free(woff.p);
+    free(wdata.p);
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&dv);
+    return result;
+}
+
+PyDoc_STRVAR(splice_doc,
+"splice(offsets, data, spans, window_offsets, window_data) -> (offsets, data)\n"
+"--\n\n"
+"The texts of a string array (offsets, data) with the byte ranges of spans (native int64\n"
+"(start, end) pairs, in order, as email_windows gives them) replaced by the windows of\n"
+"(window_offsets, window_data), one per span: the int32 offsets (from 0) and bytes of the\n"
+"new string array.");
+
+static PyObject *
+textscan_splice(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer ov, dv, sv, wov, wdv;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*:splice", &ov, &dv, &sv, &wov, &wdv))
+        return NULL;
+    PyObject *result = NULL;
+    Bytes out_off = {0}, out = {0};
+    size_t rows, windows;
+    int failed = 0;
+    if (check_offsets(&ov, &dv, &rows) < 0 || check_offsets(&wov, &wdv, &windows) < 0)
+        goto done;
+    if ((size_t)sv.len != windows * 2 * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "one window per span");
+        goto done;
+    }
+    const int32_t *off = ov.buf, *woff = wov.buf;
+    const int64_t *span = sv.buf;
+    const uint8_t *d = dv.buf, *wd = wdv.buf;
+    for (size_t w = 0; w < windows; w++) /* in order, within the texts' bytes */
+        if (span[2 * w] > span[2 * w + 1] || (w && span[2 * w] < span[2 * w - 1]) ||
+            span[2 * w] < off[0] || span[2 * w + 1] > off[rows]) {
+            PyErr_SetString(PyExc_ValueError, "spans out of order or of the texts' range");
+            goto done;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    size_t w = 0;
+    int32_t zero = 0;
+    failed = bytes_put(&out_off, &zero, sizeof zero);
+    for (size_t r = 0; r < rows && !failed; r++) {
+        size_t at = (size_t)off[r], stop = (size_t)off[r + 1];
+        for (; w < windows && (size_t)span[2 * w] < stop && !failed; w++) {
+            size_t start = (size_t)span[2 * w], end = (size_t)span[2 * w + 1];
+            if (end > stop) { /* a span across two texts: email_windows makes none */
+                failed = 2;
+                break;
+            }
+            failed = bytes_put(&out, d + at, start - at) ||
+                     bytes_put(&out, wd + woff[w], (size_t)(woff[w + 1] - woff[w]));
+            at = end;
+        }
+        if (!failed)
+            failed = bytes_put(&out, d + at, stop - at);
+        if (!failed && out.n > INT32_MAX)
+            failed = 3;
+        int32_t o = (int32_t)out.n;
+        if (!failed)
+            failed = bytes_put(&out_off, &o, sizeof o);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed == 1)
+        PyErr_NoMemory();
+    else if (failed == 2)
+        PyErr_SetString(PyExc_ValueError, "a span crosses the end of its text");
+    else if (failed == 3)
+        PyErr_SetString(PyExc_ValueError, "more than 2 GiB of text");
+    else
+        result = Py_BuildValue("(y#y#)", out_off.p, (Py_ssize_t)out_off.n,
+                               out.p ? (char *)out.p : "", (Py_ssize_t)out.n);
+done:
+    free(out_off.p);
+    free(out.p);
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&dv);
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&wov);
+    PyBuffer_Release(&wdv);
+    return result;
+}
+
 static PyMethodDef textscan_methods[] = {
     {"scan", textscan_scan, METH_VARARGS, scan_doc},
+    {"email_windows", textscan_email_windows, METH_VARARGS, email_windows_doc},
+    {"splice", textscan_splice, METH_VARARGS, splice_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -180,6 +398,13 @@ textscan_exec(PyObject *module)
     const char *starts = "sxhgAbB";
     for (const char *s = starts; *s; s++)
         interesting[(uint8_t)*s] = 1;
+    memset(local_byte, 0, sizeof local_byte);
+    memset(domain_byte, 0, sizeof domain_byte);
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+        domain_byte[c] = alnum || c == '-' || c == '.';
+        local_byte[c] = domain_byte[c] || c == '_' || c == '%' || c == '+';
+    }
     return 0;
 }
 
