@@ -236,7 +236,9 @@ def run_once(
             seqs = asyncio.run(_commit(store, decoded))
             ingest = time.process_time() - started
             extra = 0.0
-            if arm[0] is LLMCalls:  # this tree's plugin reads the decoder's side batch
+            # A plugin that reads the decoder's side batch (this tree's, or a baseline's since
+            # 101e9d1) asks for it in its consumer module.
+            if hasattr(sys.modules[arm[0].__module__], "hand_over_llm_spans"):
                 hand_over_llm_spans(True)
                 with_side = [decode_request(signal, b, Encoding.PROTOBUF, limits) for b in bodies]
                 hand_over_llm_spans(False)
