@@ -359,11 +359,13 @@ textscan_splice(PyObject *self, PyObject *args)
         if (!failed)
             failed = bytes_put(&out_off, &o, sizeof o);
     }
+    if (!failed && w != windows)
+        failed = 2; /* an empty span at the very end: email_windows makes none */
     Py_END_ALLOW_THREADS
     if (failed == 1)
         PyErr_NoMemory();
     else if (failed == 2)
-        PyErr_SetString(PyExc_ValueError, "a span crosses the end of its text");
+        PyErr_SetString(PyExc_ValueError, "a span crosses or follows the end of its text");
     else if (failed == 3)
         PyErr_SetString(PyExc_ValueError, "more than 2 GiB of text");
     else
