@@ -217,17 +217,27 @@ check_offsets(const Py_buffer *ov, const Py_buffer *dv, size_t *rows)
     return 0;
 }
 
+/* One window: its span, and its bytes after a newline unless it is the first. */
+static int
+window_put(Bytes *spans, Bytes *windows, const uint8_t *d, int64_t start, int64_t end)
+{
+    int64_t pair[2] = {start, end};
+    return bytes_put(spans, pair, sizeof pair) ||
+           (spans->n > sizeof pair && bytes_put(windows, "\n", 1)) ||
+           bytes_put(windows, d + start, (size_t)(end - start));
+}
+
 PyDoc_STRVAR(email_windows_doc,
-"email_windows(offsets, data) -> (spans, window_offsets, window_data)\n"
+"email_windows(offsets, data) -> (spans, windows)\n"
 "--\n\n"
 "The parts of a string array's texts where privacy's e-mail pattern can match: around each\n"
 "\"@\", the run of local-part bytes before it and of domain bytes after it, kept when both\n"
 "are there and the domain run has a \".\", and joined with the windows they overlap or touch\n"
 "(within a text). spans: native int64 (start, end) byte positions into data, in order;\n"
-"window_offsets / window_data: the windows as int32 offsets and bytes of a string array.\n"
-"A replacement run over the windows and spliced back (splice) is the replacement run over\n"
-"the whole texts: every match lies within the window of its \"@\", and windows that could\n"
-"share a match's bytes are one window.");
+"windows: their bytes, one after the other, with a newline between two (a byte of neither\n"
+"run, so no match crosses it). A replacement run over the windows and spliced back (splice)\n"
+"is the replacement run over the whole texts: every match lies within the window of its\n"
+"\"@\", and windows that could share a match's bytes are one window.");
 
 static PyObject *
 textscan_email_windows(PyObject *self, PyObject *args)
@@ -237,7 +247,7 @@ textscan_email_windows(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*:email_windows", &ov, &dv))
         return NULL;
     PyObject *result = NULL;
-    Bytes spans = {0}, woff = {0}, wdata = {0};
+    Bytes spans = {0}, wdata = {0};
     size_t rows;
     int failed = 0;
     if (check_offsets(&ov, &dv, &rows) < 0)
@@ -245,8 +255,6 @@ textscan_email_windows(PyObject *self, PyObject *args)
     const int32_t *off = ov.buf;
     const uint8_t *d = dv.buf;
     Py_BEGIN_ALLOW_THREADS
-    int32_t zero = 0;
-    failed = bytes_put(&woff, &zero, sizeof zero);
     for (size_t r = 0; r < rows && !failed; r++) {
         size_t begin = (size_t)off[r], stop = (size_t)off[r + 1];
         int64_t open_start = -1, open_end = -1; /* the window being joined */
@@ -264,37 +272,25 @@ textscan_email_windows(PyObject *self, PyObject *args)
                 if (open_start >= 0 && (int64_t)lo <= open_end)
                     open_end = (int64_t)hi > open_end ? (int64_t)hi : open_end;
                 else {
-                    if (open_start >= 0) {
-                        int64_t pair[2] = {open_start, open_end};
-                        int32_t o = (int32_t)(wdata.n + (size_t)(open_end - open_start));
-                        failed = bytes_put(&spans, pair, sizeof pair) ||
-                                 bytes_put(&wdata, d + open_start, (size_t)(open_end - open_start)) ||
-                                 bytes_put(&woff, &o, sizeof o);
-                    }
+                    if (open_start >= 0)
+                        failed = window_put(&spans, &wdata, d, open_start, open_end);
                     open_start = (int64_t)lo;
                     open_end = (int64_t)hi;
                 }
             }
             at = i + 1 < stop ? memchr(d + i + 1, '@', stop - i - 1) : NULL;
         }
-        if (open_start >= 0 && !failed) {
-            int64_t pair[2] = {open_start, open_end};
-            int32_t o = (int32_t)(wdata.n + (size_t)(open_end - open_start));
-            failed = bytes_put(&spans, pair, sizeof pair) ||
-                     bytes_put(&wdata, d + open_start, (size_t)(open_end - open_start)) ||
-                     bytes_put(&woff, &o, sizeof o);
-        }
+        if (open_start >= 0 && !failed)
+            failed = window_put(&spans, &wdata, d, open_start, open_end);
     }
     Py_END_ALLOW_THREADS
     if (failed)
         PyErr_NoMemory();
     else
-        result = Py_BuildValue("(y#y#y#)", spans.p ? (char *)spans.p : "", (Py_ssize_t)spans.n,
-                               woff.p, (Py_ssize_t)woff.n, wdata.p ? (char *)wdata.p : "",
-                               (Py_ssize_t)wdata.n);
+        result = Py_BuildValue("(y#y#)", spans.p ? (char *)spans.p : "", (Py_ssize_t)spans.n,
+                               wdata.p ? (char *)wdata.p : "", (Py_ssize_t)wdata.n);
 done:
     free(spans.p);
-    free(woff.p);
     free(wdata.p);
     PyBuffer_Release(&ov);
     PyBuffer_Release(&dv);
@@ -302,33 +298,37 @@ done:
 }
 
 PyDoc_STRVAR(splice_doc,
-"splice(offsets, data, spans, window_offsets, window_data) -> (offsets, data)\n"
+"splice(offsets, data, spans, windows) -> (offsets, data)\n"
 "--\n\n"
 "The texts of a string array (offsets, data) with the byte ranges of spans (native int64\n"
-"(start, end) pairs, in order, as email_windows gives them) replaced by the windows of\n"
-"(window_offsets, window_data), one per span: the int32 offsets (from 0) and bytes of the\n"
-"new string array.");
+"(start, end) pairs, in order, as email_windows gives them) replaced by the windows, one per\n"
+"span, newline between two, as email_windows joins them: the int32 offsets (from 0) and\n"
+"bytes of the new string array.");
 
 static PyObject *
 textscan_splice(PyObject *self, PyObject *args)
 {
     (void)self;
-    Py_buffer ov, dv, sv, wov, wdv;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*:splice", &ov, &dv, &sv, &wov, &wdv))
+    Py_buffer ov, dv, sv, wv;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*:splice", &ov, &dv, &sv, &wv))
         return NULL;
     PyObject *result = NULL;
     Bytes out_off = {0}, out = {0};
-    size_t rows, windows;
+    size_t rows, windows = (size_t)sv.len / (2 * sizeof(int64_t));
     int failed = 0;
-    if (check_offsets(&ov, &dv, &rows) < 0 || check_offsets(&wov, &wdv, &windows) < 0)
+    if (check_offsets(&ov, &dv, &rows) < 0)
         goto done;
-    if ((size_t)sv.len != windows * 2 * sizeof(int64_t)) {
+    const int32_t *off = ov.buf;
+    const int64_t *span = sv.buf;
+    const uint8_t *d = dv.buf, *wd = wv.buf;
+    size_t wlen = (size_t)wv.len, newlines = 0;
+    for (size_t i = 0; i < wlen; i++)
+        newlines += wd[i] == '\n';
+    if (sv.len % (2 * sizeof(int64_t)) || newlines + 1 != (windows ? windows : 1) ||
+        (!windows && wlen)) {
         PyErr_SetString(PyExc_ValueError, "one window per span");
         goto done;
     }
-    const int32_t *off = ov.buf, *woff = wov.buf;
-    const int64_t *span = sv.buf;
-    const uint8_t *d = dv.buf, *wd = wdv.buf;
     for (size_t w = 0; w < windows; w++) /* in order, within the texts' bytes */
         if (span[2 * w] > span[2 * w + 1] || (w && span[2 * w] < span[2 * w - 1]) ||
             span[2 * w] < off[0] || span[2 * w + 1] > off[rows]) {
@@ -336,7 +336,7 @@ textscan_splice(PyObject *self, PyObject *args)
             goto done;
         }
     Py_BEGIN_ALLOW_THREADS
-    size_t w = 0;
+    size_t w = 0, next = 0; /* the next window, and where its bytes start */
     int32_t zero = 0;
     failed = bytes_put(&out_off, &zero, sizeof zero);
     for (size_t r = 0; r < rows && !failed; r++) {
@@ -347,8 +347,10 @@ textscan_splice(PyObject *self, PyObject *args)
                 failed = 2;
                 break;
             }
-            failed = bytes_put(&out, d + at, start - at) ||
-                     bytes_put(&out, wd + woff[w], (size_t)(woff[w + 1] - woff[w]));
+            const uint8_t *nl = memchr(wd + next, '\n', wlen - next);
+            size_t wend = nl ? (size_t)(nl - wd) : wlen;
+            failed = bytes_put(&out, d + at, start - at) || bytes_put(&out, wd + next, wend - next);
+            next = wend + 1;
             at = end;
         }
         if (!failed)
@@ -377,8 +379,7 @@ done:
     PyBuffer_Release(&ov);
     PyBuffer_Release(&dv);
     PyBuffer_Release(&sv);
-    PyBuffer_Release(&wov);
-    PyBuffer_Release(&wdv);
+    PyBuffer_Release(&wv);
     return result;
 }
 

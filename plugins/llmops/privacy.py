@@ -68,7 +68,7 @@ def _mask_emails(texts: pa.Array) -> pa.Array:
     if texts.null_count or texts.offset:  # not what a take hands over: the whole texts
         return pc.replace_substring_regex(texts, _RE2_EMAIL, "[EMAIL]")
     spans, windows = email_windows(texts)
-    if len(windows) == 0:
+    if not spans:
         return texts
     masked = pc.replace_substring_regex(windows, _RE2_EMAIL, "[EMAIL]")
     return splice(texts, spans, masked)

@@ -176,23 +176,23 @@ def escaped_brackets(texts: pa.Array) -> np.ndarray:
 
 def email_windows(texts: pa.Array) -> tuple[bytes, pa.Array]:
     """Where privacy's e-mail pattern can match in ``texts`` (a ``string`` array without
-    nulls): the byte spans (native int64 start, end pairs into the data) around each "@" and
-    their text as a string array, one window per span (``_textscan.email_windows``). A
-    replacement run over the windows and put back with :func:`splice` is the one run over the
-    whole texts, at a fraction of their bytes."""
+    nulls): the byte spans (native int64 start, end pairs into the data) around each "@", and
+    their bytes as one text, a newline between two windows (``_textscan.email_windows``). A
+    replacement run over that text (one kernel call, not one per window: ~0.3 µs each) and put
+    back with :func:`splice` is the one run over the whole texts, at a fraction of their
+    bytes."""
     offsets, data = _parts(texts)
-    spans, window_offsets, window_data = _textscan.email_windows(offsets, data)
-    windows = pa.StringArray.from_buffers(
-        len(window_offsets) // 4 - 1, pa.py_buffer(window_offsets), pa.py_buffer(window_data)
-    )
-    return spans, windows
+    spans, windows = _textscan.email_windows(offsets, data)
+    return spans, pa.array([windows.decode()], pa.string())
 
 
 def splice(texts: pa.Array, spans: bytes, windows: pa.Array) -> pa.Array:
-    """``texts`` with the byte ``spans`` of :func:`email_windows` replaced by ``windows``."""
+    """``texts`` with the byte ``spans`` of :func:`email_windows` replaced by the windows, a
+    newline between two, of the one text in ``windows``."""
     offsets, data = _parts(texts)
-    window_offsets, window_data = _parts(windows)
-    new_offsets, new_data = _textscan.splice(offsets, data, spans, window_offsets, window_data)
+    joined = _parts(windows)
+    start, end = int(joined[0][0]), int(joined[0][1])
+    new_offsets, new_data = _textscan.splice(offsets, data, spans, joined[1][start:end])
     return pa.StringArray.from_buffers(
         len(texts), pa.py_buffer(new_offsets), pa.py_buffer(new_data)
     )
