@@ -253,3 +253,8 @@ def test_email_replacement_around_each_at_is_the_replacement_of_whole_texts() ->
     ]  # fmt: skip
     with_nulls = pa.array(["a@b.co", None, "c@d.ef"]).slice(1)  # the whole texts' way
     assert privacy._mask_emails(with_nulls).to_pylist() == [None, "[EMAIL]"]
+    # Other layouts than the windows read (int32 offsets, one array) take that way too.
+    large = pa.array(["a@b.co", "xx c@d.ef"], pa.large_string())
+    assert privacy._mask_emails(large).to_pylist() == ["[EMAIL]", "xx [EMAIL]"]
+    chunked = pa.chunked_array([["a@b.co"], ["xx c@d.ef"]])
+    assert privacy._mask_emails(chunked).to_pylist() == ["[EMAIL]", "xx [EMAIL]"]

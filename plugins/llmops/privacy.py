@@ -65,7 +65,14 @@ def _mask_emails(texts: pa.Array) -> pa.Array:
     """``texts`` with e-mail addresses replaced as RE2 replaces them over the whole texts, but
     run on the bytes around each "@" only (:func:`.textscan.email_windows`): the texts with an
     "@" are whole JSON messages, a few KB each, their addresses a few dozen bytes."""
-    if texts.null_count or texts.offset:  # not what a take hands over: the whole texts
+    # The windows read int32 offsets of one unsliced, null-free string array (what a take
+    # hands over); anything else (large_string, chunks, slices, nulls): the whole texts.
+    if (
+        not isinstance(texts, pa.Array)
+        or texts.type != pa.string()
+        or texts.null_count
+        or texts.offset
+    ):
         return pc.replace_substring_regex(texts, _RE2_EMAIL, "[EMAIL]")
     spans, windows = email_windows(texts)
     if not spans:
