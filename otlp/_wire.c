@@ -2370,6 +2370,23 @@ root_capsule(struct ArrowArray *root)
     return capsule;
 }
 
+/* A batch's root array and the holder of its buffers (*holder); NULL for both when out of
+ * memory (with the exception set and the GIL taken, as no_memory does). */
+static struct ArrowArray *
+new_root(Holder **holder)
+{
+    struct ArrowArray *root = malloc(sizeof *root);
+    Holder *h = calloc(1, sizeof *h);
+    if (root == NULL || h == NULL) {
+        free(root);
+        free(h);
+        no_memory();
+        return NULL;
+    }
+    *holder = h;
+    return root;
+}
+
 /* The accepted spans as an otel_traces record batch (a struct array, columns in the order of
  * opstrata.schema.TRACES), for root_capsule. Plain C, run without the GIL; NULL when out of
  * memory (with the exception set and the GIL taken, as no_memory does). */
@@ -2379,14 +2396,10 @@ export_spans(Dec *d)
     size_t n = d->num[N_TIMESTAMP].len / sizeof(int64_t);
     size_t events = strcol_rows(&d->str[S_EVENT_NAME]);
     size_t links = strcol_rows(&d->str[S_LINK_TRACE_ID]);
-    struct ArrowArray *root = malloc(sizeof *root);
-    Holder *h = calloc(1, sizeof *h);
-    if (root == NULL || h == NULL) {
-        free(root);
-        free(h);
-        no_memory();
+    Holder *h;
+    struct ArrowArray *root = new_root(&h);
+    if (root == NULL)
         return NULL;
-    }
     StrCol *s = d->str;
     MapCol *m = d->map;
     struct ArrowArray *event_fields[] = {
@@ -2435,14 +2448,10 @@ export_side(Dec *d)
 {
     size_t n = side_rows(d);
     size_t events = strcol_rows(&d->side_str[SS_EVENT_NAME]);
-    struct ArrowArray *root = malloc(sizeof *root);
-    Holder *h = calloc(1, sizeof *h);
-    if (root == NULL || h == NULL) {
-        free(root);
-        free(h);
-        no_memory();
+    Holder *h;
+    struct ArrowArray *root = new_root(&h);
+    if (root == NULL)
         return NULL;
-    }
     StrCol *s = d->side_str;
     MapCol *m = d->side_map;
     Buf *b = d->side_num;

@@ -311,14 +311,10 @@ static struct ArrowArray *
 export_logs(LogDec *L)
 {
     size_t n = L->rows;
-    struct ArrowArray *root = malloc(sizeof *root);
-    Holder *h = calloc(1, sizeof *h);
-    if (root == NULL || h == NULL) {
-        free(root);
-        free(h);
-        no_memory();
+    Holder *h;
+    struct ArrowArray *root = new_root(&h);
+    if (root == NULL)
         return NULL;
-    }
     StrCol *s = L->str;
     MapCol *m = L->map;
     struct ArrowArray *columns[] = {

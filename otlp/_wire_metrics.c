@@ -832,14 +832,10 @@ static struct ArrowArray *
 export_metric_table(MetricTable *t, int k)
 {
     size_t rows = t->rows;
-    struct ArrowArray *root = malloc(sizeof *root);
-    Holder *h = calloc(1, sizeof *h);
-    if (root == NULL || h == NULL) {
-        free(root);
-        free(h);
-        no_memory();
+    Holder *h;
+    struct ArrowArray *root = new_root(&h);
+    if (root == NULL)
         return NULL;
-    }
     Buf *n = t->num;
     StrCol *s = t->str;
     MapCol *m = t->map;
