@@ -60,7 +60,7 @@ class Admission:
         # Requests waiting go first: a newcomer taking the room they wait for would starve them.
         if self._waiters or not self.fits(nbytes):
             return False
-        self._take(nbytes)
+        self.take(nbytes)
         return True
 
     def can_wait(self, body_bytes: int) -> bool:
@@ -104,7 +104,9 @@ class Admission:
         if delta < 0 and self._waiters:
             self._admit_waiters()
 
-    def _take(self, nbytes: int) -> None:
+    def take(self, nbytes: int) -> None:
+        """Count a request in flight without the bound: one already acknowledged (replayed
+        from the ingest log at start-up) is loaded whatever the queue holds."""
         self.in_flight_bytes += nbytes
         self.in_flight_requests += 1
 
@@ -113,7 +115,7 @@ class Admission:
         while waiters and self.fits(waiters[0].nbytes):
             waiter = waiters.popleft()
             self.waiting_bytes -= waiter.body_bytes
-            self._take(waiter.nbytes)
+            self.take(waiter.nbytes)
             waiter.admitted.set_result(None)
 
     def _drop(self, waiter: _Waiter) -> None:

@@ -263,8 +263,7 @@ class IngestPipeline:
             return
         # Counted against admission like a live request: the backlog bound covers it too.
         nbytes = max(len(record.body), decoded.nbytes)
-        self.admission.in_flight_bytes += nbytes
-        self.admission.in_flight_requests += 1
+        self.admission.take(nbytes)
         self._idle.clear()
         # The decoder's buffer bytes, as a live load passes them: measured again, a metrics
         # request's batches (slices of its commit's tables) would count the whole tables.
@@ -289,8 +288,7 @@ class IngestPipeline:
             self.poisoned += 1
             return
         nbytes = max(len(record.body), decoded.nbytes)
-        self.admission.in_flight_bytes += nbytes
-        self.admission.in_flight_requests += 1
+        self.admission.take(nbytes)
         self._idle.clear()
         self._failing[record.end] = _Failing(signal, decoded, nbytes, held=True, attempts=0)
         self._retry(record.end)
