@@ -4,7 +4,8 @@
     python bench/llmops_usage.py [--calls 10000000] [--repeat 7] [--data-dir DIR] [--http]
 
 Generated calls (30 days, 40 models, 12 services, 5,000 users, 20 prompts) are inserted
-directly into ``llmops_calls`` as Arrow batches of 1 M rows, in time order as the consumer
+directly into the calls' tables (``llmops_call_rows`` and ``llmops_dims``, read through the
+``llmops_calls`` view) as Arrow batches of 1 M rows, in time order as the consumer
 writes them, through a store opened with the server's default settings (2 threads, 2 GB). Then
 each query runs --repeat times through the plugin's own query code; the median and the best
 wall time are printed. The first run of each is a warm-up and not counted. With ``--http`` the
@@ -27,6 +28,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.serverproc
 
 from opstrata.plugins.llmops import queries
+from opstrata.plugins.llmops.dims import dims_of, insert_calls
 from opstrata.plugins.llmops.queries import Filters
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.store import CALLS_TABLE, ROLLUP_TABLE, compact, cursor_of, roll_up
@@ -159,9 +161,8 @@ def main() -> None:
                 step = 1_000_000
                 for first in range(have, args.calls, step):
                     pending = generated(rng, first, min(step, args.calls - first), args.calls)
-                    cursor.register("pending", pending)
-                    cursor.execute(f"INSERT INTO {CALLS_TABLE} BY NAME SELECT * FROM pending")
-                    cursor.unregister("pending")
+                    dims = dims_of(store, cursor)
+                    dims.remember(insert_calls(cursor, dims, pending))  # autocommitted
                     roll_up(cursor, pending)  # as the plugin's writer does with each write
                 cursor.execute("BEGIN TRANSACTION")
                 compact(cursor)  # and its partial rows merged, as the writer does every minute

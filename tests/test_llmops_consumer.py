@@ -160,6 +160,6 @@ def test_a_look_finds_calls_in_the_order_their_batches_came(tmp_path, monkeypatc
         consumer.consume_many(committed, ctx)
         consumer.flush_pending()
         assert consumer.resources["svc"]["host.name"] == "old0"
-        stored = store.reader().execute('SELECT "SpanId" FROM llmops_calls ORDER BY rowid')
+        stored = store.reader().execute('SELECT "SpanId" FROM llmops_call_rows ORDER BY rowid')
         spans = [row[0] for row in stored.fetchall()]
     assert spans == [s for d in order for s in d.batches[0][1].column("SpanId").to_pylist()]

@@ -1,4 +1,5 @@
-"""The plugin's own tables in the store's DuckDB database: ``llmops_calls`` (one row per call),
+"""The plugin's own tables in the store's DuckDB database: ``llmops_calls`` (one row per call: a
+view of ``llmops_call_rows`` joined with ``llmops_dims``, :mod:`.dims`),
 ``llmops_message_blocks`` (the messages spans carried, compressed blocks: :mod:`.blocks`),
 ``llmops_messages`` (messages from log events, and all of them before blocks), ``llmops_rollup`` and
 ``llmops_sketch`` (sums and sketches per hour and day, :mod:`.rollup`) and ``llmops_progress``
@@ -14,6 +15,13 @@ from typing import Any
 import pyarrow as pa
 
 from opstrata.plugins.llmops.blocks import blocks_ddl
+from opstrata.plugins.llmops.dims import (
+    CALL_ROWS,
+    DIM_COLUMNS,
+    DIMS_TABLE,
+    ROWS_TABLE,
+    view_ddl,
+)
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.rollup import (
     DAY_NS,
@@ -66,6 +74,11 @@ def _ddl(table: str, schema: pa.Schema) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({columns})"
 
 
+def _dims_ddl() -> str:
+    columns = ", ".join(f'"{c}" VARCHAR' for c in DIM_COLUMNS)
+    return f'CREATE TABLE IF NOT EXISTS {DIMS_TABLE} ("DimId" BIGINT PRIMARY KEY, {columns})'
+
+
 def cursor_of(store: Any) -> Any:
     """A DuckDB cursor for the calling thread, with the plugin's tables in place."""
     reader = getattr(store, "reader", None)
@@ -81,11 +94,7 @@ def ensure_tables(store: Any, cursor: Any) -> None:
         return
     with _created:
         if store not in _ready:
-            cursor.execute(_ddl(CALLS_TABLE, CALLS))
-            # The block holding the call's messages (set by the writer, not in CALLS).
-            cursor.execute(
-                f'ALTER TABLE {CALLS_TABLE} ADD COLUMN IF NOT EXISTS "MessageBlock" BIGINT'
-            )
+            _calls_tables(cursor)
             cursor.execute(blocks_ddl())
             cursor.execute(_ddl(MESSAGES_TABLE, MESSAGES))
             for name in ("System", "Input", "Output"):  # a table from before raw JSON was kept
@@ -101,6 +110,76 @@ def ensure_tables(store: Any, cursor: Any) -> None:
             _drop_keys(cursor)
             _rebuild_rollup(cursor)
             _ready.add(store)
+
+
+def _calls_tables(cursor: Any) -> None:
+    """``llmops_dims``, ``llmops_call_rows`` and the ``llmops_calls`` view over them; a
+    ``llmops_calls`` table of an earlier release is moved into them first."""
+    kind = cursor.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = ? "
+        "AND table_schema = current_schema()",
+        [CALLS_TABLE],
+    ).fetchall()
+    if kind and kind[0][0] == "BASE TABLE":
+        _move_calls(cursor)
+        return
+    cursor.execute(_dims_ddl())
+    cursor.execute(_ddl(ROWS_TABLE, CALL_ROWS))
+    # Columns added to CALLS since the tables were made (a new one stays NULL in old rows).
+    have = set(
+        cursor.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE table_name IN (?, ?)",
+            [ROWS_TABLE, DIMS_TABLE],
+        ).fetchall()
+    )
+    wanted = [(ROWS_TABLE, f.name, _DUCK[f.type]) for f in CALL_ROWS]
+    wanted += [(DIMS_TABLE, name, "VARCHAR") for name in DIM_COLUMNS]
+    for table, name, kind in wanted:
+        if (table, name) not in have:
+            cursor.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
+    cursor.execute(view_ddl(CALLS_TABLE))
+
+
+_MOVE_ROWS = 1 << 20
+"""Calls moved per statement: each part is sorted by rowid (kept in the order written)."""
+
+
+def _move_calls(cursor: Any) -> None:
+    """An earlier release's ``llmops_calls`` table becomes ``llmops_dims`` (its distinct
+    combinations, numbered) and ``llmops_call_rows`` (its calls, in the order they were
+    written), and the view takes its name: one transaction, so a crash leaves the table."""
+    log.info("llmops: moving %s into %s and %s", CALLS_TABLE, ROWS_TABLE, DIMS_TABLE)
+    cursor.execute("BEGIN TRANSACTION")
+    try:
+        for f in [*CALLS, pa.field("MessageBlock", pa.int64())]:  # an older table may lack one
+            cursor.execute(
+                f'ALTER TABLE {CALLS_TABLE} ADD COLUMN IF NOT EXISTS "{f.name}" {_DUCK[f.type]}'
+            )
+        names = ", ".join(f'"{c}"' for c in DIM_COLUMNS)
+        cursor.execute(_dims_ddl())
+        cursor.execute(
+            f"INSERT INTO {DIMS_TABLE} SELECT row_number() OVER (ORDER BY {names}), * "
+            f"FROM (SELECT DISTINCT {names} FROM {CALLS_TABLE})"
+        )
+        cursor.execute(_ddl(ROWS_TABLE, CALL_ROWS))
+        same = " AND ".join(f'c."{n}" IS NOT DISTINCT FROM d."{n}"' for n in DIM_COLUMNS)
+        columns = ", ".join(
+            'd."DimId"' if f.name == "DimId" else f'c."{f.name}"' for f in CALL_ROWS
+        )
+        last = cursor.execute(f"SELECT coalesce(max(rowid), -1) FROM {CALLS_TABLE}").fetchall()
+        for first in range(0, last[0][0] + 1, _MOVE_ROWS):
+            cursor.execute(
+                f"INSERT INTO {ROWS_TABLE} SELECT {columns} FROM {CALLS_TABLE} c "
+                f"JOIN {DIMS_TABLE} d ON {same} WHERE c.rowid >= ? AND c.rowid < ? "
+                "ORDER BY c.rowid",
+                [first, first + _MOVE_ROWS],
+            )
+        cursor.execute(f"DROP TABLE {CALLS_TABLE}")
+        cursor.execute(view_ddl(CALLS_TABLE))
+        cursor.execute("COMMIT")
+    except Exception:
+        cursor.execute("ROLLBACK")
+        raise
 
 
 def _drop_keys(cursor: Any) -> None:

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from opstrata.plugins.llmops.blocks import BLOCKS_TABLE, pack
+from opstrata.plugins.llmops.dims import Pending, dims_of, insert_calls
 from opstrata.plugins.llmops.recognise import CALLS
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.store import (
-    CALLS_TABLE,
     MESSAGES_TABLE,
     PROGRESS_TABLE,
     compact,
@@ -81,6 +81,7 @@ class CallWriter:
         self._thread: threading.Thread | None = None
         self.stored_seq = self._read_progress()
         self._next_block = self._read_last_block() + 1
+        self._dims = dims_of(store, cursor_of(store))
         self._dirty_from: int | None = None  # earliest call time written since the last merge
         self._written = 0  # partial rollup rows appended since the last merge
         self._compacted_at = time.monotonic()
@@ -204,11 +205,12 @@ class CallWriter:
                 next_block += pending_blocks.num_rows
                 calls = calls.append_column("MessageBlock", block_of)
             pending_calls = calls.combine_chunks()
+            new_ids: Pending = {}
             cursor.execute("BEGIN TRANSACTION")
             try:
                 appended = 0
                 if calls.num_rows:
-                    cursor.execute(f"INSERT INTO {CALLS_TABLE} BY NAME SELECT * FROM pending_calls")
+                    new_ids = insert_calls(cursor, self._dims, pending_calls)
                     appended = roll_up(cursor, pending_calls)
                 if pending_blocks is not None:
                     cursor.execute(f"INSERT INTO {BLOCKS_TABLE} SELECT * FROM pending_blocks")
@@ -229,6 +231,7 @@ class CallWriter:
             except Exception:
                 cursor.execute("ROLLBACK")
                 raise
+            self._dims.remember(new_ids)  # only now: a rolled-back id is never kept
             self._calls, self._messages, self._rows, self._first_at = [], [], 0, 0.0
             self.stored_seq, self._next_block = seq, next_block
             if calls.num_rows:
