@@ -12,7 +12,9 @@ the committed batches (LLMOps; "consumer thread" is the CPU of the thread that c
 writer's timer thread, so nearly all of the cost is in the process figure). Prints CPU µs per
 span of each (process CPU time, all threads: on a shared machine wall time mostly measures
 waiting for a core), and the ratio; medians of --repeat.
-LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
+Event time advances at --event-rate spans/s (20,000: the traffic the run stands for; alert
+buckets close per minute of event time, so a slower event rate charges a run more bucket
+closings per span than a server would pay). LLM spans look like openai-v2 / Traceloop ones: 14 GenAI attributes with input and output
 messages (masked by the default settings), 5 % failing. ``--share -1`` sends ordinary log
 records instead (no GenAI key or event, 4 attributes each): the logs path's cost for what it
 drops (ingest is then the logs decoder and commit).
@@ -92,6 +94,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent))  # tests.serverproc
 from tests.serverproc import ServerProcess
 
 PER_REQUEST, T0, WARM_UP = 100, 1_760_000_000_000_000_000, 10
+EVENT_RATE = 20_000.0
+"""Spans per second of event time in the in-process and --server runs (--event-rate): the
+traffic they stand for. Event time sets how many alert buckets (a minute each) a run's calls
+fall in, and a bucket's closing costs per model and service, not per call: at 200 spans/s (the
+rate before 2026-11-26 evening) a run of 29,000 spans closed three buckets, each judged per
+entity, which a server taking 20,000 spans/s does once per 1.2 M spans."""
 ANY = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value"}
 MODELS = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-20250514", "gemini-2.5-flash", "llama-3-8b"]
 SERVICES = ["chatbot", "search", "summariser", "support", "agent"]
@@ -178,12 +186,14 @@ def make_log_request(rnd: random.Random, serial: int) -> bytes:
     return req.SerializeToString()
 
 
-def make_requests(share: float, requests: int) -> list[bytes]:
-    """The same ``requests`` request bodies for every arm and run (seeded)."""
+def make_requests(share: float, requests: int, event_rate: float = EVENT_RATE) -> list[bytes]:
+    """The same ``requests`` request bodies for every arm and run (seeded), their event time
+    advancing at ``event_rate`` spans/s."""
     rnd = random.Random(7)
     if share < 0:  # --logs
         return [make_log_request(rnd, n) for n in range(requests)]
-    return [make_request(rnd, share, n) for n in range(requests)]
+    step = round(PER_REQUEST / event_rate * 1e9)
+    return [make_request(rnd, share, n, step) for n in range(requests)]
 
 
 def decoder_extra(bodies: list[bytes], signal: Signal, rounds: int = 3) -> float:
@@ -336,7 +346,7 @@ def main_server(args: argparse.Namespace) -> None:
     print(f"server, {spans} timed spans per run at {args.rate:.0f} spans/s, {args.repeat} runs")
     print(f"{'LLM share':>9} {'without µs/span':>16} {'with µs/span':>13} {'added':>7}")
     for share in args.share:
-        bodies = make_requests(share, args.requests)
+        bodies = make_requests(share, args.requests, args.event_rate or args.rate)
         llm_calls = sum(
             1
             for b in bodies
@@ -581,7 +591,7 @@ def main_baseline(args: argparse.Namespace) -> None:
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'base µs/span':>13} {'added':>7} "
           f"{'now µs/span':>12} {'added':>7} {'calls':>7}")  # fmt: skip
     for share in args.share:
-        bodies = make_requests(share, args.requests)
+        bodies = make_requests(share, args.requests, args.event_rate or EVENT_RATE)
         runs: dict[str, list[tuple[float, float, int, float]]] = {arm: [] for arm in arms}
         for r in range(args.repeat):
             for arm in ("base", "now") if r % 2 == 0 else ("now", "base"):
@@ -609,7 +619,7 @@ def main_threads(args: argparse.Namespace) -> None:
     print(f"{'LLM share':>9} {'threads':>7} {'ingest µs/span':>15} {'llmops µs/span':>15} "
           f"{'added':>7}")  # fmt: skip
     for share in args.share:
-        bodies = make_requests(share, args.requests)
+        bodies = make_requests(share, args.requests, args.event_rate or EVENT_RATE)
         runs: dict[int, list[tuple[float, float, int, float]]] = {t: [] for t in arms}
         for r in range(args.repeat):
             for t in arms if r % 2 == 0 else arms[::-1]:
@@ -639,6 +649,11 @@ def main() -> None:
         "--rate",
         type=float,
         help="spans/s offered: --server (default 5000); --full-rate: paced at this rate instead",
+    )
+    parser.add_argument(
+        "--event-rate",
+        type=float,
+        help="spans/s of event time (in process: 20000; --server: --rate)",
     )
     parser.add_argument("--baseline", type=Path, help="an older plugin package, run interleaved")
     parser.add_argument(
@@ -671,7 +686,7 @@ def main() -> None:
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'llmops µs/span':>15} {'added':>7} "
           f"{'consumer thread':>15} {'calls':>7}")  # fmt: skip
     for share in args.share:
-        bodies = make_requests(share, args.requests)
+        bodies = make_requests(share, args.requests, args.event_rate or EVENT_RATE)
         runs = [run_once(bodies, logs=share < 0) for _ in range(args.repeat)]
         timed_spans = spans - WARM_UP * PER_REQUEST
         ingest = statistics.median(r[0] for r in runs) / spans * 1e6

@@ -4,11 +4,14 @@ the calls of a group at once, never a Python loop over calls."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "Mapping",
     "error_class",
     "finish_reasons",
     "floats",
@@ -73,28 +76,51 @@ def text(values: pa.Array) -> pa.Array:
     return pc.fill_null(values, "")
 
 
-def mapped(values: pa.Array, table: dict[str, str]) -> pa.Array:
-    """Values found in ``table`` replaced by their mapping, others kept."""
+class Mapping:
+    """A value-to-value table as Arrow arrays, made once (built per call it cost more than
+    the lookup)."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.keys = pa.array(list(table), pa.string())
+        self.targets = pa.array(list(table.values()), pa.string())
+
+
+def mapped(values: pa.Array, mapping: Mapping) -> pa.Array:
+    """Values found in ``mapping`` replaced by their mapping, others kept."""
     if _absent(values):
         return values
-    keys = pa.array(list(table), pa.string())
-    targets = pa.array(list(table.values()), pa.string())
-    found = pc.index_in(values, value_set=keys)
-    return pc.coalesce(pc.take(targets, found), values)
+    found = pc.index_in(values, value_set=mapping.keys)
+    return pc.coalesce(pc.take(mapping.targets, found), values)
+
+
+def _per_distinct(
+    values: pa.Array | pa.ChunkedArray, convert: Callable[[pa.Array], pa.Array]
+) -> pa.Array:
+    """``convert`` (an Arrow function of a string array) run on the distinct values only, then
+    put back in place: a column of calls holds a handful of distinct error types or reasons,
+    and the regex kernels cost per value."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pc.dictionary_encode(values)
+    return convert(encoded.dictionary).take(encoded.indices)
 
 
 _CLASS_REPR = r"^.*?<class '([^']+)'>.*$"
 _DOTTED = r"^[A-Za-z_][\w.]*\.(\w*)$"
 
 
-def error_class(values: pa.Array) -> pa.Array:
+def error_class(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The error's class name: ``<class 'openai.BadRequestError'>``, ``openai.BadRequestError``
     and ``BadRequestError`` are all ``BadRequestError``; other text is kept as is (trimmed)."""
     if _absent(values):
         return text(values)
+    return text(_per_distinct(values, _class_names))
+
+
+def _class_names(values: pa.Array) -> pa.Array:
     value = pc.utf8_trim(pc.utf8_trim_whitespace(values), "'\"")
     value = pc.replace_substring_regex(value, _CLASS_REPR, r"\1")
-    return text(pc.replace_substring_regex(value, _DOTTED, r"\1"))
+    return pc.replace_substring_regex(value, _DOTTED, r"\1")
 
 
 _STATUS_PREFIX = r"^(?P<cls>[A-Za-z_][\w.]*(?:Error|Exception|Timeout|Exceeded))\b"

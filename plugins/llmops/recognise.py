@@ -113,12 +113,14 @@ for _key, _id in _KEY_ID.items():
         if _key.startswith(_prefix):
             _FAMILY_BIT[_id] = 1 << _FAMILIES.index(_family)
             break
-_OPERATIONS = {
-    "completion": "text_completion",
-    "embedding": "embeddings",
-    "rerank": "rerank",
-    "chat": "chat",
-}
+_OPERATIONS = col.Mapping(
+    {
+        "completion": "text_completion",
+        "embedding": "embeddings",
+        "rerank": "rerank",
+        "chat": "chat",
+    }
+)
 _CALL_KINDS = pa.array(["LLM", "EMBEDDING"], pa.string())
 # Kernel arguments as typed scalars made once: a bare Python value is converted on every call,
 # and pyarrow's conversion tries ``import dateutil`` each time (a file-system search when it is
