@@ -162,7 +162,7 @@ def main() -> None:
                 for first in range(have, args.calls, step):
                     pending = generated(rng, first, min(step, args.calls - first), args.calls)
                     dims = dims_of(store, cursor)
-                    dims.remember(insert_calls(cursor, dims, pending))  # autocommitted
+                    dims.remember(insert_calls(cursor, dims, pending).pending)  # autocommitted
                     roll_up(cursor, pending)  # as the plugin's writer does with each write
                 cursor.execute("BEGIN TRANSACTION")
                 compact(cursor)  # and its partial rows merged, as the writer does every minute

@@ -13,8 +13,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from opstrata.plugins.llmops.dims import DIM_COLUMNS, DIMS_TABLE, ROWS_TABLE, Dims, dims_of
+from opstrata.plugins.llmops.dims import (
+    DIM_COLUMNS,
+    DIMS_TABLE,
+    ROWS_TABLE,
+    Dims,
+    _group_rows_arrow,
+    dims_of,
+    group_rows,
+)
 from opstrata.plugins.llmops.recognise import CALLS
+from opstrata.plugins.llmops.rollup import DAY_NS, HOUR_NS, partial_rows, sketch_rows
+from opstrata.plugins.llmops.rollup import DIMENSIONS as ROLLUP_DIMENSIONS
 from opstrata.plugins.llmops.span_parts import MESSAGES
 from opstrata.plugins.llmops.store import CALLS_TABLE, cursor_of, ensure_tables
 from opstrata.plugins.llmops.writer import CallWriter
@@ -159,13 +169,13 @@ def test_many_distinct_values_give_each_combination_one_id() -> None:
     # 13 columns of 40 values: the combined key would pass 2**62 and is renumbered on the way.
     calls = _calls(np.random.default_rng(3), 5000, values=40)
     dims = Dims()
-    ids, new, pending = dims.assign(calls)
+    ids, new, pending, _ = dims.assign(calls)
     assert new is not None and new.num_rows == len(pending) == len(set(ids.to_pylist()))
     combos = {row["DimId"]: tuple(row[c] for c in DIM_COLUMNS) for row in new.to_pylist()}
     picked = calls.select(list(DIM_COLUMNS)).to_pylist()
     assert [combos[i] for i in ids.to_pylist()] == [tuple(r.values()) for r in picked]
     dims.remember(pending)
-    again, none_new, nothing = dims.assign(calls.slice(100, 900))
+    again, none_new, nothing, _ = dims.assign(calls.slice(100, 900))
     assert none_new is None and not nothing
     assert again.to_pylist() == ids.to_pylist()[100:1000]
 
@@ -271,3 +281,77 @@ def test_messages_still_name_their_block_through_the_view(tmp_path: Path) -> Non
         assert pc.all(pc.equal(stored.column("SpanId"), _sorted(calls).column("SpanId"))).as_py()
     finally:
         store.shutdown()
+
+
+def _partition(first: np.ndarray, group: np.ndarray) -> list[list[int]]:
+    """The rows of each group, groups ordered by their first row: equal for equal partitions
+    whatever their numbering."""
+    rows: dict[int, list[int]] = {}
+    for row, g in enumerate(group.tolist()):
+        rows.setdefault(g, []).append(row)
+    assert sorted(min(r) for r in rows.values()) == sorted(
+        min(rows[group[f]]) for f in first.tolist()
+    )
+    return sorted(rows.values())
+
+
+@pytest.mark.parametrize("values", [1, 3, 40, 3000])
+def test_combinations_found_in_c_are_those_found_in_arrow(values: int) -> None:
+    rng = np.random.default_rng(values)
+    calls = _calls(rng, 6000, values=max(values, 2))
+    if values == 1:  # every column one value: one combination
+        calls = pa.concat_tables([calls.slice(0, 1)] * 500)
+    for part in (calls, calls.slice(777, 4000)):  # and arrays that start past their buffers
+        first, group = group_rows(part, DIM_COLUMNS)
+        assert len(first) == len(set(group.tolist()))
+        assert [group[f] for f in first.tolist()] == list(range(len(first)))
+        want = _group_rows_arrow(part, DIM_COLUMNS)
+        assert _partition(first, group) == _partition(*want)
+        # Rows of one group hold the same texts (NULL apart from "").
+        picked = part.select(list(DIM_COLUMNS)).to_pylist()
+        for row, g in enumerate(group.tolist()):
+            assert picked[row] == picked[first[g]]
+
+
+def test_rollup_rows_from_the_writers_combinations_are_those_of_the_calls() -> None:
+    calls = _calls(np.random.default_rng(7), 4000, values=4)
+    times = pa.array(T0 + np.sort(np.random.default_rng(8).integers(0, 3 * DAY_NS, 4000)),
+                     pa.timestamp("ns"))  # fmt: skip
+    calls = calls.set_column(0, "Timestamp", times)
+    groups = Dims().assign(calls).groups
+    key = [(k, "ascending") for k in ("Grain", "Start", *ROLLUP_DIMENSIONS)]
+    mine = partial_rows(calls, groups).sort_by(key)
+    assert mine.equals(partial_rows(calls).sort_by(key))
+    # Against Arrow's group-by of the same sums.
+    per_call = pa.table(
+        {
+            "Hour": pc.multiply(pc.divide(times.cast(pa.int64()), HOUR_NS), HOUR_NS),
+            **{d: calls.column(d) for d in ROLLUP_DIMENSIONS},
+            "InputTokens": calls.column("InputTokens"),
+            "CostPicoUsd": calls.column("CostPicoUsd"),
+        }
+    )
+    want = per_call.group_by(["Hour", *ROLLUP_DIMENSIONS]).aggregate(
+        [("InputTokens", "sum"), ([], "count_all"), ("CostPicoUsd", "count")]
+    )
+    hours = mine.filter(pc.equal(mine.column("Grain"), HOUR_NS))
+    got = {
+        (r["Start"], *(r[d] for d in ROLLUP_DIMENSIONS)): (
+            r["InputTokens"],
+            r["Calls"],
+            r["Calls"] - r["UnpricedCalls"],
+        )
+        for r in hours.to_pylist()
+    }
+    assert got == {
+        (r["Hour"], *(r[d] for d in ROLLUP_DIMENSIONS)): (
+            r["InputTokens_sum"] or 0,
+            r["count_all"],
+            r["CostPicoUsd_count"],
+        )
+        for r in want.to_pylist()
+    }
+    days = mine.filter(pc.equal(mine.column("Grain"), DAY_NS))
+    assert pc.sum(days.column("Calls")).as_py() == calls.num_rows
+    skey = [("Start", "ascending"), ("Model", "ascending")]
+    assert sketch_rows(calls, groups).sort_by(skey).equals(sketch_rows(calls).sort_by(skey))

@@ -2,7 +2,7 @@
 operation; ``llmops_sketch``: per day and model, mergeable latency sketches.
 
 Both are *appended to*, never updated, on each write: a write adds the partial sums of its own
-calls (summed in Arrow and numpy, one row per hour or day and group it touches) in the same
+calls (summed in numpy, one row per hour or day and group it touches) in the same
 transaction as the calls. An upsert (``ON CONFLICT DO UPDATE``) cost DuckDB 10 to 20 ms per write
 whatever its size; a plain append of a few rows costs about a tenth of that. Readers sum rows
 anyway (an answer spans many hours), so partial rows give the same answers; :func:`compact`
@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from opstrata.plugins.llmops.dims import dense_groups, group_rows
 
 __all__ = [
     "DAY_NS",
@@ -114,31 +116,77 @@ def _merge(rows: pa.Table, grain: int | None) -> pa.Table:
     )
 
 
-def partial_rows(calls: pa.Table) -> pa.Table:
+Groups = tuple[np.ndarray, np.ndarray]
+"""A row of each distinct combination of (at least) ``DIMENSIONS``, and each call's
+combination (:func:`.dims.group_rows`)."""
+
+
+def partial_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
     """The rollup rows of ``calls`` alone (an Arrow table of ``llmops_calls`` rows): one per
-    hour and per day and group they touch, summed in Arrow (exact int64 sums)."""
+    hour and per day and group they touch, summed in numpy (exact int64 sums). ``groups``:
+    the calls' combinations if known (the writer has them from giving ids)."""
+    first, group = groups if groups is not None else group_rows(calls, DIMENSIONS)
+    code, names = _codes(calls, first, DIMENSIONS)
+    row_code = code[group]
+    width = len(names)
     n = calls.num_rows
-    times = pc.cast(calls.column("Timestamp"), pa.int64())
-    cost = calls.column("CostPicoUsd")
-    per_call: dict[str, Any] = {
-        "Grain": pa.array(np.full(n, HOUR_NS, dtype=np.int64)),
-        "Start": times,
-        **{d: calls.column(d) for d in DIMENSIONS},
-        "Calls": pa.array(np.ones(n, dtype=np.int64)),
-        "Errors": pc.cast(pc.fill_null(calls.column("IsError"), False), pa.int64()),
-        **{m: pc.fill_null(calls.column(m), 0) for m in _SUMMED_FROM_CALLS},
-        "UnpricedCalls": pc.cast(pc.is_null(cost), pa.int64()),
-        "FirstSeen": times,
-        "LastSeen": times,
+    times = pc.cast(calls.column("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+    # Hours and days grouped apart, summed in one pass over the calls taken twice.
+    found = [_time_groups(times, grain, row_code, width) for grain in (HOUR_NS, DAY_NS)]
+    (hour_rows, hour_of), (day_rows, day_of) = found
+    of = np.concatenate([hour_of, day_of + len(hour_rows)])
+    order = np.argsort(of, kind="stable")
+    counts = np.bincount(of, minlength=len(hour_rows) + len(day_rows))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    take = np.where(order >= n, order - n, order)
+
+    def summed(values: np.ndarray) -> pa.Array:
+        return pa.array(np.add.reduceat(values[take], starts), pa.int64())
+
+    def filled(name: str) -> np.ndarray:
+        return pc.fill_null(calls.column(name), 0).to_numpy(zero_copy_only=False)
+
+    errors = pc.fill_null(calls.column("IsError"), False).to_numpy(zero_copy_only=False)
+    unpriced = pc.is_null(calls.column("CostPicoUsd")).to_numpy(zero_copy_only=False)
+    at = np.concatenate([hour_rows, day_rows])
+    grain = np.repeat(np.array([HOUR_NS, DAY_NS], np.int64), [len(hour_rows), len(day_rows)])
+    picked = [names[c] for c in row_code[at]]
+    columns: dict[str, Any] = {
+        "Grain": pa.array(grain),
+        "Start": pa.array(times[at] // grain * grain),
+        **{d: pa.array([p[i] for p in picked], pa.string()) for i, d in enumerate(DIMENSIONS)},
+        "Calls": pa.array(counts.astype(np.int64)),
+        "Errors": summed(errors.astype(np.int64)),
+        **{m: summed(filled(m).astype(np.int64)) for m in _SUMMED_FROM_CALLS},
+        "UnpricedCalls": summed(unpriced.astype(np.int64)),
+        "FirstSeen": pa.array(np.minimum.reduceat(times[take], starts)),
+        "LastSeen": pa.array(np.maximum.reduceat(times[take], starts)),
     }
-    # Hours and days in one group-by (each Arrow group-by costs ~1 ms whatever its size): the
-    # calls twice, once with their hour and once with their day as the start.
-    hourly = pa.table(per_call, schema=_ROLLUP_SCHEMA)
-    daily = hourly.set_column(1, "Start", _floor(times, DAY_NS)).set_column(
-        0, "Grain", pa.array(np.full(n, DAY_NS, dtype=np.int64))
-    )
-    hourly = hourly.set_column(1, "Start", _floor(times, HOUR_NS))
-    return _merge(pa.concat_tables([hourly, daily]), None)
+    return pa.table(columns, schema=_ROLLUP_SCHEMA)
+
+
+def _codes(
+    calls: pa.Table, first: np.ndarray, columns: tuple[str, ...]
+) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """For each combination of ``groups`` (its row ``first``), the number of its values of
+    ``columns``, and those values by number: a few Python tuples, one per combination."""
+    found = calls.select(list(columns)).take(pa.array(first))
+    index: dict[tuple[Any, ...], int] = {}
+    code = [
+        index.setdefault(values, len(index))
+        for values in zip(*(found.column(c).to_pylist() for c in columns), strict=True)
+    ]
+    return np.array(code, dtype=np.int64), list(index)
+
+
+def _time_groups(
+    times: np.ndarray, grain: int, code: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A row of each (``grain`` step, code) the calls touch, and each call's group."""
+    step = times // grain
+    low = int(step.min())
+    span = (int(step.max()) - low + 1) * width
+    return dense_groups((step - low) * width + code, span)
 
 
 def _floor(times: pa.Array | pa.ChunkedArray, grain: int) -> pa.Array | pa.ChunkedArray:
@@ -180,23 +228,37 @@ def _histograms(starts: np.ndarray, models: pa.Array, bins: dict[str, np.ndarray
     return pa.table(columns, schema=_SKETCH_SCHEMA)
 
 
-def sketch_rows(calls: pa.Table) -> pa.Table:
-    """Per day and model, the duration and TTFT histograms of ``calls`` (numpy counts)."""
-    day = pc.cast(calls.column("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
-    bins = {
-        "DurationBins": _bins(calls.column("Duration").combine_chunks()),
-        "TtftBins": _bins(calls.column("Ttft").combine_chunks()),
+def sketch_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
+    """Per day and model, the duration and TTFT histograms of ``calls`` (numpy counts);
+    ``groups`` as for :func:`partial_rows`."""
+    first, group = groups if groups is not None else group_rows(calls, ("Model",))
+    code, names = _codes(calls, first, ("Model",))
+    times = pc.cast(calls.column("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+    rows, of = _time_groups(times, DAY_NS, code[group], len(names))
+    count = len(rows)
+    offsets = pa.array(np.arange(count + 1, dtype=np.int32) * SKETCH_BINS, pa.int32())
+    columns: dict[str, Any] = {
+        "Start": pa.array(times[rows] // DAY_NS * DAY_NS, pa.int64()),
+        "Model": pa.array([names[c][0] for c in code[group[rows]]], pa.string()),
     }
-    return _histograms(day // DAY_NS * DAY_NS, calls.column("Model").combine_chunks(), bins)
+    for name, source in (("DurationBins", "Duration"), ("TtftBins", "Ttft")):
+        values = _bins(calls.column(source).combine_chunks())
+        given = values >= 0
+        counts = np.bincount(of[given] * SKETCH_BINS + values[given], minlength=count * SKETCH_BINS)
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(counts, pa.int64()))
+    return pa.table(columns, schema=_SKETCH_SCHEMA)
 
 
-def roll_up(cursor: Any, calls: pa.Table) -> int:
+def roll_up(cursor: Any, calls: pa.Table, groups: Groups | None = None) -> int:
     """Append the partial rollup rows and day sketches of ``calls`` (an Arrow table of
     ``llmops_calls`` rows): plain inserts, no upsert (see the module's docstring). Returns how
-    many rows it appended (both tables)."""
+    many rows it appended (both tables). ``groups``: the calls' combinations of at least
+    ``DIMENSIONS`` if known."""
     if calls.num_rows == 0:
         return 0
-    rows, sketches = partial_rows(calls), sketch_rows(calls)
+    if groups is None:
+        groups = group_rows(calls, DIMENSIONS)
+    rows, sketches = partial_rows(calls, groups), sketch_rows(calls, groups)
     _append(cursor, ROLLUP_TABLE, rows)
     _append(cursor, SKETCH_TABLE, sketches)
     return rows.num_rows + sketches.num_rows

@@ -210,8 +210,9 @@ class CallWriter:
             try:
                 appended = 0
                 if calls.num_rows:
-                    new_ids = insert_calls(cursor, self._dims, pending_calls)
-                    appended = roll_up(cursor, pending_calls)
+                    assigned = insert_calls(cursor, self._dims, pending_calls)
+                    new_ids = assigned.pending
+                    appended = roll_up(cursor, pending_calls, assigned.groups)
                 if pending_blocks is not None:
                     cursor.execute(f"INSERT INTO {BLOCKS_TABLE} SELECT * FROM pending_blocks")
                 if pending_rows.num_rows:
