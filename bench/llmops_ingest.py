@@ -233,6 +233,7 @@ def run_once(
     arm: tuple[type, type] = (LLMCalls, LLMOpsConfig),
     logs: bool = False,
     threads: int | None = None,
+    warm: int = WARM_UP,
 ) -> tuple[float, float, int, float]:
     limits = DecodeLimits()
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +258,7 @@ def run_once(
                     d.batches.llm_spans = s.batches.llm_spans
                     d.batches.llm_spans_nbytes = s.batches.llm_spans_nbytes
                 # Counted as the plugin's: what the decoder spends on it (timed spans only).
-                extra = decoder_extra(bodies[WARM_UP:], signal)
+                extra = decoder_extra(bodies[warm:], signal)
             consumer = arm[0](arm[1]())
             emitted: list[object] = []
             ctx = ConsumerContext(
@@ -266,7 +267,9 @@ def run_once(
             consumer.start(ctx)
             # Warm-up, not timed: the first batches compile regular expressions and price
             # patterns, create the tables, build pyarrow's kernels — once per server, not per span.
-            warm = WARM_UP
+            # With --warm-up as large as the timed part, it is also a look of the same size
+            # before the timed one, as a running server has always had: the allocators' pools and
+            # DuckDB's buffers are then those of a server's steady state, not first touches.
             for seq, d in zip(seqs[:warm], decoded[:warm], strict=True):
                 consumer.consume(CommittedBatch.of(seq, d.batches), ctx)
             consumer.flush_pending()  # batches wait to be looked at in groups: look now
@@ -587,8 +590,9 @@ def main_baseline(args: argparse.Namespace) -> None:
         ),
         "now": (LLMCalls, LLMOpsConfig),
     }
-    spans, timed = args.requests * PER_REQUEST, (args.requests - WARM_UP) * PER_REQUEST
-    print(f"{spans} spans per run, {args.repeat} runs per arm interleaved, baseline {name}")
+    spans, timed = args.requests * PER_REQUEST, (args.requests - args.warm_up) * PER_REQUEST
+    print(f"{spans} spans per run ({timed} timed), {args.repeat} runs per arm interleaved, "
+          f"baseline {name}")  # fmt: skip
     print(f"{'LLM share':>9} {'ingest µs/span':>15} {'base µs/span':>13} {'added':>7} "
           f"{'now µs/span':>12} {'added':>7} {'calls':>7}")  # fmt: skip
     for share in args.share:
@@ -596,7 +600,7 @@ def main_baseline(args: argparse.Namespace) -> None:
         runs: dict[str, list[tuple[float, float, int, float]]] = {arm: [] for arm in arms}
         for r in range(args.repeat):
             for arm in ("base", "now") if r % 2 == 0 else ("now", "base"):
-                runs[arm].append(run_once(bodies, arms[arm], logs=share < 0))
+                runs[arm].append(run_once(bodies, arms[arm], share < 0, warm=args.warm_up))
         ingest = statistics.median(x[0] for v in runs.values() for x in v) / spans * 1e6
         cost = {a: statistics.median(x[1] for x in runs[a]) / timed * 1e6 for a in arms}
         calls = {runs[a][0][2] for a in arms}
@@ -622,7 +626,7 @@ def main_baseline(args: argparse.Namespace) -> None:
 def main_threads(args: argparse.Namespace) -> None:
     """The store's DuckDB with each of ``--duckdb-threads`` (a database-wide setting, shared by
     the store's writer and the plugin's inserts), interleaved: ingest and LLMOps per arm."""
-    spans, timed = args.requests * PER_REQUEST, (args.requests - WARM_UP) * PER_REQUEST
+    spans, timed = args.requests * PER_REQUEST, (args.requests - args.warm_up) * PER_REQUEST
     arms = args.duckdb_threads
     print(f"{spans} spans per run, {args.repeat} runs per arm interleaved, DuckDB threads {arms}")
     print(f"{'LLM share':>9} {'threads':>7} {'ingest µs/span':>15} {'llmops µs/span':>15} "
@@ -632,7 +636,7 @@ def main_threads(args: argparse.Namespace) -> None:
         runs: dict[int, list[tuple[float, float, int, float]]] = {t: [] for t in arms}
         for r in range(args.repeat):
             for t in arms if r % 2 == 0 else arms[::-1]:
-                runs[t].append(run_once(bodies, logs=share < 0, threads=t))
+                runs[t].append(run_once(bodies, logs=share < 0, threads=t, warm=args.warm_up))
         for t in arms:
             ingest = statistics.median(x[0] for x in runs[t]) / spans * 1e6
             cost = statistics.median(x[1] for x in runs[t]) / timed * 1e6
@@ -658,6 +662,12 @@ def main() -> None:
         "--rate",
         type=float,
         help="spans/s offered: --server (default 5000); --full-rate: paced at this rate instead",
+    )
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=WARM_UP,
+        help="in process: requests of --requests looked at before timing (default 10)",
     )
     parser.add_argument(
         "--event-rate",
@@ -696,8 +706,8 @@ def main() -> None:
           f"{'consumer thread':>15} {'calls':>7}")  # fmt: skip
     for share in args.share:
         bodies = make_requests(share, args.requests, args.event_rate or EVENT_RATE)
-        runs = [run_once(bodies, logs=share < 0) for _ in range(args.repeat)]
-        timed_spans = spans - WARM_UP * PER_REQUEST
+        runs = [run_once(bodies, logs=share < 0, warm=args.warm_up) for _ in range(args.repeat)]
+        timed_spans = spans - args.warm_up * PER_REQUEST
         ingest = statistics.median(r[0] for r in runs) / spans * 1e6
         llmops = statistics.median(r[1] for r in runs) / timed_spans * 1e6
         own = statistics.median(r[3] for r in runs) / timed_spans * 1e6
