@@ -355,3 +355,25 @@ def test_rollup_rows_from_the_writers_combinations_are_those_of_the_calls() -> N
     assert pc.sum(days.column("Calls")).as_py() == calls.num_rows
     skey = [("Start", "ascending"), ("Model", "ascending")]
     assert sketch_rows(calls, groups).sort_by(skey).equals(sketch_rows(calls).sort_by(skey))
+
+
+def test_a_span_twice_in_one_write_names_the_first_ones_block() -> None:
+    from opstrata.plugins.llmops import blocks
+
+    n = blocks.BLOCK_ROWS + 904
+    trace_ids = [f"{i:032x}" for i in range(n)]
+    span_ids = [f"{i:016x}" for i in range(n)]
+    trace_ids[-1], span_ids[-1] = trace_ids[0], span_ids[0]  # sent again, a block later
+    calls = pa.table({"TraceId": trace_ids, "SpanId": span_ids})
+    messages = {f.name: pa.nulls(n, f.type) for f in MESSAGES}
+    messages.update(
+        Timestamp=pa.array(np.arange(n), pa.timestamp("ns")),
+        TraceId=pa.array(trace_ids),
+        SpanId=pa.array(span_ids),
+        Source=pa.array(["span"] * n),
+        Messages=pa.array(["{}"] * n),
+    )
+    packed, block_of = blocks.pack(pa.table(messages, schema=MESSAGES), calls, 7)
+    assert packed.num_rows == 2
+    found = block_of.to_pylist()
+    assert found[0] == found[-1] == 7 and found[-2] == 8

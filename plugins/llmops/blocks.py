@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from opstrata.plugins.llmops.dims import group_rows
+
 __all__ = ["BLOCKS_TABLE", "BLOCK_BYTES", "BLOCK_ROWS", "blocks_ddl", "pack", "read_rows"]
 
 BLOCKS_TABLE = "llmops_message_blocks"
@@ -93,13 +95,16 @@ def _same_calls(messages: pa.Table, calls: pa.Table) -> bool:
         and calls.column("TraceId").equals(messages.column("TraceId"))
     ):
         return False
-    return pc.count_distinct(span_ids).as_py() == calls.num_rows
+    # Distinct keys, found in C (``pc.count_distinct`` of the span ids took ~0.4 ms here).
+    return len(group_rows(calls, ("TraceId", "SpanId"))[0]) == calls.num_rows
 
 
 def _block_starts(messages: pa.Table) -> np.ndarray:
     """Where each block starts, and the end: at most ``BLOCK_ROWS`` rows and, unless one row is
     longer, ``BLOCK_BYTES`` of text a block."""
     rows = messages.num_rows
+    if rows <= BLOCK_ROWS and _text_bytes(messages) <= BLOCK_BYTES:  # the usual case: one block
+        return np.array([0, rows], np.int64)
     size = np.zeros(rows, np.int64)
     for name in _TEXT_COLUMNS:
         if name in messages.column_names:
@@ -112,6 +117,23 @@ def _block_starts(messages: pa.Table) -> np.ndarray:
         by_bytes = int(np.searchsorted(before, before[start] + BLOCK_BYTES, side="right")) - 1
         starts.append(min(start + BLOCK_ROWS, rows, max(by_bytes, start + 1)))
     return np.array(starts, np.int64)
+
+
+def _text_bytes(messages: pa.Table) -> int:
+    """The text of ``messages`` (at least), from each column's first and last offset: no pass
+    over the rows (``_block_starts``' lengths cost ~0.2 ms a write whatever its size)."""
+    total = 0
+    for name in _TEXT_COLUMNS:
+        if name not in messages.column_names:
+            continue
+        for chunk in messages.column(name).chunks:
+            offsets = chunk.buffers()[1]
+            if not len(chunk) or offsets is None:
+                continue
+            kind = np.dtype(np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
+            at = np.frombuffer(offsets, kind, len(chunk) + 1, chunk.offset * kind.itemsize)
+            total += int(at[-1]) - int(at[0])
+    return total
 
 
 def read_rows(cursor: Any, block: int, trace_id: str, span_id: str) -> list[tuple]:
