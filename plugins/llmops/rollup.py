@@ -62,6 +62,8 @@ _SUMMED_FROM_CALLS = (
     "TotalTokens", "CostPicoUsd",
 )  # fmt: skip
 SKETCH_BINS = 160
+_ZERO = pa.scalar(0, pa.int64())  # typed: a bare value costs a conversion per call
+_FALSE = pa.scalar(False, pa.bool_())
 _PER_DOUBLING = 8
 _FLOOR_NS = 1_000_000  # bin 0 holds everything up to 1 ms; the last bin everything past ~16 min
 _KEY = ("Grain", "Start", *DIMENSIONS)
@@ -135,32 +137,32 @@ def partial_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
     found = [_time_groups(times, grain, row_code, width) for grain in (HOUR_NS, DAY_NS)]
     (hour_rows, hour_of), (day_rows, day_of) = found
     of = np.concatenate([hour_of, day_of + len(hour_rows)])
-    order = np.argsort(of, kind="stable")
     counts = np.bincount(of, minlength=len(hour_rows) + len(day_rows))
+    # A write touches few groups: as uint16 numpy sorts them by radix (~10x faster).
+    order = np.argsort(of.astype(np.uint16) if len(counts) <= 1 << 16 else of, kind="stable")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     take = np.where(order >= n, order - n, order)
-
-    def summed(values: np.ndarray) -> pa.Array:
-        return pa.array(np.add.reduceat(values[take], starts), pa.int64())
-
-    def filled(name: str) -> np.ndarray:
-        return pc.fill_null(calls.column(name), 0).to_numpy(zero_copy_only=False)
-
-    errors = pc.fill_null(calls.column("IsError"), False).to_numpy(zero_copy_only=False)
-    unpriced = pc.is_null(calls.column("CostPicoUsd")).to_numpy(zero_copy_only=False)
+    # Every summed column in one matrix: one gather and one reduceat for all of them.
+    values = np.empty((n, len(_SUMMED_FROM_CALLS) + 2), dtype=np.int64)
+    values[:, 0] = pc.fill_null(calls.column("IsError"), _FALSE).to_numpy(zero_copy_only=False)
+    for j, name in enumerate(_SUMMED_FROM_CALLS, 1):
+        values[:, j] = pc.fill_null(calls.column(name), _ZERO).to_numpy(zero_copy_only=False)
+    values[:, -1] = pc.is_null(calls.column("CostPicoUsd")).to_numpy(zero_copy_only=False)
+    sums = np.add.reduceat(values[take], starts, axis=0)
     at = np.concatenate([hour_rows, day_rows])
     grain = np.repeat(np.array([HOUR_NS, DAY_NS], np.int64), [len(hour_rows), len(day_rows)])
     picked = [names[c] for c in row_code[at]]
+    ordered_times = times[take]
     columns: dict[str, Any] = {
         "Grain": pa.array(grain),
         "Start": pa.array(times[at] // grain * grain),
         **{d: pa.array([p[i] for p in picked], pa.string()) for i, d in enumerate(DIMENSIONS)},
         "Calls": pa.array(counts.astype(np.int64)),
-        "Errors": summed(errors.astype(np.int64)),
-        **{m: summed(filled(m).astype(np.int64)) for m in _SUMMED_FROM_CALLS},
-        "UnpricedCalls": summed(unpriced.astype(np.int64)),
-        "FirstSeen": pa.array(np.minimum.reduceat(times[take], starts)),
-        "LastSeen": pa.array(np.maximum.reduceat(times[take], starts)),
+        "Errors": pa.array(sums[:, 0]),
+        **{m: pa.array(sums[:, j]) for j, m in enumerate(_SUMMED_FROM_CALLS, 1)},
+        "UnpricedCalls": pa.array(sums[:, -1]),
+        "FirstSeen": pa.array(np.minimum.reduceat(ordered_times, starts)),
+        "LastSeen": pa.array(np.maximum.reduceat(ordered_times, starts)),
     }
     return pa.table(columns, schema=_ROLLUP_SCHEMA)
 
