@@ -4,6 +4,7 @@ every pattern over every text."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -185,6 +186,30 @@ def test_byte_scan_in_pieces_flags_what_a_scan_of_the_whole_column_flags(
         # A key prefix found across the end of its text, as the block search does.
         assert scan(pa.array(["a s", "k-x", "gh", "p_", "AKI", "A"])).keys.tolist() == [0, 2, 4]
     assert len(whole[1].keys) and len(whole[1].digits) and len(whole[1].at)
+
+
+def test_c_scan_flags_what_the_numpy_scan_flags_wherever_blocks_and_texts_end() -> None:
+    """The C scan reads 16 bytes at a time and looks for rarer bytes of each key prefix ("-",
+    "_", "A", "b"), then checks the prefix before them: texts of every length up to a few
+    blocks, at every alignment (slices of one column), with prefixes, digits and "@" placed
+    across block ends, text ends and the column's end, give the numpy scan's rows."""
+    rnd = random.Random(17)
+    pieces = ["sk-", "xoxb-", "xox", "hf_", "ghp_", "gh", "AKIA", "AIza", "bearer", "BEARER",
+              "@", "1234567", "12 34", "-", "_", "A", "b", "s", "k", "x", "é", " "]  # fmt: skip
+    for _ in range(60):
+        # One long text cut at random places: prefixes, digit runs and "@" straddle text ends.
+        whole = ""
+        while len(whole) < rnd.randrange(0, 2000):
+            whole += rnd.choice(pieces) if rnd.random() < 0.4 else rnd.choice("aeiou yz.,")
+        cuts = sorted(rnd.sample(range(len(whole) + 1), min(len(whole) + 1, rnd.randrange(1, 60))))
+        texts = [whole[a:b] for a, b in itertools.pairwise([0, *cuts, len(whole)])]
+        texts = [None if rnd.random() < 0.05 else t for t in texts]
+        column = pa.array(texts, pa.string())
+        for start in range(min(len(column), 17)):
+            part = column.slice(start)
+            got, want = textscan.scan(part), textscan.scan_numpy(part)
+            for name in ("at", "keys", "digits"):
+                assert np.array_equal(getattr(got, name), getattr(want, name)), (texts, name)
 
 
 def test_a_failing_batch_does_not_cost_the_others_of_its_hand_over(tmp_path) -> None:

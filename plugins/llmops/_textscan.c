@@ -2,9 +2,12 @@
  * opstrata.plugins.llmops._textscan: textscan.scan in one pass over a string column's bytes.
  *
  * The numpy scan (plugins/llmops/textscan.py, kept as the reference and for what this does not
- * take) makes a dozen passes over the bytes and temporaries of their size: ~1.2 µs a call's
- * messages here, a tenth of what recognising a call costs. The answers are the same, row for
- * row (tests/test_llmops_hint.py compares both):
+ * take) makes a dozen passes over the bytes and temporaries of their size. This one reads 16
+ * bytes at a time (SSE2; a byte at a time elsewhere) and stops only at anchor bytes: "@", digits,
+ * and one byte every key prefix has at a fixed place ("-", "_", "A", "b"/"B"), rarer in text
+ * than the prefixes' first letters, so that most blocks of a message have none (0.35 ms for a
+ * look's 1.06 MB of messages, from 1.5 a byte at a time). The answers are the same, row for row
+ * (tests/test_llmops_hint.py compares both):
  *   - at: texts with an "@";
  *   - keys: texts where a key prefix of privacy's API-key pattern starts ("sk-", "xox?-",
  *     "hf_", "gh?_", "AKIA", "AIza", "bearer" in any ASCII case); a prefix is looked for across
@@ -19,6 +22,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 typedef struct {
     int64_t *p;
@@ -75,14 +81,103 @@ key_at(const uint8_t *d, size_t i, size_t end)
     }
 }
 
-/* A lookup of the bytes that can start a key prefix, or are "@" or a digit: the rest (most
- * bytes of a text) cost one load and one test. */
-static uint8_t interesting[256];
 
 static PyObject *
 as_bytes(const Rows *r)
 {
     return PyBytes_FromStringAndSize((const char *)r->p, (Py_ssize_t)(r->n * sizeof(int64_t)));
+}
+
+/* What a text holds, and the digit run being counted. */
+typedef struct {
+    int at, key, digits;
+    size_t run, last; /* digits in the current run, and where the last one was */
+} Row;
+
+/* Anchor bytes: "@", digits, and a byte each key prefix has at a fixed place ("-" of sk- and
+ * xox?-, "_" of hf_ and gh?_, the "A" of AKIA/AIza, the "b" or "B" of bearer). They are rarer
+ * in text than the prefixes' first bytes (s, h, g, x), so most 16-byte blocks have none. */
+static uint8_t anchor_byte[256];
+
+/* The anchor at d[p] of the text [b, e) (p may lie up to 3 bytes past e: a key prefix that
+ * starts in the text may end after it; such anchors count for keys only). Every key start s
+ * found is checked with key_at, so a candidate is exact whichever anchor proposed it. */
+static inline void
+anchor(const uint8_t *d, size_t p, size_t b, size_t e, size_t end, Row *row)
+{
+    uint8_t c = d[p];
+    if (c == '@') {
+        row->at |= p < e;
+        return;
+    }
+    if (c >= '0' && c <= '9') {
+        if (p >= e)
+            return;
+        row->run = (row->run && p - row->last <= 4) ? row->run + 1 : 1;
+        row->last = p;
+        if (row->run >= 7)
+            row->digits = 1;
+        return;
+    }
+    if (row->key)
+        return;
+    size_t back[2] = {0, 0}; /* how far before the anchor a prefix with it starts */
+    int n = 0;
+    if (c == '-') {
+        back[0] = 2; /* sk- */
+        back[1] = 4; /* xox?- */
+        n = 2;
+    }
+    else if (c == '_') {
+        back[0] = 2; /* hf_ */
+        back[1] = 3; /* gh?_ */
+        n = 2;
+    }
+    else
+        n = 1; /* AKIA, AIza, bearer: the anchor is the first byte */
+    for (int k = 0; k < n; k++) {
+        if (p < b + back[k])
+            continue;
+        size_t start = p - back[k];
+        if (start < e && key_at(d, start, end)) {
+            row->key = 1;
+            return;
+        }
+    }
+}
+
+/* The flags of the text [b, e) of a column whose bytes end at `end` (`size`: the buffer's
+ * length, which 16-byte loads must not pass). */
+static void
+scan_row(const uint8_t *d, size_t b, size_t e, size_t end, size_t size, Row *row)
+{
+    size_t lim = e + 4 < end ? e + 4 : end; /* anchors of key prefixes starting before e */
+    size_t q = b;
+#if defined(__SSE2__)
+    const __m128i at = _mm_set1_epi8('@'), dash = _mm_set1_epi8('-'), under = _mm_set1_epi8('_');
+    const __m128i upper_a = _mm_set1_epi8('A'), lower_b = _mm_set1_epi8('b');
+    const __m128i case_bit = _mm_set1_epi8(0x20), zero = _mm_set1_epi8('0');
+    const __m128i nine = _mm_set1_epi8(9);
+    for (; q < lim && q + 16 <= size; q += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(d + q));
+        __m128i digit = _mm_sub_epi8(v, zero); /* wraps: only "0".."9" become 0..9 */
+        __m128i hit = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, at), _mm_cmpeq_epi8(v, dash)),
+            _mm_or_si128(_mm_cmpeq_epi8(v, under), _mm_cmpeq_epi8(v, upper_a)));
+        hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_or_si128(v, case_bit), lower_b));
+        hit = _mm_or_si128(hit, _mm_cmpeq_epi8(_mm_max_epu8(digit, nine), nine));
+        unsigned mask = (unsigned)_mm_movemask_epi8(hit);
+        if (lim - q < 16)
+            mask &= (1u << (lim - q)) - 1;
+        while (mask) {
+            anchor(d, q + (size_t)__builtin_ctz(mask), b, e, end, row);
+            mask &= mask - 1;
+        }
+    }
+#endif
+    for (; q < lim; q++)
+        if (anchor_byte[d[q]])
+            anchor(d, q, b, e, end, row);
 }
 
 PyDoc_STRVAR(scan_doc,
@@ -120,23 +215,9 @@ textscan_scan(PyObject *self, PyObject *args)
             failed = 2;
             break;
         }
-        int has_at = 0, has_key = 0, has_digits = 0;
-        size_t run = 0, last = 0; /* digits in the current run, and where the last one was */
-        for (; i < stop; i++) {
-            uint8_t c = d[i];
-            if (!interesting[c])
-                continue;
-            if (c == '@')
-                has_at = 1;
-            else if (c >= '0' && c <= '9') {
-                run = (run && i - last <= 4) ? run + 1 : 1;
-                last = i;
-                if (run >= 7)
-                    has_digits = 1;
-            }
-            else if (!has_key && key_at(d, i, end))
-                has_key = 1;
-        }
+        Row row = {0};
+        scan_row(d, i, stop, end, (size_t)dv.len, &row);
+        int has_at = row.at, has_key = row.key, has_digits = row.digits;
         if ((has_at && rows_add(&at, (int64_t)r) < 0) ||
             (has_key && rows_add(&keys, (int64_t)r) < 0) ||
             (has_digits && rows_add(&digits, (int64_t)r) < 0))
@@ -394,13 +475,9 @@ static int
 textscan_exec(PyObject *module)
 {
     (void)module;
-    memset(interesting, 0, sizeof interesting);
-    interesting['@'] = 1;
-    for (int c = '0'; c <= '9'; c++)
-        interesting[c] = 1;
-    const char *starts = "sxhgAbB";
-    for (const char *s = starts; *s; s++)
-        interesting[(uint8_t)*s] = 1;
+    memset(anchor_byte, 0, sizeof anchor_byte);
+    for (const char *s = "@0123456789-_AbB"; *s; s++)
+        anchor_byte[(uint8_t)*s] = 1;
     memset(local_byte, 0, sizeof local_byte);
     memset(domain_byte, 0, sizeof domain_byte);
     for (int c = 0; c < 256; c++) {
