@@ -192,10 +192,11 @@ def test_c_scan_flags_what_the_numpy_scan_flags_wherever_blocks_and_texts_end() 
     """The C scan reads 16 bytes at a time and looks for rarer bytes of each key prefix ("-",
     "_", "A", "b"), then checks the prefix before them: texts of every length up to a few
     blocks, at every alignment (slices of one column), with prefixes, digits and "@" placed
-    across block ends, text ends and the column's end, give the numpy scan's rows."""
+    across block ends, text ends and the column's end, give the numpy scan's rows; and the C
+    search for a backslash before "[" gives the numpy one's."""
     rnd = random.Random(17)
-    pieces = ["sk-", "xoxb-", "xox", "hf_", "ghp_", "gh", "AKIA", "AIza", "bearer", "BEARER",
-              "@", "1234567", "12 34", "-", "_", "A", "b", "s", "k", "x", "é", " "]  # fmt: skip
+    pieces = ["sk-", "xoxb-", "xox", "hf_", "ghp_", "gh", "AKIA", "AIza", "bearer", "BEARER"]
+    pieces += ["@", "1234567", "12 34", "-", "_", "A", "b", "s", "k", "x", "é", " ", "\\", "["]
     for _ in range(60):
         # One long text cut at random places: prefixes, digit runs and "@" straddle text ends.
         whole = ""
@@ -210,6 +211,9 @@ def test_c_scan_flags_what_the_numpy_scan_flags_wherever_blocks_and_texts_end() 
             got, want = textscan.scan(part), textscan.scan_numpy(part)
             for name in ("at", "keys", "digits"):
                 assert np.array_equal(getattr(got, name), getattr(want, name)), (texts, name)
+            assert np.array_equal(
+                textscan.escaped_brackets(part), textscan.escaped_brackets_numpy(part)
+            ), texts
 
 
 def test_a_failing_batch_does_not_cost_the_others_of_its_hand_over(tmp_path) -> None:

@@ -464,10 +464,57 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(escaped_doc,
+"escaped_brackets(offsets, data) -> rows\n"
+"--\n\n"
+"Rows whose bytes hold a backslash right before a \"[\" (the backslash's row when the pair\n"
+"spans two texts), as native int64 bytes (sorted, distinct).");
+
+static PyObject *
+textscan_escaped_brackets(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer ov, dv;
+    if (!PyArg_ParseTuple(args, "y*y*:escaped_brackets", &ov, &dv))
+        return NULL;
+    PyObject *result = NULL;
+    Rows found = {0};
+    size_t rows;
+    int failed = 0;
+    if (check_offsets(&ov, &dv, &rows) < 0)
+        goto done;
+    const int32_t *off = ov.buf;
+    const uint8_t *d = dv.buf;
+    size_t start = (size_t)off[0], end = (size_t)off[rows];
+    Py_BEGIN_ALLOW_THREADS
+    size_t r = 0;
+    const uint8_t *hit = start + 1 < end ? memchr(d + start + 1, '[', end - start - 1) : NULL;
+    while (hit != NULL && !failed) {
+        size_t p = (size_t)(hit - d);
+        if (d[p - 1] == '\\') {
+            while ((size_t)off[r + 1] <= p - 1) /* rows are in order: walk to the backslash's */
+                r++;
+            failed = rows_add(&found, (int64_t)r) < 0;
+        }
+        hit = p + 1 < end ? memchr(d + p + 1, '[', end - p - 1) : NULL;
+    }
+    Py_END_ALLOW_THREADS
+    if (failed)
+        PyErr_NoMemory();
+    else
+        result = as_bytes(&found);
+done:
+    free(found.p);
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&dv);
+    return result;
+}
+
 static PyMethodDef textscan_methods[] = {
     {"scan", textscan_scan, METH_VARARGS, scan_doc},
     {"email_windows", textscan_email_windows, METH_VARARGS, email_windows_doc},
     {"splice", textscan_splice, METH_VARARGS, splice_doc},
+    {"escaped_brackets", textscan_escaped_brackets, METH_VARARGS, escaped_doc},
     {NULL, NULL, 0, NULL},
 };
 
