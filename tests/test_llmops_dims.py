@@ -377,3 +377,72 @@ def test_a_span_twice_in_one_write_names_the_first_ones_block() -> None:
     assert packed.num_rows == 2
     found = block_of.to_pylist()
     assert found[0] == found[-1] == 7 and found[-2] == 8
+
+
+def test_the_last_stored_batch_is_known_after_a_restart_whether_it_had_calls_or_not(
+    tmp_path: Path,
+) -> None:
+    """A write with calls records its batch in the calls' rows, one without in
+    ``llmops_progress``: a restarted writer knows the later of the two."""
+    rng = np.random.default_rng(9)
+
+    def restarted() -> tuple[DuckDBStore, CallWriter]:
+        store = DuckDBStore(tmp_path)
+        store.start()
+        return store, _writer(store)
+
+    store, writer = restarted()
+    try:
+        assert writer.stored_seq is None
+        writer.add(3, _calls(rng, 20), None)
+        writer.flush()
+        progress = cursor_of(store).execute("SELECT count(*) FROM llmops_progress").fetchall()
+        assert progress == [(0,)]  # recorded by the calls alone
+    finally:
+        store.shutdown()
+    store, writer = restarted()
+    try:
+        assert writer.stored_seq == 3
+        writer.add(5, None, None)  # a batch without calls: its own progress row
+        writer.flush()
+        writer.add(6, None, None)  # and an update of that row
+        writer.flush()
+    finally:
+        store.shutdown()
+    store, writer = restarted()
+    try:
+        assert writer.stored_seq == 6
+        writer.add(9, _calls(rng, 10, 20), None)
+        writer.flush()
+    finally:
+        store.shutdown()
+    store, writer = restarted()
+    try:
+        assert writer.stored_seq == 9
+        assert _stored(store).num_rows == 30
+    finally:
+        store.shutdown()
+
+
+def test_call_rows_made_before_a_column_was_added_get_it_at_start(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path)
+    store.start()
+    try:
+        writer = _writer(store)
+        writer.add(1, _calls(np.random.default_rng(10), 30), None)
+        writer.flush()
+        cursor_of(store).execute(f'ALTER TABLE {ROWS_TABLE} DROP COLUMN "Seq"')  # as made before
+    finally:
+        store.shutdown()
+    store = DuckDBStore(tmp_path)
+    store.start()
+    try:
+        writer = _writer(store)
+        assert writer.stored_seq is None  # that release kept it in llmops_progress
+        writer.add(2, _calls(np.random.default_rng(11), 30, 30), None)
+        writer.flush()
+        seqs = cursor_of(store).execute(f'SELECT DISTINCT "Seq" FROM {ROWS_TABLE} ORDER BY 1')
+        assert seqs.fetchall() == [(2,), (None,)]
+        assert _stored(store).num_rows == 60
+    finally:
+        store.shutdown()

@@ -54,9 +54,11 @@ the others (ids, numbers, sessions, users) stay per call."""
 CALL_ROWS = pa.schema(
     [("DimId", pa.int64()) if f.name == "ServiceName" else f for f in CALLS
      if f.name == "ServiceName" or f.name not in DIM_COLUMNS]
-    + [("MessageBlock", pa.int64())]
+    + [("MessageBlock", pa.int64()), ("Seq", pa.int64())]
 )  # fmt: skip
-"""``llmops_call_rows``: ``CALLS`` with ``DimId`` where the dimension columns were."""
+"""``llmops_call_rows``: ``CALLS`` with ``DimId`` where the dimension columns were, the block
+of the call's messages, and the batch (``Seq``) whose write stored it: the writer's progress,
+stored with the calls instead of by one more statement (see :mod:`.writer`)."""
 _LIMIT = 1 << 62
 """Combined keys stay below this; past it the key so far is renumbered densely first."""
 
@@ -131,14 +133,18 @@ class Dims:
                 self._ids.update(pending)
 
 
-def insert_calls(cursor: Any, dims: Dims, calls: pa.Table) -> Assigned:
-    """Insert ``calls`` (``CALLS`` rows, with ``MessageBlock`` or without) and their new
-    combinations, in the caller's transaction; :meth:`Dims.remember` its ``pending`` once
-    that has committed."""
+def insert_calls(cursor: Any, dims: Dims, calls: pa.Table, seq: int | None = None) -> Assigned:
+    """Insert ``calls`` (``CALLS`` rows, with ``MessageBlock`` or without), stored by the
+    write of batch ``seq``, and their new combinations, in the caller's transaction;
+    :meth:`Dims.remember` its ``pending`` once that has committed."""
     assigned = dims.assign(calls)
     dim_ids, new = assigned.ids, assigned.new
     # Found by DuckDB's replacement scan (locals of this frame).
     llmops_pending_rows = calls.drop_columns(list(DIM_COLUMNS)).append_column("DimId", dim_ids)
+    if seq is not None:
+        llmops_pending_rows = llmops_pending_rows.append_column(
+            "Seq", pa.array(np.full(calls.num_rows, seq, dtype=np.int64))
+        )
     llmops_pending_dims = new
     if llmops_pending_dims is not None:
         cursor.execute(f"INSERT INTO {DIMS_TABLE} BY NAME SELECT * FROM llmops_pending_dims")

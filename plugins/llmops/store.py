@@ -163,9 +163,8 @@ def _move_calls(cursor: Any) -> None:
         )
         cursor.execute(_ddl(ROWS_TABLE, CALL_ROWS))
         same = " AND ".join(f'c."{n}" IS NOT DISTINCT FROM d."{n}"' for n in DIM_COLUMNS)
-        columns = ", ".join(
-            'd."DimId"' if f.name == "DimId" else f'c."{f.name}"' for f in CALL_ROWS
-        )
+        moved = {"DimId": 'd."DimId"', "Seq": "NULL"}  # Seq: stored by no write of theirs
+        columns = ", ".join(moved.get(f.name, f'c."{f.name}"') for f in CALL_ROWS)
         last = cursor.execute(f"SELECT coalesce(max(rowid), -1) FROM {CALLS_TABLE}").fetchall()
         for first in range(0, last[0][0] + 1, _MOVE_ROWS):
             cursor.execute(
