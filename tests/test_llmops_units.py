@@ -458,3 +458,68 @@ def test_long_messages_make_small_blocks_and_each_call_reads_back_its_own() -> N
     for call in [0, 7, 8, n - 1, *rng.choice(n, 10, replace=False).tolist()]:
         got = blocks.read_rows(cursor, block_of[call], trace_ids[call], span_ids[call])
         assert got == [("span", None, None, inputs[call], None)]
+
+
+def test_a_page_of_calls_chosen_from_the_rows_is_the_page_of_the_view() -> None:
+    """``calls()`` picks its page from ``llmops_call_rows`` (a filter on text through the ids
+    of its combinations) and joins only that page with ``llmops_dims``: the same rows, in the
+    same order, as the query over the ``llmops_calls`` view, for every kind of filter and for
+    the next page after a cursor."""
+    from opstrata.plugins.llmops import queries
+    from opstrata.plugins.llmops.dims import Dims, insert_calls
+    from opstrata.plugins.llmops.store import _calls_tables
+
+    rng = np.random.default_rng(11)
+    n = 3_000
+    calls = _calls(rng, n)
+    # Equal times for some neighbours: the page's order then rests on the span id.
+    times = 1_760_000_000 * 10**9 + np.sort(rng.integers(0, 2 * DAY_NS, n)) // 1000 * 1000
+    times[1::7] = times[::7][: len(times[1::7])]
+    users = np.array([f"user-{i}" for i in range(20)], dtype=object)[rng.integers(0, 20, n)]
+    calls = calls.set_column(0, "Timestamp", pa.array(times, pa.timestamp("ns")))
+    for name, values in (
+        ("SpanId", pa.array([f"{i:016x}" for i in rng.permutation(n)])),
+        ("TraceId", pa.array([f"{i % 97:032x}" for i in range(n)])),
+        ("UserId", pa.array(users, pa.string())),
+        ("ErrorType", pa.array(np.where(calls.column("IsError").to_numpy(), "RateLimitError", ""))),
+    ):
+        calls = calls.set_column(calls.schema.get_field_index(name), name, values)
+    con = duckdb.connect()
+    _calls_tables(con)
+    dims = Dims()
+    for first in range(0, n, 700):
+        con.execute("BEGIN TRANSACTION")
+        assigned = insert_calls(con, dims, calls.slice(first, 700))
+        con.execute("COMMIT")
+        dims.remember(assigned.pending)
+    middle = int(np.median(times))
+    cases = [
+        Filters(),
+        Filters(equals={"model": "m-b"}),
+        Filters(equals={"user": "user-3"}),
+        Filters(equals={"model": "m-a", "service": "s-1", "user": "user-7"}),
+        Filters(equals={"model": "no such model"}),
+        Filters(errors_only=True),
+        Filters(start=middle, end=middle + DAY_NS // 2, equals={"error_type": "RateLimitError"}),
+        Filters(trace_id=f"{5:032x}"),
+    ]
+    order = 'ORDER BY "Timestamp" DESC, "SpanId" DESC'
+    for filters in cases:
+        before = None
+        for _ in range(3):  # three pages, each after the last row of the one before
+            clauses, params = list(filters.clauses), list(filters.params)
+            if before is not None:
+                clauses.append('(epoch_ns("Timestamp"), "SpanId") < (?, ?)')
+                params += list(before)
+            where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+            view = con.execute(
+                f"SELECT {queries._CALL_COLUMNS} FROM llmops_calls {where} {order} LIMIT ?",
+                [*params, 40],
+            )
+            want = [queries._call(row) for row in queries._fetch_dicts(view)]
+            got = queries.calls(con, filters, 40, before)
+            assert got == want, filters.clauses
+            if len(got) < 40:
+                break
+            before = (got[-1]["time_unix_nano"], got[-1]["span_id"])
+    assert any(len(queries.calls(con, f, 40, None)) == 40 for f in cases[1:4])

@@ -13,6 +13,7 @@ from typing import Any
 from opstrata.plugins.llmops import metrics
 from opstrata.plugins.llmops import rollup_queries as rq
 from opstrata.plugins.llmops.blocks import read_rows
+from opstrata.plugins.llmops.dims import DIM_COLUMNS, DIMS_TABLE, ROWS_TABLE
 from opstrata.plugins.llmops.messages import CallMessages
 from opstrata.plugins.llmops.prices import PICO, PriceTable
 from opstrata.plugins.llmops.store import CALLS_TABLE, MESSAGES_TABLE
@@ -86,25 +87,36 @@ class Filters:
     ) -> None:
         self.clauses: list[str] = []
         self.params: list[Any] = []
+        # The same conditions split by table: those on the calls' own columns and those on the
+        # text stored once per combination (``llmops_dims``), for queries that read the tables.
+        self.row_clauses: list[str] = []
+        self.row_params: list[Any] = []
+        self.dim_clauses: list[str] = []
+        self.dim_params: list[Any] = []
         self.start, self.end = start, end
         self.equals = {k: v for k, v in (equals or {}).items() if v is not None}
         self.other = errors_only is not None or trace_id is not None
         if start is not None:
-            self.clauses.append('"Timestamp" >= make_timestamp_ns(?::BIGINT)')
-            self.params.append(start)
+            self._add('"Timestamp" >= make_timestamp_ns(?::BIGINT)', start, "Timestamp")
         if end is not None:
-            self.clauses.append('"Timestamp" < make_timestamp_ns(?::BIGINT)')
-            self.params.append(end)
+            self._add('"Timestamp" < make_timestamp_ns(?::BIGINT)', end, "Timestamp")
         for name, value in (equals or {}).items():
             if value is not None:
-                self.clauses.append(f'"{DIMENSIONS[name]}" = ?')
-                self.params.append(value)
+                self._add(f'"{DIMENSIONS[name]}" = ?', value, DIMENSIONS[name])
         if errors_only is not None:
-            self.clauses.append('"IsError" = ?')
-            self.params.append(errors_only)
+            self._add('"IsError" = ?', errors_only, "IsError")
         if trace_id is not None:
-            self.clauses.append('"TraceId" = ?')
-            self.params.append(trace_id)
+            self._add('"TraceId" = ?', trace_id, "TraceId")
+
+    def _add(self, clause: str, param: Any, column: str) -> None:
+        self.clauses.append(clause)
+        self.params.append(param)
+        if column in DIM_COLUMNS:
+            self.dim_clauses.append(clause)
+            self.dim_params.append(param)
+        else:
+            self.row_clauses.append(clause)
+            self.row_params.append(param)
 
     @property
     def where(self) -> str:
@@ -301,16 +313,35 @@ def _fetch_dicts(result: Any) -> list[dict[str, Any]]:
 def calls(
     cursor: Any, filters: Filters, limit: int, before: tuple[int, str] | None
 ) -> list[dict[str, Any]]:
-    clauses, params = list(filters.clauses), list(filters.params)
+    # The page is chosen from the calls' own rows, and only its rows are joined with their
+    # text: through the ``llmops_calls`` view DuckDB joins every call before its top-N (2 M
+    # calls: 400 ms against 12 here). A filter on the text keeps the rows of its combinations'
+    # ids; the top-N then picks row ids only, and the page's rows are read after it (a top-N
+    # of whole rows past a join reads every column of every matching call: 210 ms against 60).
+    clauses, params = list(filters.row_clauses), list(filters.row_params)
+    if filters.dim_clauses:
+        clauses.append(
+            f'"DimId" IN (SELECT "DimId" FROM {DIMS_TABLE} '
+            f"WHERE {' AND '.join(filters.dim_clauses)})"
+        )
+        params += filters.dim_params
     if before is not None:
         clauses.append('(epoch_ns("Timestamp"), "SpanId") < (?, ?)')
         params += list(before)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    result = cursor.execute(
-        f"SELECT {_CALL_COLUMNS} FROM {CALLS_TABLE} {where} "
-        'ORDER BY "Timestamp" DESC, "SpanId" DESC LIMIT ?',
-        [*params, limit],
-    )
+    order = 'ORDER BY "Timestamp" DESC, "SpanId" DESC'
+    if filters.dim_clauses:
+        sql = (
+            f"WITH page AS (SELECT rowid AS row_id FROM {ROWS_TABLE} {where} {order} LIMIT ?) "
+            f"SELECT {_CALL_COLUMNS} FROM {ROWS_TABLE} SEMI JOIN page ON rowid = page.row_id "
+            f'JOIN {DIMS_TABLE} USING ("DimId") {order}'
+        )
+    else:
+        sql = (
+            f"SELECT {_CALL_COLUMNS} FROM (SELECT * FROM {ROWS_TABLE} {where} {order} LIMIT ?) "
+            f'JOIN {DIMS_TABLE} USING ("DimId") {order}'
+        )
+    result = cursor.execute(sql, [*params, limit])
     return [_call(row) for row in _fetch_dicts(result)]
 
 
