@@ -688,6 +688,8 @@ def main() -> None:
         help="run the store's DuckDB with each of these thread counts, interleaved",
     )
     args = parser.parse_args()
+    if not 0 <= args.warm_up < args.requests:
+        parser.error("--warm-up must be at least 0 and fewer than --requests")
     if args.duckdb_threads:
         main_threads(args)
         return
