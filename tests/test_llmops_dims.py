@@ -302,15 +302,19 @@ def test_combinations_found_in_c_are_those_found_in_arrow(values: int) -> None:
     if values == 1:  # every column one value: one combination
         calls = pa.concat_tables([calls.slice(0, 1)] * 500)
     for part in (calls, calls.slice(777, 4000)):  # and arrays that start past their buffers
-        first, group = group_rows(part, DIM_COLUMNS)
+        found = group_rows(part, DIM_COLUMNS)
+        first, group = found.first, found.group
         assert len(first) == len(set(group.tolist()))
         assert [group[f] for f in first.tolist()] == list(range(len(first)))
         want = _group_rows_arrow(part, DIM_COLUMNS)
-        assert _partition(first, group) == _partition(*want)
-        # Rows of one group hold the same texts (NULL apart from "").
+        assert _partition(first, group) == _partition(want.first, want.group)
+        # Rows of one group hold the same texts (NULL apart from ""), and those are its values.
         picked = part.select(list(DIM_COLUMNS)).to_pylist()
         for row, g in enumerate(group.tolist()):
             assert picked[row] == picked[first[g]]
+        assert found.values == [tuple(picked[f].values()) for f in first.tolist()]
+        assert sorted(found.values, key=repr) == sorted(want.values, key=repr)
+        assert group_rows(part, DIM_COLUMNS, values=False).values == []
 
 
 def test_rollup_rows_from_the_writers_combinations_are_those_of_the_calls() -> None:

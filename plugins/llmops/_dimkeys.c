@@ -9,11 +9,13 @@
  * other row is hashed and looked up in a small open-addressing table of the combinations met,
  * each compared in full, so the answer is exact whatever the texts hold.
  *
- * group(columns, n, group_out, first_out) -> count
+ * group(columns, n, group_out, first_out, values=True) -> (count, values)
  *   columns: a sequence of (validity or None, offsets (int32), data or None, offset), the
  *            buffers of an Arrow string array of n rows and its offset;
  *   group_out: n int64, each row's combination (0, 1, ... in order of first appearance);
- *   first_out: n int64, the first row of each combination (count of them written).
+ *   first_out: n int64, the first row of each combination (count of them written);
+ *   values: each combination's texts, a tuple (None for NULL) per combination (an empty list
+ *           when not asked for).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -156,9 +158,10 @@ dimkeys_group(PyObject *self, PyObject *args)
     PyObject *specs;
     Py_ssize_t n;
     Py_buffer gout, fout;
-    if (!PyArg_ParseTuple(args, "Onw*w*:group", &specs, &n, &gout, &fout))
+    int want_values = 1;
+    if (!PyArg_ParseTuple(args, "Onw*w*|p:group", &specs, &n, &gout, &fout, &want_values))
         return NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *values = NULL;
     Column *cols = NULL;
     Py_ssize_t k = 0;
     int64_t *slots = NULL;
@@ -243,8 +246,34 @@ dimkeys_group(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    result = PyLong_FromLongLong(count);
+    /* The texts of each combination, as Python tuples (None for NULL): only these few rows'
+       values ever become Python objects. */
+    values = PyList_New(want_values ? (Py_ssize_t)count : 0);
+    if (values == NULL)
+        goto done;
+    for (int64_t g = 0; want_values && g < count; g++) {
+        PyObject *row = PyTuple_New(k);
+        if (row == NULL)
+            goto done;
+        PyList_SET_ITEM(values, (Py_ssize_t)g, row);
+        for (Py_ssize_t j = 0; j < k; j++) {
+            const Column *c = &cols[j];
+            Py_ssize_t i = (Py_ssize_t)first[g];
+            PyObject *text;
+            if (!is_valid(c, i)) {
+                text = Py_NewRef(Py_None);
+            } else {
+                int32_t at = c->o[c->offset + i], len = c->o[c->offset + i + 1] - at;
+                text = PyUnicode_DecodeUTF8(len ? (const char *)c->d + at : "", len, NULL);
+                if (text == NULL)
+                    goto done;
+            }
+            PyTuple_SET_ITEM(row, j, text);
+        }
+    }
+    result = Py_BuildValue("LO", (long long)count, values);
 done:
+    Py_XDECREF(values);
     free(slots);
     free(hashes);
     if (cols != NULL)
@@ -257,7 +286,7 @@ done:
 
 static PyMethodDef dimkeys_methods[] = {
     {"group", dimkeys_group, METH_VARARGS,
-     "group(columns, n, group_out, first_out) -> count of distinct combinations"},
+     "group(columns, n, group_out, first_out) -> (count, texts of each combination)"},
     {NULL, NULL, 0, NULL},
 };
 

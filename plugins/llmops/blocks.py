@@ -96,7 +96,7 @@ def _same_calls(messages: pa.Table, calls: pa.Table) -> bool:
     ):
         return False
     # Distinct keys, found in C (``pc.count_distinct`` of the span ids took ~0.4 ms here).
-    return len(group_rows(calls, ("TraceId", "SpanId"))[0]) == calls.num_rows
+    return len(group_rows(calls, ("TraceId", "SpanId"), values=False).first) == calls.num_rows
 
 
 def _block_starts(messages: pa.Table) -> np.ndarray:

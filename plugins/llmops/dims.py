@@ -34,6 +34,7 @@ __all__ = [
     "DIM_COLUMNS",
     "ROWS_TABLE",
     "Assigned",
+    "Combinations",
     "Dims",
     "Pending",
     "dense_groups",
@@ -70,8 +71,8 @@ class Assigned(NamedTuple):
     ids: pa.Array
     new: pa.Table | None
     pending: Pending
-    groups: tuple[np.ndarray, np.ndarray]
-    """A row of each distinct combination, and each call's combination."""
+    groups: Combinations
+    """The calls' combinations of ``DIM_COLUMNS``."""
 
 
 def view_ddl(view: str) -> str:
@@ -107,9 +108,8 @@ class Dims:
         """Each call's ``DimId``, the ``llmops_dims`` rows to insert with them (None: all
         known), the new combinations to :meth:`remember` once they are committed, and the
         calls' combinations (:func:`group_rows`)."""
-        first, inverse = group_rows(calls, DIM_COLUMNS)
-        found = calls.select(list(DIM_COLUMNS)).take(pa.array(first))
-        combos = list(zip(*(found.column(c).to_pylist() for c in DIM_COLUMNS), strict=True))
+        combinations = group_rows(calls, DIM_COLUMNS)
+        combos = combinations.values
         ids = np.empty(len(combos), dtype=np.int64)
         pending: Pending = {}
         with self._lock:
@@ -119,12 +119,19 @@ class Dims:
                     known = pending[combo] = self._next
                     self._next += 1
                 ids[i] = known
-        dim_ids = pa.array(ids[inverse], pa.int64())
+        dim_ids = pa.array(ids[combinations.group], pa.int64())
         if not pending:
-            return Assigned(dim_ids, None, pending, (first, inverse))
-        new = found.filter(pa.array([combo in pending for combo in combos]))
-        new = new.add_column(0, "DimId", pa.array(list(pending.values()), pa.int64()))
-        return Assigned(dim_ids, new, pending, (first, inverse))
+            return Assigned(dim_ids, None, pending, combinations)
+        new = pa.table(
+            {
+                "DimId": pa.array(list(pending.values()), pa.int64()),
+                **{
+                    name: pa.array([combo[j] for combo in pending], pa.string())
+                    for j, name in enumerate(DIM_COLUMNS)
+                },
+            }
+        )
+        return Assigned(dim_ids, new, pending, combinations)
 
     def remember(self, pending: Pending) -> None:
         """The combinations of a committed transaction: known from now on."""
@@ -153,12 +160,24 @@ def insert_calls(cursor: Any, dims: Dims, calls: pa.Table, seq: int | None = Non
     return assigned
 
 
-def group_rows(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """A row of each distinct combination of ``columns`` (text), and each row's combination
-    (0, 1, ...), in one pass over the columns' buffers in C (``_dimkeys``)."""
+class Combinations(NamedTuple):
+    """The distinct combinations of some text columns in a table's rows."""
+
+    first: np.ndarray
+    """A row of each combination (the first)."""
+    group: np.ndarray
+    """Each row's combination: 0, 1, ..."""
+    values: list[tuple[Any, ...]]
+    """Each combination's texts (None for NULL), in ``columns``' order; empty when not asked."""
+    columns: tuple[str, ...]
+
+
+def group_rows(table: pa.Table, columns: tuple[str, ...], values: bool = True) -> Combinations:
+    """The distinct combinations of ``columns`` (text) in ``table``'s rows, and with ``values``
+    their texts, in one pass over the columns' buffers in C (``_dimkeys``)."""
     arrays = [_one_chunk(table.column(name)) for name in columns]
     if any(a.type != pa.string() or a.buffers()[1] is None for a in arrays):
-        return _group_rows_arrow(table, columns)
+        return _group_rows_arrow(table, columns, values)
     n = table.num_rows
     group = np.empty(n, dtype=np.int64)
     first = np.empty(n, dtype=np.int64)
@@ -166,11 +185,13 @@ def group_rows(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray, n
     for a in arrays:
         valid, offsets, data = a.buffers()
         specs.append((valid if a.null_count else None, offsets, data, a.offset))
-    count = _dimkeys.group(specs, n, group, first)
-    return first[:count], group
+    count, texts = _dimkeys.group(specs, n, group, first, values)
+    return Combinations(first[:count], group, texts, columns)
 
 
-def _group_rows_arrow(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _group_rows_arrow(
+    table: pa.Table, columns: tuple[str, ...], values: bool = True
+) -> Combinations:
     """:func:`group_rows` column by column in Arrow and numpy (the reference, and for other
     than plain string columns): the same partition, numbered otherwise."""
     n = table.num_rows
@@ -188,7 +209,12 @@ def _group_rows_arrow(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.nda
             span = int(key.max()) + 1
         key += encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64) * span
         span *= size
-    return dense_groups(key, span)
+    first, group = dense_groups(key, span)
+    texts: list[tuple[Any, ...]] = []
+    if values:
+        found = table.select(list(columns)).take(pa.array(first))
+        texts = list(zip(*(found.column(c).to_pylist() for c in columns), strict=True))
+    return Combinations(first, group, texts, columns)
 
 
 def dense_groups(key: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from opstrata.plugins.llmops.dims import dense_groups, group_rows
+from opstrata.plugins.llmops.dims import Combinations, dense_groups, group_rows
 
 __all__ = [
     "DAY_NS",
@@ -118,18 +118,13 @@ def _merge(rows: pa.Table, grain: int | None) -> pa.Table:
     )
 
 
-Groups = tuple[np.ndarray, np.ndarray]
-"""A row of each distinct combination of (at least) ``DIMENSIONS``, and each call's
-combination (:func:`.dims.group_rows`)."""
-
-
-def partial_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
+def partial_rows(calls: pa.Table, groups: Combinations | None = None) -> pa.Table:
     """The rollup rows of ``calls`` alone (an Arrow table of ``llmops_calls`` rows): one per
     hour and per day and group they touch, summed in numpy (exact int64 sums). ``groups``:
     the calls' combinations if known (the writer has them from giving ids)."""
-    first, group = groups if groups is not None else group_rows(calls, DIMENSIONS)
-    code, names = _codes(calls, first, DIMENSIONS)
-    row_code = code[group]
+    groups = groups if groups is not None else group_rows(calls, DIMENSIONS)
+    code, names = _codes(groups, DIMENSIONS)
+    row_code = code[groups.group]
     width = len(names)
     n = calls.num_rows
     times = pc.cast(calls.column("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
@@ -168,16 +163,13 @@ def partial_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
 
 
 def _codes(
-    calls: pa.Table, first: np.ndarray, columns: tuple[str, ...]
+    groups: Combinations, columns: tuple[str, ...]
 ) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
-    """For each combination of ``groups`` (its row ``first``), the number of its values of
-    ``columns``, and those values by number: a few Python tuples, one per combination."""
-    found = calls.select(list(columns)).take(pa.array(first))
+    """For each combination of ``groups``, the number of its values of ``columns`` (some of
+    the ``groups``' columns), and those values by number: a few Python tuples."""
+    at = [groups.columns.index(c) for c in columns]
     index: dict[tuple[Any, ...], int] = {}
-    code = [
-        index.setdefault(values, len(index))
-        for values in zip(*(found.column(c).to_pylist() for c in columns), strict=True)
-    ]
+    code = [index.setdefault(tuple(v[j] for j in at), len(index)) for v in groups.values]
     return np.array(code, dtype=np.int64), list(index)
 
 
@@ -230,11 +222,12 @@ def _histograms(starts: np.ndarray, models: pa.Array, bins: dict[str, np.ndarray
     return pa.table(columns, schema=_SKETCH_SCHEMA)
 
 
-def sketch_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
+def sketch_rows(calls: pa.Table, groups: Combinations | None = None) -> pa.Table:
     """Per day and model, the duration and TTFT histograms of ``calls`` (numpy counts);
     ``groups`` as for :func:`partial_rows`."""
-    first, group = groups if groups is not None else group_rows(calls, ("Model",))
-    code, names = _codes(calls, first, ("Model",))
+    groups = groups if groups is not None else group_rows(calls, ("Model",))
+    code, names = _codes(groups, ("Model",))
+    group = groups.group
     times = pc.cast(calls.column("Timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
     rows, of = _time_groups(times, DAY_NS, code[group], len(names))
     count = len(rows)
@@ -251,11 +244,11 @@ def sketch_rows(calls: pa.Table, groups: Groups | None = None) -> pa.Table:
     return pa.table(columns, schema=_SKETCH_SCHEMA)
 
 
-def roll_up(cursor: Any, calls: pa.Table, groups: Groups | None = None) -> int:
+def roll_up(cursor: Any, calls: pa.Table, groups: Combinations | None = None) -> int:
     """Append the partial rollup rows and day sketches of ``calls`` (an Arrow table of
     ``llmops_calls`` rows): plain inserts, no upsert (see the module's docstring). Returns how
     many rows it appended (both tables). ``groups``: the calls' combinations of at least
-    ``DIMENSIONS`` if known."""
+    ``DIMENSIONS`` (with their texts) if known."""
     if calls.num_rows == 0:
         return 0
     if groups is None:
