@@ -450,3 +450,14 @@ def test_call_rows_made_before_a_column_was_added_get_it_at_start(tmp_path: Path
         assert _stored(store).num_rows == 60
     finally:
         store.shutdown()
+
+
+def test_the_c_grouping_refuses_sizes_its_buffers_do_not_hold() -> None:
+    """A row count or offset so large that its byte size would wrap past the length checks is
+    refused, not read past the buffers (the plugin always passes the table's own sizes)."""
+    from opstrata.plugins.llmops import _dimkeys
+
+    groups, firsts = np.empty(1, np.int64), np.empty(1, np.int64)
+    for rows, offset in ((1 << 61, 0), (1, (1 << 62) - 1), (2, 0)):
+        with pytest.raises(ValueError):
+            _dimkeys.group([(None, b"\0" * 8, None, offset)], rows, groups, firsts)

@@ -523,3 +523,17 @@ def test_a_page_of_calls_chosen_from_the_rows_is_the_page_of_the_view() -> None:
                 break
             before = (got[-1]["time_unix_nano"], got[-1]["span_id"])
     assert any(len(queries.calls(con, f, 40, None)) == 40 for f in cases[1:4])
+
+
+def test_sketch_rows_of_a_null_model_merge_only_within_their_day() -> None:
+    """Merging sketch rows keeps (day, model) apart when the model is NULL (an older or foreign
+    row): NULL-model rows of two days stay two rows, each with its own counts."""
+    from opstrata.plugins.llmops.rollup import SKETCH_BINS, _histograms
+
+    starts = np.array([0, 0, DAY_NS, DAY_NS, DAY_NS], np.int64)
+    models = pa.array([None, "m", None, "m", None], pa.string())
+    bins = np.zeros((5, SKETCH_BINS), np.int64)
+    bins[:, 0] = [1, 10, 100, 1000, 10000]
+    merged = _histograms(starts, models, {"DurationBins": bins, "TtftBins": bins}).to_pylist()
+    got = sorted(((r["Start"], r["Model"] or ""), r["DurationBins"][0]) for r in merged)
+    assert got == [((0, ""), 1), ((0, "m"), 10), ((DAY_NS, ""), 10100), ((DAY_NS, "m"), 1000)]

@@ -116,7 +116,10 @@ take_column(PyObject *spec, Column *c, Py_ssize_t n)
     PyObject *valid, *data;
     if (!PyArg_ParseTuple(spec, "Oy*On", &valid, &c->offsets, &data, &c->offset))
         return -1;
-    if (c->offset < 0 || c->offsets.len < (Py_ssize_t)sizeof(int32_t) * (c->offset + n + 1)) {
+    /* Sizes compared in elements, not bytes: n and offset come from Python and a product of
+     * large ones would wrap past the check. */
+    if (c->offset < 0 || c->offset > PY_SSIZE_T_MAX - n - 1 ||
+        c->offsets.len / (Py_ssize_t)sizeof(int32_t) < c->offset + n + 1) {
         PyErr_SetString(PyExc_ValueError, "offsets shorter than the rows");
         return -1;
     }
@@ -125,7 +128,7 @@ take_column(PyObject *spec, Column *c, Py_ssize_t n)
         if (PyObject_GetBuffer(valid, &c->valid, PyBUF_SIMPLE) < 0)
             return -1;
         c->has_valid = 1;
-        if (c->valid.len * 8 < c->offset + n) {
+        if (c->valid.len < (c->offset + n) / 8 + ((c->offset + n) % 8 != 0)) {
             PyErr_SetString(PyExc_ValueError, "validity shorter than the rows");
             return -1;
         }
@@ -170,8 +173,8 @@ dimkeys_group(PyObject *self, PyObject *args)
     if (seq == NULL)
         goto done;
     k = PySequence_Fast_GET_SIZE(seq);
-    if (n < 0 || gout.len < n * (Py_ssize_t)sizeof(int64_t)
-        || fout.len < n * (Py_ssize_t)sizeof(int64_t)) {
+    if (n < 0 || gout.len / (Py_ssize_t)sizeof(int64_t) < n
+        || fout.len / (Py_ssize_t)sizeof(int64_t) < n) {
         PyErr_SetString(PyExc_ValueError, "outputs shorter than the rows");
         goto done;
     }

@@ -200,7 +200,9 @@ def _histograms(starts: np.ndarray, models: pa.Array, bins: dict[str, np.ndarray
     """Per (start, model), the summed counts of ``bins`` (name: rows of SKETCH_BINS counts, or
     per-row bin numbers when 1-d)."""
     key = np.unique(starts, return_inverse=True)[1].astype(np.int64)
-    encoded = pc.dictionary_encode(models)
+    # A NULL model is a value of its own (masked, its index would be NaN and fold NULL rows of
+    # different days together).
+    encoded = pc.dictionary_encode(models, null_encoding="encode")
     key = key * len(encoded.dictionary) + encoded.indices.to_numpy(zero_copy_only=False)
     _, first, group = np.unique(key, return_index=True, return_inverse=True)
     count = len(first)
