@@ -461,3 +461,42 @@ def test_the_c_grouping_refuses_sizes_its_buffers_do_not_hold() -> None:
     for rows, offset in ((1 << 61, 0), (1, (1 << 62) - 1), (2, 0)):
         with pytest.raises(ValueError):
             _dimkeys.group([(None, b"\0" * 8, None, offset)], rows, groups, firsts)
+
+
+def test_a_move_into_tables_that_are_already_there_keeps_their_rows_and_ids(
+    tmp_path: Path,
+) -> None:
+    """The old table found beside new tables that already hold rows (made by hand, or by a
+    release that was rolled back to this one): the combinations already numbered keep their
+    ids, the others are numbered after them, rows go in by column name whatever the table's
+    column order, and every call reads back through the view."""
+    rng = np.random.default_rng(8)
+    old = _calls(rng, 1200, values=4)
+    earlier = _calls(rng, 1, 5000, values=4)  # one call already in the new tables
+    path = tmp_path / "opstrata.duckdb"
+    con = duckdb.connect(str(path))
+    columns = ", ".join(f'"{f.name}"' for f in CALLS)
+    con.execute(f"CREATE TABLE {CALLS_TABLE} AS SELECT {columns} FROM old")
+    dims = ", ".join(f'"{c}"' for c in DIM_COLUMNS)
+    typed = ", ".join(f'"{c}" VARCHAR' for c in DIM_COLUMNS)
+    con.execute(f'CREATE TABLE {DIMS_TABLE} ("DimId" BIGINT PRIMARY KEY, {typed})')
+    con.execute(f"INSERT INTO {DIMS_TABLE} SELECT 7, {dims} FROM earlier")
+    row_columns = [f.name for f in CALLS if f.name not in DIM_COLUMNS]
+    picked = ", ".join(f'"{c}"' for c in reversed(row_columns))  # another column order
+    con.execute(f'CREATE TABLE {ROWS_TABLE} AS SELECT 7 AS "DimId", {picked} FROM earlier')
+    con.close()
+
+    store = DuckDBStore(tmp_path)
+    store.start()
+    try:
+        ids = _dims(store)
+        assert ids[7] == tuple(earlier.select(list(DIM_COLUMNS)).to_pylist()[0].values())
+        assert len(set(ids.values())) == len(ids)  # one id a combination
+        stored = cursor_of(store).sql(f'SELECT * EXCLUDE ("MessageBlock") FROM {CALLS_TABLE}')
+        assert (
+            stored.to_arrow_table()
+            .sort_by("SpanId")
+            .equals(_sorted(pa.concat_tables([old, earlier])))
+        )
+    finally:
+        store.shutdown()

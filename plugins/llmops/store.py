@@ -123,6 +123,12 @@ def _calls_tables(cursor: Any) -> None:
     if kind and kind[0][0] == "BASE TABLE":
         _move_calls(cursor)
         return
+    _ensure_new_tables(cursor)
+    cursor.execute(view_ddl(CALLS_TABLE))
+
+
+def _ensure_new_tables(cursor: Any) -> None:
+    """``llmops_dims`` and ``llmops_call_rows``, with every column of this release."""
     cursor.execute(_dims_ddl())
     cursor.execute(_ddl(ROWS_TABLE, CALL_ROWS))
     # Columns added to CALLS since the tables were made (a new one stays NULL in old rows).
@@ -137,7 +143,6 @@ def _calls_tables(cursor: Any) -> None:
     for table, name, kind in wanted:
         if (table, name) not in have:
             cursor.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
-    cursor.execute(view_ddl(CALLS_TABLE))
 
 
 _MOVE_ROWS = 1 << 20
@@ -156,20 +161,27 @@ def _move_calls(cursor: Any) -> None:
                 f'ALTER TABLE {CALLS_TABLE} ADD COLUMN IF NOT EXISTS "{f.name}" {_DUCK[f.type]}'
             )
         names = ", ".join(f'"{c}"' for c in DIM_COLUMNS)
-        cursor.execute(_dims_ddl())
+        # The new tables may be there already (made by hand, or a later release's start that
+        # found the table back): combinations already numbered keep their ids, new ones are
+        # numbered after the last, and rows go in by column name.
+        _ensure_new_tables(cursor)
         cursor.execute(
-            f"INSERT INTO {DIMS_TABLE} SELECT row_number() OVER (ORDER BY {names}), * "
-            f"FROM (SELECT DISTINCT {names} FROM {CALLS_TABLE})"
+            f'INSERT INTO {DIMS_TABLE} ("DimId", {names}) '
+            f'SELECT (SELECT coalesce(max("DimId"), 0) FROM {DIMS_TABLE}) '
+            f"+ row_number() OVER (ORDER BY {names}), * FROM ("
+            f"SELECT DISTINCT {names} FROM {CALLS_TABLE} EXCEPT SELECT {names} FROM {DIMS_TABLE})"
         )
-        cursor.execute(_ddl(ROWS_TABLE, CALL_ROWS))
+        # Each combination's lowest id, should the table hold one twice.
+        ids = f'(SELECT min("DimId") AS "DimId", {names} FROM {DIMS_TABLE} GROUP BY ALL)'
         same = " AND ".join(f'c."{n}" IS NOT DISTINCT FROM d."{n}"' for n in DIM_COLUMNS)
         moved = {"DimId": 'd."DimId"', "Seq": "NULL"}  # Seq: stored by no write of theirs
         columns = ", ".join(moved.get(f.name, f'c."{f.name}"') for f in CALL_ROWS)
+        targets = ", ".join(f'"{f.name}"' for f in CALL_ROWS)
         last = cursor.execute(f"SELECT coalesce(max(rowid), -1) FROM {CALLS_TABLE}").fetchall()
         for first in range(0, last[0][0] + 1, _MOVE_ROWS):
             cursor.execute(
-                f"INSERT INTO {ROWS_TABLE} SELECT {columns} FROM {CALLS_TABLE} c "
-                f"JOIN {DIMS_TABLE} d ON {same} WHERE c.rowid >= ? AND c.rowid < ? "
+                f"INSERT INTO {ROWS_TABLE} ({targets}) SELECT {columns} FROM {CALLS_TABLE} c "
+                f"JOIN {ids} d ON {same} WHERE c.rowid >= ? AND c.rowid < ? "
                 "ORDER BY c.rowid",
                 [first, first + _MOVE_ROWS],
             )
