@@ -118,6 +118,8 @@ def over_http(data_dir: Path, repeat: int) -> None:
 
             return run
 
+        if not ask("/api/v1/llmops/usage", group_by="model")():
+            raise SystemExit(f"no calls in {data_dir}: fill it first with a run without --http")
         timed("GET usage?group_by=model&bucket=1d", ask("/api/v1/llmops/usage", group_by="model",
               bucket="1d"), repeat)  # fmt: skip
         timed(
