@@ -180,6 +180,28 @@ scan_row(const uint8_t *d, size_t b, size_t e, size_t end, size_t size, Row *row
             anchor(d, q, b, e, end, row);
 }
 
+static int
+check_offsets(const Py_buffer *ov, const Py_buffer *dv, size_t *rows)
+{
+    const int32_t *off = ov->buf;
+    size_t n_offsets = (size_t)ov->len / sizeof(int32_t);
+    if (n_offsets == 0 || ov->len % sizeof(int32_t)) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be int32, at least one");
+        return -1;
+    }
+    *rows = n_offsets - 1;
+    for (size_t r = 0; r < *rows; r++)
+        if (off[r] < 0 || off[r + 1] < off[r]) {
+            PyErr_SetString(PyExc_ValueError, "offsets must not decrease");
+            return -1;
+        }
+    if ((size_t)off[*rows] > (size_t)dv->len) {
+        PyErr_SetString(PyExc_ValueError, "offsets out of the data's range");
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(offsets, data) -> (at, keys, digits)\n"
 "--\n\n"
@@ -194,27 +216,17 @@ textscan_scan(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*:scan", &ov, &dv))
         return NULL;
     PyObject *result = NULL;
-    size_t n_offsets = (size_t)ov.len / sizeof(int32_t);
     const int32_t *off = ov.buf;
     const uint8_t *d = dv.buf;
     Rows at = {0}, keys = {0}, digits = {0};
+    size_t rows;
     int failed = 0;
-    if (n_offsets == 0 || ov.len % sizeof(int32_t)) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be int32, at least one");
+    if (check_offsets(&ov, &dv, &rows) < 0)
         goto done;
-    }
-    size_t rows = n_offsets - 1, end = (size_t)off[rows];
-    if ((size_t)dv.len < end || off[0] < 0 || (size_t)off[0] > end) {
-        PyErr_SetString(PyExc_ValueError, "offsets out of the data's range");
-        goto done;
-    }
+    size_t end = (size_t)off[rows];
     Py_BEGIN_ALLOW_THREADS
     for (size_t r = 0; r < rows && !failed; r++) {
         size_t i = (size_t)off[r], stop = (size_t)off[r + 1];
-        if (stop < i || stop > end) {
-            failed = 2;
-            break;
-        }
         Row row = {0};
         scan_row(d, i, stop, end, (size_t)dv.len, &row);
         int has_at = row.at, has_key = row.key, has_digits = row.digits;
@@ -224,10 +236,8 @@ textscan_scan(PyObject *self, PyObject *args)
             failed = 1;
     }
     Py_END_ALLOW_THREADS
-    if (failed == 1)
+    if (failed)
         PyErr_NoMemory();
-    else if (failed == 2)
-        PyErr_SetString(PyExc_ValueError, "offsets must not decrease");
     else {
         PyObject *a = as_bytes(&at), *k = as_bytes(&keys), *g = as_bytes(&digits);
         if (a && k && g)
@@ -276,27 +286,6 @@ bytes_put(Bytes *b, const void *src, size_t len)
     return 0;
 }
 
-static int
-check_offsets(const Py_buffer *ov, const Py_buffer *dv, size_t *rows)
-{
-    const int32_t *off = ov->buf;
-    size_t n_offsets = (size_t)ov->len / sizeof(int32_t);
-    if (n_offsets == 0 || ov->len % sizeof(int32_t)) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be int32, at least one");
-        return -1;
-    }
-    *rows = n_offsets - 1;
-    for (size_t r = 0; r < *rows; r++)
-        if (off[r] < 0 || off[r + 1] < off[r]) {
-            PyErr_SetString(PyExc_ValueError, "offsets must not decrease");
-            return -1;
-        }
-    if ((size_t)off[*rows] > (size_t)dv->len) {
-        PyErr_SetString(PyExc_ValueError, "offsets out of the data's range");
-        return -1;
-    }
-    return 0;
-}
 
 /* One window: its span, and its bytes after a newline unless it is the first. */
 static int
