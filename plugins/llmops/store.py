@@ -7,9 +7,11 @@ view of ``llmops_call_rows`` joined with ``llmops_dims``, :mod:`.dims`),
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -51,6 +53,7 @@ __all__ = [
     "cursor_of",
     "ensure_tables",
     "roll_up",
+    "transaction",
 ]
 
 CALLS_TABLE = "llmops_calls"
@@ -67,6 +70,19 @@ _DUCK = {
 }
 _created = threading.Lock()
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def transaction(cursor: Any) -> Iterator[None]:
+    """The statements of the ``with`` block in one transaction: committed at its end, rolled
+    back if it (or the commit) raises."""
+    cursor.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        cursor.execute("COMMIT")
+    except Exception:
+        cursor.execute("ROLLBACK")
+        raise
 
 
 def _ddl(table: str, schema: pa.Schema) -> str:
@@ -154,8 +170,7 @@ def _move_calls(cursor: Any) -> None:
     combinations, numbered) and ``llmops_call_rows`` (its calls, in the order they were
     written), and the view takes its name: one transaction, so a crash leaves the table."""
     log.info("llmops: moving %s into %s and %s", CALLS_TABLE, ROWS_TABLE, DIMS_TABLE)
-    cursor.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cursor):
         for f in [*CALLS, pa.field("MessageBlock", pa.int64())]:  # an older table may lack one
             cursor.execute(
                 f'ALTER TABLE {CALLS_TABLE} ADD COLUMN IF NOT EXISTS "{f.name}" {_DUCK[f.type]}'
@@ -187,10 +202,6 @@ def _move_calls(cursor: Any) -> None:
             )
         cursor.execute(f"DROP TABLE {CALLS_TABLE}")
         cursor.execute(view_ddl(CALLS_TABLE))
-        cursor.execute("COMMIT")
-    except Exception:
-        cursor.execute("ROLLBACK")
-        raise
 
 
 def _drop_keys(cursor: Any) -> None:
@@ -205,16 +216,11 @@ def _drop_keys(cursor: Any) -> None:
         if not keyed:
             continue
         log.info("llmops: %s without its primary key (appended to from now on)", table)
-        cursor.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(cursor):
             cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_keyed")
             cursor.execute(ddl)
             cursor.execute(f"INSERT INTO {table} SELECT * FROM {table}_keyed")
             cursor.execute(f"DROP TABLE {table}_keyed")
-            cursor.execute("COMMIT")
-        except Exception:
-            cursor.execute("ROLLBACK")
-            raise
 
 
 def _rebuild_rollup(cursor: Any) -> None:
@@ -233,8 +239,7 @@ def _rebuild_rollup(cursor: Any) -> None:
     if first is None:
         return
     log.info("llmops: building %s and %s from the stored calls", ROLLUP_TABLE, SKETCH_TABLE)
-    cursor.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cursor):
         day = first // DAY_NS * DAY_NS
         while day <= last:
             calls = cursor.sql(
@@ -244,7 +249,3 @@ def _rebuild_rollup(cursor: Any) -> None:
             ).to_arrow_table()
             roll_up(cursor, calls)
             day += DAY_NS
-        cursor.execute("COMMIT")
-    except Exception:
-        cursor.execute("ROLLBACK")
-        raise

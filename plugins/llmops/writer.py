@@ -38,6 +38,7 @@ from opstrata.plugins.llmops.store import (
     compact,
     cursor_of,
     roll_up,
+    transaction,
 )
 
 __all__ = ["COMPACT_ROWS", "COMPACT_SECONDS", "CallWriter"]
@@ -137,13 +138,8 @@ class CallWriter:
             if since is None and not everything:
                 return 0
             cursor = cursor_of(self.store)
-            cursor.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cursor):
                 removed = compact(cursor, None if everything else since)
-                cursor.execute("COMMIT")
-            except Exception:
-                cursor.execute("ROLLBACK")
-                raise
             self._dirty_from, self._written = None, 0
             return removed
 
@@ -214,8 +210,7 @@ class CallWriter:
                 calls = calls.append_column("MessageBlock", block_of)
             pending_calls = calls.combine_chunks()
             new_ids: Pending = {}
-            cursor.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(cursor):
                 appended = 0
                 if calls.num_rows:  # the calls' rows record seq: no progress statement
                     assigned = insert_calls(cursor, self._dims, pending_calls, seq)
@@ -236,10 +231,6 @@ class CallWriter:
                         f'UPDATE {PROGRESS_TABLE} SET "Seq" = ? WHERE "Consumer" = ?',
                         [seq, self.name],
                     )
-                cursor.execute("COMMIT")
-            except Exception:
-                cursor.execute("ROLLBACK")
-                raise
             if not calls.num_rows:
                 self._progress_row = True
             self._dims.remember(new_ids)  # only now: a rolled-back id is never kept
